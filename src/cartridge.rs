@@ -1,0 +1,68 @@
+//! Cartridges: directories with `manifest.toml` and `bin/` hooks that teach gearshift a runtime.
+
+use crate::node::Node;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// A cartridge's `manifest.toml`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub display_name: Option<String>,
+    /// `web` (serves the app) or `addon` (database, cron ...).
+    pub kind: String,
+}
+
+/// A cartridge found on the node's search path.
+#[derive(Debug, Clone)]
+pub struct Cartridge {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
+/// Finds a cartridge by name on the node's cartridge path.
+pub fn find(node: &Node, name: &str) -> Result<Cartridge> {
+    crate::names::check_app_name(name).map_err(|_| anyhow::anyhow!("'{}' is not a cartridge name", name.escape_default()))?;
+    for dir in &node.config.cartridge_path {
+        let d = dir.join(name);
+        let m = d.join("manifest.toml");
+        if m.is_file() {
+            let text = std::fs::read_to_string(&m).with_context(|| format!("cannot read {}", m.display()))?;
+            let manifest: Manifest = toml::from_str(&text).with_context(|| format!("{} is not valid", m.display()))?;
+            if manifest.name != name {
+                bail!("{} names cartridge '{}', expected '{name}'", m.display(), manifest.name);
+            }
+            return Ok(Cartridge { manifest, dir: d });
+        }
+    }
+    let known = list(node).into_iter().map(|c| c.manifest.name).collect::<Vec<_>>();
+    bail!("unknown cartridge '{name}' (available: {})", if known.is_empty() { "none".into() } else { known.join(", ") })
+}
+
+/// Every cartridge on the search path (first one wins for a name).
+pub fn list(node: &Node) -> Vec<Cartridge> {
+    let mut out: Vec<Cartridge> = Vec::new();
+    for dir in &node.config.cartridge_path {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for n in names {
+            if out.iter().any(|c| c.manifest.name == n) {
+                continue;
+            }
+            if let Ok(c) = find_in(dir, &n) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn find_in(dir: &std::path::Path, name: &str) -> Result<Cartridge> {
+    let d = dir.join(name);
+    let text = std::fs::read_to_string(d.join("manifest.toml"))?;
+    let manifest: Manifest = toml::from_str(&text)?;
+    Ok(Cartridge { manifest, dir: d })
+}

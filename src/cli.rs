@@ -1,0 +1,82 @@
+//! The command-line grammar, the same locally and (later) over SSH.
+
+use crate::node::Node;
+use crate::{app, doctor, init, user};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "gearshift", version, about = "git push PaaS for one Linux VM, with gears isolated by the kernel")]
+pub struct Cli {
+    /// Node config file (default: $GEARSHIFT_CONFIG or /etc/gearshift/gearshift.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write the node config (if missing) and bring the node up; safe to run again.
+    Init(init::InitArgs),
+    /// Check every isolation mechanism and tool this host offers.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Node-wide runtime: bridge, firewall, quota filesystem, cgroup parent.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage users and their SSH keys.
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Manage apps.
+    #[command(subcommand)]
+    App(app::AppCmd),
+    /// Run a command inside an app's gear with every isolation mechanism applied.
+    Run {
+        app: String,
+        /// Which gear of a scaled app (default 0).
+        #[arg(long, default_value_t = 0)]
+        gear: u32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Bring the bridge, firewall, quota filesystem and cgroups up (after a reboot).
+    Up,
+    /// Take them down again (apps keep their state on disk).
+    Down,
+    /// Destroy every app, take the node down and delete its data root.
+    Destroy {
+        #[arg(long)]
+        confirm: String,
+    },
+}
+
+pub fn main() -> Result<i32> {
+    let cli = Cli::parse();
+    let config_path = Node::config_path(cli.config.as_deref());
+    match cli.command {
+        Command::Init(args) => init::run(&config_path, args).map(|_| 0),
+        Command::Doctor { json } => {
+            let node = Node::load(&config_path).ok();
+            doctor::run(node.as_ref(), json)
+        }
+        Command::Node(cmd) => {
+            let node = Node::load(&config_path)?;
+            match cmd {
+                NodeCmd::Up => node.up().map(|_| 0),
+                NodeCmd::Down => node.down().map(|_| 0),
+                NodeCmd::Destroy { confirm } => app::destroy_node(&node, &confirm).map(|_| 0),
+            }
+        }
+        Command::User(cmd) => user::run(&Node::load(&config_path)?, cmd).map(|_| 0),
+        Command::App(cmd) => app::run(&Node::load(&config_path)?, cmd).map(|_| 0),
+        Command::Run { app, gear, command } => app::run_in_gear(&Node::load(&config_path)?, &app, gear, &command),
+    }
+}

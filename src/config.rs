@@ -1,0 +1,326 @@
+//! The node configuration (`/etc/gearshift/gearshift.toml`): documented defaults, profiles, parsing.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Where the node config lives unless `--config` or `GEARSHIFT_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/gearshift/gearshift.toml";
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node name: names its cgroup parent, nftables table and loop image.
+    pub name: String,
+    /// Apps are served at APP.DOMAIN.
+    pub domain: String,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub ssh_port: u16,
+    /// All state lives under this directory.
+    pub data_root: PathBuf,
+    /// Gear uids (and gids) are taken from this inclusive range; none of them needs a host passwd entry.
+    pub uid_min: u32,
+    pub uid_max: u32,
+    /// Gears get addresses in this subnet; the bridge takes the first one.
+    pub subnet: String,
+    pub bridge: String,
+    /// Directory name created beneath the daemon's own cgroup in every hierarchy.
+    pub cgroup_parent: String,
+    /// Login user for git and ssh (issue: git push deploys).
+    pub ssh_user: String,
+    pub default_profile: String,
+    /// Directories searched, in order, for cartridges (`NAME/manifest.toml`).
+    pub cartridge_path: Vec<PathBuf>,
+    pub disk: DiskConfig,
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// How gear homes get a disk quota.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// `auto`, `btrfs-loop`, `ext4`, `xfs` or `none`.
+    pub backend: String,
+    /// Size of the loop-mounted btrfs image that holds gear homes (btrfs-loop backend).
+    pub image_size: String,
+    /// Create gears even when no quota backend can enforce their disk limit.
+    pub allow_unlimited: bool,
+}
+
+/// Resource limits for one gear.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Memory limit, e.g. "512M".
+    pub memory: String,
+    /// CPU limit in cores, e.g. 0.5.
+    pub cpu: f64,
+    /// Maximum number of tasks.
+    pub pids: u64,
+    /// Disk blocks, e.g. "1G".
+    pub disk: String,
+    /// Maximum number of inodes (ext4/xfs backends).
+    pub inodes: u64,
+    /// Network bandwidth each way, e.g. "10mbit".
+    pub bandwidth: String,
+    /// Relative io weight, 1..=10000 (v2) / 10..=1000 (v1).
+    pub io_weight: u32,
+}
+
+/// A profile with its units resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub pids: u64,
+    pub disk_bytes: u64,
+    pub inodes: u64,
+    pub bandwidth_kbit: u64,
+    pub io_weight: u32,
+}
+
+impl Profile {
+    /// Resolves the units of this profile.
+    pub fn limits(&self) -> Result<Limits> {
+        if !(self.cpu > 0.0 && self.cpu <= 1024.0) {
+            bail!("cpu must be a number of cores above 0, got {}", self.cpu);
+        }
+        Ok(Limits {
+            memory_bytes: parse_size(&self.memory).context("memory")?,
+            cpu_millis: (self.cpu * 1000.0).round() as u64,
+            pids: self.pids,
+            disk_bytes: parse_size(&self.disk).context("disk")?,
+            inodes: self.inodes,
+            bandwidth_kbit: parse_rate_kbit(&self.bandwidth).context("bandwidth")?,
+            io_weight: self.io_weight.clamp(10, 1000),
+        })
+    }
+}
+
+fn profile(memory: &str, cpu: f64, pids: u64, disk: &str, inodes: u64, bw: &str, io: u32) -> Profile {
+    Profile {
+        memory: memory.into(),
+        cpu,
+        pids,
+        disk: disk.into(),
+        inodes,
+        bandwidth: bw.into(),
+        io_weight: io,
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut profiles = BTreeMap::new();
+        profiles.insert("small".into(), profile("512M", 1.0, 512, "1G", 80_000, "20mbit", 100));
+        profiles.insert("medium".into(), profile("1G", 1.0, 1024, "2G", 160_000, "50mbit", 200));
+        profiles.insert("large".into(), profile("2G", 2.0, 2048, "4G", 320_000, "100mbit", 400));
+        Config {
+            name: "gearshift".into(),
+            domain: "localhost".into(),
+            http_port: 80,
+            https_port: 443,
+            ssh_port: 2222,
+            data_root: PathBuf::from("/var/lib/gearshift"),
+            uid_min: 400_000,
+            uid_max: 449_999,
+            subnet: "10.77.0.0/20".into(),
+            bridge: "gearshift0".into(),
+            cgroup_parent: "gearshift".into(),
+            ssh_user: "gearshift".into(),
+            default_profile: "small".into(),
+            cartridge_path: vec![PathBuf::from("/usr/local/share/gearshift/cartridges")],
+            disk: DiskConfig {
+                backend: "auto".into(),
+                image_size: "20G".into(),
+                allow_unlimited: false,
+            },
+            profiles,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read node config {} (run `gearshift init` first)", path.display())
+        })?;
+        let cfg: Config = toml::from_str(&text)
+            .with_context(|| format!("node config {} is not valid", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("node config {} is not valid", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks the values that the rest of gearshift relies on.
+    pub fn validate(&self) -> Result<()> {
+        crate::names::check_node_name(&self.name)?;
+        if self.uid_min == 0 || self.uid_min > self.uid_max || self.uid_max > 523_776 {
+            bail!("uid range {}..={} must be non-empty, above 0 and at most 523776 (the MCS label space)", self.uid_min, self.uid_max);
+        }
+        let net = Subnet::parse(&self.subnet)?;
+        if net.prefix > 29 {
+            bail!("subnet {} is too small for gears", self.subnet);
+        }
+        if self.bridge.is_empty() || self.bridge.len() > 15 || !self.bridge.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("bridge name '{}' must be 1-15 characters of [A-Za-z0-9_-]", self.bridge);
+        }
+        if !self.data_root.is_absolute() {
+            bail!("data_root must be an absolute path");
+        }
+        if !["auto", "btrfs-loop", "ext4", "xfs", "none"].contains(&self.disk.backend.as_str()) {
+            bail!("disk.backend must be auto, btrfs-loop, ext4, xfs or none");
+        }
+        parse_size(&self.disk.image_size).context("disk.image_size")?;
+        for (name, p) in &self.profiles {
+            p.limits().with_context(|| format!("profile {name}"))?;
+        }
+        if !self.profiles.contains_key(&self.default_profile) {
+            bail!("default_profile '{}' is not a defined profile", self.default_profile);
+        }
+        Ok(())
+    }
+
+    /// The profile called `name`, with a clear error listing the known ones.
+    pub fn profile(&self, name: &str) -> Result<&Profile> {
+        self.profiles.get(name).with_context(|| {
+            let known: Vec<_> = self.profiles.keys().cloned().collect();
+            format!("unknown profile '{name}' (known: {})", known.join(", "))
+        })
+    }
+
+    pub fn subnet(&self) -> Subnet {
+        Subnet::parse(&self.subnet).expect("validated")
+    }
+}
+
+/// An IPv4 network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn parse(s: &str) -> Result<Subnet> {
+        let (a, p) = s.split_once('/').with_context(|| format!("subnet '{s}' must be CIDR, like 10.77.0.0/20"))?;
+        let addr: Ipv4Addr = a.parse().with_context(|| format!("'{a}' is not an IPv4 address"))?;
+        let prefix: u8 = p.parse().with_context(|| format!("'{p}' is not a prefix length"))?;
+        if !(8..=30).contains(&prefix) {
+            bail!("subnet prefix must be between /8 and /30, got /{prefix}");
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Subnet { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+    }
+
+    /// Number of usable host addresses.
+    pub fn hosts(&self) -> u32 {
+        (1u32 << (32 - self.prefix)) - 2
+    }
+
+    /// The n-th host address (1-based): host(1) is the bridge/gateway.
+    pub fn host(&self, n: u32) -> Option<Ipv4Addr> {
+        (n >= 1 && n <= self.hosts()).then(|| Ipv4Addr::from(u32::from(self.network) + n))
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.host(1).expect("subnet has hosts")
+    }
+
+    pub fn index_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        let n = u32::from(ip).wrapping_sub(u32::from(self.network));
+        (n >= 1 && n <= self.hosts()).then_some(n)
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// Parses "512M", "1G", "100k", "1048576" (bytes, powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_lowercase();
+            let m: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => bail!("size '{s}' has an unknown unit (use K, M, G or T)"),
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: f64 = num.trim().parse().with_context(|| format!("size '{s}' is not a number with a unit like 512M"))?;
+    if !(n >= 0.0) {
+        bail!("size '{s}' must not be negative");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parses "10mbit", "512kbit", "1gbit" into kbit/s.
+pub fn parse_rate_kbit(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = t.strip_suffix("gbit") {
+        (n, 1_000_000)
+    } else if let Some(n) = t.strip_suffix("mbit") {
+        (n, 1_000)
+    } else if let Some(n) = t.strip_suffix("kbit") {
+        (n, 1)
+    } else {
+        bail!("bandwidth '{s}' needs a unit: kbit, mbit or gbit");
+    };
+    let n: f64 = num.trim().parse().with_context(|| format!("bandwidth '{s}' is not a number"))?;
+    if !(n > 0.0) {
+        bail!("bandwidth '{s}' must be above 0");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = toml::to_string_pretty(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn sizes_and_rates() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_rate_kbit("8mbit").unwrap(), 8000);
+        assert!(parse_rate_kbit("8").is_err());
+    }
+
+    #[test]
+    fn subnet_hosts() {
+        let s = Subnet::parse("10.77.1.9/24").unwrap();
+        assert_eq!(s.network, Ipv4Addr::new(10, 77, 1, 0));
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(s.host(254), Some(Ipv4Addr::new(10, 77, 1, 254)));
+        assert_eq!(s.host(255), None);
+        assert_eq!(s.index_of(Ipv4Addr::new(10, 77, 1, 7)), Some(7));
+        assert!(Subnet::parse("10.0.0.0").is_err());
+    }
+}

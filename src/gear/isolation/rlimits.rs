@@ -1,0 +1,1 @@
+//! rlimits (todo)

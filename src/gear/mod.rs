@@ -1,0 +1,61 @@
+//! A gear: one isolated runtime instance of an app, and its life cycle.
+
+pub mod isolation;
+pub mod mcs;
+pub mod spawn;
+
+use crate::node::Node;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// The durable record of a gear, stored inside its app's state file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gear {
+    /// 32 hex characters, as OpenShift v2's gear UUIDs.
+    pub id: String,
+    pub app: String,
+    /// 0 for the first web gear; scaled gears count up.
+    pub index: u32,
+    /// uid and gid of every process in the gear.
+    pub uid: u32,
+    pub ip: Ipv4Addr,
+    pub profile: String,
+}
+
+impl Gear {
+    pub fn gid(&self) -> u32 {
+        self.uid
+    }
+    /// The SELinux MCS level, computed from the uid as OpenShift v2 did.
+    pub fn mcs(&self) -> String {
+        mcs::label_for_uid(self.uid)
+    }
+    /// The home directory on the host.
+    pub fn home(&self, node: &Node) -> PathBuf {
+        node.gears_dir().join(&self.id)
+    }
+    /// The home directory as the gear sees it.
+    pub fn inner_home(&self) -> PathBuf {
+        PathBuf::from(format!("/home/{}", self.app))
+    }
+    /// Name of the cgroup directory beneath the node's cgroup parent.
+    pub fn cgroup_name(&self) -> String {
+        format!("{}-{}", self.app, self.index)
+    }
+    /// The network namespace name (`ip netns`).
+    pub fn netns(&self) -> String {
+        format!("gs-{}", &self.id[..12])
+    }
+    /// The host end of the gear's veth pair.
+    pub fn veth_host(&self) -> String {
+        format!("gh{}", &self.id[..12])
+    }
+}
+
+/// A fresh random gear id.
+pub fn new_id() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}

@@ -1,0 +1,126 @@
+//! `gearshift init`: write a node config with documented defaults (or a throw-away node's), then
+//! bring the node up. Running it again changes nothing that exists.
+
+use crate::config::{Config, Subnet};
+use crate::node::Node;
+use crate::state;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Data root for all state (default /var/lib/gearshift).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Node name (names cgroups, firewall table, loop image); defaults to the bridge name.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    #[arg(long)]
+    pub https_port: Option<u16>,
+    #[arg(long)]
+    pub ssh_port: Option<u16>,
+    #[arg(long)]
+    pub subnet: Option<String>,
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Gear uid range, e.g. 400000-449999.
+    #[arg(long)]
+    pub uids: Option<String>,
+    /// Cartridge directory to search (repeatable; replaces the default path).
+    #[arg(long = "cartridges")]
+    pub cartridges: Vec<PathBuf>,
+    /// Disk quota backend: auto, btrfs-loop, ext4, xfs, none.
+    #[arg(long)]
+    pub disk_backend: Option<String>,
+    /// Size of the btrfs loop image for gear homes.
+    #[arg(long)]
+    pub disk_image_size: Option<String>,
+    /// Allow gears without an enforceable disk quota.
+    #[arg(long)]
+    pub allow_unlimited_disk: bool,
+}
+
+/// The config that `args` describe, starting from the defaults.
+pub fn config_from(args: &InitArgs) -> Result<Config> {
+    let mut c = Config::default();
+    if let Some(b) = &args.bridge {
+        c.bridge = b.clone();
+        c.name = b.to_ascii_lowercase().replace('_', "-");
+    }
+    if let Some(n) = &args.name {
+        c.name = n.clone();
+    }
+    if c.name != "gearshift" {
+        c.cgroup_parent = format!("gearshift-{}", c.name);
+    }
+    if let Some(r) = &args.root {
+        c.data_root = if r.is_absolute() { r.clone() } else { std::env::current_dir()?.join(r) };
+    }
+    if let Some(p) = args.http_port {
+        c.http_port = p;
+    }
+    if let Some(p) = args.https_port {
+        c.https_port = p;
+    }
+    if let Some(p) = args.ssh_port {
+        c.ssh_port = p;
+    }
+    if let Some(s) = &args.subnet {
+        c.subnet = Subnet::parse(s)?.to_string();
+    }
+    if let Some(u) = &args.uids {
+        let (a, b) = u.split_once('-').context("--uids must look like 400000-449999")?;
+        c.uid_min = a.trim().parse().context("--uids: first uid is not a number")?;
+        c.uid_max = b.trim().parse().context("--uids: last uid is not a number")?;
+    }
+    if !args.cartridges.is_empty() {
+        c.cartridge_path = args
+            .cartridges
+            .iter()
+            .map(|p| if p.is_absolute() { Ok(p.clone()) } else { Ok(std::env::current_dir()?.join(p)) })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(b) = &args.disk_backend {
+        c.disk.backend = b.clone();
+    }
+    if let Some(s) = &args.disk_image_size {
+        c.disk.image_size = s.clone();
+    }
+    c.disk.allow_unlimited |= args.allow_unlimited_disk;
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("gearshift init must run as root (it creates cgroups, a bridge and mounts)");
+    }
+    let wanted = config_from(&args)?;
+    let node = if config_path.exists() {
+        let node = Node::load(config_path)?;
+        if node.config != wanted && (args.root.is_some() || args.bridge.is_some() || args.subnet.is_some()) {
+            eprintln!(
+                "gearshift: {} exists and differs from the flags given; keeping it (edit it or remove it to re-initialise)",
+                config_path.display()
+            );
+        }
+        node
+    } else {
+        let text = format!(
+            "# gearshift node config. Every value is documented in README.md (\"Node config\").\n{}",
+            toml::to_string_pretty(&wanted).context("cannot serialise config")?
+        );
+        state::write_atomic(config_path, text.as_bytes(), 0o644)?;
+        Node { config: wanted, config_path: config_path.to_path_buf() }
+    };
+    node.up().context("cannot bring the node up (run `gearshift doctor`)")?;
+    println!(
+        "node '{}' ready: config {}, data root {}",
+        node.config.name,
+        config_path.display(),
+        node.root().display()
+    );
+    Ok(())
+}

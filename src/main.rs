@@ -1,0 +1,26 @@
+//! gearshift: a PaaS-in-a-box for one Linux VM, as one static binary.
+
+mod app;
+mod cartridge;
+mod cli;
+mod config;
+mod doctor;
+mod gear;
+mod init;
+mod names;
+mod node;
+mod sshkey;
+mod state;
+mod table;
+mod user;
+
+fn main() {
+    let code = match cli::main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gearshift: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,93 @@
+//! Plain-file state: atomic writes (temp, fsync, rename) and advisory locks.
+
+use anyhow::{Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Writes `data` to `path` so that readers see either the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{}.tmp.{}", name, std::process::id()));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Serialises `value` as TOML and writes it atomically.
+pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = toml::to_string_pretty(value).context("cannot serialise state")?;
+    write_atomic(path, text.as_bytes(), 0o600)
+}
+
+/// Reads a TOML state file.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not valid: fix or remove it", path.display()))
+}
+
+/// An exclusive advisory lock held until dropped.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Blocks until the lock file at `path` is held exclusively.
+    pub fn exclusive(path: &Path) -> Result<Lock> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open lock {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is touched.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot lock {}", path.display()));
+        }
+        Ok(Lock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_content() {
+        let dir = std::env::temp_dir().join(format!("gs-state-{}", std::process::id()));
+        let p = dir.join("x.toml");
+        write_atomic(&p, b"a = 1\n", 0o600).unwrap();
+        write_atomic(&p, b"a = 2\n", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "a = 2\n");
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp files left behind");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
