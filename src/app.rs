@@ -1,8 +1,306 @@
-//! Apps (todo)
+//! Apps: named applications owned by a user, each with one or more gears.
+
+use crate::gear::isolation::quota;
+use crate::gear::{self, Gear};
 use crate::node::Node;
-use anyhow::Result;
+use crate::{cartridge, names, state, table, user};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+
+/// `gearshift app ...`
 #[derive(Debug, clap::Subcommand)]
-pub enum AppCmd { List }
-pub fn run(_n: &Node, _c: AppCmd) -> Result<()> { todo!() }
-pub fn run_in_gear(_n: &Node, _a: &str, _g: u32, _c: &[String]) -> Result<i32> { todo!() }
-pub fn destroy_node(_n: &Node, _c: &str) -> Result<()> { todo!() }
+pub enum AppCmd {
+    /// Create an app and its gear.
+    Create {
+        name: String,
+        #[arg(long)]
+        cartridge: String,
+        /// Owning user (default: none, admin-managed).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Resource profile (default from the node config).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List apps.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app, its gears, their limits and usage.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy an app and everything of its gears.
+    Destroy {
+        name: String,
+        /// Repeat the app's name to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
+}
+
+/// The durable record of an app (`<root>/apps/<name>.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct App {
+    pub name: String,
+    pub owner: Option<String>,
+    pub cartridge: String,
+    pub profile: String,
+    /// Unix time of creation.
+    pub created: u64,
+    /// `creating` until every gear piece exists, then `ready`.
+    pub status: String,
+    pub gears: Vec<Gear>,
+}
+
+fn path(node: &Node, name: &str) -> std::path::PathBuf {
+    node.apps_dir().join(format!("{name}.toml"))
+}
+
+/// Loads an app, with a clear error when unknown.
+pub fn load(node: &Node, name: &str) -> Result<App> {
+    names::check_app_name(name)?;
+    let p = path(node, name);
+    if !p.exists() {
+        bail!("unknown app '{name}' (see `gearshift app list`)");
+    }
+    state::read_toml(&p)
+}
+
+/// Every app on the node, by name.
+pub fn list(node: &Node) -> Result<Vec<App>> {
+    let mut out = Vec::new();
+    let dir = node.apps_dir();
+    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(name) = n.strip_suffix(".toml") {
+            if !name.starts_with('.') {
+                out.push(state::read_toml::<App>(&e.path())?);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn save(node: &Node, app: &App) -> Result<()> {
+    state::write_toml(&path(node, &app.name), app)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Lowest free uid and IP on the node (call with the node lock held).
+fn allocate(node: &Node) -> Result<(u32, std::net::Ipv4Addr)> {
+    let apps = list(node)?;
+    let used_uids: BTreeSet<u32> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.uid)).collect();
+    let used_ips: BTreeSet<_> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.ip)).collect();
+    let c = &node.config;
+    let uid = (c.uid_min..=c.uid_max)
+        .find(|u| !used_uids.contains(u))
+        .with_context(|| format!("no free gear uid left in {}..={} (widen uid_min/uid_max)", c.uid_min, c.uid_max))?;
+    let net = c.subnet();
+    let ip = (2..=net.hosts())
+        .filter_map(|n| net.host(n))
+        .find(|ip| !used_ips.contains(ip))
+        .with_context(|| format!("no free address left in subnet {net}"))?;
+    Ok((uid, ip))
+}
+
+/// Creates an app and its first gear. Bad input creates nothing; a failure part-way removes
+/// whatever was made.
+pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile: Option<&str>) -> Result<App> {
+    names::check_app_name(name)?;
+    let cart = cartridge::find(node, cart)?;
+    if let Some(o) = owner {
+        user::load(node, o)?;
+    }
+    let profile = profile.unwrap_or(&node.config.default_profile).to_string();
+    let limits = node.config.profile(&profile)?.limits()?;
+    if quota::backend(node)? == quota::Backend::None && !node.config.disk.allow_unlimited {
+        bail!(
+            "cannot create app '{name}': no disk quota backend can enforce its disk limit (run `gearshift doctor`; set disk.allow_unlimited = true to accept unlimited disk)"
+        );
+    }
+    let _lock = node.lock()?;
+    if path(node, name).exists() {
+        bail!("app '{name}' already exists");
+    }
+    let (uid, ip) = allocate(node)?;
+    let g = Gear { id: gear::new_id()?, app: name.into(), index: 0, uid, ip, profile: profile.clone() };
+    let mut app = App {
+        name: name.into(),
+        owner: owner.map(String::from),
+        cartridge: cart.manifest.name.clone(),
+        profile,
+        created: now(),
+        status: "creating".into(),
+        gears: vec![g.clone()],
+    };
+    // Recorded first, so that a crash part-way leaves a record `app destroy` can clean up.
+    save(node, &app)?;
+    if let Err(e) = gear::create(node, &g, &limits) {
+        let cleanup = gear::destroy(node, &g);
+        let _ = std::fs::remove_file(path(node, name));
+        return Err(match cleanup {
+            Ok(()) => e.context(format!("cannot create app '{name}' (nothing was kept)")),
+            Err(c) => e.context(format!("cannot create app '{name}'; clean-up also failed: {c:#}")),
+        });
+    }
+    app.status = "ready".into();
+    save(node, &app)?;
+    Ok(app)
+}
+
+/// Destroys an app: every gear piece, then its record.
+pub fn destroy(node: &Node, name: &str, confirm: &str) -> Result<()> {
+    names::check_app_name(name)?;
+    if confirm != name {
+        bail!("refusing to destroy '{name}': pass --confirm {name}");
+    }
+    let _lock = node.lock()?;
+    let app = load(node, name)?;
+    for g in &app.gears {
+        gear::destroy(node, g)?;
+    }
+    std::fs::remove_file(path(node, name)).with_context(|| format!("cannot remove the record of '{name}'"))?;
+    Ok(())
+}
+
+/// Destroys every app, takes the node down and removes its data root and config.
+pub fn destroy_node(node: &Node, confirm: &str) -> Result<()> {
+    if confirm != node.config.name {
+        bail!("refusing to destroy node '{}': pass --confirm {}", node.config.name, node.config.name);
+    }
+    for a in list(node)? {
+        destroy(node, &a.name, &a.name)?;
+    }
+    node.down()?;
+    std::fs::remove_dir_all(node.root()).with_context(|| format!("cannot remove {}", node.root().display()))?;
+    let _ = std::fs::remove_file(&node.config_path);
+    Ok(())
+}
+
+fn gear_json(node: &Node, g: &Gear) -> serde_json::Value {
+    let stats = gear::cgroup(node, g).map(|c| c.stats()).unwrap_or_default();
+    let disk = quota::usage(node, &g.id, g.uid).ok();
+    serde_json::json!({
+        "id": g.id, "index": g.index, "uid": g.uid, "gid": g.gid(), "mcs": g.mcs(), "ip": g.ip.to_string(),
+        "home": g.home(node), "netns": g.netns(), "veth": g.veth_host(), "cgroup": g.cgroup_name(),
+        "running": gear::init_pid(node, g).is_some(),
+        "memory_bytes": stats.memory_bytes, "memory_limit": stats.memory_limit, "oom_kills": stats.oom_kills,
+        "pids": stats.pids, "pids_limit": stats.pids_limit, "cpu_usage_usec": stats.cpu_usage_usec,
+        "cpu_throttled": stats.cpu_throttled,
+        "disk_bytes": disk.map(|d| d.bytes), "disk_limit": disk.and_then(|d| d.limit_bytes),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}M", b as f64 / (1 << 20) as f64)
+}
+
+pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
+    match cmd {
+        AppCmd::Create { name, cartridge, owner, profile } => {
+            let app = create(node, &name, &cartridge, owner.as_deref(), profile.as_deref())?;
+            let g = &app.gears[0];
+            println!("created app '{}' ({} cartridge, profile {}): gear {} uid {} ip {} {}", app.name, app.cartridge, app.profile, g.id, g.uid, g.ip, g.mcs());
+        }
+        AppCmd::List { json } => {
+            let apps = list(node)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                let rows: Vec<Vec<String>> = apps
+                    .iter()
+                    .map(|a| {
+                        let running = a.gears.iter().filter(|g| gear::init_pid(node, g).is_some()).count();
+                        vec![
+                            a.name.clone(),
+                            a.owner.clone().unwrap_or_else(|| "-".into()),
+                            a.cartridge.clone(),
+                            a.profile.clone(),
+                            format!("{running}/{}", a.gears.len()),
+                            a.gears.first().map(|g| g.ip.to_string()).unwrap_or_default(),
+                            a.status.clone(),
+                        ]
+                    })
+                    .collect();
+                table::print(&["NAME", "OWNER", "CARTRIDGE", "PROFILE", "GEARS", "IP", "STATUS"], &rows);
+            }
+        }
+        AppCmd::Show { name, json } => {
+            let app = load(node, &name)?;
+            let gears: Vec<_> = app.gears.iter().map(|g| gear_json(node, g)).collect();
+            if json {
+                let mut v = serde_json::to_value(&app)?;
+                v["gears"] = serde_json::Value::Array(gears);
+                v["url"] = format!("http://{}.{}/", app.name, node.config.domain).into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("app:       {}", app.name);
+                println!("owner:     {}", app.owner.as_deref().unwrap_or("-"));
+                println!("cartridge: {}", app.cartridge);
+                println!("profile:   {}", app.profile);
+                println!("status:    {}", app.status);
+                println!("url:       http://{}.{}/", app.name, node.config.domain);
+                for (g, j) in app.gears.iter().zip(gears) {
+                    println!("gear {}:", g.index);
+                    println!("  id {}  uid/gid {}  selinux {}  ip {}", g.id, g.uid, g.mcs(), g.ip);
+                    println!("  home {}  cgroup {}  netns {}", g.home(node).display(), g.cgroup_name(), g.netns());
+                    println!(
+                        "  running {}  memory {} / {}  oom kills {}  pids {} / {}  cpu {:.2}s  throttled {}",
+                        j["running"],
+                        mib(j["memory_bytes"].as_u64().unwrap_or(0)),
+                        mib(j["memory_limit"].as_u64().unwrap_or(0)),
+                        j["oom_kills"],
+                        j["pids"],
+                        j["pids_limit"],
+                        j["cpu_usage_usec"].as_u64().unwrap_or(0) as f64 / 1e6,
+                        j["cpu_throttled"]
+                    );
+                    match (j["disk_bytes"].as_u64(), j["disk_limit"].as_u64()) {
+                        (Some(b), Some(l)) => println!("  disk {} / {}", mib(b), mib(l)),
+                        (Some(b), None) => println!("  disk {} (no limit)", mib(b)),
+                        _ => println!("  disk usage unavailable"),
+                    }
+                }
+            }
+        }
+        AppCmd::Destroy { name, confirm } => {
+            destroy(node, &name, &confirm)?;
+            println!("destroyed app '{name}'");
+        }
+    }
+    Ok(())
+}
+
+/// `gearshift run APP -- CMD...`: runs CMD in the gear and returns its exit code.
+pub fn run_in_gear(node: &Node, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    let app = load(node, name)?;
+    let g = app
+        .gears
+        .iter()
+        .find(|g| g.index == index)
+        .with_context(|| format!("app '{name}' has no gear {index}"))?;
+    let pid = gear::ensure_running(node, g)?;
+    let cg = gear::cgroup(node, g)?;
+    let tty = std::io::stdin().is_terminal();
+    let term = if tty { std::env::var("TERM").ok() } else { None };
+    let who = gear::identity(g);
+    gear::spawn::exec(&gear::spawn::ExecSpec {
+        init_pid: pid,
+        cgroup: &cg,
+        who: &who,
+        argv: command.to_vec(),
+        env: gear::env(node, g, term),
+        tty,
+    })
+}

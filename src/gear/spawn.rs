@@ -1,1 +1,336 @@
-//! spawn (todo)
+//! Spawning inside a gear. Each gear has one long-lived init (pid 1 of its pid namespace) that
+//! owns the gear's namespaces and filesystem view; every command then joins those namespaces
+//! (like `nsenter`), so all of a gear's processes see one another and nothing else, and a spawn
+//! costs two forks and an exec instead of a fresh mount tree.
+//!
+//! The isolation sequence, top to bottom:
+//! init:  cgroup → net ns (the gear's) → new mount, uts, ipc, pid, cgroup namespaces → fork
+//!        (pid 1) → root filesystem (mounts) → hostname → confine → reap forever.
+//! spawn: cgroup → join the init's namespaces → fork → confine → exec.
+//! confine: rlimits → Landlock → SELinux exec label → capabilities disarmed → setgroups/setgid/
+//!        setuid (gear uid, never root) → verify no capabilities → no_new_privs → seccomp.
+
+use super::isolation::{caps, cgroup::GearCgroup, landlock, mounts, rlimits, seccomp, selinux};
+use anyhow::{bail, Context, Result};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// Who a gear process runs as, and how it is confined.
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub mcs: String,
+    pub home_inner: PathBuf,
+}
+
+/// What a gear's init needs.
+pub struct InitSpec {
+    pub root: mounts::RootSpec,
+    pub cgroup: GearCgroup,
+    pub netns: PathBuf,
+    pub hostname: String,
+    pub who: Identity,
+}
+
+/// A command to run in a running gear.
+pub struct ExecSpec<'a> {
+    pub init_pid: i32,
+    pub cgroup: &'a GearCgroup,
+    pub who: &'a Identity,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Give the command a pseudo-terminal from the gear's own devpts.
+    pub tty: bool,
+}
+
+/// Writes to stderr and exits a forked child with `code`; never returns.
+fn die(code: i32, msg: &str) -> ! {
+    let _ = std::io::stderr().write_all(format!("gearshift: {msg}\n").as_bytes());
+    // SAFETY: _exit ends the forked child without running the parent's destructors twice.
+    unsafe { libc::_exit(code) }
+}
+
+fn exit_code(st: WaitStatus) -> i32 {
+    match st {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
+        _ => 1,
+    }
+}
+
+/// Waits for `pid`, retrying on EINTR.
+fn wait_for(pid: Pid) -> Result<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.with_context(|| format!("cannot wait for process {pid}")),
+        }
+    }
+}
+
+/// Closes every descriptor from `from` upwards except `keep`.
+fn close_fds_from(from: RawFd, keep: Option<RawFd>) {
+    let close = |lo: RawFd, hi: libc::c_uint| {
+        if lo as libc::c_uint <= hi {
+            // SAFETY: close_range only closes descriptors; none of them is used afterwards.
+            unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) };
+        }
+    };
+    match keep {
+        Some(k) if k >= from => {
+            close(from, (k - 1) as libc::c_uint);
+            close(k + 1, libc::c_uint::MAX);
+        }
+        _ => close(from, libc::c_uint::MAX),
+    }
+}
+
+/// Applies every per-process mechanism and switches to the gear's uid. After this the process
+/// has no capabilities, no_new_privs, the seccomp filter and (where asked) Landlock.
+fn confine(who: &Identity, filters: &seccomp::Filters, with_landlock: bool) -> Result<()> {
+    rlimits::apply()?;
+    if with_landlock {
+        landlock::apply(&who.home_inner)?;
+    }
+    selinux::set_exec_label(&who.mcs)?;
+    caps::disarm()?;
+    nix::unistd::setgroups(&[]).context("cannot clear supplementary groups")?;
+    let (g, u) = (Gid::from_raw(who.gid), Uid::from_raw(who.uid));
+    nix::unistd::setresgid(g, g, g).context("cannot switch to the gear gid")?;
+    nix::unistd::setresuid(u, u, u).context("cannot switch to the gear uid")?;
+    caps::verify_none()?;
+    caps::no_new_privs()?;
+    seccomp::apply(filters)
+}
+
+/// Starts a gear's init and returns its pid (in the host's pid namespace).
+pub fn start_init(spec: &InitSpec) -> Result<i32> {
+    let filters = seccomp::build()?;
+    let netns = File::open(&spec.netns)
+        .with_context(|| format!("gear network namespace {} is missing (run `gearshift node up`)", spec.netns.display()))?;
+    let devnull = File::options().read(true).write(true).open("/dev/null")?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // SAFETY: this process is single-threaded here (the CLI, or a helper forked for one spawn),
+    // so the child may allocate and use the std library freely.
+    match unsafe { fork() }.context("cannot fork the gear init")? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut w = File::from(wr);
+            let r = (|| -> Result<Pid> {
+                nix::unistd::setsid().context("setsid")?;
+                spec.cgroup.join(0).context("cannot join the gear's cgroup")?;
+                setns(&netns, CloneFlags::CLONE_NEWNET).context("cannot enter the gear's network namespace")?;
+                unshare(
+                    CloneFlags::CLONE_NEWNS
+                        | CloneFlags::CLONE_NEWUTS
+                        | CloneFlags::CLONE_NEWIPC
+                        | CloneFlags::CLONE_NEWPID
+                        | CloneFlags::CLONE_NEWCGROUP,
+                )
+                .context("cannot create the gear's namespaces")?;
+                // SAFETY: single-threaded process, as above.
+                match unsafe { fork() }.context("cannot fork the gear's pid 1")? {
+                    ForkResult::Parent { child } => Ok(child),
+                    ForkResult::Child => {
+                        let r = init_main(spec, &filters, &devnull, &mut w);
+                        if let Err(e) = r {
+                            let _ = writeln!(w, "error: {e:#}");
+                            // SAFETY: forked child exits without unwinding.
+                            unsafe { libc::_exit(1) }
+                        }
+                        unreachable!("init_main never returns Ok")
+                    }
+                }
+            })();
+            match r {
+                Ok(pid) => {
+                    let _ = writeln!(w, "pid {pid}");
+                    // SAFETY: forked child exits without unwinding.
+                    unsafe { libc::_exit(0) }
+                }
+                Err(e) => {
+                    let _ = writeln!(w, "error: {e:#}");
+                    // SAFETY: forked child exits without unwinding.
+                    unsafe { libc::_exit(1) }
+                }
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            wait_for(child)?;
+            let mut out = String::new();
+            File::from(rd).read_to_string(&mut out).context("cannot read the gear init's report")?;
+            let mut pid = None;
+            let mut ready = false;
+            for line in out.lines() {
+                if let Some(e) = line.strip_prefix("error: ") {
+                    bail!("gear init failed: {e}");
+                }
+                if let Some(p) = line.strip_prefix("pid ") {
+                    pid = p.trim().parse::<i32>().ok();
+                }
+                ready |= line == "ready";
+            }
+            match (pid, ready) {
+                (Some(p), true) => Ok(p),
+                _ => bail!("gear init exited before it was ready (report: {out:?})"),
+            }
+        }
+    }
+}
+
+/// The gear's pid 1: builds the root, confines itself, reports ready, then reaps orphans.
+fn init_main(spec: &InitSpec, filters: &seccomp::Filters, devnull: &File, w: &mut File) -> Result<std::convert::Infallible> {
+    for fd in 0..3 {
+        nix::unistd::dup2(devnull.as_raw_fd(), fd).context("cannot redirect stdio")?;
+    }
+    mounts::build_root(&spec.root)?;
+    nix::unistd::sethostname(&spec.hostname).context("cannot set the gear's hostname")?;
+    close_fds_from(3, Some(w.as_raw_fd()));
+    confine(&spec.who, filters, false)?;
+    writeln!(w, "ready")?;
+    // SAFETY: closing our copy of the report pipe; `w` is not written again.
+    unsafe { libc::close(w.as_raw_fd()) };
+    loop {
+        // SAFETY: wait(NULL) reaps any child; no memory is passed.
+        let r = unsafe { libc::wait(std::ptr::null_mut()) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
+/// Opens a pty pair in the gear's own devpts: (master, slave).
+fn gear_pty(init_pid: i32) -> Result<(OwnedFd, OwnedFd)> {
+    let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
+    let master = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)
+        .with_context(|| format!("cannot open {ptmx}"))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the pointer, which is valid for the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot unlock the pty");
+    }
+    // SAFETY: TIOCGPTPEER returns a new descriptor for the peer; no pointers involved.
+    let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot open the pty's peer");
+    }
+    // SAFETY: `slave` is a fresh descriptor that nothing else owns.
+    Ok((master.into(), unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Finds `prog` on the gear's PATH (resolved inside the gear's root, after setns).
+fn resolve(prog: &str, env: &[(String, String)]) -> CString {
+    if prog.contains('/') {
+        return CString::new(prog).unwrap_or_default();
+    }
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+    for dir in path.split(':') {
+        let p = Path::new(dir).join(prog);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() {
+                return CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            }
+        }
+    }
+    CString::new(prog).unwrap_or_default()
+}
+
+/// Runs a command in a running gear, with stdio attached, and returns its exit code
+/// (128+N when killed by signal N).
+pub fn exec(spec: &ExecSpec) -> Result<i32> {
+    let filters = seccomp::build()?;
+    let ns_kinds = [
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let ns: Vec<(File, CloneFlags)> = ns_kinds
+        .iter()
+        .map(|(k, f)| {
+            let p = format!("/proc/{}/ns/{k}", spec.init_pid);
+            File::open(&p).map(|fd| (fd, *f)).with_context(|| format!("cannot open {p} (is the gear running?)"))
+        })
+        .collect::<Result<_>>()?;
+    let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>().context("argument contains a NUL byte")?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<_, _>>()
+        .context("environment contains a NUL byte")?;
+    let pty = if spec.tty { Some(gear_pty(spec.init_pid)?) } else { None };
+    if let Some((m, _)) = &pty {
+        super::tty::copy_window_size(0, m.as_raw_fd());
+    }
+
+    // SAFETY: single-threaded process; the child uses only its own copies.
+    let child = match unsafe { fork() }.context("cannot fork")? {
+        ForkResult::Parent { child } => child,
+        ForkResult::Child => {
+            if let Err(e) = spec.cgroup.join(0) {
+                die(126, &format!("{e:#}"));
+            }
+            for (fd, kind) in &ns {
+                if let Err(e) = setns(fd, *kind) {
+                    die(126, &format!("cannot join the gear's {kind:?} namespace: {e}"));
+                }
+            }
+            drop(ns);
+            // SAFETY: single-threaded child.
+            match unsafe { fork() } {
+                Err(e) => die(126, &format!("cannot fork into the gear: {e}")),
+                Ok(ForkResult::Parent { child }) => {
+                    drop(pty);
+                    let code = wait_for(child).map(exit_code).unwrap_or(126);
+                    // SAFETY: forked child exits without unwinding.
+                    unsafe { libc::_exit(code) }
+                }
+                Ok(ForkResult::Child) => {
+                    if let Some((m, s)) = &pty {
+                        // SAFETY: plain syscalls on descriptors this process owns.
+                        unsafe {
+                            libc::close(m.as_raw_fd());
+                            libc::setsid();
+                            libc::ioctl(s.as_raw_fd(), libc::TIOCSCTTY, 0);
+                            for fd in 0..3 {
+                                libc::dup2(s.as_raw_fd(), fd);
+                            }
+                        }
+                    }
+                    close_fds_from(3, None);
+                    if let Err(e) = confine(spec.who, &filters, true) {
+                        die(126, &format!("cannot confine the process: {e:#}"));
+                    }
+                    if let Err(e) = nix::unistd::chdir(&spec.who.home_inner) {
+                        die(126, &format!("cannot enter {}: {e}", spec.who.home_inner.display()));
+                    }
+                    let prog = resolve(&spec.argv[0], &spec.env);
+                    let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+                    die(if e == nix::errno::Errno::ENOENT { 127 } else { 126 }, &format!("cannot run {}: {e}", spec.argv[0]))
+                }
+            }
+        }
+    };
+    drop(ns);
+    if let Some((m, s)) = pty {
+        drop(s);
+        super::tty::relay(m, child)?;
+    }
+    Ok(exit_code(wait_for(child)?))
+}

@@ -1,1 +1,142 @@
-//! mounts (todo)
+//! The gear's filesystem view: a fresh tmpfs root holding read-only binds of the host runtimes,
+//! the gear's own home, private /tmp, /dev, /proc and /sys, then pivot_root into it.
+//! Runs in the gear's init (pid 1 of a new pid namespace, in a new mount namespace).
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Host directories every gear sees read-only (the runtimes).
+pub const HOST_RUNTIME_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
+
+/// Everything needed to build one gear's root.
+#[derive(Debug, Clone)]
+pub struct RootSpec {
+    /// An existing empty directory; the new root is a tmpfs mounted on it (in our private mount ns).
+    pub staging: PathBuf,
+    pub home_host: PathBuf,
+    pub home_inner: PathBuf,
+    /// Root-owned `passwd`, `group` and optional `resolv.conf` bound over the host's.
+    pub meta_dir: PathBuf,
+    /// Further read-only binds: (host path, path inside the gear).
+    pub ro_binds: Vec<(PathBuf, PathBuf)>,
+    pub tmp_size: u64,
+}
+
+fn nosuid_nodev() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+}
+
+fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<()> {
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("cannot bind {} on {}", src.display(), dst.display()))?;
+    mount(None::<&str>, dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
+        .with_context(|| format!("cannot remount {} with {:?}", dst.display(), extra))
+}
+
+fn tmpfs(dst: &Path, flags: MsFlags, data: &str) -> Result<()> {
+    fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(data))
+        .with_context(|| format!("cannot mount tmpfs on {}", dst.display()))
+}
+
+fn inner(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// Builds the gear's root at `spec.staging` and pivots into it. After this, `/` is read-only,
+/// and the host's other directories (data root, other gears) do not exist for this process.
+pub fn build_root(spec: &RootSpec) -> Result<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("cannot make / private in the gear's mount namespace")?;
+    let r = &spec.staging;
+    tmpfs(r, nosuid_nodev(), "mode=0755,size=4m")?;
+    let ro = MsFlags::MS_RDONLY | nosuid_nodev();
+
+    for d in HOST_RUNTIME_DIRS {
+        let host = Path::new("/").join(d);
+        let Ok(meta) = fs::symlink_metadata(&host) else { continue };
+        let dst = r.join(d);
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&host)?;
+            symlink(&target, &dst).with_context(|| format!("cannot link {}", dst.display()))?;
+        } else if meta.is_dir() {
+            fs::create_dir(&dst)?;
+            bind(&host, &dst, ro)?;
+        }
+    }
+    for f in ["passwd", "group", "resolv.conf"] {
+        let src = spec.meta_dir.join(f);
+        if src.exists() {
+            bind(&src, &r.join("etc").join(f), ro)?;
+        }
+    }
+    for (host, at) in &spec.ro_binds {
+        let dst = inner(r, at);
+        fs::create_dir_all(&dst)?;
+        bind(host, &dst, ro)?;
+    }
+
+    let home = inner(r, &spec.home_inner);
+    fs::create_dir_all(&home)?;
+    bind(&spec.home_host, &home, nosuid_nodev())?;
+
+    let tmp_opts = format!("mode=1777,size={}", spec.tmp_size);
+    tmpfs(&r.join("tmp"), nosuid_nodev(), &tmp_opts)?;
+    tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, "mode=0755,size=1m")?;
+    fs::create_dir_all(r.join("var"))?;
+    symlink("/tmp", r.join("var/tmp"))?;
+    build_dev(&r.join("dev"), &tmp_opts)?;
+
+    let proc_ = r.join("proc");
+    fs::create_dir(&proc_)?;
+    mount(Some("proc"), &proc_, Some("proc"), nosuid_nodev() | MsFlags::MS_NOEXEC, None::<&str>)
+        .context("cannot mount the gear's /proc")?;
+    let sys = r.join("sys");
+    fs::create_dir(&sys)?;
+    mount(Some("sysfs"), &sys, Some("sysfs"), ro | MsFlags::MS_NOEXEC, None::<&str>)
+        .context("cannot mount the gear's /sys")?;
+
+    pivot(r)?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro, None::<&str>)
+        .context("cannot make the gear's / read-only")
+}
+
+/// A minimal /dev: the harmless device nodes, a private devpts and /dev/shm.
+fn build_dev(dev: &Path, shm_opts: &str) -> Result<()> {
+    tmpfs(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0755,size=64k")?;
+    for n in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let dst = dev.join(n);
+        fs::write(&dst, b"")?;
+        // Device binds must keep device access; they are the only mounts without nodev.
+        bind(&Path::new("/dev").join(n), &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts)?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .context("cannot mount the gear's devpts")?;
+    symlink("pts/ptmx", dev.join("ptmx"))?;
+    tmpfs(&dev.join("shm"), nosuid_nodev(), shm_opts)?;
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        symlink(target, dev.join(name))?;
+    }
+    fs::set_permissions(dev, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// pivot_root(".", ".") then detach the old root: nothing of the host's tree stays reachable.
+fn pivot(root: &Path) -> Result<()> {
+    nix::unistd::chdir(root).with_context(|| format!("cannot enter {}", root.display()))?;
+    nix::unistd::pivot_root(".", ".").context("pivot_root into the gear's root failed")?;
+    umount2(".", MntFlags::MNT_DETACH).context("cannot detach the host's root")?;
+    nix::unistd::chdir("/").context("cannot chdir to the gear's /")?;
+    Ok(())
+}

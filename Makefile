@@ -1,0 +1,46 @@
+# gearshift: `sudo make run` sets everything up and starts a demo; `sudo make test` runs the suite.
+CARGO  ?= cargo
+TARGET := x86_64-unknown-linux-gnu
+BIN    := target/$(TARGET)/release/gearshift
+PREFIX ?= /usr/local
+CONFIG ?= /etc/gearshift/gearshift.toml
+
+.PHONY: all build deps test lint unit e2e bench install run clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(CARGO) build --release
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --bins
+
+e2e:
+	$(CARGO) test --tests --test '*' -- --test-threads=4
+
+test: deps lint
+	$(CARGO) test -- --test-threads=4
+	@test -x $(BIN) || $(CARGO) build --release
+	@ldd $(BIN) 2>&1 | grep -q 'not a dynamic executable' && echo "static binary: ok" || { echo "gearshift is not static"; exit 1; }
+
+bench: deps build
+	scripts/bench.sh $(BIN)
+
+install: build
+	install -D -m 0755 $(BIN) $(PREFIX)/bin/gearshift
+	mkdir -p $(PREFIX)/share/gearshift
+	rm -rf $(PREFIX)/share/gearshift/cartridges
+	cp -r cartridges $(PREFIX)/share/gearshift/cartridges
+
+run: deps install
+	scripts/demo.sh $(PREFIX)/bin/gearshift $(CONFIG)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every host package gearshift and its tests need (Debian/Ubuntu or Fedora/RHEL).
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have git || need+=(git)
+have ip || need+=(iproute2)
+have tc || need+=(iproute2)
+have nft || need+=(nftables)
+have mkfs.btrfs || need+=(btrfs-progs)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+have ssh || need+=(openssh-client)
+have curl || need+=(curl)
+have python3 || need+=(python3)
+have ps || need+=(procps)
+have losetup || need+=(util-linux)
+have setpriv || need+=(util-linux)
+have cc || need+=(gcc)
+if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
+if have apt-get; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+elif have dnf; then
+  fix=()
+  for p in "${need[@]}"; do
+    case "$p" in iproute2) fix+=(iproute iproute-tc);; openssh-client) fix+=(openssh-clients);; *) fix+=("$p");; esac
+  done
+  dnf install -y -q "${fix[@]}"
+else
+  echo "gearshift: cannot install ${need[*]}: no apt-get or dnf on this host" >&2
+  exit 1
+fi

@@ -1,0 +1,174 @@
+//! A gear as its user sees it from inside, and as a neighbour sees it: `gearshift run` applies
+//! every mechanism, and two apps cannot touch each other or the host.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn status_field(status: &str, key: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+#[test]
+fn run_applies_every_mechanism() {
+    require_root!();
+    let n = TestNode::new();
+    let app = n.create_app("alpha");
+    let uid = app["gears"][0]["uid"].as_u64().unwrap();
+
+    let (code, out, err) = n.sh("alpha", "id -u; id -g; hostname; whoami; echo $HOME; pwd");
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec![uid.to_string().as_str(), uid.to_string().as_str(), "alpha", "alpha", "/home/alpha", "/home/alpha"]);
+
+    // Only the gear's own processes: pid 1 is the gear init, and the rest are ours.
+    let (_, ps, _) = n.sh("alpha", "ps -e -o pid=,user=,comm=");
+    let pids: Vec<u32> = ps.lines().map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    assert!(pids.contains(&1), "no pid 1 in {ps}");
+    assert!(pids.len() <= 5, "the gear sees foreign processes:\n{ps}");
+    assert!(!ps.contains("root"), "a root process is visible in the gear:\n{ps}");
+
+    // Capabilities, no_new_privs, seccomp.
+    let (_, status, _) = n.sh("alpha", "cat /proc/self/status");
+    assert_eq!(status_field(&status, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(&status, "CapPrm:"), "0000000000000000");
+    assert_eq!(status_field(&status, "CapBnd:"), "0000000000000000");
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(&status, "Seccomp:"), "2");
+
+    // Private /tmp; read-only runtimes; the data root and other gears are not there.
+    let marker = format!("/tmp/gearshift-private-{}", n.slot);
+    let (code, _, _) = n.sh("alpha", &format!("echo x > {marker} && test -s {marker}"));
+    assert_eq!(code, 0);
+    assert!(!std::path::Path::new(&marker).exists(), "gear /tmp leaked to the host");
+    for dir in ["/usr", "/etc", "/bin", "/lib", "/"] {
+        let (code, _, err) = n.sh("alpha", &format!("touch {dir}/gearshift-probe"));
+        assert_ne!(code, 0, "{dir} is writable in the gear");
+        assert!(err.contains("Read-only file system") || err.contains("Permission denied"), "{dir}: {err}");
+    }
+    let root = n.root.display().to_string();
+    let (code, _, _) = n.sh("alpha", &format!("ls {root} || ls /var/lib/gearshift"));
+    assert_ne!(code, 0, "the data root is visible in the gear");
+    let (code, _, _) = n.sh("alpha", "echo hi > ~/app-root/data/f && cat ~/app-root/data/f");
+    assert_eq!(code, 0, "the gear cannot write its own home");
+
+    // Every writable mount is nosuid and nodev.
+    let (_, mi, _) = n.sh("alpha", "cat /proc/self/mountinfo");
+    for mp in ["/", "/home/alpha", "/tmp", "/usr", "/etc", "/proc", "/dev/shm"] {
+        let line = mi.lines().find(|l| l.split_whitespace().nth(4) == Some(mp)).unwrap_or_else(|| panic!("{mp} not mounted:\n{mi}"));
+        let opts = line.split_whitespace().nth(5).unwrap();
+        assert!(opts.contains("nosuid"), "{mp} lacks nosuid: {line}");
+        assert!(opts.contains("nodev") || mp == "/dev", "{mp} lacks nodev: {line}");
+    }
+
+    // Exit codes and stdin pass through.
+    assert_eq!(n.sh("alpha", "exit 42").0, 42);
+    assert_eq!(n.sh("alpha", "kill -TERM $$").0, 128 + 15);
+    let mut child = n.cmd().args(["run", "alpha", "--", "tr", "a-z", "A-Z"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"hello gear\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO GEAR\n");
+    let o = n.gs(&["run", "alpha", "--", "no-such-program"]);
+    assert_eq!(o.status.code(), Some(127));
+}
+
+#[test]
+fn setuid_mount_unshare_chroot_do_not_escape() {
+    require_root!();
+    let n = TestNode::new();
+    let app = n.create_app("esc");
+    let home = std::path::PathBuf::from(app["gears"][0]["home"].as_str().unwrap());
+
+    // A setuid-root copy of `id` planted in the gear's home by the host's root.
+    let planted = home.join("suid-id");
+    std::fs::copy("/usr/bin/id", &planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&planted, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let (code, out, _) = n.sh("esc", "~/suid-id");
+    assert_eq!(code, 0);
+    assert!(!out.contains("uid=0") && !out.contains("euid=0"), "setuid gave root: {out}");
+    let (_, out, _) = n.sh("esc", "su -c id root </dev/null 2>&1; sudo -n id 2>&1; true");
+    assert!(!out.contains("uid=0("), "su/sudo gave root: {out}");
+
+    for attack in [
+        "mount -t tmpfs none /tmp",
+        "unshare -r true",
+        "unshare -m true",
+        "unshare -n true",
+        "chroot / true",
+        "python3 -c 'import ctypes,sys; sys.exit(0 if ctypes.CDLL(None).unshare(0x10000000)==0 else 1)'",
+    ] {
+        let (code, out, err) = n.sh("esc", attack);
+        assert_ne!(code, 0, "`{attack}` succeeded in the gear: {out}{err}");
+    }
+}
+
+fn wait_http(addr: &str, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(300)) {
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut b = String::new();
+            let _ = s.read_to_string(&mut b);
+            if b.starts_with("HTTP/1.0 200") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn two_apps_cannot_touch_each_other_or_the_host() {
+    require_root!();
+    let n = TestNode::new();
+    let a = n.create_app("appa");
+    let b = n.create_app("appb");
+    let b_ip = b["gears"][0]["ip"].as_str().unwrap().to_string();
+    let b_home = b["gears"][0]["home"].as_str().unwrap().to_string();
+    assert_ne!(a["gears"][0]["uid"], b["gears"][0]["uid"]);
+    assert_ne!(a["gears"][0]["mcs"], b["gears"][0]["mcs"]);
+
+    // B serves HTTP and keeps a world-readable secret.
+    let (code, _, err) = n.sh("appb", "echo s3cret > ~/secret; chmod 666 ~/secret; nohup python3 -m http.server 8080 >/dev/null 2>&1 &");
+    assert_eq!(code, 0, "{err}");
+    let b_addr = format!("{b_ip}:8080");
+    assert!(wait_http(&b_addr, Duration::from_secs(10)), "B does not serve on {b_addr}");
+
+    // A cannot list or read B's home, by host path or by B's inner path.
+    for cmd in [format!("ls {b_home}"), format!("cat {b_home}/secret"), "cat /home/appb/secret".into(), "ls /home/appb".into()] {
+        let (code, out, _) = n.sh("appa", &cmd);
+        assert_ne!(code, 0, "A could run `{cmd}`: {out}");
+        assert!(!out.contains("s3cret"));
+    }
+    // A cannot see or signal B's processes (neither by host pid nor by a guess at B's inner pids).
+    let (_, ps, _) = n.sh("appa", "ps -e -o comm=");
+    assert!(!ps.contains("python3"), "A sees B's server: {ps}");
+    let server_pid = std::process::Command::new("pgrep").args(["-f", "http.server 8080"]).output().unwrap();
+    let server_pid = String::from_utf8_lossy(&server_pid.stdout).lines().next().unwrap_or("").to_string();
+    assert!(!server_pid.is_empty(), "B's server pid not found on the host");
+    let (code, _, err) = n.sh("appa", &format!("kill -9 {server_pid}; for p in $(seq 2 40); do kill -9 $p 2>/dev/null; done; true"));
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_http(&b_addr, Duration::from_secs(2)), "B stopped serving after A's kill attempts");
+
+    // A cannot connect to B's address.
+    let connect = |target: &str| {
+        let (h, p) = target.rsplit_once(':').unwrap();
+        n.sh("appa", &format!("python3 -c 'import socket; s=socket.socket(); s.settimeout(2); s.connect((\"{h}\", {p}))'")).0
+    };
+    assert_ne!(connect(&b_addr), 0, "A reached B at {b_addr}");
+
+    // A cannot reach the host's loopback services nor the host through the bridge.
+    let lo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lo_port = lo.local_addr().unwrap().port();
+    assert_ne!(connect(&format!("127.0.0.1:{lo_port}")), 0, "A reached the host's loopback");
+    let any = TcpListener::bind("0.0.0.0:0").unwrap();
+    let gw = format!("{}1:{}", n.subnet_prefix(), any.local_addr().unwrap().port());
+    assert_ne!(connect(&gw), 0, "A reached a host service through the bridge at {gw}");
+
+    // And B is still fine.
+    assert!(wait_http(&b_addr, Duration::from_secs(2)));
+}
