@@ -544,11 +544,13 @@ except Exception as e:
         let host_listener = TcpListener::bind((gw, 0)).unwrap();
         let host_port = host_listener.local_addr().unwrap().port().to_string();
         let r = f.run_in(&a.netns, PROBE, &[&gw.to_string(), &host_port, "1.5"]);
+        eprintln!("gear -> gateway: {r}");
         assert!(r.starts_with("failed"), "gear reached a host service: {r}");
 
         // A service in gear B: gear A must not reach it, the host must.
         let b_port = f.spawn_in(&b.netns, LISTEN, &[]);
         let r = f.run_in(&a.netns, PROBE, &[&b.ip.to_string(), &b_port, "1.5"]);
+        eprintln!("gear A -> gear B: {r}");
         assert!(r.starts_with("failed"), "gear A reached gear B: {r}");
 
         let addr = SocketAddr::new(b.ip.into(), b_port.parse().unwrap());
