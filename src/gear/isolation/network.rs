@@ -18,14 +18,18 @@ use std::process::{Command, Stdio};
 /// The node-wide network pieces.
 #[derive(Debug, Clone)]
 pub struct NodeNet {
+    /// The node's name (for messages).
     pub node: String,
+    /// The bridge's interface name (at most 15 characters).
     pub bridge: String,
+    /// The gears' subnet; its first host address is the bridge's (the gateway).
     pub subnet: Subnet,
     /// nftables table name (inet family), unique per node.
     pub nft_table: String,
 }
 
 impl NodeNet {
+    /// The node network described by the node configuration.
     pub fn from_config(c: &Config) -> NodeNet {
         NodeNet {
             node: c.name.clone(),
@@ -39,9 +43,13 @@ impl NodeNet {
 /// One gear's network.
 #[derive(Debug, Clone)]
 pub struct GearNet {
+    /// Network namespace name (`ip netns`), handle at [`netns_path`].
     pub netns: String,
+    /// Host end of the veth pair (at most 15 characters); the gear end is `eth0`.
     pub veth_host: String,
+    /// The gear's address in the node subnet.
     pub ip: Ipv4Addr,
+    /// Bandwidth limit in each direction, kbit/s (1000 bit/s); 0 means unlimited.
     pub bandwidth_kbit: u64,
 }
 
@@ -53,17 +61,23 @@ pub fn netns_path(netns: &str) -> PathBuf {
 /// Creates (or repairs) the node's bridge, enables IPv4 forwarding and atomically
 /// (re)loads the node's nftables table. Idempotent.
 pub fn node_up(n: &NodeNet) -> Result<()> {
-    check_ifname(&n.bridge).context("invalid bridge name")?;
-    check_table_name(&n.nft_table)?;
-    ensure_bridge(n)?;
-    enable_ip_forward()?;
-    load_ruleset(n)
+    let up = || -> Result<()> {
+        check_ifname(&n.bridge).context("invalid bridge name")?;
+        check_table_name(&n.nft_table)?;
+        ensure_bridge(n)?;
+        enable_ip_forward()?;
+        load_ruleset(n)
+    };
+    up().with_context(|| format!("cannot bring up the network of node {}", n.node))
 }
 
 /// Removes the node's nftables table and bridge. Idempotent; leaves `ip_forward` alone.
 pub fn node_down(n: &NodeNet) -> Result<()> {
     check_table_name(&n.nft_table)?;
-    let script = format!("table inet {t} {{}}\ndelete table inet {t}\n", t = n.nft_table);
+    let script = format!(
+        "table inet {t} {{}}\ndelete table inet {t}\n",
+        t = n.nft_table
+    );
     run_stdin(
         &format!("remove nftables table inet {}", n.nft_table),
         Command::new("nft").args(["-f", "-"]),
@@ -91,8 +105,12 @@ pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
     check_netns_name(&g.netns)?;
     // The veth first: deleting one end removes the pair synchronously, whereas a netns
     // (and the eth0 inside it) lingers while any process still lives in it.
-    delete_link(&g.veth_host)
-        .with_context(|| format!("cannot remove veth {} of gear netns {}", g.veth_host, g.netns))?;
+    delete_link(&g.veth_host).with_context(|| {
+        format!(
+            "cannot remove veth {} of gear netns {}",
+            g.veth_host, g.netns
+        )
+    })?;
     if netns_path(&g.netns).exists() {
         run(
             &format!("delete network namespace {}", g.netns),
@@ -109,7 +127,10 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
     let br = n.bridge.as_str();
     let what = format!("create bridge {br}");
     if !link_exists(br) {
-        run(&what, Command::new("ip").args(["link", "add", "name", br, "type", "bridge"]))?;
+        run(
+            &what,
+            Command::new("ip").args(["link", "add", "name", br, "type", "bridge"]),
+        )?;
     } else if !Path::new("/sys/class/net").join(br).join("bridge").exists() {
         bail!(
             "cannot create bridge {br}: a network interface of that name exists and is not \
@@ -121,7 +142,10 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
         &format!("give bridge {br} the gateway address {addr}"),
         Command::new("ip").args(["addr", "replace", &addr, "dev", br]),
     )?;
-    run(&format!("bring bridge {br} up"), Command::new("ip").args(["link", "set", br, "up"]))?;
+    run(
+        &format!("bring bridge {br} up"),
+        Command::new("ip").args(["link", "set", br, "up"]),
+    )?;
     Ok(())
 }
 
@@ -189,14 +213,20 @@ fn check_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
         );
     }
     if !link_exists(&n.bridge) {
-        bail!("bridge {} does not exist; bring the node's network up first (node_up)", n.bridge);
+        bail!(
+            "bridge {} does not exist; bring the node's network up first (node_up)",
+            n.bridge
+        );
     }
     Ok(())
 }
 
 fn build_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
     let (ns, veth) = (g.netns.as_str(), g.veth_host.as_str());
-    run(&format!("create network namespace {ns}"), Command::new("ip").args(["netns", "add", ns]))?;
+    run(
+        &format!("create network namespace {ns}"),
+        Command::new("ip").args(["netns", "add", ns]),
+    )?;
     run(
         &format!("create veth pair {veth} <-> {ns}:eth0"),
         Command::new("ip").args([
@@ -218,7 +248,10 @@ fn attach_host_end(n: &NodeNet, veth: &str) -> Result<()> {
         &format!("make veth {veth} an isolated port of bridge {br}"),
         Command::new("bridge").args(["link", "set", "dev", veth, "isolated", "on"]),
     )?;
-    run(&format!("bring veth {veth} up"), Command::new("ip").args(["link", "set", veth, "up"]))?;
+    run(
+        &format!("bring veth {veth} up"),
+        Command::new("ip").args(["link", "set", veth, "up"]),
+    )?;
     Ok(())
 }
 
@@ -240,7 +273,9 @@ fn configure_gear_end(n: &NodeNet, g: &GearNet) -> Result<()> {
     )?;
     run(
         &format!("set the default route via {gw} in netns {ns}"),
-        Command::new("ip").args(["-n", ns, "route", "replace", "default", "via", &gw, "dev", "eth0"]),
+        Command::new("ip").args([
+            "-n", ns, "route", "replace", "default", "via", &gw, "dev", "eth0",
+        ]),
     )?;
     Ok(())
 }
@@ -257,7 +292,10 @@ fn delete_link(name: &str) -> Result<()> {
     if !link_exists(name) {
         return Ok(());
     }
-    match run(&format!("delete interface {name}"), Command::new("ip").args(["link", "delete", "dev", name])) {
+    match run(
+        &format!("delete interface {name}"),
+        Command::new("ip").args(["link", "delete", "dev", name]),
+    ) {
         Err(_) if !link_exists(name) => Ok(()),
         other => other.map(drop),
     }
@@ -266,7 +304,9 @@ fn delete_link(name: &str) -> Result<()> {
 fn check_ifname(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !ok {
         bail!("interface name '{name}' must be 1-15 characters of [A-Za-z0-9._-]");
     }
@@ -277,7 +317,9 @@ fn check_netns_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !ok {
         bail!("network namespace name '{name}' must be 1-64 characters of [A-Za-z0-9._-], not starting with '.'");
     }
@@ -289,7 +331,9 @@ fn check_table_name(name: &str) -> Result<()> {
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !ok {
-        bail!("nftables table name '{name}' must start with a letter and contain only [A-Za-z0-9_]");
+        bail!(
+            "nftables table name '{name}' must start with a letter and contain only [A-Za-z0-9_]"
+        );
     }
     Ok(())
 }
@@ -317,9 +361,13 @@ fn run_stdin(what: &str, cmd: &mut Command, input: &str) -> Result<String> {
 
 fn run_with_input(what: &str, cmd: &mut Command, input: Option<&str>) -> Result<String> {
     let shown = show(cmd);
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| {
         format!("cannot {what}: cannot start `{shown}` (is it installed and on PATH? iproute2 provides ip/bridge/tc, nftables provides nft)")
     })?;
@@ -328,10 +376,16 @@ fn run_with_input(what: &str, cmd: &mut Command, input: Option<&str>) -> Result<
             .write_all(text.as_bytes())
             .with_context(|| format!("cannot {what}: cannot write to `{shown}`"))?;
     }
-    let out = child.wait_with_output().with_context(|| format!("cannot {what}: waiting for `{shown}` failed"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("cannot {what}: waiting for `{shown}` failed"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!("cannot {what}: `{shown}` failed ({}): {}", out.status, err.trim());
+        bail!(
+            "cannot {what}: `{shown}` failed ({}): {}",
+            out.status,
+            err.trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -350,8 +404,17 @@ pub(crate) mod testutil {
         if unsafe { libc::geteuid() } != 0 {
             return Some("not root".into());
         }
-        for (bin, arg) in [("nft", "--version"), ("ip", "-V"), ("tc", "-V"), ("bridge", "-V")] {
-            let ok = Command::new(bin).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        for (bin, arg) in [
+            ("nft", "--version"),
+            ("ip", "-V"),
+            ("tc", "-V"),
+            ("bridge", "-V"),
+        ] {
+            let ok = Command::new(bin)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
             if !matches!(ok, Ok(s) if s.success()) {
                 return Some(format!("`{bin}` is not available"));
             }
@@ -391,7 +454,12 @@ pub(crate) mod testutil {
                 subnet: Subnet::parse(&format!("10.{}.{}.0/24", 190 + t, pid % 200)).unwrap(),
                 nft_table: format!("gsnt_{tag}"),
             };
-            let f = Fixture { node, gears: Vec::new(), tag, children: Vec::new() };
+            let f = Fixture {
+                node,
+                gears: Vec::new(),
+                tag,
+                children: Vec::new(),
+            };
             node_up(&f.node).expect("node_up");
             f
         }
@@ -426,9 +494,14 @@ pub(crate) mod testutil {
                 .spawn()
                 .expect("spawn python in netns");
             let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
             self.children.push(child);
-            assert!(!line.is_empty(), "helper in {netns} exited before becoming ready");
+            assert!(
+                !line.is_empty(),
+                "helper in {netns} exited before becoming ready"
+            );
             line.trim().to_string()
         }
 
@@ -520,9 +593,21 @@ except Exception as e:
         node_up(&n).expect("second node_up");
         assert!(link_exists(&n.bridge));
         assert!(table_exists(&n.nft_table));
-        let addrs = run("list", Command::new("ip").args(["-4", "addr", "show", "dev", &n.bridge])).unwrap();
-        assert!(addrs.contains(&format!("{}/24", n.subnet.gateway())), "{addrs}");
-        assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), "1");
+        let addrs = run(
+            "list",
+            Command::new("ip").args(["-4", "addr", "show", "dev", &n.bridge]),
+        )
+        .unwrap();
+        assert!(
+            addrs.contains(&format!("{}/24", n.subnet.gateway())),
+            "{addrs}"
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .unwrap()
+                .trim(),
+            "1"
+        );
         node_down(&n).expect("node_down");
         node_down(&n).expect("second node_down");
         assert!(!link_exists(&n.bridge));
@@ -554,7 +639,8 @@ except Exception as e:
         assert!(r.starts_with("failed"), "gear A reached gear B: {r}");
 
         let addr = SocketAddr::new(b.ip.into(), b_port.parse().unwrap());
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("host -> gear B");
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("host -> gear B");
         let mut got = String::new();
         s.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hi");
@@ -578,7 +664,10 @@ except Exception as e:
         let mut g = f.gear_net(1, 0);
         g.ip = Ipv4Addr::new(192, 0, 2, 7);
         let e = gear_up(&f.node, &g).unwrap_err();
-        assert!(format!("{e:#}").contains("not a usable host address"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("not a usable host address"),
+            "{e:#}"
+        );
         assert!(!link_exists(&g.veth_host));
     }
 
@@ -598,10 +687,16 @@ except Exception as e:
 
     #[test]
     fn error_quotes_the_command_and_its_stderr() {
-        let e = run("list a missing link", Command::new("ip").args(["link", "show", "dev", "gs-no-such0"]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("cannot list a missing link: `ip link show dev gs-no-such0` failed"), "{e}");
+        let e = run(
+            "list a missing link",
+            Command::new("ip").args(["link", "show", "dev", "gs-no-such0"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("cannot list a missing link: `ip link show dev gs-no-such0` failed"),
+            "{e}"
+        );
         assert!(e.contains("does not exist"), "{e}");
     }
 }

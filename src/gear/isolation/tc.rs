@@ -19,12 +19,24 @@ pub fn shape(g: &GearNet) -> Result<()> {
     let p = TbfParams::for_rate(g.bandwidth_kbit);
     let args = p.args();
     run(
-        &format!("shape traffic into the gear on {} to {} kbit/s", g.veth_host, g.bandwidth_kbit),
-        Command::new("tc").args(["qdisc", "replace", "dev", &g.veth_host, "root", "tbf"]).args(&args),
+        &format!(
+            "shape traffic into the gear on {} to {} kbit/s",
+            g.veth_host, g.bandwidth_kbit
+        ),
+        Command::new("tc")
+            .args(["qdisc", "replace", "dev", &g.veth_host, "root", "tbf"])
+            .args(&args),
     )?;
     run(
-        &format!("shape traffic out of the gear (eth0 in netns {}) to {} kbit/s", g.netns, g.bandwidth_kbit),
-        Command::new("tc").args(["-n", &g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf"]).args(&args),
+        &format!(
+            "shape traffic out of the gear (eth0 in netns {}) to {} kbit/s",
+            g.netns, g.bandwidth_kbit
+        ),
+        Command::new("tc")
+            .args([
+                "-n", &g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf",
+            ])
+            .args(&args),
     )
     .context("does the gear's network namespace exist (gear_up creates it)?")?;
     Ok(())
@@ -32,7 +44,10 @@ pub fn shape(g: &GearNet) -> Result<()> {
 
 /// Best-effort removal of both root qdiscs (absent ones are not an error).
 fn unshape(g: &GearNet) {
-    let _ = run("remove shaping", Command::new("tc").args(["qdisc", "del", "dev", &g.veth_host, "root"]));
+    let _ = run(
+        "remove shaping",
+        Command::new("tc").args(["qdisc", "del", "dev", &g.veth_host, "root"]),
+    );
     let _ = run(
         "remove shaping",
         Command::new("tc").args(["-n", &g.netns, "qdisc", "del", "dev", "eth0", "root"]),
@@ -58,7 +73,11 @@ impl TbfParams {
         let bytes_per_sec = rate_kbit.saturating_mul(1000) / 8;
         let burst = (bytes_per_sec / 100).max(15_140);
         let limit = (bytes_per_sec / 10).max(65_536 + burst);
-        TbfParams { rate_kbit, burst, limit }
+        TbfParams {
+            rate_kbit,
+            burst,
+            limit,
+        }
     }
 
     fn args(&self) -> Vec<String> {
@@ -139,7 +158,11 @@ c.close()
         let mut answer = String::new();
         s.read_to_string(&mut answer).unwrap();
         let secs = start.elapsed().as_secs_f64();
-        assert_eq!(answer, bytes.to_string(), "the gear did not receive everything");
+        assert_eq!(
+            answer,
+            bytes.to_string(),
+            "the gear did not receive everything"
+        );
         bytes as f64 * 8.0 / 1000.0 / secs
     }
 
@@ -164,8 +187,14 @@ c.close()
 
     fn assert_within(what: &str, measured: f64, configured: u64) {
         let ratio = measured / configured as f64;
-        eprintln!("{what}: {measured:.0} kbit/s measured, {configured} kbit/s configured ({:.1}%)", ratio * 100.0);
-        assert!((0.8..=1.2).contains(&ratio), "{what}: {measured:.0} kbit/s is not within 20% of {configured}");
+        eprintln!(
+            "{what}: {measured:.0} kbit/s measured, {configured} kbit/s configured ({:.1}%)",
+            ratio * 100.0
+        );
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "{what}: {measured:.0} kbit/s is not within 20% of {configured}"
+        );
     }
 
     fn qdisc(args: &[&str]) -> String {
@@ -183,7 +212,10 @@ c.close()
         let host_end = qdisc(&["qdisc", "show", "dev", &g.veth_host]);
         let gear_end = qdisc(&["-n", &g.netns, "qdisc", "show", "dev", "eth0"]);
         for q in [&host_end, &gear_end] {
-            assert!(q.contains("tbf") && q.lines().count() == 1, "expected one tbf qdisc: {q}");
+            assert!(
+                q.contains("tbf") && q.lines().count() == 1,
+                "expected one tbf qdisc: {q}"
+            );
         }
         // About 3 seconds per direction.
         let bytes = (kbit as usize * 1000 / 8) * 3;
@@ -207,6 +239,9 @@ c.close()
         assert_eq!((low.burst, low.limit), (15_140, 65_536 + 15_140));
         let high = TbfParams::for_rate(1_000_000);
         assert_eq!((high.burst, high.limit), (1_250_000, 12_500_000));
-        assert_eq!(TbfParams::for_rate(8000).args()[..2], ["rate".to_string(), "8000kbit".to_string()]);
+        assert_eq!(
+            TbfParams::for_rate(8000).args()[..2],
+            ["rate".to_string(), "8000kbit".to_string()]
+        );
     }
 }
