@@ -1,22 +1,35 @@
 //! The node bridge, nftables rules, and each gear's network namespace and veth pair.
-//! (Helper-owned: implement the bodies; keep the signatures.)
+//!
+//! Layout: one Linux bridge per node carries the subnet's gateway address; every gear
+//! gets a network namespace whose `eth0` is one end of a veth pair, the other end
+//! (`veth_host`) being an *isolated* port of the bridge. One nftables table
+//! (`inet <nft_table>`) per node masquerades gear traffic leaving the host and keeps
+//! gears away from each other and from the host's own services.
+//!
+//! Everything is done with the `ip`, `bridge`, `tc` and `nft` commands.
 
 use crate::config::{Config, Subnet};
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The node-wide network pieces.
 #[derive(Debug, Clone)]
 pub struct NodeNet {
+    /// The node's name (for messages).
     pub node: String,
+    /// The bridge's interface name (at most 15 characters).
     pub bridge: String,
+    /// The gears' subnet; its first host address is the bridge's (the gateway).
     pub subnet: Subnet,
     /// nftables table name (inet family), unique per node.
     pub nft_table: String,
 }
 
 impl NodeNet {
+    /// The node network described by the node configuration.
     pub fn from_config(c: &Config) -> NodeNet {
         NodeNet {
             node: c.name.clone(),
@@ -30,9 +43,13 @@ impl NodeNet {
 /// One gear's network.
 #[derive(Debug, Clone)]
 pub struct GearNet {
+    /// Network namespace name (`ip netns`), handle at [`netns_path`].
     pub netns: String,
+    /// Host end of the veth pair (at most 15 characters); the gear end is `eth0`.
     pub veth_host: String,
+    /// The gear's address in the node subnet.
     pub ip: Ipv4Addr,
+    /// Bandwidth limit in each direction, kbit/s (1000 bit/s); 0 means unlimited.
     pub bandwidth_kbit: u64,
 }
 
@@ -41,18 +58,645 @@ pub fn netns_path(netns: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(netns)
 }
 
-pub fn node_up(_n: &NodeNet) -> Result<()> {
-    todo!()
+/// Creates (or repairs) the node's bridge, enables IPv4 forwarding and atomically
+/// (re)loads the node's nftables table. Idempotent.
+pub fn node_up(n: &NodeNet) -> Result<()> {
+    let up = || -> Result<()> {
+        check_ifname(&n.bridge).context("invalid bridge name")?;
+        check_table_name(&n.nft_table)?;
+        ensure_bridge(n)?;
+        enable_ip_forward()?;
+        load_ruleset(n)
+    };
+    up().with_context(|| format!("cannot bring up the network of node {}", n.node))
 }
 
-pub fn node_down(_n: &NodeNet) -> Result<()> {
-    todo!()
+/// Removes the node's nftables table and bridge. Idempotent; leaves `ip_forward` alone.
+pub fn node_down(n: &NodeNet) -> Result<()> {
+    check_table_name(&n.nft_table)?;
+    let script = format!(
+        "table inet {t} {{}}\ndelete table inet {t}\n",
+        t = n.nft_table
+    );
+    run_stdin(
+        &format!("remove nftables table inet {}", n.nft_table),
+        Command::new("nft").args(["-f", "-"]),
+        &script,
+    )?;
+    delete_link(&n.bridge).with_context(|| format!("cannot remove bridge {}", n.bridge))
 }
 
-pub fn gear_up(_n: &NodeNet, _g: &GearNet) -> Result<()> {
-    todo!()
+/// Creates the gear's network namespace and veth pair (recreating them if they already
+/// exist), addresses and routes it through the bridge, then shapes its bandwidth.
+/// On failure, whatever was created is removed again.
+pub fn gear_up(n: &NodeNet, g: &GearNet) -> Result<()> {
+    check_gear(n, g)?;
+    gear_down(n, g).context("cannot clear the gear's previous network")?;
+    let res = build_gear(n, g);
+    if res.is_err() {
+        let _ = gear_down(n, g);
+    }
+    res.with_context(|| format!("cannot set up the network of gear netns {}", g.netns))
 }
 
-pub fn gear_down(_n: &NodeNet, _g: &GearNet) -> Result<()> {
-    todo!()
+/// Deletes the gear's veth pair and network namespace. Idempotent.
+pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
+    check_ifname(&g.veth_host).context("invalid gear veth name")?;
+    check_netns_name(&g.netns)?;
+    // The veth first: deleting one end removes the pair synchronously, whereas a netns
+    // (and the eth0 inside it) lingers while any process still lives in it.
+    delete_link(&g.veth_host).with_context(|| {
+        format!(
+            "cannot remove veth {} of gear netns {}",
+            g.veth_host, g.netns
+        )
+    })?;
+    if netns_path(&g.netns).exists() {
+        run(
+            &format!("delete network namespace {}", g.netns),
+            Command::new("ip").args(["netns", "delete", &g.netns]),
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Node pieces
+
+fn ensure_bridge(n: &NodeNet) -> Result<()> {
+    let br = n.bridge.as_str();
+    let what = format!("create bridge {br}");
+    if !link_exists(br) {
+        run(
+            &what,
+            Command::new("ip").args(["link", "add", "name", br, "type", "bridge"]),
+        )?;
+    } else if !Path::new("/sys/class/net").join(br).join("bridge").exists() {
+        bail!(
+            "cannot create bridge {br}: a network interface of that name exists and is not \
+             a bridge; rename it or choose another `bridge` in the node configuration"
+        );
+    }
+    let addr = format!("{}/{}", n.subnet.gateway(), n.subnet.prefix);
+    run(
+        &format!("give bridge {br} the gateway address {addr}"),
+        Command::new("ip").args(["addr", "replace", &addr, "dev", br]),
+    )?;
+    run(
+        &format!("bring bridge {br} up"),
+        Command::new("ip").args(["link", "set", br, "up"]),
+    )?;
+    Ok(())
+}
+
+fn enable_ip_forward() -> Result<()> {
+    let p = "/proc/sys/net/ipv4/ip_forward";
+    std::fs::write(p, "1").with_context(|| {
+        format!("cannot enable IPv4 forwarding (writing 1 to {p}); gearshift must run as root")
+    })
+}
+
+/// The node's nftables script: creates-then-deletes the table so the full definition
+/// that follows replaces any previous version in one atomic transaction.
+pub(crate) fn ruleset(n: &NodeNet) -> String {
+    format!(
+        r#"table inet {t} {{}}
+delete table inet {t}
+table inet {t} {{
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr {net} oifname != "{br}" masquerade
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu
+		iifname "{br}" oifname "{br}" drop
+		iifname "{br}" accept
+		oifname "{br}" ct state established,related accept
+		oifname "{br}" drop
+	}}
+	chain input {{
+		type filter hook input priority filter; policy accept;
+		iifname "{br}" ct state established,related accept
+		iifname "{br}" drop
+	}}
+}}
+"#,
+        t = n.nft_table,
+        net = n.subnet,
+        br = n.bridge,
+    )
+}
+
+fn load_ruleset(n: &NodeNet) -> Result<()> {
+    run_stdin(
+        &format!("load nftables table inet {}", n.nft_table),
+        Command::new("nft").args(["-f", "-"]),
+        &ruleset(n),
+    )
+    .context("is the nftables package (the `nft` command) installed and the kernel built with nf_tables?")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Gear pieces
+
+fn check_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
+    check_ifname(&g.veth_host).context("invalid gear veth name")?;
+    check_netns_name(&g.netns)?;
+    if n.subnet.index_of(g.ip).is_none() || g.ip == n.subnet.gateway() {
+        bail!(
+            "gear address {} is not a usable host address of subnet {} (the gateway {} is the bridge's)",
+            g.ip,
+            n.subnet,
+            n.subnet.gateway()
+        );
+    }
+    if !link_exists(&n.bridge) {
+        bail!(
+            "bridge {} does not exist; bring the node's network up first (node_up)",
+            n.bridge
+        );
+    }
+    Ok(())
+}
+
+fn build_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
+    let (ns, veth) = (g.netns.as_str(), g.veth_host.as_str());
+    run(
+        &format!("create network namespace {ns}"),
+        Command::new("ip").args(["netns", "add", ns]),
+    )?;
+    run(
+        &format!("create veth pair {veth} <-> {ns}:eth0"),
+        Command::new("ip").args([
+            "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]),
+    )?;
+    attach_host_end(n, veth)?;
+    configure_gear_end(n, g)?;
+    super::tc::shape(g)
+}
+
+fn attach_host_end(n: &NodeNet, veth: &str) -> Result<()> {
+    let br = n.bridge.as_str();
+    run(
+        &format!("attach veth {veth} to bridge {br}"),
+        Command::new("ip").args(["link", "set", veth, "master", br]),
+    )?;
+    run(
+        &format!("make veth {veth} an isolated port of bridge {br}"),
+        Command::new("bridge").args(["link", "set", "dev", veth, "isolated", "on"]),
+    )?;
+    run(
+        &format!("bring veth {veth} up"),
+        Command::new("ip").args(["link", "set", veth, "up"]),
+    )?;
+    Ok(())
+}
+
+fn configure_gear_end(n: &NodeNet, g: &GearNet) -> Result<()> {
+    let ns = g.netns.as_str();
+    let addr = format!("{}/{}", g.ip, n.subnet.prefix);
+    let gw = n.subnet.gateway().to_string();
+    run(
+        &format!("give eth0 in netns {ns} the address {addr}"),
+        Command::new("ip").args(["-n", ns, "addr", "replace", &addr, "dev", "eth0"]),
+    )?;
+    run(
+        &format!("bring lo up in netns {ns}"),
+        Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]),
+    )?;
+    run(
+        &format!("bring eth0 up in netns {ns}"),
+        Command::new("ip").args(["-n", ns, "link", "set", "eth0", "up"]),
+    )?;
+    run(
+        &format!("set the default route via {gw} in netns {ns}"),
+        Command::new("ip").args([
+            "-n", ns, "route", "replace", "default", "via", &gw, "dev", "eth0",
+        ]),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes a host network interface; no error if it is (or meanwhile went) missing.
+fn delete_link(name: &str) -> Result<()> {
+    if !link_exists(name) {
+        return Ok(());
+    }
+    match run(
+        &format!("delete interface {name}"),
+        Command::new("ip").args(["link", "delete", "dev", name]),
+    ) {
+        Err(_) if !link_exists(name) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn check_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        bail!("interface name '{name}' must be 1-15 characters of [A-Za-z0-9._-]");
+    }
+    Ok(())
+}
+
+fn check_netns_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        bail!("network namespace name '{name}' must be 1-64 characters of [A-Za-z0-9._-], not starting with '.'");
+    }
+    Ok(())
+}
+
+fn check_table_name(name: &str) -> Result<()> {
+    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        bail!(
+            "nftables table name '{name}' must start with a letter and contain only [A-Za-z0-9_]"
+        );
+    }
+    Ok(())
+}
+
+/// Renders a command the way a shell user would type it, for error messages.
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd`; a failure to start it or a non-zero exit becomes an error
+/// "cannot {what}: `cmd` failed: stderr". Returns the command's stdout.
+pub(super) fn run(what: &str, cmd: &mut Command) -> Result<String> {
+    run_with_input(what, cmd, None)
+}
+
+/// Like [`run`], feeding `input` to the command's stdin.
+fn run_stdin(what: &str, cmd: &mut Command, input: &str) -> Result<String> {
+    run_with_input(what, cmd, Some(input))
+}
+
+fn run_with_input(what: &str, cmd: &mut Command, input: Option<&str>) -> Result<String> {
+    let shown = show(cmd);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| {
+        format!("cannot {what}: cannot start `{shown}` (is it installed and on PATH? iproute2 provides ip/bridge/tc, nftables provides nft)")
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .with_context(|| format!("cannot {what}: cannot write to `{shown}`"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("cannot {what}: waiting for `{shown}` failed"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "cannot {what}: `{shown}` failed ({}): {}",
+            out.status,
+            err.trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Test fixtures shared with `tc`'s tests: a node network and gears with unique names,
+/// torn down by `Drop` even when a test fails.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::Child;
+
+    /// Why these tests cannot run here, if they cannot.
+    pub fn skip_reason() -> Option<String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("not root".into());
+        }
+        for (bin, arg) in [
+            ("nft", "--version"),
+            ("ip", "-V"),
+            ("tc", "-V"),
+            ("bridge", "-V"),
+        ] {
+            let ok = Command::new(bin)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !matches!(ok, Ok(s) if s.success()) {
+                return Some(format!("`{bin}` is not available"));
+            }
+        }
+        if !Path::new(python()).exists() && Command::new("python3").arg("-V").output().is_err() {
+            return Some("python3 is not available".into());
+        }
+        None
+    }
+
+    /// The Python interpreter to run inside network namespaces.
+    pub fn python() -> &'static str {
+        if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        }
+    }
+
+    /// A node network plus gears and helper processes, all removed on drop.
+    pub struct Fixture {
+        pub node: NodeNet,
+        pub gears: Vec<GearNet>,
+        tag: String,
+        children: Vec<Child>,
+    }
+
+    impl Fixture {
+        /// Brings up a node network with names and subnet unique to this process and
+        /// to `t` (1..=9, one per test), so tests can run in parallel.
+        pub fn new(t: u32) -> Fixture {
+            let pid = std::process::id();
+            let tag = format!("{}{t}", pid % 10000);
+            let node = NodeNet {
+                node: format!("gsnt{tag}"),
+                bridge: format!("gsnt{tag}"),
+                subnet: Subnet::parse(&format!("10.{}.{}.0/24", 190 + t, pid % 200)).unwrap(),
+                nft_table: format!("gsnt_{tag}"),
+            };
+            let f = Fixture {
+                node,
+                gears: Vec::new(),
+                tag,
+                children: Vec::new(),
+            };
+            node_up(&f.node).expect("node_up");
+            f
+        }
+
+        /// Describes gear number `i` (its address is host(i + 1)) without creating it.
+        pub fn gear_net(&self, i: u32, bandwidth_kbit: u64) -> GearNet {
+            GearNet {
+                netns: format!("gsnt-{}-{i}", self.tag),
+                veth_host: format!("gsv{}g{i}", self.tag),
+                ip: self.node.subnet.host(i + 1).unwrap(),
+                bandwidth_kbit,
+            }
+        }
+
+        /// Creates gear number `i`.
+        pub fn gear(&mut self, i: u32, bandwidth_kbit: u64) -> GearNet {
+            let g = self.gear_net(i, bandwidth_kbit);
+            self.gears.push(g.clone());
+            gear_up(&self.node, &g).expect("gear_up");
+            g
+        }
+
+        /// Starts `python3 -c script args...` inside `netns`; the script must print one
+        /// line (e.g. the port it listens on) once ready, which is returned.
+        pub fn spawn_in(&mut self, netns: &str, script: &str, args: &[&str]) -> String {
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", netns, python(), "-c", script])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn python in netns");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            self.children.push(child);
+            assert!(
+                !line.is_empty(),
+                "helper in {netns} exited before becoming ready"
+            );
+            line.trim().to_string()
+        }
+
+        /// Runs `python3 -c script args...` inside `netns` to completion; its stdout.
+        pub fn run_in(&self, netns: &str, script: &str, args: &[&str]) -> String {
+            let out = Command::new("ip")
+                .args(["netns", "exec", netns, python(), "-c", script])
+                .args(args)
+                .output()
+                .expect("run python in netns");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for g in &self.gears {
+                if let Err(e) = gear_down(&self.node, g) {
+                    eprintln!("cleanup: {e:#}");
+                }
+            }
+            if let Err(e) = node_down(&self.node) {
+                eprintln!("cleanup: {e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::{skip_reason, Fixture};
+    use super::*;
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+
+    const LISTEN: &str = r#"
+import socket
+s = socket.socket()
+s.bind(("0.0.0.0", 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hi")
+    c.close()
+"#;
+
+    const PROBE: &str = r#"
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+    print("connected")
+except Exception as e:
+    print("failed:", e)
+"#;
+
+    fn skip() -> bool {
+        match skip_reason() {
+            Some(why) => {
+                eprintln!("skipping network test: {why}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn table_exists(t: &str) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", t])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn node_up_and_down_are_idempotent() {
+        if skip() {
+            return;
+        }
+        let f = Fixture::new(1);
+        let n = f.node.clone();
+        node_up(&n).expect("second node_up");
+        assert!(link_exists(&n.bridge));
+        assert!(table_exists(&n.nft_table));
+        let addrs = run(
+            "list",
+            Command::new("ip").args(["-4", "addr", "show", "dev", &n.bridge]),
+        )
+        .unwrap();
+        assert!(
+            addrs.contains(&format!("{}/24", n.subnet.gateway())),
+            "{addrs}"
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .unwrap()
+                .trim(),
+            "1"
+        );
+        node_down(&n).expect("node_down");
+        node_down(&n).expect("second node_down");
+        assert!(!link_exists(&n.bridge));
+        assert!(!table_exists(&n.nft_table));
+    }
+
+    #[test]
+    fn gears_reach_neither_each_other_nor_the_host_but_the_host_reaches_them() {
+        if skip() {
+            return;
+        }
+        let mut f = Fixture::new(2);
+        let a = f.gear(1, 0);
+        let b = f.gear(2, 0);
+        gear_up(&f.node, &a).expect("gear_up again (idempotent)");
+        let gw = f.node.subnet.gateway();
+
+        // A host service on the gateway address: gears must not reach it.
+        let host_listener = TcpListener::bind((gw, 0)).unwrap();
+        let host_port = host_listener.local_addr().unwrap().port().to_string();
+        let r = f.run_in(&a.netns, PROBE, &[&gw.to_string(), &host_port, "1.5"]);
+        eprintln!("gear -> gateway: {r}");
+        assert!(r.starts_with("failed"), "gear reached a host service: {r}");
+
+        // A service in gear B: gear A must not reach it, the host must.
+        let b_port = f.spawn_in(&b.netns, LISTEN, &[]);
+        let r = f.run_in(&a.netns, PROBE, &[&b.ip.to_string(), &b_port, "1.5"]);
+        eprintln!("gear A -> gear B: {r}");
+        assert!(r.starts_with("failed"), "gear A reached gear B: {r}");
+
+        let addr = SocketAddr::new(b.ip.into(), b_port.parse().unwrap());
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("host -> gear B");
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hi");
+
+        // The host listener was never reached.
+        host_listener.set_nonblocking(true).unwrap();
+        assert!(host_listener.accept().is_err());
+
+        gear_down(&f.node, &a).expect("gear_down");
+        gear_down(&f.node, &a).expect("second gear_down");
+        assert!(!link_exists(&a.veth_host));
+        assert!(!netns_path(&a.netns).exists());
+    }
+
+    #[test]
+    fn gear_up_rejects_an_address_outside_the_subnet() {
+        if skip() {
+            return;
+        }
+        let f = Fixture::new(3);
+        let mut g = f.gear_net(1, 0);
+        g.ip = Ipv4Addr::new(192, 0, 2, 7);
+        let e = gear_up(&f.node, &g).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a usable host address"),
+            "{e:#}"
+        );
+        assert!(!link_exists(&g.veth_host));
+    }
+
+    #[test]
+    fn ruleset_names_the_table_bridge_and_subnet() {
+        let n = NodeNet {
+            node: "n".into(),
+            bridge: "gs-br".into(),
+            subnet: Subnet::parse("10.77.0.0/20").unwrap(),
+            nft_table: "gearshift_n".into(),
+        };
+        let r = ruleset(&n);
+        assert!(r.starts_with("table inet gearshift_n {}\ndelete table inet gearshift_n\n"));
+        assert!(r.contains(r#"ip saddr 10.77.0.0/20 oifname != "gs-br" masquerade"#));
+        assert!(r.contains(r#"iifname "gs-br" oifname "gs-br" drop"#));
+    }
+
+    #[test]
+    fn error_quotes_the_command_and_its_stderr() {
+        let e = run(
+            "list a missing link",
+            Command::new("ip").args(["link", "show", "dev", "gs-no-such0"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("cannot list a missing link: `ip link show dev gs-no-such0` failed"),
+            "{e}"
+        );
+        assert!(e.contains("does not exist"), "{e}");
+    }
 }

@@ -1,9 +1,247 @@
 //! Traffic shaping of a gear's veth, both directions (egress of each end).
-//! (Helper-owned.)
+//!
+//! A token bucket (`tbf`) is the root qdisc of the host end's egress (traffic going into
+//! the gear) and of the gear's `eth0` egress inside its netns (traffic the gear sends).
+//! No `police` action is needed, which some kernels lack.
 
-use super::network::GearNet;
-use anyhow::Result;
+use super::network::{run, GearNet};
+use anyhow::{Context, Result};
+use std::process::Command;
 
-pub fn shape(_g: &GearNet) -> Result<()> {
-    todo!()
+/// Limits the gear's bandwidth to `bandwidth_kbit` (1 kbit = 1000 bit/s) in each
+/// direction. Idempotent (`tc qdisc replace`). A `bandwidth_kbit` of 0 means unlimited:
+/// any shaping previously installed is removed.
+pub fn shape(g: &GearNet) -> Result<()> {
+    if g.bandwidth_kbit == 0 {
+        unshape(g);
+        return Ok(());
+    }
+    let p = TbfParams::for_rate(g.bandwidth_kbit);
+    let args = p.args();
+    run(
+        &format!(
+            "shape traffic into the gear on {} to {} kbit/s",
+            g.veth_host, g.bandwidth_kbit
+        ),
+        Command::new("tc")
+            .args(["qdisc", "replace", "dev", &g.veth_host, "root", "tbf"])
+            .args(&args),
+    )?;
+    run(
+        &format!(
+            "shape traffic out of the gear (eth0 in netns {}) to {} kbit/s",
+            g.netns, g.bandwidth_kbit
+        ),
+        Command::new("tc")
+            .args([
+                "-n", &g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf",
+            ])
+            .args(&args),
+    )
+    .context("does the gear's network namespace exist (gear_up creates it)?")?;
+    Ok(())
+}
+
+/// Best-effort removal of both root qdiscs (absent ones are not an error).
+fn unshape(g: &GearNet) {
+    let _ = run(
+        "remove shaping",
+        Command::new("tc").args(["qdisc", "del", "dev", &g.veth_host, "root"]),
+    );
+    let _ = run(
+        "remove shaping",
+        Command::new("tc").args(["-n", &g.netns, "qdisc", "del", "dev", "eth0", "root"]),
+    );
+}
+
+/// Token bucket parameters for one rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TbfParams {
+    rate_kbit: u64,
+    /// Bucket size in bytes: what may pass at line speed after an idle period.
+    burst: u64,
+    /// Queue size in bytes; beyond it packets are dropped (TCP then backs off).
+    limit: u64,
+}
+
+impl TbfParams {
+    /// Burst: 10 ms worth of the rate, at least 10 full-size frames (so a timer tick
+    /// never starves the link, which would make the measured rate fall short).
+    /// Limit: 100 ms worth of the rate, at least 64 KiB plus the burst (a whole GSO
+    /// super-packet then always fits, so queueing never drops it outright).
+    fn for_rate(rate_kbit: u64) -> TbfParams {
+        let bytes_per_sec = rate_kbit.saturating_mul(1000) / 8;
+        let burst = (bytes_per_sec / 100).max(15_140);
+        let limit = (bytes_per_sec / 10).max(65_536 + burst);
+        TbfParams {
+            rate_kbit,
+            burst,
+            limit,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "rate".into(),
+            format!("{}kbit", self.rate_kbit),
+            "burst".into(),
+            self.burst.to_string(),
+            "limit".into(),
+            self.limit.to_string(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::network::testutil::{skip_reason, Fixture};
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    /// In the gear: accepts one connection, reads it to EOF, answers the byte count.
+    const SINK: &str = r#"
+import socket
+s = socket.socket()
+s.bind(("0.0.0.0", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    n += len(d)
+c.sendall(str(n).encode())
+c.close()
+"#;
+
+    /// In the gear: accepts one connection, sends argv[1] bytes, closes.
+    const SOURCE: &str = r#"
+import socket, sys
+total = int(sys.argv[1])
+s = socket.socket()
+s.bind(("0.0.0.0", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+buf = b"x" * (1 << 16)
+sent = 0
+while sent < total:
+    c.sendall(buf[: total - sent])
+    sent += min(len(buf), total - sent)
+c.close()
+"#;
+
+    fn connect(ip: std::net::Ipv4Addr, port: &str) -> TcpStream {
+        let addr = SocketAddr::new(ip.into(), port.parse().unwrap());
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("host -> gear");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    /// Host -> gear (shaped on the host end's egress); kbit/s of payload.
+    fn measure_download(f: &mut Fixture, g: &GearNet, bytes: usize) -> f64 {
+        let port = f.spawn_in(&g.netns, SINK, &[]);
+        let mut s = connect(g.ip, &port);
+        let buf = vec![0u8; 1 << 16];
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len());
+            s.write_all(&buf[..n]).unwrap();
+            left -= n;
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(
+            answer,
+            bytes.to_string(),
+            "the gear did not receive everything"
+        );
+        bytes as f64 * 8.0 / 1000.0 / secs
+    }
+
+    /// Gear -> host as the reply stream of a host connection (shaped on the gear's eth0).
+    fn measure_upload(f: &mut Fixture, g: &GearNet, bytes: usize) -> f64 {
+        let port = f.spawn_in(&g.netns, SOURCE, &[&bytes.to_string()]);
+        let mut s = connect(g.ip, &port);
+        let start = Instant::now();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(got, bytes, "the host did not receive everything");
+        bytes as f64 * 8.0 / 1000.0 / secs
+    }
+
+    fn assert_within(what: &str, measured: f64, configured: u64) {
+        let ratio = measured / configured as f64;
+        eprintln!(
+            "{what}: {measured:.0} kbit/s measured, {configured} kbit/s configured ({:.1}%)",
+            ratio * 100.0
+        );
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "{what}: {measured:.0} kbit/s is not within 20% of {configured}"
+        );
+    }
+
+    fn qdisc(args: &[&str]) -> String {
+        run("show qdisc", Command::new("tc").args(args)).unwrap()
+    }
+
+    fn check_rate(t: u32, kbit: u64) {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipping bandwidth test: {why}");
+            return;
+        }
+        let mut f = Fixture::new(t);
+        let g = f.gear(1, kbit);
+        shape(&g).expect("shape again (idempotent)");
+        let host_end = qdisc(&["qdisc", "show", "dev", &g.veth_host]);
+        let gear_end = qdisc(&["-n", &g.netns, "qdisc", "show", "dev", "eth0"]);
+        for q in [&host_end, &gear_end] {
+            assert!(
+                q.contains("tbf") && q.lines().count() == 1,
+                "expected one tbf qdisc: {q}"
+            );
+        }
+        // About 3 seconds per direction.
+        let bytes = (kbit as usize * 1000 / 8) * 3;
+        assert_within("host -> gear", measure_download(&mut f, &g, bytes), kbit);
+        assert_within("gear -> host", measure_upload(&mut f, &g, bytes), kbit);
+    }
+
+    #[test]
+    fn shapes_both_directions_at_8_mbit() {
+        check_rate(4, 8000);
+    }
+
+    #[test]
+    fn shapes_both_directions_at_20_mbit() {
+        check_rate(5, 20_000);
+    }
+
+    #[test]
+    fn tbf_parameters_scale_with_the_rate() {
+        let low = TbfParams::for_rate(1000);
+        assert_eq!((low.burst, low.limit), (15_140, 65_536 + 15_140));
+        let high = TbfParams::for_rate(1_000_000);
+        assert_eq!((high.burst, high.limit), (1_250_000, 12_500_000));
+        assert_eq!(
+            TbfParams::for_rate(8000).args()[..2],
+            ["rate".to_string(), "8000kbit".to_string()]
+        );
+    }
 }
