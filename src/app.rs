@@ -76,7 +76,9 @@ pub fn load(node: &Node, name: &str) -> Result<App> {
 pub fn list(node: &Node) -> Result<Vec<App>> {
     let mut out = Vec::new();
     let dir = node.apps_dir();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if let Some(name) = n.strip_suffix(".toml") {
@@ -94,7 +96,10 @@ fn save(node: &Node, app: &App) -> Result<()> {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Lowest free uid and IP on the node (call with the node lock held).
@@ -105,7 +110,12 @@ fn allocate(node: &Node) -> Result<(u32, std::net::Ipv4Addr)> {
     let c = &node.config;
     let uid = (c.uid_min..=c.uid_max)
         .find(|u| !used_uids.contains(u))
-        .with_context(|| format!("no free gear uid left in {}..={} (widen uid_min/uid_max)", c.uid_min, c.uid_max))?;
+        .with_context(|| {
+            format!(
+                "no free gear uid left in {}..={} (widen uid_min/uid_max)",
+                c.uid_min, c.uid_max
+            )
+        })?;
     let net = c.subnet();
     let ip = (2..=net.hosts())
         .filter_map(|n| net.host(n))
@@ -134,7 +144,14 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
         bail!("app '{name}' already exists");
     }
     let (uid, ip) = allocate(node)?;
-    let g = Gear { id: gear::new_id()?, app: name.into(), index: 0, uid, ip, profile: profile.clone() };
+    let g = Gear {
+        id: gear::new_id()?,
+        app: name.into(),
+        index: 0,
+        uid,
+        ip,
+        profile: profile.clone(),
+    };
     let mut app = App {
         name: name.into(),
         owner: owner.map(String::from),
@@ -177,7 +194,11 @@ pub fn destroy(node: &Node, name: &str, confirm: &str) -> Result<()> {
 /// Destroys every app, takes the node down and removes its data root and config.
 pub fn destroy_node(node: &Node, confirm: &str) -> Result<()> {
     if confirm != node.config.name {
-        bail!("refusing to destroy node '{}': pass --confirm {}", node.config.name, node.config.name);
+        bail!(
+            "refusing to destroy node '{}': pass --confirm {}",
+            node.config.name,
+            node.config.name
+        );
     }
     for a in list(node)? {
         destroy(node, &a.name, &a.name)?;
@@ -208,10 +229,24 @@ fn mib(b: u64) -> String {
 
 pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
     match cmd {
-        AppCmd::Create { name, cartridge, owner, profile } => {
+        AppCmd::Create {
+            name,
+            cartridge,
+            owner,
+            profile,
+        } => {
             let app = create(node, &name, &cartridge, owner.as_deref(), profile.as_deref())?;
             let g = &app.gears[0];
-            println!("created app '{}' ({} cartridge, profile {}): gear {} uid {} ip {} {}", app.name, app.cartridge, app.profile, g.id, g.uid, g.ip, g.mcs());
+            println!(
+                "created app '{}' ({} cartridge, profile {}): gear {} uid {} ip {} {}",
+                app.name,
+                app.cartridge,
+                app.profile,
+                g.id,
+                g.uid,
+                g.ip,
+                g.mcs()
+            );
         }
         AppCmd::List { json } => {
             let apps = list(node)?;
@@ -233,7 +268,10 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
                         ]
                     })
                     .collect();
-                table::print(&["NAME", "OWNER", "CARTRIDGE", "PROFILE", "GEARS", "IP", "STATUS"], &rows);
+                table::print(
+                    &["NAME", "OWNER", "CARTRIDGE", "PROFILE", "GEARS", "IP", "STATUS"],
+                    &rows,
+                );
             }
         }
         AppCmd::Show { name, json } => {
@@ -254,7 +292,12 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
                 for (g, j) in app.gears.iter().zip(gears) {
                     println!("gear {}:", g.index);
                     println!("  id {}  uid/gid {}  selinux {}  ip {}", g.id, g.uid, g.mcs(), g.ip);
-                    println!("  home {}  cgroup {}  netns {}", g.home(node).display(), g.cgroup_name(), g.netns());
+                    println!(
+                        "  home {}  cgroup {}  netns {}",
+                        g.home(node).display(),
+                        g.cgroup_name(),
+                        g.netns()
+                    );
                     println!(
                         "  running {}  memory {} / {}  oom kills {}  pids {} / {}  cpu {:.2}s  throttled {}",
                         j["running"],

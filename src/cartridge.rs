@@ -24,7 +24,8 @@ pub struct Cartridge {
 
 /// Finds a cartridge by name on the node's cartridge path.
 pub fn find(node: &Node, name: &str) -> Result<Cartridge> {
-    crate::names::check_app_name(name).map_err(|_| anyhow::anyhow!("'{}' is not a cartridge name", name.escape_default()))?;
+    crate::names::check_app_name(name)
+        .map_err(|_| anyhow::anyhow!("'{}' is not a cartridge name", name.escape_default()))?;
     for dir in &node.config.cartridge_path {
         let d = dir.join(name);
         let m = d.join("manifest.toml");
@@ -38,7 +39,14 @@ pub fn find(node: &Node, name: &str) -> Result<Cartridge> {
         }
     }
     let known = list(node).into_iter().map(|c| c.manifest.name).collect::<Vec<_>>();
-    bail!("unknown cartridge '{name}' (available: {})", if known.is_empty() { "none".into() } else { known.join(", ") })
+    bail!(
+        "unknown cartridge '{name}' (available: {})",
+        if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 /// Every cartridge on the search path (first one wins for a name).
@@ -46,7 +54,10 @@ pub fn list(node: &Node) -> Vec<Cartridge> {
     let mut out: Vec<Cartridge> = Vec::new();
     for dir in &node.config.cartridge_path {
         let Ok(rd) = std::fs::read_dir(dir) else { continue };
-        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         for n in names {
             if out.iter().any(|c| c.manifest.name == n) {

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "gearshift", version, about = "git push PaaS for one Linux VM, with gears isolated by the kernel")]
+#[command(
+    name = "gearshift",
+    version,
+    about = "git push PaaS for one Linux VM, with gears isolated by the kernel"
+)]
 pub struct Cli {
     /// Node config file (default: $GEARSHIFT_CONFIG or /etc/gearshift/gearshift.toml).
     #[arg(long, global = true)]

@@ -148,10 +148,13 @@ impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read node config {} (run `gearshift init` first)", path.display())
+            format!(
+                "cannot read node config {} (run `gearshift init` first)",
+                path.display()
+            )
         })?;
-        let cfg: Config = toml::from_str(&text)
-            .with_context(|| format!("node config {} is not valid", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("node config {} is not valid", path.display()))?;
         cfg.validate()
             .with_context(|| format!("node config {} is not valid", path.display()))?;
         Ok(cfg)
@@ -161,13 +164,23 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         crate::names::check_node_name(&self.name)?;
         if self.uid_min == 0 || self.uid_min > self.uid_max || self.uid_max > 523_776 {
-            bail!("uid range {}..={} must be non-empty, above 0 and at most 523776 (the MCS label space)", self.uid_min, self.uid_max);
+            bail!(
+                "uid range {}..={} must be non-empty, above 0 and at most 523776 (the MCS label space)",
+                self.uid_min,
+                self.uid_max
+            );
         }
         let net = Subnet::parse(&self.subnet)?;
         if net.prefix > 29 {
             bail!("subnet {} is too small for gears", self.subnet);
         }
-        if self.bridge.is_empty() || self.bridge.len() > 15 || !self.bridge.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if self.bridge.is_empty()
+            || self.bridge.len() > 15
+            || !self
+                .bridge
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             bail!("bridge name '{}' must be 1-15 characters of [A-Za-z0-9_-]", self.bridge);
         }
         if !self.data_root.is_absolute() {
@@ -208,14 +221,19 @@ pub struct Subnet {
 
 impl Subnet {
     pub fn parse(s: &str) -> Result<Subnet> {
-        let (a, p) = s.split_once('/').with_context(|| format!("subnet '{s}' must be CIDR, like 10.77.0.0/20"))?;
+        let (a, p) = s
+            .split_once('/')
+            .with_context(|| format!("subnet '{s}' must be CIDR, like 10.77.0.0/20"))?;
         let addr: Ipv4Addr = a.parse().with_context(|| format!("'{a}' is not an IPv4 address"))?;
         let prefix: u8 = p.parse().with_context(|| format!("'{p}' is not a prefix length"))?;
         if !(8..=30).contains(&prefix) {
             bail!("subnet prefix must be between /8 and /30, got /{prefix}");
         }
         let mask = u32::MAX << (32 - prefix);
-        Ok(Subnet { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        Ok(Subnet {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
     }
 
     /// Number of usable host addresses.
@@ -262,7 +280,10 @@ pub fn parse_size(s: &str) -> Result<u64> {
         }
         None => (t, 1),
     };
-    let n: f64 = num.trim().parse().with_context(|| format!("size '{s}' is not a number with a unit like 512M"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("size '{s}' is not a number with a unit like 512M"))?;
     if !(n >= 0.0) {
         bail!("size '{s}' must not be negative");
     }
@@ -281,7 +302,10 @@ pub fn parse_rate_kbit(s: &str) -> Result<u64> {
     } else {
         bail!("bandwidth '{s}' needs a unit: kbit, mbit or gbit");
     };
-    let n: f64 = num.trim().parse().with_context(|| format!("bandwidth '{s}' is not a number"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bandwidth '{s}' is not a number"))?;
     if !(n > 0.0) {
         bail!("bandwidth '{s}' must be above 0");
     }

@@ -56,7 +56,11 @@ pub fn config_from(args: &InitArgs) -> Result<Config> {
         c.cgroup_parent = format!("gearshift-{}", c.name);
     }
     if let Some(r) = &args.root {
-        c.data_root = if r.is_absolute() { r.clone() } else { std::env::current_dir()?.join(r) };
+        c.data_root = if r.is_absolute() {
+            r.clone()
+        } else {
+            std::env::current_dir()?.join(r)
+        };
     }
     if let Some(p) = args.http_port {
         c.http_port = p;
@@ -79,7 +83,13 @@ pub fn config_from(args: &InitArgs) -> Result<Config> {
         c.cartridge_path = args
             .cartridges
             .iter()
-            .map(|p| if p.is_absolute() { Ok(p.clone()) } else { Ok(std::env::current_dir()?.join(p)) })
+            .map(|p| {
+                if p.is_absolute() {
+                    Ok(p.clone())
+                } else {
+                    Ok(std::env::current_dir()?.join(p))
+                }
+            })
             .collect::<Result<_>>()?;
     }
     if let Some(b) = &args.disk_backend {
@@ -113,7 +123,10 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
             toml::to_string_pretty(&wanted).context("cannot serialise config")?
         );
         state::write_atomic(config_path, text.as_bytes(), 0o644)?;
-        Node { config: wanted, config_path: config_path.to_path_buf() }
+        Node {
+            config: wanted,
+            config_path: config_path.to_path_buf(),
+        }
     };
     node.up().context("cannot bring the node up (run `gearshift doctor`)")?;
     println!(

@@ -29,7 +29,10 @@ fn check_label(what: &str, name: &str, max: usize) -> Result<()> {
     if !first.is_ascii_lowercase() {
         bail!("{what} name '{shown}' must start with a lowercase letter (a-z)");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
         bail!(
             "{what} name '{shown}' contains '{}': use only a-z, 0-9 and '-'",
             c.escape_default()
@@ -50,7 +53,20 @@ mod tests {
         for ok in ["a", "shop", "my-app-2", &"a".repeat(32)] {
             check_app_name(ok).unwrap();
         }
-        for bad in ["", "1app", "-x", "x-", "Shop", "a_b", "a.b", "a b", "../x", "a\nb", &"a".repeat(33), "ünï"] {
+        for bad in [
+            "",
+            "1app",
+            "-x",
+            "x-",
+            "Shop",
+            "a_b",
+            "a.b",
+            "a b",
+            "../x",
+            "a\nb",
+            &"a".repeat(33),
+            "ünï",
+        ] {
             assert!(check_app_name(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -31,7 +31,10 @@ impl Node {
 
     pub fn load(config_path: &Path) -> Result<Node> {
         let config = Config::load(config_path)?;
-        Ok(Node { config, config_path: config_path.to_path_buf() })
+        Ok(Node {
+            config,
+            config_path: config_path.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -63,8 +66,7 @@ impl Node {
     }
 
     pub fn state(&self) -> Result<NodeState> {
-        state::read_toml(&self.state_path())
-            .context("node state is missing: run `gearshift init` again")
+        state::read_toml(&self.state_path()).context("node state is missing: run `gearshift init` again")
     }
 
     /// Brings up the node's shared runtime pieces; idempotent, also used after a reboot.
@@ -77,7 +79,9 @@ impl Node {
         let st = match self.state() {
             Ok(s) => s,
             Err(_) => {
-                let s = NodeState { cgroup_parents: cgroup::node_parents(&self.config.cgroup_parent)? };
+                let s = NodeState {
+                    cgroup_parents: cgroup::node_parents(&self.config.cgroup_parent)?,
+                };
                 state::write_toml(&self.state_path(), &s)?;
                 s
             }

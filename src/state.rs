@@ -68,8 +68,7 @@ impl Lock {
         // SAFETY: flock on a file descriptor we own; no memory is touched.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot lock {}", path.display()));
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
         }
         Ok(Lock { _file: file })
     }

@@ -37,7 +37,10 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
 mod tests {
     #[test]
     fn columns_align() {
-        let t = super::format(&["NAME", "X"], &[vec!["a".into(), "1".into()], vec!["long".into(), "2".into()]]);
+        let t = super::format(
+            &["NAME", "X"],
+            &[vec!["a".into(), "1".into()], vec!["long".into(), "2".into()]],
+        );
         assert_eq!(t, "NAME  X\na     1\nlong  2\n");
     }
 }

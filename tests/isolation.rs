@@ -8,7 +8,11 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 fn status_field(status: &str, key: &str) -> String {
-    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -21,11 +25,24 @@ fn run_applies_every_mechanism() {
     let (code, out, err) = n.sh("alpha", "id -u; id -g; hostname; whoami; echo $HOME; pwd");
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, vec![uid.to_string().as_str(), uid.to_string().as_str(), "alpha", "alpha", "/home/alpha", "/home/alpha"]);
+    assert_eq!(
+        lines,
+        vec![
+            uid.to_string().as_str(),
+            uid.to_string().as_str(),
+            "alpha",
+            "alpha",
+            "/home/alpha",
+            "/home/alpha"
+        ]
+    );
 
     // Only the gear's own processes: pid 1 is the gear init, and the rest are ours.
     let (_, ps, _) = n.sh("alpha", "ps -e -o pid=,user=,comm=");
-    let pids: Vec<u32> = ps.lines().map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    let pids: Vec<u32> = ps
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
     assert!(pids.contains(&1), "no pid 1 in {ps}");
     assert!(pids.len() <= 5, "the gear sees foreign processes:\n{ps}");
     assert!(!ps.contains("root"), "a root process is visible in the gear:\n{ps}");
@@ -46,7 +63,10 @@ fn run_applies_every_mechanism() {
     for dir in ["/usr", "/etc", "/bin", "/lib", "/"] {
         let (code, _, err) = n.sh("alpha", &format!("touch {dir}/gearshift-probe"));
         assert_ne!(code, 0, "{dir} is writable in the gear");
-        assert!(err.contains("Read-only file system") || err.contains("Permission denied"), "{dir}: {err}");
+        assert!(
+            err.contains("Read-only file system") || err.contains("Permission denied"),
+            "{dir}: {err}"
+        );
     }
     let root = n.root.display().to_string();
     let (code, _, _) = n.sh("alpha", &format!("ls {root} || ls /var/lib/gearshift"));
@@ -57,7 +77,10 @@ fn run_applies_every_mechanism() {
     // Every writable mount is nosuid and nodev.
     let (_, mi, _) = n.sh("alpha", "cat /proc/self/mountinfo");
     for mp in ["/", "/home/alpha", "/tmp", "/usr", "/etc", "/proc", "/dev/shm"] {
-        let line = mi.lines().find(|l| l.split_whitespace().nth(4) == Some(mp)).unwrap_or_else(|| panic!("{mp} not mounted:\n{mi}"));
+        let line = mi
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(mp))
+            .unwrap_or_else(|| panic!("{mp} not mounted:\n{mi}"));
         let opts = line.split_whitespace().nth(5).unwrap();
         assert!(opts.contains("nosuid"), "{mp} lacks nosuid: {line}");
         assert!(opts.contains("nodev") || mp == "/dev", "{mp} lacks nodev: {line}");
@@ -66,7 +89,13 @@ fn run_applies_every_mechanism() {
     // Exit codes and stdin pass through.
     assert_eq!(n.sh("alpha", "exit 42").0, 42);
     assert_eq!(n.sh("alpha", "kill -TERM $$").0, 128 + 15);
-    let mut child = n.cmd().args(["run", "alpha", "--", "tr", "a-z", "A-Z"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = n
+        .cmd()
+        .args(["run", "alpha", "--", "tr", "a-z", "A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"hello gear\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO GEAR\n");
@@ -88,7 +117,10 @@ fn setuid_mount_unshare_chroot_do_not_escape() {
     std::fs::set_permissions(&planted, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
     let (code, out, _) = n.sh("esc", "~/suid-id");
     assert_eq!(code, 0);
-    assert!(!out.contains("uid=0") && !out.contains("euid=0"), "setuid gave root: {out}");
+    assert!(
+        !out.contains("uid=0") && !out.contains("euid=0"),
+        "setuid gave root: {out}"
+    );
     let (_, out, _) = n.sh("esc", "su -c id root </dev/null 2>&1; sudo -n id 2>&1; true");
     assert!(!out.contains("uid=0("), "su/sudo gave root: {out}");
 
@@ -133,13 +165,24 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     assert_ne!(a["gears"][0]["mcs"], b["gears"][0]["mcs"]);
 
     // B serves HTTP and keeps a world-readable secret.
-    let (code, _, err) = n.sh("appb", "echo s3cret > ~/secret; chmod 666 ~/secret; nohup python3 -m http.server 8080 >/dev/null 2>&1 &");
+    let (code, _, err) = n.sh(
+        "appb",
+        "echo s3cret > ~/secret; chmod 666 ~/secret; nohup python3 -m http.server 8080 >/dev/null 2>&1 &",
+    );
     assert_eq!(code, 0, "{err}");
     let b_addr = format!("{b_ip}:8080");
-    assert!(wait_http(&b_addr, Duration::from_secs(10)), "B does not serve on {b_addr}");
+    assert!(
+        wait_http(&b_addr, Duration::from_secs(10)),
+        "B does not serve on {b_addr}"
+    );
 
     // A cannot list or read B's home, by host path or by B's inner path.
-    for cmd in [format!("ls {b_home}"), format!("cat {b_home}/secret"), "cat /home/appb/secret".into(), "ls /home/appb".into()] {
+    for cmd in [
+        format!("ls {b_home}"),
+        format!("cat {b_home}/secret"),
+        "cat /home/appb/secret".into(),
+        "ls /home/appb".into(),
+    ] {
         let (code, out, _) = n.sh("appa", &cmd);
         assert_ne!(code, 0, "A could run `{cmd}`: {out}");
         assert!(!out.contains("s3cret"));
@@ -147,24 +190,45 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     // A cannot see or signal B's processes (neither by host pid nor by a guess at B's inner pids).
     let (_, ps, _) = n.sh("appa", "ps -e -o comm=");
     assert!(!ps.contains("python3"), "A sees B's server: {ps}");
-    let server_pid = std::process::Command::new("pgrep").args(["-f", "http.server 8080"]).output().unwrap();
-    let server_pid = String::from_utf8_lossy(&server_pid.stdout).lines().next().unwrap_or("").to_string();
+    let server_pid = std::process::Command::new("pgrep")
+        .args(["-f", "http.server 8080"])
+        .output()
+        .unwrap();
+    let server_pid = String::from_utf8_lossy(&server_pid.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
     assert!(!server_pid.is_empty(), "B's server pid not found on the host");
-    let (code, _, err) = n.sh("appa", &format!("kill -9 {server_pid}; for p in $(seq 2 40); do kill -9 $p 2>/dev/null; done; true"));
+    let (code, _, err) = n.sh(
+        "appa",
+        &format!("kill -9 {server_pid}; for p in $(seq 2 40); do kill -9 $p 2>/dev/null; done; true"),
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(wait_http(&b_addr, Duration::from_secs(2)), "B stopped serving after A's kill attempts");
+    assert!(
+        wait_http(&b_addr, Duration::from_secs(2)),
+        "B stopped serving after A's kill attempts"
+    );
 
     // A cannot connect to B's address.
     let connect = |target: &str| {
         let (h, p) = target.rsplit_once(':').unwrap();
-        n.sh("appa", &format!("python3 -c 'import socket; s=socket.socket(); s.settimeout(2); s.connect((\"{h}\", {p}))'")).0
+        n.sh(
+            "appa",
+            &format!("python3 -c 'import socket; s=socket.socket(); s.settimeout(2); s.connect((\"{h}\", {p}))'"),
+        )
+        .0
     };
     assert_ne!(connect(&b_addr), 0, "A reached B at {b_addr}");
 
     // A cannot reach the host's loopback services nor the host through the bridge.
     let lo = TcpListener::bind("127.0.0.1:0").unwrap();
     let lo_port = lo.local_addr().unwrap().port();
-    assert_ne!(connect(&format!("127.0.0.1:{lo_port}")), 0, "A reached the host's loopback");
+    assert_ne!(
+        connect(&format!("127.0.0.1:{lo_port}")),
+        0,
+        "A reached the host's loopback"
+    );
     let any = TcpListener::bind("0.0.0.0:0").unwrap();
     let gw = format!("{}1:{}", n.subnet_prefix(), any.local_addr().unwrap().port());
     assert_ne!(connect(&gw), 0, "A reached a host service through the bridge at {gw}");

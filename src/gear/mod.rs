@@ -70,7 +70,14 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 /// Directories of the OpenShift v2 home layout, created for every gear.
-const HOME_LAYOUT: &[&str] = &["app-root/data", "app-root/logs", "app-root/runtime", "app-root/repo", "git", ".env"];
+const HOME_LAYOUT: &[&str] = &[
+    "app-root/data",
+    "app-root/logs",
+    "app-root/runtime",
+    "app-root/repo",
+    "git",
+    ".env",
+];
 
 /// The gear's cgroup, beneath the node's parent in every hierarchy.
 pub fn cgroup(node: &Node, gear: &Gear) -> Result<GearCgroup> {
@@ -79,11 +86,17 @@ pub fn cgroup(node: &Node, gear: &Gear) -> Result<GearCgroup> {
 
 fn gear_net(node: &Node, gear: &Gear) -> Result<GearNet> {
     let limits = node.config.profile(&gear.profile)?.limits()?;
-    Ok(GearNet { netns: gear.netns(), veth_host: gear.veth_host(), ip: gear.ip, bandwidth_kbit: limits.bandwidth_kbit })
+    Ok(GearNet {
+        netns: gear.netns(),
+        veth_host: gear.veth_host(),
+        ip: gear.ip,
+        bandwidth_kbit: limits.bandwidth_kbit,
+    })
 }
 
 fn walk_chown(path: &std::path::Path, uid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).with_context(|| format!("cannot chown {}", path.display()))?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+        .with_context(|| format!("cannot chown {}", path.display()))?;
     if fs::symlink_metadata(path)?.is_dir() {
         for e in fs::read_dir(path)? {
             walk_chown(&e?.path(), uid)?;
@@ -104,7 +117,11 @@ fn write_meta(node: &Node, gear: &Gear) -> Result<()> {
         uid = gear.uid,
         id = gear.id
     );
-    let group = format!("root:x:0:\ntty:x:5:\n{app}:x:{uid}:\nnogroup:x:65534:\n", app = gear.app, uid = gear.uid);
+    let group = format!(
+        "root:x:0:\ntty:x:5:\n{app}:x:{uid}:\nnogroup:x:65534:\n",
+        app = gear.app,
+        uid = gear.uid
+    );
     crate::state::write_atomic(&dir.join("passwd"), passwd.as_bytes(), 0o644)?;
     crate::state::write_atomic(&dir.join("group"), group.as_bytes(), 0o644)?;
     let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -134,7 +151,11 @@ pub fn create(node: &Node, gear: &Gear, limits: &Limits) -> Result<()> {
         .output()
         .context("cannot run git (install git)")?;
     if !out.status.success() {
-        anyhow::bail!("git init --bare {} failed: {}", git.display(), String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "git init --bare {} failed: {}",
+            git.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     walk_chown(&home, gear.uid)?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700))?;
@@ -219,7 +240,8 @@ pub fn ensure_running(node: &Node, gear: &Gear) -> Result<i32> {
         hostname: gear.app.clone(),
         who: identity(gear),
     };
-    let pid = spawn::start_init(&spec).with_context(|| format!("cannot start gear {} of app '{}'", gear.id, gear.app))?;
+    let pid =
+        spawn::start_init(&spec).with_context(|| format!("cannot start gear {} of app '{}'", gear.id, gear.app))?;
     let st = start_time(pid).context("gear init vanished right after start")?;
     crate::state::write_atomic(&init_file(node, gear), format!("{pid} {st}\n").as_bytes(), 0o644)?;
     Ok(pid)
@@ -239,7 +261,12 @@ pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
 
 /// The identity every process of this gear runs as.
 pub fn identity(gear: &Gear) -> spawn::Identity {
-    spawn::Identity { uid: gear.uid, gid: gear.gid(), mcs: gear.mcs(), home_inner: gear.inner_home() }
+    spawn::Identity {
+        uid: gear.uid,
+        gid: gear.gid(),
+        mcs: gear.mcs(),
+        home_inner: gear.inner_home(),
+    }
 }
 
 /// The environment a gear process starts with: the basics plus OpenShift v2's names.
@@ -253,9 +280,15 @@ pub fn env(node: &Node, gear: &Gear, term: Option<String>) -> Vec<(String, Strin
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("OPENSHIFT_APP_NAME".into(), gear.app.clone()),
-        ("OPENSHIFT_APP_DNS".into(), format!("{}.{}", gear.app, node.config.domain)),
+        (
+            "OPENSHIFT_APP_DNS".into(),
+            format!("{}.{}", gear.app, node.config.domain),
+        ),
         ("OPENSHIFT_GEAR_UUID".into(), gear.id.clone()),
-        ("OPENSHIFT_GEAR_DNS".into(), format!("{}.{}", gear.app, node.config.domain)),
+        (
+            "OPENSHIFT_GEAR_DNS".into(),
+            format!("{}.{}", gear.app, node.config.domain),
+        ),
         ("OPENSHIFT_HOMEDIR".into(), format!("{home}/")),
         ("OPENSHIFT_DATA_DIR".into(), format!("{home}/app-root/data/")),
         ("OPENSHIFT_REPO_DIR".into(), format!("{home}/app-root/repo/")),

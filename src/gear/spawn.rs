@@ -112,8 +112,12 @@ fn confine(who: &Identity, filters: &seccomp::Filters, with_landlock: bool) -> R
 /// Starts a gear's init and returns its pid (in the host's pid namespace).
 pub fn start_init(spec: &InitSpec) -> Result<i32> {
     let filters = seccomp::build()?;
-    let netns = File::open(&spec.netns)
-        .with_context(|| format!("gear network namespace {} is missing (run `gearshift node up`)", spec.netns.display()))?;
+    let netns = File::open(&spec.netns).with_context(|| {
+        format!(
+            "gear network namespace {} is missing (run `gearshift node up`)",
+            spec.netns.display()
+        )
+    })?;
     let devnull = File::options().read(true).write(true).open("/dev/null")?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     // SAFETY: this process is single-threaded here (the CLI, or a helper forked for one spawn),
@@ -165,7 +169,9 @@ pub fn start_init(spec: &InitSpec) -> Result<i32> {
             drop(wr);
             wait_for(child)?;
             let mut out = String::new();
-            File::from(rd).read_to_string(&mut out).context("cannot read the gear init's report")?;
+            File::from(rd)
+                .read_to_string(&mut out)
+                .context("cannot read the gear init's report")?;
             let mut pid = None;
             let mut ready = false;
             for line in out.lines() {
@@ -186,7 +192,12 @@ pub fn start_init(spec: &InitSpec) -> Result<i32> {
 }
 
 /// The gear's pid 1: builds the root, confines itself, reports ready, then reaps orphans.
-fn init_main(spec: &InitSpec, filters: &seccomp::Filters, devnull: &File, w: &mut File) -> Result<std::convert::Infallible> {
+fn init_main(
+    spec: &InitSpec,
+    filters: &seccomp::Filters,
+    devnull: &File,
+    w: &mut File,
+) -> Result<std::convert::Infallible> {
     for fd in 0..3 {
         nix::unistd::dup2(devnull.as_raw_fd(), fd).context("cannot redirect stdio")?;
     }
@@ -236,7 +247,11 @@ fn resolve(prog: &str, env: &[(String, String)]) -> CString {
     if prog.contains('/') {
         return CString::new(prog).unwrap_or_default();
     }
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/bin:/bin");
     for dir in path.split(':') {
         let p = Path::new(dir).join(prog);
         if let Ok(m) = std::fs::metadata(&p) {
@@ -264,10 +279,17 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
         .iter()
         .map(|(k, f)| {
             let p = format!("/proc/{}/ns/{k}", spec.init_pid);
-            File::open(&p).map(|fd| (fd, *f)).with_context(|| format!("cannot open {p} (is the gear running?)"))
+            File::open(&p)
+                .map(|fd| (fd, *f))
+                .with_context(|| format!("cannot open {p} (is the gear running?)"))
         })
         .collect::<Result<_>>()?;
-    let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>().context("argument contains a NUL byte")?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .context("argument contains a NUL byte")?;
     let envp: Vec<CString> = spec
         .env
         .iter()
@@ -322,7 +344,10 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
                     }
                     let prog = resolve(&spec.argv[0], &spec.env);
                     let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
-                    die(if e == nix::errno::Errno::ENOENT { 127 } else { 126 }, &format!("cannot run {}: {e}", spec.argv[0]))
+                    die(
+                        if e == nix::errno::Errno::ENOENT { 127 } else { 126 },
+                        &format!("cannot run {}: {e}", spec.argv[0]),
+                    )
                 }
             }
         }

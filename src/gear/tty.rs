@@ -23,7 +23,9 @@ impl RawMode {
     fn enter() -> RawMode {
         // SAFETY: fd 0 stays open for the life of the process.
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-        let Ok(orig) = termios::tcgetattr(stdin) else { return RawMode(None) };
+        let Ok(orig) = termios::tcgetattr(stdin) else {
+            return RawMode(None);
+        };
         let mut raw = orig.clone();
         termios::cfmakeraw(&mut raw);
         let _ = termios::tcsetattr(stdin, SetArg::TCSANOW, &raw);
@@ -65,8 +67,16 @@ pub fn relay(master: OwnedFd, _child: Pid) -> Result<()> {
     let mut last_ws = (0u16, 0u16);
     loop {
         let mut fds = [
-            libc::pollfd { fd: m, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: if stdin_open { 0 } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: m,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: fds is a valid array of two pollfd structs.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 250) };

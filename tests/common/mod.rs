@@ -38,7 +38,12 @@ fn take_slot() -> (u32, File) {
     let dir = Path::new("/tmp/gearshift-test-slots");
     std::fs::create_dir_all(dir).unwrap();
     for slot in 0..200u32 {
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{slot}.lock"))).unwrap();
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{slot}.lock")))
+            .unwrap();
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return (slot, f);
@@ -58,7 +63,13 @@ impl TestNode {
         let name = format!("gst{slot}");
         let root = PathBuf::from(format!("/tmp/gearshift-test/{name}"));
         let config = PathBuf::from(format!("/tmp/gearshift-test/{name}.toml"));
-        let node = TestNode { name, root, config, slot, _lock: lock };
+        let node = TestNode {
+            name,
+            root,
+            config,
+            slot,
+            _lock: lock,
+        };
         node.scrub();
         let uid0 = 460_000 + slot * 200;
         let out = node.gs(&[
@@ -80,7 +91,11 @@ impl TestNode {
             "--disk-image-size",
             "1G",
         ]);
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         node
     }
 
@@ -89,10 +104,17 @@ impl TestNode {
         if self.config.exists() {
             let _ = self.gs(&["node", "destroy", "--confirm", &self.name]);
         }
-        let _ = Command::new("umount").arg("-l").arg(self.root.join("gears")).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.root.join("gears"))
+            .stderr(Stdio::null())
+            .status();
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_file(&self.config);
-        let _ = Command::new("ip").args(["link", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 
     pub fn cmd(&self) -> Command {
@@ -102,7 +124,11 @@ impl TestNode {
     }
 
     pub fn gs(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).stdin(Stdio::null()).output().expect("cannot run gearshift")
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run gearshift")
     }
 
     /// Runs and asserts success; returns stdout.
@@ -122,7 +148,12 @@ impl TestNode {
     /// Runs and asserts failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.gs(args);
-        assert!(!o.status.success(), "`gearshift {}` succeeded but should fail: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !o.status.success(),
+            "`gearshift {}` succeeded but should fail: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 

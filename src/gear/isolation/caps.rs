@@ -24,7 +24,8 @@ pub fn disarm() -> Result<()> {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot drop capability {cap} from the bounding set"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot drop capability {cap} from the bounding set"));
         }
     }
     // SAFETY: prctl with integer arguments only.

@@ -33,7 +33,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
     let mut v1 = Vec::new();
     let mut v2 = None;
     for line in text.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let mount = pre.split_whitespace().nth(4).unwrap_or_default();
         let mut p = post.split_whitespace();
         let fstype = p.next().unwrap_or_default();
@@ -46,10 +48,18 @@ pub fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
                 .map(String::from)
                 .collect();
             if !ctrls.is_empty() && !v1.iter().any(|h: &Hierarchy| h.mount == Path::new(mount)) {
-                v1.push(Hierarchy { mount: mount.into(), controllers: ctrls, v2: false });
+                v1.push(Hierarchy {
+                    mount: mount.into(),
+                    controllers: ctrls,
+                    v2: false,
+                });
             }
         } else if fstype == "cgroup2" && v2.is_none() {
-            v2 = Some(Hierarchy { mount: mount.into(), controllers: vec![], v2: true });
+            v2 = Some(Hierarchy {
+                mount: mount.into(),
+                controllers: vec![],
+                v2: true,
+            });
         }
     }
     if v1.iter().any(|h| h.controllers.iter().any(|c| c == "memory")) {
@@ -93,7 +103,9 @@ pub fn node_parents(name: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn is_v2(dir: &Path) -> bool {
-    dir.parent().map(|p| p.join("cgroup.controllers").exists()).unwrap_or(false)
+    dir.parent()
+        .map(|p| p.join("cgroup.controllers").exists())
+        .unwrap_or(false)
         || dir.join("cgroup.controllers").exists()
 }
 
@@ -160,7 +172,9 @@ pub struct Stats {
 
 impl GearCgroup {
     pub fn new(parents: &[PathBuf], name: &str) -> GearCgroup {
-        GearCgroup { dirs: parents.iter().map(|p| p.join(name)).collect() }
+        GearCgroup {
+            dirs: parents.iter().map(|p| p.join(name)).collect(),
+        }
     }
 
     /// Creates the directories and writes the limits.
@@ -219,7 +233,10 @@ impl GearCgroup {
     pub fn verify(&self, l: &Limits) -> Result<()> {
         let s = self.stats();
         if s.memory_limit == 0 || s.memory_limit > l.memory_bytes {
-            bail!("memory limit is not in force in {:?} (run `gearshift doctor`)", self.dirs);
+            bail!(
+                "memory limit is not in force in {:?} (run `gearshift doctor`)",
+                self.dirs
+            );
         }
         if s.pids_limit == 0 {
             bail!("pids limit is not in force in {:?} (run `gearshift doctor`)", self.dirs);
@@ -361,7 +378,14 @@ mod tests {
     #[test]
     fn v2_only() {
         let h = parse_mountinfo(V2);
-        assert_eq!(h, vec![Hierarchy { mount: "/sys/fs/cgroup".into(), controllers: vec![], v2: true }]);
+        assert_eq!(
+            h,
+            vec![Hierarchy {
+                mount: "/sys/fs/cgroup".into(),
+                controllers: vec![],
+                v2: true
+            }]
+        );
     }
 
     #[test]
@@ -383,7 +407,11 @@ mod tests {
         let parents = node_parents(&format!("gearshift-unit-{}", std::process::id())).unwrap();
         node_up(&parents).unwrap();
         let cg = GearCgroup::new(&parents, "g0");
-        let l = crate::config::Config::default().profile("small").unwrap().limits().unwrap();
+        let l = crate::config::Config::default()
+            .profile("small")
+            .unwrap()
+            .limits()
+            .unwrap();
         cg.create(&l).unwrap();
         cg.verify(&l).unwrap();
         let s = cg.stats();

@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result};
 use landlock::{
-    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, ABI,
 };
 use std::path::Path;
 
@@ -12,7 +13,9 @@ pub fn apply(home: &Path) -> Result<&'static str> {
     let abi = ABI::V5;
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
-    let ro = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/"];
+    let ro = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/",
+    ];
     let ro: Vec<&str> = ro.into_iter().filter(|p| Path::new(p).exists()).collect();
     let status = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -22,7 +25,10 @@ pub fn apply(home: &Path) -> Result<&'static str> {
         .context("landlock: cannot create ruleset")?
         .add_rules(path_beneath_rules(ro, read))
         .context("landlock: cannot add read-only rules")?
-        .add_rules(path_beneath_rules([home, Path::new("/tmp"), Path::new("/run"), Path::new("/dev")], all))
+        .add_rules(path_beneath_rules(
+            [home, Path::new("/tmp"), Path::new("/run"), Path::new("/dev")],
+            all,
+        ))
         .context("landlock: cannot add read-write rules")?
         .restrict_self()
         .context("landlock: cannot restrict self")?;

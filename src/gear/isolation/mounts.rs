@@ -32,8 +32,14 @@ fn nosuid_nodev() -> MsFlags {
 fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<()> {
     mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .with_context(|| format!("cannot bind {} on {}", src.display(), dst.display()))?;
-    mount(None::<&str>, dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
-        .with_context(|| format!("cannot remount {} with {:?}", dst.display(), extra))
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+        None::<&str>,
+    )
+    .with_context(|| format!("cannot remount {} with {:?}", dst.display(), extra))
 }
 
 fn tmpfs(dst: &Path, flags: MsFlags, data: &str) -> Result<()> {
@@ -49,15 +55,23 @@ fn inner(root: &Path, p: &Path) -> PathBuf {
 /// Builds the gear's root at `spec.staging` and pivots into it. After this, `/` is read-only,
 /// and the host's other directories (data root, other gears) do not exist for this process.
 pub fn build_root(spec: &RootSpec) -> Result<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("cannot make / private in the gear's mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("cannot make / private in the gear's mount namespace")?;
     let r = &spec.staging;
     tmpfs(r, nosuid_nodev(), "mode=0755,size=4m")?;
     let ro = MsFlags::MS_RDONLY | nosuid_nodev();
 
     for d in HOST_RUNTIME_DIRS {
         let host = Path::new("/").join(d);
-        let Ok(meta) = fs::symlink_metadata(&host) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
         let dst = r.join(d);
         if meta.file_type().is_symlink() {
             let target = fs::read_link(&host)?;
@@ -92,16 +106,34 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
 
     let proc_ = r.join("proc");
     fs::create_dir(&proc_)?;
-    mount(Some("proc"), &proc_, Some("proc"), nosuid_nodev() | MsFlags::MS_NOEXEC, None::<&str>)
-        .context("cannot mount the gear's /proc")?;
+    mount(
+        Some("proc"),
+        &proc_,
+        Some("proc"),
+        nosuid_nodev() | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("cannot mount the gear's /proc")?;
     let sys = r.join("sys");
     fs::create_dir(&sys)?;
-    mount(Some("sysfs"), &sys, Some("sysfs"), ro | MsFlags::MS_NOEXEC, None::<&str>)
-        .context("cannot mount the gear's /sys")?;
+    mount(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        ro | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("cannot mount the gear's /sys")?;
 
     pivot(r)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro, None::<&str>)
-        .context("cannot make the gear's / read-only")
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+        None::<&str>,
+    )
+    .context("cannot make the gear's / read-only")
 }
 
 /// A minimal /dev: the harmless device nodes, a private devpts and /dev/shm.
@@ -111,7 +143,11 @@ fn build_dev(dev: &Path, shm_opts: &str) -> Result<()> {
         let dst = dev.join(n);
         fs::write(&dst, b"")?;
         // Device binds must keep device access; they are the only mounts without nodev.
-        bind(&Path::new("/dev").join(n), &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+        bind(
+            &Path::new("/dev").join(n),
+            &dst,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        )?;
     }
     let pts = dev.join("pts");
     fs::create_dir(&pts)?;
@@ -125,7 +161,12 @@ fn build_dev(dev: &Path, shm_opts: &str) -> Result<()> {
     .context("cannot mount the gear's devpts")?;
     symlink("pts/ptmx", dev.join("ptmx"))?;
     tmpfs(&dev.join("shm"), nosuid_nodev(), shm_opts)?;
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         symlink(target, dev.join(name))?;
     }
     fs::set_permissions(dev, fs::Permissions::from_mode(0o755))?;

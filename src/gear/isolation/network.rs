@@ -74,10 +74,7 @@ pub fn node_up(n: &NodeNet) -> Result<()> {
 /// Removes the node's nftables table and bridge. Idempotent; leaves `ip_forward` alone.
 pub fn node_down(n: &NodeNet) -> Result<()> {
     check_table_name(&n.nft_table)?;
-    let script = format!(
-        "table inet {t} {{}}\ndelete table inet {t}\n",
-        t = n.nft_table
-    );
+    let script = format!("table inet {t} {{}}\ndelete table inet {t}\n", t = n.nft_table);
     run_stdin(
         &format!("remove nftables table inet {}", n.nft_table),
         Command::new("nft").args(["-f", "-"]),
@@ -105,12 +102,8 @@ pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
     check_netns_name(&g.netns)?;
     // The veth first: deleting one end removes the pair synchronously, whereas a netns
     // (and the eth0 inside it) lingers while any process still lives in it.
-    delete_link(&g.veth_host).with_context(|| {
-        format!(
-            "cannot remove veth {} of gear netns {}",
-            g.veth_host, g.netns
-        )
-    })?;
+    delete_link(&g.veth_host)
+        .with_context(|| format!("cannot remove veth {} of gear netns {}", g.veth_host, g.netns))?;
     if netns_path(&g.netns).exists() {
         run(
             &format!("delete network namespace {}", g.netns),
@@ -151,9 +144,8 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
 
 fn enable_ip_forward() -> Result<()> {
     let p = "/proc/sys/net/ipv4/ip_forward";
-    std::fs::write(p, "1").with_context(|| {
-        format!("cannot enable IPv4 forwarding (writing 1 to {p}); gearshift must run as root")
-    })
+    std::fs::write(p, "1")
+        .with_context(|| format!("cannot enable IPv4 forwarding (writing 1 to {p}); gearshift must run as root"))
 }
 
 /// The node's nftables script: creates-then-deletes the table so the full definition
@@ -273,9 +265,7 @@ fn configure_gear_end(n: &NodeNet, g: &GearNet) -> Result<()> {
     )?;
     run(
         &format!("set the default route via {gw} in netns {ns}"),
-        Command::new("ip").args([
-            "-n", ns, "route", "replace", "default", "via", &gw, "dev", "eth0",
-        ]),
+        Command::new("ip").args(["-n", ns, "route", "replace", "default", "via", &gw, "dev", "eth0"]),
     )?;
     Ok(())
 }
@@ -331,9 +321,7 @@ fn check_table_name(name: &str) -> Result<()> {
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !ok {
-        bail!(
-            "nftables table name '{name}' must start with a letter and contain only [A-Za-z0-9_]"
-        );
+        bail!("nftables table name '{name}' must start with a letter and contain only [A-Za-z0-9_]");
     }
     Ok(())
 }
@@ -361,13 +349,9 @@ fn run_stdin(what: &str, cmd: &mut Command, input: &str) -> Result<String> {
 
 fn run_with_input(what: &str, cmd: &mut Command, input: Option<&str>) -> Result<String> {
     let shown = show(cmd);
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| {
         format!("cannot {what}: cannot start `{shown}` (is it installed and on PATH? iproute2 provides ip/bridge/tc, nftables provides nft)")
     })?;
@@ -381,11 +365,7 @@ fn run_with_input(what: &str, cmd: &mut Command, input: Option<&str>) -> Result<
         .with_context(|| format!("cannot {what}: waiting for `{shown}` failed"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "cannot {what}: `{shown}` failed ({}): {}",
-            out.status,
-            err.trim()
-        );
+        bail!("cannot {what}: `{shown}` failed ({}): {}", out.status, err.trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -404,12 +384,7 @@ pub(crate) mod testutil {
         if unsafe { libc::geteuid() } != 0 {
             return Some("not root".into());
         }
-        for (bin, arg) in [
-            ("nft", "--version"),
-            ("ip", "-V"),
-            ("tc", "-V"),
-            ("bridge", "-V"),
-        ] {
+        for (bin, arg) in [("nft", "--version"), ("ip", "-V"), ("tc", "-V"), ("bridge", "-V")] {
             let ok = Command::new(bin)
                 .arg(arg)
                 .stdout(Stdio::null())
@@ -498,10 +473,7 @@ pub(crate) mod testutil {
                 .read_line(&mut line)
                 .unwrap();
             self.children.push(child);
-            assert!(
-                !line.is_empty(),
-                "helper in {netns} exited before becoming ready"
-            );
+            assert!(!line.is_empty(), "helper in {netns} exited before becoming ready");
             line.trim().to_string()
         }
 
@@ -598,14 +570,9 @@ except Exception as e:
             Command::new("ip").args(["-4", "addr", "show", "dev", &n.bridge]),
         )
         .unwrap();
-        assert!(
-            addrs.contains(&format!("{}/24", n.subnet.gateway())),
-            "{addrs}"
-        );
+        assert!(addrs.contains(&format!("{}/24", n.subnet.gateway())), "{addrs}");
         assert_eq!(
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-                .unwrap()
-                .trim(),
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(),
             "1"
         );
         node_down(&n).expect("node_down");
@@ -639,8 +606,7 @@ except Exception as e:
         assert!(r.starts_with("failed"), "gear A reached gear B: {r}");
 
         let addr = SocketAddr::new(b.ip.into(), b_port.parse().unwrap());
-        let mut s =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("host -> gear B");
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("host -> gear B");
         let mut got = String::new();
         s.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hi");
@@ -664,10 +630,7 @@ except Exception as e:
         let mut g = f.gear_net(1, 0);
         g.ip = Ipv4Addr::new(192, 0, 2, 7);
         let e = gear_up(&f.node, &g).unwrap_err();
-        assert!(
-            format!("{e:#}").contains("not a usable host address"),
-            "{e:#}"
-        );
+        assert!(format!("{e:#}").contains("not a usable host address"), "{e:#}");
         assert!(!link_exists(&g.veth_host));
     }
 

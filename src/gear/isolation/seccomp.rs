@@ -77,15 +77,25 @@ pub fn build() -> Result<Filters> {
     let clone_rules = NAMESPACE_FLAGS
         .iter()
         .map(|f| {
-            SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*f), *f)?])
+            SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(*f),
+                *f,
+            )?])
         })
         .collect::<Result<Vec<_>, _>>()
         .context("cannot build the clone rule")?;
     rules.insert(libc::SYS_clone, clone_rules);
-    let deny = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch())
-        .context("cannot build the seccomp filter")?
-        .try_into()
-        .context("cannot compile the seccomp filter")?;
+    let deny = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .context("cannot build the seccomp filter")?
+    .try_into()
+    .context("cannot compile the seccomp filter")?;
     let clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into_iter().collect(),
         SeccompAction::Allow,

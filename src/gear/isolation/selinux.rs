@@ -42,7 +42,13 @@ pub fn label_file(path: &Path, mcs: &str) -> Result<()> {
     // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the value
     // length matches the buffer.
     let rc = unsafe {
-        libc::lsetxattr(p.as_ptr(), c"security.selinux".as_ptr(), label.as_ptr().cast(), label.len(), 0)
+        libc::lsetxattr(
+            p.as_ptr(),
+            c"security.selinux".as_ptr(),
+            label.as_ptr().cast(),
+            label.len(),
+            0,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot label {}", path.display()));

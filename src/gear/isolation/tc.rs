@@ -33,9 +33,7 @@ pub fn shape(g: &GearNet) -> Result<()> {
             g.netns, g.bandwidth_kbit
         ),
         Command::new("tc")
-            .args([
-                "-n", &g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf",
-            ])
+            .args(["-n", &g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf"])
             .args(&args),
     )
     .context("does the gear's network namespace exist (gear_up creates it)?")?;
@@ -158,11 +156,7 @@ c.close()
         let mut answer = String::new();
         s.read_to_string(&mut answer).unwrap();
         let secs = start.elapsed().as_secs_f64();
-        assert_eq!(
-            answer,
-            bytes.to_string(),
-            "the gear did not receive everything"
-        );
+        assert_eq!(answer, bytes.to_string(), "the gear did not receive everything");
         bytes as f64 * 8.0 / 1000.0 / secs
     }
 
