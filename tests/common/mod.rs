@@ -172,6 +172,15 @@ impl TestNode {
         self.show(app)
     }
 
+    /// Adds a resource profile to the node config (for tight, fast limit tests).
+    pub fn add_profile(&self, name: &str, memory: &str, cpu: f64, pids: u64, disk: &str, bandwidth: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "\n[profiles.{name}]\nmemory = \"{memory}\"\ncpu = {cpu:?}\npids = {pids}\ndisk = \"{disk}\"\ninodes = 10000\nbandwidth = \"{bandwidth}\"\nio_weight = 100\n"
+        ));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     pub fn show(&self, app: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["app", "show", app, "--json"])).unwrap()
     }
@@ -183,6 +192,10 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
+        if !self.config.exists() {
+            self.scrub();
+            return;
+        }
         let o = self.gs(&["node", "destroy", "--confirm", &self.name]);
         if !o.status.success() && !std::thread::panicking() {
             panic!("node destroy failed: {}", String::from_utf8_lossy(&o.stderr));

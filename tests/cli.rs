@@ -1,0 +1,142 @@
+//! The CLI as a node admin uses it: init, doctor, users and apps, and bad input that gets a clear
+//! error and creates nothing.
+
+mod common;
+use common::*;
+
+fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    p.with_extension("pub")
+}
+
+#[test]
+fn init_is_idempotent_and_doctor_reports() {
+    require_root!();
+    let n = TestNode::new();
+    let before = std::fs::read_to_string(&n.config).unwrap();
+    n.ok(&["init"]);
+    assert_eq!(
+        std::fs::read_to_string(&n.config).unwrap(),
+        before,
+        "init changed the config"
+    );
+    let o = n.gs(&["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "doctor failed on a host that has everything:\n{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for word in [
+        "cgroup", "landlock", "seccomp", "quota", "selinux", "nft", "sshd", "git",
+    ] {
+        assert!(
+            out.to_lowercase().contains(word),
+            "doctor says nothing about {word}:\n{out}"
+        );
+    }
+    let j: serde_json::Value = serde_json::from_str(&n.ok(&["doctor", "--json"])).unwrap();
+    assert!(j.as_array().unwrap().len() >= 10);
+}
+
+#[test]
+fn bad_input_is_refused_and_creates_nothing() {
+    require_root!();
+    let n = TestNode::new();
+    for bad in [
+        "",
+        "1abc",
+        "Shop",
+        "a_b",
+        "a.b",
+        "-x",
+        "x-",
+        "../etc",
+        "a b",
+        "a;rm -rf /",
+        &"a".repeat(33),
+        "ça",
+    ] {
+        let err = n.fails(&["app", "create", bad, "--cartridge", "python"]);
+        assert!(err.contains("app name"), "unclear error for {bad:?}: {err}");
+    }
+    let err = n.fails(&["app", "create", "shop", "--cartridge", "cobol"]);
+    assert!(
+        err.contains("unknown cartridge 'cobol'") && err.contains("python"),
+        "{err}"
+    );
+    let err = n.fails(&["app", "create", "shop", "--cartridge", "python", "--owner", "ghost"]);
+    assert!(err.contains("unknown user 'ghost'"), "{err}");
+    let err = n.fails(&["app", "create", "shop", "--cartridge", "python", "--profile", "huge"]);
+    assert!(err.contains("unknown profile 'huge'"), "{err}");
+    assert_eq!(
+        n.ok(&["app", "list", "--json"]).trim(),
+        "[]",
+        "bad input created an app"
+    );
+    assert!(
+        std::fs::read_dir(n.root.join("gears")).unwrap().next().is_none(),
+        "bad input created a gear home"
+    );
+
+    n.create_app("shop");
+    let err = n.fails(&["app", "create", "shop", "--cartridge", "python"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = n.fails(&["app", "destroy", "shop", "--confirm", "shoe"]);
+    assert!(err.contains("--confirm shop"), "{err}");
+    let err = n.fails(&["app", "show", "nope"]);
+    assert!(err.contains("unknown app 'nope'"), "{err}");
+
+    let tmp = n.root.join("keys");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("junk.pub"), "ssh-ed25519 not-base64!! x\n").unwrap();
+    let err = n.fails(&["user", "add", "alice", "--key", tmp.join("junk.pub").to_str().unwrap()]);
+    assert!(!err.is_empty());
+    let users: serde_json::Value = serde_json::from_str(&n.ok(&["user", "list", "--json"])).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 0, "an invalid key created a user");
+}
+
+#[test]
+fn users_and_keys() {
+    require_root!();
+    let n = TestNode::new();
+    let dir = n.root.join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (k1, k2) = (keygen(&dir, "alice"), keygen(&dir, "bob"));
+    let fp1 = String::from_utf8_lossy(
+        &std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&k1)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_string();
+    n.ok(&["user", "add", "alice", "--admin", "--key", k1.to_str().unwrap()]);
+    let err = n.fails(&["user", "add", "bob", "--key", k1.to_str().unwrap()]);
+    assert!(err.contains("alice"), "a key of alice was accepted for bob: {err}");
+    n.ok(&["user", "add", "bob", "--key", k2.to_str().unwrap()]);
+    let list = n.ok(&["user", "list"]);
+    assert!(list.contains("alice") && list.contains("bob"), "{list}");
+    let shown = n.ok(&["user", "show", "alice"]);
+    assert!(
+        shown.contains(&fp1),
+        "alice's key is not shown by its fingerprint {fp1}: {shown}"
+    );
+    n.ok(&["app", "create", "bobs", "--cartridge", "static", "--owner", "bob"]);
+    let err = n.fails(&["user", "remove", "bob"]);
+    assert!(err.contains("bobs"), "{err}");
+    n.ok(&["app", "destroy", "bobs", "--confirm", "bobs"]);
+    n.ok(&["user", "remove", "bob"]);
+    let users: serde_json::Value = serde_json::from_str(&n.ok(&["user", "list", "--json"])).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 1);
+}
