@@ -524,8 +524,10 @@ mod tests {
     fn test_node(tag: &str) -> Node {
         let root = std::env::temp_dir().join(format!("gs-user-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let mut config = crate::config::Config::default();
-        config.data_root = root.clone();
+        let config = crate::config::Config {
+            data_root: root.clone(),
+            ..Default::default()
+        };
         Node {
             config,
             config_path: root.join("gearshift.toml"),
