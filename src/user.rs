@@ -477,10 +477,12 @@ pub fn remove(node: &Node, name: &str) -> Result<()> {
     let apps = owned_apps(node, name)?;
     if !apps.is_empty() {
         bail!(
-            "user '{name}' still owns {} app{}: {}; destroy them or give them to another user first",
+            "user '{name}' still owns {} {}: {}; destroy {} or give {} to another user first",
             apps.len(),
-            if apps.len() == 1 { "" } else { "s" },
-            apps.join(", ")
+            if apps.len() == 1 { "app" } else { "apps" },
+            apps.join(", "),
+            if apps.len() == 1 { "it" } else { "them" },
+            if apps.len() == 1 { "it" } else { "them" }
         );
     }
     let path = user_path(node, name);
