@@ -147,7 +147,9 @@ pub fn describe(node: &Node) -> (bool, String) {
             if node.config.disk.allow_unlimited {
                 (
                     true,
-                    format!("none: disk limits are NOT enforced (disk.allow_unlimited = true); {fix}"),
+                    format!(
+                        "none: disk limits are NOT enforced (disk.allow_unlimited = true); {fix}"
+                    ),
                 )
             } else {
                 (false, format!("none: no quota-capable filesystem; {fix}"))
@@ -207,14 +209,32 @@ pub fn create_home(node: &Node, gear_id: &str, uid: u32, limits: &Limits) -> Res
             let created = if is_subvolume(&home)? {
                 false
             } else if home.symlink_metadata().is_ok() {
-                bail!("cannot create gear home {}: it exists and is not a btrfs subvolume", home.display());
+                bail!(
+                    "cannot create gear home {}: it exists and is not a btrfs subvolume",
+                    home.display()
+                );
             } else {
-                run("btrfs", [OsStr::new("subvolume"), OsStr::new("create"), home.as_os_str()])?;
+                run(
+                    "btrfs",
+                    [
+                        OsStr::new("subvolume"),
+                        OsStr::new("create"),
+                        home.as_os_str(),
+                    ],
+                )?;
                 true
             };
             let applied = (|| -> Result<()> {
                 let limit = btrfs_limit_arg(limits.disk_bytes);
-                run("btrfs", [OsStr::new("qgroup"), OsStr::new("limit"), OsStr::new(&limit), home.as_os_str()])?;
+                run(
+                    "btrfs",
+                    [
+                        OsStr::new("qgroup"),
+                        OsStr::new("limit"),
+                        OsStr::new(&limit),
+                        home.as_os_str(),
+                    ],
+                )?;
                 own_private(&home, uid)
             })();
             if let Err(e) = applied {
@@ -317,7 +337,12 @@ pub fn usage(node: &Node, gear_id: &str, uid: u32) -> Result<Usage> {
                 .iter()
                 .find(|r| r.level == 0 && r.id == id)
                 .with_context(|| format!("no qgroup 0/{id} for gear home {}", home.display()))?;
-            Ok(Usage { bytes: row.referenced, limit_bytes: row.max_referenced, inodes: None, limit_inodes: None })
+            Ok(Usage {
+                bytes: row.referenced,
+                limit_bytes: row.max_referenced,
+                inodes: None,
+                limit_inodes: None,
+            })
         }
         Backend::Ext4 => {
             let q = QuotaDevice::for_path(&node.gears_dir())?.get_vfs(uid)?;
@@ -329,7 +354,9 @@ pub fn usage(node: &Node, gear_id: &str, uid: u32) -> Result<Usage> {
             })
         }
         Backend::Xfs => {
-            let q = QuotaDevice::for_path(&node.gears_dir())?.get_xfs(uid)?.unwrap_or_default();
+            let q = QuotaDevice::for_path(&node.gears_dir())?
+                .get_xfs(uid)?
+                .unwrap_or_default();
             Ok(Usage {
                 bytes: q.d_bcount.saturating_mul(XFS_BB),
                 limit_bytes: nonzero(q.d_blk_hardlimit.saturating_mul(XFS_BB)),
@@ -339,7 +366,12 @@ pub fn usage(node: &Node, gear_id: &str, uid: u32) -> Result<Usage> {
         }
         Backend::None => {
             let (bytes, inodes) = tree_usage(&home)?;
-            Ok(Usage { bytes, limit_bytes: None, inodes: Some(inodes), limit_inodes: None })
+            Ok(Usage {
+                bytes,
+                limit_bytes: None,
+                inodes: Some(inodes),
+                limit_inodes: None,
+            })
         }
     }
 }
@@ -357,7 +389,9 @@ fn check_gear_id(gear_id: &str) -> Result<()> {
         || gear_id == "."
         || gear_id == ".."
         || gear_id.len() > 200
-        || !gear_id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+        || !gear_id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
     {
         bail!("invalid gear id '{}'", gear_id.escape_default());
     }
@@ -373,7 +407,9 @@ fn tool(name: &str) -> Option<PathBuf> {
         dirs.push(PathBuf::from(d));
     }
     dirs.into_iter().map(|d| d.join(name)).find(|p| {
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     })
 }
 
@@ -384,12 +420,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
     let shown = std::iter::once(program.to_string())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    let exe = tool(program).with_context(|| format!("cannot run `{shown}`: {program} is not installed"))?;
+    let exe = tool(program)
+        .with_context(|| format!("cannot run `{shown}`: {program} is not installed"))?;
     let out = Command::new(&exe)
         .args(&args)
         .env("LC_ALL", "C")
@@ -399,7 +439,11 @@ where
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stderr = stderr.trim();
-        let stderr = if stderr.is_empty() { String::from_utf8_lossy(&out.stdout).trim().to_string() } else { stderr.to_string() };
+        let stderr = if stderr.is_empty() {
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        } else {
+            stderr.to_string()
+        };
         bail!("`{shown}` failed ({}): {stderr}", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -427,16 +471,19 @@ fn remove_tree(path: &Path) -> Result<()> {
     match path.symlink_metadata() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
-        Ok(m) if m.is_dir() => {
-            std::fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)
+            .with_context(|| format!("cannot remove {}", path.display())),
+        Ok(_) => {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))
         }
-        Ok(_) => std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display())),
     }
 }
 
 /// Allocated bytes and inode count of a tree, without following symlinks or crossing mounts.
 fn tree_usage(path: &Path) -> Result<(u64, u64)> {
-    let top = path.symlink_metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    let top = path
+        .symlink_metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
     let dev = top.dev();
     let (mut bytes, mut inodes) = (0u64, 0u64);
     let mut stack = vec![path.to_path_buf()];
@@ -475,7 +522,10 @@ fn unescape_mount(field: &str) -> OsString {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -506,7 +556,8 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 }
 
 fn mountinfo() -> Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text))
 }
 
@@ -538,7 +589,8 @@ fn find_mount_in(entries: &[MountEntry], path: &Path) -> Option<MountEntry> {
     let mut best: Option<&MountEntry> = None;
     for e in entries {
         if path.starts_with(&e.mount_point)
-            && best.map_or(true, |b| e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
+            && best
+                .is_none_or(|b| e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
         {
             best = Some(e);
         }
@@ -556,7 +608,10 @@ fn find_mount(path: &Path) -> Result<MountEntry> {
 
 fn btrfs_available() -> Result<()> {
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs.lines().any(|l| l.split_whitespace().last() == Some("btrfs")) {
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    {
         bail!("the kernel has no btrfs support (not in /proc/filesystems)");
     }
     for t in ["mkfs.btrfs", "btrfs"] {
@@ -620,9 +675,11 @@ fn device_is_mounted(dev: &Path) -> Result<bool> {
 fn btrfs_node_up(node: &Node) -> Result<()> {
     let gears = node.gears_dir();
     let img = image_path(node);
-    std::fs::create_dir_all(node.root()).with_context(|| format!("cannot create {}", node.root().display()))?;
+    std::fs::create_dir_all(node.root())
+        .with_context(|| format!("cannot create {}", node.root().display()))?;
     if !img.exists() {
-        let size = crate::config::parse_size(&node.config.disk.image_size).context("disk.image_size")?;
+        let size =
+            crate::config::parse_size(&node.config.disk.image_size).context("disk.image_size")?;
         if size < BTRFS_MIN_IMAGE {
             bail!(
                 "disk.image_size = {} is too small: mkfs.btrfs needs at least {} bytes (use 128M or more)",
@@ -638,21 +695,35 @@ fn btrfs_node_up(node: &Node) -> Result<()> {
             .create_new(true)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.set_len(size).with_context(|| format!("cannot size {} to {size} bytes", tmp.display()))?;
+        f.set_len(size)
+            .with_context(|| format!("cannot size {} to {size} bytes", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         drop(f);
         let label = format!("gearshift-{}", node.config.name);
-        if let Err(e) = run("mkfs.btrfs", [OsStr::new("-q"), OsStr::new("-L"), OsStr::new(&label), tmp.as_os_str()]) {
+        if let Err(e) = run(
+            "mkfs.btrfs",
+            [
+                OsStr::new("-q"),
+                OsStr::new("-L"),
+                OsStr::new(&label),
+                tmp.as_os_str(),
+            ],
+        ) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &img).with_context(|| format!("cannot rename {} to {}", tmp.display(), img.display()))?;
+        std::fs::rename(&tmp, &img)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), img.display()))?;
     }
-    std::fs::create_dir_all(&gears).with_context(|| format!("cannot create {}", gears.display()))?;
+    std::fs::create_dir_all(&gears)
+        .with_context(|| format!("cannot create {}", gears.display()))?;
     if mounted_image(node).is_none() {
         let canon = canonical_or_ancestor(&gears);
         if find_mount(&canon)?.mount_point == canon {
-            bail!("{} is already a mount point of something else; unmount it first", gears.display());
+            bail!(
+                "{} is already a mount point of something else; unmount it first",
+                gears.display()
+            );
         }
         if std::fs::read_dir(&gears)?.next().is_some() {
             bail!(
@@ -660,13 +731,28 @@ fn btrfs_node_up(node: &Node) -> Result<()> {
                 gears.display()
             );
         }
-        run("mount", [OsStr::new("-o"), OsStr::new("loop,nosuid,nodev"), img.as_os_str(), gears.as_os_str()])?;
+        run(
+            "mount",
+            [
+                OsStr::new("-o"),
+                OsStr::new("loop,nosuid,nodev"),
+                img.as_os_str(),
+                gears.as_os_str(),
+            ],
+        )?;
         if mounted_image(node).is_none() {
-            bail!("mounted {} on {} but cannot find the mount afterwards", img.display(), gears.display());
+            bail!(
+                "mounted {} on {} but cannot find the mount afterwards",
+                img.display(),
+                gears.display()
+            );
         }
     }
     // Idempotent in the kernel: no-op if quota is already enabled.
-    run("btrfs", [OsStr::new("quota"), OsStr::new("enable"), gears.as_os_str()])?;
+    run(
+        "btrfs",
+        [OsStr::new("quota"), OsStr::new("enable"), gears.as_os_str()],
+    )?;
     std::fs::set_permissions(&gears, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("cannot chmod {}", gears.display()))?;
     Ok(())
@@ -682,15 +768,25 @@ fn is_subvolume(path: &Path) -> Result<bool> {
                 return Ok(false);
             }
             // statfs to be sure it is btrfs (inode 256 can happen elsewhere).
-            let st = nix::sys::statfs::statfs(path).with_context(|| format!("cannot statfs {}", path.display()))?;
+            let st = nix::sys::statfs::statfs(path)
+                .with_context(|| format!("cannot statfs {}", path.display()))?;
             Ok(st.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
         }
     }
 }
 
 fn subvolume_id(path: &Path) -> Result<u64> {
-    let out = run("btrfs", [OsStr::new("inspect-internal"), OsStr::new("rootid"), path.as_os_str()])?;
-    out.trim().parse().with_context(|| format!("unexpected `btrfs inspect-internal rootid` output: {out:?}"))
+    let out = run(
+        "btrfs",
+        [
+            OsStr::new("inspect-internal"),
+            OsStr::new("rootid"),
+            path.as_os_str(),
+        ],
+    )?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("unexpected `btrfs inspect-internal rootid` output: {out:?}"))
 }
 
 /// The `btrfs qgroup limit` argument: raw bytes, or "none" for 0 (unlimited).
@@ -755,7 +851,16 @@ fn parse_subvolume_list(text: &str) -> Vec<(u64, String)> {
 }
 
 fn qgroup_rows(gears: &Path) -> Result<Vec<QgroupRow>> {
-    let out = run("btrfs", [OsStr::new("qgroup"), OsStr::new("show"), OsStr::new("--raw"), OsStr::new("-re"), gears.as_os_str()])?;
+    let out = run(
+        "btrfs",
+        [
+            OsStr::new("qgroup"),
+            OsStr::new("show"),
+            OsStr::new("--raw"),
+            OsStr::new("-re"),
+            gears.as_os_str(),
+        ],
+    )?;
     Ok(parse_qgroup_show(&out))
 }
 
@@ -765,7 +870,15 @@ fn btrfs_destroy(node: &Node, home: &Path) -> Result<()> {
     let mut ids = Vec::new();
     // Gears can create subvolumes of their own (unprivileged users may); delete deepest first.
     for _ in 0..64 {
-        let out = run("btrfs", [OsStr::new("subvolume"), OsStr::new("list"), OsStr::new("-o"), home.as_os_str()])?;
+        let out = run(
+            "btrfs",
+            [
+                OsStr::new("subvolume"),
+                OsStr::new("list"),
+                OsStr::new("-o"),
+                home.as_os_str(),
+            ],
+        )?;
         let mut nested = parse_subvolume_list(&out);
         if nested.is_empty() {
             break;
@@ -773,32 +886,68 @@ fn btrfs_destroy(node: &Node, home: &Path) -> Result<()> {
         nested.sort_by_key(|(_, p)| std::cmp::Reverse(p.matches('/').count()));
         for (id, rel) in nested {
             let p = gears.join(&rel);
-            if run("btrfs", [OsStr::new("subvolume"), OsStr::new("delete"), p.as_os_str()]).is_ok() {
+            if run(
+                "btrfs",
+                [OsStr::new("subvolume"), OsStr::new("delete"), p.as_os_str()],
+            )
+            .is_ok()
+            {
                 ids.push(id);
             }
         }
     }
     let id = subvolume_id(home)?;
-    run("btrfs", [OsStr::new("subvolume"), OsStr::new("delete"), OsStr::new("--commit-after"), home.as_os_str()])?;
+    run(
+        "btrfs",
+        [
+            OsStr::new("subvolume"),
+            OsStr::new("delete"),
+            OsStr::new("--commit-after"),
+            home.as_os_str(),
+        ],
+    )?;
     ids.push(id);
-    // Newer kernels drop a deleted subvolume's qgroup by themselves once the subvolume is
-    // cleaned; older ones leave a stale qgroup that must be destroyed.
-    let mut sync_args: Vec<OsString> = vec!["subvolume".into(), "sync".into(), gears.clone().into_os_string()];
-    sync_args.extend(ids.iter().map(|i| OsString::from(i.to_string())));
-    run("btrfs", &sync_args)?;
-    let rows = qgroup_rows(&gears)?;
-    for id in ids {
-        if rows.iter().any(|r| r.level == 0 && r.id == id) {
+    // Newer kernels (6.10+) drop a deleted subvolume's qgroup by themselves once the cleaner
+    // has dropped the subvolume; older ones leave a stale qgroup that must be destroyed. Try
+    // right away; if the kernel refuses while the subvolume still holds data, wait for the
+    // cleaner (`btrfs subvolume sync`, which polls once a second) and try again.
+    let mut synced = false;
+    loop {
+        let rows = qgroup_rows(&gears)?;
+        let mut busy = Vec::new();
+        for &id in &ids {
+            if !rows.iter().any(|r| r.level == 0 && r.id == id) {
+                continue;
+            }
             let q = format!("0/{id}");
-            if let Err(e) = run("btrfs", [OsStr::new("qgroup"), OsStr::new("destroy"), OsStr::new(&q), gears.as_os_str()]) {
+            match run(
+                "btrfs",
+                [
+                    OsStr::new("qgroup"),
+                    OsStr::new("destroy"),
+                    OsStr::new(&q),
+                    gears.as_os_str(),
+                ],
+            ) {
+                Ok(_) => {}
                 // Raced with the kernel's own removal.
-                if !format!("{e:#}").contains("No such file or directory") {
-                    return Err(e);
-                }
+                Err(e) if format!("{e:#}").contains("No such file or directory") => {}
+                Err(e) if synced => return Err(e),
+                Err(_) => busy.push(id),
             }
         }
+        if busy.is_empty() {
+            return Ok(());
+        }
+        let mut sync_args: Vec<OsString> = vec![
+            "subvolume".into(),
+            "sync".into(),
+            gears.clone().into_os_string(),
+        ];
+        sync_args.extend(busy.iter().map(|i| OsString::from(i.to_string())));
+        run("btrfs", &sync_args)?;
+        synced = true;
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1004,24 +1153,36 @@ fn probe_fs_quota(path: &Path) -> Result<FsProbe> {
                 // Kernels without the generic XGETQSTAT for ext4: quota loaded + mount option.
                 Err(_) if fstype == "ext4" => {
                     dev.getinfo().is_ok()
-                        && m.super_opts.split(',').chain(m.mount_opts.split(',')).any(|o| {
-                            o == "usrquota" || o == "quota" || o.starts_with("usrjquota")
-                        })
+                        && m.super_opts
+                            .split(',')
+                            .chain(m.mount_opts.split(','))
+                            .any(|o| o == "usrquota" || o == "quota" || o.starts_with("usrjquota"))
                 }
                 Err(_) => false,
             }
         }
         _ => false,
     };
-    Ok(FsProbe { fstype, shown, enforced })
+    Ok(FsProbe {
+        fstype,
+        shown,
+        enforced,
+    })
 }
 
 impl QuotaDevice {
     fn from_mount(m: &MountEntry) -> QuotaDevice {
         use std::os::unix::fs::FileTypeExt;
-        let is_blk = Path::new(&m.source).metadata().map(|md| md.file_type().is_block_device()).unwrap_or(false);
+        let is_blk = Path::new(&m.source)
+            .metadata()
+            .map(|md| md.file_type().is_block_device())
+            .unwrap_or(false);
         QuotaDevice {
-            device: if is_blk { CString::new(m.source.as_bytes()).ok() } else { None },
+            device: if is_blk {
+                CString::new(m.source.as_bytes()).ok()
+            } else {
+                None
+            },
             mount_point: m.mount_point.clone(),
             shown: format!("{} on {}", m.source, m.mount_point.display()),
         }
@@ -1047,8 +1208,13 @@ impl QuotaDevice {
                 // SAFETY: quotactl_fd(fd, cmd, id, addr) with an fd we own for the duration of
                 // the call; the caller guarantees `addr`.
                 unsafe {
-                    libc::syscall(libc::SYS_quotactl_fd, dir.as_raw_fd(), cmd as libc::c_uint, id as libc::c_int, addr)
-                        as libc::c_int
+                    libc::syscall(
+                        libc::SYS_quotactl_fd,
+                        dir.as_raw_fd(),
+                        cmd as libc::c_uint,
+                        id as libc::c_int,
+                        addr,
+                    ) as libc::c_int
                 }
             }
         };
@@ -1063,48 +1229,96 @@ impl QuotaDevice {
         let mut info = IfDqinfo::default();
         // SAFETY: Q_GETINFO writes one `struct if_dqinfo`, which `info` is (repr(C), size
         // checked in tests).
-        unsafe { self.call(qcmd(Q_GETINFO, USRQUOTA), 0, &mut info as *mut IfDqinfo as *mut libc::c_char)? };
+        unsafe {
+            self.call(
+                qcmd(Q_GETINFO, USRQUOTA),
+                0,
+                &mut info as *mut IfDqinfo as *mut libc::c_char,
+            )?
+        };
         Ok(info)
     }
 
     fn xgetqstat(&self) -> std::io::Result<FsQuotaStat> {
-        let mut st = FsQuotaStat { qs_version: 1, ..Default::default() };
+        let mut st = FsQuotaStat {
+            qs_version: 1,
+            ..Default::default()
+        };
         // SAFETY: Q_XGETQSTAT writes one `struct fs_quota_stat`, which `st` is.
-        unsafe { self.call(qcmd(Q_XGETQSTAT, USRQUOTA), 0, &mut st as *mut FsQuotaStat as *mut libc::c_char)? };
+        unsafe {
+            self.call(
+                qcmd(Q_XGETQSTAT, USRQUOTA),
+                0,
+                &mut st as *mut FsQuotaStat as *mut libc::c_char,
+            )?
+        };
         Ok(st)
     }
 
     fn set_vfs_limits(&self, uid: u32, disk_bytes: u64, inodes: u64) -> Result<()> {
         let mut q = vfs_limits(disk_bytes, inodes);
         // SAFETY: Q_SETQUOTA reads one `struct if_dqblk`, which `q` is.
-        unsafe { self.call(qcmd(Q_SETQUOTA, USRQUOTA), uid, &mut q as *mut IfDqblk as *mut libc::c_char) }
-            .with_context(|| format!("cannot set the user quota of uid {uid} on {}", self.shown))
+        unsafe {
+            self.call(
+                qcmd(Q_SETQUOTA, USRQUOTA),
+                uid,
+                &mut q as *mut IfDqblk as *mut libc::c_char,
+            )
+        }
+        .with_context(|| format!("cannot set the user quota of uid {uid} on {}", self.shown))
     }
 
     fn get_vfs(&self, uid: u32) -> Result<IfDqblk> {
         let mut q = IfDqblk::default();
         // SAFETY: Q_GETQUOTA writes one `struct if_dqblk`, which `q` is.
-        unsafe { self.call(qcmd(Q_GETQUOTA, USRQUOTA), uid, &mut q as *mut IfDqblk as *mut libc::c_char) }
-            .with_context(|| format!("cannot read the user quota of uid {uid} on {}", self.shown))?;
+        unsafe {
+            self.call(
+                qcmd(Q_GETQUOTA, USRQUOTA),
+                uid,
+                &mut q as *mut IfDqblk as *mut libc::c_char,
+            )
+        }
+        .with_context(|| format!("cannot read the user quota of uid {uid} on {}", self.shown))?;
         Ok(q)
     }
 
     fn set_xfs_limits(&self, uid: u32, disk_bytes: u64, inodes: u64) -> Result<()> {
         let mut q = xfs_limits(uid, disk_bytes, inodes);
         // SAFETY: Q_XSETQLIM reads one `struct fs_disk_quota`, which `q` is.
-        unsafe { self.call(qcmd(Q_XSETQLIM, USRQUOTA), uid, &mut q as *mut FsDiskQuota as *mut libc::c_char) }
-            .with_context(|| format!("cannot set the xfs user quota of uid {uid} on {}", self.shown))
+        unsafe {
+            self.call(
+                qcmd(Q_XSETQLIM, USRQUOTA),
+                uid,
+                &mut q as *mut FsDiskQuota as *mut libc::c_char,
+            )
+        }
+        .with_context(|| {
+            format!(
+                "cannot set the xfs user quota of uid {uid} on {}",
+                self.shown
+            )
+        })
     }
 
     /// The uid's XFS quota record; `None` when XFS has none for it yet (ENOENT).
     fn get_xfs(&self, uid: u32) -> Result<Option<FsDiskQuota>> {
         let mut q = FsDiskQuota::default();
         // SAFETY: Q_XGETQUOTA writes one `struct fs_disk_quota`, which `q` is.
-        match unsafe { self.call(qcmd(Q_XGETQUOTA, USRQUOTA), uid, &mut q as *mut FsDiskQuota as *mut libc::c_char) } {
+        match unsafe {
+            self.call(
+                qcmd(Q_XGETQUOTA, USRQUOTA),
+                uid,
+                &mut q as *mut FsDiskQuota as *mut libc::c_char,
+            )
+        } {
             Ok(()) => Ok(Some(q)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e)
-                .with_context(|| format!("cannot read the xfs user quota of uid {uid} on {}", self.shown)),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "cannot read the xfs user quota of uid {uid} on {}",
+                    self.shown
+                )
+            }),
         }
     }
 }
@@ -1143,12 +1357,31 @@ mod tests {
         assert_eq!(bytes_to_xfs_bb(1 << 30), 1 << 21);
         assert_eq!(bytes_to_xfs_bb(513), 2);
         let v = vfs_limits(8 * MIB, 1000);
-        assert_eq!((v.dqb_bhardlimit, v.dqb_bsoftlimit, v.dqb_ihardlimit, v.dqb_isoftlimit), (8192, 8192, 1000, 1000));
+        assert_eq!(
+            (
+                v.dqb_bhardlimit,
+                v.dqb_bsoftlimit,
+                v.dqb_ihardlimit,
+                v.dqb_isoftlimit
+            ),
+            (8192, 8192, 1000, 1000)
+        );
         assert_eq!(v.dqb_valid, QIF_BLIMITS | QIF_ILIMITS);
         let reset = vfs_limits(0, 0);
-        assert_eq!((reset.dqb_bhardlimit, reset.dqb_ihardlimit, reset.dqb_valid), (0, 0, QIF_LIMITS));
+        assert_eq!(
+            (reset.dqb_bhardlimit, reset.dqb_ihardlimit, reset.dqb_valid),
+            (0, 0, QIF_LIMITS)
+        );
         let x = xfs_limits(400_001, 8 * MIB, 1000);
-        assert_eq!((x.d_id, x.d_blk_hardlimit, x.d_blk_softlimit, x.d_ino_hardlimit), (400_001, 16384, 16384, 1000));
+        assert_eq!(
+            (
+                x.d_id,
+                x.d_blk_hardlimit,
+                x.d_blk_softlimit,
+                x.d_ino_hardlimit
+            ),
+            (400_001, 16384, 16384, 1000)
+        );
         assert_eq!(x.d_fieldmask, 0xf);
         assert_eq!((x.d_version, x.d_flags), (1, 1));
         assert_eq!(btrfs_limit_arg(0), "none");
@@ -1182,14 +1415,23 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
             }
         );
         assert_eq!(rows[2].max_referenced, None);
-        assert_eq!((rows[3].level, rows[3].id, rows[3].max_exclusive), (1, 7, Some(1_048_576)));
-        assert!(parse_qgroup_show("WARNING: rescan is running, qgroup data may be incorrect\n").is_empty());
+        assert_eq!(
+            (rows[3].level, rows[3].id, rows[3].max_exclusive),
+            (1, 7, Some(1_048_576))
+        );
+        assert!(
+            parse_qgroup_show("WARNING: rescan is running, qgroup data may be incorrect\n")
+                .is_empty()
+        );
     }
 
     #[test]
     fn parses_subvolume_list() {
         let text = "ID 260 gen 23 top level 259 path g4/nested\nID 261 gen 24 top level 260 path g4/nested/a b\n";
-        assert_eq!(parse_subvolume_list(text), vec![(260, "g4/nested".into()), (261, "g4/nested/a b".into())]);
+        assert_eq!(
+            parse_subvolume_list(text),
+            vec![(260, "g4/nested".into()), (261, "g4/nested/a b".into())]
+        );
         assert!(parse_subvolume_list("").is_empty());
     }
 
@@ -1204,17 +1446,34 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 4);
         assert_eq!(m[1].mount_point, PathBuf::from("/var/lib/gs x/gears"));
-        assert_eq!((m[1].fstype.as_str(), m[1].source.as_str()), ("btrfs", "/dev/loop0"));
+        assert_eq!(
+            (m[1].fstype.as_str(), m[1].source.as_str()),
+            ("btrfs", "/dev/loop0")
+        );
         assert_eq!(m[1].mount_opts, "rw,nosuid,nodev,relatime");
         // The last mount on the longest matching mount point wins.
         let f = find_mount_in(&m, Path::new("/var/lib/gs x/gears/g1/x")).unwrap();
         assert_eq!(f.fstype, "xfs");
-        assert_eq!(find_mount_in(&m, Path::new("/var/lib/gs x")).unwrap().source, "/dev/vda");
+        assert_eq!(
+            find_mount_in(&m, Path::new("/var/lib/gs x"))
+                .unwrap()
+                .source,
+            "/dev/vda"
+        );
         // Component-wise prefix: /srvx is not under /srv.
-        assert_eq!(find_mount_in(&m, Path::new("/srvx/a")).unwrap().source, "/dev/vda");
-        assert_eq!(find_mount_in(&m, Path::new("/srv/a")).unwrap().super_opts, "rw,usrquota");
+        assert_eq!(
+            find_mount_in(&m, Path::new("/srvx/a")).unwrap().source,
+            "/dev/vda"
+        );
+        assert_eq!(
+            find_mount_in(&m, Path::new("/srv/a")).unwrap().super_opts,
+            "rw,usrquota"
+        );
         assert_eq!(unescape_mount("a\\011b\\134"), OsString::from("a\tb\\"));
-        assert_eq!(unescape_mount("trailing\\04"), OsString::from("trailing\\04"));
+        assert_eq!(
+            unescape_mount("trailing\\04"),
+            OsString::from("trailing\\04")
+        );
     }
 
     #[test]
@@ -1262,16 +1521,26 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         fn new(backend: &str, allow_unlimited: bool) -> TestNode {
             let n = SEQ.fetch_add(1, Ordering::SeqCst);
             let pid = std::process::id();
-            let mut config = crate::config::Config::default();
-            config.name = format!("gsq{pid}x{n}");
-            config.data_root = PathBuf::from(format!("/tmp/gs-quota-test-{pid}-{n}"));
-            config.disk.backend = backend.into();
-            config.disk.image_size = "128M".into();
-            config.disk.allow_unlimited = allow_unlimited;
+            let base = crate::config::Config::default();
+            let config = crate::config::Config {
+                name: format!("gsq{pid}x{n}"),
+                data_root: PathBuf::from(format!("/tmp/gs-quota-test-{pid}-{n}")),
+                disk: crate::config::DiskConfig {
+                    backend: backend.into(),
+                    image_size: "128M".into(),
+                    allow_unlimited,
+                },
+                ..base
+            };
             let _ = std::fs::remove_dir_all(&config.data_root);
             std::fs::create_dir_all(&config.data_root).unwrap();
             let config_path = config.data_root.join("gearshift.toml");
-            TestNode { node: Node { config, config_path } }
+            TestNode {
+                node: Node {
+                    config,
+                    config_path,
+                },
+            }
         }
     }
 
@@ -1280,12 +1549,17 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
             let img = image_path(&self.node);
             if let Err(e) = node_down(&self.node) {
                 eprintln!("cleanup: node_down: {e:#}");
-                let _ = nix::mount::umount2(&self.node.gears_dir(), nix::mount::MntFlags::MNT_DETACH);
+                let _ =
+                    nix::mount::umount2(&self.node.gears_dir(), nix::mount::MntFlags::MNT_DETACH);
             }
             let loops = wait_no_loop(&img);
             let _ = std::fs::remove_dir_all(self.node.root());
             if !std::thread::panicking() {
-                assert!(loops.is_empty(), "loop devices left for {}: {loops:?}", img.display());
+                assert!(
+                    loops.is_empty(),
+                    "loop devices left for {}: {loops:?}",
+                    img.display()
+                );
             }
         }
     }
@@ -1294,7 +1568,11 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
     fn wait_no_loop(img: &Path) -> Vec<PathBuf> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let left = if img.exists() { losetup_j(img) } else { Vec::new() };
+            let left = if img.exists() {
+                losetup_j(img)
+            } else {
+                Vec::new()
+            };
             if left.is_empty() || Instant::now() > deadline {
                 return left;
             }
@@ -1305,7 +1583,10 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
     /// `losetup -j IMAGE`: the loop devices attached to the image.
     fn losetup_j(img: &Path) -> Vec<PathBuf> {
         let out = run("losetup", [OsStr::new("-j"), img.as_os_str()]).unwrap();
-        out.lines().filter_map(|l| l.split(':').next()).map(PathBuf::from).collect()
+        out.lines()
+            .filter_map(|l| l.split(':').next())
+            .map(PathBuf::from)
+            .collect()
     }
 
     fn gears_mounted(node: &Node) -> bool {
@@ -1339,7 +1620,10 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
             .gid(uid)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     macro_rules! require_kernel {
@@ -1359,17 +1643,27 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         assert_eq!(backend(node).unwrap(), Backend::BtrfsLoop);
         let start = Instant::now();
         node_up(node).unwrap();
-        eprintln!("first node_up (truncate + mkfs.btrfs + mount + quota enable): {:?}", start.elapsed());
+        eprintln!(
+            "first node_up (truncate + mkfs.btrfs + mount + quota enable): {:?}",
+            start.elapsed()
+        );
         let start = Instant::now();
         node_up(node).unwrap();
         eprintln!("second node_up (no-op): {:?}", start.elapsed());
         assert!(gears_mounted(node));
-        assert_eq!(losetup_j(&image_path(node)).len(), 1, "exactly one loop device");
+        assert_eq!(
+            losetup_j(&image_path(node)).len(),
+            1,
+            "exactly one loop device"
+        );
         let img_meta = image_path(node).metadata().unwrap();
         assert_eq!(img_meta.len(), 128 * MIB);
         assert!(img_meta.blocks() * 512 < 32 * MIB, "image is sparse");
         let (ok, line) = describe(node);
-        assert!(ok && line.starts_with("btrfs-loop: qgroups on") && line.contains("mounted on"), "{line}");
+        assert!(
+            ok && line.starts_with("btrfs-loop: qgroups on") && line.contains("mounted on"),
+            "{line}"
+        );
         // auto sticks with an existing image.
         let mut auto = node.clone();
         auto.config.disk.backend = "auto".into();
@@ -1378,7 +1672,10 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         node_down(node).unwrap();
         node_down(node).unwrap();
         assert!(!gears_mounted(node));
-        assert!(wait_no_loop(&image_path(node)).is_empty(), "loop device released");
+        assert!(
+            wait_no_loop(&image_path(node)).is_empty(),
+            "loop device released"
+        );
         assert!(image_path(node).exists(), "image kept");
         // Data survives a down/up cycle.
         node_up(node).unwrap();
@@ -1397,25 +1694,41 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         let node = &t.node;
         node_up(node).unwrap();
         let pid = std::process::id();
-        let (uid1, uid2) = (4_000_000 + (pid % 50_000) * 2, 4_000_001 + (pid % 50_000) * 2);
+        let (uid1, uid2) = (
+            4_000_000 + (pid % 50_000) * 2,
+            4_000_001 + (pid % 50_000) * 2,
+        );
 
         let start = Instant::now();
         let h1 = create_home(node, "g1", uid1, &limits(8 * MIB)).unwrap();
-        eprintln!("create_home (subvolume create + qgroup limit + chown): {:?}", start.elapsed());
+        eprintln!(
+            "create_home (subvolume create + qgroup limit + chown): {:?}",
+            start.elapsed()
+        );
         let h2 = create_home(node, "g2", uid2, &limits(8 * MIB)).unwrap();
         let m = h1.metadata().unwrap();
-        assert_eq!((m.uid(), m.gid(), m.permissions().mode() & 0o7777), (uid1, uid1, 0o700));
+        assert_eq!(
+            (m.uid(), m.gid(), m.permissions().mode() & 0o7777),
+            (uid1, uid1, 0o700)
+        );
         // create_home again is harmless.
         assert_eq!(create_home(node, "g1", uid1, &limits(8 * MIB)).unwrap(), h1);
 
         let (ok, err) = write_as(uid1, &h1, "big", 20);
         assert!(!ok, "20 MiB write into an 8 MiB home succeeded");
-        assert!(err.contains("Disk quota exceeded"), "unexpected dd error: {err}");
+        assert!(
+            err.contains("Disk quota exceeded"),
+            "unexpected dd error: {err}"
+        );
         let start = Instant::now();
         let u = usage(node, "g1", uid1).unwrap();
         eprintln!("usage (qgroup show --sync): {:?}; {u:?}", start.elapsed());
         assert_eq!(u.limit_bytes, Some(8 * MIB));
-        assert!(u.bytes > 6 * MIB && u.bytes <= 8 * MIB, "usage {} not near the limit", u.bytes);
+        assert!(
+            u.bytes > 6 * MIB && u.bytes <= 8 * MIB,
+            "usage {} not near the limit",
+            u.bytes
+        );
         assert_eq!((u.inodes, u.limit_inodes), (None, None));
 
         // The other gear is unaffected.
@@ -1443,23 +1756,48 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         assert!(ok, "{err}");
         // An unprivileged gear can create subvolumes of its own; destroy must handle them.
         let out = Command::new("btrfs")
-            .args([OsStr::new("subvolume"), OsStr::new("create"), home.join("nested").as_os_str()])
+            .args([
+                OsStr::new("subvolume"),
+                OsStr::new("create"),
+                home.join("nested").as_os_str(),
+            ])
             .uid(uid)
             .gid(uid)
             .output()
             .unwrap();
-        let nested_id = if out.status.success() { Some(subvolume_id(&home.join("nested")).unwrap()) } else { None };
-        eprintln!("unprivileged nested subvolume created: {}", nested_id.is_some());
+        let nested_id = if out.status.success() {
+            Some(subvolume_id(&home.join("nested")).unwrap())
+        } else {
+            None
+        };
+        eprintln!(
+            "unprivileged nested subvolume created: {}",
+            nested_id.is_some()
+        );
 
         let start = Instant::now();
         destroy_home(node, "gone", uid).unwrap();
-        eprintln!("destroy_home (subvolume delete --commit-after + sync + qgroup check): {:?}", start.elapsed());
+        eprintln!(
+            "destroy_home (subvolume delete --commit-after + sync + qgroup check): {:?}",
+            start.elapsed()
+        );
         assert!(!home.exists());
-        let list = run("btrfs", [OsStr::new("subvolume"), OsStr::new("list"), node.gears_dir().as_os_str()]).unwrap();
+        let list = run(
+            "btrfs",
+            [
+                OsStr::new("subvolume"),
+                OsStr::new("list"),
+                node.gears_dir().as_os_str(),
+            ],
+        )
+        .unwrap();
         assert!(!list.contains("path gone"), "subvolume left: {list}");
         let rows = qgroup_rows(&node.gears_dir()).unwrap();
         for i in std::iter::once(id).chain(nested_id) {
-            assert!(!rows.iter().any(|r| r.level == 0 && r.id == i), "qgroup 0/{i} left: {rows:?}");
+            assert!(
+                !rows.iter().any(|r| r.level == 0 && r.id == i),
+                "qgroup 0/{i} left: {rows:?}"
+            );
         }
         destroy_home(node, "gone", uid).unwrap();
         assert!(usage(node, "gone", uid).is_err());
@@ -1476,11 +1814,18 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         assert!(node.gears_dir().is_dir());
         let (ok, line) = describe(node);
         assert!(!ok);
-        assert!(line.starts_with("none: no quota-capable filesystem; fix:"), "{line}");
-        let err = format!("{:#}", create_home(node, "g1", 4_200_000, &limits(8 * MIB)).unwrap_err());
         assert!(
-            err.starts_with("cannot create gear: no disk quota backend can enforce its disk limit on ")
-                && err.contains("disk.allow_unlimited = true"),
+            line.starts_with("none: no quota-capable filesystem; fix:"),
+            "{line}"
+        );
+        let err = format!(
+            "{:#}",
+            create_home(node, "g1", 4_200_000, &limits(8 * MIB)).unwrap_err()
+        );
+        assert!(
+            err.starts_with(
+                "cannot create gear: no disk quota backend can enforce its disk limit on "
+            ) && err.contains("disk.allow_unlimited = true"),
             "{err}"
         );
         assert!(!node.gears_dir().join("g1").exists());
