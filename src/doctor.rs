@@ -61,17 +61,8 @@ impl Check {
     }
 
     /// `missing` when `required`, else `warn`.
-    fn absent(
-        name: &str,
-        required: bool,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Check {
-        let status = if required {
-            Status::Missing
-        } else {
-            Status::Warn
-        };
+    fn absent(name: &str, required: bool, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        let status = if required { Status::Missing } else { Status::Warn };
         Check {
             name: name.into(),
             status,
@@ -95,10 +86,7 @@ pub fn run(node: Option<&Node>, json: bool) -> Result<i32> {
         );
     } else {
         print!("{}", format_report(&checks));
-        let missing = checks
-            .iter()
-            .filter(|c| c.status == Status::Missing)
-            .count();
+        let missing = checks.iter().filter(|c| c.status == Status::Missing).count();
         let warns = checks.iter().filter(|c| c.status == Status::Warn).count();
         println!();
         if missing == 0 {
@@ -135,16 +123,8 @@ pub fn exit_code(checks: &[Check]) -> i32 {
 
 /// Aligned text: `STATUS  NAME  DETAIL  [fix: ...]`.
 pub fn format_report(checks: &[Check]) -> String {
-    let w_status = checks
-        .iter()
-        .map(|c| c.status.as_str().len())
-        .max()
-        .unwrap_or(0);
-    let w_name = checks
-        .iter()
-        .map(|c| c.name.chars().count())
-        .max()
-        .unwrap_or(0);
+    let w_status = checks.iter().map(|c| c.status.as_str().len()).max().unwrap_or(0);
+    let w_name = checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0);
     // Fixes line up after details up to this width; longer details just get two spaces.
     const MAX_DETAIL_PAD: usize = 64;
     let w_detail = checks
@@ -156,12 +136,7 @@ pub fn format_report(checks: &[Check]) -> String {
         .unwrap_or(0);
     let mut s = String::new();
     for c in checks {
-        let mut line = format!(
-            "{:<w_status$}  {:<w_name$}  {}",
-            c.status.as_str(),
-            c.name,
-            c.detail
-        );
+        let mut line = format!("{:<w_status$}  {:<w_name$}  {}", c.status.as_str(), c.name, c.detail);
         if let Some(fix) = &c.fix {
             let pad = w_detail.saturating_sub(c.detail.chars().count());
             line.push_str(&" ".repeat(pad));
@@ -188,11 +163,7 @@ fn kernel_check() -> Check {
                 u.machine().to_string_lossy()
             ),
         ),
-        Err(e) => Check::warn(
-            "kernel",
-            format!("uname failed: {e}"),
-            "check /proc is mounted",
-        ),
+        Err(e) => Check::warn("kernel", format!("uname failed: {e}"), "check /proc is mounted"),
     }
 }
 
@@ -232,10 +203,7 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -265,8 +233,7 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
             "cgroup" => {
                 for opt in post[2].split(',') {
                     if V1_CONTROLLERS.contains(&opt) {
-                        m.v1.entry(opt.to_string())
-                            .or_insert_with(|| mount_point.clone());
+                        m.v1.entry(opt.to_string()).or_insert_with(|| mount_point.clone());
                     }
                 }
             }
@@ -288,11 +255,7 @@ pub fn parse_proc_cgroups(text: &str) -> Vec<String> {
 }
 
 /// The cgroup lines from what the host has mounted (pure: file contents are passed in).
-pub fn cgroup_checks(
-    m: &CgroupMounts,
-    v2_controllers: &[String],
-    enabled: &[String],
-) -> Vec<Check> {
+pub fn cgroup_checks(m: &CgroupMounts, v2_controllers: &[String], enabled: &[String]) -> Vec<Check> {
     let mut out = Vec::new();
     let has_v1 = !m.v1.is_empty();
     let v2_desc = |p: &str| {
@@ -308,10 +271,7 @@ pub fn cgroup_checks(
             m.v1.keys().cloned().collect::<Vec<_>>().join(" "),
             v2_desc(p)
         )),
-        (true, None) => Some(format!(
-            "v1 ({})",
-            m.v1.keys().cloned().collect::<Vec<_>>().join(" ")
-        )),
+        (true, None) => Some(format!("v1 ({})", m.v1.keys().cloned().collect::<Vec<_>>().join(" "))),
         (false, Some(p)) => Some(format!("v2 only: {}", v2_desc(p))),
         (false, None) => None,
     };
@@ -332,13 +292,7 @@ pub fn cgroup_checks(
         ("cgroup.cpuacct", "cpuacct", "cpu", Some("cpu.stat"), false),
         ("cgroup.pids", "pids", "pids", None, true),
         ("cgroup.io", "blkio", "io", None, false),
-        (
-            "cgroup.freezer",
-            "freezer",
-            "",
-            Some("cgroup.freeze"),
-            false,
-        ),
+        ("cgroup.freezer", "freezer", "", Some("cgroup.freeze"), false),
     ];
     for &(name, v1, v2, core, required) in table {
         let check = if let Some(p) = m.v1.get(v1) {
@@ -422,11 +376,7 @@ fn is_root() -> bool {
 
 /// Unshares `flags` (plus a user namespace when not root) in a child; Ok(()) or the errno text.
 fn try_unshare(flags: libc::c_int) -> std::result::Result<(), String> {
-    let flags = if is_root() {
-        flags
-    } else {
-        flags | libc::CLONE_NEWUSER
-    };
+    let flags = if is_root() { flags } else { flags | libc::CLONE_NEWUSER };
     let r = in_child(move || {
         // SAFETY: unshare is a plain syscall affecting only this (child) process.
         if unsafe { libc::unshare(flags) } == 0 {
@@ -532,8 +482,7 @@ fn seccomp_check() -> Check {
         }
         0
     });
-    let actions =
-        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     let actions = actions.trim();
     match r {
         Ok(0) => Check::ok(
@@ -572,10 +521,7 @@ fn no_new_privs_check() -> Check {
         0
     });
     match r {
-        Ok(0) => Check::ok(
-            "no_new_privs",
-            format!("prctl works (this process: {current})"),
-        ),
+        Ok(0) => Check::ok("no_new_privs", format!("prctl works (this process: {current})")),
         Ok(code) => Check::warn(
             "no_new_privs",
             format!("PR_SET_NO_NEW_PRIVS failed: {}", errno_name(code)),
@@ -615,9 +561,7 @@ fn landlock_check() -> Check {
 
 fn selinux_check() -> Check {
     match std::fs::read_to_string("/sys/fs/selinux/enforce") {
-        Ok(s) if s.trim() == "1" => {
-            Check::ok("selinux", "enforcing (gears get MCS category pairs)")
-        }
+        Ok(s) if s.trim() == "1" => Check::ok("selinux", "enforcing (gears get MCS category pairs)"),
         Ok(_) => Check::warn(
             "selinux",
             "permissive: labels are set but not enforced",
@@ -703,10 +647,7 @@ fn tool_version(program: &str, args: &[&str]) -> Option<String> {
     if code == 127 {
         return None;
     }
-    out.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(String::from)
+    out.lines().map(str::trim).find(|l| !l.is_empty()).map(String::from)
 }
 
 /// The probe script; each step prints `NAME<TAB>RC<TAB>OUTPUT` on one line.
@@ -786,9 +727,7 @@ fn run_net_probe() -> std::result::Result<BTreeMap<String, (i32, String)>, Strin
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
-            Ok(None) if start.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
+            Ok(None) if start.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -850,12 +789,7 @@ pub fn network_checks_from(
     };
     let mut out = Vec::new();
     for (name, key, what, kfix) in [
-        (
-            "veth",
-            "veth",
-            "ip link add type veth",
-            ("CONFIG_VETH", IPROUTE),
-        ),
+        ("veth", "veth", "ip link add type veth", ("CONFIG_VETH", IPROUTE)),
         (
             "bridge",
             "bridge",
@@ -889,25 +823,15 @@ pub fn network_checks_from(
     const NFT_FIX: &str = "apt-get install nftables / dnf install nftables";
     out.push(match (nft_version, &nft, iptables_version, &ipt) {
         (Some(v), Ok(d), _, _) => Check::ok("firewall", format!("{v}; {d}")),
-        (_, _, Some(v), Ok(d)) => Check::ok(
-            "firewall",
-            format!("{v}; {d} (nftables preferred: {NFT_FIX})"),
-        ),
+        (_, _, Some(v), Ok(d)) => Check::ok("firewall", format!("{v}; {d} (nftables preferred: {NFT_FIX})")),
         (Some(v), Err(e), _, _) => Check::absent(
             "firewall",
             true,
             format!("{v}, but {e}"),
             "use a kernel with CONFIG_NF_TABLES and CONFIG_NF_TABLES_INET",
         ),
-        (None, _, Some(v), Err(e)) => {
-            Check::absent("firewall", true, format!("no nft; {v}, but {e}"), NFT_FIX)
-        }
-        (None, _, None, _) => Check::absent(
-            "firewall",
-            true,
-            "neither nft nor iptables is installed",
-            NFT_FIX,
-        ),
+        (None, _, Some(v), Err(e)) => Check::absent("firewall", true, format!("no nft; {v}, but {e}"), NFT_FIX),
+        (None, _, None, _) => Check::absent("firewall", true, "neither nft nor iptables is installed", NFT_FIX),
     });
     out
 }
@@ -924,10 +848,7 @@ fn ip_forward_check() -> Check {
         Ok(s) if s.trim() == "1" => Check::ok("ip_forward", "net.ipv4.ip_forward = 1"),
         Ok(s) => Check::warn(
             "ip_forward",
-            format!(
-                "net.ipv4.ip_forward = {}: gears cannot reach other networks",
-                s.trim()
-            ),
+            format!("net.ipv4.ip_forward = {}: gears cannot reach other networks", s.trim()),
             "sysctl -w net.ipv4.ip_forward=1 (persist it in /etc/sysctl.d/)",
         ),
         Err(e) => Check::warn(
@@ -947,23 +868,15 @@ fn sshd_check() -> Check {
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
-        return Check::absent(
-            "sshd",
-            true,
-            "no sshd in /usr/sbin, /usr/local/sbin or /sbin",
-            FIX,
-        );
+        return Check::absent("sshd", true, "no sshd in /usr/sbin, /usr/local/sbin or /sbin", FIX);
     };
     // `ssh -V` prints e.g. "OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15 3 Sep 2024" on stderr.
-    let version =
-        tool_version("ssh", &["-V"]).map(|v| v.split(',').next().unwrap_or("").trim().to_string());
+    let version = tool_version("ssh", &["-V"]).map(|v| v.split(',').next().unwrap_or("").trim().to_string());
     Check::ok(
         "sshd",
         format!(
             "{path} ({})",
-            version
-                .as_deref()
-                .unwrap_or("version unknown: no ssh client")
+            version.as_deref().unwrap_or("version unknown: no ssh client")
         ),
     )
 }
@@ -982,10 +895,7 @@ fn git_check() -> Check {
 
 fn btrfs_check() -> Check {
     let kernel = std::fs::read_to_string("/proc/filesystems")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split_whitespace().last() == Some("btrfs"))
-        })
+        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("btrfs")))
         .unwrap_or(false);
     let kdesc = if kernel {
         "kernel has btrfs"
@@ -1037,26 +947,15 @@ mod tests {
     fn doctor_parses_hybrid_mountinfo() {
         let m = parse_mountinfo(HYBRID);
         assert_eq!(m.v2.as_deref(), Some("/sys/fs/cgroup/unified"));
-        assert_eq!(
-            m.v1.get("memory").map(String::as_str),
-            Some("/sys/fs/cgroup/memory")
-        );
+        assert_eq!(m.v1.get("memory").map(String::as_str), Some("/sys/fs/cgroup/memory"));
         assert!(!m.v1.contains_key("name=systemd") && !m.v1.contains_key("rw"));
         let c = cgroup_checks(&m, &[], &v(&["memory", "cpu", "pids"]));
-        assert!(
-            find(&c, "cgroup")
-                .detail
-                .starts_with("hybrid: v1 controllers"),
-            "{c:?}"
-        );
+        assert!(find(&c, "cgroup").detail.starts_with("hybrid: v1 controllers"), "{c:?}");
         assert!(find(&c, "cgroup")
             .detail
             .contains("/sys/fs/cgroup/unified has no controllers"));
         assert!(c.iter().all(|c| c.status == Status::Ok), "{c:?}");
-        assert_eq!(
-            find(&c, "cgroup.io").detail,
-            "v1 blkio at /sys/fs/cgroup/blkio"
-        );
+        assert_eq!(find(&c, "cgroup.io").detail, "v1 blkio at /sys/fs/cgroup/blkio");
         assert_eq!(exit_code(&c), 0);
     }
 
@@ -1067,14 +966,8 @@ mod tests {
         assert_eq!(m.v2.as_deref(), Some("/sys/fs/cgroup"));
         let c = cgroup_checks(&m, &v(&["cpuset", "cpu", "io", "memory", "pids"]), &[]);
         assert!(find(&c, "cgroup").detail.starts_with("v2 only"));
-        assert_eq!(
-            find(&c, "cgroup.memory").detail,
-            "v2 memory at /sys/fs/cgroup"
-        );
-        assert_eq!(
-            find(&c, "cgroup.cpuacct").detail,
-            "v2 cpu at /sys/fs/cgroup"
-        );
+        assert_eq!(find(&c, "cgroup.memory").detail, "v2 memory at /sys/fs/cgroup");
+        assert_eq!(find(&c, "cgroup.cpuacct").detail, "v2 cpu at /sys/fs/cgroup");
         assert_eq!(
             find(&c, "cgroup.freezer").detail,
             "v2 cgroup.freeze (core) at /sys/fs/cgroup"
@@ -1082,16 +975,11 @@ mod tests {
         // A v2 host without the memory controller enabled: required, so missing.
         let c = cgroup_checks(&m, &v(&["cpu", "pids"]), &[]);
         assert_eq!(find(&c, "cgroup.memory").status, Status::Missing);
-        assert!(find(&c, "cgroup.memory")
-            .fix
-            .as_deref()
-            .unwrap()
-            .contains("+memory"));
+        assert!(find(&c, "cgroup.memory").fix.as_deref().unwrap().contains("+memory"));
         assert_eq!(find(&c, "cgroup.io").status, Status::Warn);
         assert_eq!(exit_code(&c), 1);
 
-        let combined =
-            "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+        let combined = "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
                         33 31 0:30 / /mnt/my\\040cg rw - cgroup cgroup rw,nosuid,memory\n";
         let m = parse_mountinfo(combined);
         assert_eq!(m.v1.get("cpu").unwrap(), "/sys/fs/cgroup/cpu,cpuacct");
@@ -1099,10 +987,7 @@ mod tests {
         assert_eq!(m.v1.get("memory").unwrap(), "/mnt/my cg");
         let c = cgroup_checks(&m, &[], &v(&["pids"]));
         assert!(find(&c, "cgroup").detail.starts_with("v1 ("));
-        assert_eq!(
-            find(&c, "cgroup.pids").detail,
-            "pids is compiled in but not mounted"
-        );
+        assert_eq!(find(&c, "cgroup.pids").detail, "pids is compiled in but not mounted");
         assert_eq!(find(&c, "cgroup.pids").status, Status::Missing);
         let c = cgroup_checks(&parse_mountinfo(""), &[], &[]);
         assert_eq!(find(&c, "cgroup").status, Status::Missing);

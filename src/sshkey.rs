@@ -89,9 +89,9 @@ impl PublicKey {
         if b64.is_empty() {
             bail!("public key of type {kind} has no base64 key data after the type");
         }
-        let blob = STANDARD
-            .decode(b64)
-            .with_context(|| format!("the base64 key data of this {kind} key does not decode (truncated or damaged copy?)"))?;
+        let blob = STANDARD.decode(b64).with_context(|| {
+            format!("the base64 key data of this {kind} key does not decode (truncated or damaged copy?)")
+        })?;
         check_blob(kind, &blob)?;
         Ok(PublicKey {
             kind: kind.to_string(),
@@ -153,8 +153,7 @@ impl<'a> Reader<'a> {
         if self.data.len() < 4 {
             bail!("key data is truncated (missing the length of {what})");
         }
-        let len =
-            u32::from_be_bytes([self.data[0], self.data[1], self.data[2], self.data[3]]) as usize;
+        let len = u32::from_be_bytes([self.data[0], self.data[1], self.data[2], self.data[3]]) as usize;
         let rest = &self.data[4..];
         if rest.len() < len {
             bail!(
@@ -185,19 +184,13 @@ fn check_blob(kind: &str, blob: &[u8]) -> Result<()> {
             "ssh-ed25519" => {
                 let pk = r.string("the ed25519 public key")?;
                 if pk.len() != 32 {
-                    bail!(
-                        "an ed25519 public key is 32 bytes, this one is {}",
-                        pk.len()
-                    );
+                    bail!("an ed25519 public key is 32 bytes, this one is {}", pk.len());
                 }
             }
             "sk-ssh-ed25519@openssh.com" => {
                 let pk = r.string("the ed25519 public key")?;
                 if pk.len() != 32 {
-                    bail!(
-                        "an ed25519 public key is 32 bytes, this one is {}",
-                        pk.len()
-                    );
+                    bail!("an ed25519 public key is 32 bytes, this one is {}", pk.len());
                 }
                 r.string("the security-key application")?;
             }
@@ -320,11 +313,7 @@ mod tests {
             let (line, fp) = keygen(&dir, name, &args).unwrap();
             let k = PublicKey::parse(&line).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert_eq!(k.fingerprint(), fp, "{name}");
-            assert_eq!(
-                k.to_line(),
-                line.trim_end(),
-                "{name}: canonical form differs"
-            );
+            assert_eq!(k.to_line(), line.trim_end(), "{name}: canonical form differs");
             assert_eq!(k.comment, format!("{name}@test host"));
             // Round trip through the canonical line.
             assert_eq!(PublicKey::parse(&k.to_line()).unwrap(), k);
@@ -381,12 +370,7 @@ mod tests {
         point.extend([9u8; 64]);
         let line = format!(
             "sk-ecdsa-sha2-nistp256@openssh.com {}",
-            wire(&[
-                b"sk-ecdsa-sha2-nistp256@openssh.com",
-                b"nistp256",
-                &point,
-                b"ssh:"
-            ])
+            wire(&[b"sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", &point, b"ssh:"])
         );
         let k = PublicKey::parse(&line).unwrap();
         assert_eq!(k.to_line(), line);
@@ -402,20 +386,11 @@ mod tests {
             ("garbage".into(), "unsupported public key type"),
             ("hello world foo".into(), "unsupported public key type"),
             ("ssh-ed25519".into(), "no base64"),
-            (
-                format!("command=\"x\" {good_ed}"),
-                "authorized_keys options",
-            ),
+            (format!("command=\"x\" {good_ed}"), "authorized_keys options"),
             (format!("no-pty {good_ed}"), "before its type"),
             (format!("ssh-rsa {b64}"), "type mismatch"),
-            (
-                format!("ssh-ed25519 {}", &b64[..b64.len() - 6]),
-                "does not decode",
-            ),
-            (
-                format!("ssh-ed25519 {}", &b64[..b64.len() - 8]),
-                "truncated",
-            ),
+            (format!("ssh-ed25519 {}", &b64[..b64.len() - 6]), "does not decode"),
+            (format!("ssh-ed25519 {}", &b64[..b64.len() - 8]), "truncated"),
             (format!("ssh-ed25519 !!!{b64}"), "does not decode"),
             (format!("{good_ed} evil\ncomment"), "single line"),
             (format!("{good_ed} a\x07b"), "control character"),

@@ -201,13 +201,7 @@ pub fn run(node: &Node, cmd: UserCmd) -> Result<()> {
             } else {
                 let rows: Vec<Vec<String>> = users
                     .iter()
-                    .map(|u| {
-                        vec![
-                            u.name.clone(),
-                            yes_no(u.admin).into(),
-                            u.keys.len().to_string(),
-                        ]
-                    })
+                    .map(|u| vec![u.name.clone(), yes_no(u.admin).into(), u.keys.len().to_string()])
                     .collect();
                 table::print(&["NAME", "ADMIN", "KEYS"], &rows);
             }
@@ -263,15 +257,13 @@ fn read_key_source(src: &str) -> Result<String> {
             .read_to_end(&mut buf)
             .context("cannot read the public key from stdin")?;
     } else {
-        let f = std::fs::File::open(src).with_context(|| {
-            format!("cannot open key file {src}: pass a .pub file, or `-` to read stdin")
-        })?;
+        let f = std::fs::File::open(src)
+            .with_context(|| format!("cannot open key file {src}: pass a .pub file, or `-` to read stdin"))?;
         f.take(limit)
             .read_to_end(&mut buf)
             .with_context(|| format!("cannot read key file {src}"))?;
     }
-    let text =
-        String::from_utf8(buf).context("the public key is not UTF-8 text: pass a .pub file")?;
+    let text = String::from_utf8(buf).context("the public key is not UTF-8 text: pass a .pub file")?;
     Ok(text)
 }
 
@@ -305,12 +297,9 @@ fn read_user(path: &Path, name: &str) -> Result<User> {
         );
     }
     for k in &u.keys {
-        let p = k.public_key().with_context(|| {
-            format!(
-                "{} has an invalid key: fix or remove that key",
-                path.display()
-            )
-        })?;
+        let p = k
+            .public_key()
+            .with_context(|| format!("{} has an invalid key: fix or remove that key", path.display()))?;
         if p.fingerprint() != k.fingerprint {
             bail!(
                 "{}: the stored fingerprint {} does not match its key line: fix or remove that key",
@@ -405,8 +394,7 @@ pub fn add_key(node: &Node, name: &str, key_text: &str) -> Result<UserKey> {
     check_key_unused(node, &key, name)?;
     let k = UserKey::new(&key);
     user.keys.push(k.clone());
-    state::write_toml(&user_path(node, name), &user)
-        .with_context(|| format!("cannot save user '{name}'"))?;
+    state::write_toml(&user_path(node, name), &user).with_context(|| format!("cannot save user '{name}'"))?;
     Ok(k)
 }
 
@@ -428,8 +416,7 @@ pub fn remove_key(node: &Node, name: &str, fingerprint: &str) -> Result<UserKey>
         );
     }
     let k = user.keys.remove(i);
-    state::write_toml(&user_path(node, name), &user)
-        .with_context(|| format!("cannot save user '{name}'"))?;
+    state::write_toml(&user_path(node, name), &user).with_context(|| format!("cannot save user '{name}'"))?;
     Ok(k)
 }
 
@@ -452,9 +439,8 @@ pub fn owned_apps(node: &Node, name: &str) -> Result<Vec<String>> {
         if app.starts_with('.') {
             continue;
         }
-        let text = std::fs::read_to_string(entry.path()).with_context(|| {
-            format!("cannot read {} to check its owner", entry.path().display())
-        })?;
+        let text = std::fs::read_to_string(entry.path())
+            .with_context(|| format!("cannot read {} to check its owner", entry.path().display()))?;
         let v: toml::Table = toml::from_str(&text).with_context(|| {
             format!(
                 "{} is not valid TOML: cannot tell its owner; fix it first",
@@ -511,11 +497,7 @@ fn format_date(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }
 
 #[cfg(test)]
@@ -570,10 +552,7 @@ mod tests {
             ["alice", "bob"]
         );
         assert_eq!(load(&node, "alice").unwrap(), u);
-        assert_eq!(
-            find_by_fingerprint(&node, &fp(2)).unwrap().unwrap().name,
-            "bob"
-        );
+        assert_eq!(find_by_fingerprint(&node, &fp(2)).unwrap().unwrap().name, "bob");
         assert!(find_by_fingerprint(&node, &fp(9)).unwrap().is_none());
         remove(&node, "bob").unwrap();
         assert!(err(load(&node, "bob")).contains("unknown user 'bob' (see `gearshift user list`)"));
@@ -590,17 +569,8 @@ mod tests {
             "nothing created"
         );
         assert!(err(add(&node, "carol", false, "garbage")).contains("unsupported public key type"));
-        assert!(
-            err(add(&node, "carol", false, &format!("{}{}", key(1), key(2))))
-                .contains("more than one line")
-        );
-        assert!(err(add(
-            &node,
-            "carol",
-            false,
-            "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n"
-        ))
-        .contains("private key"));
+        assert!(err(add(&node, "carol", false, &format!("{}{}", key(1), key(2)))).contains("more than one line"));
+        assert!(err(add(&node, "carol", false, "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")).contains("private key"));
         assert!(list(&node).unwrap().is_empty());
         add(&node, "alice", false, &key(1)).unwrap();
         assert!(err(add(&node, "alice", false, &key(2))).contains("already exists"));
@@ -624,15 +594,9 @@ mod tests {
         assert!(err(remove_key(&node, "alice", &fp(2))).contains("has no key"));
         // The SHA256: prefix is optional.
         let bare = fp(1).trim_start_matches("SHA256:").to_string();
-        assert_eq!(
-            remove_key(&node, "alice", &bare).unwrap().fingerprint,
-            fp(1)
-        );
+        assert_eq!(remove_key(&node, "alice", &bare).unwrap().fingerprint, fp(1));
         let e = err(remove_key(&node, "alice", &fp(3)));
-        assert!(
-            e.contains("last key") && e.contains("user remove alice"),
-            "{e}"
-        );
+        assert!(e.contains("last key") && e.contains("user remove alice"), "{e}");
         let a = load(&node, "alice").unwrap();
         assert_eq!(a.keys.len(), 1);
         assert_eq!(a.keys[0].line, key(3).trim_end());
@@ -654,11 +618,7 @@ mod tests {
             "name = \"blog\"\nowner = \"alice\"\n",
         )
         .unwrap();
-        std::fs::write(
-            node.apps_dir().join("wiki.toml"),
-            "name = \"wiki\"\nowner = \"bob\"\n",
-        )
-        .unwrap();
+        std::fs::write(node.apps_dir().join("wiki.toml"), "name = \"wiki\"\nowner = \"bob\"\n").unwrap();
         std::fs::write(node.apps_dir().join("misc.toml"), "name = \"misc\"\n").unwrap();
         let e = err(remove(&node, "alice"));
         assert!(e.contains("owns 2 apps: blog, shop"), "{e}");
@@ -675,15 +635,8 @@ mod tests {
         let node = test_node("file");
         add(&node, "alice", true, &key(1)).unwrap();
         let text = std::fs::read_to_string(node.users_dir().join("alice.toml")).unwrap();
-        assert!(
-            text.contains("name = \"alice\"") && text.contains("[[keys]]"),
-            "{text}"
-        );
-        std::fs::write(
-            node.users_dir().join("alice.toml"),
-            text.replace(&fp(1), &fp(2)),
-        )
-        .unwrap();
+        assert!(text.contains("name = \"alice\"") && text.contains("[[keys]]"), "{text}");
+        std::fs::write(node.users_dir().join("alice.toml"), text.replace(&fp(1), &fp(2))).unwrap();
         assert!(err(load(&node, "alice")).contains("does not match"));
         std::fs::remove_dir_all(node.root()).unwrap();
     }
