@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// A cartridge's `manifest.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Manifest {
     pub name: String,
     pub version: String,
@@ -76,4 +76,32 @@ fn find_in(dir: &std::path::Path, name: &str) -> Result<Cartridge> {
     let text = std::fs::read_to_string(d.join("manifest.toml"))?;
     let manifest: Manifest = toml::from_str(&text)?;
     Ok(Cartridge { manifest, dir: d })
+}
+
+/// `gearshift cartridges`: what can be passed to `app create --cartridge`.
+pub fn print_list(node: &Node, json: bool) -> Result<()> {
+    let carts = list(node);
+    if json {
+        let v: Vec<_> = carts
+            .iter()
+            .map(|c| serde_json::json!({"manifest": c.manifest, "dir": c.dir}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = carts
+        .iter()
+        .map(|c| {
+            let m = &c.manifest;
+            vec![
+                m.name.clone(),
+                m.version.clone(),
+                m.kind.clone(),
+                m.display_name.clone().unwrap_or_default(),
+                c.dir.display().to_string(),
+            ]
+        })
+        .collect();
+    crate::table::print(&["NAME", "VERSION", "KIND", "DESCRIPTION", "DIR"], &rows);
+    Ok(())
 }

@@ -38,6 +38,11 @@ pub enum Command {
     /// Manage apps.
     #[command(subcommand)]
     App(app::AppCmd),
+    /// List the cartridges on the node's cartridge path.
+    Cartridges {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside an app's gear with every isolation mechanism applied.
     Run {
         app: String,
@@ -81,6 +86,7 @@ pub fn main() -> Result<i32> {
         }
         Command::User(cmd) => user::run(&Node::load(&config_path)?, cmd).map(|_| 0),
         Command::App(cmd) => app::run(&Node::load(&config_path)?, cmd).map(|_| 0),
+        Command::Cartridges { json } => crate::cartridge::print_list(&Node::load(&config_path)?, json).map(|_| 0),
         Command::Run { app, gear, command } => app::run_in_gear(&Node::load(&config_path)?, &app, gear, &command),
     }
 }

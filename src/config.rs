@@ -284,7 +284,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("size '{s}' is not a number with a unit like 512M"))?;
-    if !(n >= 0.0) {
+    if n.is_nan() || n < 0.0 {
         bail!("size '{s}' must not be negative");
     }
     Ok((n * mult as f64) as u64)
@@ -306,7 +306,7 @@ pub fn parse_rate_kbit(s: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("bandwidth '{s}' is not a number"))?;
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         bail!("bandwidth '{s}' must be above 0");
     }
     Ok((n * mult as f64) as u64)

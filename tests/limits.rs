@@ -63,7 +63,7 @@ fn fork_bomb_stops_at_pids_max() {
     require_root!();
     let n = TestNode::new();
     let calm = tiny_pair(&n);
-    let bomb = "import os,time\nn=0\nwhile n<1000:\n  try:\n    pid=os.fork()\n  except OSError as e:\n    print('blocked',e.errno,n,flush=True);break\n  if pid==0:\n    time.sleep(60);os._exit(0)\n  n+=1\nelse:\n  print('unbounded',n)\nos._exit(0)";
+    let bomb = "import os,time\nn=0\nwhile n<1000:\n  try:\n    pid=os.fork()\n  except OSError as e:\n    print(\"blocked\",e.errno,n,flush=True);break\n  if pid==0:\n    os.close(1);os.close(2);time.sleep(60);os._exit(0)\n  n+=1\nelse:\n  print(\"unbounded\",n)\nos._exit(0)";
     let (code, out, err) = n.sh("hog", &format!("python3 -c '{bomb}'"));
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("blocked 11"), "fork bomb was not stopped: {out}");
@@ -126,6 +126,11 @@ fn disk_quota_stops_writes_with_edquot_and_the_neighbour_can_write() {
     let hog = n.show("hog");
     let used = hog["gears"][0]["disk_bytes"].as_u64().unwrap();
     assert!(used <= 17 << 20, "usage {used} beyond the 16M quota");
+
+    // A nested subvolume would get its own, unlimited qgroup: the btrfs ioctls are refused.
+    let (code, out, err) = n.sh("hog", "rm -f $HOME/big; btrfs subvolume create $HOME/sub");
+    assert_ne!(code, 0, "a gear created a btrfs subvolume: {out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
 }
 
 /// Moves `bytes` through the gear's veth in one direction and returns the rate in kbit/s.
@@ -141,7 +146,6 @@ fn transfer_kbit(n: &TestNode, app: &str, ip: &str, port: u16, out_of_gear: bool
         .spawn()
         .unwrap();
     let addr = format!("{ip}:{port}");
-    let t0 = Instant::now();
     let mut s = loop {
         match TcpStream::connect(&addr) {
             Ok(s) => break s,

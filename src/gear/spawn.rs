@@ -142,13 +142,10 @@ pub fn start_init(spec: &InitSpec) -> Result<i32> {
                 match unsafe { fork() }.context("cannot fork the gear's pid 1")? {
                     ForkResult::Parent { child } => Ok(child),
                     ForkResult::Child => {
-                        let r = init_main(spec, &filters, &devnull, &mut w);
-                        if let Err(e) = r {
-                            let _ = writeln!(w, "error: {e:#}");
-                            // SAFETY: forked child exits without unwinding.
-                            unsafe { libc::_exit(1) }
-                        }
-                        unreachable!("init_main never returns Ok")
+                        let Err(e) = init_main(spec, &filters, &devnull, &mut w);
+                        let _ = writeln!(w, "error: {e:#}");
+                        // SAFETY: forked child exits without unwinding.
+                        unsafe { libc::_exit(1) }
                     }
                 }
             })();

@@ -898,6 +898,7 @@ fn btrfs_destroy(node: &Node, home: &Path) -> Result<()> {
     // right away; if the kernel refuses while the subvolume still holds data, wait for the
     // cleaner (`btrfs subvolume sync`, which polls once a second) and try again.
     let mut synced = false;
+    let mut kicks = 0;
     loop {
         let rows = qgroup_rows(&gears)?;
         let mut busy = Vec::new();
@@ -924,6 +925,17 @@ fn btrfs_destroy(node: &Node, home: &Path) -> Result<()> {
         }
         if busy.is_empty() {
             return Ok(());
+        }
+        // A transaction commit wakes the cleaner at once; `subvolume sync` alone waits for the
+        // next periodic commit (30 s by default). Fall back to it only after a few seconds.
+        if kicks < 50 {
+            kicks += 1;
+            run(
+                "btrfs",
+                [OsStr::new("filesystem"), OsStr::new("sync"), gears.as_os_str()],
+            )?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
         }
         let mut sync_args: Vec<OsString> = vec!["subvolume".into(), "sync".into(), gears.clone().into_os_string()];
         sync_args.extend(busy.iter().map(|i| OsString::from(i.to_string())));

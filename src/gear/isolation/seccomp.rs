@@ -87,6 +87,17 @@ pub fn build() -> Result<Filters> {
         .collect::<Result<Vec<_>, _>>()
         .context("cannot build the clone rule")?;
     rules.insert(libc::SYS_clone, clone_rules);
+    // btrfs ioctls (type 0x94): a gear could create a subvolume in its home, whose qgroup has
+    // no limit, and escape its disk quota.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(0xff00),
+            0x9400,
+        )?])?],
+    );
     let deny = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
