@@ -146,6 +146,7 @@ fn transfer_kbit(n: &TestNode, app: &str, ip: &str, port: u16, out_of_gear: bool
         .spawn()
         .unwrap();
     let addr = format!("{ip}:{port}");
+    let t0 = Instant::now();
     let mut s = loop {
         match TcpStream::connect(&addr) {
             Ok(s) => break s,
