@@ -251,6 +251,15 @@ pub fn ensure_running(node: &Node, gear: &Gear) -> Result<i32> {
 pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
     if let Some(pid) = init_pid(node, gear) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        // The kernel kills the rest of the pid namespace as its init exits; wait for that.
+        for _ in 0..200 {
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            let gone = state.as_deref().and_then(|s| s.rsplit_once(") ")).is_none_or(|(_, r)| r.starts_with('Z'));
+            if gone {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     if let Ok(cg) = cgroup(node, gear) {
         cg.kill_all()?;
