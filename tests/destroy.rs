@@ -32,7 +32,11 @@ fn destroy_leaves_nothing_behind() {
 
     n.ok(&["app", "destroy", "gone", "--confirm", "gone"]);
     // Zombies waiting for the host's init to reap them are dead already.
-    assert_eq!(sh(&format!("ps -u {uid} -o stat= | grep -v Z")).trim(), "", "gear processes survived");
+    assert_eq!(
+        sh(&format!("ps -u {uid} -o stat= | grep -v Z")).trim(),
+        "",
+        "gear processes survived"
+    );
     assert!(!cgroups().contains("gone-0"), "cgroups left: {}", cgroups());
     assert!(!sh("ip netns list").contains(&netns), "netns left");
     assert!(!sh("ip -o link").contains(&veth), "veth left");

@@ -193,9 +193,13 @@ pub fn destroy(node: &Node, gear: &Gear) -> Result<()> {
 }
 
 /// Field 22 of /proc/PID/stat: the start time, which tells a live init from a reused pid.
+/// None for a dead (or zombie) process.
 fn start_time(pid: i32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &s[s.rfind(')')? + 2..];
+    if after.starts_with(['Z', 'X']) {
+        return None;
+    }
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
@@ -254,7 +258,10 @@ pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
         // The kernel kills the rest of the pid namespace as its init exits; wait for that.
         for _ in 0..200 {
             let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-            let gone = state.as_deref().and_then(|s| s.rsplit_once(") ")).is_none_or(|(_, r)| r.starts_with('Z'));
+            let gone = state
+                .as_deref()
+                .and_then(|s| s.rsplit_once(") "))
+                .is_none_or(|(_, r)| r.starts_with('Z'));
             if gone {
                 break;
             }

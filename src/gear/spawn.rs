@@ -200,6 +200,7 @@ fn init_main(
     }
     mounts::build_root(&spec.root)?;
     nix::unistd::sethostname(&spec.hostname).context("cannot set the gear's hostname")?;
+    rename_self();
     close_fds_from(3, Some(w.as_raw_fd()));
     confine(&spec.who, filters, false)?;
     writeln!(w, "ready")?;
@@ -211,6 +212,37 @@ fn init_main(
         if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
+    }
+}
+
+/// Shows the init as `gearshift-init` in `ps` instead of the command line that created it
+/// (which names host paths): the original argument area is overwritten in place.
+fn rename_self() {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"gearshift-init".as_ptr() as libc::c_ulong, 0, 0, 0) };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return;
+    };
+    // Fields 48 and 49 (arg_start, arg_end), counted from field 3 after the command name.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (Some(start), Some(end)) = (
+        f.get(45).and_then(|v| v.parse::<usize>().ok()),
+        f.get(46).and_then(|v| v.parse::<usize>().ok()),
+    ) else {
+        return;
+    };
+    let name = b"gearshift-init";
+    if end <= start || end - start <= name.len() {
+        return;
+    }
+    // SAFETY: [start, end) is this process's own argument area on its stack, mapped writable;
+    // nothing reads the original arguments after this point (std copied them at start-up).
+    unsafe {
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, name.len());
     }
 }
 
@@ -261,7 +293,9 @@ fn resolve(prog: &str, env: &[(String, String)]) -> CString {
 }
 
 /// Runs a command in a running gear, with stdio attached, and returns its exit code
-/// (128+N when killed by signal N).
+/// (128+N when killed by signal N). The calling process joins the gear's cgroup and
+/// namespaces: call it from a single-threaded process that has nothing else to do (the CLI, or
+/// a process forked for this one spawn).
 pub fn exec(spec: &ExecSpec) -> Result<i32> {
     let filters = seccomp::build()?;
     let ns_kinds = [
@@ -298,55 +332,41 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
         super::tty::copy_window_size(0, m.as_raw_fd());
     }
 
+    // The caller itself joins the gear's cgroup and namespaces (a single-threaded, short-lived
+    // process that needs nothing from the host after this point), which saves a fork. setns of
+    // the pid namespace applies to the children only: the command becomes a member, we do not.
+    spec.cgroup.join(0).context("cannot join the gear's cgroup")?;
+    for (fd, kind) in &ns {
+        setns(fd, *kind).with_context(|| format!("cannot join the gear's {kind:?} namespace"))?;
+    }
     // SAFETY: single-threaded process; the child uses only its own copies.
-    let child = match unsafe { fork() }.context("cannot fork")? {
+    let child = match unsafe { fork() }.context("cannot fork into the gear")? {
         ForkResult::Parent { child } => child,
         ForkResult::Child => {
-            if let Err(e) = spec.cgroup.join(0) {
-                die(126, &format!("{e:#}"));
-            }
-            for (fd, kind) in &ns {
-                if let Err(e) = setns(fd, *kind) {
-                    die(126, &format!("cannot join the gear's {kind:?} namespace: {e}"));
+            if let Some((m, s)) = &pty {
+                // SAFETY: plain syscalls on descriptors this process owns.
+                unsafe {
+                    libc::close(m.as_raw_fd());
+                    libc::setsid();
+                    libc::ioctl(s.as_raw_fd(), libc::TIOCSCTTY, 0);
+                    for fd in 0..3 {
+                        libc::dup2(s.as_raw_fd(), fd);
+                    }
                 }
             }
-            drop(ns);
-            // SAFETY: single-threaded child.
-            match unsafe { fork() } {
-                Err(e) => die(126, &format!("cannot fork into the gear: {e}")),
-                Ok(ForkResult::Parent { child }) => {
-                    drop(pty);
-                    let code = wait_for(child).map(exit_code).unwrap_or(126);
-                    // SAFETY: forked child exits without unwinding.
-                    unsafe { libc::_exit(code) }
-                }
-                Ok(ForkResult::Child) => {
-                    if let Some((m, s)) = &pty {
-                        // SAFETY: plain syscalls on descriptors this process owns.
-                        unsafe {
-                            libc::close(m.as_raw_fd());
-                            libc::setsid();
-                            libc::ioctl(s.as_raw_fd(), libc::TIOCSCTTY, 0);
-                            for fd in 0..3 {
-                                libc::dup2(s.as_raw_fd(), fd);
-                            }
-                        }
-                    }
-                    close_fds_from(3, None);
-                    if let Err(e) = confine(spec.who, &filters, true) {
-                        die(126, &format!("cannot confine the process: {e:#}"));
-                    }
-                    if let Err(e) = nix::unistd::chdir(&spec.who.home_inner) {
-                        die(126, &format!("cannot enter {}: {e}", spec.who.home_inner.display()));
-                    }
-                    let prog = resolve(&spec.argv[0], &spec.env);
-                    let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
-                    die(
-                        if e == nix::errno::Errno::ENOENT { 127 } else { 126 },
-                        &format!("cannot run {}: {e}", spec.argv[0]),
-                    )
-                }
+            close_fds_from(3, None);
+            if let Err(e) = confine(spec.who, &filters, true) {
+                die(126, &format!("cannot confine the process: {e:#}"));
             }
+            if let Err(e) = nix::unistd::chdir(&spec.who.home_inner) {
+                die(126, &format!("cannot enter {}: {e}", spec.who.home_inner.display()));
+            }
+            let prog = resolve(&spec.argv[0], &spec.env);
+            let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+            die(
+                if e == nix::errno::Errno::ENOENT { 127 } else { 126 },
+                &format!("cannot run {}: {e}", spec.argv[0]),
+            )
         }
     };
     drop(ns);
