@@ -12,11 +12,10 @@ have mkfs.btrfs || need+=(btrfs-progs)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 have ssh || need+=(openssh-client)
 have curl || need+=(curl)
-have python3 || need+=(python3)
+[ -x /usr/bin/python3 ] || need+=(python3)   # gears see /usr, not a pyenv
 have ps || need+=(procps)
 have losetup || need+=(util-linux)
 have setpriv || need+=(util-linux)
-have cc || need+=(gcc)
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if have apt-get; then
   export DEBIAN_FRONTEND=noninteractive

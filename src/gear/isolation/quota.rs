@@ -194,12 +194,29 @@ pub fn node_down(node: &Node) -> Result<()> {
     }
     // `mount -o loop` sets autoclear, so the loop device goes away with the mount; detach any
     // loop device that still points at the image and is not mounted anywhere.
+    // Autoclear releases the device asynchronously after the unmount: wait for it, and detach
+    // explicitly what is still attached after a moment.
     if img.exists() {
-        for dev in loop_devices_for(&img)? {
-            if !device_is_mounted(&dev)? {
-                run("losetup", [OsStr::new("-d"), dev.as_os_str()])?;
+        for attempt in 0..300 {
+            let left: Vec<PathBuf> = loop_devices_for(&img)?
+                .into_iter()
+                .filter(|d| !device_is_mounted(d).unwrap_or(true))
+                .collect();
+            if left.is_empty() {
+                return Ok(());
             }
+            if attempt == 50 {
+                for dev in &left {
+                    let _ = run("losetup", [OsStr::new("-d"), dev.as_os_str()]);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        bail!(
+            "loop devices {:?} still hold {} after the unmount (detach them with `losetup -d`)",
+            loop_devices_for(&img)?,
+            img.display()
+        );
     }
     Ok(())
 }
