@@ -14,6 +14,8 @@ have ssh || need+=(openssh-client)
 have curl || need+=(curl)
 [ -x /usr/bin/python3 ] || need+=(python3)   # gears see /usr, not a pyenv
 have ps || need+=(procps)
+have readelf || need+=(binutils)
+have script || need+=(bsdutils)
 have losetup || need+=(util-linux)
 have setpriv || need+=(util-linux)
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi

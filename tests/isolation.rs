@@ -101,6 +101,25 @@ fn run_applies_every_mechanism() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO GEAR\n");
     let o = n.gs(&["run", "alpha", "--", "no-such-program"]);
     assert_eq!(o.status.code(), Some(127));
+
+    // With a terminal on stdin, the command gets a pty of the gear's own devpts, as its
+    // controlling terminal; the exit code still passes through.
+    let cmdline = format!(
+        "{BIN} --config {} run alpha -- sh -c 'tty; test -t 0 && echo interactive; exit 7'",
+        n.config.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("/dev/pts/0"), "no gear pty: {out}");
+    assert!(
+        out.contains("interactive"),
+        "stdin is not a terminal in the gear: {out}"
+    );
+    assert_eq!(o.status.code(), Some(7), "{out}");
 }
 
 #[test]
