@@ -1,5 +1,6 @@
 //! Apps: named applications owned by a user, each with one or more gears.
 
+use crate::auth::Actor;
 use crate::gear::isolation::quota;
 use crate::gear::{self, Gear};
 use crate::node::Node;
@@ -60,6 +61,13 @@ pub struct App {
 
 fn path(node: &Node, name: &str) -> std::path::PathBuf {
     node.apps_dir().join(format!("{name}.toml"))
+}
+
+/// Loads an app the actor may manage (the same error for missing and not yours).
+pub fn load_for(node: &Node, actor: &Actor, name: &str) -> Result<App> {
+    let app = load(node, name)?;
+    actor.check_app(name, app.owner.as_deref())?;
+    Ok(app)
 }
 
 /// Loads an app, with a clear error when unknown.
@@ -227,7 +235,7 @@ fn mib(b: u64) -> String {
     format!("{:.1}M", b as f64 / (1 << 20) as f64)
 }
 
-pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
+pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
     match cmd {
         AppCmd::Create {
             name,
@@ -235,6 +243,14 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
             owner,
             profile,
         } => {
+            // Users create apps for themselves; only admins name another owner.
+            let owner = match (&actor.user, owner) {
+                (Some(me), Some(o)) if !actor.admin && o != *me => {
+                    bail!("only an admin can create an app for another user")
+                }
+                (Some(me), None) => Some(me.clone()),
+                (_, o) => o,
+            };
             let app = create(node, &name, &cartridge, owner.as_deref(), profile.as_deref())?;
             let g = &app.gears[0];
             println!(
@@ -249,7 +265,10 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
             );
         }
         AppCmd::List { json } => {
-            let apps = list(node)?;
+            let apps: Vec<App> = list(node)?
+                .into_iter()
+                .filter(|a| actor.may_manage(a.owner.as_deref()))
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else {
@@ -275,7 +294,7 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
             }
         }
         AppCmd::Show { name, json } => {
-            let app = load(node, &name)?;
+            let app = load_for(node, actor, &name)?;
             let gears: Vec<_> = app.gears.iter().map(|g| gear_json(node, g)).collect();
             if json {
                 let mut v = serde_json::to_value(&app)?;
@@ -318,6 +337,7 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
             }
         }
         AppCmd::Destroy { name, confirm } => {
+            load_for(node, actor, &name)?;
             destroy(node, &name, &confirm)?;
             println!("destroyed app '{name}'");
         }
@@ -326,8 +346,8 @@ pub fn run(node: &Node, cmd: AppCmd) -> Result<()> {
 }
 
 /// `gearshift run APP -- CMD...`: runs CMD in the gear and returns its exit code.
-pub fn run_in_gear(node: &Node, name: &str, index: u32, command: &[String]) -> Result<i32> {
-    let app = load(node, name)?;
+pub fn run_in_gear(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    let app = load_for(node, actor, name)?;
     let g = app
         .gears
         .iter()

@@ -1,5 +1,6 @@
 //! The command-line grammar, the same locally and (later) over SSH.
 
+use crate::auth::Actor;
 use crate::node::Node;
 use crate::{app, doctor, init, user};
 use anyhow::Result;
@@ -70,23 +71,45 @@ pub enum NodeCmd {
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     let config_path = Node::config_path(cli.config.as_deref());
-    match cli.command {
-        Command::Init(args) => init::run(&config_path, args).map(|_| 0),
+    dispatch(&config_path, cli.command, &Actor::root())
+}
+
+/// Runs a command for `actor` (root at the console, or a user over SSH).
+pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) -> Result<i32> {
+    match command {
+        Command::Init(args) => init::run(config_path, args).map(|_| 0),
         Command::Doctor { json } => {
-            let node = Node::load(&config_path).ok();
+            let node = Node::load(config_path).ok();
             doctor::run(node.as_ref(), json)
         }
         Command::Node(cmd) => {
-            let node = Node::load(&config_path)?;
+            let node = Node::load(config_path)?;
             match cmd {
                 NodeCmd::Up => node.up().map(|_| 0),
                 NodeCmd::Down => node.down().map(|_| 0),
                 NodeCmd::Destroy { confirm } => app::destroy_node(&node, &confirm).map(|_| 0),
             }
         }
-        Command::User(cmd) => user::run(&Node::load(&config_path)?, cmd).map(|_| 0),
-        Command::App(cmd) => app::run(&Node::load(&config_path)?, cmd).map(|_| 0),
-        Command::Cartridges { json } => crate::cartridge::print_list(&Node::load(&config_path)?, json).map(|_| 0),
-        Command::Run { app, gear, command } => app::run_in_gear(&Node::load(&config_path)?, &app, gear, &command),
+        Command::User(cmd) => user::run(&Node::load(config_path)?, cmd).map(|_| 0),
+        Command::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Command::Cartridges { json } => crate::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
+        Command::Run { app, gear, command } => app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command),
     }
+}
+
+/// The verbs a user may run over SSH (`ssh gearshift@HOST app list`), parsed with the same
+/// grammar as the local CLI. Node administration stays on the console; user management is for
+/// admins only.
+pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[String]) -> Result<i32> {
+    let cli = Cli::try_parse_from(std::iter::once("gearshift".to_string()).chain(argv.iter().cloned()))
+        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+    if cli.config.is_some() {
+        anyhow::bail!("--config is not accepted over SSH");
+    }
+    match &cli.command {
+        Command::Init(_) | Command::Node(_) => anyhow::bail!("node administration is only possible on the node itself"),
+        Command::User(_) | Command::Doctor { .. } if !actor.admin => anyhow::bail!("only admins can do that"),
+        _ => {}
+    }
+    dispatch(config_path, cli.command, actor)
 }

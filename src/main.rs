@@ -1,11 +1,13 @@
 //! gearshift: a PaaS-in-a-box for one Linux VM, as one static binary.
 
 mod app;
+mod auth;
 mod cartridge;
 mod cli;
 mod config;
 mod doctor;
 mod gear;
+mod git;
 mod init;
 mod names;
 mod node;
