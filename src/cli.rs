@@ -39,6 +39,9 @@ pub enum Command {
     /// Manage apps.
     #[command(subcommand)]
     App(app::AppCmd),
+    /// Commands that run inside a gear (hooks, process control, static files).
+    #[command(subcommand, hide = true)]
+    Gear(crate::ingear::GearCmd),
     /// List the cartridges on the node's cartridge path.
     Cartridges {
         #[arg(long)]
@@ -77,6 +80,7 @@ pub fn main() -> Result<i32> {
 /// Runs a command for `actor` (root at the console, or a user over SSH).
 pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) -> Result<i32> {
     match command {
+        Command::Gear(cmd) => crate::ingear::run(cmd),
         Command::Init(args) => init::run(config_path, args).map(|_| 0),
         Command::Doctor { json } => {
             let node = Node::load(config_path).ok();
@@ -107,7 +111,9 @@ pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[Str
         anyhow::bail!("--config is not accepted over SSH");
     }
     match &cli.command {
-        Command::Init(_) | Command::Node(_) => anyhow::bail!("node administration is only possible on the node itself"),
+        Command::Init(_) | Command::Node(_) | Command::Gear(_) => {
+            anyhow::bail!("node administration is only possible on the node itself")
+        }
         Command::User(_) | Command::Doctor { .. } if !actor.admin => anyhow::bail!("only admins can do that"),
         _ => {}
     }

@@ -8,11 +8,13 @@ mod config;
 mod doctor;
 mod gear;
 mod git;
+mod ingear;
 mod init;
 mod names;
 mod node;
 mod sshkey;
 mod state;
+mod static_server;
 mod table;
 mod user;
 
