@@ -36,6 +36,18 @@ pub enum AppCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Start the app's web process.
+    Start { name: String },
+    /// Stop the app's web process.
+    Stop { name: String },
+    /// Restart the app's web process.
+    Restart { name: String },
+    /// Show whether the web process runs, since when, restarts and last exit.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Destroy an app and everything of its gears.
     Destroy {
         name: String,
@@ -57,6 +69,15 @@ pub struct App {
     /// `creating` until every gear piece exists, then `ready`.
     pub status: String,
     pub gears: Vec<Gear>,
+    /// The user's own environment variables.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Branch whose pushes deploy (default: main or master).
+    #[serde(default)]
+    pub deploy_branch: Option<String>,
+    /// Deployments kept for rollback (default 3).
+    #[serde(default)]
+    pub keep_deployments: Option<u32>,
 }
 
 fn path(node: &Node, name: &str) -> std::path::PathBuf {
@@ -168,6 +189,9 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
         created: now(),
         status: "creating".into(),
         gears: vec![g.clone()],
+        env: Default::default(),
+        deploy_branch: None,
+        keep_deployments: None,
     };
     // Recorded first, so that a crash part-way leaves a record `app destroy` can clean up.
     save(node, &app)?;
@@ -336,6 +360,17 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
                 }
             }
         }
+        AppCmd::Start { name } => return in_gear(node, actor, &name, &["ctl", "start", "--wait"]).map(|_| ()),
+        AppCmd::Stop { name } => return in_gear(node, actor, &name, &["ctl", "stop"]).map(|_| ()),
+        AppCmd::Restart { name } => return in_gear(node, actor, &name, &["ctl", "restart", "--wait"]).map(|_| ()),
+        AppCmd::Status { name, json } => {
+            let args: &[&str] = if json {
+                &["ctl", "status", "--json"]
+            } else {
+                &["ctl", "status"]
+            };
+            return in_gear(node, actor, &name, args).map(|_| ());
+        }
         AppCmd::Destroy { name, confirm } => {
             load_for(node, actor, &name)?;
             destroy(node, &name, &confirm)?;
@@ -345,8 +380,50 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
     Ok(())
 }
 
+/// Runs `gearshift gear ARGS...` inside the app's first gear, as the gear's user, and fails
+/// when it does (its own message is already on stderr). The calling process joins the gear.
+pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<i32> {
+    let mut argv = vec!["/opt/gearshift/bin/gearshift".to_string(), "gear".into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let code = run_in_gear_tty(node, actor, name, 0, &argv, false)?;
+    if code != 0 {
+        bail!("`{}` failed in the gear of '{name}' (exit code {code})", args.join(" "));
+    }
+    Ok(code)
+}
+
+/// Replaces the app's user environment, rewrites its gears' descriptors and restarts the web
+/// process if it runs.
+pub fn set_env(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    change: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> Result<()>,
+) -> Result<()> {
+    let app = {
+        let _lock = node.lock()?;
+        let mut app = load_for(node, actor, name)?;
+        change(&mut app.env)?;
+        save(node, &app)?;
+        for g in &app.gears {
+            gear::meta::write(node, g, &app)?;
+        }
+        app
+    };
+    in_gear(node, actor, &app.name, &["ctl", "restart-if-wanted", "--wait"]).map(|_| ())
+}
+
 /// `gearshift run APP -- CMD...`: runs CMD in the gear and returns its exit code.
 pub fn run_in_gear(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    run_in_gear_tty(node, actor, name, index, command, std::io::stdin().is_terminal())
+}
+
+/// Like `run_in_gear`, never with a pty (binary protocols such as git's).
+pub fn run_in_gear_plain(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    run_in_gear_tty(node, actor, name, index, command, false)
+}
+
+fn run_in_gear_tty(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String], tty: bool) -> Result<i32> {
     let app = load_for(node, actor, name)?;
     let g = app
         .gears
@@ -355,7 +432,6 @@ pub fn run_in_gear(node: &Node, actor: &Actor, name: &str, index: u32, command: 
         .with_context(|| format!("app '{name}' has no gear {index}"))?;
     let pid = gear::ensure_running(node, g)?;
     let cg = gear::cgroup(node, g)?;
-    let tty = std::io::stdin().is_terminal();
     let term = if tty { std::env::var("TERM").ok() } else { None };
     let who = gear::identity(g);
     gear::spawn::exec(&gear::spawn::ExecSpec {
@@ -363,7 +439,7 @@ pub fn run_in_gear(node: &Node, actor: &Actor, name: &str, index: u32, command: 
         cgroup: &cg,
         who: &who,
         argv: command.to_vec(),
-        env: gear::env(node, g, term),
+        env: gear::env(node, g, &app.cartridge, &app.env, term),
         tty,
     })
 }

@@ -47,6 +47,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An app's own environment variables.
+    #[command(subcommand)]
+    Env(crate::env_cmd::EnvCmd),
+    /// Show an app's web process output (rotated logs).
+    Logs {
+        app: String,
+        /// Keep following new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Number of lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
+    /// Deployments of an app.
+    #[command(subcommand)]
+    Deploy(DeployCmd),
+    /// Re-activate a kept deployment without rebuilding (default: the previous one).
+    Rollback { app: String, id: Option<String> },
+    /// Serve git for an app on stdin/stdout (a local transport for root:
+    /// `git push ext::'gearshift git-serve %S APP'`; over SSH the same runs for the pusher).
+    #[command(hide = true)]
+    GitServe {
+        service: crate::git::GitService,
+        app: String,
+    },
     /// Run a command inside an app's gear with every isolation mechanism applied.
     Run {
         app: String,
@@ -55,6 +80,16 @@ pub enum Command {
         gear: u32,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCmd {
+    /// List an app's deployments (id, commit, time, result); * marks the live one.
+    List {
+        app: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -96,6 +131,34 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
         }
         Command::User(cmd) => user::run(&Node::load(config_path)?, cmd).map(|_| 0),
         Command::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Command::Env(cmd) => crate::env_cmd::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Command::Logs { app, follow, lines } => {
+            let node = Node::load(config_path)?;
+            let n = lines.to_string();
+            let mut argv = vec!["tail", "-n", &n];
+            if follow {
+                argv.push("-F");
+            }
+            argv.push("app-root/logs/web.log");
+            let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+            app::run_in_gear(&node, actor, &app, 0, &argv)
+        }
+        Command::Deploy(DeployCmd::List { app, json }) => {
+            let args: &[&str] = if json {
+                &["deployments", "--json"]
+            } else {
+                &["deployments"]
+            };
+            app::in_gear(&Node::load(config_path)?, actor, &app, args)
+        }
+        Command::Rollback { app, id } => {
+            let mut args = vec!["rollback"];
+            if let Some(i) = &id {
+                args.push(i);
+            }
+            app::in_gear(&Node::load(config_path)?, actor, &app, &args)
+        }
+        Command::GitServe { service, app } => crate::git::serve(&Node::load(config_path)?, actor, &app, service),
         Command::Cartridges { json } => crate::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
         Command::Run { app, gear, command } => app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command),
     }
@@ -104,6 +167,7 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
 /// The verbs a user may run over SSH (`ssh gearshift@HOST app list`), parsed with the same
 /// grammar as the local CLI. Node administration stays on the console; user management is for
 /// admins only.
+#[allow(dead_code)] // used by the SSH entry
 pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[String]) -> Result<i32> {
     let cli = Cli::try_parse_from(std::iter::once("gearshift".to_string()).chain(argv.iter().cloned()))
         .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
@@ -111,7 +175,7 @@ pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[Str
         anyhow::bail!("--config is not accepted over SSH");
     }
     match &cli.command {
-        Command::Init(_) | Command::Node(_) | Command::Gear(_) => {
+        Command::Init(_) | Command::Node(_) | Command::Gear(_) | Command::GitServe { .. } => {
             anyhow::bail!("node administration is only possible on the node itself")
         }
         Command::User(_) | Command::Doctor { .. } if !actor.admin => anyhow::bail!("only admins can do that"),

@@ -1,19 +1,35 @@
 //! git over SSH: the app's bare repository lives in its gear, and git-receive-pack /
-//! git-upload-pack run inside the gear as the gear's uid, within its limits.
+//! git-upload-pack run inside the gear as the gear's uid, within its limits (a huge push fills
+//! the gear's quota, never the host's disk). The pre-receive hook in the repository runs the
+//! deploy pipeline (`gearshift gear pre-receive`) before git accepts the ref.
 
+use crate::app;
 use crate::auth::Actor;
 use crate::node::Node;
 use anyhow::Result;
 
 /// Which git service the client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GitService {
+    #[value(name = "git-receive-pack")]
     ReceivePack,
+    #[value(name = "git-upload-pack")]
     UploadPack,
 }
 
+impl GitService {
+    pub fn program(self) -> &'static str {
+        match self {
+            GitService::ReceivePack => "git-receive-pack",
+            GitService::UploadPack => "git-upload-pack",
+        }
+    }
+}
+
 /// Serves `service` for `app` on the caller's stdio (the SSH channel) and returns its exit code.
-/// A push to the deploy branch builds and deploys before git accepts the ref.
-pub fn serve(_node: &Node, _actor: &Actor, _app: &str, _service: GitService) -> Result<i32> {
-    todo!("git push deploys")
+pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) -> Result<i32> {
+    let a = app::load_for(node, actor, app_name)?;
+    let repo = format!("/home/{}/git/{}.git", a.name, a.name);
+    // Never a pty: the git protocol is binary.
+    app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo])
 }

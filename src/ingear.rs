@@ -2,15 +2,31 @@
 //! privileges: the git pre-receive hook (the deploy pipeline), process control, deployments,
 //! and the static file server. They read the gear's descriptor from /opt/gearshift/meta.
 
+use crate::{deploy, supervisor, table};
 use anyhow::Result;
 use std::path::PathBuf;
-
-/// Where a gear sees gearshift's own files (read-only binds).
-pub const GEAR_OPT: &str = "/opt/gearshift";
 
 /// `gearshift gear ...` (inside a gear only).
 #[derive(Debug, clap::Subcommand)]
 pub enum GearCmd {
+    /// git's pre-receive hook: build and deploy the pushed commit.
+    PreReceive,
+    /// Ask the gear's supervisor: start, stop, restart, restart-if-wanted, status.
+    Ctl {
+        command: String,
+        #[arg(long)]
+        json: bool,
+        /// After start/restart, wait until the web process accepts connections.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List deployments.
+    Deployments {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-activate a kept deployment.
+    Rollback { id: Option<String> },
     /// Serve a directory over HTTP (the static cartridge's web process).
     StaticServe {
         dir: PathBuf,
@@ -21,8 +37,91 @@ pub enum GearCmd {
     },
 }
 
+fn ago(t: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let s = now.saturating_sub(t);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
 pub fn run(cmd: GearCmd) -> Result<i32> {
     match cmd {
+        GearCmd::PreReceive => deploy::pre_receive(),
+        GearCmd::Ctl { command, json, wait } => {
+            let v = supervisor::ctl(&command)?;
+            let restarted = v["result"] == "restarted" || v["result"] == "started";
+            if wait && restarted {
+                let info = crate::gear::meta::GearInfo::load_in_gear()?;
+                let addr = std::net::SocketAddr::from((info.ip, info.port));
+                let t = std::time::Instant::now();
+                while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_err() {
+                    if t.elapsed() > std::time::Duration::from_secs(30) {
+                        anyhow::bail!(
+                            "started, but nothing accepts connections on port {} after 30s",
+                            info.port
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+            }
+            let v = if wait { supervisor::ctl("status")? } else { v };
+            let st = &v["status"];
+            if json {
+                println!("{st}");
+            } else {
+                let mut line = format!("{}", st["state"].as_str().unwrap_or("?"));
+                if let Some(p) = st["pid"].as_i64() {
+                    line += &format!(" (pid {p}, since {})", ago(st["since"].as_u64().unwrap_or(0)));
+                }
+                if let Some(d) = st["deployment"].as_str() {
+                    line += &format!(", deployment {d}");
+                }
+                line += &format!(", restarts {}", st["restarts"]);
+                if let Some(e) = st["last_exit"].as_str() {
+                    line += &format!(", last exit: {e}");
+                }
+                println!("{line}");
+            }
+            Ok(0)
+        }
+        GearCmd::Deployments { json } => {
+            let live = deploy::live_id();
+            let all = deploy::list();
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|d| serde_json::json!({"id": d.id, "commit": d.commit, "branch": d.branch, "time": d.time, "result": d.result, "live": Some(&d.id) == live.as_ref()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .rev()
+                    .map(|d| {
+                        vec![
+                            format!("{}{}", if Some(&d.id) == live.as_ref() { "* " } else { "  " }, d.id),
+                            d.commit[..d.commit.len().min(12)].to_string(),
+                            ago(d.time),
+                            d.result.clone(),
+                        ]
+                    })
+                    .collect();
+                table::print(&["  ID", "COMMIT", "TIME", "RESULT"], &rows);
+            }
+            Ok(0)
+        }
+        GearCmd::Rollback { id } => {
+            let id = deploy::rollback(id.as_deref())?;
+            println!("rolled back: {id} is live");
+            Ok(0)
+        }
         GearCmd::StaticServe { dir, port, bind } => {
             let addr: std::net::SocketAddr = format!("{bind}:{port}").parse()?;
             crate::static_server::serve(&dir, addr).map(|_| 0)

@@ -2,6 +2,7 @@
 
 pub mod isolation;
 pub mod mcs;
+pub mod meta;
 pub mod spawn;
 pub mod tty;
 
@@ -137,6 +138,16 @@ fn write_meta(node: &Node, gear: &Gear) -> Result<()> {
     Ok(())
 }
 
+/// The pre-receive hook runs the deploy pipeline inside the gear before git accepts the push.
+fn install_git_hooks(git: &std::path::Path, uid: u32) -> Result<()> {
+    let hook = git.join("hooks/pre-receive");
+    fs::write(&hook, "#!/bin/sh\n# gearshift: build and deploy before the push is accepted\nexec /opt/gearshift/bin/gearshift gear pre-receive\n")
+        .with_context(|| format!("cannot write {}", hook.display()))?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::lchown(&hook, Some(uid), Some(uid))?;
+    Ok(())
+}
+
 /// Creates every piece of a gear: home with quota, layout, cgroup with limits, network, init.
 /// On failure the caller runs `destroy`, which removes whatever was made.
 pub fn create(node: &Node, gear: &Gear, limits: &Limits) -> Result<()> {
@@ -161,6 +172,8 @@ pub fn create(node: &Node, gear: &Gear, limits: &Limits) -> Result<()> {
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700))?;
     selinux::label_file(&home, &gear.mcs())?;
     write_meta(node, gear)?;
+    meta::write(node, gear, &crate::app::load(node, &gear.app)?)?;
+    install_git_hooks(&git, gear.uid)?;
     let cg = cgroup(node, gear)?;
     cg.create(limits)?;
     cg.verify(limits)?;
@@ -236,8 +249,9 @@ pub fn ensure_running(node: &Node, gear: &Gear) -> Result<i32> {
             home_host: gear.home(node),
             home_inner: gear.inner_home(),
             meta_dir: node.gear_meta_dir(&gear.id),
-            ro_binds: vec![],
+            ro_binds: gear_opt_binds(node, gear)?,
             tmp_size: (limits.memory_bytes / 4).max(16 << 20),
+            owner_uid: gear.uid,
         },
         cgroup: cg,
         netns: network::netns_path(&gear.netns()),
@@ -249,6 +263,19 @@ pub fn ensure_running(node: &Node, gear: &Gear) -> Result<i32> {
     let st = start_time(pid).context("gear init vanished right after start")?;
     crate::state::write_atomic(&init_file(node, gear), format!("{pid} {st}\n").as_bytes(), 0o644)?;
     Ok(pid)
+}
+
+/// What a gear sees of gearshift, read-only under /opt/gearshift: the binary (for hooks and
+/// the supervisor), its cartridge, and its descriptor.
+fn gear_opt_binds(node: &Node, gear: &Gear) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    let app = crate::app::load(node, &gear.app)?;
+    let cart = crate::cartridge::find(node, &app.cartridge)?;
+    let exe = std::env::current_exe().context("cannot find the gearshift binary")?;
+    Ok(vec![
+        (exe, "/opt/gearshift/bin/gearshift".into()),
+        (cart.dir, "/opt/gearshift/cartridge".into()),
+        (node.gear_meta_dir(&gear.id), "/opt/gearshift/meta".into()),
+    ])
 }
 
 /// Stops every process of the gear (its init, hence its pid namespace, and the cgroup).
@@ -285,9 +312,26 @@ pub fn identity(gear: &Gear) -> spawn::Identity {
     }
 }
 
-/// The environment a gear process starts with: the basics plus OpenShift v2's names.
-pub fn env(node: &Node, gear: &Gear, term: Option<String>) -> Vec<(String, String)> {
+/// Names a user's variable may not take: gearshift sets them.
+pub fn reserved_env(key: &str) -> bool {
+    key.starts_with("OPENSHIFT_")
+        || key.starts_with("GEARSHIFT_")
+        || ["HOME", "USER", "LOGNAME", "PATH", "PORT", "SHELL"].contains(&key)
+}
+
+/// The environment a gear process starts with: the basics, OpenShift v2's names, the
+/// cartridge's, `PORT`, then the user's own variables.
+pub fn env(
+    node: &Node,
+    gear: &Gear,
+    cartridge: &str,
+    user_env: &std::collections::BTreeMap<String, String>,
+    term: Option<String>,
+) -> Vec<(String, String)> {
     let home = gear.inner_home().display().to_string();
+    let cart = cartridge.to_ascii_uppercase().replace('-', "_");
+    let port = meta::WEB_PORT.to_string();
+    let dns = format!("{}.{}", gear.app, node.config.domain);
     let mut e: Vec<(String, String)> = vec![
         ("HOME".into(), home.clone()),
         ("USER".into(), gear.app.clone()),
@@ -295,22 +339,33 @@ pub fn env(node: &Node, gear: &Gear, term: Option<String>) -> Vec<(String, Strin
         ("SHELL".into(), "/bin/bash".into()),
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
+        ("PORT".into(), port.clone()),
         ("OPENSHIFT_APP_NAME".into(), gear.app.clone()),
-        (
-            "OPENSHIFT_APP_DNS".into(),
-            format!("{}.{}", gear.app, node.config.domain),
-        ),
+        ("OPENSHIFT_APP_DNS".into(), dns.clone()),
+        ("OPENSHIFT_APP_UUID".into(), gear.id.clone()),
         ("OPENSHIFT_GEAR_UUID".into(), gear.id.clone()),
-        (
-            "OPENSHIFT_GEAR_DNS".into(),
-            format!("{}.{}", gear.app, node.config.domain),
-        ),
+        ("OPENSHIFT_GEAR_NAME".into(), gear.app.clone()),
+        ("OPENSHIFT_GEAR_DNS".into(), dns),
         ("OPENSHIFT_HOMEDIR".into(), format!("{home}/")),
         ("OPENSHIFT_DATA_DIR".into(), format!("{home}/app-root/data/")),
         ("OPENSHIFT_REPO_DIR".into(), format!("{home}/app-root/repo/")),
         ("OPENSHIFT_LOG_DIR".into(), format!("{home}/app-root/logs/")),
+        ("OPENSHIFT_DEPLOYMENTS_DIR".into(), format!("{home}/app-deployments/")),
         ("OPENSHIFT_TMP_DIR".into(), "/tmp/".into()),
+        (
+            "OPENSHIFT_PRIMARY_CARTRIDGE_DIR".into(),
+            "/opt/gearshift/cartridge/".into(),
+        ),
+        ("OPENSHIFT_CARTRIDGE_DIR".into(), "/opt/gearshift/cartridge/".into()),
+        (format!("OPENSHIFT_{cart}_DIR"), "/opt/gearshift/cartridge/".into()),
+        (format!("OPENSHIFT_{cart}_IP"), gear.ip.to_string()),
+        (format!("OPENSHIFT_{cart}_PORT"), port),
     ];
+    for (k, v) in user_env {
+        if !reserved_env(k) {
+            e.push((k.clone(), v.clone()));
+        }
+    }
     if let Some(t) = term {
         e.push(("TERM".into(), t));
     }

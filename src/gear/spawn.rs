@@ -201,18 +201,18 @@ fn init_main(
     mounts::build_root(&spec.root)?;
     nix::unistd::sethostname(&spec.hostname).context("cannot set the gear's hostname")?;
     rename_self();
+    // The supervisor and everything it starts inherit this environment.
+    for (k, _) in std::env::vars_os().collect::<Vec<_>>() {
+        std::env::remove_var(k);
+    }
+    std::env::set_var("HOME", &spec.who.home_inner);
+    std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
     close_fds_from(3, Some(w.as_raw_fd()));
     confine(&spec.who, filters, false)?;
     writeln!(w, "ready")?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
-    loop {
-        // SAFETY: wait(NULL) reaps any child; no memory is passed.
-        let r = unsafe { libc::wait(std::ptr::null_mut()) };
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-    }
+    crate::supervisor::run()
 }
 
 /// Shows the init as `gearshift-init` in `ps` instead of the command line that created it

@@ -23,6 +23,8 @@ pub struct RootSpec {
     /// Further read-only binds: (host path, path inside the gear).
     pub ro_binds: Vec<(PathBuf, PathBuf)>,
     pub tmp_size: u64,
+    /// The gear's uid: owns /run (the supervisor's control socket lives there).
+    pub owner_uid: u32,
 }
 
 fn nosuid_nodev() -> MsFlags {
@@ -89,7 +91,12 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     }
     for (host, at) in &spec.ro_binds {
         let dst = inner(r, at);
-        fs::create_dir_all(&dst)?;
+        if host.is_dir() {
+            fs::create_dir_all(&dst)?;
+        } else {
+            fs::create_dir_all(dst.parent().unwrap_or(r))?;
+            fs::write(&dst, b"")?;
+        }
         bind(host, &dst, ro)?;
     }
 
@@ -99,7 +106,8 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
 
     let tmp_opts = format!("mode=1777,size={}", spec.tmp_size);
     tmpfs(&r.join("tmp"), nosuid_nodev(), &tmp_opts)?;
-    tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, "mode=0755,size=1m")?;
+    let run_opts = format!("mode=0755,size=1m,uid={0},gid={0}", spec.owner_uid);
+    tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, &run_opts)?;
     fs::create_dir_all(r.join("var"))?;
     symlink("/tmp", r.join("var/tmp"))?;
     build_dev(&r.join("dev"), &tmp_opts)?;

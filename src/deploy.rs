@@ -1,0 +1,360 @@
+//! The deploy pipeline, run inside the gear by git's pre-receive hook, before git accepts the
+//! push. It reads like the steps it runs: check out the pushed commit into a new deployment,
+//! run the cartridge's and the app's hooks (pre_build, build, deploy), switch the live
+//! deployment and restart the web process, wait until it answers, run post_deploy, prune.
+//! Any failure rejects the push and leaves the previous deployment serving.
+
+use crate::gear::meta::GearInfo;
+use crate::supervisor;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `<deployment>/metadata.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub commit: String,
+    pub branch: String,
+    pub time: u64,
+    /// building, deployed, failed: ...
+    pub result: String,
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/".into()))
+}
+
+fn deployments_dir() -> PathBuf {
+    home().join("app-deployments")
+}
+
+fn say(msg: &str) {
+    // The pusher sees stdout and stderr of the hook as `remote:` lines.
+    let _ = writeln!(std::io::stdout(), "-----> {msg}");
+    let _ = std::io::stdout().flush();
+}
+
+fn git(args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!("git {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Every deployment, oldest first.
+pub fn list() -> Vec<Deployment> {
+    let mut out: Vec<Deployment> = std::fs::read_dir(deployments_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| toml::from_str(&std::fs::read_to_string(e.path().join("metadata.toml")).ok()?).ok())
+        .collect();
+    out.sort_by(|a: &Deployment, b| a.id.cmp(&b.id));
+    out
+}
+
+fn save(d: &Deployment) -> Result<()> {
+    let p = deployments_dir().join(&d.id).join("metadata.toml");
+    crate::state::write_atomic(&p, toml::to_string(d)?.as_bytes(), 0o644)
+}
+
+/// The id of the live deployment (from the `app-root/repo` link).
+pub fn live_id() -> Option<String> {
+    supervisor::live_repo()?
+        .parent()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Points `app-root/repo` at a deployment, atomically.
+fn activate_link(id: &str) -> Result<()> {
+    let link = home().join("app-root/repo");
+    let tmp = home().join("app-root/.repo.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("../app-deployments/{id}/repo"), &tmp)?;
+    if link.is_dir() && !link.is_symlink() {
+        // The empty directory gear creation made, before the first deploy.
+        let _ = std::fs::remove_dir(&link);
+    }
+    std::fs::rename(&tmp, &link).context("cannot switch app-root/repo")
+}
+
+/// Waits until the web process accepts connections on the gear's address.
+fn wait_ready(info: &GearInfo) -> Result<()> {
+    let addr = std::net::SocketAddr::from((info.ip, info.port));
+    let t = Instant::now();
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        let st = supervisor::ctl("status")?;
+        if st["status"]["pid"].is_null() {
+            bail!(
+                "the web process exited ({}): see `gearshift logs {}`",
+                st["status"]["last_exit"].as_str().unwrap_or("unknown"),
+                info.app
+            );
+        }
+        if t.elapsed() > READY_TIMEOUT {
+            bail!(
+                "the web process does not accept connections on port {} after {}s",
+                info.port,
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Makes deployment `id` live and waits until it answers; on failure the previous one is
+/// restored (and restarted if it was running).
+pub fn switch_to(info: &GearInfo, id: &str) -> Result<()> {
+    let previous = live_id();
+    activate_link(id)?;
+    let r = supervisor::ctl("restart").and_then(|_| wait_ready(info));
+    if let Err(e) = r {
+        match &previous {
+            Some(p) => {
+                say(&format!("rolling back to {p}"));
+                activate_link(p)?;
+                let _ = supervisor::ctl("restart");
+            }
+            None => {
+                let _ = supervisor::ctl("stop");
+                let _ = std::fs::remove_file(home().join("app-root/repo"));
+            }
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
+fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
+    let cart = Path::new("/opt/gearshift/cartridge/bin").join(step);
+    let hook = repo.join(".openshift/action_hooks").join(step);
+    for (who, path) in [("cartridge", cart), ("action hook", hook)] {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.permissions().mode() & 0o111 == 0 {
+            say(&format!(
+                "{who} {step}: {} is not executable, skipped (chmod +x it)",
+                path.display()
+            ));
+            continue;
+        }
+        say(&format!("{who} {step}"));
+        let st = Command::new(&path)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .current_dir(repo)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run {}", path.display()))?;
+        if !st.success() {
+            let code = st
+                .code()
+                .map(|c| format!("exit code {c}"))
+                .unwrap_or_else(|| format!("{st}"));
+            bail!("{who} {step} failed with {code}");
+        }
+    }
+    Ok(())
+}
+
+/// Removes deployments beyond the newest `keep` (never the live one).
+fn prune(keep: u32) {
+    let live = live_id();
+    let all = list();
+    let excess = all.len().saturating_sub(keep.max(1) as usize);
+    for d in all.into_iter().take(excess) {
+        if Some(&d.id) != live.as_ref() {
+            let _ = std::fs::remove_dir_all(deployments_dir().join(&d.id));
+        }
+    }
+}
+
+fn new_id(commit: &str) -> String {
+    format!("{}-{}", crate::clock::compact_now(), &commit[..commit.len().min(8)])
+}
+
+/// Builds and deploys `commit` (which is in git's quarantine until the hook succeeds).
+fn deploy(info: &GearInfo, commit: &str, branch: &str) -> Result<()> {
+    let t0 = Instant::now();
+    let live = live_id();
+    if let Some(l) = list().into_iter().find(|d| Some(&d.id) == live.as_ref()) {
+        let same = git(&["rev-parse", &format!("{commit}^{{tree}}")]).ok()
+            == git(&["rev-parse", &format!("{}^{{tree}}", l.commit)]).ok();
+        if same {
+            say(&format!(
+                "nothing deployable changed: the files of {} are live already ({})",
+                &commit[..8],
+                l.id
+            ));
+            return Ok(());
+        }
+    }
+    let id = new_id(commit);
+    let dir = deployments_dir().join(&id);
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).with_context(|| format!("cannot create {}", repo.display()))?;
+    let mut d = Deployment {
+        id: id.clone(),
+        commit: commit.into(),
+        branch: branch.into(),
+        time: t0_secs(),
+        result: "building".into(),
+    };
+    save(&d)?;
+    say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
+    let result = (|| -> Result<()> {
+        let archive = Command::new("git")
+            .args(["archive", "--format=tar", commit])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let st = Command::new("tar")
+            .args(["-x", "-C"])
+            .arg(&repo)
+            .stdin(archive.stdout.context("no git archive output")?)
+            .status()?;
+        if !st.success() {
+            bail!("cannot check out {commit} (disk quota?)");
+        }
+        let mut env = info.env_pairs();
+        env.retain(|(k, _)| k != "OPENSHIFT_REPO_DIR");
+        env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
+        env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.clone()));
+        env.push((
+            "GEARSHIFT_PREVIOUS_DEPLOYMENT".into(),
+            supervisor::live_repo()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ));
+        for step in ["pre_build", "build", "deploy"] {
+            run_step(step, &repo, &env)?;
+        }
+        say("starting the new deployment");
+        switch_to(info, &id)?;
+        // post_deploy runs against the live deployment; its failure is reported, not fatal.
+        if let Err(e) = run_step("post_deploy", &repo, &env) {
+            say(&format!("warning: {e:#}"));
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            d.result = "deployed".into();
+            save(&d)?;
+            prune(info.keep_deployments);
+            say(&format!(
+                "deployed {id} in {:.2}s: http://{}/",
+                t0.elapsed().as_secs_f64(),
+                info.env.get("OPENSHIFT_APP_DNS").cloned().unwrap_or_default()
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            d.result = format!("failed: {e:#}");
+            let _ = save(&d);
+            let _ = std::fs::remove_dir_all(&repo);
+            prune(info.keep_deployments);
+            let still = live_id()
+                .map(|l| format!("{l} keeps serving"))
+                .unwrap_or_else(|| "nothing was live".into());
+            say(&format!("FAILED: {e:#}; push rejected, {still}"));
+            Err(e)
+        }
+    }
+}
+
+fn t0_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Holds the per-app push lock (a second push waits for the first).
+fn push_lock() -> Result<std::fs::File> {
+    let p = home().join("app-root/runtime/.gearshift-push.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        say("another push to this app is in progress; waiting for it to finish");
+        // SAFETY: as above, blocking this time.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            bail!("cannot take the push lock");
+        }
+    }
+    Ok(f)
+}
+
+/// git's pre-receive hook: deploy a push to the deploy branch; other refs are accepted as is.
+pub fn pre_receive() -> Result<i32> {
+    let info = GearInfo::load_in_gear()?;
+    let _lock = push_lock()?;
+    let mut code = 0;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_old, new, refname] = f[..] else { continue };
+        let Some(branch) = refname.strip_prefix("refs/heads/") else {
+            continue;
+        };
+        if !info.deploy_branches.iter().any(|b| b == branch) {
+            say(&format!(
+                "{refname}: not a deploy branch ({}), stored without deploying",
+                info.deploy_branches.join(" or ")
+            ));
+            continue;
+        }
+        if new == ZERO {
+            say(&format!("{refname} deleted; the live deployment keeps running"));
+            continue;
+        }
+        if deploy(&info, new, branch).is_err() {
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
+/// Re-activates a kept deployment without rebuilding (default: the one before the live one).
+pub fn rollback(id: Option<&str>) -> Result<String> {
+    let info = GearInfo::load_in_gear()?;
+    let _lock = push_lock()?;
+    let live = live_id();
+    let ok: Vec<Deployment> = list().into_iter().filter(|d| d.result == "deployed").collect();
+    let target = match id {
+        Some(id) => ok
+            .iter()
+            .find(|d| d.id == id || d.id.ends_with(&format!("-{id}")) || d.commit.starts_with(id))
+            .with_context(|| format!("no kept deployment '{id}' (see `gearshift deploy list`)"))?,
+        None => ok
+            .iter()
+            .rev()
+            .find(|d| Some(&d.id) != live.as_ref() && live.as_ref().is_none_or(|l| d.id < *l))
+            .context("no earlier deployment is kept to roll back to")?,
+    };
+    if Some(&target.id) == live.as_ref() {
+        bail!("{} is already live", target.id);
+    }
+    switch_to(&info, &target.id)?;
+    Ok(target.id.clone())
+}
