@@ -76,7 +76,7 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             if json {
                 println!("{st}");
             } else {
-                let mut line = format!("{}", st["state"].as_str().unwrap_or("?"));
+                let mut line = st["state"].as_str().unwrap_or("?").to_string();
                 if let Some(p) = st["pid"].as_i64() {
                     line += &format!(" (pid {p}, since {})", ago(st["since"].as_u64().unwrap_or(0)));
                 }
