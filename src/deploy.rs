@@ -36,10 +36,15 @@ fn deployments_dir() -> PathBuf {
     home().join("app-deployments")
 }
 
+/// Set once a write to the pusher fails: the push connection is gone.
+static PUSHER_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn say(msg: &str) {
     // The pusher sees stdout and stderr of the hook as `remote:` lines.
-    let _ = writeln!(std::io::stdout(), "-----> {msg}");
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout();
+    if writeln!(out, "-----> {msg}").and_then(|_| out.flush()).is_err() {
+        PUSHER_GONE.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn git(args: &[&str]) -> Result<String> {
@@ -246,6 +251,11 @@ fn deploy(info: &GearInfo, commit: &str, branch: &str) -> Result<()> {
             run_step(step, &repo, &env)?;
         }
         say("starting the new deployment");
+        // The switch is the point of no return: never past it for a push nobody waits for
+        // (the connection or the daemon died), since git would not record the ref.
+        if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the push connection is gone; not switching");
+        }
         switch_to(info, &id)?;
         // post_deploy runs against the live deployment; its failure is reported, not fatal.
         if let Err(e) = run_step("post_deploy", &repo, &env) {

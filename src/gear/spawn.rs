@@ -358,6 +358,15 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
             if let Err(e) = confine(spec.who, &filters, true) {
                 die(126, &format!("cannot confine the process: {e:#}"));
             }
+            // The command dies with the process that started it (the CLI, or the daemon's
+            // worker for an SSH session). Set after the uid change, which clears it.
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+            // The parent is outside the gear's pid namespace, so it shows as pid 0; an orphan
+            // would have been adopted by the gear's init (pid 1).
+            if nix::unistd::getppid().as_raw() != 0 {
+                die(126, "the process that started this command is gone");
+            }
             if let Err(e) = nix::unistd::chdir(&spec.who.home_inner) {
                 die(126, &format!("cannot enter {}: {e}", spec.who.home_inner.display()));
             }
