@@ -216,3 +216,64 @@ fn action_hooks_run_in_order_and_crashes_restart() {
     assert_eq!(st["restarts"], 1, "{status}");
     assert_eq!(st["last_exit"], "killed by signal 9", "{status}");
 }
+
+#[test]
+fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
+    require_root!();
+    let n = TestNode::new();
+    n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
+    n.ok(&["app", "create", "slow", "--cartridge", "python", "--profile", "tiny"]);
+    let dir = repo(
+        &n,
+        "slow",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("server.py", SERVER),
+            ("page.txt", "slow"),
+            (".openshift/action_hooks/build", "#!/bin/sh\nsleep 2\n"),
+        ],
+    );
+    let remote = format!("ext::{BIN} --config {} git-serve %S slow", n.config.display());
+    let first = Command::new("git")
+        .args(["-c", "protocol.ext.allow=always", "push", &remote, "main"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    git(&dir, &["branch", "-f", "feature"]);
+    let t = Instant::now();
+    let o = Command::new("git")
+        .args(["-c", "protocol.ext.allow=always", "push", &remote, "feature"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let second = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{second}");
+    assert!(second.contains("another push to this app is in progress"), "{second}");
+    assert!(second.contains("not a deploy branch"), "{second}");
+    assert!(t.elapsed() > Duration::from_millis(800), "the second push did not wait");
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(get(&n, "slow"), "slow -");
+
+    // 40 MB of incompressible data into a 24 MB gear: the push fails inside the gear's quota,
+    // the host's disk is untouched, and the app keeps serving.
+    let big: Vec<u8> = (0..40u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("big.bin"), big).unwrap();
+    commit(&dir, "huge");
+    let before = n.show("slow")["gears"][0]["disk_limit"].as_u64().unwrap();
+    let (ok, out) = push(&n, &dir, "slow");
+    assert!(!ok, "a push beyond the quota was accepted");
+    assert!(
+        out.to_lowercase().contains("quota") || out.contains("No space") || out.contains("unpack"),
+        "{out}"
+    );
+    assert_eq!(before, 24 << 20);
+    let used = n.show("slow")["gears"][0]["disk_bytes"].as_u64().unwrap();
+    assert!(used <= 25 << 20, "usage {used} beyond the quota");
+    assert_eq!(get(&n, "slow"), "slow -");
+}
