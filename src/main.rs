@@ -2,16 +2,24 @@
 
 mod app;
 mod auth;
+mod authkeys;
 mod cartridge;
 mod cli;
 mod config;
+mod daemon;
+mod daemon_proto;
 mod doctor;
 mod gear;
 mod git;
 mod ingear;
 mod init;
+mod login_user;
 mod names;
 mod node;
+mod ssh_command;
+mod ssh_entry;
+mod ssh_worker;
+mod sshd;
 mod sshkey;
 mod state;
 mod static_server;
