@@ -81,8 +81,12 @@ pub fn run(config_path: &Path) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("gearshift daemon must run as root");
     }
-    let config_path = std::fs::canonicalize(config_path)
-        .with_context(|| format!("cannot find node config {} (run `gearshift init`)", config_path.display()))?;
+    let config_path = std::fs::canonicalize(config_path).with_context(|| {
+        format!(
+            "cannot find node config {} (run `gearshift init`)",
+            config_path.display()
+        )
+    })?;
     let node = Node::load(&config_path)?;
     let _lock = take_lock(&node)?;
     let ids = login_user::ensure(&node)?;
@@ -140,6 +144,9 @@ pub fn run(config_path: &Path) -> Result<i32> {
     eprintln!("gearshift daemon: stopping");
     let _ = std::fs::remove_file(&socket);
     let _ = sup.join();
+    if let Some(dir) = paths.bin.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(0)
 }
 
@@ -168,13 +175,16 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
             term,
             winsize,
         } => {
-            let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("a request must pass exactly three descriptors (stdin, stdout, stderr)"))?;
+            let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
+                anyhow::anyhow!("a request must pass exactly three descriptors (stdin, stdout, stderr)")
+            })?;
             // Never trust the client's parse: parse again, and re-check the user.
             let request = ssh_command::parse(&command)?;
             let u = crate::user::load(&sh.node, &user)?;
-            eprintln!("gearshift daemon: {user}: {}", command.chars().take(200).collect::<String>());
+            eprintln!(
+                "gearshift daemon: {user}: {}",
+                command.chars().take(200).collect::<String>()
+            );
             let job = Job {
                 user: u.name,
                 admin: u.admin,

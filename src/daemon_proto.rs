@@ -69,13 +69,8 @@ pub fn recv<T: DeserializeOwned>(sock: &UnixStream) -> Result<(T, Vec<OwnedFd>)>
     loop {
         let mut space = nix::cmsg_space!([RawFd; 8]);
         let mut iov = [IoSliceMut::new(&mut chunk)];
-        let msg = socket::recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .context("cannot read from the gearshift socket")?;
+        let msg = socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .context("cannot read from the gearshift socket")?;
         for c in msg.cmsgs().context("bad control message")? {
             if let ControlMessageOwned::ScmRights(got) = c {
                 // SAFETY: the kernel just installed these descriptors in this process; we own them.

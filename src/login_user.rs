@@ -52,7 +52,14 @@ pub fn ensure(node: &Node) -> Result<Ids> {
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     if lookup(name)?.is_none() {
         let out = Command::new("useradd")
-            .args(["--system", "--user-group", "--shell", "/bin/sh", "--no-create-home", "--home-dir"])
+            .args([
+                "--system",
+                "--user-group",
+                "--shell",
+                "/bin/sh",
+                "--no-create-home",
+                "--home-dir",
+            ])
             .arg(&home)
             .args(["--comment", "gearshift SSH login", name])
             .output()

@@ -62,7 +62,11 @@ pub enum Request {
     Run { app: String, argv: Vec<String> },
     /// `rsync --server` in the gear home: `args` are the options (without `--server`), `path`
     /// is relative to the gear home (`.` for the home itself).
-    Rsync { app: String, args: Vec<String>, path: String },
+    Rsync {
+        app: String,
+        args: Vec<String>,
+        path: String,
+    },
     /// A CLI verb with its arguments (`app list`).
     Verb { argv: Vec<String> },
 }
@@ -83,7 +87,10 @@ pub fn parse(command: &str) -> Result<Request> {
     }
     let words: Vec<&str> = command.split(' ').filter(|w| !w.is_empty()).collect();
     if let Some(w) = words.iter().find(|w| w.len() > MAX_ARG) {
-        bail!("command refused: an argument is longer than {MAX_ARG} bytes ({} bytes)", w.len());
+        bail!(
+            "command refused: an argument is longer than {MAX_ARG} bytes ({} bytes)",
+            w.len()
+        );
     }
     let Some((&verb, args)) = words.split_first() else {
         return Ok(Request::Help);
@@ -251,7 +258,12 @@ mod tests {
                     path: ".".into(),
                 },
             ),
-            ("app list", Request::Verb { argv: s(&["app", "list"]) }),
+            (
+                "app list",
+                Request::Verb {
+                    argv: s(&["app", "list"]),
+                },
+            ),
             (
                 "app create x --cartridge python",
                 Request::Verb {
@@ -266,7 +278,11 @@ mod tests {
             ),
         ];
         for (cmd, want) in table {
-            assert_eq!(parse(cmd).unwrap_or_else(|e| panic!("{cmd:?} refused: {e}")), want, "{cmd:?}");
+            assert_eq!(
+                parse(cmd).unwrap_or_else(|e| panic!("{cmd:?} refused: {e}")),
+                want,
+                "{cmd:?}"
+            );
         }
     }
 

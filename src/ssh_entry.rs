@@ -20,8 +20,12 @@ pub fn run(socket: &Path, user: &str) -> Result<i32> {
     ssh_command::parse(&command)?;
     let tty = std::io::stdin().is_terminal();
     let winsize = if tty { window_size() } else { None };
-    let sock = UnixStream::connect(socket)
-        .with_context(|| format!("cannot reach the gearshift daemon at {}: try again later", socket.display()))?;
+    let sock = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the gearshift daemon at {}: try again later",
+            socket.display()
+        )
+    })?;
     daemon_proto::send(
         &sock,
         &ToDaemon::Exec {

@@ -52,9 +52,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
             };
             git::serve(&node, &actor, &app, service)
         }
-        Request::Shell { app } => {
-            crate::app::run_in_gear(&node, &actor, &app, 0, &["/bin/bash".into(), "-l".into()])
-        }
+        Request::Shell { app } => crate::app::run_in_gear(&node, &actor, &app, 0, &["/bin/bash".into(), "-l".into()]),
         Request::Run { app, argv } => crate::app::run_in_gear(&node, &actor, &app, 0, &argv),
         Request::Rsync { app, args, path } => {
             let mut argv = vec!["rsync".to_string(), "--server".to_string()];

@@ -33,7 +33,9 @@ impl Paths {
             host_keys: vec![dir.join("ssh_host_ed25519_key"), dir.join("ssh_host_rsa_key")],
             pid_file: node.run_dir().join("sshd.pid"),
             log: node.root().join("logs/sshd.log"),
-            bin: PathBuf::from("/run/gearshift").join(&node.config.name).join("gearshift"),
+            bin: PathBuf::from("/run/gearshift")
+                .join(&node.config.name)
+                .join("gearshift"),
             dir,
         }
     }
@@ -140,7 +142,8 @@ pub fn ensure_host_keys(p: &Paths) -> Result<()> {
             continue;
         }
         let mut cmd = Command::new("ssh-keygen");
-        cmd.args(["-q", "-N", "", "-t", kind, "-C", "gearshift host key", "-f"]).arg(key);
+        cmd.args(["-q", "-N", "", "-t", kind, "-C", "gearshift host key", "-f"])
+            .arg(key);
         if kind == "rsa" {
             cmd.args(["-b", "3072"]);
         }
