@@ -118,6 +118,16 @@ pub fn run(config_path: &Path) -> Result<i32> {
         socket.display()
     );
     while !stop.load(Ordering::Relaxed) {
+        let mut pfd = [libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the duration of the call; wakes at least every 200 ms to
+        // notice a stop signal.
+        if unsafe { libc::poll(pfd.as_mut_ptr(), 1, 200) } <= 0 {
+            continue;
+        }
         match listener.accept() {
             Ok((conn, _)) => {
                 let shared = Arc::clone(&shared);
@@ -132,9 +142,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
                     }
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 eprintln!("gearshift daemon: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(200));

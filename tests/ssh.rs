@@ -152,6 +152,26 @@ fn hostile_commands_are_refused_and_run_nothing() {
     let s = setup();
     let n = &s.n;
     n.ok(&["app", "create", "shop", "--cartridge", "static", "--owner", "alice"]);
+    // A damaged user file is skipped (with a warning), not fatal for everybody else.
+    std::fs::write(n.root.join("users/zed.toml"), "name = [broken").unwrap();
+    let t = std::time::Instant::now();
+    let o = n.ssh(&s.alice, &[], Some("run shop true"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    eprintln!("ssh run shop true: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let o = n.ssh(&s.alice, &[], Some("app list"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    eprintln!("ssh app list: {:?}", t.elapsed());
+    assert!(
+        s.daemon.log_text().contains("skipped user file"),
+        "{}",
+        s.daemon.log_text()
+    );
+
+    // One daemon per node.
+    let e = n.fails(&["daemon"]);
+    assert!(e.contains("already running"), "{e}");
+
     let marker = format!("/tmp/gearshift-pwned-{}", n.name);
     let _ = std::fs::remove_file(&marker);
     let m = marker.as_str();
@@ -253,4 +273,26 @@ fn hostile_commands_are_refused_and_run_nothing() {
         .output()
         .unwrap();
     assert!(!o.status.success(), "nobody used the daemon: {}", text(&o.stdout));
+
+    // sshd is restarted when it dies.
+    let pid_file = n.root.join("run/sshd.pid");
+    let old: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) on the node's own sshd.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let t = std::time::Instant::now();
+    loop {
+        let new = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if new.is_some_and(|p| p != old) && n.ssh(&s.alice, &[], Some("app list"), b"").status.success() {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 15,
+            "sshd was not restarted:\n{}",
+            s.daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("sshd back after a kill in {:?}", t.elapsed());
 }
