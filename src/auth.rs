@@ -21,7 +21,6 @@ impl Actor {
     }
 
     /// A gearshift user (over SSH).
-    #[allow(dead_code)] // used by the SSH entry
     pub fn user(name: &str, admin: bool) -> Actor {
         Actor {
             user: Some(name.to_string()),

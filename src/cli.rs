@@ -81,6 +81,22 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Run the node: its sshd and the socket SSH requests come through (stop with SIGTERM).
+    Daemon,
+    /// sshd's AuthorizedKeysCommand: print the authorized_keys lines for USER.
+    #[command(hide = true)]
+    AuthKeys { user: String },
+    /// The forced command of every SSH key: run SSH_ORIGINAL_COMMAND through the daemon.
+    #[command(hide = true)]
+    SshEntry {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        user: String,
+    },
+    /// One SSH request, forked by the daemon (job in the environment).
+    #[command(hide = true)]
+    InternalExec,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,13 +177,16 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
         Command::GitServe { service, app } => crate::git::serve(&Node::load(config_path)?, actor, &app, service),
         Command::Cartridges { json } => crate::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
         Command::Run { app, gear, command } => app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command),
+        Command::Daemon => crate::daemon::run(config_path),
+        Command::AuthKeys { user } => crate::authkeys::run(config_path, &user),
+        Command::SshEntry { socket, user } => crate::ssh_entry::run(&socket, &user),
+        Command::InternalExec => crate::ssh_worker::run(config_path),
     }
 }
 
 /// The verbs a user may run over SSH (`ssh gearshift@HOST app list`), parsed with the same
 /// grammar as the local CLI. Node administration stays on the console; user management is for
 /// admins only.
-#[allow(dead_code)] // used by the SSH entry
 pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[String]) -> Result<i32> {
     let cli = Cli::try_parse_from(std::iter::once("gearshift".to_string()).chain(argv.iter().cloned()))
         .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
@@ -175,7 +194,14 @@ pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[Str
         anyhow::bail!("--config is not accepted over SSH");
     }
     match &cli.command {
-        Command::Init(_) | Command::Node(_) | Command::Gear(_) | Command::GitServe { .. } => {
+        Command::Init(_)
+        | Command::Node(_)
+        | Command::Gear(_)
+        | Command::Daemon
+        | Command::AuthKeys { .. }
+        | Command::SshEntry { .. }
+        | Command::InternalExec
+        | Command::GitServe { .. } => {
             anyhow::bail!("node administration is only possible on the node itself")
         }
         Command::User(_) | Command::Doctor { .. } if !actor.admin => anyhow::bail!("only admins can do that"),

@@ -54,6 +54,9 @@ pub fn config_from(args: &InitArgs) -> Result<Config> {
     }
     if c.name != "gearshift" {
         c.cgroup_parent = format!("gearshift-{}", c.name);
+        // Each node has its own login account, so parallel (test) nodes do not share one.
+        let user: String = format!("gs-{}", c.name).chars().take(32).collect();
+        c.ssh_user = user.trim_end_matches('-').to_string();
     }
     if let Some(r) = &args.root {
         c.data_root = if r.is_absolute() {

@@ -2,10 +2,13 @@
 
 mod app;
 mod auth;
+mod authkeys;
 mod cartridge;
 mod cli;
 mod clock;
 mod config;
+mod daemon;
+mod daemon_proto;
 mod deploy;
 mod doctor;
 mod env_cmd;
@@ -13,8 +16,13 @@ mod gear;
 mod git;
 mod ingear;
 mod init;
+mod login_user;
 mod names;
 mod node;
+mod ssh_command;
+mod ssh_entry;
+mod ssh_worker;
+mod sshd;
 mod sshkey;
 mod state;
 mod static_server;

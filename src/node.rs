@@ -89,6 +89,7 @@ impl Node {
         cgroup::node_up(&st.cgroup_parents)?;
         quota::node_up(self)?;
         network::node_up(&network::NodeNet::from_config(&self.config))?;
+        crate::login_user::ensure(self)?;
         Ok(())
     }
 
@@ -103,6 +104,12 @@ impl Node {
         }
         if let Ok(st) = self.state() {
             if let Err(e) = cgroup::node_down(&st.cgroup_parents) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        // A non-default node's login account is its own (`gs-NAME`): it goes with the node.
+        if self.config.name != "gearshift" {
+            if let Err(e) = crate::login_user::remove(self) {
                 errors.push(format!("{e:#}"));
             }
         }

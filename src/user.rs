@@ -346,6 +346,34 @@ pub fn list(node: &Node) -> Result<Vec<User>> {
     Ok(users)
 }
 
+/// Every readable user, sorted by name, and one warning per user file that could not be read
+/// (for sshd's key lookup, where one damaged file must not lock everyone out).
+pub fn list_tolerant(node: &Node) -> (Vec<User>, Vec<String>) {
+    let dir = node.users_dir();
+    let (mut users, mut warnings) = (Vec::new(), Vec::new());
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (users, warnings),
+        Err(e) => return (users, vec![format!("cannot read {}: {e}", dir.display())]),
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let Some(name) = file.strip_suffix(".toml") else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        match read_user(&entry.path(), name) {
+            Ok(u) => users.push(u),
+            Err(e) => warnings.push(format!("skipped user file: {e:#}")),
+        }
+    }
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    (users, warnings)
+}
+
 /// The user who has the key with fingerprint `fp`, if any.
 pub fn find_by_fingerprint(node: &Node, fp: &str) -> Result<Option<User>> {
     Ok(list(node)?.into_iter().find(|u| u.has_fingerprint(fp)))

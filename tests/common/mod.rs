@@ -101,6 +101,7 @@ impl TestNode {
 
     /// Removes what a crashed earlier run in this slot may have left.
     fn scrub(&self) {
+        stop_sshd(&self.root);
         if self.config.exists() {
             let _ = self.gs(&["node", "destroy", "--confirm", &self.name]);
         }
@@ -115,6 +116,85 @@ impl TestNode {
             .args(["link", "del", &self.name])
             .stderr(Stdio::null())
             .status();
+        let _ = Command::new("userdel")
+            .args(["--force", &self.ssh_user()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// The node's own sshd port.
+    pub fn ssh_port(&self) -> u16 {
+        (20_001 + self.slot * 10) as u16
+    }
+
+    /// The node's SSH login account (`gs-NAME` for a non-default node).
+    pub fn ssh_user(&self) -> String {
+        format!("gs-{}", self.name)
+    }
+
+    /// Starts `gearshift daemon` for this node and waits until its sshd accepts connections.
+    /// Dropping the handle stops it (declare it after the node, so it is dropped first).
+    pub fn start_daemon(&self) -> Daemon {
+        let log = self.root.join("daemon.log");
+        let out = File::create(&log).unwrap();
+        let child = self
+            .cmd()
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("cannot start gearshift daemon");
+        let mut d = Daemon {
+            child,
+            root: self.root.clone(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(st) = d.child.try_wait().unwrap() {
+                panic!("gearshift daemon exited ({st}):\n{}", d.log_text());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.ssh_port())).is_ok()
+                && self.root.join("run/daemon.sock").exists()
+            {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sshd did not come up on port {}:\n{}",
+                self.ssh_port(),
+                d.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the system ssh client as the login user with `key`; `remote` is sent verbatim.
+    pub fn ssh(&self, key: &Path, extra: &[&str], remote: Option<&str>, stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut c = Command::new("ssh");
+        // Options given first win in ssh, so `extra` can override the defaults.
+        c.args(extra)
+            .args(ssh_opts(key, self.ssh_port()))
+            .arg(format!("{}@127.0.0.1", self.ssh_user()));
+        if let Some(r) = remote {
+            c.arg(r);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run ssh");
+        let mut i = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = i.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = w.join();
+        out
     }
 
     pub fn cmd(&self) -> Command {
@@ -187,6 +267,69 @@ impl TestNode {
 
     pub fn subnet_prefix(&self) -> String {
         format!("10.213.{}.", self.slot)
+    }
+}
+
+/// The ssh client options for a test node (no host key checks, only this key, no prompts).
+pub fn ssh_opts(key: &Path, port: u16) -> Vec<String> {
+    let mut v = vec![
+        "-i".to_string(),
+        key.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "IdentitiesOnly=yes",
+        "LogLevel=ERROR",
+        "ConnectTimeout=20",
+    ] {
+        v.push("-o".into());
+        v.push(o.into());
+    }
+    v
+}
+
+/// Kills a node's sshd by its pid file (after a crashed daemon).
+fn stop_sshd(root: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(root.join("run/sshd.pid")) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill(2) with a pid read from the node's own sshd pid file.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+/// A running `gearshift daemon`; dropping it stops the daemon (and so its sshd).
+pub struct Daemon {
+    child: std::process::Child,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// What the daemon has written so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        stop_sshd(&self.root);
     }
 }
 

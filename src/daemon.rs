@@ -1,0 +1,246 @@
+//! `gearshift daemon`: the long-running root process. It serves the unix socket that
+//! `ssh-entry` and `auth-keys` talk to (peer credentials checked), runs and supervises the
+//! node's own sshd, and runs each SSH request in a forked worker (`internal-exec`) whose stdio
+//! are the client's own descriptors.
+
+use crate::daemon_proto::{self, FromDaemon, ToDaemon};
+use crate::node::Node;
+use crate::ssh_command::{self, Request};
+use crate::{authkeys, login_user, sshd};
+use anyhow::{bail, Context, Result};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The environment variable that carries a worker's job (JSON) to `internal-exec`.
+pub const JOB_ENV: &str = "GEARSHIFT_JOB";
+
+/// What a worker is asked to do.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Job {
+    pub user: String,
+    pub admin: bool,
+    pub request: Request,
+    pub winsize: Option<(u16, u16)>,
+}
+
+struct Shared {
+    node: Node,
+    config_path: PathBuf,
+    login_uid: u32,
+    socket: PathBuf,
+    bin: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+/// Holds `<run>/daemon.lock` (non-blocking) so a second daemon for the node refuses to start.
+fn take_lock(node: &Node) -> Result<std::fs::File> {
+    std::fs::create_dir_all(node.run_dir())?;
+    let path = node.run_dir().join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another gearshift daemon is already running for node '{}' (lock {} is held)",
+            node.config.name,
+            path.display()
+        );
+    }
+    Ok(f)
+}
+
+fn bind_socket(node: &Node, path: &Path, gid: u32) -> Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    nix::unistd::chown(path, Some(0.into()), Some(gid.into()))
+        .with_context(|| format!("cannot chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    // The login user must be able to reach the socket through the run directory.
+    for d in [node.root().to_path_buf(), node.run_dir()] {
+        let m = std::fs::metadata(&d)?.permissions().mode();
+        if m & 0o001 == 0 {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m | 0o001))?;
+        }
+    }
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// `gearshift daemon`: runs until SIGTERM or SIGINT.
+pub fn run(config_path: &Path) -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("gearshift daemon must run as root");
+    }
+    let config_path = std::fs::canonicalize(config_path).with_context(|| {
+        format!(
+            "cannot find node config {} (run `gearshift init`)",
+            config_path.display()
+        )
+    })?;
+    let node = Node::load(&config_path)?;
+    let _lock = take_lock(&node)?;
+    let ids = login_user::ensure(&node)?;
+    let paths = sshd::prepare(&node, &config_path)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handlers")?;
+    }
+    let socket = authkeys::socket_path(&node);
+    let listener = bind_socket(&node, &socket, ids.gid)?;
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        config_path,
+        login_uid: ids.uid,
+        socket: socket.clone(),
+        bin: paths.bin.clone(),
+        stop: Arc::clone(&stop),
+    });
+    let sup = {
+        let stop = Arc::clone(&stop);
+        let paths = paths.clone();
+        std::thread::spawn(move || sshd::supervise(&paths, &stop))
+    };
+    eprintln!(
+        "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",
+        node.config.name,
+        node.config.ssh_port,
+        paths.log.display(),
+        socket.display()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = [libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the duration of the call; wakes at least every 200 ms to
+        // notice a stop signal.
+        if unsafe { libc::poll(pfd.as_mut_ptr(), 1, 200) } <= 0 {
+            continue;
+        }
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(&shared, &conn) {
+                        let _ = daemon_proto::reply(
+                            &conn,
+                            &FromDaemon::Error {
+                                message: format!("{e:#}"),
+                            },
+                        );
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                eprintln!("gearshift daemon: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    eprintln!("gearshift daemon: stopping");
+    let _ = std::fs::remove_file(&socket);
+    let _ = sup.join();
+    if let Some(dir) = paths.bin.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(0)
+}
+
+/// One connection: check who is calling, then answer its one request.
+fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
+    conn.set_nonblocking(false)?;
+    let uid = daemon_proto::peer_uid(conn)?;
+    if uid != 0 && uid != sh.login_uid {
+        bail!("uid {uid} may not use the gearshift daemon");
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let (msg, fds): (ToDaemon, Vec<OwnedFd>) = daemon_proto::recv(conn)?;
+    conn.set_read_timeout(None)?;
+    match msg {
+        ToDaemon::AuthorizedKeys => {
+            let (text, warnings) = authkeys::authorized_keys(&sh.node, &sh.bin, &sh.socket);
+            for w in &warnings {
+                eprintln!("gearshift daemon: auth-keys: {w}");
+            }
+            daemon_proto::reply(conn, &FromDaemon::Keys { text, warnings })
+        }
+        ToDaemon::Exec {
+            user,
+            command,
+            tty,
+            term,
+            winsize,
+        } => {
+            let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
+                anyhow::anyhow!("a request must pass exactly three descriptors (stdin, stdout, stderr)")
+            })?;
+            // Never trust the client's parse: parse again, and re-check the user.
+            let request = ssh_command::parse(&command)?;
+            let u = crate::user::load(&sh.node, &user)?;
+            eprintln!(
+                "gearshift daemon: {user}: {}",
+                command.chars().take(200).collect::<String>()
+            );
+            let job = Job {
+                user: u.name,
+                admin: u.admin,
+                request,
+                winsize,
+            };
+            let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten())?;
+            daemon_proto::reply(conn, &FromDaemon::Exit { code })
+        }
+    }
+}
+
+/// Forks `gearshift internal-exec` with the client's stdio and waits for it; a client that
+/// goes away takes its worker down with it.
+fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term: Option<String>) -> Result<i32> {
+    let [i, o, e] = fds;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("--config")
+        .arg(&sh.config_path)
+        .arg("internal-exec")
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(JOB_ENV, serde_json::to_string(job)?)
+        .stdin(Stdio::from(i))
+        .stdout(Stdio::from(o))
+        .stderr(Stdio::from(e));
+    if let Some(t) = term {
+        cmd.env("TERM", t);
+    }
+    let mut child = cmd.spawn().context("cannot start a worker")?;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            use std::os::unix::process::ExitStatusExt;
+            return Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
+        }
+        let mut pfd = [libc::pollfd {
+            fd: conn.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, 100) };
+        let gone = n > 0 && pfd[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0;
+        if gone || sh.stop.load(Ordering::Relaxed) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let st = child.wait()?;
+            return Ok(st.code().unwrap_or(143));
+        }
+    }
+}

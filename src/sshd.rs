@@ -1,0 +1,307 @@
+//! gearshift's own OpenSSH sshd: its own port, host keys and config under `<data_root>/ssh/`,
+//! supervised by the daemon. The admin's sshd and /etc/ssh/sshd_config are never touched.
+
+use crate::node::Node;
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The OpenSSH server binary.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// Paths of one node's sshd.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub host_keys: Vec<PathBuf>,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+    /// The root-owned copy of gearshift that sshd runs (AuthorizedKeysCommand, forced command).
+    pub bin: PathBuf,
+}
+
+impl Paths {
+    /// Where this node's sshd keeps its files.
+    pub fn of(node: &Node) -> Paths {
+        let dir = node.root().join("ssh");
+        Paths {
+            config: dir.join("sshd_config"),
+            host_keys: vec![dir.join("ssh_host_ed25519_key"), dir.join("ssh_host_rsa_key")],
+            pid_file: node.run_dir().join("sshd.pid"),
+            log: node.root().join("logs/sshd.log"),
+            bin: PathBuf::from("/run/gearshift")
+                .join(&node.config.name)
+                .join("gearshift"),
+            dir,
+        }
+    }
+}
+
+/// The sshd_config text (pure: everything it needs is passed in).
+pub fn config_text(node: &Node, p: &Paths, config_path: &Path, ipv6: bool) -> String {
+    let c = &node.config;
+    let mut s = String::from("# Written by gearshift daemon at every start: edits are lost.\n");
+    let mut kv = |k: &str, v: &str| s.push_str(&format!("{k} {v}\n"));
+    kv("Port", &c.ssh_port.to_string());
+    kv("ListenAddress", "0.0.0.0");
+    if ipv6 {
+        kv("ListenAddress", "::");
+    }
+    for k in &p.host_keys {
+        kv("HostKey", &k.display().to_string());
+    }
+    kv("PidFile", &p.pid_file.display().to_string());
+    kv("LogLevel", "VERBOSE");
+    kv("AuthorizedKeysFile", "none");
+    kv(
+        "AuthorizedKeysCommand",
+        &format!("{} auth-keys --config {} %u", p.bin.display(), config_path.display()),
+    );
+    kv("AuthorizedKeysCommandUser", &c.ssh_user);
+    kv("AllowUsers", &c.ssh_user);
+    for (k, v) in [
+        ("AuthenticationMethods", "publickey"),
+        ("PubkeyAuthentication", "yes"),
+        ("PasswordAuthentication", "no"),
+        ("KbdInteractiveAuthentication", "no"),
+        ("HostbasedAuthentication", "no"),
+        ("GSSAPIAuthentication", "no"),
+        ("KerberosAuthentication", "no"),
+        ("PermitEmptyPasswords", "no"),
+        ("PermitRootLogin", "no"),
+        ("UsePAM", "no"),
+        ("StrictModes", "yes"),
+        ("IgnoreRhosts", "yes"),
+        ("UseDNS", "no"),
+        ("PermitUserEnvironment", "no"),
+        ("PermitUserRC", "no"),
+        ("AllowAgentForwarding", "no"),
+        ("X11Forwarding", "no"),
+        ("PermitTunnel", "no"),
+        ("AllowStreamLocalForwarding", "no"),
+        ("GatewayPorts", "no"),
+        ("PermitListen", "none"),
+        // Local forwarding only, and each key's permitopen limits it to its user's gears.
+        ("AllowTcpForwarding", "local"),
+        ("PermitTTY", "yes"),
+        ("PrintMotd", "no"),
+        ("PrintLastLog", "no"),
+        ("Banner", "none"),
+        ("LoginGraceTime", "30"),
+        ("MaxAuthTries", "6"),
+        ("MaxSessions", "10"),
+        ("MaxStartups", "20:30:100"),
+        ("PerSourceMaxStartups", "10"),
+        ("ClientAliveInterval", "60"),
+        ("ClientAliveCountMax", "3"),
+    ] {
+        kv(k, v);
+    }
+    // No Subsystem line: sftp (and scp, which uses it) is refused by sshd itself.
+    s
+}
+
+/// Whether an IPv6 socket can be bound here.
+pub fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+fn mkdir_root(dir: &Path, mode: u32) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    nix::unistd::chown(dir, Some(0.into()), Some(0.into())).with_context(|| format!("cannot chown {}", dir.display()))
+}
+
+/// Copies the running binary to a root-owned path sshd accepts for commands (every parent
+/// root-owned and not group/world-writable, which /tmp or a build tree is not).
+pub fn install_binary(p: &Paths) -> Result<()> {
+    let dir = p.bin.parent().context("binary path has no parent")?;
+    for d in [Path::new("/run/gearshift"), dir] {
+        mkdir_root(d, 0o755)?;
+    }
+    let exe = std::fs::read("/proc/self/exe").context("cannot read the running gearshift binary")?;
+    crate::state::write_atomic(&p.bin, &exe, 0o755)?;
+    std::fs::set_permissions(&p.bin, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Generates missing host keys (ed25519 and rsa) with ssh-keygen.
+pub fn ensure_host_keys(p: &Paths) -> Result<()> {
+    mkdir_root(&p.dir, 0o755)?;
+    for (key, kind) in p.host_keys.iter().zip(["ed25519", "rsa"]) {
+        if key.exists() {
+            continue;
+        }
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args(["-q", "-N", "", "-t", kind, "-C", "gearshift host key", "-f"])
+            .arg(key);
+        if kind == "rsa" {
+            cmd.args(["-b", "3072"]);
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run ssh-keygen (install openssh-client)")?;
+        if !out.status.success() {
+            bail!(
+                "ssh-keygen could not create {}: {}",
+                key.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes the config, installs the binary, makes host keys and checks the result with `sshd -t`.
+pub fn prepare(node: &Node, config_path: &Path) -> Result<Paths> {
+    if !Path::new(SSHD).exists() {
+        bail!("{SSHD} is missing: install openssh-server (scripts/deps.sh)");
+    }
+    for s in [config_path.to_string_lossy(), node.root().to_string_lossy()] {
+        if s.contains(|c: char| c.is_whitespace() || c == '"' || c == '%' || c == '\\') {
+            bail!("path '{s}' contains whitespace, quotes, '%' or '\\', which sshd_config cannot carry: move it");
+        }
+    }
+    let p = Paths::of(node);
+    install_binary(&p)?;
+    ensure_host_keys(&p)?;
+    // Privilege separation directory that Debian's sshd expects.
+    mkdir_root(Path::new("/run/sshd"), 0o755)?;
+    if let Some(d) = p.log.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    crate::state::write_atomic(
+        &p.config,
+        config_text(node, &p, config_path, ipv6_available()).as_bytes(),
+        0o644,
+    )?;
+    let out = Command::new(SSHD)
+        .arg("-t")
+        .arg("-f")
+        .arg(&p.config)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {SSHD}"))?;
+    if !out.status.success() {
+        bail!(
+            "sshd rejects the generated config {}: {} (see `sshd -t -f {}`)",
+            p.config.display(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            p.config.display()
+        );
+    }
+    Ok(p)
+}
+
+fn spawn(p: &Paths) -> Result<Child> {
+    Command::new(SSHD)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&p.config)
+        .arg("-E")
+        .arg(&p.log)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {SSHD}"))
+}
+
+/// Runs sshd until `stop` is set, restarting it with backoff (1 s doubling to 30 s, back to
+/// 1 s after a minute of good health) when it dies.
+pub fn supervise(p: &Paths, stop: &AtomicBool) {
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let mut child = match spawn(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("gearshift daemon: {e:#}");
+                sleep_unless(stop, backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let status = loop {
+            if stop.load(Ordering::Relaxed) {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&p.pid_file);
+                return;
+            }
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => {
+                    eprintln!("gearshift daemon: cannot wait for sshd: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        eprintln!(
+            "gearshift daemon: sshd exited ({status}); restarting in {}s (log: {})",
+            backoff.as_secs(),
+            p.log.display()
+        );
+        sleep_unless(stop, backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_the_essentials() {
+        let config = crate::config::Config {
+            name: "n1".into(),
+            ssh_user: "gs-n1".into(),
+            ssh_port: 2223,
+            data_root: "/var/lib/n1".into(),
+            ..Default::default()
+        };
+        let node = Node {
+            config,
+            config_path: "/etc/n1.toml".into(),
+        };
+        let p = Paths::of(&node);
+        let t = config_text(&node, &p, Path::new("/etc/n1.toml"), false);
+        for want in [
+            "Port 2223\n",
+            "AuthorizedKeysFile none\n",
+            "AuthorizedKeysCommand /run/gearshift/n1/gearshift auth-keys --config /etc/n1.toml %u\n",
+            "AuthorizedKeysCommandUser gs-n1\n",
+            "AllowUsers gs-n1\n",
+            "PasswordAuthentication no\n",
+            "PermitRootLogin no\n",
+            "AllowTcpForwarding local\n",
+            "HostKey /var/lib/n1/ssh/ssh_host_ed25519_key\n",
+            "PidFile /var/lib/n1/run/sshd.pid\n",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in:\n{t}");
+        }
+        assert!(!t.contains("ListenAddress ::"));
+        assert!(!t.contains("Subsystem"));
+    }
+}

@@ -1,0 +1,298 @@
+//! The SSH entry end to end: the node's own sshd (started by `gearshift daemon`), keys of two
+//! users, and the system ssh, rsync and scp clients, the way a user drives gearshift.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    p
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A node with a running daemon and two users, alice and bob, with their private keys.
+struct Setup {
+    alice: PathBuf,
+    bob: PathBuf,
+    // Dropped in this order: the daemon before the node.
+    daemon: Daemon,
+    n: TestNode,
+}
+
+fn setup() -> Setup {
+    let n = TestNode::new();
+    let dir = n.root.join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (alice, bob) = (keygen(&dir, "alice"), keygen(&dir, "bob"));
+    n.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--key",
+        alice.with_extension("pub").to_str().unwrap(),
+    ]);
+    n.ok(&[
+        "user",
+        "add",
+        "bob",
+        "--key",
+        bob.with_extension("pub").to_str().unwrap(),
+    ]);
+    let daemon = n.start_daemon();
+    Setup { alice, bob, daemon, n }
+}
+
+#[test]
+fn users_work_on_their_own_apps_over_ssh() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    n.ok(&["app", "create", "rootapp", "--cartridge", "static"]);
+
+    // No command: help and (no) apps.
+    let o = n.ssh(&s.alice, &[], None, b"");
+    assert!(o.status.success(), "{}\n{}", text(&o.stderr), s.daemon.log_text());
+    assert!(text(&o.stdout).contains("shell APP"), "{}", text(&o.stdout));
+
+    let o = n.ssh(&s.alice, &[], Some("app create shop --cartridge python"), b"");
+    assert!(o.status.success(), "app create over ssh: {}", text(&o.stderr));
+    let shop = n.show("shop");
+    assert_eq!(shop["owner"], "alice");
+    let o = n.ssh(&s.alice, &[], Some("app list"), b"");
+    let list = text(&o.stdout);
+    assert!(o.status.success() && list.contains("shop"), "{list}{}", text(&o.stderr));
+    assert!(!list.contains("rootapp"), "alice sees an app that is not hers: {list}");
+    let o = n.ssh(&s.bob, &[], Some("app list"), b"");
+    assert!(
+        o.status.success() && !text(&o.stdout).contains("shop"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // run, with the gear's uid and the exit code passed through.
+    let o = n.ssh(&s.alice, &[], Some("run shop id -u"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), shop["gears"][0]["uid"].to_string());
+    let o = n.ssh(&s.alice, &[], Some("run shop false"), b"");
+    assert_eq!(o.status.code(), Some(1));
+
+    // An interactive shell through a pty, driven from a pipe.
+    let o = n.ssh(
+        &s.alice,
+        &["-tt"],
+        Some("shell shop"),
+        b"echo hi-from-$((6*7)); exit 3\n",
+    );
+    assert!(
+        text(&o.stdout).contains("hi-from-42"),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+
+    // bob gets the same answer as for an app that does not exist.
+    for cmd in [
+        "run shop id",
+        "shell shop",
+        "app show shop",
+        "run nosuch id",
+        "app show nosuch",
+    ] {
+        let o = n.ssh(&s.bob, &[], Some(cmd), b"");
+        assert!(!o.status.success(), "bob could `{cmd}`");
+        let e = text(&o.stderr);
+        assert!(e.contains("unknown app '"), "`{cmd}` as bob: {e}");
+    }
+
+    // rsync into the gear.
+    let src = n.root.join("upload");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(src.join("sub/b.txt"), "beta\n").unwrap();
+    let rsh = format!("ssh {}", ssh_opts(&s.alice, n.ssh_port()).join(" "));
+    let o = std::process::Command::new("rsync")
+        .args(["-rtv", "-e", &rsh])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}@127.0.0.1:shop/app-root/data/up", n.ssh_user()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rsync: {}{}", text(&o.stdout), text(&o.stderr));
+    let o = n.ssh(
+        &s.alice,
+        &[],
+        Some("run shop cat app-root/data/up/a.txt app-root/data/up/sub/b.txt"),
+        b"",
+    );
+    assert_eq!(text(&o.stdout), "alpha\nbeta\n", "{}", text(&o.stderr));
+    let o = n.ssh(&s.alice, &[], Some("run shop stat -c %u app-root/data/up/a.txt"), b"");
+    assert_eq!(text(&o.stdout).trim(), shop["gears"][0]["uid"].to_string());
+
+    // git requests reach git::serve (implemented elsewhere: a stub panics, the real one
+    // advertises refs).
+    let o = n.ssh(&s.alice, &[], Some("git-receive-pack 'shop'"), b"");
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(!err.contains("command refused"), "{err}");
+    assert!(err.contains("git push deploys") || !out.is_empty(), "{out}{err}");
+}
+
+#[test]
+fn hostile_commands_are_refused_and_run_nothing() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    n.ok(&["app", "create", "shop", "--cartridge", "static", "--owner", "alice"]);
+    // A damaged user file is skipped (with a warning), not fatal for everybody else.
+    std::fs::write(n.root.join("users/zed.toml"), "name = [broken").unwrap();
+    let t = std::time::Instant::now();
+    let o = n.ssh(&s.alice, &[], Some("run shop true"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    eprintln!("ssh run shop true: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let o = n.ssh(&s.alice, &[], Some("app list"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    eprintln!("ssh app list: {:?}", t.elapsed());
+    assert!(
+        s.daemon.log_text().contains("skipped user file"),
+        "{}",
+        s.daemon.log_text()
+    );
+
+    // One daemon per node.
+    let e = n.fails(&["daemon"]);
+    assert!(e.contains("already running"), "{e}");
+
+    let marker = format!("/tmp/gearshift-pwned-{}", n.name);
+    let _ = std::fs::remove_file(&marker);
+    let m = marker.as_str();
+    let hostile = [
+        format!("git-receive-pack 'shop'; touch {m}"),
+        format!("git-upload-pack '$(touch {m})'"),
+        "git-receive-pack '../shop'".to_string(),
+        format!("shell shop && touch {m}"),
+        format!("shell shop | touch {m}"),
+        format!("run shop touch {m}; touch {m}"),
+        format!("run shop\ntouch {m}"),
+        format!("run shop sh -c 'touch {m}'"),
+        format!("run shop touch `touch {m}`"),
+        format!("app create x --cartridge python; touch {m}"),
+        format!("app list && touch {m}"),
+        format!("touch {m}"),
+        format!("sh -c touch {m}"),
+        format!("$(touch {m})"),
+        "rsync --server . ../../etc".to_string(),
+        "rsync --server -logDtpre.iLsfxCIvu . shop/../../etc".to_string(),
+        "scp -t /etc".to_string(),
+        "node destroy --confirm x".to_string(),
+        "internal-exec".to_string(),
+        format!("run shop touch /tmp/x{}", "a".repeat(1100)),
+        format!("app list {}", "a ".repeat(5000)),
+        "\u{430}pp list".to_string(),
+    ];
+    for cmd in &hostile {
+        let o = n.ssh(&s.alice, &[], Some(cmd), b"");
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "accepted: {cmd:?}\n{}", text(&o.stdout));
+        assert!(
+            err.contains("command refused") || err.contains("not allowed") || err.contains("only possible"),
+            "unclear refusal of {cmd:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "not one line for {cmd:?}: {err}");
+        assert!(!Path::new(&marker).exists(), "{cmd:?} ran something");
+    }
+    let (code, _, _) = n.sh("shop", &format!("test -e {m}"));
+    assert_ne!(code, 0, "a hostile command ran inside the gear");
+    let o = n.ssh(&s.alice, &[], Some("scp -t /etc"), b"");
+    assert!(text(&o.stderr).contains("rsync"), "{}", text(&o.stderr));
+
+    // scp itself (SFTP protocol by default; -O for the legacy protocol) fails clearly.
+    let f = n.root.join("f.txt");
+    std::fs::write(&f, "x").unwrap();
+    for legacy in [false, true] {
+        let mut c = std::process::Command::new("scp");
+        if legacy {
+            c.arg("-O");
+        }
+        let mut opts = ssh_opts(&s.alice, n.ssh_port());
+        opts[2] = "-P".into();
+        let o = c
+            .args(&opts)
+            .arg(&f)
+            .arg(format!("{}@127.0.0.1:shop/", n.ssh_user()))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "scp (legacy {legacy}) worked");
+        if legacy {
+            assert!(text(&o.stderr).contains("rsync"), "{}", text(&o.stderr));
+        }
+    }
+
+    // Port forwarding reaches one's own gears' port 8080 only (nothing listens there: refused).
+    let gear_ip = n.show("shop")["gears"][0]["ip"].as_str().unwrap().to_string();
+    let fwd = |key: &Path, to: &str| {
+        let o = n.ssh(key, &["-o", "LogLevel=INFO", "-W", to], None, b"GET / HTTP/1.0\r\n\r\n");
+        text(&o.stderr)
+    };
+    let e = fwd(&s.alice, &format!("{gear_ip}:8080"));
+    assert!(!e.contains("administratively prohibited"), "{e}");
+    for (key, to) in [
+        (&s.alice, "127.0.0.1:22".to_string()),
+        (&s.alice, format!("{gear_ip}:22")),
+        (&s.bob, format!("{gear_ip}:8080")),
+    ] {
+        let e = fwd(key, &to);
+        assert!(
+            e.contains("administratively prohibited"),
+            "forwarding to {to} was not refused: {e}"
+        );
+    }
+
+    // An unknown key gets nowhere.
+    let stranger = keygen(&n.root.join("keys"), "stranger");
+    let o = n.ssh(&stranger, &[], Some("app list"), b"");
+    assert_eq!(o.status.code(), Some(255), "an unknown key got in: {}", text(&o.stdout));
+    // The daemon socket refuses other uids.
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(BIN)
+        .arg("ssh-entry")
+        .arg("--socket")
+        .arg(n.root.join("run/daemon.sock"))
+        .args(["--user", "alice"])
+        .env("SSH_ORIGINAL_COMMAND", "app list")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "nobody used the daemon: {}", text(&o.stdout));
+
+    // sshd is restarted when it dies.
+    let pid_file = n.root.join("run/sshd.pid");
+    let old: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) on the node's own sshd.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let t = std::time::Instant::now();
+    loop {
+        let new = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if new.is_some_and(|p| p != old) && n.ssh(&s.alice, &[], Some("app list"), b"").status.success() {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 15,
+            "sshd was not restarted:\n{}",
+            s.daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("sshd back after a kill in {:?}", t.elapsed());
+}
