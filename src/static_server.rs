@@ -402,6 +402,7 @@ fn content_type(path: &Path) -> &'static str {
         "woff" => "font/woff",
         "woff2" => "font/woff2",
         "pdf" => "application/pdf",
+        "md" => "text/markdown; charset=utf-8",
         _ => "application/octet-stream",
     }
 }
