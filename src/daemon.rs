@@ -222,6 +222,15 @@ fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term
     if let Some(t) = term {
         cmd.env("TERM", t);
     }
+    // SAFETY: the pre-exec closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            // A worker dies with the daemon (the thread that started it, precisely, which lives
+            // as long as the request); what it runs in a gear dies with the worker in turn.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().context("cannot start a worker")?;
     loop {
         if let Some(st) = child.try_wait()? {

@@ -4,6 +4,7 @@
 use crate::node::Node;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,8 +205,18 @@ pub fn prepare(node: &Node, config_path: &Path) -> Result<Paths> {
 }
 
 fn spawn(p: &Paths) -> Result<Child> {
-    Command::new(SSHD)
-        .arg("-D")
+    stop_stale(p);
+    let mut cmd = Command::new(SSHD);
+    // SAFETY: the pre-exec closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The listener dies with the daemon (sessions already running keep going: their
+            // processes are forks, which do not inherit this), so a restarted daemon can bind.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+    cmd.arg("-D")
         .arg("-e")
         .arg("-f")
         .arg(&p.config)
@@ -214,6 +225,28 @@ fn spawn(p: &Paths) -> Result<Child> {
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {SSHD}"))
+}
+
+/// Stops an sshd left behind by a daemon that was killed (its pid file names it, and its
+/// command line names our config: never anyone else's sshd).
+fn stop_stale(p: &Paths) {
+    let Ok(text) = std::fs::read_to_string(&p.pid_file) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = String::from_utf8_lossy(&cmdline).contains(&*p.config.to_string_lossy());
+    if !ours {
+        return;
+    }
+    // SAFETY: kill(2) on a pid whose command line was just checked to be our own sshd.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs sshd until `stop` is set, restarting it with backoff (1 s doubling to 30 s, back to

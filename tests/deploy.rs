@@ -56,11 +56,55 @@ fn commit(dir: &Path, msg: &str) {
     git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
 }
 
-/// `git push` to the app; returns (success, combined output).
-fn push(n: &TestNode, dir: &Path, app: &str) -> (bool, String) {
-    let remote = format!("ext::{BIN} --config {} git-serve %S {app}", n.config.display());
+/// A node with a running daemon (and so its sshd) and a developer `dev` with a key.
+struct Dev {
+    key: PathBuf,
+    // Dropped in this order: the daemon before the node.
+    daemon: Daemon,
+    n: TestNode,
+}
+
+fn dev() -> Dev {
+    let n = TestNode::new();
+    let dir = n.root.join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = keygen(&dir, "dev");
+    n.ok(&[
+        "user",
+        "add",
+        "dev",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+    ]);
+    let daemon = n.start_daemon();
+    Dev { key, daemon, n }
+}
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    p
+}
+
+/// The git remote of an app, as `README.md` documents it.
+fn remote(n: &TestNode, app: &str) -> String {
+    format!("ssh://{}@127.0.0.1:{}/{app}.git", n.ssh_user(), n.ssh_port())
+}
+
+fn git_ssh(key: &Path, n: &TestNode) -> String {
+    format!("ssh {}", ssh_opts(key, n.ssh_port()).join(" "))
+}
+
+/// `git push` over SSH with `key`; returns (success, combined output).
+fn push_as(n: &TestNode, key: &Path, dir: &Path, app: &str, refspec: &str) -> (bool, String) {
     let o = Command::new("git")
-        .args(["-c", "protocol.ext.allow=always", "push", &remote, "main"])
+        .args(["push", &remote(n, app), refspec])
+        .env("GIT_SSH_COMMAND", git_ssh(key, n))
         .current_dir(dir)
         .output()
         .unwrap();
@@ -72,6 +116,10 @@ fn push(n: &TestNode, dir: &Path, app: &str) -> (bool, String) {
             String::from_utf8_lossy(&o.stderr)
         ),
     )
+}
+
+fn push(d: &Dev, dir: &Path, app: &str) -> (bool, String) {
+    push_as(&d.n, &d.key, dir, app, "main")
 }
 
 fn get(n: &TestNode, app: &str) -> String {
@@ -95,8 +143,9 @@ http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_f
 #[test]
 fn push_change_break_rollback_and_env() {
     require_root!();
-    let n = TestNode::new();
-    n.create_app("shop");
+    let d = dev();
+    let n = &d.n;
+    n.ok(&["app", "create", "shop", "--cartridge", "python", "--owner", "dev"]);
     let dir = repo(
         &n,
         "shop",
@@ -106,16 +155,16 @@ fn push_change_break_rollback_and_env() {
             ("page.txt", "v1"),
         ],
     );
-    let (ok, out) = push(&n, &dir, "shop");
+    let (ok, out) = push(&d, &dir, "shop");
     assert!(ok, "{out}");
     assert!(out.contains("remote: -----> deployed"), "{out}");
-    assert_eq!(get(&n, "shop"), "v1 -");
+    assert_eq!(get(n, "shop"), "v1 -");
 
     write_files(&dir, &[("page.txt", "v2")]);
     commit(&dir, "v2");
-    let (ok, out) = push(&n, &dir, "shop");
+    let (ok, out) = push(&d, &dir, "shop");
     assert!(ok, "{out}");
-    assert_eq!(get(&n, "shop"), "v2 -");
+    assert_eq!(get(n, "shop"), "v2 -");
 
     // A failing build: the push is rejected naming the step, and v2 keeps serving.
     write_files(
@@ -129,27 +178,27 @@ fn push_change_break_rollback_and_env() {
         ],
     );
     commit(&dir, "v3 broken");
-    let (ok, out) = push(&n, &dir, "shop");
+    let (ok, out) = push(&d, &dir, "shop");
     assert!(!ok, "a failing build was accepted: {out}");
     assert!(out.contains("remote: compiling..."), "build output not streamed: {out}");
     assert!(out.contains("action hook build failed with exit code 7"), "{out}");
     assert!(out.contains("pre-receive hook declined"), "{out}");
-    assert_eq!(get(&n, "shop"), "v2 -");
+    assert_eq!(get(n, "shop"), "v2 -");
 
     // A push that changes nothing deployable says so.
     git(&dir, &["reset", "-q", "--hard", "HEAD~1"]);
     commit(&dir, "empty commit");
-    let (ok, out) = push(&n, &dir, "shop");
+    let (ok, out) = push(&d, &dir, "shop");
     assert!(ok, "{out}");
     assert!(out.contains("nothing deployable changed"), "{out}");
 
     // The environment reaches the app, which restarts with it.
     n.ok(&["env", "set", "shop", "GREETING=howdy", "OTHER=x=y"]);
-    assert_eq!(get(&n, "shop"), "v2 howdy");
+    assert_eq!(get(n, "shop"), "v2 howdy");
     assert!(n.ok(&["env", "list", "shop"]).contains("OTHER=x=y"));
     assert!(n.fails(&["env", "set", "shop", "PORT=1"]).contains("set by gearshift"));
     n.ok(&["env", "unset", "shop", "GREETING"]);
-    assert_eq!(get(&n, "shop"), "v2 -");
+    assert_eq!(get(n, "shop"), "v2 -");
 
     // Deployments are listed; rollback re-activates v1 without a build.
     let list: serde_json::Value = serde_json::from_str(&n.ok(&["deploy", "list", "shop", "--json"])).unwrap();
@@ -164,16 +213,16 @@ fn push_change_break_rollback_and_env() {
     let t = Instant::now();
     n.ok(&["rollback", "shop"]);
     eprintln!("rollback took {:?}", t.elapsed());
-    assert_eq!(get(&n, "shop"), "v1 -");
+    assert_eq!(get(n, "shop"), "v1 -");
     let status = n.ok(&["app", "status", "shop"]);
     assert!(status.starts_with("running"), "{status}");
 
     // Process control and logs.
     n.ok(&["app", "stop", "shop"]);
-    assert_eq!(get(&n, "shop"), "");
+    assert_eq!(get(n, "shop"), "");
     assert!(n.ok(&["app", "status", "shop"]).starts_with("stopped"));
     n.ok(&["app", "start", "shop"]);
-    assert_eq!(get(&n, "shop"), "v1 -");
+    assert_eq!(get(n, "shop"), "v1 -");
     let logs = n.ok(&["logs", "shop", "-n", "50"]);
     assert!(logs.contains("request /"), "the app's output is not in its log: {logs}");
 }
@@ -181,8 +230,9 @@ fn push_change_break_rollback_and_env() {
 #[test]
 fn action_hooks_run_in_order_and_crashes_restart() {
     require_root!();
-    let n = TestNode::new();
-    n.create_app("hooks");
+    let d = dev();
+    let n = &d.n;
+    n.ok(&["app", "create", "hooks", "--cartridge", "python", "--owner", "dev"]);
     let hook = |name: &str| format!("#!/bin/sh\necho {name} >> $OPENSHIFT_DATA_DIR/hooks.log\n");
     let (pre, build, deploy, post) = (hook("pre_build"), hook("build"), hook("deploy"), hook("post_deploy"));
     let dir = repo(
@@ -198,16 +248,16 @@ fn action_hooks_run_in_order_and_crashes_restart() {
             (".openshift/action_hooks/post_deploy", &post),
         ],
     );
-    let (ok, out) = push(&n, &dir, "hooks");
+    let (ok, out) = push(&d, &dir, "hooks");
     assert!(ok, "{out}");
     let (_, log, _) = n.sh("hooks", "cat ~/app-root/data/hooks.log");
     assert_eq!(log, "pre_build\nbuild\ndeploy\npost_deploy\n");
-    assert_eq!(get(&n, "hooks"), "hooked -");
+    assert_eq!(get(n, "hooks"), "hooked -");
 
     // The web process crashes: the supervisor restarts it.
     let (_, _, _) = n.sh("hooks", "pkill -KILL -f server.py; true");
     let t = Instant::now();
-    while get(&n, "hooks") != "hooked -" {
+    while get(n, "hooks") != "hooked -" {
         assert!(t.elapsed() < Duration::from_secs(10), "not restarted after a crash");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -220,9 +270,20 @@ fn action_hooks_run_in_order_and_crashes_restart() {
 #[test]
 fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     require_root!();
-    let n = TestNode::new();
+    let d = dev();
+    let n = &d.n;
     n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
-    n.ok(&["app", "create", "slow", "--cartridge", "python", "--profile", "tiny"]);
+    n.ok(&[
+        "app",
+        "create",
+        "slow",
+        "--cartridge",
+        "python",
+        "--profile",
+        "tiny",
+        "--owner",
+        "dev",
+    ]);
     let dir = repo(
         &n,
         "slow",
@@ -233,9 +294,9 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
             (".openshift/action_hooks/build", "#!/bin/sh\nsleep 2\n"),
         ],
     );
-    let remote = format!("ext::{BIN} --config {} git-serve %S slow", n.config.display());
     let first = Command::new("git")
-        .args(["-c", "protocol.ext.allow=always", "push", &remote, "main"])
+        .args(["push", &remote(n, "slow"), "main"])
+        .env("GIT_SSH_COMMAND", git_ssh(&d.key, n))
         .current_dir(&dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -244,19 +305,14 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     std::thread::sleep(Duration::from_millis(700));
     git(&dir, &["branch", "-f", "feature"]);
     let t = Instant::now();
-    let o = Command::new("git")
-        .args(["-c", "protocol.ext.allow=always", "push", &remote, "feature"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    let second = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{second}");
+    let (ok, second) = push_as(n, &d.key, &dir, "slow", "feature");
+    assert!(ok, "{second}");
     assert!(second.contains("another push to this app is in progress"), "{second}");
     assert!(second.contains("not a deploy branch"), "{second}");
     assert!(t.elapsed() > Duration::from_millis(800), "the second push did not wait");
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert_eq!(get(&n, "slow"), "slow -");
+    assert_eq!(get(n, "slow"), "slow -");
 
     // 40 MB of incompressible data into a 24 MB gear: the push fails inside the gear's quota,
     // the host's disk is untouched, and the app keeps serving.
@@ -266,7 +322,7 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     std::fs::write(dir.join("big.bin"), big).unwrap();
     commit(&dir, "huge");
     let before = n.show("slow")["gears"][0]["disk_limit"].as_u64().unwrap();
-    let (ok, out) = push(&n, &dir, "slow");
+    let (ok, out) = push(&d, &dir, "slow");
     assert!(!ok, "a push beyond the quota was accepted");
     assert!(
         out.to_lowercase().contains("quota") || out.contains("No space") || out.contains("unpack"),
@@ -275,5 +331,166 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     assert_eq!(before, 24 << 20);
     let used = n.show("slow")["gears"][0]["disk_bytes"].as_u64().unwrap();
     assert!(used <= 25 << 20, "usage {used} beyond the quota");
-    assert_eq!(get(&n, "slow"), "slow -");
+    assert_eq!(get(n, "slow"), "slow -");
+}
+
+/// A git repository holding a copy of `examples/NAME`.
+fn example_repo(n: &TestNode, name: &str) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("examples").join(name))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    git(&dir, &["init", "-q", "-b", "main"]);
+    commit(&dir, name);
+    dir
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_example_deploys_and_answers() {
+    require_root!();
+    let d = dev();
+    let n = &d.n;
+    let cases = [
+        ("python-flaskless", "python", "Hello from gearshift (python)"),
+        // requirements.txt names a real PyPI package: this proves the gear's outbound network.
+        ("python-wsgi", "python", "Hello from gearshift (python wsgi)"),
+        ("nodejs", "nodejs", "Hello from gearshift (nodejs"),
+        ("static", "static", "Hello from gearshift (static)"),
+        ("diy", "diy", "Hello from gearshift (diy)"),
+        ("procfile", "python", "hooks: pre_build build deploy post_deploy"),
+    ];
+    for (i, (example, cart, expected)) in cases.iter().enumerate() {
+        let app = format!("ex{i}");
+        n.ok(&["app", "create", &app, "--cartridge", cart, "--owner", "dev"]);
+        let dir = example_repo(n, example);
+        let t = Instant::now();
+        let (ok, out) = push(&d, &dir, &app);
+        assert!(ok, "{example} did not deploy:\n{out}");
+        eprintln!("{example}: deployed in {:?}", t.elapsed());
+        let page = get(n, &app);
+        assert!(
+            page.contains(expected),
+            "{example} answered {page:?}, expected {expected:?}\n{out}"
+        );
+    }
+    let (_, out, _) = n.sh(
+        "ex1",
+        "ls ~/app-root/repo/.venv/lib/python3*/site-packages | grep -c idna",
+    );
+    assert_ne!(out.trim(), "0", "idna was not installed into the deployment's venv");
+}
+
+#[test]
+fn another_user_cannot_push_to_shell_into_or_read_the_logs_of_an_app() {
+    require_root!();
+    let d = dev();
+    let n = &d.n;
+    let bob = keygen(&n.root.join("keys"), "bob");
+    n.ok(&[
+        "user",
+        "add",
+        "bob",
+        "--key",
+        bob.with_extension("pub").to_str().unwrap(),
+    ]);
+    n.ok(&["app", "create", "mine", "--cartridge", "python", "--owner", "dev"]);
+    let dir = repo(
+        n,
+        "mine",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("server.py", SERVER),
+            ("page.txt", "mine"),
+        ],
+    );
+    assert!(push(&d, &dir, "mine").0);
+    write_files(&dir, &[("page.txt", "bob was here")]);
+    commit(&dir, "bob");
+    let (ok, out) = push_as(n, &bob, &dir, "mine", "main");
+    assert!(!ok, "bob pushed to dev's app: {out}");
+    assert!(out.contains("unknown app 'mine'"), "{out}");
+    for cmd in [
+        "logs mine",
+        "shell mine",
+        "run mine id",
+        "app show mine",
+        "deploy list mine",
+        "env set mine A=1",
+        "rollback mine",
+        "app stop mine",
+    ] {
+        let o = n.ssh(&bob, &[], Some(cmd), b"");
+        assert!(!o.status.success(), "bob could `{cmd}`");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("unknown app 'mine'"),
+            "`{cmd}`: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // dev can, over SSH, with the local grammar.
+    let o = n.ssh(&d.key, &[], Some("logs mine -n 5"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(get(n, "mine"), "mine -");
+}
+
+#[test]
+fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
+    require_root!();
+    let mut d = dev();
+    n_create(&d, "crash");
+    let dir = repo(
+        &d.n,
+        "crash",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("server.py", SERVER),
+            ("page.txt", "old"),
+        ],
+    );
+    assert!(push(&d, &dir, "crash").0);
+    write_files(
+        &dir,
+        &[
+            ("page.txt", "new"),
+            (".openshift/action_hooks/build", "#!/bin/sh\necho building; sleep 3\n"),
+        ],
+    );
+    commit(&dir, "new");
+    let pusher = Command::new("git")
+        .args(["push", &remote(&d.n, "crash"), "main"])
+        .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    d.daemon.kill9();
+    let out = pusher.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the push survived the daemon's death");
+    d.daemon = d.n.start_daemon();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(get(&d.n, "crash"), "old -", "the previous deployment is not serving");
+    let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "crash", "--json"])).unwrap();
+    let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["result"], "deployed");
+    // The push lock was released: the next push deploys.
+    let (ok, out) = push(&d, &dir, "crash");
+    assert!(ok, "{out}");
+    assert_eq!(get(&d.n, "crash"), "new -");
+}
+
+fn n_create(d: &Dev, app: &str) {
+    d.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev"]);
 }

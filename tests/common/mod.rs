@@ -310,6 +310,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Kills the daemon with SIGKILL (no clean-up of its own), as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What the daemon has written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
