@@ -147,7 +147,7 @@ fn push_change_break_rollback_and_env() {
     let n = &d.n;
     n.ok(&["app", "create", "shop", "--cartridge", "python", "--owner", "dev"]);
     let dir = repo(
-        &n,
+        n,
         "shop",
         &[
             ("Procfile", "web: python3 -u server.py\n"),
@@ -236,7 +236,7 @@ fn action_hooks_run_in_order_and_crashes_restart() {
     let hook = |name: &str| format!("#!/bin/sh\necho {name} >> $OPENSHIFT_DATA_DIR/hooks.log\n");
     let (pre, build, deploy, post) = (hook("pre_build"), hook("build"), hook("deploy"), hook("post_deploy"));
     let dir = repo(
-        &n,
+        n,
         "hooks",
         &[
             ("Procfile", "web: python3 -u server.py\n"),
@@ -285,7 +285,7 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
         "dev",
     ]);
     let dir = repo(
-        &n,
+        n,
         "slow",
         &[
             ("Procfile", "web: python3 -u server.py\n"),
