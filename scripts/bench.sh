@@ -6,15 +6,18 @@ BIN=${1:-target/x86_64-unknown-linux-gnu/release/gearshift}
 BIN=$(readlink -f "$BIN")
 N=${N:-300}
 work=$(mktemp -d /tmp/gearshift-bench.XXXXXX)
+chmod 755 "$work"   # the SSH login user reads the node config through auth-keys
 cfg="$work/node.toml"
 name=gsbench
+daemon_pid=
 cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
   "$BIN" --config "$cfg" node destroy --confirm "$name" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 "$BIN" --config "$cfg" init --root "$work/root" --bridge "$name" --subnet 10.213.250.0/24 \
-  --uids 490000-490099 --cartridges "$(pwd)/cartridges" --disk-image-size 1G >/dev/null
+  --uids 490000-490099 --http-port 18080 --ssh-port 18022 --cartridges "$(pwd)/cartridges" --disk-image-size 1G >/dev/null
 "$BIN" --config "$cfg" app create bench --cartridge static >/dev/null
 
 python3 - "$BIN" "$cfg" "$N" "$work" <<'PY'
@@ -58,4 +61,77 @@ warm = bench("gearshift run (running gear: cgroup+6 ns+confine)", [binary, "--co
 cold = bench("gearshift run (cold: new init, mounts, pivot_root)", [binary, "--config", cfg, "run", "bench", "--", "/bin/true"],
              before=kill_init, n=max(20, n // 10))
 print(f"gear spawn overhead over plain fork+exec: warm {warm - plain:.2f} ms, cold {cold - plain:.2f} ms")
+PY
+
+# Deploys over SSH: a dependency-free python app (examples/python-flaskless), from `git push`
+# start until the new page is served, cold (app create + first push) and redeploy (one line).
+ssh-keygen -q -t ed25519 -N '' -f "$work/key"
+"$BIN" --config "$cfg" user add bench --key "$work/key.pub" >/dev/null
+"$BIN" --config "$cfg" daemon >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+port=$(grep -E '^ssh_port' "$cfg" | tr -dc 0-9)
+user=$(grep -E '^ssh_user' "$cfg" | cut -d'"' -f2)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+python3 - "$BIN" "$cfg" "$work" "$port" "$user" "$(pwd)/examples/python-flaskless" <<'PY'
+import json, os, shutil, statistics, subprocess, sys, time, urllib.request
+binary, cfg, work, port, user, example = sys.argv[1:]
+ssh = f"ssh -i {work}/key -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR"
+env = dict(os.environ, GIT_SSH_COMMAND=ssh, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
+def run(*a, cwd=None):
+    subprocess.run(a, check=True, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def ip_of(app):
+    out = subprocess.run([binary, "--config", cfg, "app", "show", app, "--json"], check=True, capture_output=True).stdout
+    return json.loads(out)["gears"][0]["ip"]
+def wait_page(ip, text, t0, limit=30):
+    while time.perf_counter() - t0 < limit:
+        try:
+            if text in urllib.request.urlopen(f"http://{ip}:8080/", timeout=1).read().decode():
+                return time.perf_counter() - t0
+        except Exception:
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"page with {text!r} never appeared")
+def repo(name, marker):
+    d = os.path.join(work, "src", name)
+    shutil.copytree(example, d)
+    with open(os.path.join(d, "app.py"), "a") as f:
+        f.write(f"\n# {marker}\n")
+    run("git", "init", "-q", "-b", "main", cwd=d); run("git", "add", "-A", cwd=d); run("git", "commit", "-qm", "1", cwd=d)
+    return d
+remote = lambda app: f"ssh://{user}@127.0.0.1:{port}/{app}.git"
+colds, stages = [], []
+for i in range(5):
+    app = f"cold{i}"
+    d = repo(app, "cold")
+    t0 = time.perf_counter()
+    subprocess.run(ssh.split() + [f"{user}@127.0.0.1", f"app create {app} --cartridge python"], check=True, stdout=subprocess.DEVNULL)
+    t_create = time.perf_counter() - t0
+    run("git", "push", "-q", remote(app), "main", cwd=d)
+    t_push = time.perf_counter() - t0
+    colds.append(wait_page(ip_of(app), "gearshift", t0))
+    stages.append((t_create, t_push - t_create))
+app, d = "cold0", os.path.join(work, "src", "cold0")
+ip = ip_of(app)
+redeploys = []
+for i in range(10):
+    with open(os.path.join(d, "app.py")) as f:
+        src = f.read()
+    src = src.replace("Hello from gearshift", f"Hello from gearshift v{i}", 1) if i == 0 else src.replace(f"v{i-1}", f"v{i}", 1)
+    with open(os.path.join(d, "app.py"), "w") as f:
+        f.write(src)
+    run("git", "commit", "-qam", f"v{i}", cwd=d)
+    t0 = time.perf_counter()
+    run("git", "push", "-q", remote(app), "main", cwd=d)
+    redeploys.append(wait_page(ip, f"v{i}", t0))
+bare = []
+for i in range(10):
+    run("git", "commit", "-q", "--allow-empty", "-m", f"b{i}", cwd=d)
+    t0 = time.perf_counter()
+    run("git", "push", "-q", remote(app), f"HEAD:refs/heads/bare{i}", cwd=d)
+    bare.append(time.perf_counter() - t0)
+med = statistics.median
+print("\ndeploys over SSH (dependency-free python app, push start -> new page served):")
+print(f"  cold (ssh app create + first git push), median of 5: {med(colds):.3f} s  (create {med([s[0] for s in stages]):.3f} s, push+build+start {med([s[1] for s in stages]):.3f} s)")
+print(f"  redeploy of a one-line change, median of 10:          {med(redeploys):.3f} s  (min {min(redeploys):.3f}, max {max(redeploys):.3f})")
+print(f"  bare git push over SSH (non-deploy branch), median:   {med(bare):.3f} s")
 PY

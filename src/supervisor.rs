@@ -214,13 +214,22 @@ fn stop(s: &Shared) -> Result<()> {
     if let (true, Some(repo)) = (stop_hook.is_file(), &repo) {
         run_helper(s, &[stop_hook.display().to_string()], repo, STOP_GRACE);
     }
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    // The process and its group (a just-started process may not have made its group yet).
+    let signal = |sig| {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    };
+    signal(nix::sys::signal::Signal::SIGTERM);
     let t = Instant::now();
+    let mut last_term = Instant::now();
     while s.lock().unwrap().status.pid == Some(pid) {
         if t.elapsed() > STOP_GRACE {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            signal(nix::sys::signal::Signal::SIGKILL);
+        } else if last_term.elapsed() > Duration::from_millis(500) {
+            signal(nix::sys::signal::Signal::SIGTERM);
+            last_term = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     note(&format!("stopped (pid {pid})"));
     Ok(())
