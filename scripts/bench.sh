@@ -83,12 +83,14 @@ def ip_of(app):
     out = subprocess.run([binary, "--config", cfg, "app", "show", app, "--json"], check=True, capture_output=True).stdout
     return json.loads(out)["gears"][0]["ip"]
 def wait_page(ip, text, t0, limit=30):
+    # Straight from the gear: the live web process is on 8080 or 8081 (zero-downtime switches).
     while time.perf_counter() - t0 < limit:
-        try:
-            if text in urllib.request.urlopen(f"http://{ip}:8080/", timeout=1).read().decode():
-                return time.perf_counter() - t0
-        except Exception:
-            pass
+        for port in (8080, 8081):
+            try:
+                if text in urllib.request.urlopen(f"http://{ip}:{port}/", timeout=1).read().decode():
+                    return time.perf_counter() - t0
+            except Exception:
+                pass
         time.sleep(0.005)
     raise SystemExit(f"page with {text!r} never appeared")
 def repo(name, marker):

@@ -12,10 +12,9 @@ use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `<deployment>/metadata.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,45 +96,17 @@ fn activate_link(id: &str) -> Result<()> {
     std::fs::rename(&tmp, &link).context("cannot switch app-root/repo")
 }
 
-/// Waits until the web process accepts connections on the gear's address.
-fn wait_ready(info: &GearInfo) -> Result<()> {
-    let addr = std::net::SocketAddr::from((info.ip, info.port));
-    let t = Instant::now();
-    loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        let st = supervisor::ctl("status")?;
-        if st["status"]["pid"].is_null() {
-            bail!(
-                "the web process exited ({}): see `gearshift logs {}`",
-                st["status"]["last_exit"].as_str().unwrap_or("unknown"),
-                info.app
-            );
-        }
-        if t.elapsed() > READY_TIMEOUT {
-            bail!(
-                "the web process does not accept connections on port {} after {}s",
-                info.port,
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// Makes deployment `id` live and waits until it answers; on failure the previous one is
-/// restored (and restarted if it was running).
-pub fn switch_to(info: &GearInfo, id: &str) -> Result<()> {
+/// Makes deployment `id` live: its web process starts beside the running one and takes over
+/// once it accepts connections (the supervisor's `switch`). On failure the previous deployment
+/// stays live and running.
+pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
     let previous = live_id();
     activate_link(id)?;
-    let r = supervisor::ctl("restart").and_then(|_| wait_ready(info));
-    if let Err(e) = r {
+    if let Err(e) = supervisor::ctl("switch") {
         match &previous {
             Some(p) => {
-                say(&format!("rolling back to {p}"));
+                say(&format!("{p} stays live"));
                 activate_link(p)?;
-                let _ = supervisor::ctl("restart");
             }
             None => {
                 let _ = supervisor::ctl("stop");

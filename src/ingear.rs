@@ -59,7 +59,8 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             let restarted = v["result"] == "restarted" || v["result"] == "started";
             if wait && restarted {
                 let info = crate::gear::meta::GearInfo::load_in_gear()?;
-                let addr = std::net::SocketAddr::from((info.ip, info.port));
+                let port = v["status"]["port"].as_u64().unwrap_or(info.port as u64) as u16;
+                let addr = std::net::SocketAddr::from((info.ip, port));
                 let t = std::time::Instant::now();
                 while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_err() {
                     if t.elapsed() > std::time::Duration::from_secs(30) {

@@ -3,7 +3,15 @@
 //! root to recover. It starts the web process of the live deployment (the Procfile's `web:`, or
 //! the cartridge's `bin/start`), restarts it with growing delays when it crashes, stops it
 //! (cartridge `bin/stop`, then SIGTERM, then SIGKILL), and sends its output to rotated logs.
-//! Control: one line commands on /run/gearshift/control.sock, one JSON line back.
+//!
+//! Zero-downtime switches: the web process listens on one of two ports (`$PORT`, 8080 or 8081).
+//! `switch` starts the live deployment beside the running one on the other port, waits until it
+//! accepts connections, makes it live, and keeps the old one draining until the router has
+//! moved over (`release`) or a grace period ends.
+//!
+//! Control: one-line commands, one JSON line back, on /run/gearshift/control.sock inside the
+//! gear, and on the abstract socket `@gearshift-control` of the gear's network namespace (how
+//! the daemon reaches it without touching the gear's files).
 
 use crate::gear::meta::GearInfo;
 use anyhow::{bail, Context, Result};
@@ -14,15 +22,20 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where the control socket lives inside the gear.
 pub const CONTROL_SOCKET: &str = "/run/gearshift/control.sock";
+/// The abstract control socket's name (scoped to the gear's network namespace).
+pub const CONTROL_ABSTRACT: &str = "gearshift-control";
 /// The web process's log, rotated by size.
 const LOG_MAX_BYTES: u64 = 5 << 20;
 const LOG_KEEP: u32 = 3;
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long an old web process keeps serving after a switch when no router releases it.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `status` reports.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -30,11 +43,17 @@ pub struct Status {
     /// stopped, running, crashed (waiting to restart), crash-looping.
     pub state: String,
     pub pid: Option<i32>,
+    /// The port the live web process listens on.
+    pub port: u16,
     pub since: u64,
     pub restarts: u32,
     pub last_exit: Option<String>,
     pub deployment: Option<String>,
     pub command: Option<String>,
+    /// A web process still finishing its requests after a switch: (pid, port).
+    pub draining: Option<(i32, u16)>,
+    /// Bumped on every change; `watch N` waits for it to move past N.
+    pub generation: u64,
 }
 
 struct Inner {
@@ -45,11 +64,25 @@ struct Inner {
     streak: u32,
     started_at: Option<Instant>,
     waiters: HashMap<i32, Sender<i32>>,
-    /// Bumped on every start/stop so a stale delayed restart does nothing.
-    generation: u64,
 }
 
-type Shared = Arc<Mutex<Inner>>;
+struct Sup {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+type Shared = Arc<Sup>;
+
+impl Sup {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn bump(s: &Sup, g: &mut Inner) {
+    g.status.generation += 1;
+    s.changed.notify_all();
+}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -84,9 +117,12 @@ fn note(msg: &str) {
 
 /// The live deployment's repository directory, resolved.
 pub fn live_repo() -> Option<PathBuf> {
-    std::fs::canonicalize(home().join("app-root/repo"))
-        .ok()
-        .filter(|p| p.is_dir())
+    let link = home().join("app-root/repo");
+    // Before the first deploy, app-root/repo is the empty directory of the OpenShift layout.
+    if !link.is_symlink() {
+        return None;
+    }
+    std::fs::canonicalize(link).ok().filter(|p| p.is_dir())
 }
 
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.
@@ -107,12 +143,27 @@ fn web_command(repo: &Path) -> Result<Vec<String>> {
     bail!("no web process: add a Procfile with a web: line, or use a cartridge with bin/start")
 }
 
-fn spawn_logged(argv: &[String], repo: &Path, info: &GearInfo) -> Result<std::process::Child> {
+/// The environment with the web port set to `port` (`PORT` and the cartridge's `*_PORT`).
+fn env_with_port(info: &GearInfo, port: u16) -> Vec<(String, String)> {
+    let base = info.port.to_string();
+    info.env_pairs()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "PORT" || (k.starts_with("OPENSHIFT_") && k.ends_with("_PORT") && v == base) {
+                (k, port.to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect()
+}
+
+fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>) -> Result<std::process::Child> {
     let (rd, wr) = std::io::pipe().context("cannot create a log pipe")?;
     let child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .env_clear()
-        .envs(info.env_pairs())
+        .envs(env)
         .env("OPENSHIFT_REPO_DIR", format!("{}/", repo.display()))
         .current_dir(repo)
         .stdin(std::process::Stdio::null())
@@ -152,33 +203,45 @@ fn copy_to_log(mut rd: std::io::PipeReader) {
     }
 }
 
-fn start_locked(s: &Shared, g: &mut Inner) -> Result<()> {
-    if g.status.pid.is_some() {
-        return Ok(());
-    }
+/// Starts the live deployment's web process on `port`; returns its pid (not yet live).
+fn spawn_web(port: u16) -> Result<(i32, String, String)> {
     let info = GearInfo::load_in_gear()?;
     let repo = live_repo().context("nothing is deployed yet: git push first")?;
     let argv = web_command(&repo)?;
-    let child = spawn_logged(&argv, &repo, &info)?;
+    let child = spawn_logged(&argv, &repo, env_with_port(&info, port))?;
     let pid = child.id() as i32;
     // The reaper thread waits for it; the Child handle is not needed.
     drop(child);
-    g.generation += 1;
-    g.status = Status {
-        state: "running".into(),
-        pid: Some(pid),
-        since: now(),
-        restarts: g.status.restarts,
-        last_exit: g.status.last_exit.clone(),
-        deployment: repo
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned()),
-        command: Some(argv.join(" ")),
-    };
+    let deployment = repo
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    note(&format!("started {} on port {port} (pid {pid})", argv.join(" ")));
+    Ok((pid, argv.join(" "), deployment.unwrap_or_default()))
+}
+
+fn make_live(s: &Sup, g: &mut Inner, pid: i32, port: u16, command: String, deployment: String) {
+    g.status.state = "running".into();
+    g.status.pid = Some(pid);
+    g.status.port = port;
+    g.status.since = now();
+    g.status.command = Some(command);
+    g.status.deployment = Some(deployment);
     g.started_at = Some(Instant::now());
-    let _ = s;
-    note(&format!("started {} (pid {pid})", argv.join(" ")));
+    bump(s, g);
+}
+
+fn start_locked(s: &Sup, g: &mut Inner) -> Result<()> {
+    if g.status.pid.is_some() {
+        return Ok(());
+    }
+    let port = if g.status.port == 0 {
+        GearInfo::load_in_gear()?.port
+    } else {
+        g.status.port
+    };
+    let (pid, cmd, dep) = spawn_web(port)?;
+    make_live(s, g, pid, port, cmd, dep);
     Ok(())
 }
 
@@ -188,33 +251,20 @@ fn set_wanted(g: &mut Inner, wanted: bool) {
 }
 
 /// Runs a helper (cartridge bin/stop) and waits for it through the reaper, at most `limit`.
-fn run_helper(s: &Shared, argv: &[String], repo: &Path, limit: Duration) {
+fn run_helper(s: &Sup, argv: &[String], repo: &Path, limit: Duration) {
     let Ok(info) = GearInfo::load_in_gear() else { return };
     let (tx, rx) = channel();
-    let mut g = s.lock().unwrap();
-    if let Ok(child) = spawn_logged(argv, repo, &info) {
+    let mut g = s.lock();
+    if let Ok(child) = spawn_logged(argv, repo, info.env_pairs()) {
         g.waiters.insert(child.id() as i32, tx);
         drop(g);
         let _ = rx.recv_timeout(limit);
     }
 }
 
-fn stop(s: &Shared) -> Result<()> {
-    let (pid, repo) = {
-        let mut g = s.lock().unwrap();
-        set_wanted(&mut g, false);
-        g.generation += 1;
-        (g.status.pid, live_repo())
-    };
-    let Some(pid) = pid else {
-        s.lock().unwrap().status.state = "stopped".into();
-        return Ok(());
-    };
-    let stop_hook = Path::new("/opt/gearshift/cartridge/bin/stop");
-    if let (true, Some(repo)) = (stop_hook.is_file(), &repo) {
-        run_helper(s, &[stop_hook.display().to_string()], repo, STOP_GRACE);
-    }
-    // The process and its group (a just-started process may not have made its group yet).
+/// SIGTERM to a web process and its group, SIGKILL after the grace period; waits until the
+/// reaper has seen it exit.
+fn terminate(s: &Sup, pid: i32, gone: impl Fn(&Inner) -> bool) {
     let signal = |sig| {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
@@ -222,35 +272,144 @@ fn stop(s: &Shared) -> Result<()> {
     signal(nix::sys::signal::Signal::SIGTERM);
     let t = Instant::now();
     let mut last_term = Instant::now();
-    while s.lock().unwrap().status.pid == Some(pid) {
+    while !gone(&s.lock()) {
         if t.elapsed() > STOP_GRACE {
             signal(nix::sys::signal::Signal::SIGKILL);
         } else if last_term.elapsed() > Duration::from_millis(500) {
+            // A just-started process may not have made its own group yet.
             signal(nix::sys::signal::Signal::SIGTERM);
             last_term = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+fn release(s: &Sup) {
+    let draining = s.lock().status.draining;
+    if let Some((pid, port)) = draining {
+        terminate(s, pid, |g| g.status.draining.map(|d| d.0) != Some(pid));
+        note(&format!("stopped the previous web process on port {port} (pid {pid})"));
+    }
+}
+
+fn stop(s: &Sup) -> Result<()> {
+    release(s);
+    let (pid, repo) = {
+        let mut g = s.lock();
+        set_wanted(&mut g, false);
+        bump(s, &mut g);
+        (g.status.pid, live_repo())
+    };
+    let Some(pid) = pid else {
+        s.lock().status.state = "stopped".into();
+        return Ok(());
+    };
+    let stop_hook = Path::new("/opt/gearshift/cartridge/bin/stop");
+    if let (true, Some(repo)) = (stop_hook.is_file(), &repo) {
+        run_helper(s, &[stop_hook.display().to_string()], repo, STOP_GRACE);
+    }
+    terminate(s, pid, |g| g.status.pid != Some(pid));
     note(&format!("stopped (pid {pid})"));
     Ok(())
 }
 
-fn start(s: &Shared) -> Result<()> {
-    let s2 = s.clone();
-    let mut g = s.lock().unwrap();
+fn start(s: &Sup) -> Result<()> {
+    let mut g = s.lock();
     set_wanted(&mut g, true);
     g.streak = 0;
-    start_locked(&s2, &mut g)
+    start_locked(s, &mut g)
+}
+
+fn wait_listening(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i32>) -> Result<()> {
+    let addr = std::net::SocketAddr::from((info.ip, port));
+    let t = Instant::now();
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(code) = exit.try_recv() {
+            bail!(
+                "the new web process exited with code {code}: see `gearshift logs {}`",
+                info.app
+            );
+        }
+        if t.elapsed() > READY_TIMEOUT {
+            bail!(
+                "the new web process does not accept connections on port {port} after {}s",
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| !st.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Starts the live deployment beside the running web process, on the other port, and makes it
+/// live once it accepts connections; the old one drains. Without a running web process this
+/// is a plain start (and waits until it listens).
+fn switch(s: &Shared) -> Result<()> {
+    release(s);
+    let info = GearInfo::load_in_gear()?;
+    let (old, old_port) = {
+        let mut g = s.lock();
+        set_wanted(&mut g, true);
+        g.streak = 0;
+        (g.status.pid, if g.status.port == 0 { info.port } else { g.status.port })
+    };
+    let port = if old.is_some() {
+        if old_port == info.port {
+            info.port + 1
+        } else {
+            info.port
+        }
+    } else {
+        old_port
+    };
+    // Until it is live, its exit goes to us, not to the crash handling. The lock is held while
+    // spawning, so the reaper cannot see the pid before the waiter is in place.
+    let (tx, rx) = channel();
+    let (pid, cmd, dep) = {
+        let mut g = s.lock();
+        let r = spawn_web(port)?;
+        g.waiters.insert(r.0, tx);
+        r
+    };
+    let ready = wait_listening(&info, port, &rx);
+    s.lock().waiters.remove(&pid);
+    if let Err(e) = ready {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        return Err(e);
+    }
+    let mut g = s.lock();
+    if !alive(pid) {
+        bail!("the new web process exited right after it started listening");
+    }
+    g.status.draining = old.map(|p| (p, old_port));
+    make_live(s, &mut g, pid, port, cmd, dep);
+    drop(g);
+    if let Some(old) = old {
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(DRAIN_MAX);
+            if s2.lock().status.draining.map(|d| d.0) == Some(old) {
+                release(&s2);
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Called by the reaper when a process exits.
 fn exited(s: &Shared, pid: i32, code: i32) {
-    let mut g = s.lock().unwrap();
+    let mut g = s.lock();
     if let Some(tx) = g.waiters.remove(&pid) {
         let _ = tx.send(code);
-        return;
-    }
-    if g.status.pid != Some(pid) {
         return;
     }
     let desc = if code >= 128 {
@@ -258,8 +417,17 @@ fn exited(s: &Shared, pid: i32, code: i32) {
     } else {
         format!("exit code {code}")
     };
+    if g.status.draining.map(|d| d.0) == Some(pid) {
+        g.status.draining = None;
+        bump(s, &mut g);
+        return;
+    }
+    if g.status.pid != Some(pid) {
+        return;
+    }
     g.status.pid = None;
     g.status.last_exit = Some(desc.clone());
+    bump(s, &mut g);
     if !g.wanted {
         g.status.state = "stopped".into();
         return;
@@ -281,14 +449,13 @@ fn exited(s: &Shared, pid: i32, code: i32) {
         delay.as_secs(),
         g.streak
     ));
-    let generation = g.generation;
+    let generation = g.status.generation;
     let s2 = s.clone();
     std::thread::spawn(move || {
         std::thread::sleep(delay);
-        let s3 = s2.clone();
-        let mut g = s2.lock().unwrap();
-        if g.wanted && g.generation == generation && g.status.pid.is_none() {
-            if let Err(e) = start_locked(&s3, &mut g) {
+        let mut g = s2.lock();
+        if g.wanted && g.status.generation == generation && g.status.pid.is_none() {
+            if let Err(e) = start_locked(&s2, &mut g) {
                 note(&format!("restart failed: {e:#}"));
             }
         }
@@ -301,7 +468,7 @@ fn reaper(s: Shared) {
         // SAFETY: waitpid writes the status into a valid local int.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid < 0 {
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
             continue;
         }
         let code = if libc::WIFEXITED(status) {
@@ -319,22 +486,36 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(256)).read_line(&mut line)?;
-    let reply = match line.trim() {
-        "start" => start(s).map(|_| "started"),
-        "stop" => stop(s).map(|_| "stopped"),
-        "restart" => stop(s).and_then(|_| start(s)).map(|_| "restarted"),
-        "restart-if-wanted" => {
-            let wanted = s.lock().unwrap().wanted;
-            if wanted {
-                stop(s).and_then(|_| start(s)).map(|_| "restarted")
+    let mut words = line.split_whitespace();
+    let reply = match (words.next().unwrap_or(""), words.next()) {
+        ("start", None) => start(s).map(|_| "started"),
+        ("stop", None) => stop(s).map(|_| "stopped"),
+        ("restart", None) => stop(s).and_then(|_| start(s)).map(|_| "restarted"),
+        ("switch", None) => switch(s).map(|_| "switched"),
+        ("release", None) => {
+            release(s);
+            Ok("released")
+        }
+        ("restart-if-wanted", None) => {
+            if s.lock().wanted {
+                switch(s).map(|_| "restarted")
             } else {
                 Ok("not running")
             }
         }
-        "status" => Ok("status"),
-        other => Err(anyhow::anyhow!("unknown command '{}'", other.escape_default())),
+        ("status", None) => Ok("status"),
+        ("watch", Some(n)) => {
+            // Long poll: answer when the generation moves past N (or after 25 s).
+            let n: u64 = n.parse().unwrap_or(0);
+            let g = s.lock();
+            let _ = s
+                .changed
+                .wait_timeout_while(g, Duration::from_secs(25), |g| g.status.generation <= n);
+            Ok("status")
+        }
+        (other, _) => Err(anyhow::anyhow!("unknown command '{}'", other.escape_default())),
     };
-    let status = s.lock().unwrap().status.clone();
+    let status = s.lock().status.clone();
     let out = match reply {
         Ok(r) => serde_json::json!({"ok": true, "result": r, "status": status}),
         Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}"), "status": status}),
@@ -343,43 +524,58 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
     Ok(())
 }
 
+fn serve(s: Shared, l: UnixListener) {
+    for stream in l.incoming().flatten() {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let _ = handle(&s, stream);
+        });
+    }
+}
+
+fn abstract_listener() -> Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(CONTROL_ABSTRACT.as_bytes())?;
+    Ok(UnixListener::bind_addr(&addr)?)
+}
+
 /// Runs the supervisor forever (as the gear's pid 1, after confinement).
 pub fn run() -> ! {
     let _ = std::fs::create_dir_all("/run/gearshift");
     let _ = std::fs::remove_file(CONTROL_SOCKET);
-    let listener = UnixListener::bind(CONTROL_SOCKET);
     let wanted = std::fs::read_to_string(wanted_file())
         .map(|t| t.trim() == "running")
         .unwrap_or(false);
-    let s: Shared = Arc::new(Mutex::new(Inner {
-        status: Status {
-            state: "stopped".into(),
-            ..Default::default()
-        },
-        wanted,
-        streak: 0,
-        started_at: None,
-        waiters: HashMap::new(),
-        generation: 0,
-    }));
+    let s: Shared = Arc::new(Sup {
+        inner: Mutex::new(Inner {
+            status: Status {
+                state: "stopped".into(),
+                ..Default::default()
+            },
+            wanted,
+            streak: 0,
+            started_at: None,
+            waiters: HashMap::new(),
+        }),
+        changed: Condvar::new(),
+    });
     let r = s.clone();
     std::thread::spawn(move || reaper(r));
     if wanted {
-        let s2 = s.clone();
-        let mut g = s.lock().unwrap();
-        if let Err(e) = start_locked(&s2, &mut g) {
+        let mut g = s.lock();
+        if let Err(e) = start_locked(&s, &mut g) {
             note(&format!("cannot start at boot: {e:#}"));
         }
     }
-    match listener {
+    match abstract_listener() {
         Ok(l) => {
-            for stream in l.incoming().flatten() {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    let _ = handle(&s, stream);
-                });
-            }
+            let s2 = s.clone();
+            std::thread::spawn(move || serve(s2, l));
         }
+        Err(e) => note(&format!("cannot listen on @{CONTROL_ABSTRACT}: {e}")),
+    }
+    match UnixListener::bind(CONTROL_SOCKET) {
+        Ok(l) => serve(s, l),
         Err(e) => note(&format!("cannot listen on {CONTROL_SOCKET}: {e}")),
     }
     loop {
@@ -389,8 +585,13 @@ pub fn run() -> ! {
 
 /// Sends one command to the supervisor of the gear we are in.
 pub fn ctl(cmd: &str) -> Result<serde_json::Value> {
-    let mut s = UnixStream::connect(CONTROL_SOCKET)
+    let s = UnixStream::connect(CONTROL_SOCKET)
         .with_context(|| format!("cannot reach the gear's supervisor at {CONTROL_SOCKET}"))?;
+    exchange(s, cmd)
+}
+
+/// One command over a connected control socket.
+pub fn exchange(mut s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     let mut reply = String::new();

@@ -122,10 +122,14 @@ fn push(d: &Dev, dir: &Path, app: &str) -> (bool, String) {
     push_as(&d.n, &d.key, dir, app, "main")
 }
 
+/// The page of the live web process, straight from the gear (its port moves between 8080 and
+/// 8081 with every zero-downtime switch).
 fn get(n: &TestNode, app: &str) -> String {
     let ip = n.show(app)["gears"][0]["ip"].as_str().unwrap().to_string();
+    let st: serde_json::Value = serde_json::from_str(&n.ok(&["app", "status", app, "--json"])).unwrap();
+    let port = st["port"].as_u64().filter(|p| *p != 0).unwrap_or(8080);
     let o = Command::new("curl")
-        .args(["-s", "-m", "5", &format!("http://{ip}:8080/")])
+        .args(["-s", "-m", "5", &format!("http://{ip}:{port}/")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
