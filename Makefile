@@ -40,6 +40,11 @@ install: build
 	mkdir -p $(PREFIX)/share/gearshift
 	rm -rf $(PREFIX)/share/gearshift/cartridges
 	cp -r cartridges $(PREFIX)/share/gearshift/cartridges
+	install -D -m 0644 README.md $(PREFIX)/share/doc/gearshift/README.md
+	@if [ -d /run/systemd/system ]; then \
+	  install -D -m 0644 scripts/gearshift.service /etc/systemd/system/gearshift.service && systemctl daemon-reload \
+	  && echo "installed gearshift.service (systemctl enable --now gearshift)"; \
+	else echo "no systemd here: start \`gearshift daemon\` yourself (make run does)"; fi
 
 run: deps install
 	scripts/demo.sh $(PREFIX)/bin/gearshift $(CONFIG)

@@ -140,7 +140,21 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
         Command::Node(cmd) => {
             let node = Node::load(config_path)?;
             match cmd {
-                NodeCmd::Up => node.up().map(|_| 0),
+                NodeCmd::Up => {
+                    node.up()?;
+                    // After a reboot: every gear's init (whose supervisor starts the web process
+                    // if it was running).
+                    let mut failed = 0;
+                    for a in app::list(&node)? {
+                        for g in &a.gears {
+                            if let Err(e) = crate::gear::ensure_running(&node, g) {
+                                eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
+                                failed += 1;
+                            }
+                        }
+                    }
+                    Ok(if failed == 0 { 0 } else { 1 })
+                }
                 NodeCmd::Down => node.down().map(|_| 0),
                 NodeCmd::Destroy { confirm } => app::destroy_node(&node, &confirm).map(|_| 0),
             }

@@ -20,6 +20,15 @@ pub struct Config {
     pub http_port: u16,
     pub https_port: u16,
     pub ssh_port: u16,
+    /// Loopback-only admin endpoint of the router (`/metrics`, status).
+    #[serde(default = "default_admin_port")]
+    pub admin_port: u16,
+    /// Idle an app after this many seconds without requests (0: never).
+    #[serde(default)]
+    pub idle_after_secs: u64,
+    /// Whether a request to a stopped (not idled) app starts it, or gets a 502.
+    #[serde(default)]
+    pub wake_stopped: bool,
     /// All state lives under this directory.
     pub data_root: PathBuf,
     /// Gear uids (and gids) are taken from this inclusive range; none of them needs a host passwd entry.
@@ -125,6 +134,9 @@ impl Default for Config {
             http_port: 80,
             https_port: 443,
             ssh_port: 2222,
+            admin_port: default_admin_port(),
+            idle_after_secs: 0,
+            wake_stopped: false,
             data_root: PathBuf::from("/var/lib/gearshift"),
             uid_min: 400_000,
             uid_max: 449_999,
@@ -210,6 +222,10 @@ impl Config {
     pub fn subnet(&self) -> Subnet {
         Subnet::parse(&self.subnet).expect("validated")
     }
+}
+
+fn default_admin_port() -> u16 {
+    8001
 }
 
 /// An IPv4 network in CIDR form.

@@ -67,6 +67,9 @@ pub fn config_from(args: &InitArgs) -> Result<Config> {
     }
     if let Some(p) = args.http_port {
         c.http_port = p;
+        // A throw-away node keeps its other ports next to its HTTP port unless told otherwise.
+        c.https_port = p.saturating_add(3);
+        c.admin_port = p.saturating_add(2);
     }
     if let Some(p) = args.https_port {
         c.https_port = p;
