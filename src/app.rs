@@ -42,6 +42,8 @@ pub enum AppCmd {
     Stop { name: String },
     /// Restart the app's web process.
     Restart { name: String },
+    /// Idle the app: no processes at all until its next request (which wakes it).
+    Idle { name: String },
     /// Show whether the web process runs, since when, restarts and last exit.
     Status {
         name: String,
@@ -78,6 +80,15 @@ pub struct App {
     /// Deployments kept for rollback (default 3).
     #[serde(default)]
     pub keep_deployments: Option<u32>,
+    /// Extra host names the router serves this app at (besides APP.DOMAIN).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Idled: no processes; the next request wakes it.
+    #[serde(default)]
+    pub idle: bool,
+    /// Answer plain HTTP with a redirect to HTTPS.
+    #[serde(default)]
+    pub https_redirect: bool,
 }
 
 fn path(node: &Node, name: &str) -> std::path::PathBuf {
@@ -192,6 +203,9 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
         env: Default::default(),
         deploy_branch: None,
         keep_deployments: None,
+        aliases: vec![],
+        idle: false,
+        https_redirect: false,
     };
     // Recorded first, so that a crash part-way leaves a record `app destroy` can clean up.
     save(node, &app)?;
@@ -360,9 +374,28 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
                 }
             }
         }
-        AppCmd::Start { name } => return in_gear(node, actor, &name, &["ctl", "start", "--wait"]).map(|_| ()),
+        AppCmd::Start { name } => {
+            set_idle(node, actor, &name, false)?;
+            return in_gear(node, actor, &name, &["ctl", "start", "--wait"]).map(|_| ());
+        }
+        AppCmd::Idle { name } => {
+            let app = load_for(node, actor, &name)?;
+            set_idle(node, actor, &name, true)?;
+            for g in &app.gears {
+                gear::stop(node, g)?;
+            }
+            println!("idled '{name}': no processes until its next request");
+        }
         AppCmd::Stop { name } => return in_gear(node, actor, &name, &["ctl", "stop"]).map(|_| ()),
         AppCmd::Restart { name } => return in_gear(node, actor, &name, &["ctl", "restart", "--wait"]).map(|_| ()),
+        AppCmd::Status { name, json } if load_for(node, actor, &name)?.idle => {
+            // Asking an idle app's supervisor would wake it.
+            if json {
+                println!("{}", serde_json::json!({"state": "idle", "pid": null, "port": 0}));
+            } else {
+                println!("idle (no processes; the next request wakes it)");
+            }
+        }
         AppCmd::Status { name, json } => {
             let args: &[&str] = if json {
                 &["ctl", "status", "--json"]
@@ -390,6 +423,26 @@ pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<
         bail!("`{}` failed in the gear of '{name}' (exit code {code})", args.join(" "));
     }
     Ok(code)
+}
+
+/// Records whether the app is idle (the router wakes idle apps on their next request).
+pub fn set_idle(node: &Node, actor: &Actor, name: &str, idle: bool) -> Result<()> {
+    let _lock = node.lock()?;
+    let mut app = load_for(node, actor, name)?;
+    if app.idle != idle {
+        app.idle = idle;
+        save(node, &app)?;
+    }
+    Ok(())
+}
+
+/// Changes an app's record under the node lock.
+pub fn update(node: &Node, actor: &Actor, name: &str, change: impl FnOnce(&mut App) -> Result<()>) -> Result<App> {
+    let _lock = node.lock()?;
+    let mut app = load_for(node, actor, name)?;
+    change(&mut app)?;
+    save(node, &app)?;
+    Ok(app)
 }
 
 /// Replaces the app's user environment, rewrites its gears' descriptors and restarts the web

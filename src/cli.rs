@@ -47,6 +47,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Host names of an app (aliases), TLS certificates, HTTPS redirect.
+    #[command(subcommand)]
+    Domain(crate::domain::DomainCmd),
     /// An app's own environment variables.
     #[command(subcommand)]
     Env(crate::env_cmd::EnvCmd),
@@ -161,6 +164,7 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
         }
         Command::User(cmd) => user::run(&Node::load(config_path)?, cmd).map(|_| 0),
         Command::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Command::Domain(cmd) => crate::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Command::Env(cmd) => crate::env_cmd::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Command::Logs { app, follow, lines } => {
             let node = Node::load(config_path)?;

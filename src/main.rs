@@ -11,6 +11,7 @@ mod daemon;
 mod daemon_proto;
 mod deploy;
 mod doctor;
+mod domain;
 mod env_cmd;
 mod gear;
 mod git;

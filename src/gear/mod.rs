@@ -1,5 +1,6 @@
 //! A gear: one isolated runtime instance of an app, and its life cycle.
 
+pub mod control;
 pub mod isolation;
 pub mod mcs;
 pub mod meta;

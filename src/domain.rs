@@ -1,0 +1,167 @@
+//! `gearshift domain ...`: the host names an app is served at (besides APP.DOMAIN), their TLS
+//! certificates, and the HTTP to HTTPS redirect.
+
+use crate::app;
+use crate::auth::Actor;
+use crate::node::Node;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+/// `gearshift domain ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum DomainCmd {
+    /// Serve the app at another host name too.
+    Add { app: String, name: String },
+    /// Stop serving the app at a host name.
+    Remove { app: String, name: String },
+    /// The host names of an app.
+    List {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Use this certificate and key (PEM) for a host name of the app (default: self-signed).
+    Cert {
+        app: String,
+        name: String,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Redirect plain HTTP to HTTPS for the app (`on` or `off`).
+    Redirect { app: String, state: String },
+}
+
+/// Checks a host name: lowercase DNS labels separated by dots, at most 253 characters.
+pub fn check_host(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    if !ok {
+        bail!(
+            "'{}' is not a host name (lowercase labels of a-z, 0-9 and '-', separated by dots)",
+            name.escape_default()
+        );
+    }
+    Ok(())
+}
+
+/// Where a host name's certificate and key are kept (root only).
+pub fn cert_paths(node: &Node, host: &str) -> (PathBuf, PathBuf) {
+    let d = node.root().join("certs");
+    (d.join(format!("{host}.crt")), d.join(format!("{host}.key")))
+}
+
+/// Every host name an app answers to.
+pub fn hosts(node: &Node, a: &app::App) -> Vec<String> {
+    let mut h = vec![format!("{}.{}", a.name, node.config.domain)];
+    h.extend(a.aliases.iter().cloned());
+    h
+}
+
+pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
+    match cmd {
+        DomainCmd::Add { app: name, name: host } => {
+            check_host(&host)?;
+            let _lock = node.lock()?;
+            for other in app::list(node)? {
+                if hosts(node, &other).contains(&host) {
+                    bail!("{host} is already served by an app");
+                }
+            }
+            drop(_lock);
+            app::update(node, actor, &name, |a| {
+                a.aliases.push(host.clone());
+                Ok(())
+            })?;
+            println!("{name} is served at http://{host}/ too");
+        }
+        DomainCmd::Remove { app: name, name: host } => {
+            app::update(node, actor, &name, |a| {
+                let before = a.aliases.len();
+                a.aliases.retain(|h| *h != host);
+                if a.aliases.len() == before {
+                    bail!("{host} is not an alias of {name}");
+                }
+                Ok(())
+            })?;
+        }
+        DomainCmd::List { app: name, json } => {
+            let a = app::load_for(node, actor, &name)?;
+            let h = hosts(node, &a);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                for x in h {
+                    println!("{x}");
+                }
+            }
+        }
+        DomainCmd::Cert {
+            app: name,
+            name: host,
+            cert,
+            key,
+        } => {
+            let a = app::load_for(node, actor, &name)?;
+            if !hosts(node, &a).contains(&host) {
+                bail!("{host} is not a host name of {name} (see `gearshift domain list {name}`)");
+            }
+            let c = std::fs::read(&cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let k = std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            if !String::from_utf8_lossy(&c).contains("BEGIN CERTIFICATE") {
+                bail!("{} is not a PEM certificate", cert.display());
+            }
+            if !String::from_utf8_lossy(&k).contains("PRIVATE KEY") {
+                bail!("{} is not a PEM private key", key.display());
+            }
+            let (cp, kp) = cert_paths(node, &host);
+            crate::state::write_atomic(&cp, &c, 0o600)?;
+            crate::state::write_atomic(&kp, &k, 0o600)?;
+            println!("{host} uses {}", cert.display());
+        }
+        DomainCmd::Redirect { app: name, state } => {
+            let on = match state.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("redirect takes `on` or `off`"),
+            };
+            app::update(node, actor, &name, |a| {
+                a.https_redirect = on;
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_names() {
+        for ok in ["shop.example.com", "a.b", "x1-2.io", "localhost"] {
+            super::check_host(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "Shop.com",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "a b",
+            "ä.com",
+            &"a".repeat(64),
+        ] {
+            assert!(super::check_host(bad).is_err(), "{bad}");
+        }
+    }
+}
