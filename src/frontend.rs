@@ -1,0 +1,267 @@
+//! The daemon's front door: the router, fed with routes from the apps on disk and the live
+//! ports their gears' supervisors report. One watcher thread per gear long-polls its
+//! supervisor (`watch`), so a zero-downtime switch reaches the route table at once; the old web
+//! process is released once the router has moved over. Idle apps are woken by their first
+//! request (held, not redirected), and apps without requests for `idle_after_secs` are idled.
+
+use crate::app::{self, App};
+use crate::gear::{control, isolation::network::netns_path, Gear};
+use crate::node::Node;
+use crate::router::{AccessLog, Backend, CertStore, Route, RouteTable, Router, RouterConfig, WakeResult, Waker};
+use anyhow::{Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the router needs to know of one gear.
+#[derive(Debug, Clone, Default)]
+struct GearView {
+    app: String,
+    /// The live web process's address, when it runs.
+    live: Option<SocketAddr>,
+}
+
+struct Front {
+    node: Node,
+    config_path: PathBuf,
+    router: Arc<Router>,
+    gears: Mutex<HashMap<String, GearView>>,
+    apps: Mutex<Vec<App>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Front {
+    /// Rebuilds the route table from the apps and the gears' live ports.
+    fn publish(&self) {
+        let apps = self.apps.lock().unwrap().clone();
+        let gears = self.gears.lock().unwrap().clone();
+        let mut t = RouteTable::default();
+        for a in &apps {
+            let backends = a
+                .gears
+                .iter()
+                .filter_map(|g| gears.get(&g.id).and_then(|v| v.live).map(|addr| Backend { addr, id: g.id.clone() }))
+                .collect();
+            let hosts = crate::domain::hosts(&self.node, a);
+            t.add(Route { app: a.name.clone(), hosts, backends, https_redirect: a.https_redirect });
+        }
+        self.router.set_routes(t);
+    }
+
+    /// Runs a gearshift CLI verb as a child process (single-threaded: gear spawning needs it).
+    fn verb(&self, args: &[&str], limit: Duration) -> Result<()> {
+        let mut child = std::process::Command::new("/proc/self/exe")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot run gearshift")?;
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                anyhow::ensure!(st.success(), "`gearshift {}` failed ({st})", args.join(" "));
+                return Ok(());
+            }
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("`gearshift {}` took longer than {limit:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Follows one gear's supervisor and keeps its live address in the route table.
+fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
+    let ns = netns_path(&gear.netns());
+    let mut generation = 0u64;
+    while !gone.load(Ordering::Relaxed) && !front.stop.load(Ordering::Relaxed) {
+        let reply = control::command(&ns, &format!("watch {generation}"));
+        let (live, draining) = match &reply {
+            Ok(v) => {
+                let st = &v["status"];
+                generation = st["generation"].as_u64().unwrap_or(0);
+                let port = st["port"].as_u64().filter(|p| *p > 0 && *p < 65536).map(|p| p as u16);
+                let live = st["pid"].as_i64().and(port).map(|p| SocketAddr::from((gear.ip, p)));
+                (live, st["draining"].is_array())
+            }
+            Err(_) => (None, false),
+        };
+        let changed = {
+            let mut gears = front.gears.lock().unwrap();
+            let v = gears.entry(gear.id.clone()).or_default();
+            v.app = gear.app.clone();
+            let changed = v.live != live;
+            v.live = live;
+            changed
+        };
+        if changed {
+            front.publish();
+        }
+        if draining {
+            // The route table no longer names the old process: give requests already sent to
+            // it a moment to finish, then let the supervisor stop it.
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = control::command(&ns, "release");
+        }
+        if reply.is_err() {
+            // Not running (idle, stopped, or starting): look again shortly.
+            generation = 0;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    front.gears.lock().unwrap().remove(&gear.id);
+    front.publish();
+}
+
+/// Wakes idle apps (and stopped ones where `wake_stopped` is set) for the router.
+struct GearWaker(Mutex<Option<Arc<Front>>>);
+
+impl Waker for GearWaker {
+    fn wake(&self, app_name: &str, deadline: Instant) -> WakeResult {
+        let Some(front) = self.0.lock().unwrap().clone() else { return WakeResult::NotRunning };
+        let Ok(a) = app::load(&front.node, app_name) else { return WakeResult::NotRunning };
+        if !a.idle && !front.node.config.wake_stopped {
+            return WakeResult::NotRunning;
+        }
+        let limit = deadline.saturating_duration_since(Instant::now());
+        if front.verb(&["app", "start", app_name], limit).is_err() {
+            return WakeResult::TimedOut;
+        }
+        let mut backends = Vec::new();
+        for g in &a.gears {
+            if let Ok(v) = control::command(&netns_path(&g.netns()), "status") {
+                if let Some(p) = v["status"]["port"].as_u64().filter(|p| *p > 0 && *p < 65536) {
+                    backends.push(Backend { addr: SocketAddr::from((g.ip, p as u16)), id: g.id.clone() });
+                }
+            }
+        }
+        if backends.is_empty() {
+            WakeResult::TimedOut
+        } else {
+            WakeResult::Ready(backends)
+        }
+    }
+}
+
+/// Per-app access logs under `<data_root>/logs/access/APP.log` (root only).
+struct Access {
+    dir: PathBuf,
+    files: Mutex<HashMap<String, std::fs::File>>,
+}
+
+impl AccessLog for Access {
+    fn log(&self, app: &str, line: &str) {
+        let name = if app.is_empty() { "_unknown" } else { app };
+        let mut files = self.files.lock().unwrap();
+        if !files.contains_key(name) {
+            let _ = std::fs::create_dir_all(&self.dir);
+            match std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))) {
+                Ok(f) => {
+                    files.insert(name.to_string(), f);
+                }
+                Err(_) => return,
+            }
+        }
+        if let Some(f) = files.get_mut(name) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Keeps the app list and the watcher threads in step with the apps on disk, and idles apps
+/// without requests.
+fn refresh_loop(front: Arc<Front>) {
+    let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
+    let mut last_seen: HashMap<String, (u64, Instant)> = HashMap::new();
+    while !front.stop.load(Ordering::Relaxed) {
+        if let Ok(apps) = app::list(&front.node) {
+            let ids: HashSet<String> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.id.clone())).collect();
+            for a in &apps {
+                for g in &a.gears {
+                    watchers.entry(g.id.clone()).or_insert_with(|| {
+                        let gone = Arc::new(AtomicBool::new(false));
+                        let (f, g, d) = (front.clone(), g.clone(), gone.clone());
+                        let _ = std::thread::Builder::new()
+                            .name(format!("watch-{}", g.app))
+                            .stack_size(128 * 1024)
+                            .spawn(move || watch_gear(f, g, d));
+                        gone
+                    });
+                }
+            }
+            watchers.retain(|id, gone| {
+                let keep = ids.contains(id);
+                if !keep {
+                    gone.store(true, Ordering::Relaxed);
+                }
+                keep
+            });
+            *front.apps.lock().unwrap() = apps.clone();
+            front.publish();
+            let idle_after = front.node.config.idle_after_secs;
+            if idle_after > 0 {
+                let stats = front.router.stats();
+                for a in apps.iter().filter(|a| !a.idle) {
+                    let count = stats.requests_by_app.get(&a.name).copied().unwrap_or(0);
+                    let entry = last_seen.entry(a.name.clone()).or_insert((count, Instant::now()));
+                    if entry.0 != count {
+                        *entry = (count, Instant::now());
+                    } else if entry.1.elapsed() > Duration::from_secs(idle_after) {
+                        let _ = front.verb(&["app", "idle", &a.name], Duration::from_secs(30));
+                        entry.1 = Instant::now();
+                    }
+                }
+            }
+        }
+        for _ in 0..20 {
+            if front.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (another service on that port?)"))
+}
+
+/// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders.
+pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) -> Result<Arc<Router>> {
+    let c = &node.config;
+    let cfg = RouterConfig { https_port: c.https_port, ..RouterConfig::default() };
+    let waker = Arc::new(GearWaker(Mutex::new(None)));
+    let access = Arc::new(Access { dir: node.root().join("logs/access"), files: Mutex::new(HashMap::new()) });
+    let router = Arc::new(Router::new(cfg, waker.clone(), access));
+    let certs = Arc::new(CertStore::new());
+    for a in app::list(node)? {
+        for h in crate::domain::hosts(node, &a) {
+            let (cp, kp) = crate::domain::cert_paths(node, &h);
+            if let (Ok(cert), Ok(key)) = (std::fs::read(&cp), std::fs::read(&kp)) {
+                certs.add_pem(&[h.as_str()], &cert, &key).with_context(|| format!("certificate of {h}"))?;
+            }
+        }
+    }
+    let front = Arc::new(Front {
+        node: node.clone(),
+        config_path: config_path.to_path_buf(),
+        router: router.clone(),
+        gears: Mutex::new(HashMap::new()),
+        apps: Mutex::new(Vec::new()),
+        stop,
+    });
+    *waker.0.lock().unwrap() = Some(front.clone());
+    router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);
+    router.serve_https(listen(SocketAddr::from(([0, 0, 0, 0], c.https_port)))?, certs)?;
+    router.serve_admin(listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?)?;
+    std::thread::Builder::new().name("routes".into()).spawn(move || refresh_loop(front))?;
+    Ok(router)
+}
