@@ -15,6 +15,7 @@ mod ingear;
 mod init;
 mod names;
 mod node;
+mod router;
 mod sshkey;
 mod state;
 mod static_server;
