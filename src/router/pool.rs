@@ -78,8 +78,9 @@ impl BackendState {
         }
     }
 
-    /// An idle pooled connection that still looks alive, or a new one.
-    pub fn get(&self, limits: &PoolLimits) -> std::io::Result<Upstream> {
+    /// An idle pooled connection that still looks alive, or a new one. `probe`: check every pooled
+    /// connection (for requests that cannot be replayed), not only long-idle ones.
+    pub fn get(&self, limits: &PoolLimits, probe: bool) -> std::io::Result<Upstream> {
         loop {
             let entry = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some((stream, since)) = entry else { break };
@@ -87,7 +88,7 @@ impl BackendState {
             if idle > limits.idle_timeout {
                 continue;
             }
-            if idle > limits.probe_after && !looks_alive(&stream) {
+            if (probe || idle > limits.probe_after) && !looks_alive(&stream) {
                 continue;
             }
             return Ok(Upstream { stream, reused: true });
@@ -126,7 +127,7 @@ impl BackendState {
 }
 
 /// A pooled connection the backend has closed shows EOF (or an error) to a non-blocking peek.
-fn looks_alive(s: &TcpStream) -> bool {
+pub fn looks_alive(s: &TcpStream) -> bool {
     let mut b = [0u8; 1];
     // SAFETY: recv on a valid, owned socket fd into a 1-byte stack buffer; MSG_PEEK|MSG_DONTWAIT neither
     // consumes data nor blocks.
@@ -195,13 +196,13 @@ mod tests {
     fn stale_pooled_connection_is_skipped() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let b = BackendState::new(l.local_addr().unwrap(), "b".into());
-        let up = b.get(&limits()).unwrap();
+        let up = b.get(&limits(), false).unwrap();
         assert!(!up.reused);
         let (server_side, _) = l.accept().unwrap();
         b.put(up.stream, &limits());
         drop(server_side); // the backend closes its idle connection
         std::thread::sleep(Duration::from_millis(50));
-        let up = b.get(&limits()).unwrap();
+        let up = b.get(&limits(), false).unwrap();
         assert!(!up.reused, "a closed pooled connection must not be reused");
     }
 
@@ -211,7 +212,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let b = BackendState::new(addr, "b".into());
-        assert!(b.get(&limits()).is_err());
+        assert!(b.get(&limits(), false).is_err());
         assert!(!b.is_up());
         std::thread::sleep(Duration::from_millis(350));
         assert!(b.is_up());

@@ -2,7 +2,7 @@
 //! bodies both ways, relay the response, log it; repeat while keep-alive lasts.
 
 use super::http::{self, ChunkScanner, Framing, HeadFacts};
-use super::pool::{BackendState, LocalConns, Upstream};
+use super::pool::{looks_alive, BackendState, LocalConns, Upstream};
 use super::{pages, tunnel, Inner, LiveRoute, WakeResult};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::borrow::Cow;
@@ -590,6 +590,8 @@ impl Conn<'_> {
         let n = backends.len();
         let first = if n == 1 { 0 } else { route.rr.fetch_add(1, Relaxed) % n };
         let mut status = 502;
+        // A request that cannot be replayed only goes on a pooled connection that still looks open.
+        let probe = !(req.idempotent || req.framing == Framing::None);
         for pass in 0..2 {
             for k in 0..n {
                 let b = &backends[(first + k) % n];
@@ -600,10 +602,10 @@ impl Conn<'_> {
                 loop {
                     let up = if fresh {
                         b.connect(&limits)
-                    } else if let Some(stream) = self.local.take(b) {
+                    } else if let Some(stream) = self.local.take(b).filter(|s| !probe || looks_alive(s)) {
                         Ok(Upstream { stream, reused: true })
                     } else {
-                        b.get(&limits)
+                        b.get(&limits, probe)
                     };
                     let Ok(up) = up else { break };
                     let reused = up.reused;
