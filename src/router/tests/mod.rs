@@ -555,6 +555,8 @@ fn metrics_on_a_loopback_admin_listener() {
     r.route("app", &["app.localhost"], vec![b.backend("g")]);
     get(r.addr, "app.localhost", "/");
     get(r.addr, "unknown.localhost", "/");
+    // Requests are counted just after their response is sent.
+    std::thread::sleep(Duration::from_millis(50));
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin_addr = admin.local_addr().unwrap();
     r.router.serve_admin(admin).unwrap();
