@@ -585,3 +585,35 @@ fn route_switch_is_atomic_and_keeps_serving() {
     r.route("app", &["app.localhost"], vec![v2.backend("d2")]);
     assert_eq!(c.get("app.localhost", "/").text(), "v2");
 }
+
+/// Not a test: the router process for scripts/bench-router.sh (a release build), configured by env.
+#[test]
+#[ignore = "run by scripts/bench-router.sh"]
+fn bench_serve() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let listen: std::net::SocketAddr = env("ROUTER_BENCH_LISTEN").parse().unwrap();
+    let backend: std::net::SocketAddr = env("ROUTER_BENCH_BACKEND").parse().unwrap();
+    let secs: u64 = env("ROUTER_BENCH_SECONDS").parse().unwrap();
+    std::fs::write(env("ROUTER_BENCH_PIDFILE"), std::process::id().to_string()).unwrap();
+    // The access log is formatted as in production; the sink discards it.
+    struct Discard;
+    impl AccessLog for Discard {
+        fn log(&self, _app: &str, line: &str) {
+            std::hint::black_box(line);
+        }
+    }
+    let router = Router::new(RouterConfig::default(), Arc::new(NoWaker), Arc::new(Discard));
+    let mut t = RouteTable::default();
+    t.add(Route {
+        app: "bench".into(),
+        hosts: vec!["bench.localhost".into()],
+        backends: vec![Backend {
+            addr: backend,
+            id: "nginx".into(),
+        }],
+        https_redirect: false,
+    });
+    router.set_routes(t);
+    router.serve_http(std::net::TcpListener::bind(listen).unwrap());
+    std::thread::sleep(Duration::from_secs(secs));
+}
