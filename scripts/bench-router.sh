@@ -99,7 +99,7 @@ for r in $(seq 1 "$ROUNDS"); do
   run "gearshift router (#$r)" "$ROUTER_PORT"
   run "nginx proxy (#$r)" "$NGINX_PORT"
 done
-awk '/router/ {r+=$NF; nr++} /nginx/ {n+=$NF; nn++} END {printf "router / nginx req/s: %.2fx\n", (r/nr)/(n/nn)}' \
+awk '$1=="gearshift" {r+=$NF; nr++} $1=="nginx" {n+=$NF; nn++} END {printf "router / nginx req/s (mean of rounds): %.2fx\n", (r/nr)/(n/nn)}' \
   <(awk '{print $1, $NF}' "$work/results")
 
 # Memory per idle keep-alive connection: RSS and threads of the router process before and after

@@ -228,6 +228,8 @@ pub(crate) struct Inner {
     listeners: Mutex<Vec<SocketAddr>>,
     rid_key: u64,
     rid_counter: AtomicU64,
+    /// Bumped on every route table change, so connections may cache their last lookup.
+    pub generation: AtomicU64,
 }
 
 impl Inner {
@@ -281,8 +283,12 @@ impl Inner {
         let n = self.rid_counter.fetch_add(1, Relaxed);
         let a = splitmix(n ^ self.rid_key);
         let b = splitmix(a ^ self.rid_key.rotate_left(17));
-        use std::fmt::Write as _;
-        let _ = write!(out, "{a:016x}{b:016x}");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for v in [a, b] {
+            for i in (0..16).rev() {
+                out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+            }
+        }
     }
 }
 
@@ -330,6 +336,7 @@ impl Router {
             listeners: Mutex::new(Vec::new()),
             rid_key: random_u64(),
             rid_counter: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         };
         Router { inner: Arc::new(inner) }
     }
@@ -376,6 +383,7 @@ impl Router {
         }
         *backends = new_backends;
         *inner.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hosts);
+        inner.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Serves plain HTTP on `listener` in a new thread.

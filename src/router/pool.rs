@@ -154,19 +154,20 @@ pub struct LocalConns {
 const LOCAL_MAX: usize = 4;
 
 impl LocalConns {
-    /// Takes this connection's own idle connection to `b`, if any.
-    pub fn take(&mut self, b: &Arc<BackendState>) -> Option<TcpStream> {
+    /// Takes this connection's own idle connection to `b`, if any (with the `Arc` it was kept under, so
+    /// that keeping it again costs no reference count traffic).
+    pub fn take(&mut self, b: &Arc<BackendState>) -> Option<(Arc<BackendState>, TcpStream)> {
         let i = self.conns.iter().position(|(s, _)| Arc::ptr_eq(s, b))?;
-        Some(self.conns.swap_remove(i).1)
+        Some(self.conns.swap_remove(i))
     }
 
     /// Keeps `stream` for the next request to `b`; overflow goes to the shared pool.
-    pub fn keep(&mut self, b: &Arc<BackendState>, stream: TcpStream, limits: &PoolLimits) {
+    pub fn keep(&mut self, b: Arc<BackendState>, stream: TcpStream, limits: &PoolLimits) {
         if self.conns.len() >= LOCAL_MAX {
             let (ob, os) = self.conns.remove(0);
             ob.put(os, limits);
         }
-        self.conns.push((b.clone(), stream));
+        self.conns.push((b, stream));
     }
 
     /// Hands every kept connection back to the shared pools (the client connection is closing).

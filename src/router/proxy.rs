@@ -91,6 +91,7 @@ pub fn serve_connection(inner: &Inner, stream: TcpStream, tls: Option<Arc<Server
         s: Scratch::default(),
         log_secs: 0,
         log_time: String::new(),
+        route_cache: None,
     };
     conn.run(accepted);
     conn.local.release(&inner.limits);
@@ -185,6 +186,9 @@ struct Conn<'a> {
     s: Scratch,
     log_secs: u64,
     log_time: String,
+    /// The last route looked up: (table generation, host, route). Reused without touching the table's
+    /// lock while the table is unchanged and the host is the same (the usual keep-alive case).
+    route_cache: Option<(u64, String, Arc<LiveRoute>)>,
 }
 
 /// Offset just past the blank line ending a head, searching from `from`.
@@ -534,9 +538,29 @@ impl Conn<'_> {
         self.start += head_len;
         // Answers the router gives itself leave any request body unread, so the connection closes then.
         let can_keep = req.keep_alive && req.framing == Framing::None;
-        let Some(route) = inner.route(&self.s.host) else {
+        let generation = inner.generation.load(std::sync::atomic::Ordering::Acquire);
+        let cached = match self.route_cache.take() {
+            Some((g, h, r)) if g == generation && h == self.s.host => Some((h, r)),
+            Some((_, mut h, _)) => inner.route(&self.s.host).map(|r| {
+                h.clear();
+                h.push_str(&self.s.host);
+                (h, r)
+            }),
+            None => inner.route(&self.s.host).map(|r| (self.s.host.clone(), r)),
+        };
+        let Some((host, route)) = cached else {
             return self.page(None, &req, 404, can_keep, t0);
         };
+        let outcome = self.routed(&req, &route, t0);
+        self.route_cache = Some((generation, host, route));
+        outcome
+    }
+
+    /// Handles a request whose route is known.
+    fn routed(&mut self, req: &Req, route: &Arc<LiveRoute>, t0: Instant) -> Outcome {
+        let inner = self.inner;
+        let head_len = req.head_len;
+        let can_keep = req.keep_alive && req.framing == Framing::None;
         if route.https_redirect && !self.tls {
             let authority = if inner.cfg.https_port == 443 {
                 Cow::Borrowed(self.s.host.as_str())
@@ -559,13 +583,13 @@ impl Conn<'_> {
                     woken = list.iter().map(|b| inner.backend_state(b)).collect::<Vec<_>>();
                     &woken
                 }
-                WakeResult::TimedOut => return self.page(Some(&route), &req, 503, can_keep, t0),
-                _ => return self.page(Some(&route), &req, 502, can_keep, t0),
+                WakeResult::TimedOut => return self.page(Some(route), req, 503, can_keep, t0),
+                _ => return self.page(Some(route), req, 502, can_keep, t0),
             }
         } else {
             &route.backends
         };
-        self.forward(&req, &route, backends, t0)
+        self.forward(req, route, backends, t0)
     }
 
     /// Answers with one of the router's own pages and logs it.
@@ -600,9 +624,11 @@ impl Conn<'_> {
                 }
                 let mut fresh = false;
                 loop {
+                    let mut held = None;
                     let up = if fresh {
                         b.connect(&limits)
-                    } else if let Some(stream) = self.local.take(b).filter(|s| !probe || looks_alive(s)) {
+                    } else if let Some((arc, stream)) = self.local.take(b).filter(|(_, s)| !probe || looks_alive(s)) {
+                        held = Some(arc);
                         Ok(Upstream { stream, reused: true })
                     } else {
                         b.get(&limits, probe)
@@ -613,6 +639,7 @@ impl Conn<'_> {
                         let _ = up.stream.set_read_timeout(Some(self.inner.cfg.upstream_timeout));
                         let _ = up.stream.set_write_timeout(Some(self.inner.cfg.body_timeout));
                     }
+                    let b = held.unwrap_or_else(|| b.clone());
                     match self.exchange(req, route, b, up.stream, t0) {
                         Ok(outcome) => return outcome,
                         Err(Fail::Retryable) if reused && !fresh => fresh = true,
@@ -634,7 +661,7 @@ impl Conn<'_> {
         &mut self,
         req: &Req,
         route: &LiveRoute,
-        b: &Arc<BackendState>,
+        b: Arc<BackendState>,
         mut up: TcpStream,
         t0: Instant,
     ) -> Result<Outcome, Fail> {
@@ -900,14 +927,23 @@ impl Conn<'_> {
             self.log_secs = now;
             self.log_time = crate::clock::iso(now);
         }
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let us = t0.elapsed().as_micros();
         let s = &mut self.s;
         s.line.clear();
         use std::fmt::Write as _;
         let _ = write!(
             s.line,
-            "{} {} \"{} {} HTTP/1.{minor}\" {} {} {ms:.1}ms host={} rid={}",
-            self.log_time, self.peer_ip, s.method, s.path, d.status, d.bytes_out, s.host, s.rid
+            "{} {} \"{} {} HTTP/1.{minor}\" {} {} {}.{}ms host={} rid={}",
+            self.log_time,
+            self.peer_ip,
+            s.method,
+            s.path,
+            d.status,
+            d.bytes_out,
+            us / 1000,
+            us % 1000 / 100,
+            s.host,
+            s.rid
         );
         log.log(route.map(|r| r.app.as_str()).unwrap_or(""), &s.line);
     }
