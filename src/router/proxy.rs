@@ -573,7 +573,7 @@ impl Conn<'_> {
                 bytes_in: head_len as u64,
                 bytes_out: n,
             };
-            self.finish(Some(&route), t0, &done, req.minor);
+            self.finish(Some(route), t0, &done, req.minor);
             return if can_keep { Outcome::Keep } else { Outcome::Close };
         }
         let woken;
