@@ -219,6 +219,8 @@ pub(crate) struct Inner {
     pub limits: PoolLimits,
     table: RwLock<Arc<HashMap<String, Arc<LiveRoute>>>>,
     backends: Mutex<HashMap<SocketAddr, Arc<BackendState>>>,
+    /// Backends dropped from the table, while requests to them may still be in flight.
+    retired: Mutex<Vec<std::sync::Weak<BackendState>>>,
     apps: Mutex<HashMap<String, Arc<AppMetrics>>>,
     waker: Arc<dyn Waker>,
     pub access_log: Arc<dyn AccessLog>,
@@ -236,6 +238,12 @@ impl Inner {
     /// The route for a normalized host.
     pub fn route(&self, host: &str) -> Option<Arc<LiveRoute>> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).get(host).cloned()
+    }
+
+    /// True while `b` is a backend of the current table.
+    pub fn is_current(&self, b: &Arc<BackendState>) -> bool {
+        let map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&b.addr).is_some_and(|s| Arc::ptr_eq(s, b))
     }
 
     /// The shared state of a backend address (created unregistered when the table does not know it).
@@ -327,6 +335,7 @@ impl Router {
             cfg,
             table: RwLock::new(Arc::new(HashMap::new())),
             backends: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
             apps: Mutex::new(HashMap::new()),
             waker,
             access_log,
@@ -381,6 +390,14 @@ impl Router {
                 hosts.insert(h, live.clone());
             }
         }
+        let mut retired = inner.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        for (addr, s) in backends.iter() {
+            if !new_backends.get(addr).is_some_and(|n| Arc::ptr_eq(n, s)) {
+                retired.push(Arc::downgrade(s));
+            }
+        }
+        drop(retired);
         *backends = new_backends;
         *inner.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hosts);
         inner.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -436,6 +453,24 @@ impl Router {
                 .collect()
         };
         metrics::render(&self.inner.metrics, &apps, &backends)
+    }
+
+    /// Requests being forwarded to the backend at `addr` now, including one the table no longer names:
+    /// after switching a deployment, stop the old one once this reaches 0.
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        let current = self
+            .inner
+            .backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .map(|s| s.in_flight());
+        let retired: usize = (self.inner.retired.lock().unwrap_or_else(|e| e.into_inner()).iter())
+            .filter_map(|w| w.upgrade())
+            .filter(|s| s.addr == addr)
+            .map(|s| s.in_flight())
+            .sum();
+        current.unwrap_or(0) + retired
     }
 
     /// A snapshot of the counters.

@@ -2,7 +2,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,34 @@ pub struct BackendState {
     epoch: Instant,
     /// Failed connection attempts.
     pub connect_errors: AtomicU64,
+    /// Requests being forwarded to it now.
+    in_flight: AtomicUsize,
+}
+
+/// A request in flight to a backend, counted until finished or dropped; owns the backend's `Arc`.
+pub struct InFlight(Option<Arc<BackendState>>);
+
+impl InFlight {
+    /// Counts a request to `b`.
+    pub fn new(b: Arc<BackendState>) -> Self {
+        b.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Some(b))
+    }
+
+    /// Uncounts it and gives the backend back.
+    pub fn finish(mut self) -> Arc<BackendState> {
+        let b = self.0.take().expect("InFlight holds its backend until finished");
+        b.in_flight.fetch_sub(1, Ordering::Relaxed);
+        b
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// An upstream connection in use, and whether it came from a pool (and so may be stale).
@@ -55,7 +83,13 @@ impl BackendState {
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             connect_errors: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Requests being forwarded to this backend now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// True unless the backend recently refused a connection.
@@ -168,6 +202,11 @@ impl LocalConns {
             ob.put(os, limits);
         }
         self.conns.push((b, stream));
+    }
+
+    /// Closes kept connections whose backend fails `keep`.
+    pub fn retain(&mut self, keep: impl Fn(&Arc<BackendState>) -> bool) {
+        self.conns.retain(|(b, _)| keep(b));
     }
 
     /// Hands every kept connection back to the shared pools (the client connection is closing).

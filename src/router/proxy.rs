@@ -2,7 +2,7 @@
 //! bodies both ways, relay the response, log it; repeat while keep-alive lasts.
 
 use super::http::{self, ChunkScanner, Framing, HeadFacts};
-use super::pool::{looks_alive, BackendState, LocalConns, Upstream};
+use super::pool::{looks_alive, BackendState, InFlight, LocalConns, Upstream};
 use super::{pages, tunnel, Inner, LiveRoute, WakeResult};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::borrow::Cow;
@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 /// Most headers accepted in a request or response head.
 const MAX_HEADERS: usize = 100;
+/// A keep-alive client connection idle this long releases its upstream connections to the shared pools and
+/// frees its upstream buffer.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Upstream read buffer: response heads must fit; bodies are relayed in pieces of this size at most.
 const UPSTREAM_BUF: usize = 32 * 1024;
 
@@ -460,6 +463,7 @@ impl Conn<'_> {
         let cfg = &self.inner.cfg;
         let max = cfg.max_header_bytes;
         let mut scanned = 0;
+        let mut trimmed = false;
         loop {
             if self.end > self.start {
                 if let Some(n) = find_head_end(&self.buf[self.start..self.end], scanned) {
@@ -479,7 +483,11 @@ impl Conn<'_> {
                 self.start = 0;
             }
             let timeout = match deadline {
-                None => cfg.idle_timeout,
+                None if !trimmed => cfg.idle_timeout.min(IDLE_TRIM_AFTER),
+                None => cfg
+                    .idle_timeout
+                    .saturating_sub(IDLE_TRIM_AFTER)
+                    .max(Duration::from_millis(1)),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -495,6 +503,13 @@ impl Conn<'_> {
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if deadline.is_none() && !trimmed && cfg.idle_timeout > IDLE_TRIM_AFTER {
+                        // Idle for a while: give back what only active requests need, then keep waiting.
+                        trimmed = true;
+                        self.ubuf = Vec::new();
+                        self.local.release(&self.inner.limits);
+                        continue;
+                    }
                     return Err(if self.end > self.start {
                         HeadErr::Timeout
                     } else {
@@ -541,11 +556,16 @@ impl Conn<'_> {
         let generation = inner.generation.load(std::sync::atomic::Ordering::Acquire);
         let cached = match self.route_cache.take() {
             Some((g, h, r)) if g == generation && h == self.s.host => Some((h, r)),
-            Some((_, mut h, _)) => inner.route(&self.s.host).map(|r| {
-                h.clear();
-                h.push_str(&self.s.host);
-                (h, r)
-            }),
+            Some((_, mut h, _)) => {
+                // The table changed: upstream connections this client kept to backends no longer routed
+                // to are closed, so that a replaced deployment drains.
+                self.local.retain(|b| inner.is_current(b));
+                inner.route(&self.s.host).map(|r| {
+                    h.clear();
+                    h.push_str(&self.s.host);
+                    (h, r)
+                })
+            }
             None => inner.route(&self.s.host).map(|r| (self.s.host.clone(), r)),
         };
         let Some((host, route)) = cached else {
@@ -665,6 +685,7 @@ impl Conn<'_> {
         mut up: TcpStream,
         t0: Instant,
     ) -> Result<Outcome, Fail> {
+        let b = InFlight::new(b);
         let mut done = Done {
             bytes_in: req.head_len as u64,
             ..Done::default()
@@ -806,7 +827,7 @@ impl Conn<'_> {
             }
         }
         if upstream_ok {
-            self.local.keep(b, up, &self.inner.limits);
+            self.local.keep(b.finish(), up, &self.inner.limits);
         }
         self.finish(Some(route), t0, &done, req.minor);
         Ok(if client_keep { Outcome::Keep } else { Outcome::Close })

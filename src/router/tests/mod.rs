@@ -617,3 +617,49 @@ fn bench_serve() {
     router.serve_http(std::net::TcpListener::bind(listen).unwrap());
     std::thread::sleep(Duration::from_secs(secs));
 }
+
+#[test]
+fn switching_deployments_drains_the_old_backend() {
+    let slow = TestBackend::start(Arc::new(|r: &SeenRequest, s: &mut TcpStream| {
+        if r.path == "/slow" {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        respond(s, 200, &[], b"v1")
+    }));
+    let v2 = TestBackend::named("v2");
+    let r = TestRouter::simple();
+    r.route("app", &["app.localhost"], vec![slow.backend("d1")]);
+    let mut kept = Client::connect(r.addr);
+    assert_eq!(kept.get("app.localhost", "/").text(), "v1");
+    let addr = r.addr;
+    let in_flight = std::thread::spawn(move || get(addr, "app.localhost", "/slow").text());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(r.router.in_flight(slow.addr), 1);
+    r.route("app", &["app.localhost"], vec![v2.backend("d2")]);
+    assert_eq!(r.router.in_flight(slow.addr), 1, "still counted after the switch");
+    assert_eq!(kept.get("app.localhost", "/").text(), "v2");
+    assert_eq!(
+        in_flight.join().unwrap(),
+        "v1",
+        "the in-flight request finished on the old deployment"
+    );
+    assert_eq!(r.router.in_flight(slow.addr), 0);
+}
+
+#[test]
+fn idle_client_connections_return_their_upstreams_to_the_pool() {
+    let b = TestBackend::named("ok");
+    let r = TestRouter::simple();
+    r.route("app", &["app.localhost"], vec![b.backend("g")]);
+    let mut idle = Client::connect(r.addr);
+    assert_eq!(idle.get("app.localhost", "/").status, 200);
+    std::thread::sleep(Duration::from_millis(2300));
+    // The idle client gave its upstream connection back: a new client reuses it.
+    assert_eq!(get(r.addr, "app.localhost", "/").status, 200);
+    assert_eq!(b.accepts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        idle.get("app.localhost", "/").status,
+        200,
+        "the idle client is still served"
+    );
+}
