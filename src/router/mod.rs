@@ -17,6 +17,7 @@ mod proxy;
 mod tests;
 mod tls;
 mod tunnel;
+mod workers;
 
 pub use tls::CertStore;
 
@@ -232,6 +233,7 @@ pub(crate) struct Inner {
     rid_counter: AtomicU64,
     /// Bumped on every route table change, so connections may cache their last lookup.
     pub generation: AtomicU64,
+    workers: Arc<workers::Workers>,
 }
 
 impl Inner {
@@ -331,6 +333,7 @@ impl Router {
     /// A router with an empty route table.
     pub fn new(cfg: RouterConfig, waker: Arc<dyn Waker>, access_log: Arc<dyn AccessLog>) -> Self {
         let inner = Inner {
+            workers: workers::Workers::new(cfg.thread_stack, Duration::from_secs(10)),
             limits: cfg.pool_limits(),
             cfg,
             table: RwLock::new(Arc::new(HashMap::new())),
@@ -553,13 +556,10 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Option<Arc<rustls:
         }
         let i = inner.clone();
         let tls = tls.clone();
-        let spawned = std::thread::Builder::new()
-            .name("router-conn".into())
-            .stack_size(inner.cfg.thread_stack)
-            .spawn(move || {
-                let _guard = guard;
-                proxy::serve_connection(&i, stream, tls);
-            });
+        let spawned = inner.workers.run(Box::new(move || {
+            let _guard = guard;
+            proxy::serve_connection(&i, stream, tls);
+        }));
         if spawned.is_err() {
             inner.metrics.rejected_connections.fetch_add(1, Relaxed);
         }
