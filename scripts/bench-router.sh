@@ -83,28 +83,46 @@ done
 curl -fsS -H 'Host: bench.localhost' "http://127.0.0.1:$ROUTER_PORT/" >/dev/null
 curl -fsS "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 
-run() { # label port
-  local out
-  out=$(wrk -t2 -c64 -d"${DURATION}s" --latency -H 'Host: bench.localhost' "http://127.0.0.1:$2/")
-  local rps p50 p99 errs
+cpu_ticks() { # pids...: utime+stime in clock ticks, summed
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+router_proc=$(cat "$work/router.pid")
+nginx_procs=$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')
+hz=$(getconf CLK_TCK)
+run() { # label port pids extra-wrk-args...
+  local label=$1 port=$2 pids=$3 out t0 t1
+  shift 3
+  t0=$(cpu_ticks $pids)
+  out=$(wrk -t2 -c64 -d"${DURATION}s" --latency -H 'Host: bench.localhost' "$@" "http://127.0.0.1:$port/")
+  t1=$(cpu_ticks $pids)
+  local rps p50 p99 errs reqs cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  printf '%-26s %10s req/s   p50 %8s   p99 %8s   %s\n' "$1" "$rps" "$p50" "$p99" "$errs"
-  echo "$1 $rps" >>"$work/results"
+  cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  printf '%-30s %10s req/s   p50 %8s   p99 %8s   proxy CPU %6s us/req  %s\n' "$label" "$rps" "$p50" "$p99" "$cpu" "$errs"
+  echo "$label $rps" >>"$work/results"
 }
 echo "wrk -t2 -c64 -d${DURATION}s, keep-alive, same backend (nginx 'ok', 1 worker), $(nproc) cores shared by all:"
 for r in $(seq 1 "$ROUNDS"); do
-  run "gearshift router (#$r)" "$ROUTER_PORT"
-  run "nginx proxy (#$r)" "$NGINX_PORT"
+  run "gearshift router (#$r)" "$ROUTER_PORT" "$router_proc"
+  run "nginx proxy (#$r)" "$NGINX_PORT" "$nginx_procs"
 done
 awk '$1=="gearshift" {r+=$NF; nr++} $1=="nginx" {n+=$NF; nn++} END {printf "router / nginx req/s (mean of rounds): %.2fx\n", (r/nr)/(n/nn)}' \
   <(awk '{print $1, $NF}' "$work/results")
+echo "a new client connection per request (Connection: close), upstream still pooled:"
+: >"$work/results"
+run "gearshift router (close)" "$ROUTER_PORT" "$router_proc" -H 'Connection: close'
+run "nginx proxy (close)" "$NGINX_PORT" "$nginx_procs" -H 'Connection: close'
 
 # Memory per idle keep-alive connection: RSS and threads of the router process before and after
 # IDLE_CONNS clients that made one request each and then sit idle.
-pid=$(cat "$work/router.pid")
+pid=$router_proc
+sleep 11 # connection threads left over from wrk linger 10 s
 python3 - "$pid" "$ROUTER_PORT" "$IDLE_CONNS" <<'PY'
 import socket, sys, time
 pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
