@@ -110,6 +110,18 @@ pub fn run(config_path: &Path) -> Result<i32> {
         let paths = paths.clone();
         std::thread::spawn(move || sshd::supervise(&paths, &stop))
     };
+    // After a reboot (or any start from empty process state): every gear that should run.
+    let up = std::process::Command::new("/proc/self/exe")
+        .arg("--config")
+        .arg(&shared.config_path)
+        .args(["node", "up"])
+        .stdin(std::process::Stdio::null())
+        .status();
+    if !matches!(up, Ok(s) if s.success()) {
+        eprintln!("gearshift daemon: `gearshift node up` reported problems ({up:?}); serving what runs");
+    }
+    let router =
+        crate::frontend::start(&node, &shared.config_path, Arc::clone(&stop)).context("cannot start the router")?;
     eprintln!(
         "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",
         node.config.name,
@@ -150,6 +162,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
         }
     }
     eprintln!("gearshift daemon: stopping");
+    router.shutdown();
     let _ = std::fs::remove_file(&socket);
     let _ = sup.join();
     if let Some(dir) = paths.bin.parent() {

@@ -44,10 +44,20 @@ impl Front {
             let backends = a
                 .gears
                 .iter()
-                .filter_map(|g| gears.get(&g.id).and_then(|v| v.live).map(|addr| Backend { addr, id: g.id.clone() }))
+                .filter_map(|g| {
+                    gears
+                        .get(&g.id)
+                        .and_then(|v| v.live)
+                        .map(|addr| Backend { addr, id: g.id.clone() })
+                })
                 .collect();
             let hosts = crate::domain::hosts(&self.node, a);
-            t.add(Route { app: a.name.clone(), hosts, backends, https_redirect: a.https_redirect });
+            t.add(Route {
+                app: a.name.clone(),
+                hosts,
+                backends,
+                https_redirect: a.https_redirect,
+            });
         }
         self.router.set_routes(t);
     }
@@ -84,15 +94,21 @@ fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
     let mut generation = 0u64;
     while !gone.load(Ordering::Relaxed) && !front.stop.load(Ordering::Relaxed) {
         let reply = control::command(&ns, &format!("watch {generation}"));
+        let port_of = |v: &serde_json::Value| v.as_u64().filter(|p| *p > 0 && *p < 65536).map(|p| p as u16);
         let (live, draining) = match &reply {
             Ok(v) => {
                 let st = &v["status"];
                 generation = st["generation"].as_u64().unwrap_or(0);
-                let port = st["port"].as_u64().filter(|p| *p > 0 && *p < 65536).map(|p| p as u16);
-                let live = st["pid"].as_i64().and(port).map(|p| SocketAddr::from((gear.ip, p)));
-                (live, st["draining"].is_array())
+                let live = st["pid"]
+                    .as_i64()
+                    .and(port_of(&st["port"]))
+                    .map(|p| SocketAddr::from((gear.ip, p)));
+                (
+                    live,
+                    port_of(&st["draining"][1]).map(|p| SocketAddr::from((gear.ip, p))),
+                )
             }
-            Err(_) => (None, false),
+            Err(_) => (None, None),
         };
         let changed = {
             let mut gears = front.gears.lock().unwrap();
@@ -105,10 +121,14 @@ fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
         if changed {
             front.publish();
         }
-        if draining {
-            // The route table no longer names the old process: give requests already sent to
-            // it a moment to finish, then let the supervisor stop it.
-            std::thread::sleep(Duration::from_millis(300));
+        if let Some(old) = draining.filter(|d| Some(*d) != live) {
+            // The route table no longer names the old process: once the requests already sent
+            // to it are answered, the supervisor may stop it.
+            std::thread::sleep(Duration::from_millis(50));
+            let t = Instant::now();
+            while front.router.in_flight(old) > 0 && t.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = control::command(&ns, "release");
         }
         if reply.is_err() {
@@ -126,8 +146,12 @@ struct GearWaker(Mutex<Option<Arc<Front>>>);
 
 impl Waker for GearWaker {
     fn wake(&self, app_name: &str, deadline: Instant) -> WakeResult {
-        let Some(front) = self.0.lock().unwrap().clone() else { return WakeResult::NotRunning };
-        let Ok(a) = app::load(&front.node, app_name) else { return WakeResult::NotRunning };
+        let Some(front) = self.0.lock().unwrap().clone() else {
+            return WakeResult::NotRunning;
+        };
+        let Ok(a) = app::load(&front.node, app_name) else {
+            return WakeResult::NotRunning;
+        };
         if !a.idle && !front.node.config.wake_stopped {
             return WakeResult::NotRunning;
         }
@@ -139,7 +163,10 @@ impl Waker for GearWaker {
         for g in &a.gears {
             if let Ok(v) = control::command(&netns_path(&g.netns()), "status") {
                 if let Some(p) = v["status"]["port"].as_u64().filter(|p| *p > 0 && *p < 65536) {
-                    backends.push(Backend { addr: SocketAddr::from((g.ip, p as u16)), id: g.id.clone() });
+                    backends.push(Backend {
+                        addr: SocketAddr::from((g.ip, p as u16)),
+                        id: g.id.clone(),
+                    });
                 }
             }
         }
@@ -163,7 +190,11 @@ impl AccessLog for Access {
         let mut files = self.files.lock().unwrap();
         if !files.contains_key(name) {
             let _ = std::fs::create_dir_all(&self.dir);
-            match std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log"))) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("{name}.log")))
+            {
                 Ok(f) => {
                     files.insert(name.to_string(), f);
                 }
@@ -237,16 +268,24 @@ fn listen(addr: SocketAddr) -> Result<TcpListener> {
 /// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders.
 pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) -> Result<Arc<Router>> {
     let c = &node.config;
-    let cfg = RouterConfig { https_port: c.https_port, ..RouterConfig::default() };
+    let cfg = RouterConfig {
+        https_port: c.https_port,
+        ..RouterConfig::default()
+    };
     let waker = Arc::new(GearWaker(Mutex::new(None)));
-    let access = Arc::new(Access { dir: node.root().join("logs/access"), files: Mutex::new(HashMap::new()) });
+    let access = Arc::new(Access {
+        dir: node.root().join("logs/access"),
+        files: Mutex::new(HashMap::new()),
+    });
     let router = Arc::new(Router::new(cfg, waker.clone(), access));
     let certs = Arc::new(CertStore::new());
     for a in app::list(node)? {
         for h in crate::domain::hosts(node, &a) {
             let (cp, kp) = crate::domain::cert_paths(node, &h);
             if let (Ok(cert), Ok(key)) = (std::fs::read(&cp), std::fs::read(&kp)) {
-                certs.add_pem(&[h.as_str()], &cert, &key).with_context(|| format!("certificate of {h}"))?;
+                certs
+                    .add_pem(&[h.as_str()], &cert, &key)
+                    .with_context(|| format!("certificate of {h}"))?;
             }
         }
     }
@@ -262,6 +301,8 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
     router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);
     router.serve_https(listen(SocketAddr::from(([0, 0, 0, 0], c.https_port)))?, certs)?;
     router.serve_admin(listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?)?;
-    std::thread::Builder::new().name("routes".into()).spawn(move || refresh_loop(front))?;
+    std::thread::Builder::new()
+        .name("routes".into())
+        .spawn(move || refresh_loop(front))?;
     Ok(router)
 }
