@@ -148,7 +148,8 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
                     // After a reboot: every gear's init (whose supervisor starts the web process
                     // if it was running).
                     let mut failed = 0;
-                    for a in app::list(&node)? {
+                    // An app still being created is its creator's business.
+                    for a in app::list(&node)?.into_iter().filter(|a| a.status != "creating") {
                         for g in &a.gears {
                             if let Err(e) = crate::gear::ensure_running(&node, g) {
                                 eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);

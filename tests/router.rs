@@ -1,0 +1,296 @@
+//! The router as a visitor sees it: every app at its own name, aliases, clear error pages,
+//! deploys that never drop a request, idle apps woken by their first request, and apps that
+//! outlive a killed daemon.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Node {
+    key: PathBuf,
+    daemon: Daemon,
+    n: TestNode,
+}
+
+fn node() -> Node {
+    let n = TestNode::new();
+    let dir = n.root.join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("dev");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    n.ok(&[
+        "user",
+        "add",
+        "dev",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+    ]);
+    let daemon = n.start_daemon();
+    Node { key, daemon, n }
+}
+
+fn http_port(n: &TestNode) -> u16 {
+    (20_000 + n.slot * 10) as u16
+}
+
+/// GET / at HOST through the router: (status, body).
+fn get(n: &TestNode, host: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "15",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+        ])
+        .arg(format!("http://127.0.0.1:{}/", http_port(n)))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+const SERVER: &str = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        b = (open('page.txt').read().strip() + ' xff=' + self.headers.get('X-Forwarded-For', '-')).encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Creates APP owned by dev and pushes a page saying `page`; returns the repository.
+fn deploy(x: &Node, app: &str, page: &str) -> PathBuf {
+    x.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev"]);
+    let dir = x.n.root.join("src").join(app);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(dir.join("server.py"), SERVER).unwrap();
+    std::fs::write(dir.join("page.txt"), page).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", page]);
+    push(x, &dir, app);
+    dir
+}
+
+fn push(x: &Node, dir: &Path, app: &str) {
+    let o = Command::new("git")
+        .args([
+            "push",
+            "-q",
+            &format!("ssh://{}@127.0.0.1:{}/{app}.git", x.n.ssh_user(), x.n.ssh_port()),
+            "main",
+        ])
+        .env(
+            "GIT_SSH_COMMAND",
+            format!("ssh {}", ssh_opts(&x.key, x.n.ssh_port()).join(" ")),
+        )
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "push: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn wait_for(n: &TestNode, host: &str, want: &str) {
+    let t = Instant::now();
+    loop {
+        let (code, body) = get(n, host);
+        if code == 200 && body.starts_with(want) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{host} never answered {want:?} (last: {code} {body})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn apps_at_their_names_aliases_and_error_pages() {
+    require_root!();
+    let x = node();
+    let n = &x.n;
+    deploy(&x, "shop", "shop-page");
+    deploy(&x, "blog", "blog-page");
+    wait_for(n, "shop.localhost", "shop-page");
+    let (code, body) = get(n, "blog.localhost:8080");
+    assert_eq!(code, 200);
+    assert!(body.starts_with("blog-page xff=127.0.0.1"), "{body}");
+    assert!(get(n, "SHOP.Localhost").1.starts_with("shop-page"));
+    n.ok(&["domain", "add", "shop", "www.shop.example"]);
+    wait_for(n, "www.shop.example", "shop-page");
+    let (code, body) = get(n, "nobody.localhost");
+    assert_eq!(code, 404);
+    assert!(body.contains("No app is served at this address"), "{body}");
+    n.ok(&["app", "stop", "blog"]);
+    let t = Instant::now();
+    while get(n, "blog.localhost").0 != 502 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a stopped app does not get a 502"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(get(n, "blog.localhost").1.contains("502 Bad Gateway"));
+    let access = std::fs::read_to_string(n.root.join("logs/access/shop.log")).unwrap();
+    assert!(
+        access.lines().any(|l| l.contains("GET /") && l.contains(" 200 ")),
+        "{access}"
+    );
+}
+
+#[test]
+fn ten_redeploys_drop_no_request() {
+    require_root!();
+    let x = node();
+    let n = &x.n;
+    let dir = deploy(&x, "live", "v0");
+    wait_for(n, "live.localhost", "v0");
+    let port = http_port(n);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let looper = std::thread::spawn(move || {
+        let (mut ok, mut failed, mut seen) = (0u32, Vec::new(), Vec::<String>::new());
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let o = Command::new("curl")
+                .args([
+                    "-s",
+                    "-m",
+                    "10",
+                    "-o",
+                    "-",
+                    "-w",
+                    "\n%{http_code}",
+                    "-H",
+                    "Host: live.localhost",
+                ])
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            match out.rsplit_once('\n') {
+                Some((body, "200")) => {
+                    ok += 1;
+                    let v = body.split_whitespace().next().unwrap_or("").to_string();
+                    if seen.last() != Some(&v) {
+                        seen.push(v);
+                    }
+                }
+                _ => failed.push(out),
+            }
+        }
+        (ok, failed, seen)
+    });
+    for i in 1..=10 {
+        std::fs::write(dir.join("page.txt"), format!("v{i}")).unwrap();
+        git(&dir, &["commit", "-qam", &format!("v{i}")]);
+        push(&x, &dir, "live");
+    }
+    wait_for(n, "live.localhost", "v10");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, seen) = looper.join().unwrap();
+    eprintln!("{ok} requests during 10 redeploys, versions seen in order: {seen:?}");
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let nums: Vec<u32> = seen
+        .iter()
+        .map(|v| v.trim_start_matches('v').parse().unwrap())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[0] < w[1]), "versions out of order: {seen:?}");
+    assert_eq!(nums.last(), Some(&10));
+    assert!(ok > 20);
+}
+
+#[test]
+fn idle_apps_wake_on_their_first_request_and_apps_outlive_a_killed_daemon() {
+    require_root!();
+    let mut x = node();
+    deploy(&x, "nap", "awake");
+    wait_for(&x.n, "nap.localhost", "awake");
+    x.n.ok(&["app", "idle", "nap"]);
+    let uid = x.n.show("nap")["gears"][0]["uid"].as_u64().unwrap();
+    let procs = || {
+        String::from_utf8_lossy(
+            &Command::new("sh")
+                .arg("-c")
+                .arg(format!("ps -u {uid} -o pid=,stat= | awk '$2 !~ /Z/ {{print $1}}'"))
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert_eq!(procs().trim(), "", "an idle app still has processes");
+    // The first request is held until the app answers: no redirect, no error.
+    let t = Instant::now();
+    let (code, body) = get(&x.n, "nap.localhost");
+    eprintln!("wake: first request answered in {:?}", t.elapsed());
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("awake"));
+    assert!(x.n.ok(&["app", "status", "nap"]).starts_with("running"));
+
+    // kill -9 of the daemon: the app keeps its processes; a new daemon serves it again.
+    let before = procs();
+    x.daemon.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(procs(), before, "killing the daemon touched the app's processes");
+    x.daemon = x.n.start_daemon();
+    wait_for(&x.n, "nap.localhost", "awake");
+    assert_eq!(
+        procs(),
+        before,
+        "the new daemon restarted the app instead of adopting it"
+    );
+
+    // After a "reboot" (every gear process gone), a daemon started from empty process state
+    // starts every app that should run.
+    let pid = std::fs::read_to_string(
+        x.n.root
+            .join("run/gears")
+            .join(x.n.show("nap")["gears"][0]["id"].as_str().unwrap())
+            .join("init.pid"),
+    )
+    .unwrap();
+    x.daemon.kill9();
+    let _ = Command::new("kill")
+        .args(["-9", pid.split_whitespace().next().unwrap()])
+        .status();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(procs().trim(), "");
+    x.daemon = x.n.start_daemon();
+    wait_for(&x.n, "nap.localhost", "awake");
+}
