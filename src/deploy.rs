@@ -168,9 +168,31 @@ fn new_id(commit: &str) -> String {
 
 /// Builds and deploys `commit` (which is in git's quarantine until the hook succeeds).
 fn deploy(info: &GearInfo, commit: &str, branch: &str) -> Result<()> {
+    deploy_from(info, commit, branch, Source::Git)
+}
+
+/// Where a deployment's files come from.
+enum Source {
+    /// `git archive` of the commit, in this gear's repository (a push).
+    Git,
+    /// A tar stream on stdin (another gear of a scaled app hands over its live deployment).
+    Stdin,
+}
+
+fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> Result<()> {
     let t0 = Instant::now();
     let live = live_id();
-    if let Some(l) = list().into_iter().find(|d| Some(&d.id) == live.as_ref()) {
+    if let (Source::Stdin, Some(l)) = (&source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
+        if l.commit == commit {
+            say(&format!(
+                "{} is live already ({})",
+                &commit[..8.min(commit.len())],
+                l.id
+            ));
+            return Ok(());
+        }
+    }
+    if let (Source::Git, Some(l)) = (&source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
         let same = git(&["rev-parse", &format!("{commit}^{{tree}}")]).ok()
             == git(&["rev-parse", &format!("{}^{{tree}}", l.commit)]).ok();
         if same {
@@ -196,14 +218,21 @@ fn deploy(info: &GearInfo, commit: &str, branch: &str) -> Result<()> {
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
     let result = (|| -> Result<()> {
-        let archive = Command::new("git")
-            .args(["archive", "--format=tar", commit])
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let input = match source {
+            Source::Git => Stdio::from(
+                Command::new("git")
+                    .args(["archive", "--format=tar", commit])
+                    .stdout(Stdio::piped())
+                    .spawn()?
+                    .stdout
+                    .context("no git archive output")?,
+            ),
+            Source::Stdin => Stdio::inherit(),
+        };
         let st = Command::new("tar")
-            .args(["-x", "-C"])
+            .args(["-x", "--no-same-owner", "-C"])
             .arg(&repo)
-            .stdin(archive.stdout.context("no git archive output")?)
+            .stdin(input)
             .status()?;
         if !st.success() {
             bail!("cannot check out {commit} (disk quota?)");
@@ -338,4 +367,43 @@ pub fn rollback(id: Option<&str>) -> Result<String> {
     }
     switch_to(&info, &target.id)?;
     Ok(target.id.clone())
+}
+
+/// The live deployment's commit, as a tar of its source on stdout (for the other gears of a
+/// scaled app); the commit id goes to stderr's first line.
+pub fn export_live() -> Result<i32> {
+    let live = live_id().context("nothing is deployed in this gear")?;
+    let d = list()
+        .into_iter()
+        .find(|d| d.id == live)
+        .context("the live deployment has no metadata")?;
+    let repo = home()
+        .join("git")
+        .join(format!("{}.git", GearInfo::load_in_gear()?.app));
+    let st = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["archive", "--format=tar", &d.commit])
+        .status()?;
+    Ok(st.code().unwrap_or(1))
+}
+
+/// Builds and activates a deployment of `commit` from a tar stream on stdin.
+pub fn import(commit: &str) -> Result<i32> {
+    let info = GearInfo::load_in_gear()?;
+    if commit.len() < 7 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("'{}' is not a commit id", commit.escape_default());
+    }
+    let _lock = push_lock()?;
+    Ok(if deploy_from(&info, commit, "scale", Source::Stdin).is_ok() {
+        0
+    } else {
+        1
+    })
+}
+
+/// The live deployment's commit id.
+pub fn live_commit() -> Option<String> {
+    let live = live_id()?;
+    list().into_iter().find(|d| d.id == live).map(|d| d.commit)
 }

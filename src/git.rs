@@ -30,6 +30,31 @@ impl GitService {
 pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) -> Result<i32> {
     let a = app::load_for(node, actor, app_name)?;
     let repo = format!("/home/{}/git/{}.git", a.name, a.name);
-    // Never a pty: the git protocol is binary.
-    app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo])
+    if service == GitService::UploadPack || a.gears.len() < 2 {
+        // Never a pty: the git protocol is binary.
+        return app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo]);
+    }
+    // A scaled app: the push deploys in gear 0; then every other gear takes that deployment.
+    // The push runs in a child, so this process stays outside the gear for the hand-over.
+    // SAFETY: single-threaded process (CLI or worker); the child leaves with _exit.
+    let code = match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let argv = [service.program().to_string(), repo];
+            let code = app::run_in_gear_plain(node, actor, &a.name, 0, &argv).unwrap_or(1);
+            // SAFETY: leave the forked child without running destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, c) => c,
+            _ => 1,
+        },
+    };
+    if code == 0 {
+        for g in a.gears.iter().skip(1) {
+            if let Err(e) = app::replicate(node, &a, g) {
+                eprintln!("gearshift: {e:#}");
+            }
+        }
+    }
+    Ok(code)
 }

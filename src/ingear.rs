@@ -25,6 +25,12 @@ pub enum GearCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write the live deployment's source as a tar to stdout (scaling).
+    Export,
+    /// Print the live deployment's commit id.
+    LiveCommit,
+    /// Build and activate a deployment of COMMIT from a tar on stdin (scaling).
+    Import { commit: String },
     /// Re-activate a kept deployment.
     Rollback { id: Option<String> },
     /// Serve a directory over HTTP (the static cartridge's web process).
@@ -118,6 +124,12 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        GearCmd::Export => deploy::export_live(),
+        GearCmd::LiveCommit => {
+            println!("{}", deploy::live_commit().unwrap_or_default());
+            Ok(0)
+        }
+        GearCmd::Import { commit } => deploy::import(&commit),
         GearCmd::Rollback { id } => {
             let id = deploy::rollback(id.as_deref())?;
             println!("rolled back: {id} is live");

@@ -294,3 +294,73 @@ fn idle_apps_wake_on_their_first_request_and_apps_outlive_a_killed_daemon() {
     x.daemon = x.n.start_daemon();
     wait_for(&x.n, "nap.localhost", "awake");
 }
+
+#[test]
+fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
+    require_root!();
+    let x = node();
+    let n = &x.n;
+    x.n.ok(&["app", "create", "wide", "--cartridge", "python", "--owner", "dev"]);
+    let dir = n.root.join("src/wide");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(
+        dir.join("server.py"),
+        SERVER.replace("open('page.txt').read().strip()", "os.environ['OPENSHIFT_GEAR_UUID']"),
+    )
+    .unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "wide"]);
+    push(&x, &dir, "wide");
+    n.ok(&["app", "scale", "wide", "3"]);
+    let gears: Vec<String> = n.show("wide")["gears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(gears.len(), 3);
+    // Each gear is isolated: its own uid and address.
+    let uids: std::collections::HashSet<u64> = n.show("wide")["gears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["uid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 3);
+    let t = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "requests reached only {seen:?} of {gears:?}"
+        );
+        let (code, body) = get(n, "wide.localhost");
+        if code == 200 {
+            seen.insert(body.split_whitespace().next().unwrap_or("").to_string());
+        }
+    }
+    // A push reaches every gear.
+    std::fs::write(dir.join("extra.txt"), "x").unwrap();
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "more"]);
+    push(&x, &dir, "wide");
+    for i in 1..3 {
+        let (_, out, _) = n.sh_gear("wide", i, "cat ~/app-root/repo/extra.txt");
+        assert_eq!(out, "x", "gear {i} did not get the new deployment");
+    }
+    // One gear's web process dies for good (its supervisor's restarts would hide it, so the
+    // whole gear goes): after the first retry window no request fails.
+    let (_, _, _) = n.sh_gear("wide", 2, "kill -STOP 1; pkill -KILL -f server.py; true");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failed = 0;
+    for _ in 0..30 {
+        if get(n, "wide.localhost").0 != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "requests failed with one gear down");
+    n.ok(&["app", "scale", "wide", "1"]);
+    assert_eq!(n.show("wide")["gears"].as_array().unwrap().len(), 1);
+}

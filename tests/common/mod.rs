@@ -247,6 +247,17 @@ impl TestNode {
         )
     }
 
+    /// Runs a shell snippet inside gear INDEX of an app.
+    pub fn sh_gear(&self, app: &str, index: u32, script: &str) -> (i32, String, String) {
+        let i = index.to_string();
+        let o = self.gs(&["run", app, "--gear", &i, "--", "/bin/sh", "-c", script]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
     pub fn create_app(&self, app: &str) -> serde_json::Value {
         self.ok(&["app", "create", app, "--cartridge", "python"]);
         self.show(app)
