@@ -271,10 +271,19 @@ impl Inner {
             }
         };
         if leader {
+            /// Ends the shared wake even if the waker panics, so later requests start a new one.
+            struct Finish<'a>(&'a Inner, &'a str, &'a WakeSlot, Option<WakeResult>);
+            impl Drop for Finish<'_> {
+                fn drop(&mut self) {
+                    self.0.wakes.lock().unwrap_or_else(|e| e.into_inner()).remove(self.1);
+                    *self.2.result.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(self.3.take().unwrap_or(WakeResult::TimedOut));
+                    self.2.done.notify_all();
+                }
+            }
+            let mut finish = Finish(self, app, &slot, None);
             let r = self.waker.wake(app, deadline);
-            self.wakes.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
-            *slot.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
-            slot.done.notify_all();
+            finish.3 = Some(r.clone());
             return r;
         }
         let mut res = slot.result.lock().unwrap_or_else(|e| e.into_inner());
