@@ -8,6 +8,7 @@
 // The public API is not wired into `gearshift daemon` yet: remove once it is integrated.
 #![allow(dead_code)]
 
+mod accept;
 mod http;
 mod metrics;
 mod pages;
@@ -17,7 +18,6 @@ mod proxy;
 mod tests;
 mod tls;
 mod tunnel;
-mod workers;
 
 pub use tls::CertStore;
 
@@ -25,7 +25,6 @@ use anyhow::{bail, Context, Result};
 use metrics::{AppMetrics, Metrics};
 use pool::{BackendState, PoolLimits};
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -233,13 +232,17 @@ pub(crate) struct Inner {
     rid_counter: AtomicU64,
     /// Bumped on every route table change, so connections may cache their last lookup.
     pub generation: AtomicU64,
-    workers: Arc<workers::Workers>,
 }
 
 impl Inner {
     /// The route for a normalized host.
     pub fn route(&self, host: &str) -> Option<Arc<LiveRoute>> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).get(host).cloned()
+    }
+
+    /// True once [`Router::shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
     }
 
     /// True while `b` is a backend of the current table.
@@ -271,10 +274,19 @@ impl Inner {
             }
         };
         if leader {
+            /// Ends the shared wake even if the waker panics, so later requests start a new one.
+            struct Finish<'a>(&'a Inner, &'a str, &'a WakeSlot, Option<WakeResult>);
+            impl Drop for Finish<'_> {
+                fn drop(&mut self) {
+                    self.0.wakes.lock().unwrap_or_else(|e| e.into_inner()).remove(self.1);
+                    *self.2.result.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(self.3.take().unwrap_or(WakeResult::TimedOut));
+                    self.2.done.notify_all();
+                }
+            }
+            let mut finish = Finish(self, app, &slot, None);
             let r = self.waker.wake(app, deadline);
-            self.wakes.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
-            *slot.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
-            slot.done.notify_all();
+            finish.3 = Some(r.clone());
             return r;
         }
         let mut res = slot.result.lock().unwrap_or_else(|e| e.into_inner());
@@ -333,7 +345,6 @@ impl Router {
     /// A router with an empty route table.
     pub fn new(cfg: RouterConfig, waker: Arc<dyn Waker>, access_log: Arc<dyn AccessLog>) -> Self {
         let inner = Inner {
-            workers: workers::Workers::new(cfg.thread_stack, Duration::from_secs(10)),
             limits: cfg.pool_limits(),
             cfg,
             table: RwLock::new(Arc::new(HashMap::new())),
@@ -509,59 +520,6 @@ impl Router {
         if let Ok(a) = listener.local_addr() {
             self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(a);
         }
-        let inner = self.inner.clone();
-        std::thread::Builder::new()
-            .name("router-accept".into())
-            .spawn(move || accept_loop(inner, listener, tls))
-            .expect("cannot start the router's accept thread")
-    }
-}
-
-/// Decrements the active-connection gauge when a connection thread ends, however it ends.
-struct ActiveGuard(Arc<Inner>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.metrics.active_connections.fetch_sub(1, Relaxed);
-    }
-}
-
-fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
-    for conn in listener.incoming() {
-        if inner.stopping.load(Relaxed) {
-            break;
-        }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors: back off instead of spinning; the cap normally prevents this.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
-                ) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                continue;
-            }
-        };
-        inner.metrics.connections_total.fetch_add(1, Relaxed);
-        let active = inner.metrics.active_connections.fetch_add(1, Relaxed) + 1;
-        let guard = ActiveGuard(inner.clone());
-        if active as usize > inner.cfg.max_connections {
-            inner.metrics.rejected_connections.fetch_add(1, Relaxed);
-            let _ = stream.set_nonblocking(true);
-            let _ =
-                (&stream).write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            continue;
-        }
-        let i = inner.clone();
-        let tls = tls.clone();
-        let spawned = inner.workers.run(Box::new(move || {
-            let _guard = guard;
-            proxy::serve_connection(&i, stream, tls);
-        }));
-        if spawned.is_err() {
-            inner.metrics.rejected_connections.fetch_add(1, Relaxed);
-        }
+        accept::serve(self.inner.clone(), listener, tls)
     }
 }

@@ -636,12 +636,16 @@ impl Conn<'_> {
         let mut status = 502;
         // A request that cannot be replayed only goes on a pooled connection that still looks open.
         let probe = !(req.idempotent || req.framing == Framing::None);
+        // Healthy backends first, then those marked down (each tried once per request).
+        let mut tried = vec![false; n];
         for pass in 0..2 {
             for k in 0..n {
-                let b = &backends[(first + k) % n];
-                if b.is_up() != (pass == 0) {
+                let i = (first + k) % n;
+                let b = &backends[i];
+                if tried[i] || b.is_up() != (pass == 0) {
                     continue;
                 }
+                tried[i] = true;
                 let mut fresh = false;
                 loop {
                     let mut held = None;

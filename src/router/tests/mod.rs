@@ -590,6 +590,10 @@ fn route_switch_is_atomic_and_keeps_serving() {
 #[test]
 #[ignore = "run by scripts/bench-router.sh"]
 fn bench_serve() {
+    if std::env::var_os("ROUTER_BENCH_LISTEN").is_none() {
+        eprintln!("bench_serve: run by scripts/bench-router.sh, which sets ROUTER_BENCH_*");
+        return;
+    }
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
     let listen: std::net::SocketAddr = env("ROUTER_BENCH_LISTEN").parse().unwrap();
     let backend: std::net::SocketAddr = env("ROUTER_BENCH_BACKEND").parse().unwrap();

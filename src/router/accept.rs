@@ -1,0 +1,111 @@
+//! Accepting connections, leader/followers style: idle connection threads block in accept(2) on the
+//! shared listener (the kernel wakes one per connection), serve what they accept themselves, and go back
+//! to accepting. A thread that accepts while no other is waiting first starts another, so one always
+//! waits; threads idle longer than the linger exit (but never the last one). No hand-off between threads.
+
+use super::{proxy, Inner};
+use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+use nix::sys::time::TimeVal;
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a connection thread waits in accept for more work before it exits.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// A listener and the count of its threads waiting in accept.
+struct Shared {
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    waiting: AtomicUsize,
+}
+
+/// Starts serving `listener`; the handle is the first connection thread's.
+pub fn serve(inner: Arc<Inner>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> JoinHandle<()> {
+    // accept(2) honours SO_RCVTIMEO: that is how idle threads notice their linger is over.
+    let secs = LINGER.as_secs() as i64;
+    let _ = setsockopt(&listener, ReceiveTimeout, &TimeVal::new(secs, 0));
+    let shared = Arc::new(Shared {
+        inner,
+        listener,
+        tls,
+        waiting: AtomicUsize::new(1),
+    });
+    spawn(shared).expect("cannot start the router's first connection thread")
+}
+
+fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    let stack = shared.inner.cfg.thread_stack;
+    std::thread::Builder::new()
+        .name("router-conn".into())
+        .stack_size(stack)
+        .spawn(move || run(&shared))
+}
+
+/// Decrements the active-connection gauge when a connection ends, however it ends.
+struct ActiveGuard<'a>(&'a Inner);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One connection thread: accept, serve, repeat. `waiting` counts this thread while it is in accept.
+fn run(shared: &Arc<Shared>) {
+    let inner = &*shared.inner;
+    loop {
+        let stream = match shared.listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                // Lingered long enough: leave, unless this is the last thread waiting.
+                let last = shared
+                    .waiting
+                    .fetch_update(SeqCst, SeqCst, |w| (w > 1).then(|| w - 1))
+                    .is_err();
+                if !last || inner.is_stopping() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                // Out of descriptors: back off instead of spinning; the cap normally prevents this.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
+                ) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                continue;
+            }
+        };
+        if inner.is_stopping() {
+            shared.waiting.fetch_sub(1, SeqCst);
+            return;
+        }
+        // This thread is busy now: make sure another one waits for the next connection.
+        if shared.waiting.fetch_sub(1, SeqCst) == 1 {
+            shared.waiting.fetch_add(1, SeqCst);
+            if spawn(shared.clone()).is_err() {
+                shared.waiting.fetch_sub(1, SeqCst);
+            }
+        }
+        inner.metrics.connections_total.fetch_add(1, Relaxed);
+        let active = inner.metrics.active_connections.fetch_add(1, Relaxed) + 1;
+        let guard = ActiveGuard(inner);
+        if active as usize > inner.cfg.max_connections {
+            inner.metrics.rejected_connections.fetch_add(1, Relaxed);
+            let _ = stream.set_nonblocking(true);
+            let _ =
+                (&stream).write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        } else {
+            proxy::serve_connection(inner, stream, shared.tls.clone());
+        }
+        drop(guard);
+        shared.waiting.fetch_add(1, SeqCst);
+    }
+}
