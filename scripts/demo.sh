@@ -53,13 +53,17 @@ rm -rf "$src"
 say "inside the gear: gearshift run demo -- sh -c 'id; hostname; ps -ef; ...'"
 gs run demo -- sh -c 'id; echo "hostname: $(hostname)"; ps -ef; grep -E "^(CapEff|NoNewPrivs|Seccomp):" /proc/self/status'
 ip=$(gs app show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["gears"][0]["ip"])')
-say "the app, from the host: curl http://$ip:8080/"
-curl -fsS "http://$ip:8080/"
+http=$(sed -n 's/^http_port = \([0-9]*\)/\1/p' "$CONFIG")
+domain=$(sed -n 's/^domain = "\(.*\)"/\1/p' "$CONFIG")
+url="http://demo.$domain:$http/"
+[ "$http" = 80 ] && url="http://demo.$domain/"
+say "the app through the router: curl $url"
+for _ in $(seq 50); do curl -fsS --resolve "demo.$domain:$http:127.0.0.1" "$url" 2>/dev/null && break; sleep 0.2; done
 say "gearshift app show demo"
 gs app show demo
 cat <<EOT
 
-gearshift is running on this host. The demo app answers at http://$ip:8080/
+gearshift is running on this host. The demo app answers at $url
 Its git remote:  $remote   (key: $key)
 Try:
   export GIT_SSH_COMMAND="ssh -i $key"
