@@ -34,6 +34,7 @@ test: deps lint
 
 bench: deps build
 	scripts/bench.sh $(BIN)
+	scripts/bench-router.sh
 
 install: build
 	install -D -m 0755 $(BIN) $(PREFIX)/bin/gearshift

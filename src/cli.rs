@@ -151,6 +151,18 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
                     // An app still being created is its creator's business.
                     for a in app::list(&node)?.into_iter().filter(|a| a.status != "creating") {
                         for g in &a.gears {
+                            // A gear started by an older gearshift whose supervisor does not
+                            // answer the control socket gets a fresh init (an upgrade).
+                            let ns = crate::gear::isolation::network::netns_path(&g.netns());
+                            if crate::gear::init_pid(&node, g).is_some()
+                                && crate::gear::control::command(&ns, "status").is_err()
+                            {
+                                eprintln!(
+                                    "gearshift: restarting gear {} of '{}' (its supervisor does not answer)",
+                                    g.index, a.name
+                                );
+                                let _ = crate::gear::stop(&node, g);
+                            }
                             if let Err(e) = crate::gear::ensure_running(&node, g) {
                                 eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
                                 failed += 1;
