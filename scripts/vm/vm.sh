@@ -70,8 +70,11 @@ build_image() {
   [ "$(id -u)" = 0 ] || die "the image build needs root"
   local t0=$SECONDS
   build_rootfs
-  local B=$CACHE/build-$RECIPE_HASH R
-  rm -rf "$B" "$IMG.tmp"; mkdir -p "$B" "$IMG.tmp"
+  # Built under img-<hash>.tmp and renamed only after the warm-up boot, so an interrupted build
+  # is never mistaken for a finished one. The warm-up uses its own port and run directory.
+  local B=$CACHE/build-$RECIPE_HASH R final=$IMG
+  IMG=$IMG.tmp SSH_PORT=$((SSH_PORT + 1000)) RUN=$CACHE/run-build
+  rm -rf "$B" "$IMG"; mkdir -p "$B" "$IMG"
   R=$B/rootfs
   cp -a "$ROOTFS" "$R"
 
@@ -92,9 +95,9 @@ Gateway=10.0.2.2
 LinkLocalAddressing=no
 IPv6AcceptRA=no
 NET
-  ssh-keygen -q -t ed25519 -N '' -C gearshift-vm -f "$IMG.tmp/id_ed25519"
+  ssh-keygen -q -t ed25519 -N '' -C gearshift-vm -f "$IMG/id_ed25519"
   install -d -m 700 "$R/root/.ssh"
-  install -m 600 "$IMG.tmp/id_ed25519.pub" "$R/root/.ssh/authorized_keys"
+  install -m 600 "$IMG/id_ed25519.pub" "$R/root/.ssh/authorized_keys"
   chroot "$R" passwd -d root >/dev/null
   printf 'PermitRootLogin prohibit-password\nUseDNS no\nPasswordAuthentication no\nMaxSessions 50\nMaxStartups 50\n' \
     > "$R/etc/ssh/sshd_config.d/vmtest.conf"
@@ -110,8 +113,8 @@ NET
   done
   chroot "$R" systemd-machine-id-setup >/dev/null 2>&1 || true
   printf '9p\n9pnet_virtio\nquota_v2\nloop\nbtrfs\n' > "$R/etc/modules-load.d/vmtest.conf"
-  cp "$R"/boot/vmlinuz-* "$IMG.tmp/vmlinuz"
-  cp "$R"/boot/initrd.img-* "$IMG.tmp/initrd.img"
+  cp "$R"/boot/vmlinuz-* "$IMG/vmlinuz"
+  cp "$R"/boot/initrd.img-* "$IMG/initrd.img"
   rm -f "$R"/boot/initrd.img-*
   : > "$R/etc/resolv.conf"
 
@@ -121,6 +124,8 @@ NET
   cp "$POLICY" "$R/tmp/gearshift.cil"
   chroot "$R" semodule -i /tmp/gearshift.cil 2>&1 | grep -v 'sddm not in password' >&2 || true
   chroot "$R" semodule -l | grep -qx gearshift || die "the gearshift policy module did not install"
+  # the copy `gearshift init` compares with (src/gear/isolation/selinux.rs: INSTALLED_COPY)
+  install -D -m 644 "$POLICY" "$R/var/lib/gearshift-selinux/gearshift.cil"
   rm -f "$R/tmp/gearshift.cil"
 
   log "labelling the rootfs offline ..."
@@ -131,24 +136,25 @@ NET
   setlabel "$R/proc" system_u:object_r:proc_t:s0
 
   log "creating disk images ..."
-  truncate -s 3G "$IMG.tmp/root.img"
-  mkfs.ext4 -q -F -L root -I 256 -d "$R" "$IMG.tmp/root.img"
+  truncate -s 3G "$IMG/root.img"
+  mkfs.ext4 -q -F -L root -I 256 -d "$R" "$IMG/root.img"
   local D=$B/gears-root; mkdir -p "$D"; setlabel "$D" system_u:object_r:var_lib_t:s0
-  truncate -s 1G "$IMG.tmp/data-ext4.img"
-  mkfs.ext4 -q -F -L gears -O quota,project -E quotatype=usrquota:grpquota:prjquota -I 256 -d "$D" "$IMG.tmp/data-ext4.img"
-  truncate -s 1G "$IMG.tmp/data-xfs.img"
-  mkfs.xfs -q -f -L xfsdata "$IMG.tmp/data-xfs.img"
+  truncate -s 1G "$IMG/data-ext4.img"
+  mkfs.ext4 -q -F -L gears -O quota,project -E quotatype=usrquota:grpquota:prjquota -I 256 -d "$D" "$IMG/data-ext4.img"
+  truncate -s 1G "$IMG/data-xfs.img"
+  mkfs.xfs -q -f -L xfsdata "$IMG/data-xfs.img"
   local M=$B/xfsmnt; mkdir -p "$M"
-  if mount -o loop "$IMG.tmp/data-xfs.img" "$M" 2>/dev/null; then
+  if mount -o loop "$IMG/data-xfs.img" "$M" 2>/dev/null; then
     setlabel "$M" system_u:object_r:var_t:s0; umount "$M"
   fi
   rm -rf "$B"
-  rm -rf "$IMG"; mv "$IMG.tmp" "$IMG"
   # warm-up boot, written back: first-mount quota work happens once, not on every boot
   log "warm-up boot ..."
   PERSIST=1 start_vm ""
   vssh 'systemctl is-system-running --wait >/dev/null; getenforce' >&2 || true
   PERSIST=1 stop_vm
+  rm -rf "$final"; mv "$IMG" "$final"
+  IMG=$final SSH_PORT=$((SSH_PORT - 1000)) RUN=$CACHE/run-$((SSH_PORT - 1000))
   for d in "$CACHE"/img-*; do [ "$d" = "$IMG" ] || rm -rf "$d"; done
   log "image built in $((SECONDS - t0))s ($(du -sh "$IMG" | cut -f1) on disk)"
 }

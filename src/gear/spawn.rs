@@ -113,6 +113,7 @@ fn confine(who: &Identity, filters: &seccomp::Filters, with_landlock: bool) -> R
 /// Starts a gear's init and returns its pid (in the host's pid namespace).
 pub fn start_init(spec: &InitSpec) -> Result<i32> {
     let filters = seccomp::build()?;
+    selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
     let netns = File::open(&spec.netns).with_context(|| {
         format!(
             "gear network namespace {} is missing (run `gearshift node up`)",
@@ -302,6 +303,7 @@ fn resolve(prog: &str, env: &[(String, String)]) -> CString {
 /// a process forked for this one spawn).
 pub fn exec(spec: &ExecSpec) -> Result<i32> {
     let filters = seccomp::build()?;
+    selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
     let ns_kinds = [
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),

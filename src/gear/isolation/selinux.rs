@@ -28,8 +28,12 @@ pub fn mode() -> &'static str {
 }
 
 /// Whether gearshift labels gears here (SELinux on, and not switched off for a benchmark).
+///
+/// Decided once per process: inside a gear's mount namespace /sys/fs/selinux does not exist and
+/// the environment is cleared, so the spawn code asks before it enters the gear.
 pub fn enabled() -> bool {
-    mode() != "disabled" && std::env::var_os(BENCH_OFF_ENV).is_none_or(|v| v != "1")
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| mode() != "disabled" && std::env::var_os(BENCH_OFF_ENV).is_none_or(|v| v != "1"))
 }
 
 /// The full process label for a gear: the caller's SELinux user and role (so no identity
@@ -175,42 +179,39 @@ pub enum PolicyInstall {
     Installed,
 }
 
-/// Installs `selinux/gearshift.cil` with `semodule -i` where SELinux is on, unless the store
-/// already holds this exact module (checked with `semodule -E`, which is much cheaper than a
-/// policy rebuild).
+/// Where `install_policy` keeps a copy of the module it installed, to skip reinstalling it.
+pub const INSTALLED_COPY: &str = "/var/lib/gearshift-selinux/gearshift.cil";
+
+/// Installs `selinux/gearshift.cil` with `semodule -i` where SELinux is on, unless this exact
+/// module is installed already (a copy kept at `INSTALLED_COPY`, and the loaded policy knows
+/// the gear types): a policy rebuild takes seconds to minutes.
 pub fn install_policy() -> Result<PolicyInstall> {
     if mode() == "disabled" {
         return Ok(PolicyInstall::Skipped);
     }
-    let dir = std::env::temp_dir().join(format!("gearshift-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = (|| -> Result<PolicyInstall> {
-        let extracted = std::process::Command::new("semodule")
-            .args(["-E", POLICY_MODULE])
-            .current_dir(&dir)
-            .output();
-        let installed = std::fs::read_to_string(dir.join(format!("{POLICY_MODULE}.cil"))).unwrap_or_default();
-        if extracted.is_ok_and(|o| o.status.success()) && installed == POLICY_CIL && policy_loaded() {
-            return Ok(PolicyInstall::Current);
-        }
-        let file = dir.join(format!("{POLICY_MODULE}.cil"));
-        std::fs::write(&file, POLICY_CIL).with_context(|| format!("cannot write {}", file.display()))?;
-        let out = std::process::Command::new("semodule")
-            .arg("-i")
-            .arg(&file)
-            .output()
-            .context("cannot run semodule (install policycoreutils)")?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "semodule -i {} failed: {} (the policy needs Debian trixie's refpolicy or newer: container_domain)",
-                file.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(PolicyInstall::Installed)
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let copy = Path::new(INSTALLED_COPY);
+    if std::fs::read_to_string(copy).is_ok_and(|c| c == POLICY_CIL) && policy_loaded() {
+        return Ok(PolicyInstall::Current);
+    }
+    let dir = copy.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // semodule names the module after the file: it must be called gearshift.cil.
+    let named = copy;
+    std::fs::write(named, POLICY_CIL).with_context(|| format!("cannot write {}", named.display()))?;
+    let out = std::process::Command::new("semodule")
+        .arg("-i")
+        .arg(named)
+        .output()
+        .context("cannot run semodule (install policycoreutils)")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(named);
+        anyhow::bail!(
+            "semodule -i {} failed: {} (the policy needs Debian trixie's refpolicy or newer: container_domain)",
+            named.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PolicyInstall::Installed)
 }
 
 #[cfg(test)]
