@@ -348,7 +348,10 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
                     println!("  id {}  uid/gid {}  selinux {}  ip {}", g.id, g.uid, g.mcs(), g.ip);
                     if let Some(p) = j["selinux"]["process"].as_str() {
                         let home = j["selinux"]["home"].as_str().unwrap_or("-");
-                        println!("  selinux {}: process {p}  home {home}", j["selinux"]["mode"].as_str().unwrap_or("-"));
+                        println!(
+                            "  selinux {}: process {p}  home {home}",
+                            j["selinux"]["mode"].as_str().unwrap_or("-")
+                        );
                     }
                     println!(
                         "  home {}  cgroup {}  netns {}",

@@ -565,7 +565,10 @@ fn selinux_check() -> Check {
         return Check::absent(
             "selinux",
             true,
-            format!("{}, but the gearshift policy (gear_t, gear_file_t) is not loaded", selinux::mode()),
+            format!(
+                "{}, but the gearshift policy (gear_t, gear_file_t) is not loaded",
+                selinux::mode()
+            ),
             "run `gearshift init` (it installs selinux/gearshift.cil with semodule -i)",
         );
     }

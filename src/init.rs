@@ -132,7 +132,8 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         crate::gear::isolation::selinux::PolicyInstall::Installed => {
             println!("installed the gearshift SELinux policy module (semodule -i)")
         }
-        crate::gear::isolation::selinux::PolicyInstall::Current | crate::gear::isolation::selinux::PolicyInstall::Skipped => {}
+        crate::gear::isolation::selinux::PolicyInstall::Current
+        | crate::gear::isolation::selinux::PolicyInstall::Skipped => {}
     }
     node.up().context("cannot bring the node up (run `gearshift doctor`)")?;
     println!(

@@ -54,11 +54,17 @@ fn quota_holds(base: &Path, backend: &str) {
     let hog = n.show("hog");
     let used = hog["gears"][0]["disk_bytes"].as_u64().unwrap();
     assert_eq!(hog["gears"][0]["disk_limit"].as_u64(), Some(16 << 20));
-    assert!(used <= 17 << 20 && used >= 8 << 20, "usage {used} not near the 16M quota");
+    assert!(
+        ((8 << 20)..=(17 << 20)).contains(&used),
+        "usage {used} not near the 16M quota"
+    );
     let (code, _, err) = n.sh("calm", "dd if=/dev/zero of=$HOME/ok bs=1M count=4 conv=fsync");
     assert_eq!(code, 0, "the neighbour cannot write: {err}");
     // Freeing space lets the gear write again.
-    let (code, _, err) = n.sh("hog", "rm -f $HOME/big && dd if=/dev/zero of=$HOME/small bs=1M count=2 conv=fsync");
+    let (code, _, err) = n.sh(
+        "hog",
+        "rm -f $HOME/big && dd if=/dev/zero of=$HOME/small bs=1M count=2 conv=fsync",
+    );
     assert_eq!(code, 0, "{err}");
 }
 

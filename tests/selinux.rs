@@ -125,13 +125,16 @@ fn start_sleeper(n: &TestNode, app: &str) -> i32 {
     assert_eq!(code, 0, "{err}");
     let t = Instant::now();
     loop {
-        let found = gear_pids(n, app).into_iter().find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
+        let found = gear_pids(n, app)
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep"));
         if let Some(p) = found {
             return p;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "no sleep process in {app}'s gear");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no sleep process in {app}'s gear"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -198,14 +201,22 @@ fn a_neighbour_with_the_same_uid_cannot_signal_or_ptrace() {
 
     // Control: the same uid at alpha's own pair may signal it (SIGCONT is harmless).
     let o = as_gear(a.uid, &a.mcs, &["kill", "-CONT", &p]);
-    assert!(o.status.success(), "alpha cannot signal itself: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "alpha cannot signal itself: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     for sig in ["-CONT", "-TERM", "-KILL"] {
         let o = as_gear(a.uid, &b.mcs, &["kill", sig, &p]);
         assert!(!o.status.success(), "beta's pair sent {sig} to alpha's process");
     }
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "alpha's process died");
-    audit_denial(&[&format!(":gear_t:{} ", b.mcs), &format!(":gear_t:{} ", a.mcs), "tclass=process"])
-        .expect("no signal denial in the audit log");
+    audit_denial(&[
+        &format!(":gear_t:{} ", b.mcs),
+        &format!(":gear_t:{} ", a.mcs),
+        "tclass=process",
+    ])
+    .expect("no signal denial in the audit log");
 
     // ptrace (yama would refuse a non-child first: lift it for this check and put it back).
     let yama = Path::new("/proc/sys/kernel/yama/ptrace_scope");
@@ -220,7 +231,11 @@ fn a_neighbour_with_the_same_uid_cannot_signal_or_ptrace() {
         std::fs::write(yama, v.trim()).unwrap();
     }
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.starts_with("-1 "), "ptrace attach from beta's pair: {out} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.starts_with("-1 "),
+        "ptrace attach from beta's pair: {out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!environ.status.success(), "beta's pair read alpha's /proc/PID/environ");
     audit_denial(&[&format!(":gear_t:{} ", b.mcs), "ptrace"]).expect("no ptrace denial in the audit log");
 }
@@ -233,7 +248,10 @@ fn gear_processes_and_files_carry_their_own_pair() {
     n.create_app("beta");
     start_sleeper(&n, "alpha");
     start_sleeper(&n, "beta");
-    let ps = Command::new("ps").args(["-eZ", "-o", "label=,pid=,comm="]).output().unwrap();
+    let ps = Command::new("ps")
+        .args(["-eZ", "-o", "label=,pid=,comm="])
+        .output()
+        .unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout).to_string();
     for app in ["alpha", "beta"] {
         let g = gear(&n, app);
@@ -250,7 +268,10 @@ fn gear_processes_and_files_carry_their_own_pair() {
         // app show prints the labels.
         let s = &n.show(app)["gears"][0]["selinux"];
         assert_eq!(s["mode"], "enforcing");
-        assert!(s["process"].as_str().unwrap().ends_with(&format!(":gear_t:{}", g.mcs)), "{s}");
+        assert!(
+            s["process"].as_str().unwrap().ends_with(&format!(":gear_t:{}", g.mcs)),
+            "{s}"
+        );
         assert_eq!(
             s["home"].as_str().unwrap(),
             format!("system_u:object_r:gear_file_t:{}", g.mcs)
@@ -258,7 +279,11 @@ fn gear_processes_and_files_carry_their_own_pair() {
         // Every file of the home tree, including what the app creates later.
         let (code, _, err) = n.sh(app, "mkdir -p $HOME/app-root/data/new && echo x > $HOME/app-root/data/new/f && ln -s f $HOME/app-root/data/new/l");
         assert_eq!(code, 0, "{err}");
-        let find = Command::new("find").arg(&g.home).args(["-printf", "%Z %p\n"]).output().unwrap();
+        let find = Command::new("find")
+            .arg(&g.home)
+            .args(["-printf", "%Z %p\n"])
+            .output()
+            .unwrap();
         let find = String::from_utf8_lossy(&find.stdout).to_string();
         assert!(find.lines().count() > 8, "{find}");
         for l in find.lines() {
@@ -273,7 +298,8 @@ fn gear_processes_and_files_carry_their_own_pair() {
     let doctor = n.gs(&["doctor"]);
     let text = String::from_utf8_lossy(&doctor.stdout);
     assert!(
-        text.lines().any(|l| l.contains("selinux") && l.contains("enforcing, policy module gearshift loaded")),
+        text.lines()
+            .any(|l| l.contains("selinux") && l.contains("enforcing, policy module gearshift loaded")),
         "{text}"
     );
 }

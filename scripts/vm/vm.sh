@@ -42,7 +42,9 @@ lsm=landlock,lockdown,yama,integrity,selinux,bpf selinux=1 enforcing=1 \
 systemd.unified_cgroup_hierarchy=1 systemd.show_status=0 audit_backlog_limit=8192"
 
 ssh_opts() {
-  echo -i "$IMG/id_ed25519" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
+  # the key of the image the running VM booted from (it may predate a recipe change)
+  local img=$IMG; [ -s "$RUN/img" ] && img=$(cat "$RUN/img")
+  echo -i "$img/id_ed25519" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
     -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5 -o ServerAliveInterval=15
 }
 log() { echo "[vm $(date +%T)] $*" >&2; }
@@ -155,7 +157,10 @@ NET
   PERSIST=1 stop_vm
   rm -rf "$final"; mv "$IMG" "$final"
   IMG=$final SSH_PORT=$((SSH_PORT - 1000)) RUN=$CACHE/run-$((SSH_PORT - 1000))
-  for d in "$CACHE"/img-*; do [ "$d" = "$IMG" ] || rm -rf "$d"; done
+  # drop older images, except one a running VM still uses
+  for d in "$CACHE"/img-*; do
+    [ "$d" = "$IMG" ] || grep -qxF "$d" "$CACHE"/run-*/img 2>/dev/null || rm -rf "$d"
+  done
   log "image built in $((SECONDS - t0))s ($(du -sh "$IMG" | cut -f1) on disk)"
 }
 
@@ -170,6 +175,7 @@ start_vm() {
   mkdir -p "$RUN"
   qemu_alive && die "a VM is already running on port $SSH_PORT (pid $(qemu_pid)): scripts/vm/vm.sh stop"
   rm -f "$RUN/qemu.pid" "$RUN/serial.log"
+  echo "$IMG" > "$RUN/img"
   local extra=()
   [ -n "$share" ] && extra=(-virtfs "local,path=$share,mount_tag=hostshare,security_model=none,readonly=on")
   if [ "$accel" = auto ]; then
@@ -209,7 +215,7 @@ stop_vm() {
   for _ in $(seq 1 120); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
   if kill -0 "$p" 2>/dev/null; then log "poweroff timed out: SIGTERM $p"; kill "$p"; sleep 2; fi
   if kill -0 "$p" 2>/dev/null; then log "SIGKILL $p"; kill -9 "$p"; fi
-  rm -f "$RUN/qemu.pid"
+  rm -f "$RUN/qemu.pid" "$RUN/img"
 }
 
 case "${1:-}" in

@@ -174,6 +174,7 @@ pub fn create(node: &Node, gear: &Gear, limits: &Limits) -> Result<()> {
     meta::write(node, gear, &crate::app::load(node, &gear.app)?)?;
     install_git_hooks(&git, gear.uid)?;
     selinux::label_tree(&home, &gear.mcs())?;
+    selinux::label_tree(&node.gear_meta_dir(&gear.id), &gear.mcs())?;
     let cg = cgroup(node, gear)?;
     cg.create(limits)?;
     cg.verify(limits)?;

@@ -472,14 +472,20 @@ mod tests {
     #[test]
     fn node_goes_beside_the_supervisor_leaf() {
         let v2 = &parse_mountinfo(V2)[0];
-        assert_eq!(base_of(v2, "/system.slice/x.scope"), PathBuf::from("system.slice/x.scope"));
+        assert_eq!(
+            base_of(v2, "/system.slice/x.scope"),
+            PathBuf::from("system.slice/x.scope")
+        );
         assert_eq!(
             base_of(v2, "/system.slice/x.scope/gearshift-supervisor"),
             PathBuf::from("system.slice/x.scope")
         );
         assert_eq!(base_of(v2, "/"), PathBuf::from(""));
         let v1 = &parse_mountinfo(V1)[0];
-        assert_eq!(base_of(v1, "/a/gearshift-supervisor"), PathBuf::from("a/gearshift-supervisor"));
+        assert_eq!(
+            base_of(v1, "/a/gearshift-supervisor"),
+            PathBuf::from("a/gearshift-supervisor")
+        );
     }
 
     #[test]

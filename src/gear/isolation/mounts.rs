@@ -114,7 +114,7 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, &run_opts)?;
     fs::create_dir_all(r.join("var"))?;
     symlink("/tmp", r.join("var/tmp"))?;
-    build_dev(&r.join("dev"), &tmp_opts, &label)?;
+    build_dev(&r.join("dev"), &tmp_opts, &label, &super::selinux::mount_option_all(&spec.mcs))?;
 
     let proc_ = r.join("proc");
     fs::create_dir(&proc_)?;
@@ -149,7 +149,7 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
 }
 
 /// A minimal /dev: the harmless device nodes, a private devpts and /dev/shm.
-fn build_dev(dev: &Path, shm_opts: &str, label: &str) -> Result<()> {
+fn build_dev(dev: &Path, shm_opts: &str, label: &str, pts_label: &str) -> Result<()> {
     tmpfs(
         dev,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
@@ -172,7 +172,7 @@ fn build_dev(dev: &Path, shm_opts: &str, label: &str) -> Result<()> {
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some(format!("newinstance,ptmxmode=0666,mode=0620{label}").as_str()),
+        Some(format!("newinstance,ptmxmode=0666,mode=0620{pts_label}").as_str()),
     )
     .context("cannot mount the gear's devpts")?;
     symlink("pts/ptmx", dev.join("ptmx"))?;

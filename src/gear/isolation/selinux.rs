@@ -83,13 +83,53 @@ pub fn file_label(mcs: &str) -> String {
     format!("{FILE_TYPE}:{mcs}")
 }
 
-/// Mount option giving every file of a gear-private tmpfs/devpts the gear's file label
-/// (empty where labelling is off). Starts with a comma, to append to other options.
+/// Mount option labelling the root of a gear-private tmpfs with the gear's file label (empty
+/// where labelling is off); files created in it then get the type from their directory and
+/// the creator's user and level, as on disk. Starts with a comma, to append to other options.
 pub fn mount_option(mcs: &str) -> String {
     if !enabled() {
         return String::new();
     }
+    format!(",rootcontext=\"{}\"", file_label(mcs))
+}
+
+/// Mount option giving every file of a filesystem without xattrs (the gear's devpts) the
+/// gear's file label. Empty where labelling is off.
+pub fn mount_option_all(mcs: &str) -> String {
+    if !enabled() {
+        return String::new();
+    }
     format!(",context=\"{}\"", file_label(mcs))
+}
+
+/// Gives `dir` its parent's label when it has none (`unlabeled_t`: the root of a freshly made
+/// filesystem, like the btrfs-loop gears image), so host-side tools can traverse it.
+pub fn label_like_parent(dir: &Path) -> Result<()> {
+    if !enabled() {
+        return Ok(());
+    }
+    if file_context(dir).is_some_and(|c| !c.contains(":unlabeled_t:")) {
+        return Ok(());
+    }
+    let Some(parent) = dir.parent().and_then(file_context) else {
+        return Ok(());
+    };
+    let p = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let value = format!("{parent}\0");
+    // SAFETY: valid NUL-terminated path and name; the value pointer and length match.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            c"security.selinux".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot label {}", dir.display()));
+    }
+    Ok(())
 }
 
 /// Labels a file or directory with the gear's file type and MCS pair.
@@ -147,7 +187,11 @@ pub fn file_context(path: &Path) -> Option<String> {
     if n <= 0 {
         return None;
     }
-    Some(String::from_utf8_lossy(&buf[..n as usize]).trim_end_matches('\0').to_string())
+    Some(
+        String::from_utf8_lossy(&buf[..n as usize])
+            .trim_end_matches('\0')
+            .to_string(),
+    )
 }
 
 /// The SELinux context of a running process, if SELinux is on.
@@ -159,8 +203,6 @@ pub fn process_context(pid: i32) -> Option<String> {
 
 /// The policy module, embedded so `gearshift init` can install it.
 pub const POLICY_CIL: &str = include_str!("../../../selinux/gearshift.cil");
-/// The module's name in the policy store.
-pub const POLICY_MODULE: &str = "gearshift";
 
 /// Whether the loaded policy knows the gear types (a cheap probe: the kernel validates a context
 /// written to /sys/fs/selinux/context).
@@ -193,24 +235,32 @@ pub fn install_policy() -> Result<PolicyInstall> {
     if std::fs::read_to_string(copy).is_ok_and(|c| c == POLICY_CIL) && policy_loaded() {
         return Ok(PolicyInstall::Current);
     }
-    let dir = copy.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // semodule names the module after the file: it must be called gearshift.cil.
-    let named = copy;
-    std::fs::write(named, POLICY_CIL).with_context(|| format!("cannot write {}", named.display()))?;
-    let out = std::process::Command::new("semodule")
-        .arg("-i")
-        .arg(named)
-        .output()
-        .context("cannot run semodule (install policycoreutils)")?;
+    // semodule (semanage_t) may read a temporary file but not /var/lib; it names the module
+    // after the file, so the file is called gearshift.cil.
+    let tmp = std::env::temp_dir().join(format!("gearshift-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file = tmp.join("gearshift.cil");
+    let out = std::fs::write(&file, POLICY_CIL)
+        .with_context(|| format!("cannot write {}", file.display()))
+        .and_then(|()| {
+            std::process::Command::new("semodule")
+                .arg("-i")
+                .arg(&file)
+                .output()
+                .context("cannot run semodule (install policycoreutils)")
+        });
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = out?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(named);
         anyhow::bail!(
             "semodule -i {} failed: {} (the policy needs Debian trixie's refpolicy or newer: container_domain)",
-            named.display(),
+            file.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    let dir = copy.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(copy, POLICY_CIL).with_context(|| format!("cannot write {}", copy.display()))?;
     Ok(PolicyInstall::Installed)
 }
 
@@ -229,7 +279,10 @@ mod tests {
             "system_u:system_r:gear_t:s0:c0,c5"
         );
         assert_eq!(process_label("", "s0:c0,c5"), "system_u:system_r:gear_t:s0:c0,c5");
-        assert_eq!(process_label("kernel\n", "s0:c0,c5"), "system_u:system_r:gear_t:s0:c0,c5");
+        assert_eq!(
+            process_label("kernel\n", "s0:c0,c5"),
+            "system_u:system_r:gear_t:s0:c0,c5"
+        );
     }
 
     #[test]
@@ -238,7 +291,7 @@ mod tests {
         if enabled() {
             assert_eq!(
                 mount_option("s0:c3,c9"),
-                ",context=\"system_u:object_r:gear_file_t:s0:c3,c9\""
+                ",rootcontext=\"system_u:object_r:gear_file_t:s0:c3,c9\""
             );
         } else {
             assert_eq!(mount_option("s0:c3,c9"), "");
