@@ -248,20 +248,27 @@ fn gear_processes_and_files_carry_their_own_pair() {
     n.create_app("beta");
     start_sleeper(&n, "alpha");
     start_sleeper(&n, "beta");
-    let ps = Command::new("ps")
-        .args(["-eZ", "-o", "label=,pid=,comm="])
-        .output()
-        .unwrap();
+    // LABEL PID TTY TIME CMD
+    let ps = Command::new("ps").arg("-eZ").output().unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+    let gear_lines: Vec<&str> = ps.lines().filter(|l| l.contains(":gear_t:")).collect();
+    eprintln!("ps -eZ, gear processes:\n{}", gear_lines.join("\n"));
+    assert!(
+        gear_lines.len() >= 4,
+        "expected two inits and two sleepers in gear_t:\n{ps}"
+    );
     for app in ["alpha", "beta"] {
         let g = gear(&n, app);
         let pids = gear_pids(&n, app);
         assert!(pids.len() >= 2, "{app}: expected the init and a sleeper, got {pids:?}");
         for pid in pids {
-            let line = ps
+            let Some(line) = ps
                 .lines()
                 .find(|l| l.split_whitespace().nth(1) == Some(pid.to_string().as_str()))
-                .unwrap_or_else(|| panic!("pid {pid} missing from ps -eZ"));
+            else {
+                // A process that came after `ps` (or a `run` that joined and left) is skipped.
+                continue;
+            };
             let label = line.split_whitespace().next().unwrap();
             assert_eq!(type_and_level(label), format!("gear_t:{}", g.mcs), "{app}: {line}");
         }

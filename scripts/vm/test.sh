@@ -47,6 +47,9 @@ T2=$SECONDS
 vm() { "$VM" ssh "$@"; }
 if [ "${VM_KEEP:-0}" = 1 ] && vm "mountpoint -q '$REPO'" 2>/dev/null; then
   echo "vm-test: reusing the running VM (VM_KEEP=1)"
+  # the 9p share is mounted cache=loose: forget what the guest cached of rebuilt binaries
+  vm 'echo 3 > /proc/sys/vm/drop_caches'
+
 else
   "$VM" start "$REPO" 2>&1 | tee "$OUT/boot.log" >&2
 fi

@@ -114,7 +114,12 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, &run_opts)?;
     fs::create_dir_all(r.join("var"))?;
     symlink("/tmp", r.join("var/tmp"))?;
-    build_dev(&r.join("dev"), &tmp_opts, &label, &super::selinux::mount_option_all(&spec.mcs))?;
+    build_dev(
+        &r.join("dev"),
+        &tmp_opts,
+        &label,
+        &super::selinux::mount_option_all(&spec.mcs),
+    )?;
 
     let proc_ = r.join("proc");
     fs::create_dir(&proc_)?;
