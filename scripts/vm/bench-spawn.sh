@@ -11,6 +11,16 @@ cleanup
 trap cleanup EXIT
 "$BIN" --config $R.toml app create on --cartridge python >/dev/null
 GEARSHIFT_BENCH_NO_SELINUX=1 "$BIN" --config $R.toml app create off --cartridge python >/dev/null
+# cgroup v2 evidence: the controllers enabled down to the node's parent, and the gear's limits
+P=$(sed -n 's/^cgroup_parents = \["\(.*\)"\]/\1/p' $R/node.toml)
+echo "cgroup node parent: $P"
+d=$P; while [ "$d" != /sys/fs ] && [ -n "$d" ]; do
+  [ -f "$d/cgroup.subtree_control" ] && echo "  $d: subtree_control=[$(cat "$d/cgroup.subtree_control")] procs=$(wc -l < "$d/cgroup.procs")"
+  d=$(dirname "$d")
+done
+for f in memory.max memory.swap.max pids.max cpu.max cpu.weight io.weight; do
+  echo "  gear on-0 $f = $(tr '\n' ' ' < "$P/on-0/$f")"
+done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f ms (min %.2f, max %.2f, n=%d)", m, a[1], a[NR], NR}'; }
 measure() { # app, env
   i=0
