@@ -5,7 +5,7 @@ BIN    := target/$(TARGET)/release/gearshift
 PREFIX ?= /usr/local
 CONFIG ?= /etc/gearshift/gearshift.toml
 
-.PHONY: all build deps test lint unit e2e bench install run clean
+.PHONY: all build deps test lint unit e2e bench install run clean vm-test selinux-check
 
 all: build
 
@@ -25,12 +25,21 @@ unit:
 e2e:
 	$(CARGO) test --tests --test '*' -- --test-threads=4
 
-test: deps lint
+test: deps lint selinux-check
 	$(CARGO) test -- --test-threads=4
 	@test -x $(BIN) || $(CARGO) build --release
 	@# static-pie (ASLR kept for a root daemon): ldd says "statically linked", and there is no ELF interpreter
 	@ldd $(BIN) 2>&1 | grep -qE 'not a dynamic executable|statically linked' && ! readelf -l $(BIN) | grep -q INTERP \
 	  && echo "static binary: ok ($$(ldd $(BIN) 2>&1 | xargs))" || { echo "gearshift is not static"; exit 1; }
+
+# The SELinux/cgroup v2/quota tests inside an enforcing Debian VM (scripts/vm/; image cached
+# in /var/cache/gearshift-vm). Skips with a reason where qemu cannot be installed.
+vm-test:
+	scripts/vm/test.sh
+
+# The policy module must at least parse and resolve against a stub of the refpolicy names it uses.
+selinux-check:
+	@selinux/check.sh
 
 bench: deps build
 	scripts/bench.sh $(BIN)

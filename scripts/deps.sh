@@ -22,6 +22,7 @@ have readelf || need+=(binutils)
 have script || need+=(bsdutils)
 have losetup || need+=(util-linux)
 have setpriv || need+=(util-linux)
+have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if have apt-get; then
   export DEBIAN_FRONTEND=noninteractive

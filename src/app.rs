@@ -269,6 +269,17 @@ fn gear_json(node: &Node, g: &Gear) -> serde_json::Value {
         "pids": stats.pids, "pids_limit": stats.pids_limit, "cpu_usage_usec": stats.cpu_usage_usec,
         "cpu_throttled": stats.cpu_throttled,
         "disk_bytes": disk.map(|d| d.bytes), "disk_limit": disk.and_then(|d| d.limit_bytes),
+        "selinux": gear_selinux(node, g),
+    })
+}
+
+/// SELinux mode and the gear's labels (its init's process context, its home's file context).
+fn gear_selinux(node: &Node, g: &Gear) -> serde_json::Value {
+    use crate::gear::isolation::selinux;
+    serde_json::json!({
+        "mode": selinux::mode(),
+        "process": gear::init_pid(node, g).and_then(selinux::process_context),
+        "home": selinux::file_context(&g.home(node)),
     })
 }
 
@@ -352,6 +363,13 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
                 for (g, j) in app.gears.iter().zip(gears) {
                     println!("gear {}:", g.index);
                     println!("  id {}  uid/gid {}  selinux {}  ip {}", g.id, g.uid, g.mcs(), g.ip);
+                    if let Some(p) = j["selinux"]["process"].as_str() {
+                        let home = j["selinux"]["home"].as_str().unwrap_or("-");
+                        println!(
+                            "  selinux {}: process {p}  home {home}",
+                            j["selinux"]["mode"].as_str().unwrap_or("-")
+                        );
+                    }
                     println!(
                         "  home {}  cgroup {}  netns {}",
                         g.home(node).display(),

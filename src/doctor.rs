@@ -560,8 +560,23 @@ fn landlock_check() -> Check {
 }
 
 fn selinux_check() -> Check {
+    use crate::gear::isolation::selinux;
+    if selinux::mode() != "disabled" && !selinux::policy_loaded() {
+        return Check::absent(
+            "selinux",
+            true,
+            format!(
+                "{}, but the gearshift policy (gear_t, gear_file_t) is not loaded",
+                selinux::mode()
+            ),
+            "run `gearshift init` (it installs selinux/gearshift.cil with semodule -i)",
+        );
+    }
     match std::fs::read_to_string("/sys/fs/selinux/enforce") {
-        Ok(s) if s.trim() == "1" => Check::ok("selinux", "enforcing (gears get MCS category pairs)"),
+        Ok(s) if s.trim() == "1" => Check::ok(
+            "selinux",
+            "enforcing, policy module gearshift loaded (gears run as gear_t with their own MCS category pair)",
+        ),
         Ok(_) => Check::warn(
             "selinux",
             "permissive: labels are set but not enforced",

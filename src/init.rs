@@ -134,6 +134,13 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
             config_path: config_path.to_path_buf(),
         }
     };
+    match crate::gear::isolation::selinux::install_policy()? {
+        crate::gear::isolation::selinux::PolicyInstall::Installed => {
+            println!("installed the gearshift SELinux policy module (semodule -i)")
+        }
+        crate::gear::isolation::selinux::PolicyInstall::Current
+        | crate::gear::isolation::selinux::PolicyInstall::Skipped => {}
+    }
     node.up().context("cannot bring the node up (run `gearshift doctor`)")?;
     println!(
         "node '{}' ready: config {}, data root {}",

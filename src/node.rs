@@ -88,6 +88,7 @@ impl Node {
         };
         cgroup::node_up(&st.cgroup_parents)?;
         quota::node_up(self)?;
+        crate::gear::isolation::selinux::label_like_parent(&self.gears_dir())?;
         network::node_up(&network::NodeNet::from_config(&self.config))?;
         crate::login_user::ensure(self)?;
         Ok(())

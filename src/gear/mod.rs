@@ -171,10 +171,11 @@ pub fn create(node: &Node, gear: &Gear, limits: &Limits) -> Result<()> {
     }
     walk_chown(&home, gear.uid)?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700))?;
-    selinux::label_file(&home, &gear.mcs())?;
     write_meta(node, gear)?;
     meta::write(node, gear, &crate::app::load(node, &gear.app)?)?;
     install_git_hooks(&git, gear.uid)?;
+    selinux::label_tree(&home, &gear.mcs())?;
+    selinux::label_tree(&node.gear_meta_dir(&gear.id), &gear.mcs())?;
     let cg = cgroup(node, gear)?;
     cg.create(limits)?;
     cg.verify(limits)?;
@@ -253,6 +254,7 @@ pub fn ensure_running(node: &Node, gear: &Gear) -> Result<i32> {
             ro_binds: gear_opt_binds(node, gear)?,
             tmp_size: (limits.memory_bytes / 4).max(16 << 20),
             owner_uid: gear.uid,
+            mcs: gear.mcs(),
         },
         cgroup: cg,
         netns: network::netns_path(&gear.netns()),

@@ -7,7 +7,7 @@
 //! init:  cgroup → net ns (the gear's) → new mount, uts, ipc, pid, cgroup namespaces → fork
 //!        (pid 1) → root filesystem (mounts) → hostname → confine → reap forever.
 //! spawn: cgroup → join the init's namespaces → fork → confine → exec.
-//! confine: rlimits → Landlock → SELinux exec label → capabilities disarmed → setgroups/setgid/
+//! confine: rlimits → SELinux exec label → Landlock → capabilities disarmed → setgroups/setgid/
 //!        setuid (gear uid, never root) → verify no capabilities → no_new_privs → seccomp.
 
 use super::isolation::{caps, cgroup::GearCgroup, landlock, mounts, rlimits, seccomp, selinux};
@@ -95,10 +95,11 @@ fn close_fds_from(from: RawFd, keep: Option<RawFd>) {
 /// has no capabilities, no_new_privs, the seccomp filter and (where asked) Landlock.
 fn confine(who: &Identity, filters: &seccomp::Filters, with_landlock: bool) -> Result<()> {
     rlimits::apply()?;
+    // Before Landlock, which makes /proc read-only for this process.
+    selinux::set_exec_label(&who.mcs)?;
     if with_landlock {
         landlock::apply(&who.home_inner)?;
     }
-    selinux::set_exec_label(&who.mcs)?;
     caps::disarm()?;
     nix::unistd::setgroups(&[]).context("cannot clear supplementary groups")?;
     let (g, u) = (Gid::from_raw(who.gid), Uid::from_raw(who.uid));
@@ -112,6 +113,7 @@ fn confine(who: &Identity, filters: &seccomp::Filters, with_landlock: bool) -> R
 /// Starts a gear's init and returns its pid (in the host's pid namespace).
 pub fn start_init(spec: &InitSpec) -> Result<i32> {
     let filters = seccomp::build()?;
+    selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
     let netns = File::open(&spec.netns).with_context(|| {
         format!(
             "gear network namespace {} is missing (run `gearshift node up`)",
@@ -209,6 +211,9 @@ fn init_main(
     std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
     close_fds_from(3, Some(w.as_raw_fd()));
     confine(&spec.who, filters, false)?;
+    // The init never execs: it takes the gear's SELinux label now (its children's execs get it
+    // from the exec label set in confine).
+    selinux::set_current_label(&spec.who.mcs)?;
     writeln!(w, "ready")?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
@@ -298,6 +303,7 @@ fn resolve(prog: &str, env: &[(String, String)]) -> CString {
 /// a process forked for this one spawn).
 pub fn exec(spec: &ExecSpec) -> Result<i32> {
     let filters = seccomp::build()?;
+    selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
     let ns_kinds = [
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),

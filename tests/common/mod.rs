@@ -56,13 +56,27 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where test nodes keep their data roots: `$GEARSHIFT_TEST_ROOT_BASE/gearshift-test/<node>`
+/// (default /tmp). The disk quota backend follows the filesystem of the data root, so pointing
+/// this at an ext4 or xfs quota mount tests those backends.
+pub fn root_base() -> PathBuf {
+    std::env::var_os("GEARSHIFT_TEST_ROOT_BASE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
 impl TestNode {
-    /// Creates and brings up a node with a fresh data root.
+    /// Creates and brings up a node with a fresh data root under `root_base()`.
     pub fn new() -> TestNode {
+        Self::new_in(&root_base())
+    }
+
+    /// Creates and brings up a node whose data root lies under `base`.
+    pub fn new_in(base: &Path) -> TestNode {
         let (slot, lock) = take_slot();
         let name = format!("gst{slot}");
-        let root = PathBuf::from(format!("/tmp/gearshift-test/{name}"));
-        let config = PathBuf::from(format!("/tmp/gearshift-test/{name}.toml"));
+        let root = base.join(format!("gearshift-test/{name}"));
+        let config = base.join(format!("gearshift-test/{name}.toml"));
         let node = TestNode {
             name,
             root,

@@ -86,8 +86,13 @@ fn own_path(h: &Hierarchy, proc_cgroup: &str) -> Option<String> {
     None
 }
 
+/// The leaf a v2 cgroup's own processes are moved into so that the cgroup may enable
+/// controllers for its children (the v2 "no internal processes" rule).
+pub const SUPERVISOR_LEAF: &str = "gearshift-supervisor";
+
 /// The node's parent directory in every hierarchy: `<our own cgroup>/<name>`, so gear cgroups
-/// sit beneath the daemon's cgroup, never beside it.
+/// sit beneath the daemon's cgroup, never beside it. When we already live in the supervisor
+/// leaf (a previous `init` moved us there), the node goes beside the leaf, not inside it.
 pub fn node_parents(name: &str) -> Result<Vec<PathBuf>> {
     let pc = fs::read_to_string("/proc/self/cgroup").context("cannot read /proc/self/cgroup")?;
     let hs = hierarchies()?;
@@ -97,9 +102,18 @@ pub fn node_parents(name: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for h in &hs {
         let own = own_path(h, &pc).unwrap_or_else(|| "/".into());
-        out.push(h.mount.join(own.trim_start_matches('/')).join(name));
+        out.push(h.mount.join(base_of(h, &own)).join(name));
     }
     Ok(out)
+}
+
+/// Our own cgroup path relative to the mount, minus a trailing supervisor leaf on v2.
+fn base_of(h: &Hierarchy, own: &str) -> PathBuf {
+    let rel = Path::new(own.trim_start_matches('/'));
+    match (h.v2, rel.file_name()) {
+        (true, Some(n)) if n == SUPERVISOR_LEAF => rel.parent().unwrap_or(Path::new("")).to_path_buf(),
+        _ => rel.to_path_buf(),
+    }
 }
 
 fn is_v2(dir: &Path) -> bool {
@@ -113,12 +127,20 @@ fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).with_context(|| format!("cannot write '{value}' to {}", path.display()))
 }
 
-/// Creates the node's parent cgroups and, on v2, enables the controllers for the gears.
+/// Creates the node's parent cgroups and, on v2, enables the controllers for the gears in
+/// every ancestor from the mount down to the node's parent.
 pub fn node_up(parents: &[PathBuf]) -> Result<()> {
     for p in parents {
         if is_v2(p) {
+            let mount = v2_mount_of(p)?;
             if let Some(base) = p.parent() {
-                enable_v2_controllers(base)?;
+                let mut dir = mount.clone();
+                enable_v2_controllers(&dir)?;
+                for part in base.strip_prefix(&mount).unwrap_or(Path::new("")).components() {
+                    dir.push(part);
+                    evacuate(&dir)?;
+                    enable_v2_controllers(&dir)?;
+                }
             }
             fs::create_dir_all(p).with_context(|| format!("cannot create cgroup {}", p.display()))?;
             enable_v2_controllers(p)?;
@@ -127,6 +149,55 @@ pub fn node_up(parents: &[PathBuf]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cgroup2 mount point holding `dir`.
+fn v2_mount_of(dir: &Path) -> Result<PathBuf> {
+    hierarchies()?
+        .into_iter()
+        .filter(|h| h.v2 && dir.starts_with(&h.mount))
+        .max_by_key(|h| h.mount.as_os_str().len())
+        .map(|h| h.mount)
+        .with_context(|| format!("{} is not on a cgroup2 mount", dir.display()))
+}
+
+/// The pids directly in a cgroup.
+fn procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// v2 forbids enabling controllers for the children of a cgroup that holds processes: moves
+/// every process of `dir` (ours among them) into `dir/gearshift-supervisor`. Under systemd,
+/// run gearshift in a unit with `Delegate=yes` so `dir` is ours to rearrange.
+fn evacuate(dir: &Path) -> Result<()> {
+    let subtree = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let missing = V2_CONTROLLERS
+        .iter()
+        .any(|c| !subtree.split_whitespace().any(|s| s == *c));
+    if !missing || procs(dir).is_empty() {
+        return Ok(());
+    }
+    let leaf = dir.join(SUPERVISOR_LEAF);
+    fs::create_dir_all(&leaf).with_context(|| format!("cannot create cgroup {}", leaf.display()))?;
+    for _ in 0..100 {
+        let left = procs(dir);
+        if left.is_empty() {
+            return Ok(());
+        }
+        for pid in left {
+            // A process may exit meanwhile (ESRCH); kernel threads cannot move (EINVAL).
+            let _ = fs::write(leaf.join("cgroup.procs"), pid.to_string());
+        }
+    }
+    bail!(
+        "cannot move the processes of {} into {} (they keep coming back; run gearshift in a systemd unit with Delegate=yes)",
+        dir.display(),
+        leaf.display()
+    )
 }
 
 fn enable_v2_controllers(dir: &Path) -> Result<()> {
@@ -396,6 +467,25 @@ mod tests {
         assert_eq!(own_path(&h[1], pc).as_deref(), Some("/"));
         let h2 = parse_mountinfo(V2);
         assert_eq!(own_path(&h2[0], pc).as_deref(), Some("/user.slice"));
+    }
+
+    #[test]
+    fn node_goes_beside_the_supervisor_leaf() {
+        let v2 = &parse_mountinfo(V2)[0];
+        assert_eq!(
+            base_of(v2, "/system.slice/x.scope"),
+            PathBuf::from("system.slice/x.scope")
+        );
+        assert_eq!(
+            base_of(v2, "/system.slice/x.scope/gearshift-supervisor"),
+            PathBuf::from("system.slice/x.scope")
+        );
+        assert_eq!(base_of(v2, "/"), PathBuf::from(""));
+        let v1 = &parse_mountinfo(V1)[0];
+        assert_eq!(
+            base_of(v1, "/a/gearshift-supervisor"),
+            PathBuf::from("a/gearshift-supervisor")
+        );
     }
 
     #[test]

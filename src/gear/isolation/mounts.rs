@@ -25,6 +25,9 @@ pub struct RootSpec {
     pub tmp_size: u64,
     /// The gear's uid: owns /run (the supervisor's control socket lives there).
     pub owner_uid: u32,
+    /// The gear's MCS level: its private tmpfs and devpts mounts carry the gear's SELinux file
+    /// label (where SELinux is on).
+    pub mcs: String,
 }
 
 fn nosuid_nodev() -> MsFlags {
@@ -66,7 +69,8 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     )
     .context("cannot make / private in the gear's mount namespace")?;
     let r = &spec.staging;
-    tmpfs(r, nosuid_nodev(), "mode=0755,size=4m")?;
+    let label = super::selinux::mount_option(&spec.mcs);
+    tmpfs(r, nosuid_nodev(), &format!("mode=0755,size=4m{label}"))?;
     let ro = MsFlags::MS_RDONLY | nosuid_nodev();
 
     for d in HOST_RUNTIME_DIRS {
@@ -104,13 +108,18 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     fs::create_dir_all(&home)?;
     bind(&spec.home_host, &home, nosuid_nodev())?;
 
-    let tmp_opts = format!("mode=1777,size={}", spec.tmp_size);
+    let tmp_opts = format!("mode=1777,size={}{label}", spec.tmp_size);
     tmpfs(&r.join("tmp"), nosuid_nodev(), &tmp_opts)?;
-    let run_opts = format!("mode=0755,size=1m,uid={0},gid={0}", spec.owner_uid);
+    let run_opts = format!("mode=0755,size=1m,uid={0},gid={0}{label}", spec.owner_uid);
     tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, &run_opts)?;
     fs::create_dir_all(r.join("var"))?;
     symlink("/tmp", r.join("var/tmp"))?;
-    build_dev(&r.join("dev"), &tmp_opts)?;
+    build_dev(
+        &r.join("dev"),
+        &tmp_opts,
+        &label,
+        &super::selinux::mount_option_all(&spec.mcs),
+    )?;
 
     let proc_ = r.join("proc");
     fs::create_dir(&proc_)?;
@@ -145,8 +154,12 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
 }
 
 /// A minimal /dev: the harmless device nodes, a private devpts and /dev/shm.
-fn build_dev(dev: &Path, shm_opts: &str) -> Result<()> {
-    tmpfs(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0755,size=64k")?;
+fn build_dev(dev: &Path, shm_opts: &str, label: &str, pts_label: &str) -> Result<()> {
+    tmpfs(
+        dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        &format!("mode=0755,size=64k{label}"),
+    )?;
     for n in ["null", "zero", "full", "random", "urandom", "tty"] {
         let dst = dev.join(n);
         fs::write(&dst, b"")?;
@@ -164,7 +177,7 @@ fn build_dev(dev: &Path, shm_opts: &str) -> Result<()> {
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
+        Some(format!("newinstance,ptmxmode=0666,mode=0620{pts_label}").as_str()),
     )
     .context("cannot mount the gear's devpts")?;
     symlink("pts/ptmx", dev.join("ptmx"))?;
