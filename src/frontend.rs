@@ -252,11 +252,18 @@ fn refresh_loop(front: Arc<Front>) {
                 }
             }
         }
+        // Look again after 2 s, or as soon as an app record changes (a rename into apps/
+        // updates the directory's mtime), so a new app or alias is routable within 100 ms.
+        let mtime = || std::fs::metadata(front.node.apps_dir()).and_then(|m| m.modified()).ok();
+        let seen = mtime();
         for _ in 0..20 {
             if front.stop.load(Ordering::Relaxed) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
+            if mtime() != seen {
+                break;
+            }
         }
     }
 }

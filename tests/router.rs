@@ -142,6 +142,7 @@ fn apps_at_their_names_aliases_and_error_pages() {
     deploy(&x, "shop", "shop-page");
     deploy(&x, "blog", "blog-page");
     wait_for(n, "shop.localhost", "shop-page");
+    wait_for(n, "blog.localhost", "blog-page");
     let (code, body) = get(n, "blog.localhost:8080");
     assert_eq!(code, 200);
     assert!(body.starts_with("blog-page xff=127.0.0.1"), "{body}");
