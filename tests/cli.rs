@@ -4,17 +4,6 @@
 mod common;
 use common::*;
 
-fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    p.with_extension("pub")
-}
-
 #[test]
 fn init_is_idempotent_and_doctor_reports() {
     require_root!();
@@ -112,7 +101,10 @@ fn users_and_keys() {
     let n = TestNode::new();
     let dir = n.root.join("keys");
     std::fs::create_dir_all(&dir).unwrap();
-    let (k1, k2) = (keygen(&dir, "alice"), keygen(&dir, "bob"));
+    let (k1, k2) = (
+        keygen(&dir, "alice").with_extension("pub"),
+        keygen(&dir, "bob").with_extension("pub"),
+    );
     let fp1 = String::from_utf8_lossy(
         &std::process::Command::new("ssh-keygen")
             .arg("-lf")

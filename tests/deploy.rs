@@ -80,17 +80,6 @@ fn dev() -> Dev {
     Dev { key, daemon, n }
 }
 
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    p
-}
-
 /// The git remote of an app, as `README.md` documents it.
 fn remote(n: &TestNode, app: &str) -> String {
     format!("ssh://{}@127.0.0.1:{}/{app}.git", n.ssh_user(), n.ssh_port())

@@ -5,17 +5,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    p
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

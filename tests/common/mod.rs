@@ -52,6 +52,18 @@ fn take_slot() -> (u32, File) {
     panic!("no free test node slot");
 }
 
+/// A fresh ed25519 key pair `dir/NAME` (+ `.pub`); returns the private key's path.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen failed");
+    p
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
