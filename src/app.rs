@@ -117,21 +117,10 @@ pub fn load(node: &Node, name: &str) -> Result<App> {
 
 /// Every app on the node, by name.
 pub fn list(node: &Node) -> Result<Vec<App>> {
-    let mut out = Vec::new();
-    let dir = node.apps_dir();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in rd.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if let Some(name) = n.strip_suffix(".toml") {
-            if !name.starts_with('.') {
-                out.push(state::read_toml::<App>(&e.path())?);
-            }
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    state::records(&node.apps_dir())?
+        .iter()
+        .map(|(_, p)| state::read_toml::<App>(p))
+        .collect()
 }
 
 fn save(node: &Node, app: &App) -> Result<()> {

@@ -46,6 +46,27 @@ pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
     toml::from_str(&text).with_context(|| format!("{} is not valid: fix or remove it", path.display()))
 }
 
+/// The records in a state directory: (name, path) of every `NAME.toml`, sorted by name
+/// (temporary `.NAME.toml.tmp.PID` files are skipped). A missing directory has none.
+pub fn records(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if let Some(name) = file.strip_suffix(".toml").filter(|n| !n.starts_with('.')) {
+            out.push((name.to_string(), entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// An exclusive advisory lock held until dropped.
 pub struct Lock {
     _file: File,

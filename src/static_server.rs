@@ -423,7 +423,7 @@ const MONTHS: [&str; 12] = [
 fn http_date(secs: u64) -> String {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::clock::civil(days);
     format!(
         "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
         DAYS[(days % 7) as usize],
@@ -454,18 +454,7 @@ fn parse_http_date(s: &str) -> Option<u64> {
     u64::try_from(days * 86400).ok().map(|s| s + hh * 3600 + mm * 60 + ss)
 }
 
-// Howard Hinnant's algorithms (proleptic Gregorian calendar, days since 1970-01-01).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
+// The inverse of crate::clock::civil (Howard Hinnant's days_from_civil).
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };

@@ -323,24 +323,9 @@ pub fn load(node: &Node, name: &str) -> Result<User> {
 
 /// Every user, sorted by name.
 pub fn list(node: &Node) -> Result<Vec<User>> {
-    let dir = node.users_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
     let mut users = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let file = entry.file_name();
-        let file = file.to_string_lossy();
-        let Some(name) = file.strip_suffix(".toml") else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        users.push(read_user(&entry.path(), name)?);
+    for (name, path) in state::records(&node.users_dir())? {
+        users.push(read_user(&path, &name)?);
     }
     users.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(users)
@@ -349,28 +334,17 @@ pub fn list(node: &Node) -> Result<Vec<User>> {
 /// Every readable user, sorted by name, and one warning per user file that could not be read
 /// (for sshd's key lookup, where one damaged file must not lock everyone out).
 pub fn list_tolerant(node: &Node) -> (Vec<User>, Vec<String>) {
-    let dir = node.users_dir();
     let (mut users, mut warnings) = (Vec::new(), Vec::new());
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (users, warnings),
-        Err(e) => return (users, vec![format!("cannot read {}: {e}", dir.display())]),
+    let records = match state::records(&node.users_dir()) {
+        Ok(r) => r,
+        Err(e) => return (users, vec![format!("{e:#}")]),
     };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let file = file.to_string_lossy();
-        let Some(name) = file.strip_suffix(".toml") else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        match read_user(&entry.path(), name) {
+    for (name, path) in records {
+        match read_user(&path, &name) {
             Ok(u) => users.push(u),
             Err(e) => warnings.push(format!("skipped user file: {e:#}")),
         }
     }
-    users.sort_by(|a, b| a.name.cmp(&b.name));
     (users, warnings)
 }
 
@@ -450,37 +424,11 @@ pub fn remove_key(node: &Node, name: &str, fingerprint: &str) -> Result<UserKey>
 
 /// Apps whose record names `name` as owner, sorted.
 pub fn owned_apps(node: &Node, name: &str) -> Result<Vec<String>> {
-    let dir = node.apps_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
-    let mut apps = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let file = entry.file_name();
-        let file = file.to_string_lossy();
-        let Some(app) = file.strip_suffix(".toml") else {
-            continue;
-        };
-        if app.starts_with('.') {
-            continue;
-        }
-        let text = std::fs::read_to_string(entry.path())
-            .with_context(|| format!("cannot read {} to check its owner", entry.path().display()))?;
-        let v: toml::Table = toml::from_str(&text).with_context(|| {
-            format!(
-                "{} is not valid TOML: cannot tell its owner; fix it first",
-                entry.path().display()
-            )
-        })?;
-        if v.get("owner").and_then(|o| o.as_str()) == Some(name) {
-            apps.push(app.to_string());
-        }
-    }
-    apps.sort();
-    Ok(apps)
+    Ok(crate::app::list(node)?
+        .into_iter()
+        .filter(|a| a.owner.as_deref() == Some(name))
+        .map(|a| a.name)
+        .collect())
 }
 
 /// Removes a user; refused while they own apps.
@@ -635,19 +583,29 @@ mod tests {
     fn user_remove_refused_while_owning_apps() {
         let node = test_node("apps");
         add(&node, "alice", false, &key(1)).unwrap();
-        std::fs::create_dir_all(node.apps_dir()).unwrap();
-        std::fs::write(
-            node.apps_dir().join("shop.toml"),
-            "name = \"shop\"\nowner = \"alice\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            node.apps_dir().join("blog.toml"),
-            "name = \"blog\"\nowner = \"alice\"\n",
-        )
-        .unwrap();
-        std::fs::write(node.apps_dir().join("wiki.toml"), "name = \"wiki\"\nowner = \"bob\"\n").unwrap();
-        std::fs::write(node.apps_dir().join("misc.toml"), "name = \"misc\"\n").unwrap();
+        // Real app records (what `app create` writes), owned by alice, bob and nobody.
+        let record = |name: &str, owner: Option<&str>| {
+            let app = crate::app::App {
+                name: name.into(),
+                owner: owner.map(String::from),
+                cartridge: "static".into(),
+                profile: "small".into(),
+                created: 0,
+                status: "ready".into(),
+                gears: vec![],
+                env: Default::default(),
+                deploy_branch: None,
+                keep_deployments: None,
+                aliases: vec![],
+                idle: false,
+                https_redirect: false,
+            };
+            state::write_toml(&node.apps_dir().join(format!("{name}.toml")), &app).unwrap();
+        };
+        record("shop", Some("alice"));
+        record("blog", Some("alice"));
+        record("wiki", Some("bob"));
+        record("misc", None);
         let e = err(remove(&node, "alice"));
         assert!(e.contains("owns 2 apps: blog, shop"), "{e}");
         assert!(load(&node, "alice").is_ok());
