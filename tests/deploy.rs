@@ -56,58 +56,7 @@ fn commit(dir: &Path, msg: &str) {
     git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
 }
 
-/// A node with a running daemon (and so its sshd) and a developer `dev` with a key.
-struct Dev {
-    key: PathBuf,
-    // Dropped in this order: the daemon before the node.
-    daemon: Daemon,
-    n: TestNode,
-}
-
-fn dev() -> Dev {
-    let n = TestNode::new();
-    let dir = n.root.join("keys");
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = keygen(&dir, "dev");
-    n.ok(&[
-        "user",
-        "add",
-        "dev",
-        "--key",
-        key.with_extension("pub").to_str().unwrap(),
-    ]);
-    let daemon = n.start_daemon();
-    Dev { key, daemon, n }
-}
-
-/// The git remote of an app, as `README.md` documents it.
-fn remote(n: &TestNode, app: &str) -> String {
-    format!("ssh://{}@127.0.0.1:{}/{app}.git", n.ssh_user(), n.ssh_port())
-}
-
-fn git_ssh(key: &Path, n: &TestNode) -> String {
-    format!("ssh {}", ssh_opts(key, n.ssh_port()).join(" "))
-}
-
-/// `git push` over SSH with `key`; returns (success, combined output).
-fn push_as(n: &TestNode, key: &Path, dir: &Path, app: &str, refspec: &str) -> (bool, String) {
-    let o = Command::new("git")
-        .args(["push", &remote(n, app), refspec])
-        .env("GIT_SSH_COMMAND", git_ssh(key, n))
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
-fn push(d: &Dev, dir: &Path, app: &str) -> (bool, String) {
+fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {
     push_as(&d.n, &d.key, dir, app, "main")
 }
 
@@ -136,7 +85,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_f
 #[test]
 fn push_change_break_rollback_and_env() {
     require_root!();
-    let d = dev();
+    let d = dev_node();
     let n = &d.n;
     n.ok(&["app", "create", "shop", "--cartridge", "python", "--owner", "dev"]);
     let dir = repo(
@@ -223,7 +172,7 @@ fn push_change_break_rollback_and_env() {
 #[test]
 fn action_hooks_run_in_order_and_crashes_restart() {
     require_root!();
-    let d = dev();
+    let d = dev_node();
     let n = &d.n;
     n.ok(&["app", "create", "hooks", "--cartridge", "python", "--owner", "dev"]);
     let hook = |name: &str| format!("#!/bin/sh\necho {name} >> $OPENSHIFT_DATA_DIR/hooks.log\n");
@@ -263,7 +212,7 @@ fn action_hooks_run_in_order_and_crashes_restart() {
 #[test]
 fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     require_root!();
-    let d = dev();
+    let d = dev_node();
     let n = &d.n;
     n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
     n.ok(&[
@@ -288,7 +237,7 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
         ],
     );
     let first = Command::new("git")
-        .args(["push", &remote(n, "slow"), "main"])
+        .args(["push", &git_remote(n, "slow"), "main"])
         .env("GIT_SSH_COMMAND", git_ssh(&d.key, n))
         .current_dir(&dir)
         .stdout(std::process::Stdio::piped())
@@ -351,7 +300,7 @@ fn repo_root() -> PathBuf {
 #[test]
 fn every_example_deploys_and_answers() {
     require_root!();
-    let d = dev();
+    let d = dev_node();
     let n = &d.n;
     let cases = [
         ("python-flaskless", "python", "Hello from gearshift (python)"),
@@ -386,7 +335,7 @@ fn every_example_deploys_and_answers() {
 #[test]
 fn another_user_cannot_push_to_shell_into_or_read_the_logs_of_an_app() {
     require_root!();
-    let d = dev();
+    let d = dev_node();
     let n = &d.n;
     let bob = keygen(&n.root.join("keys"), "bob");
     n.ok(&[
@@ -439,7 +388,7 @@ fn another_user_cannot_push_to_shell_into_or_read_the_logs_of_an_app() {
 #[test]
 fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
     require_root!();
-    let mut d = dev();
+    let mut d = dev_node();
     n_create(&d, "crash");
     let dir = repo(
         &d.n,
@@ -460,7 +409,7 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
     );
     commit(&dir, "new");
     let pusher = Command::new("git")
-        .args(["push", &remote(&d.n, "crash"), "main"])
+        .args(["push", &git_remote(&d.n, "crash"), "main"])
         .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
         .current_dir(&dir)
         .stdout(std::process::Stdio::piped())
@@ -484,6 +433,6 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
     assert_eq!(get(&d.n, "crash"), "new -");
 }
 
-fn n_create(d: &Dev, app: &str) {
+fn n_create(d: &DevNode, app: &str) {
     d.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev"]);
 }

@@ -8,34 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Node {
-    key: PathBuf,
-    daemon: Daemon,
-    n: TestNode,
-}
-
-fn node() -> Node {
-    let n = TestNode::new();
-    let dir = n.root.join("keys");
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("dev");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    n.ok(&[
-        "user",
-        "add",
-        "dev",
-        "--key",
-        key.with_extension("pub").to_str().unwrap(),
-    ]);
-    let daemon = n.start_daemon();
-    Node { key, daemon, n }
-}
-
 fn http_port(n: &TestNode) -> u16 {
     (20_000 + n.slot * 10) as u16
 }
@@ -87,7 +59,7 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 /// Creates APP owned by dev and pushes a page saying `page`; returns the repository.
-fn deploy(x: &Node, app: &str, page: &str) -> PathBuf {
+fn deploy(x: &DevNode, app: &str, page: &str) -> PathBuf {
     x.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev"]);
     let dir = x.n.root.join("src").join(app);
     std::fs::create_dir_all(&dir).unwrap();
@@ -101,22 +73,9 @@ fn deploy(x: &Node, app: &str, page: &str) -> PathBuf {
     dir
 }
 
-fn push(x: &Node, dir: &Path, app: &str) {
-    let o = Command::new("git")
-        .args([
-            "push",
-            "-q",
-            &format!("ssh://{}@127.0.0.1:{}/{app}.git", x.n.ssh_user(), x.n.ssh_port()),
-            "main",
-        ])
-        .env(
-            "GIT_SSH_COMMAND",
-            format!("ssh {}", ssh_opts(&x.key, x.n.ssh_port()).join(" ")),
-        )
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "push: {}", String::from_utf8_lossy(&o.stderr));
+fn push(x: &DevNode, dir: &Path, app: &str) {
+    let (ok, out) = push_as(&x.n, &x.key, dir, app, "main");
+    assert!(ok, "push: {out}");
 }
 
 fn wait_for(n: &TestNode, host: &str, want: &str) {
@@ -137,7 +96,7 @@ fn wait_for(n: &TestNode, host: &str, want: &str) {
 #[test]
 fn apps_at_their_names_aliases_and_error_pages() {
     require_root!();
-    let x = node();
+    let x = dev_node();
     let n = &x.n;
     deploy(&x, "shop", "shop-page");
     deploy(&x, "blog", "blog-page");
@@ -172,7 +131,7 @@ fn apps_at_their_names_aliases_and_error_pages() {
 #[test]
 fn ten_redeploys_drop_no_request() {
     require_root!();
-    let x = node();
+    let x = dev_node();
     let n = &x.n;
     let dir = deploy(&x, "live", "v0");
     wait_for(n, "live.localhost", "v0");
@@ -239,7 +198,7 @@ fn ten_redeploys_drop_no_request() {
 #[test]
 fn idle_apps_wake_on_their_first_request_and_apps_outlive_a_killed_daemon() {
     require_root!();
-    let mut x = node();
+    let mut x = dev_node();
     deploy(&x, "nap", "awake");
     wait_for(&x.n, "nap.localhost", "awake");
     x.n.ok(&["app", "idle", "nap"]);
@@ -299,7 +258,7 @@ fn idle_apps_wake_on_their_first_request_and_apps_outlive_a_killed_daemon() {
 #[test]
 fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
     require_root!();
-    let x = node();
+    let x = dev_node();
     let n = &x.n;
     x.n.ok(&["app", "create", "wide", "--cartridge", "python", "--owner", "dev"]);
     let dir = n.root.join("src/wide");

@@ -389,3 +389,56 @@ impl Drop for TestNode {
         self.scrub();
     }
 }
+
+/// A node with a running daemon (and so its sshd) and a developer `dev` with a key: what the
+/// deploy and router tests start from.
+pub struct DevNode {
+    pub key: PathBuf,
+    // Dropped in this order: the daemon before the node.
+    pub daemon: Daemon,
+    pub n: TestNode,
+}
+
+pub fn dev_node() -> DevNode {
+    let n = TestNode::new();
+    let dir = n.root.join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = keygen(&dir, "dev");
+    n.ok(&[
+        "user",
+        "add",
+        "dev",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+    ]);
+    let daemon = n.start_daemon();
+    DevNode { key, daemon, n }
+}
+
+/// The git remote of an app, as `README.md` documents it.
+pub fn git_remote(n: &TestNode, app: &str) -> String {
+    format!("ssh://{}@127.0.0.1:{}/{app}.git", n.ssh_user(), n.ssh_port())
+}
+
+/// `GIT_SSH_COMMAND` for pushing to node `n` with `key`.
+pub fn git_ssh(key: &Path, n: &TestNode) -> String {
+    format!("ssh {}", ssh_opts(key, n.ssh_port()).join(" "))
+}
+
+/// `git push REMOTE REFSPEC` over SSH with `key`; returns (success, stdout+stderr).
+pub fn push_as(n: &TestNode, key: &Path, dir: &Path, app: &str, refspec: &str) -> (bool, String) {
+    let o = Command::new("git")
+        .args(["push", &git_remote(n, app), refspec])
+        .env("GIT_SSH_COMMAND", git_ssh(key, n))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
