@@ -106,6 +106,50 @@ fn apps_at_their_names_aliases_and_error_pages() {
     assert_eq!(code, 200);
     assert!(body.starts_with("blog-page xff=127.0.0.1"), "{body}");
     assert!(get(n, "SHOP.Localhost").1.starts_with("shop-page"));
+    // HTTPS with the app's self-signed certificate (SNI), then the per-app redirect.
+    let https = (20_003 + n.slot * 10) as u16;
+    let o = Command::new("curl")
+        .args([
+            "-sk",
+            "-m",
+            "10",
+            "--resolve",
+            &format!("shop.localhost:{https}:127.0.0.1"),
+        ])
+        .arg(format!("https://shop.localhost:{https}/"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("shop-page"),
+        "HTTPS: {o:?}"
+    );
+    n.ok(&["domain", "redirect", "shop", "on"]);
+    let t = Instant::now();
+    loop {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "-H",
+                "Host: shop.localhost",
+            ])
+            .arg(format!("http://127.0.0.1:{}/x", http_port(n)))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if out.starts_with("301 https://shop.localhost") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no redirect to HTTPS: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n.ok(&["domain", "redirect", "shop", "off"]);
+    wait_for(n, "shop.localhost", "shop-page");
     n.ok(&["domain", "add", "shop", "www.shop.example"]);
     wait_for(n, "www.shop.example", "shop-page");
     let (code, body) = get(n, "nobody.localhost");
@@ -323,4 +367,41 @@ fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
     assert_eq!(failed, 0, "requests failed with one gear down");
     n.ok(&["app", "scale", "wide", "1"]);
     assert_eq!(n.show("wide")["gears"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn apps_without_requests_are_idled_and_woken_again() {
+    require_root!();
+    // The setting is read when the daemon starts: set it before the first start.
+    let n = TestNode::new();
+    let mut cfg = std::fs::read_to_string(&n.config).unwrap();
+    cfg = cfg.replace("idle_after_secs = 0", "idle_after_secs = 2");
+    assert!(
+        cfg.contains("idle_after_secs = 2"),
+        "no idle_after_secs in the config:\n{cfg}"
+    );
+    std::fs::write(&n.config, cfg).unwrap();
+    let key = keygen(&n.root.join("keys"), "dev");
+    n.ok(&[
+        "user",
+        "add",
+        "dev",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+    ]);
+    let daemon = n.start_daemon();
+    let x = DevNode { key, daemon, n };
+    deploy(&x, "sleepy", "zzz");
+    wait_for(&x.n, "sleepy.localhost", "zzz");
+    let t = Instant::now();
+    while !x.n.ok(&["app", "status", "sleepy"]).starts_with("idle") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not idled after 2 s without requests"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, body) = get(&x.n, "sleepy.localhost");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("zzz"));
 }

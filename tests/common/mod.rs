@@ -54,6 +54,7 @@ fn take_slot() -> (u32, File) {
 
 /// A fresh ed25519 key pair `dir/NAME` (+ `.pub`); returns the private key's path.
 pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let p = dir.join(name);
     let st = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
@@ -181,7 +182,18 @@ impl TestNode {
             if let Some(st) = d.child.try_wait().unwrap() {
                 panic!("gearshift daemon exited ({st}):\n{}", d.log_text());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.ssh_port())).is_ok()
+            // Ready: the sshd in the pid file is this daemon's child (not one left by a killed
+            // daemon) and accepts connections.
+            let own_sshd = std::fs::read_to_string(self.root.join("run/sshd.pid"))
+                .ok()
+                .and_then(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.trim())).ok())
+                .and_then(|st| {
+                    st.rsplit_once(") ")
+                        .and_then(|(_, r)| r.split_whitespace().nth(1).map(String::from))
+                })
+                .is_some_and(|ppid| ppid == d.child.id().to_string());
+            if own_sshd
+                && std::net::TcpStream::connect(("127.0.0.1", self.ssh_port())).is_ok()
                 && self.root.join("run/daemon.sock").exists()
             {
                 return d;
@@ -348,9 +360,20 @@ pub struct Daemon {
 
 impl Daemon {
     /// Kills the daemon with SIGKILL (no clean-up of its own), as a crash would.
+    /// Its sshd dies with it (parent-death signal), asynchronously: wait until its pid is gone,
+    /// so a daemon started next cannot mistake the old sshd for its own.
     pub fn kill9(&mut self) {
+        let sshd = std::fs::read_to_string(self.root.join("run/sshd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(pid) = sshd {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 
     /// What the daemon has written so far.
