@@ -140,10 +140,11 @@ for _ in range(n):
     socks.append(s)
 for s in socks:
     assert s.recv(4096).startswith(b"HTTP/1.1 200")
-time.sleep(1)
-rss1, th1 = status()
-print(f"idle keep-alive connections: {n}: router RSS {rss0} -> {rss1} KiB, threads {th0} -> {th1}: "
-      f"{(rss1 - rss0) / n:.1f} KiB per idle connection")
+for wait, label in ((1, "just idle"), (2, "idle > 2 s, buffers trimmed")):
+    time.sleep(wait)
+    rss1, th1 = status()
+    print(f"{n} idle keep-alive connections ({label}): router RSS {rss0} -> {rss1} KiB, threads {th0} -> {th1}: "
+          f"{(rss1 - rss0) / n:.1f} KiB per connection")
 for s in socks:
     s.close()
 PY

@@ -13,6 +13,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Client read buffer to start with: enough for nearly every request head.
+const SMALL_BUF: usize = 4 * 1024;
+/// Client read buffer while streaming a request body.
+const BODY_BUF: usize = 32 * 1024;
 /// A keep-alive client connection idle this long releases its upstream connections to the shared pools and
 /// frees its upstream buffer.
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
@@ -84,7 +88,7 @@ pub fn serve_connection(inner: &Inner, stream: TcpStream, tls: Option<Arc<Server
         client,
         peer_ip,
         tls: is_tls,
-        buf: vec![0; inner.cfg.max_header_bytes.max(4096)],
+        buf: vec![0; SMALL_BUF],
         start: 0,
         end: 0,
         ubuf: Vec::new(),
@@ -239,6 +243,10 @@ impl Conn<'_> {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
+                if self.end == self.buf.len() {
+                    // A head larger than the small buffer: grow to the limit.
+                    self.buf.resize(max.max(SMALL_BUF), 0);
+                }
             }
             let timeout = match deadline {
                 None if !trimmed => cfg.idle_timeout.min(IDLE_TRIM_AFTER),
@@ -265,6 +273,11 @@ impl Conn<'_> {
                         // Idle for a while: give back what only active requests need, then keep waiting.
                         trimmed = true;
                         self.ubuf = Vec::new();
+                        if self.start == self.end && self.buf.len() > SMALL_BUF {
+                            self.buf = vec![0; SMALL_BUF];
+                            self.start = 0;
+                            self.end = 0;
+                        }
                         self.local.release(&self.inner.limits);
                         continue;
                     }
@@ -604,6 +617,10 @@ impl Conn<'_> {
         mut scanner: ChunkScanner,
     ) -> Result<u64, BodyErr> {
         self.client_timeout(self.inner.cfg.body_timeout);
+        if self.buf.len() < BODY_BUF {
+            // Bodies move in larger pieces than heads need (shrunk again when the connection idles).
+            self.buf.resize(BODY_BUF, 0);
+        }
         let mut total = 0u64;
         loop {
             if self.start == self.end {
