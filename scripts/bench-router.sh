@@ -25,6 +25,8 @@ cleanup() {
   for conf in backend proxy; do
     [ -f "$work/$conf.conf" ] && "$NGINX" -p "$work" -c "$work/$conf.conf" -s stop 2>/dev/null || true
   done
+  # cargo runs the test binary as a child: stop both.
+  [ -f "$work/router.pid" ] && kill "$(cat "$work/router.pid")" 2>/dev/null || true
   [ -n "$router_pid" ] && kill "$router_pid" 2>/dev/null || true
   rm -rf "$work"
 }
