@@ -25,6 +25,8 @@ cleanup() {
   for conf in backend proxy; do
     [ -f "$work/$conf.conf" ] && "$NGINX" -p "$work" -c "$work/$conf.conf" -s stop 2>/dev/null || true
   done
+  # cargo runs the test binary as a child: stop both.
+  [ -f "$work/router.pid" ] && kill "$(cat "$work/router.pid")" 2>/dev/null || true
   [ -n "$router_pid" ] && kill "$router_pid" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -140,10 +142,11 @@ for _ in range(n):
     socks.append(s)
 for s in socks:
     assert s.recv(4096).startswith(b"HTTP/1.1 200")
-time.sleep(1)
-rss1, th1 = status()
-print(f"idle keep-alive connections: {n}: router RSS {rss0} -> {rss1} KiB, threads {th0} -> {th1}: "
-      f"{(rss1 - rss0) / n:.1f} KiB per idle connection")
+for wait, label in ((1, "just idle"), (2, "idle > 2 s, buffers trimmed")):
+    time.sleep(wait)
+    rss1, th1 = status()
+    print(f"{n} idle keep-alive connections ({label}): router RSS {rss0} -> {rss1} KiB, threads {th0} -> {th1}: "
+          f"{(rss1 - rss0) / n:.1f} KiB per connection")
 for s in socks:
     s.close()
 PY

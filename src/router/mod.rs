@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 mod accept;
+mod heads;
 mod http;
 mod metrics;
 mod pages;
