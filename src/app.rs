@@ -53,6 +53,19 @@ pub enum AppCmd {
         #[arg(long)]
         json: bool,
     },
+    /// HTTP health path: a new deployment goes live only once GET PATH answers 2xx.
+    /// Without PATH, shows the setting; `--off` removes it (ready = accepts connections).
+    Health {
+        name: String,
+        /// The path to GET, e.g. /healthz.
+        path: Option<String>,
+        /// How long a new deployment may take to answer 2xx, in seconds (default 30).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_HEALTH_TIMEOUT as i64))]
+        timeout: Option<u32>,
+        /// Remove the health path.
+        #[arg(long, conflicts_with_all = ["path", "timeout"])]
+        off: bool,
+    },
     /// Destroy an app and everything of its gears.
     Destroy {
         name: String,
@@ -92,6 +105,28 @@ pub struct App {
     /// Answer plain HTTP with a redirect to HTTPS.
     #[serde(default)]
     pub https_redirect: bool,
+    /// GET this path must answer 2xx before a new deployment goes live.
+    #[serde(default)]
+    pub health_path: Option<String>,
+    /// Seconds a new deployment may take to become healthy (default 30).
+    #[serde(default)]
+    pub health_timeout: Option<u32>,
+}
+
+/// The longest health timeout (the supervisor's control socket answers within 60 s).
+pub const MAX_HEALTH_TIMEOUT: u32 = 50;
+/// The health timeout when none is set (the same as the plain start timeout).
+pub const DEFAULT_HEALTH_TIMEOUT: u32 = 30;
+
+/// Checks a health path: absolute, printable ASCII without spaces, at most 1024 bytes.
+pub fn check_health_path(p: &str) -> Result<()> {
+    if !p.starts_with('/') || p.len() > 1024 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "'{}' is not a health path: give an absolute path such as /healthz (printable ASCII, no spaces)",
+            p.escape_default()
+        );
+    }
+    Ok(())
 }
 
 fn path(node: &Node, name: &str) -> std::path::PathBuf {
@@ -198,6 +233,8 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
         aliases: vec![],
         idle: false,
         https_redirect: false,
+        health_path: None,
+        health_timeout: None,
     };
     // Recorded first, so that a crash part-way leaves a record `app destroy` can clean up.
     save(node, &app)?;
@@ -418,6 +455,47 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
                 &["ctl", "status"]
             };
             return in_gear(node, actor, &name, args).map(|_| ());
+        }
+        AppCmd::Health {
+            name,
+            path,
+            timeout,
+            off,
+        } => {
+            if let Some(p) = &path {
+                check_health_path(p)?;
+            }
+            if off || path.is_some() || timeout.is_some() {
+                let app = update(node, actor, &name, |a| {
+                    if off {
+                        a.health_path = None;
+                        a.health_timeout = None;
+                    } else {
+                        if path.is_some() {
+                            a.health_path = path.clone();
+                        }
+                        if timeout.is_some() {
+                            a.health_timeout = timeout;
+                        }
+                        if a.health_path.is_none() {
+                            bail!("give a health path too: `gearshift app health {name} /healthz --timeout N`");
+                        }
+                    }
+                    Ok(())
+                })?;
+                // The gears' supervisors read it at the next switch (push, rollback, env change).
+                for g in &app.gears {
+                    gear::meta::write(node, g, &app)?;
+                }
+            }
+            let app = load_for(node, actor, &name)?;
+            match &app.health_path {
+                Some(p) => println!(
+                    "{name}: a new deployment goes live once GET {p} answers 2xx (within {}s)",
+                    app.health_timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT)
+                ),
+                None => println!("{name}: no health path (a new deployment goes live once it accepts connections)"),
+            }
         }
         AppCmd::Destroy { name, confirm } => {
             load_for(node, actor, &name)?;

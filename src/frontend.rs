@@ -32,7 +32,13 @@ struct Front {
     gears: Mutex<HashMap<String, GearView>>,
     apps: Mutex<Vec<App>>,
     stop: Arc<AtomicBool>,
+    certs: Arc<CertStore>,
+    /// The configured certificate files the router serves, by host: (cert, key) mtimes.
+    cert_files: Mutex<HashMap<String, CertStamp>>,
 }
+
+/// When a host's certificate and key files were last changed.
+type CertStamp = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
 
 impl Front {
     /// Rebuilds the route table from the apps and the gears' live ports.
@@ -85,6 +91,50 @@ impl Front {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl Front {
+    /// Loads the configured certificates (`gearshift domain cert`) of every host of `apps` whose
+    /// files are new or changed since the last look, and forgets those whose files are gone, so
+    /// a running router serves a certificate as soon as it is installed.
+    fn load_certs(&self, apps: &[App]) -> Result<()> {
+        let mut seen = self.cert_files.lock().unwrap();
+        let mut hosts = HashSet::new();
+        let mut failed = Vec::new();
+        for a in apps {
+            for h in crate::domain::hosts(&self.node, a) {
+                let (cp, kp) = crate::domain::cert_paths(&self.node, &h);
+                let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let stamp = (mtime(&cp), mtime(&kp));
+                hosts.insert(h.clone());
+                if seen.get(&h) == Some(&stamp) {
+                    continue;
+                }
+                seen.insert(h.clone(), stamp);
+                match (std::fs::read(&cp), std::fs::read(&kp)) {
+                    (Ok(cert), Ok(key)) => {
+                        if let Err(e) = self.certs.add_pem(&[h.as_str()], &cert, &key) {
+                            failed.push(format!("{h}: {e:#}"));
+                        }
+                    }
+                    _ => self.certs.remove(&h),
+                }
+            }
+        }
+        seen.retain(|h, _| {
+            let keep = hosts.contains(h);
+            if !keep {
+                self.certs.remove(h);
+            }
+            keep
+        });
+        anyhow::ensure!(
+            failed.is_empty(),
+            "cannot use the certificate of {} (install a matching PEM certificate and key with `gearshift domain cert`)",
+            failed.join("; ")
+        );
+        Ok(())
     }
 }
 
@@ -237,6 +287,9 @@ fn refresh_loop(front: Arc<Front>) {
             });
             *front.apps.lock().unwrap() = apps.clone();
             front.publish();
+            if let Err(e) = front.load_certs(&apps) {
+                eprintln!("gearshift daemon: {e:#}");
+            }
             let idle_after = front.node.config.idle_after_secs;
             if idle_after > 0 {
                 let stats = front.router.stats();
@@ -252,9 +305,14 @@ fn refresh_loop(front: Arc<Front>) {
                 }
             }
         }
-        // Look again after 2 s, or as soon as an app record changes (a rename into apps/
-        // updates the directory's mtime), so a new app or alias is routable within 100 ms.
-        let mtime = || std::fs::metadata(front.node.apps_dir()).and_then(|m| m.modified()).ok();
+        // Look again after 2 s, or as soon as an app record or certificate changes (a rename
+        // into apps/ or certs/ updates the directory's mtime), so a new app, alias or
+        // certificate is served within 100 ms.
+        let certs_dir = front.node.root().join("certs");
+        let mtime = || {
+            let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            (m(&front.node.apps_dir()), m(&certs_dir))
+        };
         let seen = mtime();
         for _ in 0..20 {
             if front.stop.load(Ordering::Relaxed) {
@@ -286,16 +344,6 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
     });
     let router = Arc::new(Router::new(cfg, waker.clone(), access));
     let certs = Arc::new(CertStore::new());
-    for a in app::list(node)? {
-        for h in crate::domain::hosts(node, &a) {
-            let (cp, kp) = crate::domain::cert_paths(node, &h);
-            if let (Ok(cert), Ok(key)) = (std::fs::read(&cp), std::fs::read(&kp)) {
-                certs
-                    .add_pem(&[h.as_str()], &cert, &key)
-                    .with_context(|| format!("certificate of {h}"))?;
-            }
-        }
-    }
     let front = Arc::new(Front {
         node: node.clone(),
         config_path: config_path.to_path_buf(),
@@ -303,7 +351,10 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
         gears: Mutex::new(HashMap::new()),
         apps: Mutex::new(Vec::new()),
         stop,
+        certs: certs.clone(),
+        cert_files: Mutex::new(HashMap::new()),
     });
+    front.load_certs(&app::list(node)?)?;
     *waker.0.lock().unwrap() = Some(front.clone());
     router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);
     router.serve_https(listen(SocketAddr::from(([0, 0, 0, 0], c.https_port)))?, certs)?;

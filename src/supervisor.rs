@@ -6,7 +6,8 @@
 //!
 //! Zero-downtime switches: the web process listens on one of two ports (`$PORT`, 8080 or 8081).
 //! `switch` starts the live deployment beside the running one on the other port, waits until it
-//! accepts connections, makes it live, and keeps the old one draining until the router has
+//! is ready (accepts connections and, with an app health path, answers GET PATH with 2xx),
+//! makes it live, and keeps the old one draining until the router has
 //! moved over (`release`) or a grace period ends.
 //!
 //! Control: one-line commands, one JSON line back, on /run/gearshift/control.sock inside the
@@ -320,12 +321,28 @@ fn start(s: &Sup) -> Result<()> {
     start_locked(s, &mut g)
 }
 
-fn wait_listening(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i32>) -> Result<()> {
+/// Waits until the new web process on `port` is ready: it accepts connections and, when the
+/// app has a health path, GET on it answers 2xx. Fails when it exits or the timeout passes.
+fn wait_ready(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i32>) -> Result<()> {
     let addr = std::net::SocketAddr::from((info.ip, port));
+    let limit = info
+        .health_timeout
+        .map(|s| Duration::from_secs(s.into()))
+        .unwrap_or(READY_TIMEOUT);
     let t = Instant::now();
+    let mut listening = false;
+    let mut last = String::new();
     loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+        if !listening {
+            listening = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+        }
+        if listening {
+            let Some(path) = &info.health_path else { return Ok(()) };
+            match health_get(info, addr, path) {
+                Ok(code) if (200..300).contains(&code) => return Ok(()),
+                Ok(code) => last = format!("answered {code}"),
+                Err(e) => last = format!("failed: {e:#}"),
+            }
         }
         if let Ok(code) = exit.try_recv() {
             bail!(
@@ -333,13 +350,45 @@ fn wait_listening(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i
                 info.app
             );
         }
-        if t.elapsed() > READY_TIMEOUT {
-            bail!(
-                "the new web process does not accept connections on port {port} after {}s",
-                READY_TIMEOUT.as_secs()
-            );
+        if t.elapsed() > limit {
+            match (&info.health_path, listening) {
+                (Some(path), true) => bail!(
+                    "the new deployment is not healthy: GET {path} {last} (not 2xx) for {}s; fix the app or change its health path with `gearshift app health {}`",
+                    limit.as_secs(),
+                    info.app
+                ),
+                _ => bail!(
+                    "the new web process does not accept connections on port {port} after {}s",
+                    limit.as_secs()
+                ),
+            }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let pause = if listening { 100 } else { 5 };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+}
+
+/// One health check: GET `path` on `addr`; returns the HTTP status code.
+fn health_get(info: &GearInfo, addr: std::net::SocketAddr, path: &str) -> Result<u16> {
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("cannot connect")?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    c.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let host = info
+        .env
+        .get("OPENSHIFT_APP_DNS")
+        .map(String::as_str)
+        .unwrap_or("localhost");
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gearshift-health\r\nConnection: close\r\n\r\n"
+    )
+    .context("cannot send the request")?;
+    let mut line = String::new();
+    BufReader::new(c.take(1024)).read_line(&mut line).context("no answer")?;
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next().and_then(|c| c.parse().ok())) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/") => Ok(code),
+        _ => bail!("not an HTTP answer: {:?}", line.trim_end()),
     }
 }
 
@@ -350,7 +399,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Starts the live deployment beside the running web process, on the other port, and makes it
-/// live once it accepts connections; the old one drains. Without a running web process this
+/// live once it is ready (`wait_ready`); the old one drains. Without a running web process this
 /// is a plain start (and waits until it listens).
 fn switch(s: &Shared) -> Result<()> {
     release(s);
@@ -379,7 +428,7 @@ fn switch(s: &Shared) -> Result<()> {
         g.waiters.insert(r.0, tx);
         r
     };
-    let ready = wait_listening(&info, port, &rx);
+    let ready = wait_ready(&info, port, &rx);
     s.lock().waiters.remove(&pid);
     if let Err(e) = ready {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);

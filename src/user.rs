@@ -599,6 +599,8 @@ mod tests {
                 aliases: vec![],
                 idle: false,
                 https_redirect: false,
+                health_path: None,
+                health_timeout: None,
             };
             state::write_toml(&node.apps_dir().join(format!("{name}.toml")), &app).unwrap();
         };

@@ -31,6 +31,12 @@ pub struct GearInfo {
     pub keep_deployments: u32,
     /// The full environment of hooks and the web process.
     pub env: BTreeMap<String, String>,
+    /// GET this path must answer 2xx before a new deployment goes live (`app health`).
+    #[serde(default)]
+    pub health_path: Option<String>,
+    /// Seconds a new deployment may take to become ready (default: the supervisor's).
+    #[serde(default)]
+    pub health_timeout: Option<u32>,
 }
 
 impl GearInfo {
@@ -66,6 +72,8 @@ pub fn write(node: &Node, gear: &Gear, app: &crate::app::App) -> Result<()> {
         env: super::env(node, gear, &app.cartridge, &app.env, None)
             .into_iter()
             .collect(),
+        health_path: app.health_path.clone(),
+        health_timeout: app.health_timeout,
     };
     let text = toml::to_string_pretty(&info).context("cannot serialise the gear descriptor")?;
     crate::state::write_atomic(&node.gear_meta_dir(&gear.id).join("gear.toml"), text.as_bytes(), 0o644)
