@@ -102,7 +102,11 @@ fn git(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Commits the app's files (health.txt holds the code /healthz answers) and pushes:
@@ -118,10 +122,23 @@ fn commit_and_push(x: &DevNode, dir: &Path, app: &str, page: &str, health: u16) 
 /// Creates APP owned by dev (on a profile without the default bandwidth cap, so a GiB moves in
 /// seconds) with the test app's source; returns the repository, not yet pushed.
 fn app_source(x: &DevNode, app: &str) -> PathBuf {
-    if !std::fs::read_to_string(&x.n.config).unwrap().contains("[profiles.fast]") {
+    if !std::fs::read_to_string(&x.n.config)
+        .unwrap()
+        .contains("[profiles.fast]")
+    {
         x.n.add_profile("fast", "512M", 1.0, 512, "1G", "20gbit");
     }
-    x.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev", "--profile", "fast"]);
+    x.n.ok(&[
+        "app",
+        "create",
+        app,
+        "--cartridge",
+        "python",
+        "--owner",
+        "dev",
+        "--profile",
+        "fast",
+    ]);
     let dir = x.n.root.join("src").join(app);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
@@ -151,7 +168,10 @@ fn request(n: &TestNode, host: &str, path: &str) -> (u16, String, Duration) {
     let _ = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out).into_owned();
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body, t.elapsed())
 }
 
@@ -219,6 +239,16 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// The process's resident high-water mark, as /proc shows it.
+fn vm_hwm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
 impl RssWatch {
     fn start(pid: u32) -> RssWatch {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -259,6 +289,7 @@ fn a_gib_up_and_down_through_the_router_with_flat_daemon_memory() {
     r.read_to_end(&mut warm).unwrap();
     assert_eq!((code, warm.len()), (200, 1_000_000));
     let before = rss(pid);
+    let hwm_before = vm_hwm(pid);
     let watch = RssWatch::start(pid);
     let pat2 = pattern2();
 
@@ -313,14 +344,9 @@ fn a_gib_up_and_down_through_the_router_with_flat_daemon_memory() {
     }
     let down = t.elapsed();
     let peak = watch.peak();
-    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-        .unwrap_or_default();
+    let hwm = vm_hwm(pid);
     eprintln!(
-        "1 GiB up in {up:.2?} ({:.0} MiB/s), down in {down:.2?} ({:.0} MiB/s); daemon RSS {:.1} MiB before, peak {:.1} MiB during (VmHWM {hwm} kB)",
+        "1 GiB up in {up:.2?} ({:.0} MiB/s), down in {down:.2?} ({:.0} MiB/s); daemon RSS {:.1} MiB before, peak {:.1} MiB during (VmHWM {hwm_before} before, {hwm} after)",
         1024.0 / up.as_secs_f64(),
         1024.0 / down.as_secs_f64(),
         before as f64 / MIB as f64,
@@ -488,7 +514,10 @@ fn slowloris_connections_do_not_starve_normal_requests() {
             }
         })
         .count();
-    assert_eq!(cut, SLOW, "only {cut} of {SLOW} slowloris connections were cut after 15 s");
+    assert_eq!(
+        cut, SLOW,
+        "only {cut} of {SLOW} slowloris connections were cut after 15 s"
+    );
 }
 
 #[test]
@@ -526,7 +555,9 @@ fn a_health_path_gates_deployments() {
     let (ok, out) = commit_and_push(&x, &dir, "care", "v4", 500);
     assert!(ok, "{out}");
     wait_for(n, "care.localhost", "v4");
-    assert!(n.fails(&["app", "health", "care", "healthz"]).contains("not a health path"));
+    assert!(n
+        .fails(&["app", "health", "care", "healthz"])
+        .contains("not a health path"));
 }
 
 /// `openssl x509 -fingerprint` of a PEM certificate file.
@@ -563,7 +594,15 @@ fn make_cert(dir: &Path, host: &str, cn: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let (c, k) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
     let o = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
         .args(["-days", "2", "-subj", &format!("/CN={cn}"), "-addext"])
         .arg(format!("subjectAltName=DNS:{host}"))
         .arg("-keyout")
@@ -593,7 +632,10 @@ fn a_certificate_installed_while_the_daemon_runs_is_served() {
         if !fp.is_empty() {
             break fp;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "no TLS handshake for secure.example");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no TLS handshake for secure.example"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_ne!(before, want);
