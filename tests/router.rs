@@ -8,10 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn http_port(n: &TestNode) -> u16 {
-    (20_000 + n.slot * 10) as u16
-}
-
 /// GET / at HOST through the router: (status, body).
 fn get(n: &TestNode, host: &str) -> (u16, String) {
     let o = Command::new("curl")
@@ -26,7 +22,7 @@ fn get(n: &TestNode, host: &str) -> (u16, String) {
             "-H",
             &format!("Host: {host}"),
         ])
-        .arg(format!("http://127.0.0.1:{}/", http_port(n)))
+        .arg(format!("http://127.0.0.1:{}/", n.http_port()))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -43,20 +39,6 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
 "#;
-
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// Creates APP owned by dev and pushes a page saying `page`; returns the repository.
 fn deploy(x: &DevNode, app: &str, page: &str) -> PathBuf {
@@ -107,7 +89,7 @@ fn apps_at_their_names_aliases_and_error_pages() {
     assert!(body.starts_with("blog-page xff=127.0.0.1"), "{body}");
     assert!(get(n, "SHOP.Localhost").1.starts_with("shop-page"));
     // HTTPS with the app's self-signed certificate (SNI), then the per-app redirect.
-    let https = (20_003 + n.slot * 10) as u16;
+    let https = n.https_port();
     let o = Command::new("curl")
         .args([
             "-sk",
@@ -138,7 +120,7 @@ fn apps_at_their_names_aliases_and_error_pages() {
                 "-H",
                 "Host: shop.localhost",
             ])
-            .arg(format!("http://127.0.0.1:{}/x", http_port(n)))
+            .arg(format!("http://127.0.0.1:{}/x", n.http_port()))
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -179,7 +161,7 @@ fn ten_redeploys_drop_no_request() {
     let n = &x.n;
     let dir = deploy(&x, "live", "v0");
     wait_for(n, "live.localhost", "v0");
-    let port = http_port(n);
+    let port = n.http_port();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s2 = stop.clone();
     let looper = std::thread::spawn(move || {

@@ -12,14 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn http_port(n: &TestNode) -> u16 {
-    (20_000 + n.slot * 10) as u16
-}
-
-fn https_port(n: &TestNode) -> u16 {
-    (20_003 + n.slot * 10) as u16
-}
-
 /// The period of the byte pattern both sides stream (a prime, so a lost, repeated or
 /// reordered block shows up as a mismatch).
 const P: usize = 65521;
@@ -95,20 +87,6 @@ fn pattern2() -> Vec<u8> {
     [p.clone(), p].concat()
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// Commits the app's files (health.txt holds the code /healthz answers) and pushes:
 /// (push succeeded, output).
 fn commit_and_push(x: &DevNode, dir: &Path, app: &str, page: &str, health: u16) -> (bool, String) {
@@ -159,7 +137,7 @@ fn deploy(x: &DevNode, app: &str) -> PathBuf {
 /// A plain request through the router; returns (status, body, time taken).
 fn request(n: &TestNode, host: &str, path: &str) -> (u16, String, Duration) {
     let t = Instant::now();
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", http_port(n))) else {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", n.http_port())) else {
         return (0, String::new(), t.elapsed());
     };
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -193,7 +171,7 @@ fn wait_for(n: &TestNode, host: &str, want: &str) {
 /// Sends a request head and reads the response head: (status, headers lower-cased, reader
 /// positioned at the body).
 fn exchange(n: &TestNode, head: &str) -> (u16, Vec<(String, String)>, BufReader<TcpStream>) {
-    let mut s = TcpStream::connect(("127.0.0.1", http_port(n))).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", n.http_port())).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(head.as_bytes()).unwrap();
     read_head(BufReader::with_capacity(1 << 20, s))
@@ -295,7 +273,7 @@ fn a_gib_up_and_down_through_the_router_with_flat_daemon_memory() {
 
     // Upload: the body streams from a periodic buffer; the app checks every byte.
     let t = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", http_port(n))).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", n.http_port())).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
@@ -452,11 +430,11 @@ fn slowloris_connections_do_not_starve_normal_requests() {
     const SLOW: usize = 300;
     let head = b"GET / HTTP/1.1\r\nHost: busy.localhost\r\nX-Slow: 1\r\n\r\n";
     let mut slow: Vec<TcpStream> = (0..SLOW)
-        .map(|_| TcpStream::connect(("127.0.0.1", http_port(n))).unwrap())
+        .map(|_| TcpStream::connect(("127.0.0.1", n.http_port())).unwrap())
         .collect();
     // One header byte per second on every slow connection, for 15 s, while normal requests
     // go on; each slow connection's fate is recorded.
-    let port = http_port(n);
+    let port = n.http_port();
     let feeder = std::thread::spawn(move || {
         let t = Instant::now();
         let mut closed_at = vec![None; SLOW];
@@ -577,7 +555,7 @@ fn served_cert(n: &TestNode, host: &str) -> (String, String) {
         .arg("-c")
         .arg(format!(
             "openssl s_client -connect 127.0.0.1:{} -servername {host} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 -subject",
-            https_port(n)
+            n.https_port()
         ))
         .output()
         .unwrap();
@@ -623,8 +601,6 @@ fn a_certificate_installed_while_the_daemon_runs_is_served() {
     n.ok(&["app", "create", "vault", "--cartridge", "python", "--owner", "dev"]);
     n.ok(&["domain", "add", "vault", "secure.example"]);
     let dir = n.root.join("tls");
-    let (cert, key) = make_cert(&dir, "secure.example", "first-cert");
-    let want = fingerprint_of(&cert);
     // Before: the router's own self-signed certificate.
     let t = Instant::now();
     let before = loop {
@@ -638,14 +614,27 @@ fn a_certificate_installed_while_the_daemon_runs_is_served() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_ne!(before, want);
-    let wait_served = |want: &str, cn: &str| {
+    // Installs a new certificate with subject CN and waits until the router serves it.
+    let install = |cn: &str| {
+        let (cert, key) = make_cert(&dir, "secure.example", cn);
+        let want = fingerprint_of(&cert);
+        assert_ne!(want, before);
+        n.ok(&[
+            "domain",
+            "cert",
+            "vault",
+            "secure.example",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
         let t = Instant::now();
         loop {
             let (fp, subject) = served_cert(n, "secure.example");
             if fp == want {
                 assert!(subject.contains(cn), "{subject}");
-                return t.elapsed();
+                return (want, t.elapsed());
             }
             assert!(
                 t.elapsed() < Duration::from_secs(10),
@@ -654,31 +643,10 @@ fn a_certificate_installed_while_the_daemon_runs_is_served() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    n.ok(&[
-        "domain",
-        "cert",
-        "vault",
-        "secure.example",
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
-    let took = wait_served(&want, "first-cert");
+    let (first, took) = install("first-cert");
     // A renewal replaces it the same way, and other names keep their own certificates.
-    let (cert2, key2) = make_cert(&dir, "secure.example", "renewed-cert");
-    n.ok(&[
-        "domain",
-        "cert",
-        "vault",
-        "secure.example",
-        "--cert",
-        cert2.to_str().unwrap(),
-        "--key",
-        key2.to_str().unwrap(),
-    ]);
-    let took2 = wait_served(&fingerprint_of(&cert2), "renewed-cert");
+    let (renewed, took2) = install("renewed-cert");
     eprintln!("installed certificate served after {took:.1?}, renewal after {took2:.1?}");
     let (other, _) = served_cert(n, "vault.localhost");
-    assert!(!other.is_empty() && other != want && other != fingerprint_of(&cert2));
+    assert!(!other.is_empty() && other != first && other != renewed);
 }

@@ -154,6 +154,16 @@ impl TestNode {
         (20_001 + self.slot * 10) as u16
     }
 
+    /// The router's HTTP port.
+    pub fn http_port(&self) -> u16 {
+        (20_000 + self.slot * 10) as u16
+    }
+
+    /// The router's HTTPS port.
+    pub fn https_port(&self) -> u16 {
+        (20_003 + self.slot * 10) as u16
+    }
+
     /// The node's SSH login account (`gs-NAME` for a non-default node).
     pub fn ssh_user(&self) -> String {
         format!("gs-{}", self.name)
@@ -441,6 +451,30 @@ pub fn dev_node() -> DevNode {
     ]);
     let daemon = n.start_daemon();
     DevNode { key, daemon, n }
+}
+
+/// Runs git in `dir` (with a committer identity, and the `ext::` transport allowed for local
+/// pushes as root) and asserts success; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "protocol.ext.allow=always",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The git remote of an app, as `README.md` documents it.
