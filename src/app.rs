@@ -737,3 +737,16 @@ fn run_in_gear_tty(node: &Node, actor: &Actor, name: &str, index: u32, command: 
         tty,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn health_paths() {
+        for ok in ["/", "/healthz", "/status?deep=1"] {
+            super::check_health_path(ok).unwrap();
+        }
+        for bad in ["", "healthz", "/a b", "/\n", "/ä", &format!("/{}", "a".repeat(1024))] {
+            assert!(super::check_health_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -651,3 +651,62 @@ pub fn exchange(mut s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(path: Option<&str>, timeout: Option<u32>) -> GearInfo {
+        GearInfo {
+            app: "shop".into(),
+            gear_id: "g".into(),
+            index: 0,
+            uid: 0,
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            port: 8080,
+            domain: "localhost".into(),
+            cartridge: "python".into(),
+            deploy_branches: vec![],
+            keep_deployments: 3,
+            env: Default::default(),
+            health_path: path.map(String::from),
+            health_timeout: timeout,
+        }
+    }
+
+    /// A server answering every request with `code`, after recording the request line.
+    fn server(code: u16) -> (u16, std::sync::mpsc::Receiver<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let mut line = String::new();
+                let _ = BufReader::new(&c).read_line(&mut line);
+                let _ = tx.send(line.trim_end().to_string());
+                let _ = write!(&c, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        (port, rx)
+    }
+
+    #[test]
+    fn ready_needs_a_2xx_health_answer_when_a_path_is_set() {
+        let (_never, exit) = channel::<i32>();
+        let (ok, requests) = server(204);
+        wait_ready(&info(Some("/healthz?deep=1"), Some(2)), ok, &exit).unwrap();
+        // The first connection is the bare "accepts connections" probe.
+        let first = requests.iter().find(|l| !l.is_empty());
+        assert_eq!(first.as_deref(), Some("GET /healthz?deep=1 HTTP/1.1"));
+        let (bad, _) = server(500);
+        let t = Instant::now();
+        let e = format!(
+            "{:#}",
+            wait_ready(&info(Some("/healthz"), Some(1)), bad, &exit).unwrap_err()
+        );
+        assert!(e.contains("GET /healthz answered 500 (not 2xx) for 1s"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        // Without a health path, listening is enough.
+        wait_ready(&info(None, Some(1)), bad, &exit).unwrap();
+    }
+}
