@@ -137,3 +137,68 @@ print(f"  cold (ssh app create + first git push), median of 5: {med(colds):.3f} 
 print(f"  redeploy of a one-line change, median of 10:          {med(redeploys):.3f} s  (min {min(redeploys):.3f}, max {max(redeploys):.3f})")
 print(f"  bare git push over SSH (non-deploy branch), median:   {med(bare):.3f} s")
 PY
+
+# Idle and wake: an idle python app's first request through the router (held until it answers),
+# against the app's own start time (bin/start exec -> listening, timed inside the awake gear on a
+# spare port, polled every 0.5 ms); and the daemon's memory per idle app (RSS and PSS with N idle
+# apps minus with none of them).
+python3 - "$BIN" "$cfg" "$daemon_pid" "$(grep -E '^http_port' "$cfg" | tr -dc 0-9)" <<'PY'
+import http.client, statistics, subprocess, sys, time
+binary, cfg, daemon, http_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+gs = lambda *a: subprocess.run([binary, "--config", cfg, *a], check=True, capture_output=True, text=True).stdout
+def get(host):
+    c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=60)
+    c.request("GET", "/", headers={"Host": host})
+    r = c.getresponse(); body = r.read(); c.close()
+    return r.status, body
+assert get("cold0.localhost")[0] == 200
+START = r"""
+import os, socket, subprocess, sys, time
+env = dict(os.environ, PORT="9099", OPENSHIFT_PYTHON_PORT="9099")
+t = time.perf_counter()
+p = subprocess.Popen(["/opt/gearshift/cartridge/bin/start"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", 9099), timeout=1).close(); break
+    except OSError:
+        time.sleep(0.0005)
+print((time.perf_counter() - t) * 1000)
+p.kill(); p.wait()
+"""
+wakes, starts = [], []
+for i in range(10):
+    gs("app", "idle", "cold0")
+    t = time.perf_counter()
+    status, body = get("cold0.localhost")
+    wakes.append((time.perf_counter() - t) * 1000)
+    assert status == 200 and b"gearshift" in body, (status, body[:200])
+    starts.append(float(gs("run", "cold0", "--", "python3", "-c", START).strip().splitlines()[-1]))
+med = statistics.median
+print("\nidle and wake (dependency-free python app):")
+print(f"  first request to an idle app, through the router:  median {med(wakes):7.1f} ms  (min {min(wakes):.1f}, max {max(wakes):.1f})")
+print(f"  the app's own start time (exec -> listening):       median {med(starts):7.1f} ms  (min {min(starts):.1f}, max {max(starts):.1f})")
+over = sorted(w - s for w, s in zip(wakes, starts))
+print(f"  wake overhead (wake minus the same round's start):  median {med(over):7.1f} ms  (goal <= 50 ms)")
+
+def mem():
+    f = {}
+    for line in open(f"/proc/{daemon}/status"):
+        k, _, v = line.partition(":")
+        f[k] = v.strip()
+    pss = sum(int(l.split()[1]) for l in open(f"/proc/{daemon}/smaps_rollup") if l.startswith("Pss:"))
+    return int(f["VmRSS"].split()[0]), pss, int(f["Threads"])
+N = 30
+time.sleep(1)
+before = mem()
+for i in range(N):
+    gs("app", "create", f"idle{i}", "--cartridge", "static")
+    gs("app", "idle", f"idle{i}")
+for i in range(N):   # every idle app is routed (wakes on its first request) before we read memory
+    status, _ = get(f"idle{i}.localhost")
+    gs("app", "idle", f"idle{i}")
+time.sleep(2)
+after = mem()
+print(f"  daemon memory per idle app ({N} idle apps, each woken once and idled again):")
+print(f"    RSS {before[0]} -> {after[0]} KiB: {(after[0] - before[0]) / N:.1f} KiB/app;  PSS {before[1]} -> {after[1]} KiB: "
+      f"{(after[1] - before[1]) / N:.1f} KiB/app;  threads {before[2]} -> {after[2]}  (goal <= 1024 KiB/app)")
+PY

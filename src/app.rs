@@ -423,7 +423,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
         }
         AppCmd::Start { name } => {
             set_idle(node, actor, &name, false)?;
-            return in_gear(node, actor, &name, &["ctl", "start", "--wait"]).map(|_| ());
+            return start_web(node, &load_for(node, actor, &name)?);
         }
         AppCmd::Scale { name, gears } => {
             load_for(node, actor, &name)?;
@@ -516,6 +516,19 @@ pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<
         bail!("`{}` failed in the gear of '{name}' (exit code {code})", args.join(" "));
     }
     Ok(code)
+}
+
+/// Starts the web process in every gear of the app (each gear's init first, if it is not running)
+/// and returns once each accepts connections. Asks each supervisor over its control socket from
+/// the host, so no process is spawned in the gear for it (a wake waits on this).
+pub fn start_web(node: &Node, app: &App) -> Result<()> {
+    for g in &app.gears {
+        gear::ensure_running(node, g)?;
+        let v = gear::control::command(&gear::isolation::network::netns_path(&g.netns()), "start wait")
+            .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))?;
+        println!("{}", crate::ingear::status_line(&v["status"]));
+    }
+    Ok(())
 }
 
 /// The most web gears one app may run.

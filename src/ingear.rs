@@ -57,6 +57,22 @@ fn ago(t: u64) -> String {
     }
 }
 
+/// One line for a supervisor status: state, pid and age, deployment, restarts, last exit.
+pub fn status_line(st: &serde_json::Value) -> String {
+    let mut line = st["state"].as_str().unwrap_or("?").to_string();
+    if let Some(p) = st["pid"].as_i64() {
+        line += &format!(" (pid {p}, since {})", ago(st["since"].as_u64().unwrap_or(0)));
+    }
+    if let Some(d) = st["deployment"].as_str() {
+        line += &format!(", deployment {d}");
+    }
+    line += &format!(", restarts {}", st["restarts"]);
+    if let Some(e) = st["last_exit"].as_str() {
+        line += &format!(", last exit: {e}");
+    }
+    line
+}
+
 pub fn run(cmd: GearCmd) -> Result<i32> {
     match cmd {
         GearCmd::PreReceive => deploy::pre_receive(),
@@ -75,26 +91,14 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
                             info.port
                         );
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(25));
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             }
             let v = if wait { supervisor::ctl("status")? } else { v };
-            let st = &v["status"];
             if json {
-                println!("{st}");
+                println!("{}", v["status"]);
             } else {
-                let mut line = st["state"].as_str().unwrap_or("?").to_string();
-                if let Some(p) = st["pid"].as_i64() {
-                    line += &format!(" (pid {p}, since {})", ago(st["since"].as_u64().unwrap_or(0)));
-                }
-                if let Some(d) = st["deployment"].as_str() {
-                    line += &format!(", deployment {d}");
-                }
-                line += &format!(", restarts {}", st["restarts"]);
-                if let Some(e) = st["last_exit"].as_str() {
-                    line += &format!(", last exit: {e}");
-                }
-                println!("{line}");
+                println!("{}", status_line(&v["status"]));
             }
             Ok(0)
         }

@@ -392,6 +392,38 @@ fn health_get(info: &GearInfo, addr: std::net::SocketAddr, path: &str) -> Result
     }
 }
 
+/// `start wait`: waits until the live web process accepts connections (polled every
+/// millisecond: a wake is held on this); fails when the process exits first.
+fn wait_started(s: &Shared) -> Result<()> {
+    let info = GearInfo::load_in_gear()?;
+    let t = Instant::now();
+    loop {
+        let (pid, port, last_exit) = {
+            let g = s.lock();
+            (g.status.pid, g.status.port, g.status.last_exit.clone())
+        };
+        if pid.is_none() {
+            bail!(
+                "the web process exited while starting ({}): see `gearshift logs {}`",
+                last_exit.as_deref().unwrap_or("no exit status"),
+                info.app
+            );
+        }
+        let addr = std::net::SocketAddr::from((info.ip, port));
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if t.elapsed() > READY_TIMEOUT {
+            bail!(
+                "started, but nothing accepts connections on port {port} after {}s: see `gearshift logs {}`",
+                READY_TIMEOUT.as_secs(),
+                info.app
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|st| !st.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
@@ -538,6 +570,7 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
     let mut words = line.split_whitespace();
     let reply = match (words.next().unwrap_or(""), words.next()) {
         ("start", None) => start(s).map(|_| "started"),
+        ("start", Some("wait")) => start(s).and_then(|_| wait_started(s)).map(|_| "started"),
         ("stop", None) => stop(s).map(|_| "stopped"),
         ("restart", None) => stop(s).and_then(|_| start(s)).map(|_| "restarted"),
         ("switch", None) => switch(s).map(|_| "switched"),
@@ -588,8 +621,9 @@ fn abstract_listener() -> Result<UnixListener> {
     Ok(UnixListener::bind_addr(&addr)?)
 }
 
-/// Runs the supervisor forever (as the gear's pid 1, after confinement).
-pub fn run() -> ! {
+/// Runs the supervisor forever (as the gear's pid 1, after confinement). `ready` is called once
+/// both control sockets listen, before the web process starts.
+pub fn run(ready: impl FnOnce()) -> ! {
     let _ = std::fs::create_dir_all("/run/gearshift");
     let _ = std::fs::remove_file(CONTROL_SOCKET);
     let wanted = std::fs::read_to_string(wanted_file())
@@ -610,22 +644,20 @@ pub fn run() -> ! {
     });
     let r = s.clone();
     std::thread::spawn(move || reaper(r));
+    let listeners = [
+        abstract_listener().map_err(|e| note(&format!("cannot listen on @{CONTROL_ABSTRACT}: {e}"))),
+        UnixListener::bind(CONTROL_SOCKET).map_err(|e| note(&format!("cannot listen on {CONTROL_SOCKET}: {e}"))),
+    ];
+    for l in listeners.into_iter().flatten() {
+        let s2 = s.clone();
+        std::thread::spawn(move || serve(s2, l));
+    }
+    ready();
     if wanted {
         let mut g = s.lock();
         if let Err(e) = start_locked(&s, &mut g) {
             note(&format!("cannot start at boot: {e:#}"));
         }
-    }
-    match abstract_listener() {
-        Ok(l) => {
-            let s2 = s.clone();
-            std::thread::spawn(move || serve(s2, l));
-        }
-        Err(e) => note(&format!("cannot listen on @{CONTROL_ABSTRACT}: {e}")),
-    }
-    match UnixListener::bind(CONTROL_SOCKET) {
-        Ok(l) => serve(s, l),
-        Err(e) => note(&format!("cannot listen on {CONTROL_SOCKET}: {e}")),
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
