@@ -263,7 +263,17 @@ impl AccessLog for Access {
 fn refresh_loop(front: Arc<Front>) {
     let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
     let mut last_seen: HashMap<String, (u64, Instant)> = HashMap::new();
+    // Look again after 2 s, or as soon as an app record or certificate changes (a rename into
+    // apps/ or certs/ updates the directory's mtime), so a new app, alias or certificate is
+    // served within 100 ms. The mtimes are taken before reading, so a change made while this
+    // pass reads is seen by the next one.
+    let certs_dir = front.node.root().join("certs");
+    let mtime = || {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (m(&front.node.apps_dir()), m(&certs_dir))
+    };
     while !front.stop.load(Ordering::Relaxed) {
+        let seen = mtime();
         if let Ok(apps) = app::list(&front.node) {
             let ids: HashSet<String> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.id.clone())).collect();
             for a in &apps {
@@ -306,15 +316,6 @@ fn refresh_loop(front: Arc<Front>) {
                 }
             }
         }
-        // Look again after 2 s, or as soon as an app record or certificate changes (a rename
-        // into apps/ or certs/ updates the directory's mtime), so a new app, alias or
-        // certificate is served within 100 ms.
-        let certs_dir = front.node.root().join("certs");
-        let mtime = || {
-            let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            (m(&front.node.apps_dir()), m(&certs_dir))
-        };
-        let seen = mtime();
         for _ in 0..20 {
             if front.stop.load(Ordering::Relaxed) {
                 return;
