@@ -187,7 +187,9 @@ impl TestNode {
             root: self.root.clone(),
             log,
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Generous: on a loaded 2-core machine with many test nodes starting at once (useradd,
+        // nft, ip and ssh-keygen for each), a start has been seen to take over 30 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             if let Some(st) = d.child.try_wait().unwrap() {
                 panic!("gearshift daemon exited ({st}):\n{}", d.log_text());
@@ -210,9 +212,10 @@ impl TestNode {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "sshd did not come up on port {}:\n{}",
+                "sshd did not come up on port {} within 60 s (daemon log so far:\n{}\nsshd log:\n{})",
                 self.ssh_port(),
-                d.log_text()
+                d.log_text(),
+                std::fs::read_to_string(self.root.join("logs/sshd.log")).unwrap_or_default()
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
