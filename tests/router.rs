@@ -42,12 +42,18 @@ http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_f
 
 /// Creates APP owned by dev and pushes a page saying `page`; returns the repository.
 fn deploy(x: &DevNode, app: &str, page: &str) -> PathBuf {
+    deploy_with(x, app, page, |_| {})
+}
+
+/// Like `deploy`, with `extra` adding files to the repository before the first commit.
+fn deploy_with(x: &DevNode, app: &str, page: &str, extra: impl FnOnce(&Path)) -> PathBuf {
     x.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev"]);
     let dir = x.n.root.join("src").join(app);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
     std::fs::write(dir.join("server.py"), SERVER).unwrap();
     std::fs::write(dir.join("page.txt"), page).unwrap();
+    extra(&dir);
     git(&dir, &["init", "-q", "-b", "main"]);
     git(&dir, &["add", "-A"]);
     git(&dir, &["commit", "-qm", page]);
@@ -373,7 +379,15 @@ fn apps_without_requests_are_idled_and_woken_again() {
     ]);
     let daemon = n.start_daemon();
     let x = DevNode { key, daemon, n };
-    deploy(&x, "sleepy", "zzz");
+    // The first push builds for longer than idle_after_secs: the app is not idled under it
+    // (that would kill the push).
+    deploy_with(&x, "sleepy", "zzz", |dir| {
+        use std::os::unix::fs::PermissionsExt;
+        let hook = dir.join(".openshift/action_hooks/build");
+        std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+        std::fs::write(&hook, "#!/bin/sh\nsleep 4\n").unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
     wait_for(&x.n, "sleepy.localhost", "zzz");
     let t = Instant::now();
     while !x.n.ok(&["app", "status", "sleepy"]).starts_with("idle") {
