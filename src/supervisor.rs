@@ -378,11 +378,10 @@ fn health_get(info: &GearInfo, addr: std::net::SocketAddr, path: &str) -> Result
         .get("OPENSHIFT_APP_DNS")
         .map(String::as_str)
         .unwrap_or("localhost");
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gearshift-health\r\nConnection: close\r\n\r\n"
-    )
-    .context("cannot send the request")?;
+    // One write: a server answering after the request line must not find a half-sent head.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gearshift-health\r\nConnection: close\r\n\r\n");
+    c.write_all(request.as_bytes()).context("cannot send the request")?;
     let mut line = String::new();
     BufReader::new(c.take(1024)).read_line(&mut line).context("no answer")?;
     let mut words = line.split_whitespace();
@@ -706,16 +705,25 @@ mod tests {
         }
     }
 
-    /// A server answering every request with `code`, after recording the request line.
+    /// A server answering every request with `code`, after recording its request line.
     fn server(code: u16) -> (u16, std::sync::mpsc::Receiver<String>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let (tx, rx) = channel();
         std::thread::spawn(move || {
             for c in l.incoming().flatten() {
+                let mut r = BufReader::new(&c);
                 let mut line = String::new();
-                let _ = BufReader::new(&c).read_line(&mut line);
+                let _ = r.read_line(&mut line);
                 let _ = tx.send(line.trim_end().to_string());
+                // The rest of the head, so closing does not reset the connection.
+                let mut h = String::from("-");
+                while h.trim_end() != "" {
+                    h.clear();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 {
+                        break;
+                    }
+                }
                 let _ = write!(&c, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
             }
         });
