@@ -444,11 +444,17 @@ pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<
 /// and returns once each accepts connections. Asks each supervisor over its control socket from
 /// the host, so no process is spawned in the gear for it (a wake waits on this).
 pub fn start_web(node: &Node, app: &App) -> Result<()> {
+    let ask = |g: &Gear, cmd: &str| {
+        gear::control::command(&gear::isolation::network::netns_path(&g.netns()), cmd)
+            .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))
+    };
+    // Every gear starts before we wait for any: a scaled app wakes in one app start time.
     for g in &app.gears {
         gear::ensure_running(node, g)?;
-        let v = gear::control::command(&gear::isolation::network::netns_path(&g.netns()), "start wait")
-            .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))?;
-        println!("{}", crate::ingear::status_line(&v["status"]));
+        ask(g, "start")?;
+    }
+    for g in &app.gears {
+        println!("{}", crate::ingear::status_line(&ask(g, "start wait")?["status"]));
     }
     Ok(())
 }
