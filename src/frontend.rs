@@ -212,7 +212,8 @@ impl AccessLog for Access {
 /// without requests.
 fn refresh_loop(front: Arc<Front>) {
     let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
-    let mut last_seen: HashMap<String, (u64, Instant)> = HashMap::new();
+    // per app: request count, live web processes, and when either last changed
+    let mut last_seen: HashMap<String, (u64, Vec<Option<SocketAddr>>, Instant)> = HashMap::new();
     while !front.stop.load(Ordering::Relaxed) {
         if let Ok(apps) = app::list(&front.node) {
             let ids: HashSet<String> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.id.clone())).collect();
@@ -242,13 +243,22 @@ fn refresh_loop(front: Arc<Front>) {
             if idle_after > 0 {
                 let stats = front.router.stats();
                 for a in apps.iter().filter(|a| !a.idle) {
+                    // Activity: a request, or a change of the live web processes (a deploy, a
+                    // start). A push in progress refuses the idle (it is retried later).
                     let count = stats.requests_by_app.get(&a.name).copied().unwrap_or(0);
-                    let entry = last_seen.entry(a.name.clone()).or_insert((count, Instant::now()));
-                    if entry.0 != count {
-                        *entry = (count, Instant::now());
-                    } else if entry.1.elapsed() > Duration::from_secs(idle_after) {
+                    let mut live: Vec<_> = (front.gears.lock().unwrap().values())
+                        .filter(|v| v.app == a.name)
+                        .map(|v| v.live)
+                        .collect();
+                    live.sort();
+                    let entry = last_seen
+                        .entry(a.name.clone())
+                        .or_insert_with(|| (count, live.clone(), Instant::now()));
+                    if entry.0 != count || entry.1 != live {
+                        *entry = (count, live, Instant::now());
+                    } else if entry.2.elapsed() > Duration::from_secs(idle_after) {
                         let _ = front.verb(&["app", "idle", &a.name], Duration::from_secs(30));
-                        entry.1 = Instant::now();
+                        entry.2 = Instant::now();
                     }
                 }
             }
