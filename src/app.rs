@@ -263,6 +263,7 @@ pub fn destroy(node: &Node, name: &str, confirm: &str) -> Result<()> {
         gear::destroy(node, g)?;
     }
     std::fs::remove_file(path(node, name)).with_context(|| format!("cannot remove the record of '{name}'"))?;
+    let _ = std::fs::remove_file(push_lock(node, name));
     Ok(())
 }
 
@@ -432,6 +433,9 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
         }
         AppCmd::Idle { name } => {
             let app = load_for(node, actor, &name)?;
+            let _quiet = state::Lock::try_exclusive(&push_lock(node, &name))?.with_context(|| {
+                format!("'{name}' is being deployed (a git push is running): idle it once the push is done")
+            })?;
             set_idle(node, actor, &name, true)?;
             for g in &app.gears {
                 gear::stop(node, g)?;
@@ -440,21 +444,22 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
         }
         AppCmd::Stop { name } => return in_gear(node, actor, &name, &["ctl", "stop"]).map(|_| ()),
         AppCmd::Restart { name } => return in_gear(node, actor, &name, &["ctl", "restart", "--wait"]).map(|_| ()),
-        AppCmd::Status { name, json } if load_for(node, actor, &name)?.idle => {
-            // Asking an idle app's supervisor would wake it.
-            if json {
-                println!("{}", serde_json::json!({"state": "idle", "pid": null, "port": 0}));
-            } else {
-                println!("idle (no processes; the next request wakes it)");
-            }
-        }
         AppCmd::Status { name, json } => {
-            let args: &[&str] = if json {
-                &["ctl", "status", "--json"]
-            } else {
-                &["ctl", "status"]
-            };
-            return in_gear(node, actor, &name, args).map(|_| ());
+            let app = load_for(node, actor, &name)?;
+            for g in &app.gears {
+                let st = status_of(node, &app, g)?;
+                if json {
+                    // gear 0's status, as a single object (as before scaling existed)
+                    println!("{st}");
+                    break;
+                }
+                let line = crate::ingear::status_line(&st);
+                if app.gears.len() > 1 {
+                    println!("gear {}: {line}", g.index);
+                } else {
+                    println!("{line}");
+                }
+            }
         }
         AppCmd::Health {
             name,
@@ -522,13 +527,39 @@ pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<
 /// and returns once each accepts connections. Asks each supervisor over its control socket from
 /// the host, so no process is spawned in the gear for it (a wake waits on this).
 pub fn start_web(node: &Node, app: &App) -> Result<()> {
+    let ask = |g: &Gear, cmd: &str| {
+        gear::control::command_booting(&gear::isolation::network::netns_path(&g.netns()), cmd)
+            .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))
+    };
+    // Every gear starts before we wait for any: a scaled app wakes in one app start time.
     for g in &app.gears {
         gear::ensure_running(node, g)?;
-        let v = gear::control::command(&gear::isolation::network::netns_path(&g.netns()), "start wait")
-            .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))?;
-        println!("{}", crate::ingear::status_line(&v["status"]));
+        ask(g, "start")?;
+    }
+    for g in &app.gears {
+        println!("{}", crate::ingear::status_line(&ask(g, "start wait")?["status"]));
     }
     Ok(())
+}
+
+/// A gear's supervisor status, asked from the host (no process in the gear, and an idle or
+/// stopped gear is not started just to be asked).
+fn status_of(node: &Node, app: &App, g: &Gear) -> Result<serde_json::Value> {
+    let idle = || serde_json::json!({"state": "idle", "pid": null, "port": 0, "restarts": 0});
+    if app.idle {
+        return Ok(idle());
+    }
+    match gear::control::command(&gear::isolation::network::netns_path(&g.netns()), "status") {
+        Ok(v) => Ok(v["status"].clone()),
+        // idled meanwhile (automatic idling), or the gear's init is down
+        Err(_) if load(node, &app.name)?.idle => Ok(idle()),
+        Err(_) => Ok(serde_json::json!({"state": "down", "pid": null, "port": 0, "restarts": 0})),
+    }
+}
+
+/// Held shared by every push to the app, exclusively while it is idled (host side, root only).
+pub fn push_lock(node: &Node, name: &str) -> std::path::PathBuf {
+    node.run_dir().join("pushes").join(format!("{name}.lock"))
 }
 
 /// The most web gears one app may run.

@@ -195,6 +195,17 @@ impl Config {
         {
             bail!("bridge name '{}' must be 1-15 characters of [A-Za-z0-9_-]", self.bridge);
         }
+        let ports = [
+            ("http_port", self.http_port),
+            ("https_port", self.https_port),
+            ("ssh_port", self.ssh_port),
+            ("admin_port", self.admin_port),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            if let Some((b, _)) = ports[i + 1..].iter().find(|(_, pb)| pb == pa) {
+                bail!("{a} and {b} are both {pa}: each listener needs its own port (change one in the node config)");
+            }
+        }
         if !self.data_root.is_absolute() {
             bail!("data_root must be an absolute path");
         }
@@ -339,6 +350,18 @@ mod tests {
         let text = toml::to_string_pretty(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn listeners_need_their_own_ports() {
+        let c = Config {
+            http_port: 18090,
+            admin_port: 18092,
+            ssh_port: 18092,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("ssh_port and admin_port are both 18092"), "{e}");
     }
 
     #[test]

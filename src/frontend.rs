@@ -262,8 +262,8 @@ impl AccessLog for Access {
 /// without requests.
 fn refresh_loop(front: Arc<Front>) {
     let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
-    // Per app: its request count and live addresses when last seen changing, and since when.
-    let mut last_seen: HashMap<String, (u64, Vec<SocketAddr>, Instant)> = HashMap::new();
+    // per app: request count, live web processes, and when either last changed
+    let mut last_seen: HashMap<String, (u64, Vec<Option<SocketAddr>>, Instant)> = HashMap::new();
     // Look again after 2 s, or as soon as an app record or certificate changes (a rename into
     // apps/ or certs/ updates the directory's mtime), so a new app, alias or certificate is
     // served within 100 ms. The mtimes are taken before reading, so a change made while this
@@ -305,25 +305,18 @@ fn refresh_loop(front: Arc<Front>) {
             let idle_after = front.node.config.idle_after_secs;
             if idle_after > 0 {
                 let stats = front.router.stats();
-                let views = front.gears.lock().unwrap().clone();
                 for a in apps.iter().filter(|a| !a.idle) {
-                    // Only a running app is idled, and a switch to a new deployment counts as
-                    // activity: an app whose first push is still building, or a stopped or
-                    // crashed one, is left alone (idling would kill the push, or make a
-                    // stopped app wake on the next request).
-                    let live: Vec<SocketAddr> = a
-                        .gears
-                        .iter()
-                        .filter_map(|g| views.get(&g.id).and_then(|v| v.live))
-                        .collect();
-                    if live.is_empty() {
-                        last_seen.remove(&a.name);
-                        continue;
-                    }
+                    // Activity: a request, or a change of the live web processes (a deploy, a
+                    // start). A push in progress refuses the idle (it is retried later).
                     let count = stats.requests_by_app.get(&a.name).copied().unwrap_or(0);
+                    let mut live: Vec<_> = (front.gears.lock().unwrap().values())
+                        .filter(|v| v.app == a.name)
+                        .map(|v| v.live)
+                        .collect();
+                    live.sort();
                     let entry = last_seen
                         .entry(a.name.clone())
-                        .or_insert((count, live.clone(), Instant::now()));
+                        .or_insert_with(|| (count, live.clone(), Instant::now()));
                     if entry.0 != count || entry.1 != live {
                         *entry = (count, live, Instant::now());
                     } else if entry.2.elapsed() > Duration::from_secs(idle_after) {

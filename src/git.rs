@@ -30,6 +30,11 @@ impl GitService {
 pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) -> Result<i32> {
     let a = app::load_for(node, actor, app_name)?;
     let repo = format!("/home/{}/git/{}.git", a.name, a.name);
+    // Held (shared) while the push runs, so the app is not idled under it.
+    let _pushing = match service {
+        GitService::ReceivePack => Some(crate::state::Lock::shared(&app::push_lock(node, &a.name))?),
+        GitService::UploadPack => None,
+    };
     if service == GitService::UploadPack || a.gears.len() < 2 {
         // Never a pty: the git protocol is binary.
         return app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo]);

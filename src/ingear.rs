@@ -59,7 +59,11 @@ fn ago(t: u64) -> String {
 
 /// One line for a supervisor status: state, pid and age, deployment, restarts, last exit.
 pub fn status_line(st: &serde_json::Value) -> String {
-    let mut line = st["state"].as_str().unwrap_or("?").to_string();
+    let mut line = match st["state"].as_str().unwrap_or("?") {
+        "idle" => return "idle (no processes; the next request wakes it)".into(),
+        "down" => return "down (the gear's init is not running; `gearshift app start` starts it)".into(),
+        s => s.to_string(),
+    };
     if let Some(p) = st["pid"].as_i64() {
         line += &format!(" (pid {p}, since {})", ago(st["since"].as_u64().unwrap_or(0)));
     }

@@ -75,6 +75,20 @@ pub struct Lock {
 impl Lock {
     /// Blocks until the lock file at `path` is held exclusively.
     pub fn exclusive(path: &Path) -> Result<Lock> {
+        Ok(Self::take(path, libc::LOCK_EX)?.expect("a blocking lock is always taken"))
+    }
+
+    /// Blocks until the lock file at `path` is held shared (many holders, no exclusive one).
+    pub fn shared(path: &Path) -> Result<Lock> {
+        Ok(Self::take(path, libc::LOCK_SH)?.expect("a blocking lock is always taken"))
+    }
+
+    /// The exclusive lock if nobody holds the lock now, else `None`.
+    pub fn try_exclusive(path: &Path) -> Result<Option<Lock>> {
+        Self::take(path, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn take(path: &Path, op: libc::c_int) -> Result<Option<Lock>> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -87,17 +101,36 @@ impl Lock {
             .open(path)
             .with_context(|| format!("cannot open lock {}", path.display()))?;
         // SAFETY: flock on a file descriptor we own; no memory is touched.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
         }
-        Ok(Lock { _file: file })
+        Ok(Some(Lock { _file: file }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_holders_keep_the_exclusive_lock_out() {
+        let dir = std::env::temp_dir().join(format!("gs-lock-{}", std::process::id()));
+        let p = dir.join("x.lock");
+        let a = Lock::shared(&p).unwrap();
+        let b = Lock::shared(&p).unwrap();
+        assert!(Lock::try_exclusive(&p).unwrap().is_none());
+        drop(a);
+        assert!(Lock::try_exclusive(&p).unwrap().is_none(), "one shared holder is left");
+        drop(b);
+        let x = Lock::try_exclusive(&p).unwrap();
+        assert!(x.is_some());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn atomic_write_replaces_content() {

@@ -620,9 +620,10 @@ fn abstract_listener() -> Result<UnixListener> {
     Ok(UnixListener::bind_addr(&addr)?)
 }
 
-/// Runs the supervisor forever (as the gear's pid 1, after confinement). `ready` is called once
-/// both control sockets listen, before the web process starts.
-pub fn run(ready: impl FnOnce()) -> ! {
+/// Runs the supervisor forever (as the gear's pid 1, after confinement). Both control sockets
+/// listen before the web process starts; a command sent while the gear boots waits for them
+/// (see [`connect_retrying`]).
+pub fn run() -> ! {
     let _ = std::fs::create_dir_all("/run/gearshift");
     let _ = std::fs::remove_file(CONTROL_SOCKET);
     let wanted = std::fs::read_to_string(wanted_file())
@@ -651,7 +652,6 @@ pub fn run(ready: impl FnOnce()) -> ! {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
     }
-    ready();
     if wanted {
         let mut g = s.lock();
         if let Err(e) = start_locked(&s, &mut g) {
@@ -663,9 +663,32 @@ pub fn run(ready: impl FnOnce()) -> ! {
     }
 }
 
+/// How long a command waits for a supervisor that is still booting (the gear's init reports
+/// ready just before its supervisor binds the control sockets).
+const BOOT_WAIT: Duration = Duration::from_secs(3);
+
+/// Connects with `connect`, retrying while nothing listens yet (ENOENT, ECONNREFUSED), at most
+/// [`BOOT_WAIT`].
+pub fn connect_retrying(mut connect: impl FnMut() -> std::io::Result<UnixStream>) -> std::io::Result<UnixStream> {
+    let t = Instant::now();
+    loop {
+        match connect() {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && t.elapsed() < BOOT_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Sends one command to the supervisor of the gear we are in.
 pub fn ctl(cmd: &str) -> Result<serde_json::Value> {
-    let s = UnixStream::connect(CONTROL_SOCKET)
+    let s = connect_retrying(|| UnixStream::connect(CONTROL_SOCKET))
         .with_context(|| format!("cannot reach the gear's supervisor at {CONTROL_SOCKET}"))?;
     exchange(s, cmd)
 }

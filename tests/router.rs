@@ -401,3 +401,35 @@ fn apps_without_requests_are_idled_and_woken_again() {
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("zzz"));
 }
+
+#[test]
+fn an_app_is_not_idled_under_a_running_push() {
+    require_root!();
+    let x = dev_node();
+    let dir = deploy(&x, "busy", "one");
+    wait_for(&x.n, "busy.localhost", "one");
+    // The next push builds slowly and says when its build has begun.
+    let hook = dir.join(".openshift/action_hooks/build");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, "#!/bin/sh\ntouch \"$HOME/building\"\nsleep 3\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("page.txt"), "two").unwrap();
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "two"]);
+    let marker = PathBuf::from(x.n.show("busy")["gears"][0]["home"].as_str().unwrap()).join("building");
+    std::thread::scope(|s| {
+        let pusher = s.spawn(|| push_as(&x.n, &x.key, &dir, "busy", "main"));
+        let t = Instant::now();
+        while !marker.exists() {
+            assert!(t.elapsed() < Duration::from_secs(60), "the slow build never began");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let refused = x.n.fails(&["app", "idle", "busy"]);
+        assert!(refused.contains("being deployed"), "{refused}");
+        let (ok, out) = pusher.join().unwrap();
+        assert!(ok, "the push was disturbed by the idle attempt: {out}");
+    });
+    wait_for(&x.n, "busy.localhost", "two");
+    x.n.ok(&["app", "idle", "busy"]);
+    assert!(x.n.ok(&["app", "status", "busy"]).starts_with("idle"));
+}

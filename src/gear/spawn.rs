@@ -214,13 +214,10 @@ fn init_main(
     // The init never execs: it takes the gear's SELinux label now (its children's execs get it
     // from the exec label set in confine).
     selinux::set_current_label(&spec.who.mcs)?;
-    // "ready" once the supervisor listens on its control sockets, so a command sent right after
-    // the gear starts (a wake, `app start`) never finds the socket missing.
-    crate::supervisor::run(|| {
-        let _ = writeln!(w, "ready");
-        // SAFETY: closing our copy of the report pipe; `w` is not written again.
-        unsafe { libc::close(w.as_raw_fd()) };
-    })
+    writeln!(w, "ready")?;
+    // SAFETY: closing our copy of the report pipe; `w` is not written again.
+    unsafe { libc::close(w.as_raw_fd()) };
+    crate::supervisor::run()
 }
 
 /// Shows the init as `gearshift-init` in `ps` instead of the command line that created it
