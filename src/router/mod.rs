@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 mod accept;
+mod evloop;
 mod heads;
 mod http;
 mod metrics;
@@ -62,6 +63,8 @@ pub struct RouterConfig {
     pub backend_down_for: Duration,
     /// Stack reserved per connection thread (only touched pages cost memory).
     pub thread_stack: usize,
+    /// Event-loop threads for plain HTTP (0: one per core).
+    pub event_loops: usize,
 }
 
 impl Default for RouterConfig {
@@ -80,6 +83,7 @@ impl Default for RouterConfig {
             connect_timeout: Duration::from_secs(3),
             backend_down_for: Duration::from_secs(5),
             thread_stack: 256 * 1024,
+            event_loops: 0,
         }
     }
 }
