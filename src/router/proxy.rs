@@ -913,9 +913,11 @@ impl Conn {
         self.route_cache.as_ref()?.2.backends.get(i)
     }
 
-    /// The connection's own idle upstream connection to `b`, if any.
+    /// An idle upstream connection to `b`: the connection's own, else one from the shared pool.
     pub(crate) fn take_local(&mut self, b: &Arc<BackendState>) -> Option<(Arc<BackendState>, TcpStream)> {
-        self.local.take(b)
+        self.local
+            .take(b)
+            .or_else(|| Some((b.clone(), b.take_idle(&self.inner.limits, false)?)))
     }
 
     /// Keeps an upstream connection for later requests of this connection.
