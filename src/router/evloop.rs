@@ -333,8 +333,10 @@ impl Worker {
                 up: None,
                 deadline: Instant::now() + inner.cfg.header_timeout,
                 trim_at: None,
-                readable: false,
+                readable: true,
             });
+            // Clients usually send the request right after connecting: it may be here already.
+            self.read_head(i);
         }
     }
 
