@@ -1,4 +1,4 @@
-//! Accepting connections, leader/followers style: idle connection threads block in accept(2) on the
+//! Accepting TLS connections (plain HTTP goes to `evloop`), leader/followers style: idle connection threads block in accept(2) on the
 //! shared listener (the kernel wakes one per connection), serve what they accept themselves, and go back
 //! to accepting. A thread that accepts while no other is waiting first starts another, so one always
 //! waits; threads idle longer than the linger exit (but never the last one). No hand-off between threads.

@@ -1,6 +1,8 @@
-//! The HTTP router: a synchronous HTTP/1.1 reverse proxy, one thread per client connection (capped), that
-//! routes by Host to an app's backends with pooled keep-alive upstream connections, streamed bodies,
-//! upgrade tunnelling, TLS by SNI, idle-app waking, per-app access logs and Prometheus metrics.
+//! The HTTP router: a synchronous HTTP/1.1 reverse proxy that routes by Host to an app's backends with
+//! pooled keep-alive upstream connections, streamed bodies, upgrade tunnelling, TLS by SNI, idle-app waking,
+//! per-app access logs and Prometheus metrics. Plain-HTTP client connections live on one epoll loop per core
+//! (`evloop`), which forwards short bodiless exchanges itself and hands anything else to a connection thread
+//! for that request; TLS client connections have a thread each (`accept`). Client connections are capped.
 //!
 //! `gearshift daemon` builds a [`RouteTable`] from the apps on disk and calls [`Router::set_routes`] on
 //! every change; the switch is atomic and in-flight requests finish on the backends they started on.
