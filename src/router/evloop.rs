@@ -15,9 +15,9 @@ use super::proxy::{send_nb, ClientStream, Conn, EvResp, HeadErr, Outcome, Pendin
 use super::Inner;
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,10 +42,19 @@ pub fn serve(inner: Arc<Inner>, listener: TcpListener) -> JoinHandle<()> {
         n => n,
     };
     let threads = Arc::new(Threads::new(inner.cfg.thread_stack));
+    let inboxes = (0..n)
+        .map(|_| Returns::new().map(Arc::new))
+        .collect::<io::Result<Vec<_>>>()
+        .expect("cannot create the router's eventfds");
+    let load = Arc::new(Load {
+        conns: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        inboxes,
+    });
     let mut first = None;
-    for _ in 0..n {
+    for id in 0..n {
         let l = listener.try_clone().expect("cannot clone the router's listener");
-        let w = Worker::new(inner.clone(), l, threads.clone()).expect("cannot start the router's event loop");
+        let w = Worker::new(inner.clone(), l, threads.clone(), load.clone(), id)
+            .expect("cannot start the router's event loop");
         let h = std::thread::Builder::new()
             .name("router-loop".into())
             .spawn(move || w.run())
@@ -53,6 +62,32 @@ pub fn serve(inner: Arc<Inner>, listener: TcpListener) -> JoinHandle<()> {
         first.get_or_insert(h);
     }
     first.expect("at least one event loop")
+}
+
+/// Client connections per loop, and each loop's inbox. A loop that accepts a connection while it holds
+/// more than its share passes it to the least loaded loop, so that a burst of connections (a benchmark or
+/// a load balancer opening its pool) is spread evenly.
+struct Load {
+    conns: Vec<AtomicUsize>,
+    inboxes: Vec<Arc<Returns>>,
+}
+
+/// Connections a loop may hold over the least loaded one and still keep a new one itself.
+const SLACK: usize = 2;
+
+impl Load {
+    /// The loop that is to serve a connection loop `id` accepted: `id`, or the least loaded one.
+    fn target(&self, id: usize) -> usize {
+        let mine = self.conns[id].load(Relaxed);
+        let (min_id, min) = (self.conns.iter().map(|c| c.load(Relaxed)).enumerate())
+            .min_by_key(|&(_, c)| c)
+            .unwrap_or((id, mine));
+        if mine > min + SLACK {
+            min_id
+        } else {
+            id
+        }
+    }
 }
 
 /// A few blocking threads that take jobs the loops hand over; they linger a while, then exit.
@@ -115,15 +150,40 @@ impl Threads {
     }
 }
 
-/// Connections coming back from connection threads (None: it closed), and the eventfd that says so.
+/// A loop's inbox: connections coming back from connection threads (None: it closed), connections
+/// another loop accepted for it, and the eventfd that says so.
 struct Returns {
     q: Mutex<Vec<(usize, Option<Box<Conn>>)>>,
+    new: Mutex<Vec<(TcpStream, SocketAddr)>>,
     efd: OwnedFd,
 }
 
 impl Returns {
+    fn new() -> io::Result<Returns> {
+        // SAFETY: eventfd returns a new fd or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Returns {
+            q: Mutex::new(Vec::new()),
+            new: Mutex::new(Vec::new()),
+            // SAFETY: `efd` is a fresh fd nobody else owns.
+            efd: unsafe { OwnedFd::from_raw_fd(efd) },
+        })
+    }
+
     fn give_back(&self, slot: usize, conn: Option<Box<Conn>>) {
         self.q.lock().unwrap_or_else(|e| e.into_inner()).push((slot, conn));
+        self.wake();
+    }
+
+    fn pass(&self, stream: TcpStream, peer: SocketAddr) {
+        self.new.lock().unwrap_or_else(|e| e.into_inner()).push((stream, peer));
+        self.wake();
+    }
+
+    fn wake(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: write of 8 bytes from a stack buffer to an eventfd this struct owns.
         unsafe { libc::write(self.efd.as_raw_fd(), one.as_ptr().cast(), 8) };
@@ -165,6 +225,8 @@ struct Worker {
     inner: Arc<Inner>,
     ep: OwnedFd,
     listener: Option<TcpListener>,
+    load: Arc<Load>,
+    id: usize,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     returns: Arc<Returns>,
@@ -192,7 +254,13 @@ fn up_token(i: usize) -> u64 {
 }
 
 impl Worker {
-    fn new(inner: Arc<Inner>, listener: TcpListener, threads: Arc<Threads>) -> io::Result<Worker> {
+    fn new(
+        inner: Arc<Inner>,
+        listener: TcpListener,
+        threads: Arc<Threads>,
+        load: Arc<Load>,
+        id: usize,
+    ) -> io::Result<Worker> {
         // SAFETY: epoll_create1 returns a new fd or -1; a new fd is owned by the OwnedFd alone.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
@@ -200,13 +268,7 @@ impl Worker {
         }
         // SAFETY: `ep` is a fresh fd nobody else owns.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-        // SAFETY: eventfd returns a new fd or -1.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `efd` is a fresh fd nobody else owns.
-        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let returns = load.inboxes[id].clone();
         ep_ctl(
             &ep,
             libc::EPOLL_CTL_ADD,
@@ -217,7 +279,7 @@ impl Worker {
         ep_ctl(
             &ep,
             libc::EPOLL_CTL_ADD,
-            efd.as_raw_fd(),
+            returns.efd.as_raw_fd(),
             libc::EPOLLIN as u32,
             TOKEN_WAKE,
         )?;
@@ -225,12 +287,11 @@ impl Worker {
             inner,
             ep,
             listener: Some(listener),
+            load,
+            id,
             slots: Vec::new(),
             free: Vec::new(),
-            returns: Arc::new(Returns {
-                q: Mutex::new(Vec::new()),
-                efd,
-            }),
+            returns,
             threads,
         })
     }
@@ -309,6 +370,21 @@ impl Worker {
                 );
                 continue;
             }
+            let target = self.load.target(self.id);
+            if target != self.id {
+                self.load.conns[target].fetch_add(1, Relaxed);
+                self.load.inboxes[target].pass(stream, peer);
+                continue;
+            }
+            self.load.conns[self.id].fetch_add(1, Relaxed);
+            self.adopt(stream, peer);
+        }
+    }
+
+    /// Serves a new client connection (already counted in `load`).
+    fn adopt(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let inner = self.inner.clone();
+        {
             let _ = stream.set_nodelay(true);
             let _ = stream.set_write_timeout(Some(inner.cfg.body_timeout));
             let fd = stream.as_raw_fd();
@@ -325,7 +401,8 @@ impl Worker {
             });
             if ep_ctl(&self.ep, libc::EPOLL_CTL_ADD, fd, CLIENT_EVENTS, client_token(i)).is_err() {
                 self.free.push(i);
-                continue;
+                self.load.conns[self.id].fetch_sub(1, Relaxed);
+                return;
             }
             self.slots[i] = Some(Slot {
                 conn: Some(conn),
@@ -343,6 +420,7 @@ impl Worker {
     /// Frees a slot; its connection (if here) closes and its upstream connections go to the pools.
     fn close(&mut self, i: usize) {
         if let Some(mut slot) = self.slots[i].take() {
+            self.load.conns[self.id].fetch_sub(1, Relaxed);
             if let Some((b, s)) = slot.up.take() {
                 let _ = ep_ctl(&self.ep, libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
                 b.put(s, &self.inner.limits);
@@ -371,6 +449,10 @@ impl Worker {
         let mut b = [0u8; 8];
         // SAFETY: read of up to 8 bytes into a stack buffer from our non-blocking eventfd.
         unsafe { libc::read(self.returns.efd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        let passed = std::mem::take(&mut *self.returns.new.lock().unwrap_or_else(|e| e.into_inner()));
+        for (stream, peer) in passed {
+            self.adopt(stream, peer);
+        }
         let back = std::mem::take(&mut *self.returns.q.lock().unwrap_or_else(|e| e.into_inner()));
         for (i, conn) in back {
             match conn {
@@ -638,6 +720,21 @@ impl Worker {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_loop_over_its_share_passes_new_connections_to_the_least_loaded() {
+        let load = Load {
+            conns: (0..3).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: Vec::new(),
+        };
+        assert!((0..3).all(|i| load.target(i) == i));
+        load.conns[0].store(SLACK + 1, Relaxed);
+        load.conns[1].store(1, Relaxed);
+        assert_eq!(load.target(0), 2, "more than SLACK over the least loaded loop");
+        assert_eq!((load.target(1), load.target(2)), (1, 2));
+        load.conns[2].store(1, Relaxed);
+        assert_eq!(load.target(0), 0, "within SLACK of every other loop again");
+    }
 
     #[test]
     fn threads_never_queue_a_job_behind_a_long_one() {
