@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Router throughput beside nginx, measured not asserted: wrk -t2 -c64 (keep-alive) against (a) gearshift's
 # router and (b) nginx as a reverse proxy with upstream keep-alive, both in front of the same backend (nginx
-# serving a static "ok"). Also the router's memory per idle keep-alive client connection.
-# Usage: scripts/bench-router.sh   (env: DURATION=10 ROUNDS=2 IDLE_CONNS=1000)
+# serving a static "ok"), in alternating rounds. Per run: req/s, p50/p99, the proxy's CPU time per request
+# (utime+stime of its process / its workers) and the load average; then the ratios. Also the router's memory
+# per idle keep-alive client connection.
+# Usage: scripts/bench-router.sh   (env: DURATION=10 ROUNDS=3 IDLE_CONNS=1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 BACKEND_PORT=18181 NGINX_PORT=18182 ROUTER_PORT=18183
 
@@ -106,20 +108,37 @@ run() { # label port pids extra-wrk-args...
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  printf '%-30s %10s req/s   p50 %8s   p99 %8s   proxy CPU %6s us/req  %s\n' "$label" "$rps" "$p50" "$p99" "$cpu" "$errs"
-  echo "$label $rps" >>"$work/results"
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  printf '%-28s %9s req/s  p50 %8s  p99 %8s  proxy CPU %6s us/req  load %5s  %s\n' \
+    "$label" "$rps" "$p50" "$p99" "$cpu" "$load" "$errs"
+  echo "${label%% *} $rps $(ms "$p99") $cpu" >>"$work/results"
+}
+ms() { # wrk duration (123us, 4.5ms, 1.2s) -> milliseconds
+  awk -v d="$1" 'BEGIN { v = d + 0; if (d ~ /us$/) v /= 1000; else if (d ~ /[0-9]s$/ && d !~ /ms$/) v *= 1000; print v }'
+}
+summary() { # the rounds in $work/results: per round and mean ratios
+  awk '$1=="gearshift" {r[++nr]=$2; rp[nr]=$3; rc[nr]=$4}
+       $1=="nginx" {n[++nn]=$2; np[nn]=$3; nc[nn]=$4}
+       END {
+         for (i = 1; i <= nr && i <= nn; i++) {
+           printf "  round %d: router/nginx req/s %.2fx, p99 %.1f ms vs %.1f ms, CPU/req %.2fx\n", i, r[i]/n[i], rp[i], np[i], rc[i]/nc[i]
+           sr += r[i]; sn += n[i]; src += rc[i]; snc += nc[i]; if (rp[i] <= np[i]) pw++
+         }
+         k = (nr < nn ? nr : nn)
+         printf "router / nginx (mean of %d rounds): req/s %.2fx, CPU per request %.2fx, p99 no worse in %d of %d rounds\n", k, sr/sn, src/snc, pw, k
+       }' "$work/results"
 }
 echo "wrk -t2 -c64 -d${DURATION}s, keep-alive, same backend (nginx 'ok', 1 worker), $(nproc) cores shared by all:"
 for r in $(seq 1 "$ROUNDS"); do
   run "gearshift router (#$r)" "$ROUTER_PORT" "$router_proc"
   run "nginx proxy (#$r)" "$NGINX_PORT" "$nginx_procs"
 done
-awk '$1=="gearshift" {r+=$NF; nr++} $1=="nginx" {n+=$NF; nn++} END {printf "router / nginx req/s (mean of rounds): %.2fx\n", (r/nr)/(n/nn)}' \
-  <(awk '{print $1, $NF}' "$work/results")
+summary
 echo "a new client connection per request (Connection: close), upstream still pooled:"
 : >"$work/results"
 run "gearshift router (close)" "$ROUTER_PORT" "$router_proc" -H 'Connection: close'
 run "nginx proxy (close)" "$NGINX_PORT" "$nginx_procs" -H 'Connection: close'
+summary
 
 # Memory per idle keep-alive connection: RSS and threads of the router process before and after
 # IDLE_CONNS clients that made one request each and then sit idle.

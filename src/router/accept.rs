@@ -1,4 +1,4 @@
-//! Accepting connections, leader/followers style: idle connection threads block in accept(2) on the
+//! Accepting TLS connections (plain HTTP goes to `evloop`), leader/followers style: idle connection threads block in accept(2) on the
 //! shared listener (the kernel wakes one per connection), serve what they accept themselves, and go back
 //! to accepting. A thread that accepts while no other is waiting first starts another, so one always
 //! waits; threads idle longer than the linger exit (but never the last one). No hand-off between threads.
@@ -26,6 +26,9 @@ struct Shared {
 
 /// Starts serving `listener`; the handle is the first connection thread's.
 pub fn serve(inner: Arc<Inner>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> JoinHandle<()> {
+    if tls.is_none() {
+        return super::evloop::serve(inner, listener);
+    }
     // accept(2) honours SO_RCVTIMEO: that is how idle threads notice their linger is over.
     let secs = LINGER.as_secs() as i64;
     let _ = setsockopt(&listener, ReceiveTimeout, &TimeVal::new(secs, 0));
@@ -103,7 +106,7 @@ fn run(shared: &Arc<Shared>) {
             let _ =
                 (&stream).write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         } else {
-            proxy::serve_connection(inner, stream, shared.tls.clone());
+            proxy::serve_connection(&shared.inner, stream, shared.tls.clone());
         }
         drop(guard);
         shared.waiting.fetch_add(1, SeqCst);

@@ -1,6 +1,8 @@
-//! The HTTP router: a synchronous HTTP/1.1 reverse proxy, one thread per client connection (capped), that
-//! routes by Host to an app's backends with pooled keep-alive upstream connections, streamed bodies,
-//! upgrade tunnelling, TLS by SNI, idle-app waking, per-app access logs and Prometheus metrics.
+//! The HTTP router: a synchronous HTTP/1.1 reverse proxy that routes by Host to an app's backends with
+//! pooled keep-alive upstream connections, streamed bodies, upgrade tunnelling, TLS by SNI, idle-app waking,
+//! per-app access logs and Prometheus metrics. Plain-HTTP client connections live on one epoll loop per core
+//! (`evloop`), which forwards short bodiless exchanges itself and hands anything else to a connection thread
+//! for that request; TLS client connections have a thread each (`accept`). Client connections are capped.
 //!
 //! `gearshift daemon` builds a [`RouteTable`] from the apps on disk and calls [`Router::set_routes`] on
 //! every change; the switch is atomic and in-flight requests finish on the backends they started on.
@@ -9,6 +11,7 @@
 #![allow(dead_code)]
 
 mod accept;
+mod evloop;
 mod heads;
 mod http;
 mod metrics;
@@ -62,6 +65,8 @@ pub struct RouterConfig {
     pub backend_down_for: Duration,
     /// Stack reserved per connection thread (only touched pages cost memory).
     pub thread_stack: usize,
+    /// Event-loop threads for plain HTTP (0: one per core).
+    pub event_loops: usize,
 }
 
 impl Default for RouterConfig {
@@ -80,6 +85,7 @@ impl Default for RouterConfig {
             connect_timeout: Duration::from_secs(3),
             backend_down_for: Duration::from_secs(5),
             thread_stack: 256 * 1024,
+            event_loops: 0,
         }
     }
 }

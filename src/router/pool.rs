@@ -115,9 +115,16 @@ impl BackendState {
     /// An idle pooled connection that still looks alive, or a new one. `probe`: check every pooled
     /// connection (for requests that cannot be replayed), not only long-idle ones.
     pub fn get(&self, limits: &PoolLimits, probe: bool) -> std::io::Result<Upstream> {
+        match self.take_idle(limits, probe) {
+            Some(stream) => Ok(Upstream { stream, reused: true }),
+            None => self.connect(limits),
+        }
+    }
+
+    /// An idle pooled connection that still looks alive, if any.
+    pub fn take_idle(&self, limits: &PoolLimits, probe: bool) -> Option<TcpStream> {
         loop {
-            let entry = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some((stream, since)) = entry else { break };
+            let (stream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             let idle = since.elapsed();
             if idle > limits.idle_timeout {
                 continue;
@@ -125,9 +132,8 @@ impl BackendState {
             if (probe || idle > limits.probe_after) && !looks_alive(&stream) {
                 continue;
             }
-            return Ok(Upstream { stream, reused: true });
+            return Some(stream);
         }
-        self.connect(limits)
     }
 
     /// A fresh connection (TCP_NODELAY); a failure marks the backend down.

@@ -9,6 +9,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::borrow::Cow;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +71,7 @@ impl Write for ClientStream {
 }
 
 /// Serves one accepted client connection until it closes.
-pub fn serve_connection(inner: &Inner, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
+pub fn serve_connection(inner: &Arc<Inner>, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(inner.cfg.body_timeout));
@@ -83,22 +84,7 @@ pub fn serve_connection(inner: &Inner, stream: TcpStream, tls: Option<Arc<Server
             Err(_) => return,
         },
     };
-    let mut conn = Conn {
-        inner,
-        client,
-        peer_ip,
-        tls: is_tls,
-        buf: vec![0; SMALL_BUF],
-        start: 0,
-        end: 0,
-        ubuf: Vec::new(),
-        local: LocalConns::default(),
-        cur_timeout: None,
-        s: Scratch::default(),
-        log_secs: 0,
-        log_time: String::new(),
-        route_cache: None,
-    };
+    let mut conn = Conn::new(inner.clone(), client, peer_ip, is_tls);
     conn.run(accepted);
     conn.local.release(&inner.limits);
     if let ClientStream::Tls(t) = &mut conn.client {
@@ -109,13 +95,13 @@ pub fn serve_connection(inner: &Inner, stream: TcpStream, tls: Option<Arc<Server
 
 /// Whether the client connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Keep,
     Close,
 }
 
 /// Why no request head could be read.
-enum HeadErr {
+pub(crate) enum HeadErr {
     Closed,
     TooLarge,
     Timeout,
@@ -151,9 +137,11 @@ enum ToClient {
     Rechunk,
 }
 
-struct Conn<'a> {
-    inner: &'a Inner,
-    client: ClientStream,
+/// One client connection's state, served by a connection thread (TLS) or by the event loop, which hands
+/// it to a thread for whatever is not a short plain exchange.
+pub(crate) struct Conn {
+    inner: Arc<Inner>,
+    pub(crate) client: ClientStream,
     peer_ip: String,
     tls: bool,
     buf: Vec<u8>,
@@ -168,6 +156,19 @@ struct Conn<'a> {
     /// The last route looked up: (table generation, host, route). Reused without touching the table's
     /// lock while the table is unchanged and the host is the same (the usual keep-alive case).
     route_cache: Option<(u64, String, Arc<LiveRoute>)>,
+    /// Counted in `active_connections` by the event loop: uncounted when dropped.
+    pub(crate) gauge: bool,
+    /// The last [`Conn::poll_head`] read the client socket until it had nothing more.
+    pub(crate) drained: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.local.release(&self.inner.limits);
+        if self.gauge {
+            self.inner.metrics.active_connections.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// Offset just past the blank line ending a head, searching from `from`.
@@ -184,7 +185,29 @@ fn find_head_end(b: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-impl Conn<'_> {
+impl Conn {
+    /// A connection with empty buffers.
+    pub(crate) fn new(inner: Arc<Inner>, client: ClientStream, peer_ip: String, tls: bool) -> Conn {
+        Conn {
+            inner,
+            client,
+            peer_ip,
+            tls,
+            buf: vec![0; SMALL_BUF],
+            start: 0,
+            end: 0,
+            ubuf: Vec::new(),
+            local: LocalConns::default(),
+            cur_timeout: None,
+            s: Scratch::default(),
+            log_secs: 0,
+            log_time: String::new(),
+            route_cache: None,
+            gauge: false,
+            drained: false,
+        }
+    }
+
     fn run(&mut self, accepted: Instant) {
         let mut deadline = Some(accepted + self.inner.cfg.header_timeout);
         loop {
@@ -222,7 +245,8 @@ impl Conn<'_> {
             self.start = 0;
             self.end = 0;
         }
-        let cfg = &self.inner.cfg;
+        let inner = self.inner.clone();
+        let cfg = &inner.cfg;
         let max = cfg.max_header_bytes;
         let mut scanned = 0;
         let mut trimmed = false;
@@ -293,9 +317,9 @@ impl Conn<'_> {
     }
 
     /// Handles one request whose head is `buf[start..start + head_len]`.
-    fn request(&mut self, head_len: usize) -> Outcome {
+    pub(crate) fn request(&mut self, head_len: usize) -> Outcome {
         let t0 = Instant::now();
-        let inner = self.inner;
+        let inner = &*self.inner;
         let parsed = parse_request(
             &self.buf[self.start..self.start + head_len],
             &mut self.s,
@@ -349,7 +373,7 @@ impl Conn<'_> {
 
     /// Handles a request whose route is known.
     fn routed(&mut self, req: &Req, route: &Arc<LiveRoute>, t0: Instant) -> Outcome {
-        let inner = self.inner;
+        let inner = &*self.inner;
         let head_len = req.head_len;
         let can_keep = req.keep_alive && req.framing == Framing::None;
         if route.https_redirect && !self.tls {
@@ -380,7 +404,7 @@ impl Conn<'_> {
         } else {
             &route.backends
         };
-        self.forward(req, route, backends, t0)
+        self.forward(req, route, backends, t0, None)
     }
 
     /// Answers with one of the router's own pages and logs it.
@@ -399,11 +423,23 @@ impl Conn<'_> {
         }
     }
 
-    /// Tries the route's backends round robin (healthy ones first) until one answers.
-    fn forward(&mut self, req: &Req, route: &LiveRoute, backends: &[Arc<BackendState>], t0: Instant) -> Outcome {
+    /// Tries the route's backends round robin (healthy ones first, starting at `first` if given) until one
+    /// answers.
+    fn forward(
+        &mut self,
+        req: &Req,
+        route: &LiveRoute,
+        backends: &[Arc<BackendState>],
+        t0: Instant,
+        first: Option<usize>,
+    ) -> Outcome {
         let limits = self.inner.limits;
         let n = backends.len();
-        let first = if n == 1 { 0 } else { route.rr.fetch_add(1, Relaxed) % n };
+        let first = match first {
+            Some(i) if i < n => i,
+            _ if n == 1 => 0,
+            _ => route.rr.fetch_add(1, Relaxed) % n,
+        };
         let mut status = 502;
         // A request that cannot be replayed only goes on a pooled connection that still looks open.
         let probe = !(req.idempotent || req.framing == Framing::None);
@@ -508,13 +544,43 @@ impl Conn<'_> {
             }
         }
 
-        // Response head.
+        self.relay(req, route, b, up, 0, initial, replayable, body_incomplete, done, t0)
+    }
+
+    /// Reads the response head (its first `ulen` bytes may be in `ubuf` already) and relays the response.
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &mut self,
+        req: &Req,
+        route: &LiveRoute,
+        b: InFlight,
+        mut up: TcpStream,
+        mut ulen: usize,
+        initial: usize,
+        replayable: bool,
+        body_incomplete: bool,
+        mut done: Done,
+        t0: Instant,
+    ) -> Result<Outcome, Fail> {
         if self.ubuf.is_empty() {
             self.ubuf = vec![0; UPSTREAM_BUF];
         }
-        let mut ulen = 0;
         let keep = req.keep_alive && !body_incomplete;
         let resp = loop {
+            if ulen > 0 {
+                match parse_response(&self.ubuf[..ulen], &mut self.s.out, req, keep, &self.s.upgrade) {
+                    Ok(None) if ulen == self.ubuf.len() => return Err(Fail::Status(502)),
+                    Ok(None) => {}
+                    Err(s) => return Err(Fail::Status(s)),
+                    Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
+                        // Interim responses (100 Continue, 103) are not relayed.
+                        self.ubuf.copy_within(r.head_len..ulen, 0);
+                        ulen -= r.head_len;
+                        continue;
+                    }
+                    Ok(Some(r)) => break r,
+                }
+            }
             match up.read(&mut self.ubuf[ulen..]) {
                 Ok(0) | Err(_) if ulen == 0 => {
                     let retry = replayable && (req.idempotent || req.framing == Framing::None);
@@ -527,18 +593,6 @@ impl Conn<'_> {
                 }
                 Err(_) => return Err(Fail::Status(502)),
                 Ok(n) => ulen += n,
-            }
-            match parse_response(&self.ubuf[..ulen], &mut self.s.out, req, keep, &self.s.upgrade) {
-                Ok(None) if ulen == self.ubuf.len() => return Err(Fail::Status(502)),
-                Ok(None) => continue,
-                Err(s) => return Err(Fail::Status(s)),
-                Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
-                    // Interim responses (100 Continue, 103) are not relayed.
-                    self.ubuf.copy_within(r.head_len..ulen, 0);
-                    ulen -= r.head_len;
-                    continue;
-                }
-                Ok(Some(r)) => break r,
             }
         };
         if replayable {
@@ -568,14 +622,7 @@ impl Conn<'_> {
             return Ok(Outcome::Close);
         }
 
-        let mut to_client = match resp.body {
-            Framing::None => ToClient::Raw(0),
-            Framing::Length(n) => ToClient::Raw(n),
-            Framing::Chunked if req.minor == 1 => ToClient::Chunked(ChunkScanner::default()),
-            Framing::Chunked => ToClient::Dechunk(ChunkScanner::default()),
-            Framing::UntilClose if req.minor == 1 => ToClient::Rechunk,
-            Framing::UntilClose => ToClient::Raw(u64::MAX),
-        };
+        let mut to_client = ToClient::new(resp.body, req.minor);
         // The head and the body bytes that came with it leave in one write.
         let first = &self.ubuf[resp.head_len..ulen];
         let (used, finished) = match encode(&mut to_client, first, &mut self.s.out) {
@@ -749,11 +796,306 @@ impl Conn<'_> {
     }
 }
 
+/// What the event loop learned from the response bytes read so far.
+pub(crate) enum EvResp {
+    /// The head is not complete yet: wait for more.
+    More,
+    /// Not a short, complete response: a connection thread relays it.
+    Slow,
+    /// The whole response is in `s.out`, ready for the client.
+    Ready {
+        /// The upstream connection may be reused.
+        upstream_ok: bool,
+        /// The client connection goes on.
+        keep: bool,
+        status: u16,
+    },
+}
+
+/// An exchange the event loop is waiting on: the request went to `up`, its response is awaited.
+pub(crate) struct Pending {
+    pub req: Req,
+    /// Index of the backend in the route.
+    pub bi: usize,
+    pub b: InFlight,
+    pub up: TcpStream,
+    pub t0: Instant,
+}
+
+/// The event loop's side of a connection: non-blocking steps for short plain-HTTP exchanges, and the
+/// entry points a connection thread uses to finish what the loop handed over.
+impl Conn {
+    /// True when buffered bytes or the socket may hold more request bytes.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start
+    }
+
+    /// Reads without blocking until `buf[start..]` holds a whole head. Ok(None): wait for the socket.
+    pub(crate) fn poll_head(&mut self) -> Result<Option<usize>, HeadErr> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let max = self.inner.cfg.max_header_bytes;
+        self.drained = false;
+        loop {
+            if self.end > self.start {
+                if let Some(n) = find_head_end(&self.buf[self.start..self.end], 0) {
+                    return Ok(Some(n));
+                }
+            }
+            if self.end - self.start >= max {
+                return Err(HeadErr::TooLarge);
+            }
+            if self.end == self.buf.len() {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                if self.end == self.buf.len() {
+                    self.buf.resize(max.max(SMALL_BUF), 0);
+                }
+            }
+            let room = self.buf.len() - self.end;
+            let end = self.end;
+            match recv_nb(self.client.tcp(), &mut self.buf[end..]) {
+                Ok(0) => return Err(HeadErr::Closed),
+                Ok(n) => {
+                    self.end += n;
+                    if n < room {
+                        self.drained = true;
+                        // The socket is drained: an edge-triggered wakeup follows any later bytes.
+                        return Ok(find_head_end(&self.buf[self.start..self.end], 0));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(HeadErr::Closed),
+            }
+        }
+    }
+
+    /// Parses the head and, for a bodiless plain request to a route with a healthy backend, consumes it
+    /// and returns (request, backend index, start time) with the upstream head in `s.out`. None: a
+    /// connection thread serves this request with [`Conn::request`] (nothing consumed).
+    pub(crate) fn ev_route(&mut self, head_len: usize) -> Option<(Req, usize, Instant)> {
+        let t0 = Instant::now();
+        let inner = &*self.inner;
+        let head = &self.buf[self.start..self.start + head_len];
+        let req = parse_request(head, &mut self.s, inner, &self.peer_ip, self.tls).ok()?;
+        if req.framing != Framing::None || req.upgrade || self.tls {
+            return None;
+        }
+        let generation = inner.generation.load(std::sync::atomic::Ordering::Acquire);
+        let fresh = !matches!(&self.route_cache, Some((g, h, _)) if *g == generation && *h == self.s.host);
+        if fresh {
+            if self.route_cache.is_some() {
+                self.local.retain(|b| inner.is_current(b));
+            }
+            let r = inner.route(&self.s.host)?;
+            self.route_cache = Some((generation, self.s.host.clone(), r));
+        }
+        let route = &self.route_cache.as_ref()?.2;
+        if route.https_redirect || route.backends.is_empty() {
+            return None;
+        }
+        let n = route.backends.len();
+        let first = if n == 1 { 0 } else { route.rr.fetch_add(1, Relaxed) % n };
+        let i = (0..n).map(|k| (first + k) % n).find(|&i| route.backends[i].is_up())?;
+        self.start += head_len;
+        Some((req, i, t0))
+    }
+
+    /// The route of the request in progress (set by [`Conn::ev_route`]).
+    pub(crate) fn ev_backend(&self, i: usize) -> Option<&Arc<BackendState>> {
+        self.route_cache.as_ref()?.2.backends.get(i)
+    }
+
+    /// An idle upstream connection to `b`: the connection's own, else one from the shared pool.
+    pub(crate) fn take_local(&mut self, b: &Arc<BackendState>) -> Option<(Arc<BackendState>, TcpStream)> {
+        self.local
+            .take(b)
+            .or_else(|| Some((b.clone(), b.take_idle(&self.inner.limits, false)?)))
+    }
+
+    /// Keeps an upstream connection for later requests of this connection.
+    pub(crate) fn keep_local(&mut self, b: Arc<BackendState>, up: TcpStream) {
+        self.local.keep(b, up, &self.inner.limits);
+    }
+
+    /// The upstream head [`Conn::ev_route`] wrote.
+    pub(crate) fn upstream_head(&self) -> &[u8] {
+        &self.s.out
+    }
+
+    /// Reads response bytes without blocking into `ubuf[*ulen..]`. Ok(true): the socket may hold more.
+    pub(crate) fn read_upstream(&mut self, up: &TcpStream, ulen: &mut usize) -> io::Result<bool> {
+        if self.ubuf.is_empty() {
+            self.ubuf = vec![0; UPSTREAM_BUF];
+        }
+        let room = self.ubuf.len() - *ulen;
+        let n = recv_nb(up, &mut self.ubuf[*ulen..])?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        *ulen += n;
+        Ok(n == room)
+    }
+
+    /// Looks at the first `ulen` response bytes: the whole short response goes into `s.out` for the client.
+    pub(crate) fn ev_response(&mut self, req: &Req, ulen: usize) -> EvResp {
+        let resp = match parse_response(
+            &self.ubuf[..ulen],
+            &mut self.s.out,
+            req,
+            req.keep_alive,
+            &self.s.upgrade,
+        ) {
+            Ok(None) if ulen < self.ubuf.len() => return EvResp::More,
+            Ok(Some(r)) if r.status >= 200 => r,
+            _ => return EvResp::Slow,
+        };
+        let mut to_client = ToClient::new(resp.body, req.minor);
+        let first = &self.ubuf[resp.head_len..ulen];
+        match encode(&mut to_client, first, &mut self.s.out) {
+            Ok((used, true)) => EvResp::Ready {
+                upstream_ok: resp.reusable && used == first.len(),
+                keep: req.keep_alive
+                    && !(req.minor == 0 && matches!(resp.body, Framing::Chunked | Framing::UntilClose)),
+                status: resp.status,
+            },
+            _ => EvResp::Slow,
+        }
+    }
+
+    /// The response for the client [`Conn::ev_response`] prepared.
+    pub(crate) fn client_out(&self) -> &[u8] {
+        &self.s.out
+    }
+
+    /// Logs and counts a request the event loop answered.
+    pub(crate) fn ev_finish(&mut self, req: &Req, t0: Instant, status: u16, bytes_out: u64) {
+        let Some((g, h, route)) = self.route_cache.take() else {
+            return;
+        };
+        let done = Done {
+            status,
+            bytes_in: req.head_len as u64,
+            bytes_out,
+        };
+        self.finish(Some(&route), t0, &done, req.minor);
+        self.route_cache = Some((g, h, route));
+    }
+
+    /// Answers `status` for the request in progress and logs it; the connection closes after.
+    pub(crate) fn ev_fail(&mut self, req: &Req, t0: Instant, status: u16) {
+        let Some((g, h, route)) = self.route_cache.take() else {
+            return;
+        };
+        self.page(Some(&route), req, status, false, t0);
+        self.route_cache = Some((g, h, route));
+    }
+
+    /// Answers a request head that did not arrive in time or was too large; the connection closes after.
+    pub(crate) fn ev_head_error(&mut self, status: u16) {
+        let _ = pages::write_error(&mut self.client, status, "", false, true);
+    }
+
+    /// In a connection thread: forwards the request [`Conn::ev_route`] accepted (its upstream head is in
+    /// `s.out`), choosing an upstream connection as usual.
+    pub(crate) fn ev_forward(&mut self, req: &Req, first: usize, t0: Instant) -> Outcome {
+        let Some((g, h, route)) = self.route_cache.take() else {
+            return Outcome::Close;
+        };
+        let outcome = self.forward(req, &route, &route.backends, t0, Some(first));
+        self.route_cache = Some((g, h, route));
+        outcome
+    }
+
+    /// In a connection thread: relays the response to `p` whose first `ulen` bytes are in `ubuf`.
+    pub(crate) fn ev_relay(&mut self, p: Pending, ulen: usize) -> Outcome {
+        let Some((g, h, route)) = self.route_cache.take() else {
+            return Outcome::Close;
+        };
+        let done = Done {
+            bytes_in: p.req.head_len as u64,
+            ..Done::default()
+        };
+        let outcome = match self.relay(&p.req, &route, p.b, p.up, ulen, 0, true, false, done, p.t0) {
+            Ok(o) => o,
+            Err(Fail::Status(s)) => self.page(Some(&route), &p.req, s, false, p.t0),
+            Err(_) => Outcome::Close,
+        };
+        self.route_cache = Some((g, h, route));
+        outcome
+    }
+
+    /// Gives back what only active requests need (the connection is idle).
+    pub(crate) fn trim(&mut self) {
+        self.ubuf = Vec::new();
+        if self.start == self.end && self.buf.len() > SMALL_BUF {
+            self.buf = vec![0; SMALL_BUF];
+            self.start = 0;
+            self.end = 0;
+        }
+        self.local.release(&self.inner.limits);
+    }
+
+    /// Whether this connection's idle upstream connection to `b` may be kept (its backend is routed to).
+    pub(crate) fn is_current(&self, b: &Arc<BackendState>) -> bool {
+        self.inner.is_current(b)
+    }
+}
+
+/// recv(2) without blocking on a socket that is otherwise blocking.
+pub(crate) fn recv_nb(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv on a valid socket fd owned by `s` into `buf`, which is valid for `buf.len()` bytes;
+    // MSG_DONTWAIT makes this one call non-blocking without changing the socket's mode.
+    let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// send(2) without blocking (and without SIGPIPE) on a socket that is otherwise blocking.
+pub(crate) fn send_nb(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send on a valid socket fd owned by `s` from `buf`, valid for `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Why streaming a request body stopped.
 enum BodyErr {
     Client,
     Upstream,
     Bad,
+}
+
+impl ToClient {
+    /// How a response body framed as `body` goes to a client speaking HTTP/1.`minor`.
+    fn new(body: Framing, minor: u8) -> ToClient {
+        match body {
+            Framing::None => ToClient::Raw(0),
+            Framing::Length(n) => ToClient::Raw(n),
+            Framing::Chunked if minor == 1 => ToClient::Chunked(ChunkScanner::default()),
+            Framing::Chunked => ToClient::Dechunk(ChunkScanner::default()),
+            Framing::UntilClose if minor == 1 => ToClient::Rechunk,
+            Framing::UntilClose => ToClient::Raw(u64::MAX),
+        }
+    }
 }
 
 /// Encodes `data` for the client into `out` (appending after whatever `out` holds).
