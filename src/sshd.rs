@@ -129,9 +129,14 @@ pub fn install_binary(p: &Paths) -> Result<()> {
     for d in [Path::new("/run/gearshift"), dir] {
         mkdir_root(d, 0o755)?;
     }
-    let exe = std::fs::read("/proc/self/exe").context("cannot read the running gearshift binary")?;
-    crate::state::write_atomic(&p.bin, &exe, 0o755)?;
-    std::fs::set_permissions(&p.bin, std::fs::Permissions::from_mode(0o755))?;
+    // Copied in the kernel (copy_file_range), not read into the daemon's memory, and renamed
+    // into place so a running sshd never execs a half-written binary.
+    let tmp = p.bin.with_extension("new");
+    std::fs::copy("/proc/self/exe", &tmp)
+        .with_context(|| format!("cannot copy the running gearshift binary to {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &p.bin).with_context(|| format!("cannot install {}", p.bin.display()))?;
     Ok(())
 }
 
