@@ -171,6 +171,24 @@ pub fn label_tree(path: &Path, mcs: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` or an entry right beneath it lacks the gear's file type and pair (the tree
+/// of a gear created before the policy was installed, or relabelled by hand). False where
+/// labelling is off. Only the top two levels are looked at: cheap enough for every `node up`.
+pub fn tree_mislabelled(path: &Path, mcs: &str) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let want = format!(":gear_file_t:{mcs}");
+    let wrong = |p: &Path| file_context(p).is_none_or(|c| !c.ends_with(&want));
+    if !path.exists() {
+        return false;
+    }
+    wrong(path)
+        || std::fs::read_dir(path)
+            .map(|d| d.flatten().any(|e| wrong(&e.path())))
+            .unwrap_or(false)
+}
+
 /// The `security.selinux` label of a file, if it has one.
 pub fn file_context(path: &Path) -> Option<String> {
     let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;

@@ -652,7 +652,11 @@ fn switching_deployments_drains_the_old_backend() {
     while r.router.in_flight(slow.addr) != 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(r.router.in_flight(slow.addr), 0, "the finished request is no longer in flight");
+    assert_eq!(
+        r.router.in_flight(slow.addr),
+        0,
+        "the finished request is no longer in flight"
+    );
 }
 
 #[test]
