@@ -123,32 +123,21 @@ impl Relay {
 
     /// In gearshift after the fork: copies data between the caller's descriptors and the
     /// command's until the command has exited and its output is drained (or 200 ms pass with
-    /// nothing more from it: a background process may keep the socket open). Stdin is pumped
-    /// by a thread of its own, so a command that does not read its input cannot stall its
-    /// output.
+    /// nothing more from it: a background process may keep the socket open). One thread, as
+    /// the caller has joined the gear's pid namespace (no threads after that): stdin is read
+    /// only when the last piece has gone to the command, whose socket end is non-blocking, so
+    /// a command that does not read its input cannot stall its output.
     pub fn run(mut self, child: nix::unistd::Pid) -> Result<()> {
         for c in &mut self.chans {
             c.gear = None;
         }
-        if let Some(i) = self.chans.iter().position(|c| c.fd == 0) {
-            let c = self.chans.remove(i);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    // SAFETY: buf is valid for its length.
-                    let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-                    if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                        continue;
-                    }
-                    if r <= 0 || !write_all(c.host.as_raw_fd(), &buf[..r as usize]) {
-                        break;
-                    }
-                }
-                // the command sees the end of its input
-                // SAFETY: shutdown on a socket this thread owns.
-                unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
-            });
+        let input = self.chans.iter().position(|c| c.fd == 0).map(|i| self.chans.remove(i));
+        if let Some(c) = &input {
+            // SAFETY: fcntl on a descriptor we own; the caller's own descriptors are untouched.
+            unsafe { libc::fcntl(c.host.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         }
+        let mut input_open = input.is_some();
+        let mut pending: Vec<u8> = Vec::new();
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) } as RawFd;
         let pidfd = (pidfd >= 0).then(|| {
@@ -158,24 +147,31 @@ impl Relay {
         let mut exited = pidfd.is_none();
         let mut open: Vec<bool> = vec![true; self.chans.len()];
         let mut buf = vec![0u8; 64 * 1024];
-        while open.iter().any(|o| *o) {
+        let out_n = self.chans.len();
+        loop {
+            let feeding = input_open && !exited;
+            if !open.iter().any(|o| *o) && !feeding {
+                break;
+            }
+            // [outputs..., stdin or the command's input socket, the command's pidfd]
             let mut fds: Vec<libc::pollfd> = self
                 .chans
                 .iter()
                 .zip(&open)
-                .map(|(c, o)| libc::pollfd {
-                    fd: if *o { c.host.as_raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
+                .map(|(c, o)| pollfd(if *o { c.host.as_raw_fd() } else { -1 }, libc::POLLIN))
                 .collect();
-            if let (Some(p), false) = (&pidfd, exited) {
-                fds.push(libc::pollfd {
-                    fd: p.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
+            fds.push(match (&input, feeding, pending.is_empty()) {
+                (Some(_), true, true) => pollfd(0, libc::POLLIN),
+                (Some(c), true, false) => pollfd(c.host.as_raw_fd(), libc::POLLOUT),
+                _ => pollfd(-1, 0),
+            });
+            fds.push(pollfd(
+                match (&pidfd, exited) {
+                    (Some(p), false) => p.as_raw_fd(),
+                    _ => -1,
+                },
+                libc::POLLIN,
+            ));
             let timeout = if exited { 200 } else { -1 };
             // SAFETY: fds is a valid array of fds.len() pollfd structs.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -188,7 +184,7 @@ impl Relay {
             if n == 0 {
                 break; // exited, and nothing more within the grace period
             }
-            if fds.len() > self.chans.len() && fds[self.chans.len()].revents != 0 {
+            if fds[out_n + 1].revents != 0 {
                 exited = true;
             }
             for (i, c) in self.chans.iter().enumerate() {
@@ -204,9 +200,46 @@ impl Relay {
                     open[i] = false;
                 }
             }
+            if let (Some(c), true) = (&input, fds[out_n].revents != 0) {
+                if pending.is_empty() {
+                    // SAFETY: buf is valid for its length.
+                    let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                    if r > 0 {
+                        pending.extend_from_slice(&buf[..r as usize]);
+                    } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                        input_open = false;
+                        // the command sees the end of its input
+                        // SAFETY: shutdown on a socket we own.
+                        unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
+                    }
+                } else {
+                    // SAFETY: pending is valid for its length; MSG_NOSIGNAL: EPIPE, not SIGPIPE.
+                    let w = unsafe {
+                        libc::send(
+                            c.host.as_raw_fd(),
+                            pending.as_ptr().cast(),
+                            pending.len(),
+                            libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if w > 0 {
+                        pending.drain(..w as usize);
+                    } else if !matches!(
+                        std::io::Error::last_os_error().raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN)
+                    ) {
+                        input_open = false; // the command closed its input
+                        pending.clear();
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
 }
 
 #[cfg(test)]

@@ -211,10 +211,13 @@ fn init_main(
     std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
     close_fds_from(3, Some(w.as_raw_fd()));
     confine(&spec.who, filters, false)?;
+    // Reported before the label switch: the report pipe carries its creator's level, which a
+    // gear may not write (root's login range). A failed switch still reports its error (the
+    // starter checks for errors first), and nothing is written after it.
+    writeln!(w, "ready")?;
     // The init never execs: it takes the gear's SELinux label now (its children's execs get it
     // from the exec label set in confine).
     selinux::set_current_label(&spec.who.mcs)?;
-    writeln!(w, "ready")?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
     crate::supervisor::run()
