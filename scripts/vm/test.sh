@@ -61,8 +61,8 @@ vm 'getenforce; id -Z; cat /sys/fs/cgroup/cgroup.controllers; findmnt -no TARGET
   > "$OUT/guest-facts.txt" || true
 cat "$OUT/guest-facts.txt"
 # The tests run in their own delegated scope (Delegate=yes: gearshift may enable controllers
-# and move its processes into a leaf) at level s0: see selinux/README.md on why a starter at
-# s0-s0:c0.c1023 (root's ssh login range) cannot hand its pipes to a gear.
+# and move its processes into a leaf) at root's ssh login range s0-s0:c0.c1023, whose pipes a
+# gear may not use: gearshift relays them (selinux/README.md, "The starter's level").
 IN_SCOPE="sh $HERE/in-scope.sh"
 
 T3=$SECONDS
