@@ -57,6 +57,9 @@ fi
 T_BOOT=$((SECONDS - T2))
 # VM_KEEP=1 leaves the guest running for the next run (stop it with scripts/vm/vm.sh stop)
 [ "${VM_KEEP:-0}" = 1 ] || trap '"$VM" stop' EXIT
+# /run is a tmpfs of 10% of the guest's memory: every test daemon copies the (debug) gearshift
+# binary there for its sshd, two at a time. Pages are used only as needed.
+vm 'mount -o remount,size=1G /run'
 vm 'getenforce; id -Z; cat /sys/fs/cgroup/cgroup.controllers; findmnt -no TARGET,FSTYPE,OPTIONS /var/lib/gears; findmnt -no TARGET,FSTYPE,OPTIONS /srv/xfs' \
   > "$OUT/guest-facts.txt" || true
 cat "$OUT/guest-facts.txt"
