@@ -59,7 +59,10 @@ T_BOOT=$((SECONDS - T2))
 [ "${VM_KEEP:-0}" = 1 ] || trap '"$VM" stop' EXIT
 # /run is a tmpfs of 10% of the guest's memory: every test daemon copies the (debug) gearshift
 # binary there for its sshd, two at a time. Pages are used only as needed.
-vm 'mount -o remount,size=1G /run'
+# trixie mounts /run noexec, and the daemon's sshd runs gearshift's root-owned copy at
+# /run/gearshift/NODE/gearshift (AuthorizedKeysCommand, forced command): see the report of
+# this branch; until gearshift picks another place, the guest's /run allows exec.
+vm 'mount -o remount,size=1G,exec /run'
 vm 'getenforce; id -Z; cat /sys/fs/cgroup/cgroup.controllers; findmnt -no TARGET,FSTYPE,OPTIONS /var/lib/gears; findmnt -no TARGET,FSTYPE,OPTIONS /srv/xfs' \
   > "$OUT/guest-facts.txt" || true
 cat "$OUT/guest-facts.txt"
@@ -87,7 +90,7 @@ T_SUITE=$((SECONDS - T3))
 
 # Spawn cost of SELinux labelling: `gearshift run APP -- /bin/true`, median of N runs.
 set +e
-vm "$IN_SCOPE sh '$HERE/bench-spawn.sh' '${BIN_RELEASE:-$REPO/target/x86_64-unknown-linux-gnu/release/gearshift}' '$REPO/cartridges' ${BENCH_RUNS:-100}" \
+vm "$IN_SCOPE sh '$HERE/bench-spawn.sh' '${BIN_RELEASE:-$REPO/target/x86_64-unknown-linux-gnu/release/gearshift}' '$REPO/cartridges' ${BENCH_RUNS:-60}" \
   > "$OUT/bench-spawn.txt" 2>&1
 set -e
 cat "$OUT/bench-spawn.txt"

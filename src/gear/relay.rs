@@ -55,33 +55,20 @@ fn fd_context(fd: RawFd) -> Option<String> {
     })
 }
 
-/// Writes `/proc/thread-self/attr/sockcreate` (an empty value restores the default).
-fn set_sockcreate(ctx: &str) -> Result<()> {
-    std::fs::write("/proc/thread-self/attr/sockcreate", format!("{ctx}\0"))
-        .with_context(|| format!("cannot set the SELinux socket creation label to {ctx:?}"))
-}
-
 /// A stream socket pair labelled at level `s0` (gearshift's own type, user and role).
 fn pair_at_s0() -> Result<(OwnedFd, OwnedFd)> {
-    let own = std::fs::read_to_string("/proc/thread-self/attr/current").context("cannot read own SELinux context")?;
-    let own = own.trim_end_matches(['\0', '\n']);
-    let utr: Vec<&str> = own.splitn(4, ':').take(3).collect();
-    let ctx = format!("{}:s0", utr.join(":"));
-    set_sockcreate(&ctx)?;
     let mut sv = [0; 2];
     // SAFETY: sv has room for the two descriptors socketpair writes.
-    let rc = unsafe {
+    let rc = selinux::with_sockets_at_s0(|| unsafe {
         libc::socketpair(
             libc::AF_UNIX,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
             0,
             sv.as_mut_ptr(),
         )
-    };
-    let err = std::io::Error::last_os_error();
-    set_sockcreate("")?;
+    })?;
     if rc != 0 {
-        return Err(err).with_context(|| format!("cannot create a socket pair labelled {ctx}"));
+        return Err(std::io::Error::last_os_error()).context("cannot create a socket pair at level s0");
     }
     // SAFETY: both descriptors are fresh and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })

@@ -78,6 +78,28 @@ pub fn set_current_label(mcs: &str) -> Result<()> {
     write_attr("current", mcs)
 }
 
+/// Runs `f` (which creates sockets) with this thread's socket creation label at level `s0`
+/// (its own user, role and type), so a gear at any pair may use them; the default label is
+/// restored afterwards. Pipes and sockets otherwise carry the creator's level, and a gear may
+/// not use one at root's login range `s0-s0:c0.c1023`; a unix socket connected to a gear's
+/// listener gives the gear's end of it the client's level too. Plain `f()` where labelling is
+/// off.
+pub fn with_sockets_at_s0<T>(f: impl FnOnce() -> T) -> Result<T> {
+    if !enabled() {
+        return Ok(f());
+    }
+    let own = own_context();
+    let own = own.trim_end_matches(['\0', '\n']);
+    let utr: Vec<&str> = own.splitn(4, ':').take(3).collect();
+    let ctx = format!("{}:s0", utr.join(":"));
+    let attr = "/proc/thread-self/attr/sockcreate";
+    std::fs::write(attr, format!("{ctx}\0"))
+        .with_context(|| format!("cannot set the SELinux socket creation label to {ctx}"))?;
+    let r = f();
+    std::fs::write(attr, "\0").context("cannot reset the SELinux socket creation label")?;
+    Ok(r)
+}
+
 /// The file label for a gear's pair.
 pub fn file_label(mcs: &str) -> String {
     format!("{FILE_TYPE}:{mcs}")
