@@ -272,7 +272,14 @@ pub fn install_policy() -> Result<PolicyInstall> {
         return Ok(PolicyInstall::Skipped);
     }
     let copy = Path::new(INSTALLED_COPY);
-    if std::fs::read_to_string(copy).is_ok_and(|c| c == POLICY_CIL) && policy_loaded() {
+    let current = || std::fs::read_to_string(copy).is_ok_and(|c| c == POLICY_CIL) && policy_loaded();
+    if current() {
+        return Ok(PolicyInstall::Current);
+    }
+    // One install at a time (semodule refuses to wait for another's transaction lock); whoever
+    // waited finds the module installed.
+    let _lock = crate::state::Lock::exclusive(&copy.with_extension("lock"))?;
+    if current() {
         return Ok(PolicyInstall::Current);
     }
     // semodule (semanage_t) may read a temporary file but not /var/lib; it names the module
