@@ -151,6 +151,17 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
                     // An app still being created is its creator's business.
                     for a in app::list(&node)?.into_iter().filter(|a| a.status != "creating") {
                         for g in &a.gears {
+                            match crate::gear::relabel_if_needed(&node, g) {
+                                Ok(true) => eprintln!(
+                                    "gearshift: relabelled gear {} of '{}' for SELinux (its files lacked the gear's label)",
+                                    g.index, a.name
+                                ),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    eprintln!("gearshift: cannot relabel gear {} of '{}': {e:#}", g.index, a.name);
+                                    failed += 1;
+                                }
+                            }
                             // A gear started by an older gearshift whose supervisor does not
                             // answer the control socket gets a fresh init (an upgrade).
                             let ns = crate::gear::isolation::network::netns_path(&g.netns());

@@ -289,7 +289,13 @@ fn every_example_deploys_and_answers() {
         ("diy", "diy", "Hello from gearshift (diy)"),
         ("procfile", "python", "hooks: pre_build build deploy post_deploy"),
     ];
+    // The test VM (`make vm-test`) has no route to PyPI: QEMU's user network is restricted.
+    let offline = std::env::var_os("GEARSHIFT_TEST_OFFLINE").is_some_and(|v| v == "1");
     for (i, (example, cart, expected)) in cases.iter().enumerate() {
+        if offline && *example == "python-wsgi" {
+            eprintln!("skipped: {example} (installs from PyPI; GEARSHIFT_TEST_OFFLINE=1: no network here)");
+            continue;
+        }
         let app = format!("ex{i}");
         n.ok(&["app", "create", &app, "--cartridge", cart, "--owner", "dev"]);
         let dir = example_repo(n, example);
@@ -302,6 +308,9 @@ fn every_example_deploys_and_answers() {
             page.contains(expected),
             "{example} answered {page:?}, expected {expected:?}\n{out}"
         );
+    }
+    if offline {
+        return;
     }
     let (_, out, _) = n.sh(
         "ex1",

@@ -191,7 +191,7 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     assert_eq!(code, 0, "{err}");
     let b_addr = format!("{b_ip}:8080");
     assert!(
-        wait_http(&b_addr, Duration::from_secs(10)),
+        wait_http(&b_addr, Duration::from_secs(30)),
         "B does not serve on {b_addr}"
     );
 

@@ -150,7 +150,7 @@ fn transfer_kbit(n: &TestNode, app: &str, ip: &str, port: u16, out_of_gear: bool
     let mut s = loop {
         match TcpStream::connect(&addr) {
             Ok(s) => break s,
-            Err(_) if t0.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if t0.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("cannot connect to {addr}: {e}"),
         }
     };

@@ -58,10 +58,16 @@ fn gear(n: &TestNode, app: &str) -> GearInfo {
 
 /// Runs `argv` as `uid` in `gear_t` at level `mcs`, from the host (a forged process: the uid of
 /// one gear with the category pair of another, say).
+///
+/// The forged process writes into pipes a python3 at level `s0` makes: the test itself may run
+/// at root's login range, whose pipes a process at a gear's pair may not use (gearshift relays
+/// them for its own commands; this bypasses gearshift).
 fn as_gear(uid: u64, mcs: &str, argv: &[&str]) -> Output {
     let uid = uid.to_string();
-    Command::new("setpriv")
-        .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+    let relay = "import subprocess,sys\nr=subprocess.run(sys.argv[1:],capture_output=True)\nsys.stdout.buffer.write(r.stdout)\nsys.stderr.buffer.write(r.stderr)\nsys.exit(r.returncode if r.returncode>=0 else 128-r.returncode)";
+    Command::new("runcon")
+        .args(["-l", "s0", "--", "python3", "-c", relay])
+        .args(["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
         .args(["runcon", "-t", "gear_t", "-l", mcs, "--"])
         .args(argv)
         .output()
@@ -309,4 +315,96 @@ fn gear_processes_and_files_carry_their_own_pair() {
             .any(|l| l.contains("selinux") && l.contains("enforcing, policy module gearshift loaded")),
         "{text}"
     );
+}
+
+/// Runs `script` with `sh` at SELinux level `level` (root's ssh login range, say), so the pipes
+/// it creates carry that level.
+fn sh_at_level(level: &str, script: &str) -> Output {
+    Command::new("runcon")
+        .args(["-l", level, "--", "/bin/sh", "-c", script])
+        .output()
+        .expect("cannot run runcon")
+}
+
+#[test]
+fn run_output_reaches_a_pipe_made_at_roots_login_range() {
+    require_enforcing!();
+    let n = TestNode::new();
+    n.create_app("alpha");
+    let gs = format!("{BIN} --config {}", n.config.display());
+    // The shell at s0-s0:c0.c1023 makes every pipe here: gearshift's stdin, stdout and stderr,
+    // which a gear at s0:cX,cY may not use directly.
+    let probe = sh_at_level("s0-s0:c0.c1023", "cat /proc/self/attr/current");
+    assert!(
+        String::from_utf8_lossy(&probe.stdout).contains(":s0-s0:c0.c1023"),
+        "runcon -l s0-s0:c0.c1023 did not take: {probe:?}"
+    );
+    let script = format!(
+        "printf 'line one\\nline two\\n' | {gs} run alpha -- /bin/sh -c 'cat; echo out-ok; echo err-ok >&2; exit 3' 2>&1 | cat; echo \"rc=$?\""
+    );
+    let o = sh_at_level("s0-s0:c0.c1023", &script);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    eprintln!(
+        "through pipes at s0-s0:c0.c1023:\n{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in ["line one\nline two\n", "out-ok\n", "err-ok\n"] {
+        assert!(out.contains(want), "missing {want:?} in {out:?}");
+    }
+    // The command's exit code comes through as well.
+    let o = sh_at_level(
+        "s0-s0:c0.c1023",
+        &format!("{gs} run alpha -- /bin/sh -c 'echo x; exit 3' >/dev/null; echo code=$?"),
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("code=3"), "{o:?}");
+    // A large output is relayed whole, in order.
+    let o = sh_at_level(
+        "s0-s0:c0.c1023",
+        &format!("{gs} run alpha -- /bin/sh -c 'seq 1 200000' | tail -1"),
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "200000", "{o:?}");
+}
+
+#[test]
+fn node_up_restores_the_labels_of_a_gear_made_before_the_policy() {
+    require_enforcing!();
+    let n = TestNode::new();
+    n.create_app("alpha");
+    let g = gear(&n, "alpha");
+    let want = format!("gear_file_t:{}", g.mcs);
+    let meta = n.root.join("run/gears").join(g.home.file_name().unwrap());
+    let deep = g.home.join("app-root/data");
+    // What a gear created before the policy was installed looks like: no gear labels at all.
+    for p in [&g.home, &deep] {
+        let st = Command::new("chcon")
+            .args(["-t", "var_lib_t", "-l", "s0"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(!file_label(p).ends_with(&want), "{}", file_label(p));
+    }
+    assert!(meta.is_dir(), "no meta dir {}", meta.display());
+    let st = Command::new("chcon")
+        .args(["-R", "-t", "var_lib_t", "-l", "s0"])
+        .arg(&meta)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    n.ok(&["node", "up"]);
+    for p in [&g.home, &deep] {
+        assert_eq!(type_and_level(&file_label(p)), want, "{} after node up", p.display());
+    }
+    assert_eq!(
+        type_and_level(&file_label(&meta)),
+        want,
+        "{} after node up",
+        meta.display()
+    );
+    // And the gear works with them: it writes to its home.
+    let (code, _, err) = n.sh(
+        "alpha",
+        "echo ok > $HOME/app-root/data/after && cat $HOME/app-root/data/after",
+    );
+    assert_eq!(code, 0, "{err}");
 }

@@ -22,15 +22,22 @@ for f in memory.max memory.swap.max pids.max cpu.max cpu.weight io.weight; do
   echo "  gear on-0 $f = $(tr '\n' ' ' < "$P/on-0/$f")"
 done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f ms (min %.2f, max %.2f, n=%d)", m, a[1], a[NR], NR}'; }
-measure() { # app, env
+measure() { # app, env, relay: 1 = stdout a pipe made here (root's login range: relayed)
   i=0
   while [ $i -lt "$N" ]; do
-    s=$(date +%s%N); env $2 "$BIN" --config $R.toml run "$1" -- /bin/true; e=$(date +%s%N)
+    if [ "$3" = 1 ]; then
+      s=$(date +%s%N); env $2 "$BIN" --config $R.toml run "$1" -- /bin/true </dev/null 2>/dev/null | cat; e=$(date +%s%N)
+    else
+      s=$(date +%s%N); env $2 "$BIN" --config $R.toml run "$1" -- /bin/true </dev/null >/dev/null 2>&1; e=$(date +%s%N)
+    fi
     echo "$(( (e - s) / 1000 ))" | awk '{print $1/1000}'
     i=$((i + 1))
   done | median
 }
 echo "spawn labels on : $("$BIN" --config $R.toml run on -- cat /proc/self/attr/current | tr -d '\0')"
 echo "spawn labels off: $(GEARSHIFT_BENCH_NO_SELINUX=1 "$BIN" --config $R.toml run off -- cat /proc/self/attr/current | tr -d '\0')"
-echo "spawn median, labels on : $(measure on GEARSHIFT_X=1)"
-echo "spawn median, labels off: $(measure off GEARSHIFT_BENCH_NO_SELINUX=1)"
+echo "caller: $(tr -d '\0' < /proc/self/attr/current)"
+echo "spawn median, labels on : $(measure on GEARSHIFT_X=1 0)"
+echo "spawn median, labels off: $(measure off GEARSHIFT_BENCH_NO_SELINUX=1 0)"
+echo "spawn median, labels on, stdout relayed (| cat): $(measure on GEARSHIFT_X=1 1)"
+echo "spawn median, labels off, stdout | cat          : $(measure off GEARSHIFT_BENCH_NO_SELINUX=1 1)"

@@ -41,14 +41,18 @@ fn connect_once(netns: &Path) -> Result<std::io::Result<UnixStream>> {
     let host = File::open("/proc/thread-self/ns/net").context("cannot open this thread's network namespace")?;
     let gear = File::open(netns).with_context(|| format!("gear network namespace {} is missing", netns.display()))?;
     setns(&gear, CloneFlags::CLONE_NEWNET).context("cannot enter the gear's network namespace")?;
-    let r = std::os::unix::net::SocketAddr::from_abstract_name(CONTROL_ABSTRACT.as_bytes())
-        .and_then(|a| UnixStream::connect_addr(&a));
+    // At level s0: the supervisor's end of the connection takes this socket's level, and a
+    // gear may not use one at root's login range.
+    let r = crate::gear::isolation::selinux::with_sockets_at_s0(|| {
+        std::os::unix::net::SocketAddr::from_abstract_name(CONTROL_ABSTRACT.as_bytes())
+            .and_then(|a| UnixStream::connect_addr(&a))
+    });
     if let Err(e) = setns(&host, CloneFlags::CLONE_NEWNET) {
         // Never carry on in a gear's network namespace.
         eprintln!("gearshift: cannot return to the host network namespace: {e}");
         std::process::abort();
     }
-    Ok(r)
+    Ok(r?)
 }
 
 /// Sends one command to a gear's supervisor and returns its JSON reply.

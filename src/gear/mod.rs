@@ -4,6 +4,7 @@ pub mod control;
 pub mod isolation;
 pub mod mcs;
 pub mod meta;
+pub mod relay;
 pub mod spawn;
 pub mod tty;
 
@@ -182,6 +183,21 @@ pub fn create(node: &Node, gear: &Gear, limits: &Limits) -> Result<()> {
     network::gear_up(&NodeNet::from_config(&node.config), &gear_net(node, gear)?)?;
     ensure_running(node, gear)?;
     Ok(())
+}
+
+/// Gives the gear's home and meta dir their SELinux labels again when they lack them (a gear
+/// created before the policy was installed or before gearshift labelled gears, or relabelled
+/// by hand). Returns whether anything was relabelled; a no-op where SELinux is off.
+pub fn relabel_if_needed(node: &Node, gear: &Gear) -> Result<bool> {
+    let mcs = gear.mcs();
+    let mut done = false;
+    for dir in [gear.home(node), node.gear_meta_dir(&gear.id)] {
+        if selinux::tree_mislabelled(&dir, &mcs) {
+            selinux::label_tree(&dir, &mcs)?;
+            done = true;
+        }
+    }
+    Ok(done)
 }
 
 /// Removes every piece of a gear; carries on past failures and reports them all.

@@ -211,10 +211,13 @@ fn init_main(
     std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
     close_fds_from(3, Some(w.as_raw_fd()));
     confine(&spec.who, filters, false)?;
+    // Reported before the label switch: the report pipe carries its creator's level, which a
+    // gear may not write (root's login range). A failed switch still reports its error (the
+    // starter checks for errors first), and nothing is written after it.
+    writeln!(w, "ready")?;
     // The init never execs: it takes the gear's SELinux label now (its children's execs get it
     // from the exec label set in confine).
     selinux::set_current_label(&spec.who.mcs)?;
-    writeln!(w, "ready")?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
     crate::supervisor::run()
@@ -337,6 +340,12 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
     if let Some((m, _)) = &pty {
         super::tty::copy_window_size(0, m.as_raw_fd());
     }
+    // Stdio the gear may not use (a pipe at root's login range): relayed (see relay.rs).
+    let relay = if spec.tty {
+        None
+    } else {
+        super::relay::Relay::prepare(&spec.who.mcs)?
+    };
 
     // The caller itself joins the gear's cgroup and namespaces (a single-threaded, short-lived
     // process that needs nothing from the host after this point), which saves a fork. setns of
@@ -359,6 +368,9 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
                         libc::dup2(s.as_raw_fd(), fd);
                     }
                 }
+            }
+            if let Some(r) = &relay {
+                r.install_in_child();
             }
             close_fds_from(3, None);
             if let Err(e) = confine(spec.who, &filters, true) {
@@ -388,6 +400,9 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
     if let Some((m, s)) = pty {
         drop(s);
         super::tty::relay(m, child)?;
+    }
+    if let Some(r) = relay {
+        r.run(child)?;
     }
     Ok(exit_code(wait_for(child)?))
 }

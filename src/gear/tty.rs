@@ -43,7 +43,8 @@ impl Drop for RawMode {
     }
 }
 
-fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
+/// Writes all of `buf` to `fd` (blocking); false when the reader is gone.
+pub(super) fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
         // SAFETY: buf is a valid slice for the length passed.
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };

@@ -21,6 +21,37 @@ macro_rules! require_root {
     };
 }
 
+/// Gives a test node the host keys every test node shares (made once, under a lock), so a
+/// daemon start does not generate an RSA key: that takes a minute or more in the emulated test
+/// VM. The daemon only generates the keys that are missing.
+fn seed_host_keys(dir: &Path) {
+    let cache = Path::new("/tmp/gearshift-test-hostkeys");
+    std::fs::create_dir_all(cache).unwrap();
+    let lock = File::create(cache.join("lock")).unwrap();
+    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    std::fs::create_dir_all(dir).unwrap();
+    for (kind, bits) in [("ed25519", None), ("rsa", Some("3072"))] {
+        let name = format!("ssh_host_{kind}_key");
+        let key = cache.join(&name);
+        if !cache.join(format!("{name}.pub")).exists() {
+            let _ = std::fs::remove_file(&key);
+            let mut c = Command::new("ssh-keygen");
+            c.args(["-q", "-N", "", "-t", kind, "-C", "gearshift test host key", "-f"])
+                .arg(&key);
+            if let Some(b) = bits {
+                c.args(["-b", b]);
+            }
+            assert!(c.status().unwrap().success(), "ssh-keygen -t {kind} failed");
+        }
+        for suffix in ["", ".pub"] {
+            let from = cache.join(format!("{name}{suffix}"));
+            let to = dir.join(format!("{name}{suffix}"));
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+}
+
 pub fn nix_is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -172,6 +203,7 @@ impl TestNode {
     /// Starts `gearshift daemon` for this node and waits until its sshd accepts connections.
     /// Dropping the handle stops it (declare it after the node, so it is dropped first).
     pub fn start_daemon(&self) -> Daemon {
+        seed_host_keys(&self.root.join("ssh"));
         let log = self.root.join("daemon.log");
         let out = File::create(&log).unwrap();
         let child = self
@@ -188,8 +220,8 @@ impl TestNode {
             log,
         };
         // Generous: on a loaded 2-core machine with many test nodes starting at once (useradd,
-        // nft, ip and ssh-keygen for each), a start has been seen to take over 30 s.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // nft, ip for each) a start has taken over 30 s, and the test VM emulates its CPU (TCG).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             if let Some(st) = d.child.try_wait().unwrap() {
                 panic!("gearshift daemon exited ({st}):\n{}", d.log_text());

@@ -78,6 +78,28 @@ pub fn set_current_label(mcs: &str) -> Result<()> {
     write_attr("current", mcs)
 }
 
+/// Runs `f` (which creates sockets) with this thread's socket creation label at level `s0`
+/// (its own user, role and type), so a gear at any pair may use them; the default label is
+/// restored afterwards. Pipes and sockets otherwise carry the creator's level, and a gear may
+/// not use one at root's login range `s0-s0:c0.c1023`; a unix socket connected to a gear's
+/// listener gives the gear's end of it the client's level too. Plain `f()` where labelling is
+/// off.
+pub fn with_sockets_at_s0<T>(f: impl FnOnce() -> T) -> Result<T> {
+    if !enabled() {
+        return Ok(f());
+    }
+    let own = own_context();
+    let own = own.trim_end_matches(['\0', '\n']);
+    let utr: Vec<&str> = own.splitn(4, ':').take(3).collect();
+    let ctx = format!("{}:s0", utr.join(":"));
+    let attr = "/proc/thread-self/attr/sockcreate";
+    std::fs::write(attr, format!("{ctx}\0"))
+        .with_context(|| format!("cannot set the SELinux socket creation label to {ctx}"))?;
+    let r = f();
+    std::fs::write(attr, "\0").context("cannot reset the SELinux socket creation label")?;
+    Ok(r)
+}
+
 /// The file label for a gear's pair.
 pub fn file_label(mcs: &str) -> String {
     format!("{FILE_TYPE}:{mcs}")
@@ -171,6 +193,24 @@ pub fn label_tree(path: &Path, mcs: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` or an entry right beneath it lacks the gear's file type and pair (the tree
+/// of a gear created before the policy was installed, or relabelled by hand). False where
+/// labelling is off. Only the top two levels are looked at: cheap enough for every `node up`.
+pub fn tree_mislabelled(path: &Path, mcs: &str) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let want = format!(":gear_file_t:{mcs}");
+    let wrong = |p: &Path| file_context(p).is_none_or(|c| !c.ends_with(&want));
+    if !path.exists() {
+        return false;
+    }
+    wrong(path)
+        || std::fs::read_dir(path)
+            .map(|d| d.flatten().any(|e| wrong(&e.path())))
+            .unwrap_or(false)
+}
+
 /// The `security.selinux` label of a file, if it has one.
 pub fn file_context(path: &Path) -> Option<String> {
     let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
@@ -232,7 +272,14 @@ pub fn install_policy() -> Result<PolicyInstall> {
         return Ok(PolicyInstall::Skipped);
     }
     let copy = Path::new(INSTALLED_COPY);
-    if std::fs::read_to_string(copy).is_ok_and(|c| c == POLICY_CIL) && policy_loaded() {
+    let current = || std::fs::read_to_string(copy).is_ok_and(|c| c == POLICY_CIL) && policy_loaded();
+    if current() {
+        return Ok(PolicyInstall::Current);
+    }
+    // One install at a time (semodule refuses to wait for another's transaction lock); whoever
+    // waited finds the module installed.
+    let _lock = crate::state::Lock::exclusive(&copy.with_extension("lock"))?;
+    if current() {
         return Ok(PolicyInstall::Current);
     }
     // semodule (semanage_t) may read a temporary file but not /var/lib; it names the module

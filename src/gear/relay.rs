@@ -1,0 +1,249 @@
+//! Stdio relay for `gearshift run` without a terminal on an SELinux host.
+//!
+//! Pipes and sockets carry the level of the process that created them. A gear at `s0:cX,cY`
+//! may not use a pipe at `s0-s0:c0.c1023` (root's login range over ssh): SELinux would close
+//! such a descriptor when the gear's command execs, and its output would vanish. When the
+//! caller's stdin, stdout or stderr is such a descriptor, the command gets one end of a socket
+//! pair created at level `s0` (through `/proc/thread-self/attr/sockcreate`) instead, and
+//! gearshift, which may use both sides, copies the data across. Descriptors the gear can use
+//! (level `s0` or the gear's own pair, like /dev/null or a pipe from a systemd unit) are handed
+//! over unchanged, and off SELinux nothing of this runs.
+
+use super::isolation::selinux;
+use super::tty::write_all;
+use anyhow::{Context, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// One relayed stdio descriptor.
+struct Chan {
+    /// 0, 1 or 2: the caller's descriptor (and the one the gear's command gets).
+    fd: RawFd,
+    /// gearshift's end of the socket pair.
+    host: OwnedFd,
+    /// The command's end (closed in gearshift once the command is started).
+    gear: Option<OwnedFd>,
+}
+
+/// The relayed descriptors of one `gearshift run`.
+pub struct Relay {
+    chans: Vec<Chan>,
+}
+
+/// The level part of a context (`user:role:type:level`, the level may hold colons).
+fn level(ctx: &str) -> &str {
+    ctx.trim_end_matches(['\0', '\n']).splitn(4, ':').nth(3).unwrap_or("")
+}
+
+/// Whether a process at `mcs` may use an object labelled `ctx`: its level (the high end of a
+/// range) is `s0` or the gear's own pair. Anything else (a range reaching further categories)
+/// is relayed.
+pub fn usable_by(ctx: &str, mcs: &str) -> bool {
+    let l = level(ctx);
+    let high = l.split_once('-').map_or(l, |(_, h)| h);
+    high == "s0" || high == mcs
+}
+
+/// The `security.selinux` label of an open descriptor (pipes and sockets included).
+fn fd_context(fd: RawFd) -> Option<String> {
+    let mut buf = [0u8; 512];
+    // SAFETY: the name is NUL-terminated and the buffer pointer and length match.
+    let n = unsafe { libc::fgetxattr(fd, c"security.selinux".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n > 0).then(|| {
+        String::from_utf8_lossy(&buf[..n as usize])
+            .trim_end_matches('\0')
+            .to_string()
+    })
+}
+
+/// A stream socket pair labelled at level `s0` (gearshift's own type, user and role).
+fn pair_at_s0() -> Result<(OwnedFd, OwnedFd)> {
+    let mut sv = [0; 2];
+    // SAFETY: sv has room for the two descriptors socketpair writes.
+    let rc = selinux::with_sockets_at_s0(|| unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    })?;
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create a socket pair at level s0");
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
+impl Relay {
+    /// A relay for the caller's stdio descriptors a gear at `mcs` could not use, or None when
+    /// there are none (or SELinux is off).
+    pub fn prepare(mcs: &str) -> Result<Option<Relay>> {
+        if !selinux::enabled() {
+            return Ok(None);
+        }
+        let mut chans = Vec::new();
+        for fd in 0..3 {
+            let Some(ctx) = fd_context(fd) else { continue };
+            if usable_by(&ctx, mcs) {
+                continue;
+            }
+            let (host, gear) = pair_at_s0()?;
+            chans.push(Chan {
+                fd,
+                host,
+                gear: Some(gear),
+            });
+        }
+        Ok((!chans.is_empty()).then_some(Relay { chans }))
+    }
+
+    /// In the forked child, before exec: puts the command's ends on 0, 1 and 2.
+    pub fn install_in_child(&self) {
+        for c in &self.chans {
+            if let Some(g) = &c.gear {
+                // SAFETY: dup2 onto a stdio descriptor; the source stays open until exec
+                // (CLOEXEC), the copy does not have CLOEXEC.
+                unsafe { libc::dup2(g.as_raw_fd(), c.fd) };
+            }
+        }
+    }
+
+    /// In gearshift after the fork: copies data between the caller's descriptors and the
+    /// command's until the command has exited and its output is drained (or 200 ms pass with
+    /// nothing more from it: a background process may keep the socket open). One thread, as
+    /// the caller has joined the gear's pid namespace (no threads after that): stdin is read
+    /// only when the last piece has gone to the command, whose socket end is non-blocking, so
+    /// a command that does not read its input cannot stall its output.
+    pub fn run(mut self, child: nix::unistd::Pid) -> Result<()> {
+        for c in &mut self.chans {
+            c.gear = None;
+        }
+        let input = self.chans.iter().position(|c| c.fd == 0).map(|i| self.chans.remove(i));
+        if let Some(c) = &input {
+            // SAFETY: fcntl on a descriptor we own; the caller's own descriptors are untouched.
+            unsafe { libc::fcntl(c.host.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        }
+        let mut input_open = input.is_some();
+        let mut pending: Vec<u8> = Vec::new();
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) } as RawFd;
+        let pidfd = (pidfd >= 0).then(|| {
+            // SAFETY: a fresh descriptor nobody else owns.
+            unsafe { OwnedFd::from_raw_fd(pidfd) }
+        });
+        let mut exited = pidfd.is_none();
+        let mut open: Vec<bool> = vec![true; self.chans.len()];
+        let mut buf = vec![0u8; 64 * 1024];
+        let out_n = self.chans.len();
+        loop {
+            let feeding = input_open && !exited;
+            if !open.iter().any(|o| *o) && !feeding {
+                break;
+            }
+            // [outputs..., stdin or the command's input socket, the command's pidfd]
+            let mut fds: Vec<libc::pollfd> = self
+                .chans
+                .iter()
+                .zip(&open)
+                .map(|(c, o)| pollfd(if *o { c.host.as_raw_fd() } else { -1 }, libc::POLLIN))
+                .collect();
+            fds.push(match (&input, feeding, pending.is_empty()) {
+                (Some(_), true, true) => pollfd(0, libc::POLLIN),
+                (Some(c), true, false) => pollfd(c.host.as_raw_fd(), libc::POLLOUT),
+                _ => pollfd(-1, 0),
+            });
+            fds.push(pollfd(
+                match (&pidfd, exited) {
+                    (Some(p), false) => p.as_raw_fd(),
+                    _ => -1,
+                },
+                libc::POLLIN,
+            ));
+            let timeout = if exited { 200 } else { -1 };
+            // SAFETY: fds is a valid array of fds.len() pollfd structs.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(std::io::Error::last_os_error()).context("poll on the stdio relay");
+            }
+            if n == 0 {
+                break; // exited, and nothing more within the grace period
+            }
+            if fds[out_n + 1].revents != 0 {
+                exited = true;
+            }
+            for (i, c) in self.chans.iter().enumerate() {
+                if !open[i] || fds[i].revents == 0 {
+                    continue;
+                }
+                // SAFETY: buf is valid for its length.
+                let r = unsafe { libc::read(c.host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                if r <= 0 || !write_all(c.fd, &buf[..r as usize]) {
+                    open[i] = false;
+                }
+            }
+            if let (Some(c), true) = (&input, fds[out_n].revents != 0) {
+                if pending.is_empty() {
+                    // SAFETY: buf is valid for its length.
+                    let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                    if r > 0 {
+                        pending.extend_from_slice(&buf[..r as usize]);
+                    } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                        input_open = false;
+                        // the command sees the end of its input
+                        // SAFETY: shutdown on a socket we own.
+                        unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
+                    }
+                } else {
+                    // SAFETY: pending is valid for its length; MSG_NOSIGNAL: EPIPE, not SIGPIPE.
+                    let w = unsafe {
+                        libc::send(
+                            c.host.as_raw_fd(),
+                            pending.as_ptr().cast(),
+                            pending.len(),
+                            libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if w > 0 {
+                        pending.drain(..w as usize);
+                    } else if !matches!(
+                        std::io::Error::last_os_error().raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN)
+                    ) {
+                        input_open = false; // the command closed its input
+                        pending.clear();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_a_gear_may_use() {
+        let pair = "s0:c3,c9";
+        assert!(usable_by("system_u:object_r:null_device_t:s0", pair));
+        assert!(usable_by("system_u:system_r:initrc_t:s0", pair));
+        assert!(usable_by("u:r:gear_t:s0:c3,c9", pair));
+        assert!(usable_by("u:r:unconfined_t:s0-s0", pair));
+        assert!(!usable_by(
+            "unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023",
+            pair
+        ));
+        assert!(!usable_by("u:r:gear_t:s0:c4,c9", pair));
+    }
+}
