@@ -52,7 +52,7 @@ fn connect_once(netns: &Path) -> Result<std::io::Result<UnixStream>> {
         eprintln!("gearshift: cannot return to the host network namespace: {e}");
         std::process::abort();
     }
-    Ok(r?)
+    r
 }
 
 /// Sends one command to a gear's supervisor and returns its JSON reply.
