@@ -280,6 +280,9 @@ pub fn destroy_node(node: &Node, confirm: &str) -> Result<()> {
         destroy(node, &a.name, &a.name)?;
     }
     node.down()?;
+    if let Some(dir) = crate::sshd::Paths::of(node).bin.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::fs::remove_dir_all(node.root()).with_context(|| format!("cannot remove {}", node.root().display()))?;
     let _ = std::fs::remove_file(&node.config_path);
     Ok(())

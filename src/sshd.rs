@@ -34,12 +34,24 @@ impl Paths {
             host_keys: vec![dir.join("ssh_host_ed25519_key"), dir.join("ssh_host_rsa_key")],
             pid_file: node.run_dir().join("sshd.pid"),
             log: node.root().join("logs/sshd.log"),
-            bin: PathBuf::from("/run/gearshift")
-                .join(&node.config.name)
-                .join("gearshift"),
+            bin: bin_dir().join(&node.config.name).join("gearshift"),
             dir,
         }
     }
+}
+
+/// Where sshd finds the gearshift binary it runs for logins: /run/gearshift (tmpfs, gone at
+/// reboot), unless /run is mounted noexec (Debian trixie does so), then /var/lib/gearshift-ssh.
+/// Both are root-owned all the way up, as sshd demands of an AuthorizedKeysCommand.
+pub fn bin_dir() -> PathBuf {
+    let noexec = nix::sys::statvfs::statvfs("/run")
+        .map(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
+        .unwrap_or(false);
+    PathBuf::from(if noexec {
+        "/var/lib/gearshift-ssh"
+    } else {
+        "/run/gearshift"
+    })
 }
 
 /// The sshd_config text (pure: everything it needs is passed in).
@@ -126,7 +138,7 @@ fn mkdir_root(dir: &Path, mode: u32) -> Result<()> {
 /// root-owned and not group/world-writable, which /tmp or a build tree is not).
 pub fn install_binary(p: &Paths) -> Result<()> {
     let dir = p.bin.parent().context("binary path has no parent")?;
-    for d in [Path::new("/run/gearshift"), dir] {
+    for d in [bin_dir().as_path(), dir] {
         mkdir_root(d, 0o755)?;
     }
     // Copied in the kernel (copy_file_range), not read into the daemon's memory, and renamed
