@@ -211,18 +211,35 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
             ("Procfile", "web: python3 -u server.py\n"),
             ("server.py", SERVER),
             ("page.txt", "slow"),
-            (".openshift/action_hooks/build", "#!/bin/sh\nsleep 2\n"),
+            (".openshift/action_hooks/build", "#!/bin/sh\nsleep 5\n"),
         ],
     );
-    let first = Command::new("git")
+    let mut first = Command::new("git")
         .args(["push", &git_remote(n, "slow"), "main"])
         .env("GIT_SSH_COMMAND", git_ssh(&d.key, n))
         .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // The second push starts once the first is building (holding the push lock): a fixed delay
+    // was too short in the emulated test VM.
+    let (building, rx) = std::sync::mpsc::channel();
+    let stderr = first.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("action hook build") {
+                let _ = building.send(());
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the first push never reached its build hook");
     git(&dir, &["branch", "-f", "feature"]);
     let t = Instant::now();
     let (ok, second) = push_as(n, &d.key, &dir, "slow", "feature");
@@ -230,8 +247,9 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     assert!(second.contains("another push to this app is in progress"), "{second}");
     assert!(second.contains("not a deploy branch"), "{second}");
     assert!(t.elapsed() > Duration::from_millis(800), "the second push did not wait");
-    let first = first.wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let status = first.wait().unwrap();
+    let first_err = reader.join().unwrap();
+    assert!(status.success(), "{first_err}");
     assert_eq!(get(n, "slow"), "slow -");
 
     // 40 MB of incompressible data into a 24 MB gear: the push fails inside the gear's quota,
