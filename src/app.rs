@@ -531,7 +531,7 @@ pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<
 /// the host, so no process is spawned in the gear for it (a wake waits on this).
 pub fn start_web(node: &Node, app: &App) -> Result<()> {
     let ask = |g: &Gear, cmd: &str| {
-        gear::control::command_booting(&gear::isolation::network::netns_path(&g.netns()), cmd)
+        gear::control::command(&gear::isolation::network::netns_path(&g.netns()), cmd)
             .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))
     };
     // Every gear starts before we wait for any: a scaled app wakes in one app start time.

@@ -621,8 +621,7 @@ fn abstract_listener() -> Result<UnixListener> {
 }
 
 /// Runs the supervisor forever (as the gear's pid 1, after confinement). Both control sockets
-/// listen before the web process starts; a command sent while the gear boots waits for them
-/// (see [`connect_retrying`]).
+/// listen before the web process starts ([`crate::gear::ensure_running`] waits for them).
 pub fn run() -> ! {
     let _ = std::fs::create_dir_all("/run/gearshift");
     let _ = std::fs::remove_file(CONTROL_SOCKET);
@@ -663,32 +662,9 @@ pub fn run() -> ! {
     }
 }
 
-/// How long a command waits for a supervisor that is still booting (the gear's init reports
-/// ready just before its supervisor binds the control sockets).
-const BOOT_WAIT: Duration = Duration::from_secs(3);
-
-/// Connects with `connect`, retrying while nothing listens yet (ENOENT, ECONNREFUSED), at most
-/// [`BOOT_WAIT`].
-pub fn connect_retrying(mut connect: impl FnMut() -> std::io::Result<UnixStream>) -> std::io::Result<UnixStream> {
-    let t = Instant::now();
-    loop {
-        match connect() {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) && t.elapsed() < BOOT_WAIT =>
-            {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            r => return r,
-        }
-    }
-}
-
 /// Sends one command to the supervisor of the gear we are in.
 pub fn ctl(cmd: &str) -> Result<serde_json::Value> {
-    let s = connect_retrying(|| UnixStream::connect(CONTROL_SOCKET))
+    let s = UnixStream::connect(CONTROL_SOCKET)
         .with_context(|| format!("cannot reach the gear's supervisor at {CONTROL_SOCKET}"))?;
     exchange(s, cmd)
 }

@@ -3,7 +3,7 @@
 //! socket `@gearshift-control` there (abstract sockets belong to a network namespace), then
 //! returns. The socket stays connected across the switch back.
 
-use crate::supervisor::{connect_retrying, exchange, CONTROL_ABSTRACT};
+use crate::supervisor::{exchange, CONTROL_ABSTRACT};
 use anyhow::{Context, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
@@ -12,31 +12,6 @@ use std::path::Path;
 
 /// Connects to the supervisor of the gear whose network namespace is at `netns`.
 pub fn connect(netns: &Path) -> Result<UnixStream> {
-    connect_once(netns)?.context("the gear's supervisor does not answer (is the gear running?)")
-}
-
-/// [`command`] for a gear that may have just started: waits briefly for its supervisor to listen.
-pub fn command_booting(netns: &Path, cmd: &str) -> Result<serde_json::Value> {
-    let mut setup = None;
-    let s = connect_retrying(|| match connect_once(netns) {
-        Ok(r) => r,
-        Err(e) => {
-            setup = Some(e);
-            Err(std::io::ErrorKind::Other.into())
-        }
-    });
-    if let Some(e) = setup {
-        return Err(e);
-    }
-    exchange(
-        s.context("the gear's supervisor does not answer (is the gear running?)")?,
-        cmd,
-    )
-}
-
-/// One connection attempt: the outer error is about entering the namespace, the inner one is
-/// the connect itself.
-fn connect_once(netns: &Path) -> Result<std::io::Result<UnixStream>> {
     use std::os::linux::net::SocketAddrExt;
     let host = File::open("/proc/thread-self/ns/net").context("cannot open this thread's network namespace")?;
     let gear = File::open(netns).with_context(|| format!("gear network namespace {} is missing", netns.display()))?;
@@ -52,7 +27,7 @@ fn connect_once(netns: &Path) -> Result<std::io::Result<UnixStream>> {
         eprintln!("gearshift: cannot return to the host network namespace: {e}");
         std::process::abort();
     }
-    r
+    r?.context("the gear's supervisor does not answer (is the gear running?)")
 }
 
 /// Sends one command to a gear's supervisor and returns its JSON reply.

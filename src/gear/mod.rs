@@ -281,7 +281,27 @@ pub fn ensure_running(node: &Node, gear: &Gear) -> Result<i32> {
         spawn::start_init(&spec).with_context(|| format!("cannot start gear {} of app '{}'", gear.id, gear.app))?;
     let st = start_time(pid).context("gear init vanished right after start")?;
     crate::state::write_atomic(&init_file(node, gear), format!("{pid} {st}\n").as_bytes(), 0o644)?;
+    wait_for_supervisor(gear)?;
     Ok(pid)
+}
+
+/// The init reports ready just before its supervisor binds the control sockets (it must report
+/// before its SELinux label switch): a gear counts as running once its supervisor answers.
+fn wait_for_supervisor(gear: &Gear) -> Result<()> {
+    let netns = network::netns_path(&gear.netns());
+    let t = std::time::Instant::now();
+    loop {
+        match control::connect(&netns) {
+            Ok(_) => return Ok(()),
+            Err(e) if t.elapsed() > std::time::Duration::from_secs(5) => {
+                return Err(e.context(format!(
+                    "gear {} of app '{}' started, but its supervisor does not listen",
+                    gear.id, gear.app
+                )))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
 }
 
 /// What a gear sees of gearshift, read-only under /opt/gearshift: the binary (for hooks and
