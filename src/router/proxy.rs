@@ -238,6 +238,24 @@ impl Conn {
         }
     }
 
+    /// Makes room after `buf[end..]` for more of a head of at most `max` bytes: moves the partial
+    /// head to the front, and grows a full small buffer to the limit.
+    fn room_for_head(&mut self, max: usize) -> Result<(), HeadErr> {
+        if self.end - self.start >= max {
+            return Err(HeadErr::TooLarge);
+        }
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                // A head larger than the small buffer: grow to the limit.
+                self.buf.resize(max.max(SMALL_BUF), 0);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads until `buf[start..]` holds a whole head; returns its length. The whole head must arrive by
     /// `deadline` (or within `header_timeout` of its first byte); before any byte the idle timeout runs.
     fn read_head(&mut self, mut deadline: Option<Instant>) -> Result<usize, HeadErr> {
@@ -260,18 +278,7 @@ impl Conn {
                     deadline = Some(Instant::now() + cfg.header_timeout);
                 }
             }
-            if self.end - self.start >= max {
-                return Err(HeadErr::TooLarge);
-            }
-            if self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-                if self.end == self.buf.len() {
-                    // A head larger than the small buffer: grow to the limit.
-                    self.buf.resize(max.max(SMALL_BUF), 0);
-                }
-            }
+            self.room_for_head(max)?;
             let timeout = match deadline {
                 None if !trimmed => cfg.idle_timeout.min(IDLE_TRIM_AFTER),
                 None => cfg
@@ -296,13 +303,7 @@ impl Conn {
                     if deadline.is_none() && !trimmed && cfg.idle_timeout > IDLE_TRIM_AFTER {
                         // Idle for a while: give back what only active requests need, then keep waiting.
                         trimmed = true;
-                        self.ubuf = Vec::new();
-                        if self.start == self.end && self.buf.len() > SMALL_BUF {
-                            self.buf = vec![0; SMALL_BUF];
-                            self.start = 0;
-                            self.end = 0;
-                        }
-                        self.local.release(&self.inner.limits);
+                        self.trim();
                         continue;
                     }
                     return Err(if self.end > self.start {
@@ -844,17 +845,7 @@ impl Conn {
                     return Ok(Some(n));
                 }
             }
-            if self.end - self.start >= max {
-                return Err(HeadErr::TooLarge);
-            }
-            if self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-                if self.end == self.buf.len() {
-                    self.buf.resize(max.max(SMALL_BUF), 0);
-                }
-            }
+            self.room_for_head(max)?;
             let room = self.buf.len() - self.end;
             let end = self.end;
             match recv_nb(self.client.tcp(), &mut self.buf[end..]) {
