@@ -342,14 +342,7 @@ fn another_user_cannot_push_to_shell_into_or_read_the_logs_of_an_app() {
     require_root!();
     let d = dev_node();
     let n = &d.n;
-    let bob = keygen(&n.root.join("keys"), "bob");
-    n.ok(&[
-        "user",
-        "add",
-        "bob",
-        "--key",
-        bob.with_extension("pub").to_str().unwrap(),
-    ]);
+    let bob = n.add_user("bob");
     n.ok(&["app", "create", "mine", "--cartridge", "python", "--owner", "dev"]);
     let dir = repo(
         n,

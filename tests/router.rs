@@ -363,24 +363,13 @@ fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
 fn apps_without_requests_are_idled_and_woken_again() {
     require_root!();
     // The setting is read when the daemon starts: set it before the first start.
-    let n = TestNode::new();
-    let mut cfg = std::fs::read_to_string(&n.config).unwrap();
-    cfg = cfg.replace("idle_after_secs = 0", "idle_after_secs = 2");
-    assert!(
-        cfg.contains("idle_after_secs = 2"),
-        "no idle_after_secs in the config:\n{cfg}"
-    );
-    std::fs::write(&n.config, cfg).unwrap();
-    let key = keygen(&n.root.join("keys"), "dev");
-    n.ok(&[
-        "user",
-        "add",
-        "dev",
-        "--key",
-        key.with_extension("pub").to_str().unwrap(),
-    ]);
-    let daemon = n.start_daemon();
-    let x = DevNode { key, daemon, n };
+    let x = dev_node_with(|cfg| {
+        *cfg = cfg.replace("idle_after_secs = 0", "idle_after_secs = 2");
+        assert!(
+            cfg.contains("idle_after_secs = 2"),
+            "no idle_after_secs in the config:\n{cfg}"
+        );
+    });
     // The first push builds for longer than idle_after_secs: the app is not idled under it
     // (that would kill the push).
     deploy_with(&x, "sleepy", "zzz", |dir| {

@@ -20,23 +20,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let n = TestNode::new();
-    let dir = n.root.join("keys");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (alice, bob) = (keygen(&dir, "alice"), keygen(&dir, "bob"));
-    n.ok(&[
-        "user",
-        "add",
-        "alice",
-        "--key",
-        alice.with_extension("pub").to_str().unwrap(),
-    ]);
-    n.ok(&[
-        "user",
-        "add",
-        "bob",
-        "--key",
-        bob.with_extension("pub").to_str().unwrap(),
-    ]);
+    let (alice, bob) = (n.add_user("alice"), n.add_user("bob"));
     let daemon = n.start_daemon();
     Setup { alice, bob, daemon, n }
 }

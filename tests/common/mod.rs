@@ -181,6 +181,21 @@ impl TestNode {
     }
 
     /// The node's own sshd port.
+    /// Adds user `name` with a new key pair (under `<root>/keys`); returns the private key's path.
+    pub fn add_user(&self, name: &str) -> PathBuf {
+        let dir = self.root.join("keys");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = keygen(&dir, name);
+        self.ok(&[
+            "user",
+            "add",
+            name,
+            "--key",
+            key.with_extension("pub").to_str().unwrap(),
+        ]);
+        key
+    }
+
     pub fn ssh_port(&self) -> u16 {
         (20_001 + self.slot * 10) as u16
     }
@@ -473,17 +488,16 @@ pub struct DevNode {
 }
 
 pub fn dev_node() -> DevNode {
+    dev_node_with(|_| {})
+}
+
+/// [`dev_node`] whose node config text is first changed by `edit` (settings read at daemon start).
+pub fn dev_node_with(edit: impl FnOnce(&mut String)) -> DevNode {
     let n = TestNode::new();
-    let dir = n.root.join("keys");
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = keygen(&dir, "dev");
-    n.ok(&[
-        "user",
-        "add",
-        "dev",
-        "--key",
-        key.with_extension("pub").to_str().unwrap(),
-    ]);
+    let mut cfg = std::fs::read_to_string(&n.config).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&n.config, cfg).unwrap();
+    let key = n.add_user("dev");
     let daemon = n.start_daemon();
     DevNode { key, daemon, n }
 }
