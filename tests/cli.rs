@@ -38,6 +38,21 @@ fn init_is_idempotent_and_doctor_reports() {
 fn bad_input_is_refused_and_creates_nothing() {
     require_root!();
     let n = TestNode::new();
+    // Two listeners on one port (the admin port defaults to the HTTP port + 2): refused, and
+    // neither a config nor a data root is written.
+    let (cfg, root) = (n.root.join("clash.toml"), n.root.join("clash"));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gearshift"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["init", "--root"])
+        .arg(&root)
+        .args(["--http-port", "21990", "--ssh-port", "21992"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "init accepted clashing ports");
+    assert!(err.contains("ssh_port and admin_port are both 21992"), "{err}");
+    assert!(!cfg.exists() && !root.exists(), "a refused init wrote something");
     for bad in [
         "",
         "1abc",
