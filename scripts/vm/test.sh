@@ -57,12 +57,9 @@ fi
 T_BOOT=$((SECONDS - T2))
 # VM_KEEP=1 leaves the guest running for the next run (stop it with scripts/vm/vm.sh stop)
 [ "${VM_KEEP:-0}" = 1 ] || trap '"$VM" stop' EXIT
-# /run is a tmpfs of 10% of the guest's memory: every test daemon copies the (debug) gearshift
-# binary there for its sshd, two at a time. Pages are used only as needed.
-# trixie mounts /run noexec, and the daemon's sshd runs gearshift's root-owned copy at
-# /run/gearshift/NODE/gearshift (AuthorizedKeysCommand, forced command): see the report of
-# this branch; until gearshift picks another place, the guest's /run allows exec.
-vm 'mount -o remount,size=1G,exec /run'
+# trixie mounts /run noexec: left so, the daemons' sshd run gearshift's copy from
+# /var/lib/gearshift-ssh (src/sshd.rs, bin_dir), and the ssh/deploy/router suites prove it.
+vm 'findmnt -no OPTIONS /run | grep -qw noexec && echo "/run: noexec (sshd runs gearshift from /var/lib/gearshift-ssh)"' || true
 # The tests start `gearshift daemon` from root's shell (unconfined_t), so its sshd stays in
 # unconfined_t (under systemd it would enter sshd_t) and asks for a login context from there,
 # which Debian's contexts/users/unconfined_u does not list: sshd refuses every session in
