@@ -323,7 +323,9 @@ fn start(s: &Sup) -> Result<()> {
 
 /// Waits until the new web process on `port` is ready: it accepts connections and, when the
 /// app has a health path, GET on it answers 2xx. Fails when it exits or the timeout passes.
-fn wait_ready(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i32>) -> Result<()> {
+/// Waits until the web process on `port` is ready: it accepts connections and, with a health
+/// path, answers it 2xx. `exited` tells (how) the process ended meanwhile, which fails the wait.
+fn wait_ready(info: &GearInfo, port: u16, exited: &dyn Fn() -> Option<String>) -> Result<()> {
     let addr = std::net::SocketAddr::from((info.ip, port));
     let limit = info
         .health_timeout
@@ -344,11 +346,8 @@ fn wait_ready(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i32>)
                 Err(e) => last = format!("failed: {e:#}"),
             }
         }
-        if let Ok(code) = exit.try_recv() {
-            bail!(
-                "the new web process exited with code {code}: see `gearshift logs {}`",
-                info.app
-            );
+        if let Some(how) = exited() {
+            bail!("the new web process exited ({how}): see `gearshift logs {}`", info.app);
         }
         if t.elapsed() > limit {
             match (&info.health_path, listening) {
@@ -363,7 +362,8 @@ fn wait_ready(info: &GearInfo, port: u16, exit: &std::sync::mpsc::Receiver<i32>)
                 ),
             }
         }
-        let pause = if listening { 100 } else { 5 };
+        // Until it listens, poll finely: a wake's first request is held on this.
+        let pause = if listening { 100 } else { 1 };
         std::thread::sleep(Duration::from_millis(pause));
     }
 }
@@ -391,36 +391,20 @@ fn health_get(info: &GearInfo, addr: std::net::SocketAddr, path: &str) -> Result
     }
 }
 
-/// `start wait`: waits until the live web process accepts connections (polled every
-/// millisecond: a wake is held on this); fails when the process exits first.
+/// `start wait`: waits until the live web process is ready (as a new deployment must be);
+/// fails when it exits first.
 fn wait_started(s: &Shared) -> Result<()> {
     let info = GearInfo::load_in_gear()?;
-    let t = Instant::now();
-    loop {
-        let (pid, port, last_exit) = {
-            let g = s.lock();
-            (g.status.pid, g.status.port, g.status.last_exit.clone())
-        };
-        if pid.is_none() {
-            bail!(
-                "the web process exited while starting ({}): see `gearshift logs {}`",
-                last_exit.as_deref().unwrap_or("no exit status"),
-                info.app
-            );
-        }
-        let addr = std::net::SocketAddr::from((info.ip, port));
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        if t.elapsed() > READY_TIMEOUT {
-            bail!(
-                "started, but nothing accepts connections on port {port} after {}s: see `gearshift logs {}`",
-                READY_TIMEOUT.as_secs(),
-                info.app
-            );
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (pid, port) = {
+        let g = s.lock();
+        (g.status.pid, g.status.port)
+    };
+    let exited = || {
+        let g = s.lock();
+        (g.status.pid != pid || pid.is_none())
+            .then(|| g.status.last_exit.clone().unwrap_or_else(|| "no exit status".into()))
+    };
+    wait_ready(&info, port, &exited)
 }
 
 fn alive(pid: i32) -> bool {
@@ -459,7 +443,9 @@ fn switch(s: &Shared) -> Result<()> {
         g.waiters.insert(r.0, tx);
         r
     };
-    let ready = wait_ready(&info, port, &rx);
+    let ready = wait_ready(&info, port, &|| {
+        rx.try_recv().ok().map(|code| format!("exit code {code}"))
+    });
     s.lock().waiters.remove(&pid);
     if let Err(e) = ready {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -731,7 +717,7 @@ mod tests {
 
     #[test]
     fn ready_needs_a_2xx_health_answer_when_a_path_is_set() {
-        let (_never, exit) = channel::<i32>();
+        let exit = || None;
         let (ok, requests) = server(204);
         wait_ready(&info(Some("/healthz?deep=1"), Some(2)), ok, &exit).unwrap();
         // The first connection is the bare "accepts connections" probe.

@@ -556,6 +556,11 @@ fn a_health_path_gates_deployments() {
     let (ok, out) = commit_and_push(&x, &dir, "care", "v4", 500);
     assert!(ok, "{out}");
     wait_for(n, "care.localhost", "v4");
+    // A start (what a wake runs) waits for the same answer: unhealthy v4 does not count as started.
+    n.ok(&["app", "health", "care", "/healthz", "--timeout", "2"]);
+    n.ok(&["app", "idle", "care"]);
+    let e = n.fails(&["app", "start", "care"]);
+    assert!(e.contains("GET /healthz answered 500"), "{e}");
     assert!(n
         .fails(&["app", "health", "care", "healthz"])
         .contains("not a health path"));
