@@ -446,7 +446,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
             println!("idled '{name}': no processes until its next request");
         }
         AppCmd::Stop { name } => return in_gear(node, actor, &name, &["ctl", "stop"]).map(|_| ()),
-        AppCmd::Restart { name } => return in_gear(node, actor, &name, &["ctl", "restart", "--wait"]).map(|_| ()),
+        AppCmd::Restart { name } => return in_gear(node, actor, &name, &["ctl", "restart"]).map(|_| ()),
         AppCmd::Status { name, json } => {
             let app = load_for(node, actor, &name)?;
             for g in &app.gears {
@@ -751,7 +751,7 @@ pub fn set_env(
         }
         app
     };
-    in_gear(node, actor, &app.name, &["ctl", "restart-if-wanted", "--wait"]).map(|_| ())
+    in_gear(node, actor, &app.name, &["ctl", "restart-if-wanted"]).map(|_| ())
 }
 
 /// `gearshift run APP -- CMD...`: runs CMD in the gear and returns its exit code.

@@ -11,14 +11,12 @@ use std::path::PathBuf;
 pub enum GearCmd {
     /// git's pre-receive hook: build and deploy the pushed commit.
     PreReceive,
-    /// Ask the gear's supervisor: start, stop, restart, restart-if-wanted, status.
+    /// Ask the gear's supervisor: start, stop, restart, restart-if-wanted, status (restarts
+    /// answer once the web process is ready).
     Ctl {
         command: String,
         #[arg(long)]
         json: bool,
-        /// After start/restart, wait until the web process accepts connections.
-        #[arg(long)]
-        wait: bool,
     },
     /// List deployments.
     Deployments {
@@ -80,25 +78,8 @@ pub fn status_line(st: &serde_json::Value) -> String {
 pub fn run(cmd: GearCmd) -> Result<i32> {
     match cmd {
         GearCmd::PreReceive => deploy::pre_receive(),
-        GearCmd::Ctl { command, json, wait } => {
+        GearCmd::Ctl { command, json } => {
             let v = supervisor::ctl(&command)?;
-            let restarted = v["result"] == "restarted" || v["result"] == "started";
-            if wait && restarted {
-                let info = crate::gear::meta::GearInfo::load_in_gear()?;
-                let port = v["status"]["port"].as_u64().unwrap_or(info.port as u64) as u16;
-                let addr = std::net::SocketAddr::from((info.ip, port));
-                let t = std::time::Instant::now();
-                while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_err() {
-                    if t.elapsed() > std::time::Duration::from_secs(30) {
-                        anyhow::bail!(
-                            "started, but nothing accepts connections on port {} after 30s",
-                            info.port
-                        );
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-            }
-            let v = if wait { supervisor::ctl("status")? } else { v };
             if json {
                 println!("{}", v["status"]);
             } else {

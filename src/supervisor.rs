@@ -391,7 +391,7 @@ fn health_get(info: &GearInfo, addr: std::net::SocketAddr, path: &str) -> Result
     }
 }
 
-/// `start wait`: waits until the live web process is ready (as a new deployment must be);
+/// `start wait` and `restart`: waits until the live web process is ready (as a new deployment must be);
 /// fails when it exits first.
 fn wait_started(s: &Shared) -> Result<()> {
     let info = GearInfo::load_in_gear()?;
@@ -557,7 +557,10 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
         ("start", None) => start(s).map(|_| "started"),
         ("start", Some("wait")) => start(s).and_then(|_| wait_started(s)).map(|_| "started"),
         ("stop", None) => stop(s).map(|_| "stopped"),
-        ("restart", None) => stop(s).and_then(|_| start(s)).map(|_| "restarted"),
+        ("restart", None) => stop(s)
+            .and_then(|_| start(s))
+            .and_then(|_| wait_started(s))
+            .map(|_| "restarted"),
         ("switch", None) => switch(s).map(|_| "switched"),
         ("release", None) => {
             release(s);

@@ -143,6 +143,18 @@ fn push_change_break_rollback_and_env() {
     assert!(n.ok(&["app", "status", "shop"]).starts_with("stopped"));
     n.ok(&["app", "start", "shop"]);
     assert_eq!(get(n, "shop"), "v1 -");
+    // A restart answers once the new web process is ready: it serves at once, with a new pid.
+    let pid = |st: &str| {
+        st.split("pid ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .map(String::from)
+    };
+    let before = pid(&n.ok(&["app", "status", "shop"]));
+    let restarted = n.ok(&["app", "restart", "shop"]);
+    assert!(restarted.starts_with("running"), "{restarted}");
+    assert_ne!(pid(&restarted), before, "{restarted}");
+    assert_eq!(get(n, "shop"), "v1 -");
     let logs = n.ok(&["logs", "shop", "-n", "50"]);
     assert!(logs.contains("request /"), "the app's output is not in its log: {logs}");
 }
