@@ -1,37 +1,21 @@
 //! gearshift: a PaaS-in-a-box for one Linux VM, as one static binary.
+//!
+//! ARCHITECTURE.md is the map: which part runs as root, which runs inside a gear, and the
+//! path of a `git push` and of an HTTP request through them.
 
 mod app;
-mod auth;
-mod authkeys;
-mod cartridge;
 mod cli;
 mod clock;
-mod config;
 mod daemon;
-mod daemon_proto;
-mod deploy;
 mod doctor;
-mod domain;
-mod env_cmd;
-mod frontend;
 mod gear;
-mod git;
 mod ingear;
-mod init;
-mod login_user;
 mod names;
 mod node;
 mod router;
-mod ssh_command;
-mod ssh_entry;
-mod ssh_worker;
-mod sshd;
-mod sshkey;
+mod ssh;
 mod state;
-mod static_server;
-mod supervisor;
 mod table;
-mod user;
 
 fn main() {
     let code = match cli::main() {

@@ -58,7 +58,7 @@ T_BOOT=$((SECONDS - T2))
 # VM_KEEP=1 leaves the guest running for the next run (stop it with scripts/vm/vm.sh stop)
 [ "${VM_KEEP:-0}" = 1 ] || trap '"$VM" stop' EXIT
 # trixie mounts /run noexec: left so, the daemons' sshd run gearshift's copy from
-# /var/lib/gearshift-ssh (src/sshd.rs, bin_dir), and the ssh/deploy/router suites prove it.
+# /var/lib/gearshift-ssh (src/ssh/sshd.rs, bin_dir), and the ssh/deploy/router suites prove it.
 vm 'findmnt -no OPTIONS /run | grep -qw noexec && echo "/run: noexec (sshd runs gearshift from /var/lib/gearshift-ssh)"' || true
 # The tests start `gearshift daemon` from root's shell (unconfined_t), so its sshd stays in
 # unconfined_t (under systemd it would enter sshd_t) and asks for a login context from there,

@@ -3,7 +3,7 @@
 //! socket `@gearshift-control` there (abstract sockets belong to a network namespace), then
 //! returns. The socket stays connected across the switch back.
 
-use crate::supervisor::{exchange, CONTROL_ABSTRACT};
+use crate::ingear::supervisor::{exchange, CONTROL_ABSTRACT};
 use anyhow::{Context, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;

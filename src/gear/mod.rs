@@ -64,7 +64,7 @@ pub fn new_id() -> std::io::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-use crate::config::Limits;
+use crate::node::config::Limits;
 use anyhow::{Context, Result};
 use isolation::cgroup::GearCgroup;
 use isolation::network::{self, GearNet, NodeNet};
@@ -308,7 +308,7 @@ fn wait_for_supervisor(gear: &Gear) -> Result<()> {
 /// the supervisor), its cartridge, and its descriptor.
 fn gear_opt_binds(node: &Node, gear: &Gear) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
     let app = crate::app::load(node, &gear.app)?;
-    let cart = crate::cartridge::find(node, &app.cartridge)?;
+    let cart = crate::app::cartridge::find(node, &app.cartridge)?;
     let exe = std::env::current_exe().context("cannot find the gearshift binary")?;
     Ok(vec![
         (exe, "/opt/gearshift/bin/gearshift".into()),

@@ -220,7 +220,7 @@ fn init_main(
     selinux::set_current_label(&spec.who.mcs)?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
-    crate::supervisor::run()
+    crate::ingear::supervisor::run()
 }
 
 /// Shows the init as `gearshift-init` in `ps` instead of the command line that created it

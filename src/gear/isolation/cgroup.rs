@@ -2,7 +2,7 @@
 //! gear with the profile's limits. Each directory's version is read from the files it has, so
 //! hybrid hosts (v1 controllers plus an empty v2 mount) work without a mode switch.
 
-use crate::config::Limits;
+use crate::node::config::Limits;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -497,7 +497,7 @@ mod tests {
         let parents = node_parents(&format!("gearshift-unit-{}", std::process::id())).unwrap();
         node_up(&parents).unwrap();
         let cg = GearCgroup::new(&parents, "g0");
-        let l = crate::config::Config::default()
+        let l = crate::node::config::Config::default()
             .profile("small")
             .unwrap()
             .limits()

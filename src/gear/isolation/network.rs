@@ -8,7 +8,7 @@
 //!
 //! Everything is done with the `ip`, `bridge`, `tc` and `nft` commands.
 
-use crate::config::{Config, Subnet};
+use crate::node::config::{Config, Subnet};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::Ipv4Addr;

@@ -18,7 +18,7 @@
 //! (`ioctl` cmd with type 0x94) for the limit to hold. `usage` counts nested subvolumes and
 //! `destroy_home` deletes them.
 
-use crate::config::Limits;
+use crate::node::config::Limits;
 use crate::node::Node;
 use anyhow::{bail, Context, Result};
 use std::ffi::{CString, OsStr, OsString};
@@ -695,7 +695,7 @@ fn btrfs_node_up(node: &Node) -> Result<()> {
     let img = image_path(node);
     std::fs::create_dir_all(node.root()).with_context(|| format!("cannot create {}", node.root().display()))?;
     if !img.exists() {
-        let size = crate::config::parse_size(&node.config.disk.image_size).context("disk.image_size")?;
+        let size = crate::node::config::parse_size(&node.config.disk.image_size).context("disk.image_size")?;
         if size < BTRFS_MIN_IMAGE {
             bail!(
                 "disk.image_size = {} is too small: mkfs.btrfs needs at least {} bytes (use 128M or more)",
@@ -1377,9 +1377,9 @@ mod tests {
         assert_eq!((x.d_version, x.d_flags), (1, 1));
         assert_eq!(btrfs_limit_arg(0), "none");
         assert_eq!(btrfs_limit_arg(8 * MIB), "8388608");
-        assert!(crate::config::parse_size("108M").unwrap() < BTRFS_MIN_IMAGE);
-        assert_eq!(crate::config::parse_size("109M").unwrap(), BTRFS_MIN_IMAGE);
-        assert!(crate::config::parse_size("128M").unwrap() >= BTRFS_MIN_IMAGE);
+        assert!(crate::node::config::parse_size("108M").unwrap() < BTRFS_MIN_IMAGE);
+        assert_eq!(crate::node::config::parse_size("109M").unwrap(), BTRFS_MIN_IMAGE);
+        assert!(crate::node::config::parse_size("128M").unwrap() >= BTRFS_MIN_IMAGE);
     }
 
     #[test]
@@ -1503,11 +1503,11 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
         fn new(backend: &str, allow_unlimited: bool) -> TestNode {
             let n = SEQ.fetch_add(1, Ordering::SeqCst);
             let pid = std::process::id();
-            let base = crate::config::Config::default();
-            let config = crate::config::Config {
+            let base = crate::node::config::Config::default();
+            let config = crate::node::config::Config {
                 name: format!("gsq{pid}x{n}"),
                 data_root: PathBuf::from(format!("/tmp/gs-quota-test-{pid}-{n}")),
-                disk: crate::config::DiskConfig {
+                disk: crate::node::config::DiskConfig {
                     backend: backend.into(),
                     image_size: "128M".into(),
                     allow_unlimited,

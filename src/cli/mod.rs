@@ -1,8 +1,12 @@
 //! The command-line grammar, the same locally and (later) over SSH.
 
-use crate::auth::Actor;
+use crate::node::init;
 use crate::node::Node;
-use crate::{app, doctor, init, user};
+use crate::ssh::auth::Actor;
+use crate::ssh::user;
+use crate::{app, doctor};
+
+pub mod env;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -49,10 +53,10 @@ pub enum Command {
     },
     /// Host names of an app (aliases), TLS certificates, HTTPS redirect.
     #[command(subcommand)]
-    Domain(crate::domain::DomainCmd),
+    Domain(crate::app::domain::DomainCmd),
     /// An app's own environment variables.
     #[command(subcommand)]
-    Env(crate::env_cmd::EnvCmd),
+    Env(crate::cli::env::EnvCmd),
     /// Show an app's web process output (rotated logs).
     Logs {
         app: String,
@@ -72,7 +76,7 @@ pub enum Command {
     /// `git push ext::'gearshift git-serve %S APP'`; over SSH the same runs for the pusher).
     #[command(hide = true)]
     GitServe {
-        service: crate::git::GitService,
+        service: crate::app::git::GitService,
         app: String,
     },
     /// Run a command inside an app's gear with every isolation mechanism applied.
@@ -188,8 +192,8 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
         }
         Command::User(cmd) => user::run(&Node::load(config_path)?, cmd).map(|_| 0),
         Command::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Command::Domain(cmd) => crate::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Command::Env(cmd) => crate::env_cmd::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Command::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Command::Env(cmd) => crate::cli::env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Command::Logs { app, follow, lines } => {
             let node = Node::load(config_path)?;
             let n = lines.to_string();
@@ -216,13 +220,13 @@ pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) 
             }
             app::in_gear(&Node::load(config_path)?, actor, &app, &args)
         }
-        Command::GitServe { service, app } => crate::git::serve(&Node::load(config_path)?, actor, &app, service),
-        Command::Cartridges { json } => crate::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
+        Command::GitServe { service, app } => crate::app::git::serve(&Node::load(config_path)?, actor, &app, service),
+        Command::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
         Command::Run { app, gear, command } => app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command),
         Command::Daemon => crate::daemon::run(config_path),
-        Command::AuthKeys { user } => crate::authkeys::run(config_path, &user),
-        Command::SshEntry { socket, user } => crate::ssh_entry::run(&socket, &user),
-        Command::InternalExec => crate::ssh_worker::run(config_path),
+        Command::AuthKeys { user } => crate::ssh::authkeys::run(config_path, &user),
+        Command::SshEntry { socket, user } => crate::ssh::entry::run(&socket, &user),
+        Command::InternalExec => crate::ssh::worker::run(config_path),
     }
 }
 

@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn config_has_the_essentials() {
-        let config = crate::config::Config {
+        let config = crate::node::config::Config {
             name: "n1".into(),
             ssh_user: "gs-n1".into(),
             ssh_port: 2223,

@@ -4,8 +4,8 @@
 //! deploy pipeline (`gearshift gear pre-receive`) before git accepts the ref.
 
 use crate::app;
-use crate::auth::Actor;
 use crate::node::Node;
+use crate::ssh::auth::Actor;
 use anyhow::Result;
 
 /// Which git service the client asked for.

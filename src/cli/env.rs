@@ -2,9 +2,9 @@
 //! app with the new values.
 
 use crate::app;
-use crate::auth::Actor;
 use crate::gear::reserved_env;
 use crate::node::Node;
+use crate::ssh::auth::Actor;
 use anyhow::{bail, Result};
 
 /// `gearshift env ...`

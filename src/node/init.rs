@@ -1,7 +1,7 @@
 //! `gearshift init`: write a node config with documented defaults (or a throw-away node's), then
 //! bring the node up. Running it again changes nothing that exists.
 
-use crate::config::{Config, Subnet};
+use crate::node::config::{Config, Subnet};
 use crate::node::Node;
 use crate::state;
 use anyhow::{bail, Context, Result};

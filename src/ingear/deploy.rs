@@ -5,7 +5,7 @@
 //! Any failure rejects the push and leaves the previous deployment serving.
 
 use crate::gear::meta::GearInfo;
-use crate::supervisor;
+use crate::ingear::supervisor;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};

@@ -2,7 +2,11 @@
 //! privileges: the git pre-receive hook (the deploy pipeline), process control, deployments,
 //! and the static file server. They read the gear's descriptor from /opt/gearshift/meta.
 
-use crate::{deploy, supervisor, table};
+pub mod deploy;
+pub mod static_server;
+pub mod supervisor;
+
+use crate::table;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -126,7 +130,7 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
         }
         GearCmd::StaticServe { dir, port, bind } => {
             let addr: std::net::SocketAddr = format!("{bind}:{port}").parse()?;
-            crate::static_server::serve(&dir, addr).map(|_| 0)
+            crate::ingear::static_server::serve(&dir, addr).map(|_| 0)
         }
     }
 }

@@ -3,8 +3,8 @@
 //! then hands the request and its own stdio descriptors to the daemon and exits with the
 //! request's exit code.
 
-use crate::daemon_proto::{self, FromDaemon, ToDaemon};
-use crate::ssh_command;
+use crate::daemon::proto::{self, FromDaemon, ToDaemon};
+use crate::ssh::command;
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
 use std::os::unix::net::UnixStream;
@@ -17,7 +17,7 @@ pub fn run(socket: &Path, user: &str) -> Result<i32> {
         Err(std::env::VarError::NotPresent) => String::new(),
         Err(std::env::VarError::NotUnicode(_)) => bail!("command refused: not valid UTF-8"),
     };
-    ssh_command::parse(&command)?;
+    command::parse(&command)?;
     let tty = std::io::stdin().is_terminal();
     let winsize = if tty { window_size() } else { None };
     let sock = UnixStream::connect(socket).with_context(|| {
@@ -26,7 +26,7 @@ pub fn run(socket: &Path, user: &str) -> Result<i32> {
             socket.display()
         )
     })?;
-    daemon_proto::send(
+    proto::send(
         &sock,
         &ToDaemon::Exec {
             user: user.to_string(),
@@ -37,7 +37,7 @@ pub fn run(socket: &Path, user: &str) -> Result<i32> {
         },
         &[0, 1, 2],
     )?;
-    match daemon_proto::read_reply::<FromDaemon>(&sock)? {
+    match proto::read_reply::<FromDaemon>(&sock)? {
         FromDaemon::Exit { code } => Ok(code),
         FromDaemon::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the daemon: {other:?}"),

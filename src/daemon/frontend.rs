@@ -57,7 +57,7 @@ impl Front {
                         .map(|addr| Backend { addr, id: g.id.clone() })
                 })
                 .collect();
-            let hosts = crate::domain::hosts(&self.node, a);
+            let hosts = crate::app::domain::hosts(&self.node, a);
             t.add(Route {
                 app: a.name.clone(),
                 hosts,
@@ -104,8 +104,8 @@ impl Front {
         let mut hosts = HashSet::new();
         let mut failed = Vec::new();
         for a in apps {
-            for h in crate::domain::hosts(&self.node, a) {
-                let (cp, kp) = crate::domain::cert_paths(&self.node, &h);
+            for h in crate::app::domain::hosts(&self.node, a) {
+                let (cp, kp) = crate::app::domain::cert_paths(&self.node, &h);
                 let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
                 let stamp = (mtime(&cp), mtime(&kp));
                 hosts.insert(h.clone());

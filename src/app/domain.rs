@@ -2,8 +2,8 @@
 //! certificates, and the HTTP to HTTPS redirect.
 
 use crate::app;
-use crate::auth::Actor;
 use crate::node::Node;
+use crate::ssh::auth::Actor;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 

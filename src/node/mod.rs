@@ -1,7 +1,10 @@
 //! The node: its config, where its state lives, and bringing its shared pieces up and down.
 
-use crate::config::{Config, DEFAULT_CONFIG};
+pub mod config;
+pub mod init;
+
 use crate::gear::isolation::{cgroup, network, quota};
+use crate::node::config::{Config, DEFAULT_CONFIG};
 use crate::state;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -90,7 +93,7 @@ impl Node {
         quota::node_up(self)?;
         crate::gear::isolation::selinux::label_like_parent(&self.gears_dir())?;
         network::node_up(&network::NodeNet::from_config(&self.config))?;
-        crate::login_user::ensure(self)?;
+        crate::ssh::login_user::ensure(self)?;
         Ok(())
     }
 
@@ -110,7 +113,7 @@ impl Node {
         }
         // A non-default node's login account is its own (`gs-NAME`): it goes with the node.
         if self.config.name != "gearshift" {
-            if let Err(e) = crate::login_user::remove(self) {
+            if let Err(e) = crate::ssh::login_user::remove(self) {
                 errors.push(format!("{e:#}"));
             }
         }

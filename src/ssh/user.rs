@@ -6,7 +6,7 @@
 
 use crate::names::check_user_name;
 use crate::node::Node;
-use crate::sshkey::{PublicKey, MAX_LINE};
+use crate::ssh::key::{PublicKey, MAX_LINE};
 use crate::state;
 use crate::table;
 use anyhow::{bail, Context, Result};
@@ -484,7 +484,7 @@ mod tests {
     fn test_node(tag: &str) -> Node {
         let root = std::env::temp_dir().join(format!("gs-user-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let config = crate::config::Config {
+        let config = crate::node::config::Config {
             data_root: root.clone(),
             ..Default::default()
         };

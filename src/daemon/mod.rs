@@ -3,11 +3,14 @@
 //! node's own sshd, and runs each SSH request in a forked worker (`internal-exec`) whose stdio
 //! are the client's own descriptors.
 
-use crate::daemon_proto::{self, FromDaemon, ToDaemon};
+pub mod frontend;
+pub mod proto;
+
 use crate::node::Node;
-use crate::ssh_command::{self, Request};
-use crate::{authkeys, login_user, sshd};
+use crate::ssh::command::{self, Request};
+use crate::ssh::{authkeys, login_user, sshd};
 use anyhow::{bail, Context, Result};
+use proto::{FromDaemon, ToDaemon};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -120,8 +123,8 @@ pub fn run(config_path: &Path) -> Result<i32> {
     if !matches!(up, Ok(s) if s.success()) {
         eprintln!("gearshift daemon: `gearshift node up` reported problems ({up:?}); serving what runs");
     }
-    let router =
-        crate::frontend::start(&node, &shared.config_path, Arc::clone(&stop)).context("cannot start the router")?;
+    let router = crate::daemon::frontend::start(&node, &shared.config_path, Arc::clone(&stop))
+        .context("cannot start the router")?;
     eprintln!(
         "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",
         node.config.name,
@@ -145,7 +148,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
                 let shared = Arc::clone(&shared);
                 std::thread::spawn(move || {
                     if let Err(e) = serve(&shared, &conn) {
-                        let _ = daemon_proto::reply(
+                        let _ = proto::reply(
                             &conn,
                             &FromDaemon::Error {
                                 message: format!("{e:#}"),
@@ -174,12 +177,12 @@ pub fn run(config_path: &Path) -> Result<i32> {
 /// One connection: check who is calling, then answer its one request.
 fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
     conn.set_nonblocking(false)?;
-    let uid = daemon_proto::peer_uid(conn)?;
+    let uid = proto::peer_uid(conn)?;
     if uid != 0 && uid != sh.login_uid {
         bail!("uid {uid} may not use the gearshift daemon");
     }
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let (msg, fds): (ToDaemon, Vec<OwnedFd>) = daemon_proto::recv(conn)?;
+    let (msg, fds): (ToDaemon, Vec<OwnedFd>) = proto::recv(conn)?;
     conn.set_read_timeout(None)?;
     match msg {
         ToDaemon::AuthorizedKeys => {
@@ -187,7 +190,7 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
             for w in &warnings {
                 eprintln!("gearshift daemon: auth-keys: {w}");
             }
-            daemon_proto::reply(conn, &FromDaemon::Keys { text, warnings })
+            proto::reply(conn, &FromDaemon::Keys { text, warnings })
         }
         ToDaemon::Exec {
             user,
@@ -200,8 +203,8 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 anyhow::anyhow!("a request must pass exactly three descriptors (stdin, stdout, stderr)")
             })?;
             // Never trust the client's parse: parse again, and re-check the user.
-            let request = ssh_command::parse(&command)?;
-            let u = crate::user::load(&sh.node, &user)?;
+            let request = command::parse(&command)?;
+            let u = crate::ssh::user::load(&sh.node, &user)?;
             eprintln!(
                 "gearshift daemon: {user}: {}",
                 command.chars().take(200).collect::<String>()
@@ -213,7 +216,7 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 winsize,
             };
             let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten())?;
-            daemon_proto::reply(conn, &FromDaemon::Exit { code })
+            proto::reply(conn, &FromDaemon::Exit { code })
         }
     }
 }

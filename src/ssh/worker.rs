@@ -1,11 +1,11 @@
 //! `gearshift internal-exec`: one SSH request, in a single-threaded process the daemon forked
 //! for it, with the client's stdio as fds 0, 1 and 2 (so gear spawning and TTYs just work).
 
-use crate::auth::Actor;
+use crate::app::git::{self, GitService};
 use crate::daemon::{Job, JOB_ENV};
-use crate::git::{self, GitService};
 use crate::node::Node;
-use crate::ssh_command::{GitOp, Request};
+use crate::ssh::auth::Actor;
+use crate::ssh::command::{GitOp, Request};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 

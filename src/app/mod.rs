@@ -1,10 +1,15 @@
 //! Apps: named applications owned by a user, each with one or more gears.
 
-use crate::auth::Actor;
+pub mod cartridge;
+pub mod domain;
+pub mod git;
+
 use crate::gear::isolation::quota;
 use crate::gear::{self, Gear};
 use crate::node::Node;
-use crate::{cartridge, names, state, table, user};
+use crate::ssh::auth::Actor;
+use crate::ssh::user;
+use crate::{names, state, table};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -280,7 +285,7 @@ pub fn destroy_node(node: &Node, confirm: &str) -> Result<()> {
         destroy(node, &a.name, &a.name)?;
     }
     node.down()?;
-    if let Some(dir) = crate::sshd::Paths::of(node).bin.parent() {
+    if let Some(dir) = crate::ssh::sshd::Paths::of(node).bin.parent() {
         let _ = std::fs::remove_dir_all(dir);
     }
     std::fs::remove_dir_all(node.root()).with_context(|| format!("cannot remove {}", node.root().display()))?;

@@ -4,7 +4,7 @@
 //! Every key gets a forced command naming its user, and port forwarding limited to the gears of
 //! that user's apps (`permitopen`), or none at all.
 
-use crate::daemon_proto::{self, FromDaemon, ToDaemon};
+use crate::daemon::proto::{self, FromDaemon, ToDaemon};
 use crate::node::Node;
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
@@ -55,7 +55,7 @@ fn apps_tolerant(node: &Node, warnings: &mut Vec<String>) -> Vec<crate::app::App
 
 /// The whole authorized_keys text for the node (computed by the daemon, as root).
 pub fn authorized_keys(node: &Node, bin: &Path, socket: &Path) -> (String, Vec<String>) {
-    let (users, mut warnings) = crate::user::list_tolerant(node);
+    let (users, mut warnings) = crate::ssh::user::list_tolerant(node);
     let apps = apps_tolerant(node, &mut warnings);
     let mut text = String::new();
     for u in &users {
@@ -99,8 +99,8 @@ pub fn run(config_path: &Path, user: &str) -> Result<i32> {
         )
     })?;
     sock.set_read_timeout(Some(Duration::from_secs(20)))?;
-    daemon_proto::send(&sock, &ToDaemon::AuthorizedKeys, &[])?;
-    match daemon_proto::read_reply::<FromDaemon>(&sock)? {
+    proto::send(&sock, &ToDaemon::AuthorizedKeys, &[])?;
+    match proto::read_reply::<FromDaemon>(&sock)? {
         FromDaemon::Keys { text, warnings } => {
             for w in warnings {
                 eprintln!("gearshift auth-keys: warning: {w}");
