@@ -4,8 +4,10 @@
 A module is one file (`src/app/mod.rs` is `app`, `src/app/scale.rs` is `app::scale`). An edge
 A -> B is any path in A that names B: `crate::b::item`, `super::item`, a child's `child::item`,
 or a name bound by `use` (`use crate::gear;` then `gear::spawn::x`). Binding a module with `use`
-is not an edge by itself; naming something through it is. `#[cfg(test)] mod tests` blocks count
-like the code around them: a test that needs a module higher up is a cycle too.
+is not an edge by itself; naming something through it is. A `pub use` is a name, not a
+dependency: a path through it leads to the module that defines the item. An inline module
+(`mod tests { ... }`) is a module of its own: its `super` is the file, and as nothing imports
+a test module, tests may use any module without making a cycle.
 
     scripts/cycles.py [--graph] [--allow a::b,c::d ...]
 
@@ -115,74 +117,120 @@ def expand_use(tree):
     return res
 
 
-def analyse(mods):
-    edges = {m: set() for m in mods}
+def inline_modules(text):
+    """(name, start, end) of every inline `mod name { ... }` block, by brace matching."""
+    out = []
+    for m in re.finditer(r"\bmod\s+(" + IDENT + r")\s*\{", text):
+        depth, i = 0, m.end() - 1
+        while i < len(text):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        out.append((m.group(1), m.start(), i))
+    return out
+
+
+def load(mods):
+    """Module path -> stripped text and the spans of its inline modules (as modules of their own)."""
+    files = {}
     for mod, path in mods.items():
         text = strip(open(path, encoding="utf-8").read())
-        is_dir = os.path.basename(path) in ("mod.rs", "main.rs", "lib.rs")
-        children = {c[-1] for c in mods if len(c) == len(mod) + 1 and c[: len(mod)] == mod}
-        bound = {c: mod + (c,) for c in children}
+        files[mod] = (text, inline_modules(text))
+    for mod, (_, inline) in list(files.items()):
+        for name, _, _ in inline:
+            mods.setdefault(mod + (name,), mods[mod])
+    return files
 
-        def absolute(parts, here):
-            """Resolves a path's leading crate/super/self/bound name to an absolute path."""
-            parts = list(parts)
+
+def analyse(mods):
+    files = load(mods)
+    edges = {m: set() for m in mods}
+    reexports = {m: {} for m in mods}
+    for pass_ in (1, 2):
+        for mod, (text, inline) in files.items():
+            scan(mods, mod, text, inline, edges, reexports, pass_)
+    return edges
+
+
+def scan(mods, mod, text, inline, edges, reexports, pass_):
+    """Pass 1 records the `pub use` names of `mod`; pass 2 its edges."""
+    children = {c[-1] for c in mods if len(c) == len(mod) + 1 and c[: len(mod)] == mod}
+    bound = {m: {c: m + (c,) for c in children} for m in [mod] + [mod + (n,) for n, _, _ in inline]}
+
+    def here_at(pos):
+        """The module a position is in: the innermost inline module around it, else the file's."""
+        best = mod
+        for name, s, e in inline:
+            if s <= pos <= e:
+                best = mod + (name,)
+        return best
+
+    def absolute(parts, here):
+        """Resolves a path's leading crate/super/self/bound name to an absolute path."""
+        if parts[0] == "crate":
+            return list(parts[1:])
+        if parts[0] == "self":
+            return list(here) + parts[1:]
+        if parts[0] == "super":
             base = here
-            if parts and parts[0] == "crate":
-                return list(parts[1:])
-            if parts and parts[0] == "self":
-                parts = parts[1:]
-                return list(base) + parts
-            if parts and parts[0] == "super":
-                while parts and parts[0] == "super":
-                    base = base[:-1]
-                    parts = parts[1:]
-                return list(base) + parts
-            if parts and parts[0] in bound:
-                return list(bound[parts[0]]) + parts[1:]
-            return None
+            while parts and parts[0] == "super":
+                base, parts = base[:-1], parts[1:]
+            return list(base) + parts
+        if parts[0] in bound[here]:
+            return list(bound[here][parts[0]]) + parts[1:]
+        return None
 
-        def target(abs_path):
-            for k in range(len(abs_path), -1, -1):
-                if tuple(abs_path[:k]) in mods:
-                    return tuple(abs_path[:k]), k == len(abs_path)
-            return None, False
+    def target(abs_path, hops=0):
+        """The module that defines what `abs_path` names (through `pub use` names)."""
+        for k in range(len(abs_path), -1, -1):
+            m = tuple(abs_path[:k])
+            if m in mods:
+                rest = abs_path[k:]
+                if rest and rest[0] in reexports[m] and hops < 20:
+                    return target(reexports[m][rest[0]] + rest[1:], hops + 1)
+                return m, k == len(abs_path)
+        return None, False
 
-        # inline `mod name {` blocks (tests): their `super` is this file's module
-        inline_at = [m.start() for m in re.finditer(r"\bmod\s+" + IDENT + r"\s*\{", text)]
-
-        def here_at(pos):
-            return mod + ("<inline>",) if any(s < pos for s in inline_at) else mod
-
-        uses = []
-        for m in re.finditer(r"\buse\s+([^;]+);", text):
-            uses.append((m.start(), m.end(), m.group(1)))
-        for start, _, tree in uses:
-            here = here_at(start)
-            for parts, alias in expand_use(tree):
-                a = absolute(parts, here)
-                if a is None:
-                    continue
-                t, whole = target(a)
-                if t is None:
-                    continue
-                if whole and alias:
-                    bound[alias] = t  # binding a module: edges come from its uses
-                elif t != mod:
-                    edges[mod].add(t)
-        spans = [(s, e) for s, e, _ in uses]
-        pat = re.compile(r"(?<![A-Za-z0-9_:])((?:" + IDENT + r"::)+" + IDENT + r")")
-        for m in pat.finditer(text):
-            if any(s <= m.start() < e for s, e in spans):
-                continue
-            parts = m.group(1).split("::")
-            a = absolute(parts, here_at(m.start()))
+    uses = []
+    for m in re.finditer(r"(\bpub(?:\([a-z]+\))?\s+)?\buse\s+([^;]+);", text):
+        uses.append((m.start(), m.end(), m.group(2), bool(m.group(1))))
+    for start, _, tree, public in uses:
+        here = here_at(start)
+        for parts, alias in expand_use(tree):
+            a = absolute(parts, here) if parts else None
             if a is None:
                 continue
-            t, _ = target(a)
-            if t is not None and t != mod:
-                edges[mod].add(t)
-        _ = is_dir
-    return edges
+            if public:
+                if alias and pass_ == 1 and here == mod:
+                    reexports[mod][alias] = a
+                continue
+            if pass_ == 1:
+                continue
+            t, whole = target(a)
+            if t is None:
+                continue
+            if whole and alias:
+                bound[here][alias] = t  # binding a module: edges come from its uses
+            elif t != here:
+                edges[here].add(t)
+    if pass_ == 1:
+        return
+    spans = [(s, e) for s, e, _, _ in uses]
+    pat = re.compile(r"(?<![A-Za-z0-9_:])((?:" + IDENT + r"::)+" + IDENT + r")")
+    for m in pat.finditer(text):
+        if any(s <= m.start() < e for s, e in spans):
+            continue
+        here = here_at(m.start())
+        a = absolute(m.group(1).split("::"), here)
+        if a is None:
+            continue
+        t, _ = target(a)
+        if t is not None and t != here:
+            edges[here].add(t)
 
 
 def cycles(edges):

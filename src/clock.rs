@@ -30,12 +30,28 @@ pub fn compact_now() -> String {
     format!("{}-{}{:03}", &digits[..8], &digits[8..14], t.subsec_millis())
 }
 
-/// Now, as `iso`.
-pub fn iso_now() -> String {
-    iso(SystemTime::now()
+/// Unix time now, in seconds: the one way gearshift reads the clock for records and ages.
+pub fn now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Now, as `iso`.
+pub fn iso_now() -> String {
+    iso(now())
+}
+
+/// How long ago unix time `t` was, roughly: `5s ago`, `3m ago`, `2h ago`, `4d ago`.
+pub fn ago(t: u64) -> String {
+    let s = now().saturating_sub(t);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
 }
 
 #[cfg(test)]

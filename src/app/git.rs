@@ -29,7 +29,7 @@ impl GitService {
 /// Serves `service` for `app` on the caller's stdio (the SSH channel) and returns its exit code.
 pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) -> Result<i32> {
     let a = app::load_for(node, actor, app_name)?;
-    let repo = format!("/home/{}/git/{}.git", a.name, a.name);
+    let repo = crate::gear::layout::inner_git_repo(&a.name);
     // Held (shared) while the push runs, so the app is not idled under it.
     let _pushing = match service {
         GitService::ReceivePack => Some(crate::state::Lock::shared(&app::push_lock(node, &a.name))?),

@@ -1,15 +1,18 @@
-//! The command-line grammar, the same locally and (later) over SSH.
+//! The command-line grammar: ONE grammar, used locally (as root) and over SSH (as a user, by
+//! `ssh::worker`). The user-facing verbs are `Verb`; the verbs gearshift runs itself (the
+//! daemon, sshd's key lookup and forced command, the daemon's worker, git's local transport,
+//! the commands inside a gear) are `Internal`, which SSH never reaches.
 
-use crate::node::init;
-use crate::node::Node;
+pub mod app;
+pub mod env;
+
+use crate::node::{self, Node};
 use crate::ssh::auth::Actor;
 use crate::ssh::user;
-use crate::{app, doctor};
-
-pub mod env;
+use crate::{doctor, gear};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,8 +30,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Verb(Verb),
+    #[command(flatten)]
+    Internal(Internal),
+}
+
+/// What people type, at the console or over SSH.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
     /// Write the node config (if missing) and bring the node up; safe to run again.
-    Init(init::InitArgs),
+    Init(node::init::InitArgs),
     /// Check every isolation mechanism and tool this host offers.
     Doctor {
         #[arg(long)]
@@ -43,9 +55,6 @@ pub enum Command {
     /// Manage apps.
     #[command(subcommand)]
     App(app::AppCmd),
-    /// Commands that run inside a gear (hooks, process control, static files).
-    #[command(subcommand, hide = true)]
-    Gear(crate::ingear::GearCmd),
     /// List the cartridges on the node's cartridge path.
     Cartridges {
         #[arg(long)]
@@ -56,7 +65,7 @@ pub enum Command {
     Domain(crate::app::domain::DomainCmd),
     /// An app's own environment variables.
     #[command(subcommand)]
-    Env(crate::cli::env::EnvCmd),
+    Env(env::EnvCmd),
     /// Show an app's web process output (rotated logs).
     Logs {
         app: String,
@@ -72,13 +81,6 @@ pub enum Command {
     Deploy(DeployCmd),
     /// Re-activate a kept deployment without rebuilding (default: the previous one).
     Rollback { app: String, id: Option<String> },
-    /// Serve git for an app on stdin/stdout (a local transport for root:
-    /// `git push ext::'gearshift git-serve %S APP'`; over SSH the same runs for the pusher).
-    #[command(hide = true)]
-    GitServe {
-        service: crate::app::git::GitService,
-        app: String,
-    },
     /// Run a command inside an app's gear with every isolation mechanism applied.
     Run {
         app: String,
@@ -88,8 +90,23 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+}
+
+/// What gearshift runs itself; never accepted over SSH.
+#[derive(Debug, Subcommand)]
+pub enum Internal {
     /// Run the node: its sshd and the socket SSH requests come through (stop with SIGTERM).
     Daemon,
+    /// Commands that run inside a gear (hooks, process control, static files).
+    #[command(subcommand, hide = true)]
+    Gear(crate::ingear::GearCmd),
+    /// Serve git for an app on stdin/stdout (a local transport for root:
+    /// `git push ext::'gearshift git-serve %S APP'`; over SSH the same runs for the pusher).
+    #[command(hide = true)]
+    GitServe {
+        service: crate::app::git::GitService,
+        app: String,
+    },
     /// sshd's AuthorizedKeysCommand: print the authorized_keys lines for USER.
     #[command(hide = true)]
     AuthKeys { user: String },
@@ -102,8 +119,8 @@ pub enum Command {
         user: String,
     },
     /// One SSH request, forked by the daemon (job in the environment).
-    #[command(hide = true)]
-    InternalExec,
+    #[command(hide = true, name = "internal-exec")]
+    Worker,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,126 +149,118 @@ pub enum NodeCmd {
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
     let config_path = Node::config_path(cli.config.as_deref());
-    dispatch(&config_path, cli.command, &Actor::root())
+    match cli.command {
+        Command::Verb(verb) => dispatch(&config_path, verb, &Actor::root()),
+        Command::Internal(internal) => run_internal(&config_path, internal),
+    }
 }
 
-/// Runs a command for `actor` (root at the console, or a user over SSH).
-pub fn dispatch(config_path: &std::path::Path, command: Command, actor: &Actor) -> Result<i32> {
-    match command {
-        Command::Gear(cmd) => crate::ingear::run(cmd),
-        Command::Init(args) => init::run(config_path, args).map(|_| 0),
-        Command::Doctor { json } => {
+fn run_internal(config_path: &Path, internal: Internal) -> Result<i32> {
+    match internal {
+        Internal::Daemon => crate::daemon::run(config_path),
+        Internal::Gear(cmd) => crate::ingear::run(cmd),
+        Internal::GitServe { service, app } => {
+            crate::app::git::serve(&Node::load(config_path)?, &Actor::root(), &app, service)
+        }
+        Internal::AuthKeys { user } => crate::ssh::authkeys::run(config_path, &user),
+        Internal::SshEntry { socket, user } => crate::ssh::entry::run(&socket, &user),
+        Internal::Worker => crate::ssh::worker::run(config_path, dispatch_remote),
+    }
+}
+
+/// Runs a verb for `actor` (root at the console, or a user over SSH).
+pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
+    match verb {
+        Verb::Init(args) => node::init::run(config_path, args).map(|_| 0),
+        Verb::Doctor { json } => {
             let node = Node::load(config_path).ok();
             doctor::run(node.as_ref(), json)
         }
-        Command::Node(cmd) => {
-            let node = Node::load(config_path)?;
-            match cmd {
-                NodeCmd::Up => {
-                    node.up()?;
-                    // After a reboot: every gear's init (whose supervisor starts the web process
-                    // if it was running).
-                    let mut failed = 0;
-                    // An app still being created is its creator's business.
-                    for a in app::list(&node)?.into_iter().filter(|a| a.status != "creating") {
-                        for g in &a.gears {
-                            match crate::gear::relabel_if_needed(&node, g) {
-                                Ok(true) => eprintln!(
-                                    "gearshift: relabelled gear {} of '{}' for SELinux (its files lacked the gear's label)",
-                                    g.index, a.name
-                                ),
-                                Ok(false) => {}
-                                Err(e) => {
-                                    eprintln!("gearshift: cannot relabel gear {} of '{}': {e:#}", g.index, a.name);
-                                    failed += 1;
-                                }
-                            }
-                            // A gear started by an older gearshift whose supervisor does not
-                            // answer the control socket gets a fresh init (an upgrade).
-                            let ns = crate::gear::isolation::network::netns_path(&g.netns());
-                            if crate::gear::init_pid(&node, g).is_some()
-                                && crate::gear::control::command(&ns, "status").is_err()
-                            {
-                                eprintln!(
-                                    "gearshift: restarting gear {} of '{}' (its supervisor does not answer)",
-                                    g.index, a.name
-                                );
-                                let _ = crate::gear::stop(&node, g);
-                            }
-                            if let Err(e) = crate::gear::ensure_running(&node, g) {
-                                eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
-                                failed += 1;
-                            }
-                        }
-                    }
-                    Ok(if failed == 0 { 0 } else { 1 })
-                }
-                NodeCmd::Down => node.down().map(|_| 0),
-                NodeCmd::Destroy { confirm } => app::destroy_node(&node, &confirm).map(|_| 0),
-            }
-        }
-        Command::User(cmd) => user::run(&Node::load(config_path)?, cmd).map(|_| 0),
-        Command::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Command::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Command::Env(cmd) => crate::cli::env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Command::Logs { app, follow, lines } => {
+        Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
+        Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),
+        Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Verb::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Verb::Env(cmd) => env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Verb::Logs { app, follow, lines } => {
             let node = Node::load(config_path)?;
             let n = lines.to_string();
             let mut argv = vec!["tail", "-n", &n];
             if follow {
                 argv.push("-F");
             }
-            argv.push("app-root/logs/web.log");
+            argv.push(gear::layout::WEB_LOG);
             let argv: Vec<String> = argv.into_iter().map(String::from).collect();
-            app::run_in_gear(&node, actor, &app, 0, &argv)
+            crate::app::run_in_gear(&node, actor, &app, 0, &argv)
         }
-        Command::Deploy(DeployCmd::List { app, json }) => {
+        Verb::Deploy(DeployCmd::List { app, json }) => {
             let args: &[&str] = if json {
                 &["deployments", "--json"]
             } else {
                 &["deployments"]
             };
-            app::in_gear(&Node::load(config_path)?, actor, &app, args)
+            crate::app::in_gear(&Node::load(config_path)?, actor, &app, args)
         }
-        Command::Rollback { app, id } => {
+        Verb::Rollback { app, id } => {
             let mut args = vec!["rollback"];
             if let Some(i) = &id {
                 args.push(i);
             }
-            app::in_gear(&Node::load(config_path)?, actor, &app, &args)
+            crate::app::in_gear(&Node::load(config_path)?, actor, &app, &args)
         }
-        Command::GitServe { service, app } => crate::app::git::serve(&Node::load(config_path)?, actor, &app, service),
-        Command::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
-        Command::Run { app, gear, command } => app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command),
-        Command::Daemon => crate::daemon::run(config_path),
-        Command::AuthKeys { user } => crate::ssh::authkeys::run(config_path, &user),
-        Command::SshEntry { socket, user } => crate::ssh::entry::run(&socket, &user),
-        Command::InternalExec => crate::ssh::worker::run(config_path),
+        Verb::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
+        Verb::Run { app, gear, command } => {
+            crate::app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command)
+        }
+    }
+}
+
+fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
+    match cmd {
+        NodeCmd::Up => {
+            let failed = node::runtime::up_with_gears(node)?;
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
+        NodeCmd::Down => node::runtime::down(node).map(|_| 0),
+        NodeCmd::Destroy { confirm } => node::runtime::destroy(node, &confirm).map(|_| 0),
     }
 }
 
 /// The verbs a user may run over SSH (`ssh gearshift@HOST app list`), parsed with the same
 /// grammar as the local CLI. Node administration stays on the console; user management is for
 /// admins only.
-pub fn dispatch_remote(config_path: &std::path::Path, actor: &Actor, argv: &[String]) -> Result<i32> {
+pub fn dispatch_remote(config_path: &Path, actor: &Actor, argv: &[String]) -> Result<i32> {
     let cli = Cli::try_parse_from(std::iter::once("gearshift".to_string()).chain(argv.iter().cloned()))
         .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
     if cli.config.is_some() {
         anyhow::bail!("--config is not accepted over SSH");
     }
-    match &cli.command {
-        Command::Init(_)
-        | Command::Node(_)
-        | Command::Gear(_)
-        | Command::Daemon
-        | Command::AuthKeys { .. }
-        | Command::SshEntry { .. }
-        | Command::InternalExec
-        | Command::GitServe { .. } => {
+    let verb = match cli.command {
+        Command::Internal(_) | Command::Verb(Verb::Init(_) | Verb::Node(_)) => {
             anyhow::bail!("node administration is only possible on the node itself")
         }
-        Command::User(_) | Command::Doctor { .. } if !actor.admin => anyhow::bail!("only admins can do that"),
-        _ => {}
+        Command::Verb(Verb::User(_) | Verb::Doctor { .. }) if !actor.admin => {
+            anyhow::bail!("only admins can do that")
+        }
+        Command::Verb(verb) => verb,
+    };
+    dispatch(config_path, verb, actor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every verb SSH lets through (`ssh::command::VERBS`) is a verb of this grammar.
+    #[test]
+    fn ssh_verbs_are_cli_verbs() {
+        for v in crate::ssh::command::VERBS {
+            let r = Cli::try_parse_from(["gearshift", v, "--help"]);
+            let kind = r.expect_err("--help ends parsing").kind();
+            assert_eq!(
+                kind,
+                clap::error::ErrorKind::DisplayHelp,
+                "'{v}' is not a verb of the CLI"
+            );
+        }
     }
-    dispatch(config_path, cli.command, actor)
 }

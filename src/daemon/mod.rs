@@ -92,7 +92,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
     })?;
     let node = Node::load(&config_path)?;
     let _lock = take_lock(&node)?;
-    let ids = login_user::ensure(&node)?;
+    let ids = login_user::ensure(&node.config.ssh_user, &node.login_home())?;
     let paths = sshd::prepare(&node, &config_path)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -1,14 +1,118 @@
-//! Talking to a gear's supervisor from the host, without touching the gear's files: the calling
-//! thread enters the gear's network namespace just long enough to connect to the abstract
-//! socket `@gearshift-control` there (abstract sockets belong to a network namespace), then
-//! returns. The socket stays connected across the switch back.
+//! The control protocol between a gear's supervisor and everyone who asks it, both sides:
+//! one command line in, one JSON line out (`{"ok", "result" | "error", "status"}`).
+//!
+//! Inside the gear the supervisor listens on a path (`gearshift gear ctl` connects there) and
+//! on the abstract socket `@gearshift-control`. The host reaches the abstract one without
+//! touching the gear's files: the calling thread enters the gear's network namespace just long
+//! enough to connect (abstract sockets belong to a network namespace), then returns. The socket
+//! stays connected across the switch back.
 
-use crate::ingear::supervisor::{exchange, CONTROL_ABSTRACT};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::time::Duration;
+
+/// Where the control socket lives inside the gear.
+pub const CONTROL_SOCKET: &str = "/run/gearshift/control.sock";
+/// The abstract control socket's name (scoped to the gear's network namespace).
+pub const CONTROL_ABSTRACT: &str = "gearshift-control";
+
+/// What the supervisor is asked.
+#[derive(Debug)]
+pub enum Command {
+    Start,
+    /// Start and answer once the web process is ready.
+    StartWait,
+    Stop,
+    /// Stop, start, and answer once ready.
+    Restart,
+    /// Start the live deployment beside the running one and make it live once ready.
+    Switch,
+    /// The router has moved over: the old web process may go.
+    Release,
+    RestartIfWanted,
+    Status,
+    /// Long poll: answer when the status generation moves past N.
+    Watch(u64),
+    /// Anything else: answered with this error.
+    Unknown(anyhow::Error),
+}
+
+/// Parses one command line.
+pub fn parse(line: &str) -> Command {
+    let mut words = line.split_whitespace();
+    match (words.next().unwrap_or(""), words.next()) {
+        ("start", None) => Command::Start,
+        ("start", Some("wait")) => Command::StartWait,
+        ("stop", None) => Command::Stop,
+        ("restart", None) => Command::Restart,
+        ("switch", None) => Command::Switch,
+        ("release", None) => Command::Release,
+        ("restart-if-wanted", None) => Command::RestartIfWanted,
+        ("status", None) => Command::Status,
+        ("watch", Some(n)) => Command::Watch(n.parse().unwrap_or(0)),
+        (other, _) => Command::Unknown(anyhow::anyhow!("unknown command '{}'", other.escape_default())),
+    }
+}
+
+/// Server side: reads one command from a connection (at most 256 bytes, within 5 s).
+pub fn read_command(stream: &UnixStream) -> Result<Command> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream.take(256)).read_line(&mut line)?;
+    Ok(parse(&line))
+}
+
+/// Server side: answers a command with its result and the supervisor's status.
+pub fn reply(stream: &UnixStream, result: Result<&str>, status: &impl serde::Serialize) -> Result<()> {
+    let out = match result {
+        Ok(r) => serde_json::json!({"ok": true, "result": r, "status": status}),
+        Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}"), "status": status}),
+    };
+    let mut w = stream;
+    w.write_all(format!("{out}\n").as_bytes())?;
+    Ok(())
+}
+
+/// Server side: binds both control sockets (the path, and the abstract one); a socket that
+/// cannot be bound is reported to `note` and left out.
+pub fn listen(note: fn(&str)) -> Vec<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let _ = std::fs::create_dir_all("/run/gearshift");
+    let _ = std::fs::remove_file(CONTROL_SOCKET);
+    let abstract_listener = || -> Result<UnixListener> {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(CONTROL_ABSTRACT.as_bytes())?;
+        Ok(UnixListener::bind_addr(&addr)?)
+    };
+    let listeners = [
+        abstract_listener().map_err(|e| note(&format!("cannot listen on @{CONTROL_ABSTRACT}: {e}"))),
+        UnixListener::bind(CONTROL_SOCKET).map_err(|e| note(&format!("cannot listen on {CONTROL_SOCKET}: {e}"))),
+    ];
+    listeners.into_iter().flatten().collect()
+}
+
+/// Sends one command to the supervisor of the gear we are in.
+pub fn ctl(cmd: &str) -> Result<serde_json::Value> {
+    let s = UnixStream::connect(CONTROL_SOCKET)
+        .with_context(|| format!("cannot reach the gear's supervisor at {CONTROL_SOCKET}"))?;
+    exchange(s, cmd)
+}
+
+/// One command over a connected control socket.
+pub fn exchange(mut s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(s.take(64 * 1024)).read_line(&mut reply)?;
+    let v: serde_json::Value = serde_json::from_str(&reply).context("the supervisor's reply is not JSON")?;
+    if v["ok"] != true {
+        bail!("{}", v["error"].as_str().unwrap_or("the supervisor refused"));
+    }
+    Ok(v)
+}
 
 /// Connects to the supervisor of the gear whose network namespace is at `netns`.
 pub fn connect(netns: &Path) -> Result<UnixStream> {
@@ -33,4 +137,27 @@ pub fn connect(netns: &Path) -> Result<UnixStream> {
 /// Sends one command to a gear's supervisor and returns its JSON reply.
 pub fn command(netns: &Path, cmd: &str) -> Result<serde_json::Value> {
     exchange(connect(netns)?, cmd)
+}
+
+/// One line for a supervisor status: state, pid and age, deployment, restarts, last exit.
+pub fn status_line(st: &serde_json::Value) -> String {
+    let mut line = match st["state"].as_str().unwrap_or("?") {
+        "idle" => return "idle (no processes; the next request wakes it)".into(),
+        "down" => return "down (the gear's init is not running; `gearshift app start` starts it)".into(),
+        s => s.to_string(),
+    };
+    if let Some(p) = st["pid"].as_i64() {
+        line += &format!(
+            " (pid {p}, since {})",
+            crate::clock::ago(st["since"].as_u64().unwrap_or(0))
+        );
+    }
+    if let Some(d) = st["deployment"].as_str() {
+        line += &format!(", deployment {d}");
+    }
+    line += &format!(", restarts {}", st["restarts"]);
+    if let Some(e) = st["last_exit"].as_str() {
+        line += &format!(", last exit: {e}");
+    }
+    line
 }

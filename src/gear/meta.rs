@@ -2,7 +2,7 @@
 //! settings, environment), written by root into the gear's meta directory and read inside the
 //! gear at /opt/gearshift/meta/gear.toml. Root never reads files the gear can write.
 
-use super::Gear;
+use super::{layout, Gear};
 use crate::node::Node;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -53,28 +53,71 @@ impl GearInfo {
     }
 }
 
-/// Writes (atomically) the descriptor of `gear` with the app's settings and environment.
-pub fn write(node: &Node, gear: &Gear, app: &crate::app::App) -> Result<()> {
-    let info = GearInfo {
-        app: gear.app.clone(),
-        gear_id: gear.id.clone(),
-        index: gear.index,
-        uid: gear.uid,
-        ip: gear.ip,
-        port: WEB_PORT,
-        domain: node.config.domain.clone(),
-        cartridge: app.cartridge.clone(),
-        deploy_branches: match &app.deploy_branch {
-            Some(b) => vec![b.clone()],
-            None => vec!["main".into(), "master".into()],
-        },
-        keep_deployments: app.keep_deployments.unwrap_or(3),
-        env: super::env(node, gear, &app.cartridge, &app.env, None)
-            .into_iter()
-            .collect(),
-        health_path: app.health_path.clone(),
-        health_timeout: app.health_timeout,
-    };
-    let text = toml::to_string_pretty(&info).context("cannot serialise the gear descriptor")?;
+/// Writes (atomically) the descriptor of `gear` into its meta directory.
+pub fn write(node: &Node, gear: &Gear, info: &GearInfo) -> Result<()> {
+    let text = toml::to_string_pretty(info).context("cannot serialise the gear descriptor")?;
     crate::state::write_atomic(&node.gear_meta_dir(&gear.id).join("gear.toml"), text.as_bytes(), 0o644)
+}
+
+/// Names a user's variable may not take: gearshift sets them.
+pub fn reserved_env(key: &str) -> bool {
+    key.starts_with("OPENSHIFT_")
+        || key.starts_with("GEARSHIFT_")
+        || ["HOME", "USER", "LOGNAME", "PATH", "PORT", "SHELL"].contains(&key)
+}
+
+/// The environment a gear process starts with: the basics, OpenShift v2's names, the
+/// cartridge's, `PORT`, then the user's own variables.
+pub fn env(
+    node: &Node,
+    gear: &Gear,
+    cartridge: &str,
+    user_env: &std::collections::BTreeMap<String, String>,
+    term: Option<String>,
+) -> Vec<(String, String)> {
+    let home = gear.inner_home().display().to_string();
+    let cart = cartridge.to_ascii_uppercase().replace('-', "_");
+    let port = WEB_PORT.to_string();
+    let dns = format!("{}.{}", gear.app, node.config.domain);
+    let mut e: Vec<(String, String)> = vec![
+        ("HOME".into(), home.clone()),
+        ("USER".into(), gear.app.clone()),
+        ("LOGNAME".into(), gear.app.clone()),
+        ("SHELL".into(), "/bin/bash".into()),
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("PORT".into(), port.clone()),
+        ("OPENSHIFT_APP_NAME".into(), gear.app.clone()),
+        ("OPENSHIFT_APP_DNS".into(), dns.clone()),
+        ("OPENSHIFT_APP_UUID".into(), gear.id.clone()),
+        ("OPENSHIFT_GEAR_UUID".into(), gear.id.clone()),
+        ("OPENSHIFT_GEAR_NAME".into(), gear.app.clone()),
+        ("OPENSHIFT_GEAR_DNS".into(), dns),
+        ("OPENSHIFT_HOMEDIR".into(), format!("{home}/")),
+        ("OPENSHIFT_DATA_DIR".into(), format!("{home}/{}/", layout::DATA)),
+        ("OPENSHIFT_REPO_DIR".into(), format!("{home}/{}/", layout::REPO)),
+        ("OPENSHIFT_LOG_DIR".into(), format!("{home}/{}/", layout::LOGS)),
+        (
+            "OPENSHIFT_DEPLOYMENTS_DIR".into(),
+            format!("{home}/{}/", layout::DEPLOYMENTS),
+        ),
+        ("OPENSHIFT_TMP_DIR".into(), "/tmp/".into()),
+        (
+            "OPENSHIFT_PRIMARY_CARTRIDGE_DIR".into(),
+            "/opt/gearshift/cartridge/".into(),
+        ),
+        ("OPENSHIFT_CARTRIDGE_DIR".into(), "/opt/gearshift/cartridge/".into()),
+        (format!("OPENSHIFT_{cart}_DIR"), "/opt/gearshift/cartridge/".into()),
+        (format!("OPENSHIFT_{cart}_IP"), gear.ip.to_string()),
+        (format!("OPENSHIFT_{cart}_PORT"), port),
+    ];
+    for (k, v) in user_env {
+        if !reserved_env(k) {
+            e.push((k.clone(), v.clone()));
+        }
+    }
+    if let Some(t) = term {
+        e.push(("TERM".into(), t));
+    }
+    e
 }

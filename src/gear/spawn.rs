@@ -36,6 +36,8 @@ pub struct InitSpec {
     pub netns: PathBuf,
     pub hostname: String,
     pub who: Identity,
+    /// What the init runs once it is confined (the gear's supervisor).
+    pub supervisor: fn() -> !,
 }
 
 /// A command to run in a running gear.
@@ -220,7 +222,7 @@ fn init_main(
     selinux::set_current_label(&spec.who.mcs)?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
-    crate::ingear::supervisor::run()
+    (spec.supervisor)()
 }
 
 /// Shows the init as `gearshift-init` in `ps` instead of the command line that created it

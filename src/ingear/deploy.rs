@@ -4,6 +4,8 @@
 //! deployment and restart the web process, wait until it answers, run post_deploy, prune.
 //! Any failure rejects the push and leaves the previous deployment serving.
 
+use crate::gear::control;
+use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use crate::ingear::supervisor;
 use anyhow::{bail, Context, Result};
@@ -12,7 +14,7 @@ use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -27,12 +29,8 @@ pub struct Deployment {
     pub result: String,
 }
 
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/".into()))
-}
-
 fn deployments_dir() -> PathBuf {
-    home().join("app-deployments")
+    layout::in_home(layout::DEPLOYMENTS)
 }
 
 /// Set once a write to the pusher fails: the push connection is gone.
@@ -85,10 +83,10 @@ pub fn live_id() -> Option<String> {
 
 /// Points `app-root/repo` at a deployment, atomically.
 fn activate_link(id: &str) -> Result<()> {
-    let link = home().join("app-root/repo");
-    let tmp = home().join("app-root/.repo.tmp");
+    let link = layout::in_home(layout::REPO);
+    let tmp = layout::in_home(layout::REPO_NEXT);
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(format!("../app-deployments/{id}/repo"), &tmp)?;
+    std::os::unix::fs::symlink(layout::repo_link(id), &tmp)?;
     if link.is_dir() && !link.is_symlink() {
         // The empty directory gear creation made, before the first deploy.
         let _ = std::fs::remove_dir(&link);
@@ -102,15 +100,15 @@ fn activate_link(id: &str) -> Result<()> {
 pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
     let previous = live_id();
     activate_link(id)?;
-    if let Err(e) = supervisor::ctl("switch") {
+    if let Err(e) = control::ctl("switch") {
         match &previous {
             Some(p) => {
                 say(&format!("{p} stays live"));
                 activate_link(p)?;
             }
             None => {
-                let _ = supervisor::ctl("stop");
-                let _ = std::fs::remove_file(home().join("app-root/repo"));
+                let _ = control::ctl("stop");
+                let _ = std::fs::remove_file(layout::in_home(layout::REPO));
             }
         }
         return Err(e);
@@ -212,7 +210,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         id: id.clone(),
         commit: commit.into(),
         branch: branch.into(),
-        time: t0_secs(),
+        time: crate::clock::now(),
         result: "building".into(),
     };
     save(&d)?;
@@ -289,16 +287,9 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
     }
 }
 
-fn t0_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Holds the per-app push lock (a second push waits for the first).
 fn push_lock() -> Result<std::fs::File> {
-    let p = home().join("app-root/runtime/.gearshift-push.lock");
+    let p = layout::in_home(layout::PUSH_LOCK);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -369,25 +360,6 @@ pub fn rollback(id: Option<&str>) -> Result<String> {
     Ok(target.id.clone())
 }
 
-/// The live deployment's commit, as a tar of its source on stdout (for the other gears of a
-/// scaled app); the commit id goes to stderr's first line.
-pub fn export_live() -> Result<i32> {
-    let live = live_id().context("nothing is deployed in this gear")?;
-    let d = list()
-        .into_iter()
-        .find(|d| d.id == live)
-        .context("the live deployment has no metadata")?;
-    let repo = home()
-        .join("git")
-        .join(format!("{}.git", GearInfo::load_in_gear()?.app));
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(&repo)
-        .args(["archive", "--format=tar", &d.commit])
-        .status()?;
-    Ok(st.code().unwrap_or(1))
-}
-
 /// Builds and activates a deployment of `commit` from a tar stream on stdin.
 pub fn import(commit: &str) -> Result<i32> {
     let info = GearInfo::load_in_gear()?;
@@ -400,10 +372,4 @@ pub fn import(commit: &str) -> Result<i32> {
     } else {
         1
     })
-}
-
-/// The live deployment's commit id.
-pub fn live_commit() -> Option<String> {
-    let live = live_id()?;
-    list().into_iter().find(|d| d.id == live).map(|d| d.commit)
 }

@@ -27,10 +27,6 @@ pub enum GearCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write the live deployment's source as a tar to stdout (scaling).
-    Export,
-    /// Print the live deployment's commit id.
-    LiveCommit,
     /// Build and activate a deployment of COMMIT from a tar on stdin (scaling).
     Import { commit: String },
     /// Re-activate a kept deployment.
@@ -45,49 +41,15 @@ pub enum GearCmd {
     },
 }
 
-fn ago(t: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let s = now.saturating_sub(t);
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
-}
-
-/// One line for a supervisor status: state, pid and age, deployment, restarts, last exit.
-pub fn status_line(st: &serde_json::Value) -> String {
-    let mut line = match st["state"].as_str().unwrap_or("?") {
-        "idle" => return "idle (no processes; the next request wakes it)".into(),
-        "down" => return "down (the gear's init is not running; `gearshift app start` starts it)".into(),
-        s => s.to_string(),
-    };
-    if let Some(p) = st["pid"].as_i64() {
-        line += &format!(" (pid {p}, since {})", ago(st["since"].as_u64().unwrap_or(0)));
-    }
-    if let Some(d) = st["deployment"].as_str() {
-        line += &format!(", deployment {d}");
-    }
-    line += &format!(", restarts {}", st["restarts"]);
-    if let Some(e) = st["last_exit"].as_str() {
-        line += &format!(", last exit: {e}");
-    }
-    line
-}
-
 pub fn run(cmd: GearCmd) -> Result<i32> {
     match cmd {
         GearCmd::PreReceive => deploy::pre_receive(),
         GearCmd::Ctl { command, json } => {
-            let v = supervisor::ctl(&command)?;
+            let v = crate::gear::control::ctl(&command)?;
             if json {
                 println!("{}", v["status"]);
             } else {
-                println!("{}", status_line(&v["status"]));
+                println!("{}", crate::gear::control::status_line(&v["status"]));
             }
             Ok(0)
         }
@@ -108,18 +70,13 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
                         vec![
                             format!("{}{}", if Some(&d.id) == live.as_ref() { "* " } else { "  " }, d.id),
                             d.commit[..d.commit.len().min(12)].to_string(),
-                            ago(d.time),
+                            crate::clock::ago(d.time),
                             d.result.clone(),
                         ]
                     })
                     .collect();
                 table::print(&["  ID", "COMMIT", "TIME", "RESULT"], &rows);
             }
-            Ok(0)
-        }
-        GearCmd::Export => deploy::export_live(),
-        GearCmd::LiveCommit => {
-            println!("{}", deploy::live_commit().unwrap_or_default());
             Ok(0)
         }
         GearCmd::Import { commit } => deploy::import(&commit),

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Concurrent connections served; the next ones get a 503 and are closed.
 const MAX_CONNECTIONS: usize = 256;
@@ -250,7 +250,7 @@ fn respond(out: &mut TcpStream, root: &Path, req: &Request, keep_alive: bool) ->
                 .unwrap_or(0);
             let common = format!(
                 "Date: {}\r\nServer: gearshift\r\nLast-Modified: {}\r\nConnection: {}\r\n",
-                http_date(now_secs()),
+                http_date(crate::clock::now()),
                 http_date(mtime),
                 if keep_alive { "keep-alive" } else { "close" },
             );
@@ -369,7 +369,7 @@ fn write_error(
     let mut msg = format!(
         "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nServer: gearshift\r\n{extra}\
          Content-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-        http_date(now_secs()),
+        http_date(crate::clock::now()),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" },
     );
@@ -405,13 +405,6 @@ fn content_type(path: &Path) -> &'static str {
         "md" => "text/markdown; charset=utf-8",
         _ => "application/octet-stream",
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];

@@ -14,6 +14,8 @@
 //! gear, and on the abstract socket `@gearshift-control` of the gear's network namespace (how
 //! the daemon reaches it without touching the gear's files).
 
+use crate::gear::control::{self, Command};
+use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -24,12 +26,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// Where the control socket lives inside the gear.
-pub const CONTROL_SOCKET: &str = "/run/gearshift/control.sock";
-/// The abstract control socket's name (scoped to the gear's network namespace).
-pub const CONTROL_ABSTRACT: &str = "gearshift-control";
 /// The web process's log, rotated by size.
 const LOG_MAX_BYTES: u64 = 5 << 20;
 const LOG_KEEP: u32 = 3;
@@ -85,23 +83,12 @@ fn bump(s: &Sup, g: &mut Inner) {
     s.changed.notify_all();
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/".into()))
-}
-
 fn wanted_file() -> PathBuf {
-    home().join("app-root/runtime/.gearshift-wanted")
+    layout::in_home(layout::WANTED)
 }
 
 fn log_dir() -> PathBuf {
-    home().join("app-root/logs")
+    layout::in_home(layout::LOGS)
 }
 
 /// Appends a line from gearshift itself to the web log.
@@ -110,7 +97,7 @@ fn note(msg: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log_dir().join("web.log"))
+        .open(layout::in_home(layout::WEB_LOG))
     {
         let _ = writeln!(f, "[gearshift {}] {msg}", crate::clock::iso_now());
     }
@@ -118,7 +105,7 @@ fn note(msg: &str) {
 
 /// The live deployment's repository directory, resolved.
 pub fn live_repo() -> Option<PathBuf> {
-    let link = home().join("app-root/repo");
+    let link = layout::in_home(layout::REPO);
     // Before the first deploy, app-root/repo is the empty directory of the OpenShift layout.
     if !link.is_symlink() {
         return None;
@@ -179,7 +166,7 @@ fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>) -> Res
 
 /// Copies a process's output into web.log, rotating by size.
 fn copy_to_log(mut rd: std::io::PipeReader) {
-    let path = log_dir().join("web.log");
+    let path = layout::in_home(layout::WEB_LOG);
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match rd.read(&mut buf) {
@@ -225,7 +212,7 @@ fn make_live(s: &Sup, g: &mut Inner, pid: i32, port: u16, command: String, deplo
     g.status.state = "running".into();
     g.status.pid = Some(pid);
     g.status.port = port;
-    g.status.since = now();
+    g.status.since = crate::clock::now();
     g.status.command = Some(command);
     g.status.deployment = Some(deployment);
     g.started_at = Some(Instant::now());
@@ -549,49 +536,39 @@ fn reaper(s: Shared) {
 }
 
 fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new((&stream).take(256)).read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    let reply = match (words.next().unwrap_or(""), words.next()) {
-        ("start", None) => start(s).map(|_| "started"),
-        ("start", Some("wait")) => start(s).and_then(|_| wait_started(s)).map(|_| "started"),
-        ("stop", None) => stop(s).map(|_| "stopped"),
-        ("restart", None) => stop(s)
+    let reply = match control::read_command(&stream)? {
+        Command::Start => start(s).map(|_| "started"),
+        Command::StartWait => start(s).and_then(|_| wait_started(s)).map(|_| "started"),
+        Command::Stop => stop(s).map(|_| "stopped"),
+        Command::Restart => stop(s)
             .and_then(|_| start(s))
             .and_then(|_| wait_started(s))
             .map(|_| "restarted"),
-        ("switch", None) => switch(s).map(|_| "switched"),
-        ("release", None) => {
+        Command::Switch => switch(s).map(|_| "switched"),
+        Command::Release => {
             release(s);
             Ok("released")
         }
-        ("restart-if-wanted", None) => {
+        Command::RestartIfWanted => {
             if s.lock().wanted {
                 switch(s).map(|_| "restarted")
             } else {
                 Ok("not running")
             }
         }
-        ("status", None) => Ok("status"),
-        ("watch", Some(n)) => {
+        Command::Status => Ok("status"),
+        Command::Watch(n) => {
             // Long poll: answer when the generation moves past N (or after 25 s).
-            let n: u64 = n.parse().unwrap_or(0);
             let g = s.lock();
             let _ = s
                 .changed
                 .wait_timeout_while(g, Duration::from_secs(25), |g| g.status.generation <= n);
             Ok("status")
         }
-        (other, _) => Err(anyhow::anyhow!("unknown command '{}'", other.escape_default())),
+        Command::Unknown(e) => Err(e),
     };
     let status = s.lock().status.clone();
-    let out = match reply {
-        Ok(r) => serde_json::json!({"ok": true, "result": r, "status": status}),
-        Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}"), "status": status}),
-    };
-    (&stream).write_all(format!("{out}\n").as_bytes())?;
-    Ok(())
+    control::reply(&stream, reply, &status)
 }
 
 fn serve(s: Shared, l: UnixListener) {
@@ -603,17 +580,9 @@ fn serve(s: Shared, l: UnixListener) {
     }
 }
 
-fn abstract_listener() -> Result<UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(CONTROL_ABSTRACT.as_bytes())?;
-    Ok(UnixListener::bind_addr(&addr)?)
-}
-
 /// Runs the supervisor forever (as the gear's pid 1, after confinement). Both control sockets
 /// listen before the web process starts ([`crate::gear::ensure_running`] waits for them).
 pub fn run() -> ! {
-    let _ = std::fs::create_dir_all("/run/gearshift");
-    let _ = std::fs::remove_file(CONTROL_SOCKET);
     let wanted = std::fs::read_to_string(wanted_file())
         .map(|t| t.trim() == "running")
         .unwrap_or(false);
@@ -632,11 +601,7 @@ pub fn run() -> ! {
     });
     let r = s.clone();
     std::thread::spawn(move || reaper(r));
-    let listeners = [
-        abstract_listener().map_err(|e| note(&format!("cannot listen on @{CONTROL_ABSTRACT}: {e}"))),
-        UnixListener::bind(CONTROL_SOCKET).map_err(|e| note(&format!("cannot listen on {CONTROL_SOCKET}: {e}"))),
-    ];
-    for l in listeners.into_iter().flatten() {
+    for l in control::listen(note) {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
     }
@@ -649,26 +614,6 @@ pub fn run() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
-}
-
-/// Sends one command to the supervisor of the gear we are in.
-pub fn ctl(cmd: &str) -> Result<serde_json::Value> {
-    let s = UnixStream::connect(CONTROL_SOCKET)
-        .with_context(|| format!("cannot reach the gear's supervisor at {CONTROL_SOCKET}"))?;
-    exchange(s, cmd)
-}
-
-/// One command over a connected control socket.
-pub fn exchange(mut s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.write_all(format!("{cmd}\n").as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(s.take(64 * 1024)).read_line(&mut reply)?;
-    let v: serde_json::Value = serde_json::from_str(&reply).context("the supervisor's reply is not JSON")?;
-    if v["ok"] != true {
-        bail!("{}", v["error"].as_str().unwrap_or("the supervisor refused"));
-    }
-    Ok(v)
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         crate::gear::isolation::selinux::PolicyInstall::Current
         | crate::gear::isolation::selinux::PolicyInstall::Skipped => {}
     }
-    node.up().context("cannot bring the node up (run `gearshift doctor`)")?;
+    super::runtime::up(&node).context("cannot bring the node up (run `gearshift doctor`)")?;
     println!(
         "node '{}' ready: config {}, data root {}",
         node.config.name,

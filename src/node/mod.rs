@@ -1,9 +1,10 @@
-//! The node: its config, where its state lives, and bringing its shared pieces up and down.
+//! The node: its config, where its state lives, and its lock. `runtime` brings the node's
+//! shared pieces up and down; `init` writes a new node's config.
 
 pub mod config;
 pub mod init;
+pub mod runtime;
 
-use crate::gear::isolation::{cgroup, network, quota};
 use crate::node::config::{Config, DEFAULT_CONFIG};
 use crate::state;
 use anyhow::{Context, Result};
@@ -71,56 +72,8 @@ impl Node {
     pub fn state(&self) -> Result<NodeState> {
         state::read_toml(&self.state_path()).context("node state is missing: run `gearshift init` again")
     }
-
-    /// Brings up the node's shared runtime pieces; idempotent, also used after a reboot.
-    pub fn up(&self) -> Result<()> {
-        std::fs::create_dir_all(self.run_dir().join("gears"))
-            .with_context(|| format!("cannot create {}", self.run_dir().display()))?;
-        std::fs::create_dir_all(self.apps_dir())?;
-        std::fs::create_dir_all(self.users_dir())?;
-        std::fs::create_dir_all(self.run_dir().join("newroot"))?;
-        let st = match self.state() {
-            Ok(s) => s,
-            Err(_) => {
-                let s = NodeState {
-                    cgroup_parents: cgroup::node_parents(&self.config.cgroup_parent)?,
-                };
-                state::write_toml(&self.state_path(), &s)?;
-                s
-            }
-        };
-        cgroup::node_up(&st.cgroup_parents)?;
-        quota::node_up(self)?;
-        crate::gear::isolation::selinux::label_like_parent(&self.gears_dir())?;
-        network::node_up(&network::NodeNet::from_config(&self.config))?;
-        crate::ssh::login_user::ensure(self)?;
-        Ok(())
-    }
-
-    /// Takes the node's shared pieces down (apps must be destroyed first for a full clean-up).
-    pub fn down(&self) -> Result<()> {
-        let mut errors = Vec::new();
-        if let Err(e) = network::node_down(&network::NodeNet::from_config(&self.config)) {
-            errors.push(format!("{e:#}"));
-        }
-        if let Err(e) = quota::node_down(self) {
-            errors.push(format!("{e:#}"));
-        }
-        if let Ok(st) = self.state() {
-            if let Err(e) = cgroup::node_down(&st.cgroup_parents) {
-                errors.push(format!("{e:#}"));
-            }
-        }
-        // A non-default node's login account is its own (`gs-NAME`): it goes with the node.
-        if self.config.name != "gearshift" {
-            if let Err(e) = crate::ssh::login_user::remove(self) {
-                errors.push(format!("{e:#}"));
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!("node down left pieces behind: {}", errors.join("; "))
-        }
+    /// The SSH login user's home: root-owned and empty (nothing there is read by sshd).
+    pub fn login_home(&self) -> PathBuf {
+        self.root().join("ssh-home")
     }
 }

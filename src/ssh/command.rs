@@ -31,7 +31,6 @@ pub const VERBS: &[&str] = &[
     "env",
     "logs",
     "domain",
-    "scale",
     "deploy",
     "rollback",
     "cartridges",

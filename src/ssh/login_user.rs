@@ -1,9 +1,8 @@
 //! The node's one SSH login account (`ssh_user`): every user logs in as it, and their key
 //! decides who they are. Gears have no host accounts; this is the only one gearshift adds.
 
-use crate::node::Node;
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 
 /// The login user's ids, read from /etc/passwd (the static binary avoids NSS).
@@ -11,11 +10,6 @@ use std::process::Command;
 pub struct Ids {
     pub uid: u32,
     pub gid: u32,
-}
-
-/// The login user's home: root-owned and empty (nothing there is read by sshd).
-pub fn home(node: &Node) -> PathBuf {
-    node.root().join("ssh-home")
 }
 
 /// Looks `name` up in /etc/passwd.
@@ -39,17 +33,15 @@ fn parse_passwd(text: &str, name: &str) -> Option<Ids> {
 }
 
 /// The login user's ids, with an error that says how to create it.
-pub fn ids(node: &Node) -> Result<Ids> {
-    let name = &node.config.ssh_user;
+pub fn ids(name: &str) -> Result<Ids> {
     lookup(name)?.with_context(|| format!("login user '{name}' does not exist: run `gearshift init` (or `node up`)"))
 }
 
-/// Creates the account if missing (system account, /bin/sh, no usable password); idempotent.
-pub fn ensure(node: &Node) -> Result<Ids> {
-    let name = &node.config.ssh_user;
+/// Creates the account `name` (the node's `ssh_user`) if missing (system account, /bin/sh, no
+/// usable password, `home` root-owned and empty: nothing there is read by sshd); idempotent.
+pub fn ensure(name: &str, home: &Path) -> Result<Ids> {
     crate::names::check_user_name(name).with_context(|| format!("ssh_user '{name}' is not a valid account name"))?;
-    let home = home(node);
-    std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
     if lookup(name)?.is_none() {
         let out = Command::new("useradd")
             .args([
@@ -60,7 +52,7 @@ pub fn ensure(node: &Node) -> Result<Ids> {
                 "--no-create-home",
                 "--home-dir",
             ])
-            .arg(&home)
+            .arg(home)
             .args(["--comment", "gearshift SSH login", name])
             .output()
             .context("cannot run useradd (install the passwd package)")?;
@@ -83,12 +75,11 @@ pub fn ensure(node: &Node) -> Result<Ids> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    ids(node)
+    ids(name)
 }
 
 /// Removes the account (its processes are killed by `userdel --force`); missing is fine.
-pub fn remove(node: &Node) -> Result<()> {
-    let name = &node.config.ssh_user;
+pub fn remove(name: &str) -> Result<()> {
     if lookup(name)?.is_none() {
         return Ok(());
     }

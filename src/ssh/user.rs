@@ -106,7 +106,7 @@ impl UserKey {
         UserKey {
             line: key.to_line(),
             fingerprint: key.fingerprint(),
-            added: now(),
+            added: crate::clock::now(),
         }
     }
 
@@ -163,7 +163,7 @@ fn user_view(u: &User) -> UserView {
 }
 
 /// Runs one `gearshift user ...` command.
-pub fn run(node: &Node, cmd: UserCmd) -> Result<()> {
+pub fn run(node: &Node, cmd: UserCmd, owned_apps: OwnedApps) -> Result<()> {
     match cmd {
         UserCmd::Add { name, admin, key } => {
             let text = read_key_source(&key)?;
@@ -219,7 +219,7 @@ pub fn run(node: &Node, cmd: UserCmd) -> Result<()> {
             }
         }
         UserCmd::Remove { name } => {
-            remove(node, &name)?;
+            remove(node, &name, owned_apps)?;
             println!("removed user {name}");
         }
     }
@@ -422,17 +422,11 @@ pub fn remove_key(node: &Node, name: &str, fingerprint: &str) -> Result<UserKey>
     Ok(k)
 }
 
-/// Apps whose record names `name` as owner, sorted.
-pub fn owned_apps(node: &Node, name: &str) -> Result<Vec<String>> {
-    Ok(crate::app::list(node)?
-        .into_iter()
-        .filter(|a| a.owner.as_deref() == Some(name))
-        .map(|a| a.name)
-        .collect())
-}
+/// Lists the apps a user owns, sorted (the app records are not this module's business).
+pub type OwnedApps = fn(&Node, &str) -> Result<Vec<String>>;
 
-/// Removes a user; refused while they own apps.
-pub fn remove(node: &Node, name: &str) -> Result<()> {
+/// Removes a user; refused while they own apps (`owned_apps`, asked under the node lock).
+pub fn remove(node: &Node, name: &str, owned_apps: OwnedApps) -> Result<()> {
     check_user_name(name)?;
     let _lock = node.lock()?;
     load(node, name)?;
@@ -450,13 +444,6 @@ pub fn remove(node: &Node, name: &str) -> Result<()> {
     let path = user_path(node, name);
     std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     Ok(())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC.
@@ -530,7 +517,7 @@ mod tests {
         assert_eq!(load(&node, "alice").unwrap(), u);
         assert_eq!(find_by_fingerprint(&node, &fp(2)).unwrap().unwrap().name, "bob");
         assert!(find_by_fingerprint(&node, &fp(9)).unwrap().is_none());
-        remove(&node, "bob").unwrap();
+        remove(&node, "bob", crate::app::owned_by).unwrap();
         assert!(err(load(&node, "bob")).contains("unknown user 'bob' (see `gearshift user list`)"));
         std::fs::remove_dir_all(node.root()).unwrap();
     }
@@ -608,13 +595,13 @@ mod tests {
         record("blog", Some("alice"));
         record("wiki", Some("bob"));
         record("misc", None);
-        let e = err(remove(&node, "alice"));
+        let e = err(remove(&node, "alice", crate::app::owned_by));
         assert!(e.contains("owns 2 apps: blog, shop"), "{e}");
         assert!(load(&node, "alice").is_ok());
         std::fs::remove_file(node.apps_dir().join("shop.toml")).unwrap();
         std::fs::remove_file(node.apps_dir().join("blog.toml")).unwrap();
-        remove(&node, "alice").unwrap();
-        assert!(err(remove(&node, "alice")).contains("unknown user"));
+        remove(&node, "alice", crate::app::owned_by).unwrap();
+        assert!(err(remove(&node, "alice", crate::app::owned_by)).contains("unknown user"));
         std::fs::remove_dir_all(node.root()).unwrap();
     }
 

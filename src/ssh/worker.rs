@@ -19,8 +19,12 @@ gearshift: you are logged in as {user}. What you can send:
   app list | app create NAME --cartridge C | app show APP | app destroy APP --confirm APP
 ";
 
-/// Runs the job the daemon put in the environment; returns its exit code.
-pub fn run(config_path: &Path) -> Result<i32> {
+/// Runs a CLI verb for a user (the CLI's one grammar, as `cli::dispatch_remote`).
+pub type RunVerb = fn(&Path, &Actor, &[String]) -> Result<i32>;
+
+/// Runs the job the daemon put in the environment, with CLI verbs run by `verb`; returns its
+/// exit code.
+pub fn run(config_path: &Path, verb: RunVerb) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("internal-exec is started by the gearshift daemon only");
     }
@@ -43,7 +47,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
         Request::Help => {
             print!("{}", HELP.replace("{user}", &job.user));
             println!();
-            crate::cli::dispatch_remote(config_path, &actor, &["app".into(), "list".into()])
+            verb(config_path, &actor, &["app".into(), "list".into()])
         }
         Request::Git { op, app } => {
             let service = match op {
@@ -61,6 +65,6 @@ pub fn run(config_path: &Path) -> Result<i32> {
             argv.push(path);
             crate::app::run_in_gear(&node, &actor, &app, 0, &argv)
         }
-        Request::Verb { argv } => crate::cli::dispatch_remote(config_path, &actor, &argv),
+        Request::Verb { argv } => verb(config_path, &actor, &argv),
     }
 }

@@ -4,6 +4,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod landlock;
 pub mod mounts;
+pub mod netcmd;
 pub mod network;
 pub mod quota;
 pub mod rlimits;

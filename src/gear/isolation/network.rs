@@ -8,12 +8,12 @@
 //!
 //! Everything is done with the `ip`, `bridge`, `tc` and `nft` commands.
 
+use super::netcmd::{run, run_stdin};
 use crate::node::config::{Config, Subnet};
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The node-wide network pieces.
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ fn build_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
     )?;
     attach_host_end(n, veth)?;
     configure_gear_end(n, g)?;
-    super::tc::shape(g)
+    super::tc::shape(&g.netns, &g.veth_host, g.bandwidth_kbit)
 }
 
 fn attach_host_end(n: &NodeNet, veth: &str) -> Result<()> {
@@ -326,57 +326,13 @@ fn check_table_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Renders a command the way a shell user would type it, for error messages.
-fn show(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Runs `cmd`; a failure to start it or a non-zero exit becomes an error
-/// "cannot {what}: `cmd` failed: stderr". Returns the command's stdout.
-pub(super) fn run(what: &str, cmd: &mut Command) -> Result<String> {
-    run_with_input(what, cmd, None)
-}
-
-/// Like [`run`], feeding `input` to the command's stdin.
-fn run_stdin(what: &str, cmd: &mut Command, input: &str) -> Result<String> {
-    run_with_input(what, cmd, Some(input))
-}
-
-fn run_with_input(what: &str, cmd: &mut Command, input: Option<&str>) -> Result<String> {
-    let shown = show(cmd);
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| {
-        format!("cannot {what}: cannot start `{shown}` (is it installed and on PATH? iproute2 provides ip/bridge/tc, nftables provides nft)")
-    })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .with_context(|| format!("cannot {what}: cannot write to `{shown}`"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("cannot {what}: waiting for `{shown}` failed"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!("cannot {what}: `{shown}` failed ({}): {}", out.status, err.trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Test fixtures shared with `tc`'s tests: a node network and gears with unique names,
 /// torn down by `Drop` even when a test fails.
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
     use std::io::{BufRead, BufReader};
-    use std::process::Child;
+    use std::process::{Child, Stdio};
 
     /// Why these tests cannot run here, if they cannot.
     pub fn skip_reason() -> Option<String> {
@@ -512,6 +468,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::Stdio;
     use std::time::Duration;
 
     const LISTEN: &str = r#"

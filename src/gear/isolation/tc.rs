@@ -4,14 +4,27 @@
 //! the gear) and of the gear's `eth0` egress inside its netns (traffic the gear sends).
 //! No `police` action is needed, which some kernels lack.
 
-use super::network::{run, GearNet};
+use super::netcmd::run;
 use anyhow::{Context, Result};
 use std::process::Command;
 
-/// Limits the gear's bandwidth to `bandwidth_kbit` (1 kbit = 1000 bit/s) in each
-/// direction. Idempotent (`tc qdisc replace`). A `bandwidth_kbit` of 0 means unlimited:
-/// any shaping previously installed is removed.
-pub fn shape(g: &GearNet) -> Result<()> {
+/// The two ends a gear's traffic passes: the host end of its veth, and `eth0` in its netns.
+struct Link<'a> {
+    netns: &'a str,
+    veth_host: &'a str,
+    bandwidth_kbit: u64,
+}
+
+/// Limits the bandwidth of the gear in network namespace `netns` (host end of its veth:
+/// `veth_host`) to `bandwidth_kbit` (1 kbit = 1000 bit/s) in each direction. Idempotent
+/// (`tc qdisc replace`). A `bandwidth_kbit` of 0 means unlimited: any shaping previously
+/// installed is removed.
+pub fn shape(netns: &str, veth_host: &str, bandwidth_kbit: u64) -> Result<()> {
+    let g = &Link {
+        netns,
+        veth_host,
+        bandwidth_kbit,
+    };
     if g.bandwidth_kbit == 0 {
         unshape(g);
         return Ok(());
@@ -24,7 +37,7 @@ pub fn shape(g: &GearNet) -> Result<()> {
             g.veth_host, g.bandwidth_kbit
         ),
         Command::new("tc")
-            .args(["qdisc", "replace", "dev", &g.veth_host, "root", "tbf"])
+            .args(["qdisc", "replace", "dev", g.veth_host, "root", "tbf"])
             .args(&args),
     )?;
     run(
@@ -33,7 +46,7 @@ pub fn shape(g: &GearNet) -> Result<()> {
             g.netns, g.bandwidth_kbit
         ),
         Command::new("tc")
-            .args(["-n", &g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf"])
+            .args(["-n", g.netns, "qdisc", "replace", "dev", "eth0", "root", "tbf"])
             .args(&args),
     )
     .context("does the gear's network namespace exist (gear_up creates it)?")?;
@@ -41,14 +54,14 @@ pub fn shape(g: &GearNet) -> Result<()> {
 }
 
 /// Best-effort removal of both root qdiscs (absent ones are not an error).
-fn unshape(g: &GearNet) {
+fn unshape(g: &Link) {
     let _ = run(
         "remove shaping",
-        Command::new("tc").args(["qdisc", "del", "dev", &g.veth_host, "root"]),
+        Command::new("tc").args(["qdisc", "del", "dev", g.veth_host, "root"]),
     );
     let _ = run(
         "remove shaping",
-        Command::new("tc").args(["-n", &g.netns, "qdisc", "del", "dev", "eth0", "root"]),
+        Command::new("tc").args(["-n", g.netns, "qdisc", "del", "dev", "eth0", "root"]),
     );
 }
 
@@ -93,6 +106,7 @@ impl TbfParams {
 #[cfg(test)]
 mod tests {
     use super::super::network::testutil::{skip_reason, Fixture};
+    use super::super::network::GearNet;
     use super::*;
     use std::io::{Read, Write};
     use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -202,7 +216,7 @@ c.close()
         }
         let mut f = Fixture::new(t);
         let g = f.gear(1, kbit);
-        shape(&g).expect("shape again (idempotent)");
+        shape(&g.netns, &g.veth_host, g.bandwidth_kbit).expect("shape again (idempotent)");
         let host_end = qdisc(&["qdisc", "show", "dev", &g.veth_host]);
         let gear_end = qdisc(&["-n", &g.netns, "qdisc", "show", "dev", "eth0"]);
         for q in [&host_end, &gear_end] {

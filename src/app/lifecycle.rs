@@ -1,0 +1,129 @@
+//! An app's processes: start (and wake), stop, restart, idle, status, and commands run in its
+//! gears (`gearshift run`, `gearshift gear ...` verbs, git).
+
+use super::{boot, load, load_for, push_lock, save, set_idle, write_descriptors, App};
+use crate::gear::isolation::network::netns_path;
+use crate::gear::{self, Gear};
+use crate::node::Node;
+use crate::ssh::auth::Actor;
+use crate::state;
+use anyhow::{bail, Context, Result};
+use std::io::IsTerminal;
+
+/// Runs `gearshift gear ARGS...` inside the app's first gear, as the gear's user, and fails
+/// when it does (its own message is already on stderr). The calling process joins the gear.
+pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<i32> {
+    let mut argv = vec!["/opt/gearshift/bin/gearshift".to_string(), "gear".into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let code = run_in_gear_tty(node, actor, name, 0, &argv, false)?;
+    if code != 0 {
+        bail!("`{}` failed in the gear of '{name}' (exit code {code})", args.join(" "));
+    }
+    Ok(code)
+}
+
+/// Starts the web process in every gear of the app (each gear's init first, if it is not running)
+/// and returns once each accepts connections. Asks each supervisor over its control socket from
+/// the host, so no process is spawned in the gear for it (a wake waits on this).
+pub fn start_web(node: &Node, app: &App) -> Result<()> {
+    let ask = |g: &Gear, cmd: &str| {
+        gear::control::command(&netns_path(&g.netns()), cmd)
+            .with_context(|| format!("cannot start the web process of '{}' (gear {})", app.name, g.index))
+    };
+    // Every gear starts before we wait for any: a scaled app wakes in one app start time.
+    let boot = boot(app);
+    for g in &app.gears {
+        gear::ensure_running(node, g, &boot)?;
+        ask(g, "start")?;
+    }
+    for g in &app.gears {
+        println!("{}", gear::control::status_line(&ask(g, "start wait")?["status"]));
+    }
+    Ok(())
+}
+
+/// A gear's supervisor status, asked from the host (no process in the gear, and an idle or
+/// stopped gear is not started just to be asked).
+pub fn status_of(node: &Node, app: &App, g: &Gear) -> Result<serde_json::Value> {
+    let idle = || serde_json::json!({"state": "idle", "pid": null, "port": 0, "restarts": 0});
+    if app.idle {
+        return Ok(idle());
+    }
+    match gear::control::command(&netns_path(&g.netns()), "status") {
+        Ok(v) => Ok(v["status"].clone()),
+        // idled meanwhile (automatic idling), or the gear's init is down
+        Err(_) if load(node, &app.name)?.idle => Ok(idle()),
+        Err(_) => Ok(serde_json::json!({"state": "down", "pid": null, "port": 0, "restarts": 0})),
+    }
+}
+
+/// Replaces the app's user environment, rewrites its gears' descriptors and restarts the web
+/// process if it runs.
+pub fn set_env(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    change: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> Result<()>,
+) -> Result<()> {
+    let app = {
+        let _lock = node.lock()?;
+        let mut app = load_for(node, actor, name)?;
+        change(&mut app.env)?;
+        save(node, &app)?;
+        write_descriptors(node, &app)?;
+        app
+    };
+    in_gear(node, actor, &app.name, &["ctl", "restart-if-wanted"]).map(|_| ())
+}
+
+/// `gearshift run APP -- CMD...`: runs CMD in the gear and returns its exit code.
+pub fn run_in_gear(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    run_in_gear_tty(node, actor, name, index, command, std::io::stdin().is_terminal())
+}
+
+/// Like `run_in_gear`, never with a pty (binary protocols such as git's).
+pub fn run_in_gear_plain(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    run_in_gear_tty(node, actor, name, index, command, false)
+}
+
+pub(crate) fn run_in_gear_tty(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    index: u32,
+    command: &[String],
+    tty: bool,
+) -> Result<i32> {
+    let app = load_for(node, actor, name)?;
+    let g = app
+        .gears
+        .iter()
+        .find(|g| g.index == index)
+        .with_context(|| format!("app '{name}' has no gear {index}"))?;
+    let pid = gear::ensure_running(node, g, &boot(&app))?;
+    let cg = gear::cgroup(node, g)?;
+    let term = if tty { std::env::var("TERM").ok() } else { None };
+    let who = gear::identity(g);
+    gear::spawn::exec(&gear::spawn::ExecSpec {
+        init_pid: pid,
+        cgroup: &cg,
+        who: &who,
+        argv: command.to_vec(),
+        env: gear::env(node, g, &app.cartridge, &app.env, term),
+        tty,
+    })
+}
+
+/// Idles the app: records it idle and stops every gear (no processes until its next request).
+/// Refused while a push runs.
+pub fn idle(node: &Node, actor: &Actor, name: &str) -> Result<()> {
+    let app = load_for(node, actor, name)?;
+    let _quiet = state::Lock::try_exclusive(&push_lock(node, name))?.with_context(|| {
+        format!("'{name}' is being deployed (a git push is running): idle it once the push is done")
+    })?;
+    set_idle(node, actor, name, true)?;
+    for g in &app.gears {
+        gear::stop(node, g)?;
+    }
+    Ok(())
+}

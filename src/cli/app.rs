@@ -1,0 +1,320 @@
+//! `gearshift app ...`: the app verbs and what they print. The work is in `crate::app`.
+
+use crate::app::{self, App};
+use crate::gear::isolation::{quota, selinux};
+use crate::gear::{self, Gear};
+use crate::node::Node;
+use crate::ssh::auth::Actor;
+use crate::table;
+use anyhow::{bail, Result};
+
+/// `gearshift app ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AppCmd {
+    /// Create an app and its gear.
+    Create {
+        name: String,
+        #[arg(long)]
+        cartridge: String,
+        /// Owning user (default: none, admin-managed).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Resource profile (default from the node config).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List apps.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app, its gears, their limits and usage.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the app's web process.
+    Start { name: String },
+    /// Stop the app's web process.
+    Stop { name: String },
+    /// Restart the app's web process.
+    Restart { name: String },
+    /// Run N web gears of the app, each fully isolated; the router balances across them.
+    Scale { name: String, gears: u32 },
+    /// Idle the app: no processes at all until its next request (which wakes it).
+    Idle { name: String },
+    /// Show whether the web process runs, since when, restarts and last exit.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// HTTP health path: a new deployment goes live only once GET PATH answers 2xx.
+    /// Without PATH, shows the setting; `--off` removes it (ready = accepts connections).
+    Health {
+        name: String,
+        /// The path to GET, e.g. /healthz.
+        path: Option<String>,
+        /// How long a new deployment may take to answer 2xx, in seconds (default 30).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=app::MAX_HEALTH_TIMEOUT as i64))]
+        timeout: Option<u32>,
+        /// Remove the health path.
+        #[arg(long, conflicts_with_all = ["path", "timeout"])]
+        off: bool,
+    },
+    /// Destroy an app and everything of its gears.
+    Destroy {
+        name: String,
+        /// Repeat the app's name to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
+}
+
+pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
+    match cmd {
+        AppCmd::Create {
+            name,
+            cartridge,
+            owner,
+            profile,
+        } => create(node, actor, &name, &cartridge, owner, profile.as_deref())?,
+        AppCmd::List { json } => list(node, actor, json)?,
+        AppCmd::Show { name, json } => show(node, actor, &name, json)?,
+        AppCmd::Start { name } => {
+            app::set_idle(node, actor, &name, false)?;
+            app::start_web(node, &app::load_for(node, actor, &name)?)?;
+        }
+        AppCmd::Scale { name, gears } => {
+            app::load_for(node, actor, &name)?;
+            app::scale(node, &name, gears)?;
+            println!("'{name}' runs {gears} web gear(s)");
+        }
+        AppCmd::Idle { name } => {
+            app::lifecycle::idle(node, actor, &name)?;
+            println!("idled '{name}': no processes until its next request");
+        }
+        AppCmd::Stop { name } => {
+            app::in_gear(node, actor, &name, &["ctl", "stop"])?;
+        }
+        AppCmd::Restart { name } => {
+            app::in_gear(node, actor, &name, &["ctl", "restart"])?;
+        }
+        AppCmd::Status { name, json } => status(node, actor, &name, json)?,
+        AppCmd::Health {
+            name,
+            path,
+            timeout,
+            off,
+        } => health(node, actor, &name, path, timeout, off)?,
+        AppCmd::Destroy { name, confirm } => {
+            app::load_for(node, actor, &name)?;
+            app::destroy(node, &name, &confirm)?;
+            println!("destroyed app '{name}'");
+        }
+    }
+    Ok(())
+}
+
+fn create(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    cartridge: &str,
+    owner: Option<String>,
+    profile: Option<&str>,
+) -> Result<()> {
+    // Users create apps for themselves; only admins name another owner.
+    let owner = match (&actor.user, owner) {
+        (Some(me), Some(o)) if !actor.admin && o != *me => {
+            bail!("only an admin can create an app for another user")
+        }
+        (Some(me), None) => Some(me.clone()),
+        (_, o) => o,
+    };
+    let app = app::create(node, name, cartridge, owner.as_deref(), profile)?;
+    let g = &app.gears[0];
+    println!(
+        "created app '{}' ({} cartridge, profile {}): gear {} uid {} ip {} {}",
+        app.name,
+        app.cartridge,
+        app.profile,
+        g.id,
+        g.uid,
+        g.ip,
+        g.mcs()
+    );
+    Ok(())
+}
+
+fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
+    let apps: Vec<App> = app::list(node)?
+        .into_iter()
+        .filter(|a| actor.may_manage(a.owner.as_deref()))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            let running = a.gears.iter().filter(|g| gear::init_pid(node, g).is_some()).count();
+            vec![
+                a.name.clone(),
+                a.owner.clone().unwrap_or_else(|| "-".into()),
+                a.cartridge.clone(),
+                a.profile.clone(),
+                format!("{running}/{}", a.gears.len()),
+                a.gears.first().map(|g| g.ip.to_string()).unwrap_or_default(),
+                a.status.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &["NAME", "OWNER", "CARTRIDGE", "PROFILE", "GEARS", "IP", "STATUS"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
+    let app = app::load_for(node, actor, name)?;
+    let gears: Vec<_> = app.gears.iter().map(|g| gear_json(node, g)).collect();
+    if json {
+        let mut v = serde_json::to_value(&app)?;
+        v["gears"] = serde_json::Value::Array(gears);
+        v["url"] = format!("http://{}.{}/", app.name, node.config.domain).into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("app:       {}", app.name);
+    println!("owner:     {}", app.owner.as_deref().unwrap_or("-"));
+    println!("cartridge: {}", app.cartridge);
+    println!("profile:   {}", app.profile);
+    println!("status:    {}", app.status);
+    println!("url:       http://{}.{}/", app.name, node.config.domain);
+    for (g, j) in app.gears.iter().zip(gears) {
+        print_gear(node, g, &j);
+    }
+    Ok(())
+}
+
+/// The lines of one gear in `app show`.
+fn print_gear(node: &Node, g: &Gear, j: &serde_json::Value) {
+    println!("gear {}:", g.index);
+    println!("  id {}  uid/gid {}  selinux {}  ip {}", g.id, g.uid, g.mcs(), g.ip);
+    if let Some(p) = j["selinux"]["process"].as_str() {
+        let home = j["selinux"]["home"].as_str().unwrap_or("-");
+        println!(
+            "  selinux {}: process {p}  home {home}",
+            j["selinux"]["mode"].as_str().unwrap_or("-")
+        );
+    }
+    println!(
+        "  home {}  cgroup {}  netns {}",
+        g.home(node).display(),
+        g.cgroup_name(),
+        g.netns()
+    );
+    println!(
+        "  running {}  memory {} / {}  oom kills {}  pids {} / {}  cpu {:.2}s  throttled {}",
+        j["running"],
+        mib(j["memory_bytes"].as_u64().unwrap_or(0)),
+        mib(j["memory_limit"].as_u64().unwrap_or(0)),
+        j["oom_kills"],
+        j["pids"],
+        j["pids_limit"],
+        j["cpu_usage_usec"].as_u64().unwrap_or(0) as f64 / 1e6,
+        j["cpu_throttled"]
+    );
+    match (j["disk_bytes"].as_u64(), j["disk_limit"].as_u64()) {
+        (Some(b), Some(l)) => println!("  disk {} / {}", mib(b), mib(l)),
+        (Some(b), None) => println!("  disk {} (no limit)", mib(b)),
+        _ => println!("  disk usage unavailable"),
+    }
+}
+
+fn status(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
+    let app = app::load_for(node, actor, name)?;
+    for g in &app.gears {
+        let st = app::lifecycle::status_of(node, &app, g)?;
+        if json {
+            // gear 0's status, as a single object (as before scaling existed)
+            println!("{st}");
+            break;
+        }
+        let line = gear::control::status_line(&st);
+        if app.gears.len() > 1 {
+            println!("gear {}: {line}", g.index);
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn health(node: &Node, actor: &Actor, name: &str, path: Option<String>, timeout: Option<u32>, off: bool) -> Result<()> {
+    if let Some(p) = &path {
+        app::check_health_path(p)?;
+    }
+    if off || path.is_some() || timeout.is_some() {
+        let app = app::update(node, actor, name, |a| {
+            if off {
+                a.health_path = None;
+                a.health_timeout = None;
+            } else {
+                if path.is_some() {
+                    a.health_path = path.clone();
+                }
+                if timeout.is_some() {
+                    a.health_timeout = timeout;
+                }
+                if a.health_path.is_none() {
+                    bail!("give a health path too: `gearshift app health {name} /healthz --timeout N`");
+                }
+            }
+            Ok(())
+        })?;
+        // The gears' supervisors read it at the next switch (push, rollback, env change).
+        app::write_descriptors(node, &app)?;
+    }
+    let app = app::load_for(node, actor, name)?;
+    match &app.health_path {
+        Some(p) => println!(
+            "{name}: a new deployment goes live once GET {p} answers 2xx (within {}s)",
+            app.health_timeout.unwrap_or(app::DEFAULT_HEALTH_TIMEOUT)
+        ),
+        None => println!("{name}: no health path (a new deployment goes live once it accepts connections)"),
+    }
+    Ok(())
+}
+
+fn gear_json(node: &Node, g: &Gear) -> serde_json::Value {
+    let stats = gear::cgroup(node, g).map(|c| c.stats()).unwrap_or_default();
+    let disk = quota::usage(node, &g.id, g.uid).ok();
+    serde_json::json!({
+        "id": g.id, "index": g.index, "uid": g.uid, "gid": g.gid(), "mcs": g.mcs(), "ip": g.ip.to_string(),
+        "home": g.home(node), "netns": g.netns(), "veth": g.veth_host(), "cgroup": g.cgroup_name(),
+        "running": gear::init_pid(node, g).is_some(),
+        "memory_bytes": stats.memory_bytes, "memory_limit": stats.memory_limit, "oom_kills": stats.oom_kills,
+        "pids": stats.pids, "pids_limit": stats.pids_limit, "cpu_usage_usec": stats.cpu_usage_usec,
+        "cpu_throttled": stats.cpu_throttled,
+        "disk_bytes": disk.map(|d| d.bytes), "disk_limit": disk.and_then(|d| d.limit_bytes),
+        "selinux": gear_selinux(node, g),
+    })
+}
+
+/// SELinux mode and the gear's labels (its init's process context, its home's file context).
+fn gear_selinux(node: &Node, g: &Gear) -> serde_json::Value {
+    serde_json::json!({
+        "mode": selinux::mode(),
+        "process": gear::init_pid(node, g).and_then(selinux::process_context),
+        "home": selinux::file_context(&g.home(node)),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}M", b as f64 / (1 << 20) as f64)
+}

@@ -1,0 +1,167 @@
+//! The gear's init: pid 1 of the gear's pid namespace, which runs the supervisor it is given.
+//! Started unless it runs (after a reboot too), known by its pid and start time, stopped with
+//! everything in the gear.
+
+use super::isolation::cgroup::GearCgroup;
+use super::isolation::mounts;
+use super::isolation::network::{self, GearNet, NodeNet};
+use super::{control, spawn, Gear};
+use crate::node::Node;
+use anyhow::{Context, Result};
+use std::fs;
+use std::path::PathBuf;
+
+/// What starting a gear's init needs from outside the gear module.
+pub struct Boot {
+    /// The app's cartridge, which the gear sees at /opt/gearshift/cartridge.
+    pub cartridge: String,
+    /// Finds a cartridge's directory by name (asked only when an init starts).
+    pub cartridge_dir: fn(&Node, &str) -> Result<PathBuf>,
+    /// What the init runs once confined (the gear's supervisor); it never returns.
+    pub supervisor: fn() -> !,
+}
+
+/// The gear's cgroup, beneath the node's parent in every hierarchy.
+pub fn cgroup(node: &Node, gear: &Gear) -> Result<GearCgroup> {
+    Ok(GearCgroup::new(&node.state()?.cgroup_parents, &gear.cgroup_name()))
+}
+
+pub fn gear_net(node: &Node, gear: &Gear) -> Result<GearNet> {
+    let limits = node.config.profile(&gear.profile)?.limits()?;
+    Ok(GearNet {
+        netns: gear.netns(),
+        veth_host: gear.veth_host(),
+        ip: gear.ip,
+        bandwidth_kbit: limits.bandwidth_kbit,
+    })
+}
+
+/// Field 22 of /proc/PID/stat: the start time, which tells a live init from a reused pid.
+/// None for a dead (or zombie) process.
+fn start_time(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    if after.starts_with(['Z', 'X']) {
+        return None;
+    }
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn init_file(node: &Node, gear: &Gear) -> PathBuf {
+    node.gear_meta_dir(&gear.id).join("init.pid")
+}
+
+/// The host pid of the gear's init, if it is running.
+pub fn init_pid(node: &Node, gear: &Gear) -> Option<i32> {
+    let text = fs::read_to_string(init_file(node, gear)).ok()?;
+    let (pid, st) = text.trim().split_once(' ')?;
+    let pid: i32 = pid.parse().ok()?;
+    (start_time(pid)? == st.parse::<u64>().ok()?).then_some(pid)
+}
+
+/// Starts the gear's init unless it runs; recreates the runtime pieces a reboot removes.
+pub fn ensure_running(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
+    if let Some(pid) = init_pid(node, gear) {
+        return Ok(pid);
+    }
+    let _lock = crate::state::Lock::exclusive(&node.gear_meta_dir(&gear.id).join("init.lock"))?;
+    if let Some(pid) = init_pid(node, gear) {
+        return Ok(pid);
+    }
+    let limits = node.config.profile(&gear.profile)?.limits()?;
+    let cg = cgroup(node, gear)?;
+    cg.create(&limits)?;
+    if !network::netns_path(&gear.netns()).exists() {
+        network::gear_up(&NodeNet::from_config(&node.config), &gear_net(node, gear)?)?;
+    }
+    let spec = spawn::InitSpec {
+        root: mounts::RootSpec {
+            staging: node.run_dir().join("newroot"),
+            home_host: gear.home(node),
+            home_inner: gear.inner_home(),
+            meta_dir: node.gear_meta_dir(&gear.id),
+            ro_binds: gear_opt_binds(node, gear, boot)?,
+            tmp_size: (limits.memory_bytes / 4).max(16 << 20),
+            owner_uid: gear.uid,
+            mcs: gear.mcs(),
+        },
+        cgroup: cg,
+        netns: network::netns_path(&gear.netns()),
+        hostname: gear.app.clone(),
+        who: identity(gear),
+        supervisor: boot.supervisor,
+    };
+    let pid =
+        spawn::start_init(&spec).with_context(|| format!("cannot start gear {} of app '{}'", gear.id, gear.app))?;
+    let st = start_time(pid).context("gear init vanished right after start")?;
+    crate::state::write_atomic(&init_file(node, gear), format!("{pid} {st}\n").as_bytes(), 0o644)?;
+    wait_for_supervisor(gear)?;
+    Ok(pid)
+}
+
+/// The init reports ready just before its supervisor binds the control sockets (it must report
+/// before its SELinux label switch): a gear counts as running once its supervisor answers.
+fn wait_for_supervisor(gear: &Gear) -> Result<()> {
+    let netns = network::netns_path(&gear.netns());
+    let t = std::time::Instant::now();
+    loop {
+        match control::connect(&netns) {
+            Ok(_) => return Ok(()),
+            Err(e) if t.elapsed() > std::time::Duration::from_secs(5) => {
+                return Err(e.context(format!(
+                    "gear {} of app '{}' started, but its supervisor does not listen",
+                    gear.id, gear.app
+                )))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+}
+
+/// What a gear sees of gearshift, read-only under /opt/gearshift: the binary (for hooks and
+/// the supervisor), its cartridge, and its descriptor.
+fn gear_opt_binds(node: &Node, gear: &Gear, boot: &Boot) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let exe = std::env::current_exe().context("cannot find the gearshift binary")?;
+    Ok(vec![
+        (exe, "/opt/gearshift/bin/gearshift".into()),
+        (
+            (boot.cartridge_dir)(node, &boot.cartridge)?,
+            "/opt/gearshift/cartridge".into(),
+        ),
+        (node.gear_meta_dir(&gear.id), "/opt/gearshift/meta".into()),
+    ])
+}
+
+/// Stops every process of the gear (its init, hence its pid namespace, and the cgroup).
+pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
+    if let Some(pid) = init_pid(node, gear) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        // The kernel kills the rest of the pid namespace as its init exits; wait for that.
+        for _ in 0..200 {
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            let gone = state
+                .as_deref()
+                .and_then(|s| s.rsplit_once(") "))
+                .is_none_or(|(_, r)| r.starts_with('Z'));
+            if gone {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    if let Ok(cg) = cgroup(node, gear) {
+        cg.kill_all()?;
+    }
+    let _ = fs::remove_file(init_file(node, gear));
+    Ok(())
+}
+
+/// The identity every process of this gear runs as.
+pub fn identity(gear: &Gear) -> spawn::Identity {
+    spawn::Identity {
+        uid: gear.uid,
+        gid: gear.gid(),
+        mcs: gear.mcs(),
+        home_inner: gear.inner_home(),
+    }
+}

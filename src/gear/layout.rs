@@ -1,0 +1,56 @@
+//! The gear home's layout (OpenShift v2's), named once. Paths are relative to the home:
+//! `/home/APP` inside the gear, `<data_root>/gears/ID` on the host.
+
+use std::path::PathBuf;
+
+/// Persistent data of the app (`OPENSHIFT_DATA_DIR`).
+pub const DATA: &str = "app-root/data";
+/// Logs (`OPENSHIFT_LOG_DIR`); the web process writes `WEB_LOG`.
+pub const LOGS: &str = "app-root/logs";
+/// The web process's output, rotated by size.
+pub const WEB_LOG: &str = "app-root/logs/web.log";
+/// Runtime files of gearshift inside the gear.
+pub const RUNTIME: &str = "app-root/runtime";
+/// Whether the web process should run (kept across gear restarts).
+pub const WANTED: &str = "app-root/runtime/.gearshift-wanted";
+/// Serialises pushes inside the gear.
+pub const PUSH_LOCK: &str = "app-root/runtime/.gearshift-push.lock";
+/// The live deployment: a symlink into `DEPLOYMENTS` (`OPENSHIFT_REPO_DIR`); an empty
+/// directory before the first deploy.
+pub const REPO: &str = "app-root/repo";
+/// Where the next `REPO` link is made before it is renamed over the old one.
+pub const REPO_NEXT: &str = "app-root/.repo.tmp";
+/// One directory per deployment (`OPENSHIFT_DEPLOYMENTS_DIR`).
+pub const DEPLOYMENTS: &str = "app-deployments";
+/// Environment files.
+pub const ENV: &str = ".env";
+/// The directory of the app's bare git repository.
+pub const GIT: &str = "git";
+
+/// The directories every gear home starts with.
+pub const CREATED: &[&str] = &[DATA, LOGS, RUNTIME, REPO, GIT, ENV];
+
+/// The app's bare git repository, relative to the home.
+pub fn git_repo(app: &str) -> String {
+    format!("{GIT}/{app}.git")
+}
+
+/// The app's bare git repository as the gear sees it.
+pub fn inner_git_repo(app: &str) -> String {
+    format!("/home/{app}/{}", git_repo(app))
+}
+
+/// The home directory as the gear sees it.
+pub fn inner_home(app: &str) -> PathBuf {
+    PathBuf::from(format!("/home/{app}"))
+}
+
+/// What `REPO` links to for deployment `id` (relative, so it resolves inside the gear too).
+pub fn repo_link(id: &str) -> String {
+    format!("../{DEPLOYMENTS}/{id}/repo")
+}
+
+/// Inside the gear: `rel` under the home (`$HOME`, which the gear's init sets).
+pub fn in_home(rel: &str) -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/".into())).join(rel)
+}
