@@ -174,51 +174,9 @@ impl Relay {
             if fds[out_n + 1].revents != 0 {
                 exited = true;
             }
-            for (i, c) in self.chans.iter().enumerate() {
-                if !open[i] || fds[i].revents == 0 {
-                    continue;
-                }
-                // SAFETY: buf is valid for its length.
-                let r = unsafe { libc::read(c.host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                if r <= 0 || !write_all(c.fd, &buf[..r as usize]) {
-                    open[i] = false;
-                }
-            }
+            copy_outputs(&self.chans, &fds, &mut open, &mut buf);
             if let (Some(c), true) = (&input, fds[out_n].revents != 0) {
-                if pending.is_empty() {
-                    // SAFETY: buf is valid for its length.
-                    let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-                    if r > 0 {
-                        pending.extend_from_slice(&buf[..r as usize]);
-                    } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                        input_open = false;
-                        // the command sees the end of its input
-                        // SAFETY: shutdown on a socket we own.
-                        unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
-                    }
-                } else {
-                    // SAFETY: pending is valid for its length; MSG_NOSIGNAL: EPIPE, not SIGPIPE.
-                    let w = unsafe {
-                        libc::send(
-                            c.host.as_raw_fd(),
-                            pending.as_ptr().cast(),
-                            pending.len(),
-                            libc::MSG_NOSIGNAL,
-                        )
-                    };
-                    if w > 0 {
-                        pending.drain(..w as usize);
-                    } else if !matches!(
-                        std::io::Error::last_os_error().raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN)
-                    ) {
-                        input_open = false; // the command closed its input
-                        pending.clear();
-                    }
-                }
+                input_open = feed_input(c, &mut pending, &mut buf);
             }
         }
         Ok(())
@@ -227,6 +185,61 @@ impl Relay {
 
 fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     libc::pollfd { fd, events, revents: 0 }
+}
+
+/// Copies what the command wrote on each readable output to the caller's descriptor; a
+/// channel whose end or caller is gone is closed (`open[i] = false`).
+fn copy_outputs(chans: &[Chan], fds: &[libc::pollfd], open: &mut [bool], buf: &mut [u8]) {
+    for (i, c) in chans.iter().enumerate() {
+        if !open[i] || fds[i].revents == 0 {
+            continue;
+        }
+        // SAFETY: buf is valid for its length.
+        let r = unsafe { libc::read(c.host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r <= 0 || !write_all(c.fd, &buf[..r as usize]) {
+            open[i] = false;
+        }
+    }
+}
+
+/// One step of feeding the caller's stdin to the command's input socket: read when nothing
+/// is pending, else send what is. Returns whether the input stays open.
+fn feed_input(c: &Chan, pending: &mut Vec<u8>, buf: &mut [u8]) -> bool {
+    if pending.is_empty() {
+        // SAFETY: buf is valid for its length.
+        let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if r > 0 {
+            pending.extend_from_slice(&buf[..r as usize]);
+        } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // the command sees the end of its input
+            // SAFETY: shutdown on a socket we own.
+            unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
+            return false;
+        }
+    } else {
+        // SAFETY: pending is valid for its length; MSG_NOSIGNAL: EPIPE, not SIGPIPE.
+        let w = unsafe {
+            libc::send(
+                c.host.as_raw_fd(),
+                pending.as_ptr().cast(),
+                pending.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if w > 0 {
+            pending.drain(..w as usize);
+        } else if !matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EINTR | libc::EAGAIN)
+        ) {
+            pending.clear();
+            return false; // the command closed its input
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -302,13 +302,8 @@ fn resolve(prog: &str, env: &[(String, String)]) -> CString {
     CString::new(prog).unwrap_or_default()
 }
 
-/// Runs a command in a running gear, with stdio attached, and returns its exit code
-/// (128+N when killed by signal N). The calling process joins the gear's cgroup and
-/// namespaces: call it from a single-threaded process that has nothing else to do (the CLI, or
-/// a process forked for this one spawn).
-pub fn exec(spec: &ExecSpec) -> Result<i32> {
-    let filters = seccomp::build()?;
-    selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
+/// The namespaces of the gear whose init is `init_pid`, in the order they are joined.
+fn gear_namespaces(init_pid: i32) -> Result<Vec<(File, CloneFlags)>> {
     let ns_kinds = [
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),
@@ -317,15 +312,25 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ];
-    let ns: Vec<(File, CloneFlags)> = ns_kinds
+    ns_kinds
         .iter()
         .map(|(k, f)| {
-            let p = format!("/proc/{}/ns/{k}", spec.init_pid);
+            let p = format!("/proc/{init_pid}/ns/{k}");
             File::open(&p)
                 .map(|fd| (fd, *f))
                 .with_context(|| format!("cannot open {p} (is the gear running?)"))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// Runs a command in a running gear, with stdio attached, and returns its exit code
+/// (128+N when killed by signal N). The calling process joins the gear's cgroup and
+/// namespaces: call it from a single-threaded process that has nothing else to do (the CLI, or
+/// a process forked for this one spawn).
+pub fn exec(spec: &ExecSpec) -> Result<i32> {
+    let filters = seccomp::build()?;
+    selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
+    let ns = gear_namespaces(spec.init_pid)?;
     let argv: Vec<CString> = spec
         .argv
         .iter()

@@ -177,20 +177,20 @@ enum Source {
     Stdin,
 }
 
-fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> Result<()> {
-    let t0 = Instant::now();
+/// Whether `commit` (or, from git, a commit with the same files) is live already; says so.
+fn already_live(source: &Source, commit: &str) -> bool {
     let live = live_id();
-    if let (Source::Stdin, Some(l)) = (&source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
+    if let (Source::Stdin, Some(l)) = (source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
         if l.commit == commit {
             say(&format!(
                 "{} is live already ({})",
                 &commit[..8.min(commit.len())],
                 l.id
             ));
-            return Ok(());
+            return true;
         }
     }
-    if let (Source::Git, Some(l)) = (&source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
+    if let (Source::Git, Some(l)) = (source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
         let same = git(&["rev-parse", &format!("{commit}^{{tree}}")]).ok()
             == git(&["rev-parse", &format!("{}^{{tree}}", l.commit)]).ok();
         if same {
@@ -199,8 +199,16 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
                 &commit[..8],
                 l.id
             ));
-            return Ok(());
+            return true;
         }
+    }
+    false
+}
+
+fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> Result<()> {
+    let t0 = Instant::now();
+    if already_live(&source, commit) {
+        return Ok(());
     }
     let id = new_id(commit);
     let dir = deployments_dir().join(&id);
@@ -215,52 +223,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
-    let result = (|| -> Result<()> {
-        let input = match source {
-            Source::Git => Stdio::from(
-                Command::new("git")
-                    .args(["archive", "--format=tar", commit])
-                    .stdout(Stdio::piped())
-                    .spawn()?
-                    .stdout
-                    .context("no git archive output")?,
-            ),
-            Source::Stdin => Stdio::inherit(),
-        };
-        let st = Command::new("tar")
-            .args(["-x", "--no-same-owner", "-C"])
-            .arg(&repo)
-            .stdin(input)
-            .status()?;
-        if !st.success() {
-            bail!("cannot check out {commit} (disk quota?)");
-        }
-        let mut env = info.env_pairs();
-        env.retain(|(k, _)| k != "OPENSHIFT_REPO_DIR");
-        env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
-        env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.clone()));
-        env.push((
-            "GEARSHIFT_PREVIOUS_DEPLOYMENT".into(),
-            supervisor::live_repo()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        ));
-        for step in ["pre_build", "build", "deploy"] {
-            run_step(step, &repo, &env)?;
-        }
-        say("starting the new deployment");
-        // The switch is the point of no return: never past it for a push nobody waits for
-        // (the connection or the daemon died), since git would not record the ref.
-        if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) {
-            bail!("the push connection is gone; not switching");
-        }
-        switch_to(info, &id)?;
-        // post_deploy runs against the live deployment; its failure is reported, not fatal.
-        if let Err(e) = run_step("post_deploy", &repo, &env) {
-            say(&format!("warning: {e:#}"));
-        }
-        Ok(())
-    })();
+    let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo));
     match result {
         Ok(()) => {
             d.result = "deployed".into();
@@ -285,6 +248,60 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
             Err(e)
         }
     }
+}
+
+/// Unpacks the source of `commit` (from the gear's repository, or a tar on stdin) into `repo`.
+fn check_out(source: Source, commit: &str, repo: &Path) -> Result<()> {
+    let input = match source {
+        Source::Git => Stdio::from(
+            Command::new("git")
+                .args(["archive", "--format=tar", commit])
+                .stdout(Stdio::piped())
+                .spawn()?
+                .stdout
+                .context("no git archive output")?,
+        ),
+        Source::Stdin => Stdio::inherit(),
+    };
+    let st = Command::new("tar")
+        .args(["-x", "--no-same-owner", "-C"])
+        .arg(repo)
+        .stdin(input)
+        .status()?;
+    if !st.success() {
+        bail!("cannot check out {commit} (disk quota?)");
+    }
+    Ok(())
+}
+
+/// The cartridge's and the app's hooks (pre_build, build, deploy), then the switch to the new
+/// deployment, then post_deploy.
+fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
+    let mut env = info.env_pairs();
+    env.retain(|(k, _)| k != "OPENSHIFT_REPO_DIR");
+    env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
+    env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.to_string()));
+    env.push((
+        "GEARSHIFT_PREVIOUS_DEPLOYMENT".into(),
+        supervisor::live_repo()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    ));
+    for step in ["pre_build", "build", "deploy"] {
+        run_step(step, repo, &env)?;
+    }
+    say("starting the new deployment");
+    // The switch is the point of no return: never past it for a push nobody waits for
+    // (the connection or the daemon died), since git would not record the ref.
+    if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("the push connection is gone; not switching");
+    }
+    switch_to(info, id)?;
+    // post_deploy runs against the live deployment; its failure is reported, not fatal.
+    if let Err(e) = run_step("post_deploy", repo, &env) {
+        say(&format!("warning: {e:#}"));
+    }
+    Ok(())
 }
 
 /// Holds the per-app push lock (a second push waits for the first).
