@@ -10,7 +10,7 @@ use crate::node::Node;
 use crate::ssh::command::{self, Request};
 use crate::ssh::{authkeys, login_user, sshd};
 use anyhow::{bail, Context, Result};
-use proto::{FromDaemon, ToDaemon};
+use proto::{FromDaemon, Job, ToDaemon, JOB_ENV};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,18 +19,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The environment variable that carries a worker's job (JSON) to `internal-exec`.
-pub const JOB_ENV: &str = "GEARSHIFT_JOB";
-
-/// What a worker is asked to do.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Job {
-    pub user: String,
-    pub admin: bool,
-    pub request: Request,
-    pub winsize: Option<(u16, u16)>,
-}
 
 struct Shared {
     node: Node,

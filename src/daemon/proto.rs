@@ -1,12 +1,25 @@
 //! The daemon's unix-socket protocol: one length-prefixed JSON frame each way, and the
 //! client's stdio descriptors passed along with the request (SCM_RIGHTS).
 
+use crate::ssh::command::Request;
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+/// The environment variable that carries a worker's job (JSON) to `internal-exec`.
+pub const JOB_ENV: &str = "GEARSHIFT_JOB";
+
+/// What a worker is asked to do.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Job {
+    pub user: String,
+    pub admin: bool,
+    pub request: Request,
+    pub winsize: Option<(u16, u16)>,
+}
 
 /// Largest frame accepted (a request is at most an 8 KiB command plus a little).
 pub const MAX_FRAME: usize = 1 << 20;

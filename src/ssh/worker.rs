@@ -2,7 +2,7 @@
 //! for it, with the client's stdio as fds 0, 1 and 2 (so gear spawning and TTYs just work).
 
 use crate::app::git::{self, GitService};
-use crate::daemon::{Job, JOB_ENV};
+use crate::daemon::proto::{Job, JOB_ENV};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
 use crate::ssh::command::{GitOp, Request};
