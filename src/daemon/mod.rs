@@ -7,7 +7,7 @@ pub mod frontend;
 pub mod proto;
 
 use crate::node::Node;
-use crate::ssh::command::{self, Request};
+use crate::ssh::command;
 use crate::ssh::{authkeys, login_user, sshd};
 use anyhow::{bail, Context, Result};
 use proto::{FromDaemon, Job, ToDaemon, JOB_ENV};
