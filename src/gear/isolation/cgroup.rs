@@ -582,7 +582,7 @@ pub fn check() -> Vec<Check> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::check::{exit_code, Status};
+    use super::super::check::{exit_code, find, Status};
     use super::*;
 
     const V1: &str = "30 25 0:26 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n\
@@ -691,12 +691,6 @@ mod tests {
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
-    }
-
-    fn find<'a>(c: &'a [Check], name: &str) -> &'a Check {
-        c.iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no {name} line"))
     }
 
     #[test]

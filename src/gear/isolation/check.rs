@@ -145,6 +145,22 @@ pub fn tool_path() -> String {
     format!("{cur}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 }
 
+/// Waits up to `timeout` for `child` to exit; kills and reaps it past that (None).
+fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 /// Runs a command (with a timeout) and returns (exit code, stdout+stderr), or None if absent.
 fn run_tool(cmd: &mut Command, timeout: Duration) -> Option<(i32, String)> {
     let mut child = cmd
@@ -155,18 +171,7 @@ fn run_tool(cmd: &mut Command, timeout: Duration) -> Option<(i32, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let status = wait_or_kill(&mut child, timeout);
     let out = child.wait_with_output().ok()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -235,20 +240,19 @@ pub fn sh_in_throwaway_netns(script: &str) -> std::result::Result<String, String
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the probe in a new network namespace: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if start.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("the network probe timed out after 10 s".into());
-            }
-        }
+    if wait_or_kill(&mut child, Duration::from_secs(10)).is_none() {
+        return Err("the network probe timed out after 10 s".into());
     }
     let out = child
         .wait_with_output()
         .map_err(|e| format!("cannot read the probe's output: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The line called `name` in a report (tests).
+#[cfg(test)]
+pub fn find<'a>(c: &'a [Check], name: &str) -> &'a Check {
+    c.iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} line"))
 }

@@ -659,18 +659,12 @@ pub(crate) mod testutil {
 
 #[cfg(test)]
 mod tests {
-    use super::super::check::{exit_code, Status};
+    use super::super::check::{exit_code, find, Status};
     use super::testutil::{skip_reason, Fixture};
     use super::*;
     use std::io::Read;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::Duration;
-
-    fn find<'a>(c: &'a [Check], name: &str) -> &'a Check {
-        c.iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no {name} line"))
-    }
 
     #[test]
     fn doctor_network_lines_from_probe() {
