@@ -71,7 +71,9 @@ ssh-keygen -q -t ed25519 -N '' -f "$work/key"
 daemon_pid=$!
 port=$(grep -E '^ssh_port' "$cfg" | tr -dc 0-9)
 user=$(grep -E '^ssh_user' "$cfg" | cut -d'"' -f2)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+# Ready once sshd completes a key exchange (a bare TCP connect would count as a client that
+# never logged in, which OpenSSH >= 9.8 may penalise).
+for _ in $(seq 100); do ssh-keyscan -T 5 -t ed25519 -p "$port" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519 && break; sleep 0.1; done
 python3 - "$BIN" "$cfg" "$work" "$port" "$user" "$(pwd)/examples/python-flaskless" <<'PY'
 import json, os, shutil, statistics, subprocess, sys, time, urllib.request
 binary, cfg, work, port, user, example = sys.argv[1:]

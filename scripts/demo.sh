@@ -28,7 +28,9 @@ else
   echo $! >"$root/run/daemon.pid"
   echo "started (pid $!, log $root/logs/daemon.log)"
 fi
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+# Ready once sshd completes a key exchange (a bare TCP connect would count as a client that
+# never logged in, which OpenSSH >= 9.8 may penalise).
+for _ in $(seq 100); do ssh-keyscan -T 5 -t ed25519 -p "$port" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519 && break; sleep 0.1; done
 
 # A demo user with its own key (kept in the data root; yours: `gearshift user add NAME --key FILE`).
 key="$root/demo-key"

@@ -269,3 +269,57 @@ fn hostile_commands_are_refused_and_run_nothing() {
     }
     eprintln!("sshd back after a kill in {:?}", t.elapsed());
 }
+
+/// A workshop behind one NAT address, or a CI loop: many commands from one address, in a row
+/// and at once, all get in; failed logins from that address lock out neither that address's
+/// other users nor anyone else (OpenSSH 10's per-source limits dropped the 11th connection).
+#[test]
+fn a_room_behind_one_address_is_never_locked_out() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let ok = |key: &Path, extra: &[&str], what: &str| {
+        let o = n.ssh(key, extra, Some("app list"), b"");
+        assert!(
+            o.status.success(),
+            "{what}: {}\nsshd log:\n{}",
+            text(&o.stderr),
+            std::fs::read_to_string(n.root.join("logs/sshd.log")).unwrap_or_default()
+        );
+    };
+    for i in 0..100 {
+        ok(&s.alice, &[], &format!("sequential command {i} of 100"));
+    }
+    std::thread::scope(|sc| {
+        let running: Vec<_> = (0..30)
+            .map(|i| {
+                let key = if i % 2 == 0 { &s.alice } else { &s.bob };
+                sc.spawn(move || ok(key, &[], &format!("concurrent command {i} of 30")))
+            })
+            .collect();
+        for r in running {
+            r.join().unwrap();
+        }
+    });
+
+    // Six failed logins from 127.0.0.1: a key the node does not know.
+    let stranger = keygen(&n.root.join("keys"), "stranger");
+    for i in 0..6 {
+        let o = n.ssh(&stranger, &[], Some("app list"), b"");
+        assert_eq!(
+            o.status.code(),
+            Some(255),
+            "failed login {i} got in: {}",
+            text(&o.stderr)
+        );
+        assert!(text(&o.stderr).contains("Permission denied"), "{}", text(&o.stderr));
+    }
+    // Another client on another address logs in, and so do the stranger's neighbours behind
+    // the same address.
+    ok(&s.bob, &["-o", "BindAddress=127.0.0.2"], "a valid key from 127.0.0.2");
+    ok(
+        &s.alice,
+        &[],
+        "a valid key from 127.0.0.1 after its neighbour's failed logins",
+    );
+}

@@ -23,5 +23,7 @@ fi
 apt-get update -qq || { echo "vm-test: apt-get update failed" >&2; exit 1; }
 apt-get install -y -qq --no-install-recommends "${extra[@]}" qemu-system-x86 >/dev/null \
   || { echo "vm-test: cannot install qemu-system-x86" >&2; exit 1; }
-apt-get install -y -qq --no-install-recommends "${extra[@]}" debootstrap e2fsprogs xfsprogs openssh-client python3 >/dev/null \
+# Only qemu (and what it depends on) comes from backports: the rest from the host's own release,
+# so a vm-test never upgrades the host's OpenSSH (bookworm-backports carries 10.0) as a side effect.
+apt-get install -y -qq --no-install-recommends debootstrap e2fsprogs xfsprogs openssh-client python3 >/dev/null \
   || { echo "vm-test: cannot install debootstrap/e2fsprogs/xfsprogs" >&2; exit 1; }

@@ -55,7 +55,7 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// The sshd_config text (pure: everything it needs is passed in).
-pub fn config_text(node: &Node, p: &Paths, config_path: &Path, ipv6: bool) -> String {
+pub fn config_text(node: &Node, p: &Paths, config_path: &Path, ipv6: bool, sshd_version: Option<(u32, u32)>) -> String {
     let c = &node.config;
     let mut s = String::from("# Written by gearshift daemon at every start: edits are lost.\n");
     let mut kv = |k: &str, v: &str| s.push_str(&format!("{k} {v}\n"));
@@ -107,15 +107,61 @@ pub fn config_text(node: &Node, p: &Paths, config_path: &Path, ipv6: bool) -> St
         ("LoginGraceTime", "30"),
         ("MaxAuthTries", "6"),
         ("MaxSessions", "10"),
-        ("MaxStartups", "20:30:100"),
-        ("PerSourceMaxStartups", "10"),
         ("ClientAliveInterval", "60"),
         ("ClientAliveCountMax", "3"),
     ] {
         kv(k, v);
     }
+    s.push_str(&startup_limits(sshd_version));
     // No Subsystem line: sftp (and scp, which uses it) is refused by sshd itself.
     s
+}
+
+/// The start-up and penalty limits, sized for a workshop: thirty people behind one NAT address
+/// pushing at once, and CI loops that run hundreds of commands from one address.
+fn startup_limits(sshd_version: Option<(u32, u32)>) -> String {
+    let mut s = String::from(
+        "# Start-up limits are node-wide, never per source address: a room behind one NAT address,\n\
+         # or a CI loop, looks like one source. 64 unauthenticated connections are always accepted,\n\
+         # then 30% of new ones are dropped at random, rising to all of them at 256.\n\
+         # (No PerSourceMaxStartups: on OpenSSH 10.0 its per-source slots are never freed, so the\n\
+         # eleventh connection from one address was dropped until sshd restarted.)\n",
+    );
+    s.push_str("MaxStartups 64:30:256\n");
+    s.push_str("PerSourceMaxStartups none\n");
+    // PerSourcePenalties exists from OpenSSH 9.8 on (and is on by default there); 9.2 rejects it.
+    if sshd_version.is_some_and(|v| v >= (9, 8)) {
+        s.push_str(
+            "# Penalties for failed authentication (and sshd crashes, i.e. exploit attempts) only:\n\
+             # a client that connects and leaves before authenticating (a host-key prompt answered\n\
+             # 'no', ssh-keyscan, a port probe) or that is slow to log in is not penalised. A failed\n\
+             # login adds 2 s to its address, and the address is refused only once 60 s have piled\n\
+             # up (30 failed logins in quick succession; penalties drain in real time), for at most\n\
+             # 120 s: one laptop with the wrong key, retrying by hand, never locks out the others\n\
+             # behind the same NAT address, while a password-guessing bot is slowed down.\n",
+        );
+        s.push_str(
+            "PerSourcePenalties authfail:2s crash:90s noauth:0s grace-exceeded:0s min:60s \
+             max:120s\n",
+        );
+    }
+    s
+}
+
+/// The installed sshd's (major, minor) version, from `sshd -V` (which older releases answer
+/// with their usage text, still naming the version: `OpenSSH_9.2p1, OpenSSL ...`).
+pub fn sshd_version() -> Option<(u32, u32)> {
+    let out = Command::new(SSHD).arg("-V").stdin(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    parse_version(&text)
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split("OpenSSH_").nth(1)?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Whether an IPv6 socket can be bound here.
@@ -200,7 +246,7 @@ pub fn prepare(node: &Node, config_path: &Path) -> Result<Paths> {
     }
     crate::state::write_atomic(
         &p.config,
-        config_text(node, &p, config_path, ipv6_available()).as_bytes(),
+        config_text(node, &p, config_path, ipv6_available(), sshd_version()).as_bytes(),
         0o644,
     )?;
     let out = Command::new(SSHD)
@@ -336,7 +382,7 @@ mod tests {
             config_path: "/etc/n1.toml".into(),
         };
         let p = Paths::of(&node);
-        let t = config_text(&node, &p, Path::new("/etc/n1.toml"), false);
+        let t = config_text(&node, &p, Path::new("/etc/n1.toml"), false, Some((9, 2)));
         for want in [
             "Port 2223\n",
             "AuthorizedKeysFile none\n",
@@ -353,5 +399,43 @@ mod tests {
         }
         assert!(!t.contains("ListenAddress ::"));
         assert!(!t.contains("Subsystem"));
+        // OpenSSH 9.2 knows no PerSourcePenalties; nobody gets a per-source start-up limit.
+        assert!(!t.contains("PerSourcePenalties"));
+        assert!(t.contains("PerSourceMaxStartups none\n"));
+        assert!(t.contains("MaxStartups 64:30:256\n"));
+    }
+
+    #[test]
+    fn penalties_only_where_sshd_knows_them_and_only_for_failed_logins() {
+        for (v, want) in [
+            (Some((9, 7)), false),
+            (Some((9, 8)), true),
+            (Some((10, 0)), true),
+            (None, false),
+        ] {
+            let t = startup_limits(v);
+            assert_eq!(t.contains("PerSourcePenalties"), want, "{v:?}:\n{t}");
+            if want {
+                let line = t.lines().find(|l| l.starts_with("PerSourcePenalties")).unwrap();
+                assert!(
+                    line.contains("noauth:0s") && line.contains("grace-exceeded:0s"),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn version_is_read_from_sshd_output() {
+        assert_eq!(
+            parse_version("OpenSSH_9.2p1 Debian-2+deb12u6, OpenSSL 3.0.19"),
+            Some((9, 2))
+        );
+        assert_eq!(
+            parse_version("unknown option -- V\nOpenSSH_10.0p2 Debian-7, OpenSSL 3.5.1"),
+            Some((10, 0))
+        );
+        assert_eq!(parse_version("OpenSSH_9.2, OpenSSL 3.0.19 27 Jan 2026"), Some((9, 2)));
+        assert_eq!(parse_version("sshd: command not found"), None);
     }
 }

@@ -52,6 +52,16 @@ fn seed_host_keys(dir: &Path) {
     }
 }
 
+/// Whether an SSH server on `port` completes a key exchange (ssh-keyscan prints its host key).
+pub fn ssh_handshake(port: u16) -> bool {
+    Command::new("ssh-keyscan")
+        .args(["-T", "5", "-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ssh-ed25519 "))
+}
+
 pub fn nix_is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -242,7 +252,8 @@ impl TestNode {
                 panic!("gearshift daemon exited ({st}):\n{}", d.log_text());
             }
             // Ready: the sshd in the pid file is this daemon's child (not one left by a killed
-            // daemon) and accepts connections.
+            // daemon) and completes an SSH handshake (a key exchange, never a bare TCP connect,
+            // which OpenSSH >= 9.8 may count against the address as a client that never logged in).
             let own_sshd = std::fs::read_to_string(self.root.join("run/sshd.pid"))
                 .ok()
                 .and_then(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.trim())).ok())
@@ -251,10 +262,7 @@ impl TestNode {
                         .and_then(|(_, r)| r.split_whitespace().nth(1).map(String::from))
                 })
                 .is_some_and(|ppid| ppid == d.child.id().to_string());
-            if own_sshd
-                && std::net::TcpStream::connect(("127.0.0.1", self.ssh_port())).is_ok()
-                && self.root.join("run/daemon.sock").exists()
-            {
+            if own_sshd && self.root.join("run/daemon.sock").exists() && ssh_handshake(self.ssh_port()) {
                 return d;
             }
             assert!(

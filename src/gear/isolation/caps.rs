@@ -1,6 +1,7 @@
 //! Capabilities: the bounding and ambient sets are emptied and root is disarmed (securebits)
 //! while still root; the switch to the gear uid then clears the rest.
 
+use super::check::{errno_name, in_child, proc_status_field, Check};
 use anyhow::{bail, Context, Result};
 
 const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
@@ -71,4 +72,30 @@ pub fn verify_none() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `no_new_privs` line: the prctl works (tried in a forked child).
+pub fn check_no_new_privs() -> Check {
+    let current = proc_status_field("NoNewPrivs").unwrap_or_else(|| "?".into());
+    let r = in_child(|| {
+        // SAFETY: prctl on this (child) process only.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return *libc::__errno_location();
+            }
+            if libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1 {
+                return libc::EINVAL;
+            }
+        }
+        0
+    });
+    match r {
+        Ok(0) => Check::ok("no_new_privs", format!("prctl works (this process: {current})")),
+        Ok(code) => Check::warn(
+            "no_new_privs",
+            format!("PR_SET_NO_NEW_PRIVS failed: {}", errno_name(code)),
+            "use Linux >= 3.5",
+        ),
+        Err(e) => Check::warn("no_new_privs", e, "use Linux >= 3.5"),
+    }
 }

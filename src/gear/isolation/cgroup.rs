@@ -2,11 +2,31 @@
 //! gear with the profile's limits. Each directory's version is read from the files it has, so
 //! hybrid hosts (v1 controllers plus an empty v2 mount) work without a mode switch.
 
+use super::check::Check;
+use super::mountinfo::{self, MountEntry};
 use crate::node::config::Limits;
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// Controllers the v1 kernel may offer (anything else in the super options is a mount option).
+const KERNEL_V1_CONTROLLERS: &[&str] = &[
+    "cpuset",
+    "cpu",
+    "cpuacct",
+    "blkio",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
 /// v1 controllers gearshift limits or reads (cpuset and devices are left alone).
 const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "blkio", "freezer"];
 /// v2 controllers enabled for the gears.
@@ -21,42 +41,43 @@ pub struct Hierarchy {
     pub v2: bool,
 }
 
-/// The hierarchies gearshift uses, from /proc/self/mountinfo (not assumed).
-pub fn hierarchies() -> Result<Vec<Hierarchy>> {
-    let text = fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
+/// The v1 controllers a `cgroup` mount carries, in its super options' order (none for other
+/// filesystems; named hierarchies like `name=systemd` and mount options are left out).
+fn v1_controllers(e: &MountEntry) -> impl Iterator<Item = &str> {
+    let opts = if e.fstype == "cgroup" {
+        e.super_opts.as_str()
+    } else {
+        ""
+    };
+    opts.split(',').filter(|o| KERNEL_V1_CONTROLLERS.contains(o))
 }
 
-/// Parses mountinfo into the hierarchies that matter: v1 ones holding a wanted controller,
-/// else the v2 one when it has controllers.
-pub fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
+/// The hierarchies gearshift uses, from /proc/self/mountinfo (not assumed).
+pub fn hierarchies() -> Result<Vec<Hierarchy>> {
+    Ok(hierarchies_in(&mountinfo::read()?))
+}
+
+/// The hierarchies that matter among `mounts`: v1 ones holding a wanted controller, else the
+/// v2 one.
+pub fn hierarchies_in(mounts: &[MountEntry]) -> Vec<Hierarchy> {
     let mut v1 = Vec::new();
     let mut v2 = None;
-    for line in text.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount = pre.split_whitespace().nth(4).unwrap_or_default();
-        let mut p = post.split_whitespace();
-        let fstype = p.next().unwrap_or_default();
-        let _src = p.next();
-        let opts = p.next().unwrap_or_default();
-        if fstype == "cgroup" {
-            let ctrls: Vec<String> = opts
-                .split(',')
+    for e in mounts {
+        if e.fstype == "cgroup" {
+            let ctrls: Vec<String> = v1_controllers(e)
                 .filter(|o| V1_CONTROLLERS.contains(o))
                 .map(String::from)
                 .collect();
-            if !ctrls.is_empty() && !v1.iter().any(|h: &Hierarchy| h.mount == Path::new(mount)) {
+            if !ctrls.is_empty() && !v1.iter().any(|h: &Hierarchy| h.mount == e.mount_point) {
                 v1.push(Hierarchy {
-                    mount: mount.into(),
+                    mount: e.mount_point.clone(),
                     controllers: ctrls,
                     v2: false,
                 });
             }
-        } else if fstype == "cgroup2" && v2.is_none() {
+        } else if e.fstype == "cgroup2" && v2.is_none() {
             v2 = Some(Hierarchy {
-                mount: mount.into(),
+                mount: e.mount_point.clone(),
                 controllers: vec![],
                 v2: true,
             });
@@ -427,8 +448,141 @@ impl GearCgroup {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// doctor's probe
+
+/// Cgroup hierarchies mounted in this process's mount namespace, for doctor's report.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CgroupMounts {
+    /// v1 controller name -> mount point (named hierarchies like `name=systemd` are left out).
+    pub v1: BTreeMap<String, String>,
+    /// The cgroup2 mount point, if any (the first one).
+    pub v2: Option<String>,
+}
+
+impl CgroupMounts {
+    /// Every v1 controller's mount point (the first one wins) and the first cgroup2 mount.
+    pub fn from_mounts(mounts: &[MountEntry]) -> CgroupMounts {
+        let mut m = CgroupMounts::default();
+        for e in mounts {
+            let mount_point = e.mount_point.to_string_lossy().into_owned();
+            if e.fstype == "cgroup2" && m.v2.is_none() {
+                m.v2 = Some(mount_point);
+                continue;
+            }
+            for c in v1_controllers(e) {
+                m.v1.entry(c.to_string()).or_insert_with(|| mount_point.clone());
+            }
+        }
+        m
+    }
+}
+
+/// Controllers `/proc/cgroups` lists as compiled in and enabled (v1 view).
+pub fn parse_proc_cgroups(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[3] == "1").then(|| f[0].to_string())
+        })
+        .collect()
+}
+
+/// The `cgroup` line: which versions are mounted, and where.
+fn version_check(m: &CgroupMounts, v2_controllers: &[String]) -> Check {
+    let has_v1 = !m.v1.is_empty();
+    let v2_desc = |p: &str| {
+        if v2_controllers.is_empty() {
+            format!("v2 at {p} has no controllers")
+        } else {
+            format!("v2 at {p} with {}", v2_controllers.join(" "))
+        }
+    };
+    let version = match (has_v1, &m.v2) {
+        (true, Some(p)) => Some(format!(
+            "hybrid: v1 controllers ({}), {}",
+            m.v1.keys().cloned().collect::<Vec<_>>().join(" "),
+            v2_desc(p)
+        )),
+        (true, None) => Some(format!("v1 ({})", m.v1.keys().cloned().collect::<Vec<_>>().join(" "))),
+        (false, Some(p)) => Some(format!("v2 only: {}", v2_desc(p))),
+        (false, None) => None,
+    };
+    match version {
+        Some(d) => Check::ok("cgroup", d),
+        None => Check::absent(
+            "cgroup",
+            true,
+            "no cgroup filesystem is mounted",
+            "mount -t cgroup2 none /sys/fs/cgroup (systemd hosts do this at boot)",
+        ),
+    }
+}
+
+/// The cgroup lines from what the host has mounted (pure: file contents are passed in).
+pub fn checks_from(m: &CgroupMounts, v2_controllers: &[String], enabled: &[String]) -> Vec<Check> {
+    let mut out = vec![version_check(m, v2_controllers)];
+    let has_v1 = !m.v1.is_empty();
+    let v2_has = |c: &str| v2_controllers.iter().any(|x| x == c);
+    // (line name, v1 controller, v2 controller, v2 core file that stands in, required)
+    let table: &[(&str, &str, &str, Option<&str>, bool)] = &[
+        ("cgroup.memory", "memory", "memory", None, true),
+        ("cgroup.cpu", "cpu", "cpu", None, true),
+        ("cgroup.cpuacct", "cpuacct", "cpu", Some("cpu.stat"), false),
+        ("cgroup.pids", "pids", "pids", None, true),
+        ("cgroup.io", "blkio", "io", None, false),
+        ("cgroup.freezer", "freezer", "", Some("cgroup.freeze"), false),
+    ];
+    for &(name, v1, v2, core, required) in table {
+        let check = if let Some(p) = m.v1.get(v1) {
+            Check::ok(name, format!("v1 {v1} at {p}"))
+        } else if let (Some(p), true) = (&m.v2, !v2.is_empty() && v2_has(v2)) {
+            Check::ok(name, format!("v2 {v2} at {p}"))
+        } else if let (Some(p), Some(file), false) = (&m.v2, core, has_v1) {
+            Check::ok(name, format!("v2 {file} (core) at {p}"))
+        } else {
+            let detail = if enabled.iter().any(|e| e == v1) {
+                format!("{v1} is compiled in but not mounted")
+            } else {
+                format!(
+                    "neither v1 {v1} nor v2 {} is available",
+                    if v2.is_empty() { "freezer" } else { v2 }
+                )
+            };
+            let fix = if enabled.iter().any(|e| e == v1) {
+                format!("mount -t cgroup -o {v1} cgroup /sys/fs/cgroup/{v1}, or boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)")
+            } else if m.v2.is_some() {
+                format!(
+                    "enable it: echo +{} > {}/cgroup.subtree_control (and in each parent)",
+                    if v2.is_empty() { v1 } else { v2 },
+                    m.v2.as_deref().unwrap_or("/sys/fs/cgroup")
+                )
+            } else {
+                format!("use a kernel built with the {v1} cgroup controller")
+            };
+            Check::absent(name, required, detail, fix)
+        };
+        out.push(check);
+    }
+    out
+}
+
+/// The `cgroup` and `cgroup.<controller>` lines for this host.
+pub fn check() -> Vec<Check> {
+    let m = CgroupMounts::from_mounts(&mountinfo::read().unwrap_or_default());
+    let v2_controllers: Vec<String> =
+        m.v2.as_ref()
+            .and_then(|p| fs::read_to_string(Path::new(p).join("cgroup.controllers")).ok())
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+    let enabled = parse_proc_cgroups(&fs::read_to_string("/proc/cgroups").unwrap_or_default());
+    checks_from(&m, &v2_controllers, &enabled)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::check::{exit_code, find, Status};
     use super::*;
 
     const V1: &str = "30 25 0:26 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n\
@@ -440,7 +594,7 @@ mod tests {
 
     #[test]
     fn v1_hierarchies_win_on_hybrid_hosts() {
-        let h = parse_mountinfo(V1);
+        let h = hierarchies_in(&mountinfo::parse(V1));
         assert_eq!(h.len(), 3);
         assert!(h.iter().all(|h| !h.v2));
         assert_eq!(h[2].controllers, vec!["cpu", "cpuacct"]);
@@ -448,7 +602,7 @@ mod tests {
 
     #[test]
     fn v2_only() {
-        let h = parse_mountinfo(V2);
+        let h = hierarchies_in(&mountinfo::parse(V2));
         assert_eq!(
             h,
             vec![Hierarchy {
@@ -462,16 +616,16 @@ mod tests {
     #[test]
     fn own_path_per_hierarchy() {
         let pc = "4:memory:/process_api/abc\n8:pids:/\n0::/user.slice\n";
-        let h = parse_mountinfo(V1);
+        let h = hierarchies_in(&mountinfo::parse(V1));
         assert_eq!(own_path(&h[0], pc).as_deref(), Some("/process_api/abc"));
         assert_eq!(own_path(&h[1], pc).as_deref(), Some("/"));
-        let h2 = parse_mountinfo(V2);
+        let h2 = hierarchies_in(&mountinfo::parse(V2));
         assert_eq!(own_path(&h2[0], pc).as_deref(), Some("/user.slice"));
     }
 
     #[test]
     fn node_goes_beside_the_supervisor_leaf() {
-        let v2 = &parse_mountinfo(V2)[0];
+        let v2 = &hierarchies_in(&mountinfo::parse(V2))[0];
         assert_eq!(
             base_of(v2, "/system.slice/x.scope"),
             PathBuf::from("system.slice/x.scope")
@@ -481,7 +635,7 @@ mod tests {
             PathBuf::from("system.slice/x.scope")
         );
         assert_eq!(base_of(v2, "/"), PathBuf::from(""));
-        let v1 = &parse_mountinfo(V1)[0];
+        let v1 = &hierarchies_in(&mountinfo::parse(V1))[0];
         assert_eq!(
             base_of(v1, "/a/gearshift-supervisor"),
             PathBuf::from("a/gearshift-supervisor")
@@ -510,5 +664,88 @@ mod tests {
         cg.remove().unwrap();
         node_down(&parents).unwrap();
         assert!(parents.iter().all(|p| !p.exists()));
+    }
+
+    // ---- doctor's lines ----------------------------------------------------------------
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const DOCTOR_V2: &str = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+25 21 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    fn cgroup_mounts(text: &str) -> CgroupMounts {
+        CgroupMounts::from_mounts(&mountinfo::parse(text))
+    }
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn doctor_parses_hybrid_mountinfo() {
+        let m = cgroup_mounts(HYBRID);
+        assert_eq!(m.v2.as_deref(), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(m.v1.get("memory").map(String::as_str), Some("/sys/fs/cgroup/memory"));
+        assert!(!m.v1.contains_key("name=systemd") && !m.v1.contains_key("rw"));
+        let c = checks_from(&m, &[], &v(&["memory", "cpu", "pids"]));
+        assert!(find(&c, "cgroup").detail.starts_with("hybrid: v1 controllers"), "{c:?}");
+        assert!(find(&c, "cgroup")
+            .detail
+            .contains("/sys/fs/cgroup/unified has no controllers"));
+        assert!(c.iter().all(|c| c.status == Status::Ok), "{c:?}");
+        assert_eq!(find(&c, "cgroup.io").detail, "v1 blkio at /sys/fs/cgroup/blkio");
+        assert_eq!(exit_code(&c), 0);
+    }
+
+    #[test]
+    fn doctor_parses_v2_and_combined_v1() {
+        let m = cgroup_mounts(DOCTOR_V2);
+        assert!(m.v1.is_empty());
+        assert_eq!(m.v2.as_deref(), Some("/sys/fs/cgroup"));
+        let c = checks_from(&m, &v(&["cpuset", "cpu", "io", "memory", "pids"]), &[]);
+        assert!(find(&c, "cgroup").detail.starts_with("v2 only"));
+        assert_eq!(find(&c, "cgroup.memory").detail, "v2 memory at /sys/fs/cgroup");
+        assert_eq!(find(&c, "cgroup.cpuacct").detail, "v2 cpu at /sys/fs/cgroup");
+        assert_eq!(
+            find(&c, "cgroup.freezer").detail,
+            "v2 cgroup.freeze (core) at /sys/fs/cgroup"
+        );
+        // A v2 host without the memory controller enabled: required, so missing.
+        let c = checks_from(&m, &v(&["cpu", "pids"]), &[]);
+        assert_eq!(find(&c, "cgroup.memory").status, Status::Missing);
+        assert!(find(&c, "cgroup.memory").fix.as_deref().unwrap().contains("+memory"));
+        assert_eq!(find(&c, "cgroup.io").status, Status::Warn);
+        assert_eq!(exit_code(&c), 1);
+
+        let combined = "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                        33 31 0:30 / /mnt/my\\040cg rw - cgroup cgroup rw,nosuid,memory\n";
+        let m = cgroup_mounts(combined);
+        assert_eq!(m.v1.get("cpu").unwrap(), "/sys/fs/cgroup/cpu,cpuacct");
+        assert_eq!(m.v1.get("cpuacct").unwrap(), "/sys/fs/cgroup/cpu,cpuacct");
+        assert_eq!(m.v1.get("memory").unwrap(), "/mnt/my cg");
+        let c = checks_from(&m, &[], &v(&["pids"]));
+        assert!(find(&c, "cgroup").detail.starts_with("v1 ("));
+        assert_eq!(find(&c, "cgroup.pids").detail, "pids is compiled in but not mounted");
+        assert_eq!(find(&c, "cgroup.pids").status, Status::Missing);
+        let c = checks_from(&cgroup_mounts(""), &[], &[]);
+        assert_eq!(find(&c, "cgroup").status, Status::Missing);
+    }
+
+    #[test]
+    fn doctor_parses_proc_cgroups() {
+        let t = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t3\t1\t1\nmemory\t0\t1\t0\npids\t8\t1\t1\n";
+        assert_eq!(parse_proc_cgroups(t), v(&["cpuset", "pids"]));
     }
 }

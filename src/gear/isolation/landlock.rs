@@ -1,6 +1,7 @@
 //! Landlock: even inside its own mount namespace, a gear process may write only its home, /tmp,
 //! /run and devices, and read/execute the host runtimes. Defence in depth under the mounts.
 
+use super::check::Check;
 use anyhow::{Context, Result};
 use landlock::{
     path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
@@ -37,4 +38,33 @@ pub fn apply(home: &Path) -> Result<&'static str> {
         RulesetStatus::PartiallyEnforced => "partial",
         RulesetStatus::NotEnforced => "none",
     })
+}
+
+/// The `landlock` line: the kernel's Landlock ABI version (optional: gears run without it).
+pub fn check() -> Check {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a NULL attr and size 0 this syscall only returns the ABI version; no
+    // memory is read or written and no file descriptor is created.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if abi >= 1 {
+        return Check::ok("landlock", format!("ABI version {abi}"));
+    }
+    let err = std::io::Error::last_os_error();
+    let detail = match err.raw_os_error() {
+        Some(libc::ENOSYS) => "not built into this kernel (ENOSYS)".to_string(),
+        Some(libc::EOPNOTSUPP) => "built in but not enabled at boot (EOPNOTSUPP)".to_string(),
+        _ => format!("landlock_create_ruleset failed: {err}"),
+    };
+    Check::warn(
+        "landlock",
+        format!("{detail}; gears run without Landlock"),
+        "optional: boot with lsm=landlock,... (CONFIG_SECURITY_LANDLOCK=y)",
+    )
 }

@@ -1,9 +1,13 @@
-//! One module per kernel mechanism; `gear::spawn` applies them in order.
+//! One module per kernel mechanism; `gear::spawn` applies them in order. Each mechanism also
+//! owns its `check()` for `gearshift doctor` (the shared report type is in `check`).
 
 pub mod caps;
 pub mod cgroup;
+pub mod check;
 pub mod landlock;
+pub mod mountinfo;
 pub mod mounts;
+pub mod namespaces;
 pub mod netcmd;
 pub mod network;
 pub mod quota;

@@ -8,7 +8,8 @@
 //!
 //! Everything is done with the `ip`, `bridge`, `tc` and `nft` commands.
 
-use super::netcmd::{run, run_stdin};
+use super::check::{is_root, sh_in_throwaway_netns, tool_version, Check};
+use super::netcmd::{parse_probe_output, probe_detail, probe_fix, run, run_stdin, ProbeResults, PROBE_STEP};
 use crate::node::config::{Config, Subnet};
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
@@ -326,6 +327,112 @@ fn check_table_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// doctor's probe: veth, bridge, tc and the firewall, tried inside a throwaway netns (the
+// script's helpers and its result type are netcmd's)
+
+/// The steps for the pieces this module builds: links first, the firewall last.
+const PROBE_LINKS: &str = "p veth ip link add gsprobe0 type veth peer name gsprobe1
+p bridge ip link add gsprobebr0 type bridge
+";
+const PROBE_FIREWALL: &str = "p nft nft add table inet gsprobe
+p iptables iptables -t nat -S
+";
+
+/// Runs the probe script (tc's steps included) in a throwaway network namespace.
+fn run_probe() -> std::result::Result<ProbeResults, String> {
+    let script = format!("{PROBE_STEP}{PROBE_LINKS}{}{PROBE_FIREWALL}", super::tc::PROBE);
+    Ok(parse_probe_output(&sh_in_throwaway_netns(&script)?))
+}
+
+/// The `firewall` line: nftables preferred, iptables accepted.
+fn firewall_check(probe: &ProbeResults, nft_version: Option<&str>, iptables_version: Option<&str>) -> Check {
+    let nft = probe_detail(probe.get("nft"), "nft add table inet");
+    let ipt = probe_detail(probe.get("iptables"), "iptables -t nat");
+    const NFT_FIX: &str = "apt-get install nftables / dnf install nftables";
+    match (nft_version, &nft, iptables_version, &ipt) {
+        (Some(v), Ok(d), _, _) => Check::ok("firewall", format!("{v}; {d}")),
+        (_, _, Some(v), Ok(d)) => Check::ok("firewall", format!("{v}; {d} (nftables preferred: {NFT_FIX})")),
+        (Some(v), Err(e), _, _) => Check::absent(
+            "firewall",
+            true,
+            format!("{v}, but {e}"),
+            "use a kernel with CONFIG_NF_TABLES and CONFIG_NF_TABLES_INET",
+        ),
+        (None, _, Some(v), Err(e)) => Check::absent("firewall", true, format!("no nft; {v}, but {e}"), NFT_FIX),
+        (None, _, None, _) => Check::absent("firewall", true, "neither nft nor iptables is installed", NFT_FIX),
+    }
+}
+
+/// Network lines from the probe results (pure): veth, bridge, tc's lines, firewall.
+pub fn checks_from(
+    probe: &std::result::Result<ProbeResults, String>,
+    nft_version: Option<&str>,
+    iptables_version: Option<&str>,
+) -> Vec<Check> {
+    const IPROUTE: &str = "apt-get install iproute2 / dnf install iproute";
+    let probe = match probe {
+        Ok(p) => p,
+        Err(e) => {
+            let fix = if is_root() {
+                "check that network namespaces work (see ns.net)"
+            } else {
+                "run `gearshift doctor` as root"
+            };
+            return ["veth", "bridge", "tc.htb", "tc.tbf", "firewall"]
+                .iter()
+                .map(|n| Check::absent(n, true, e.clone(), fix))
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for (name, key, what, kfix) in [
+        ("veth", "veth", "ip link add type veth", ("CONFIG_VETH", IPROUTE)),
+        (
+            "bridge",
+            "bridge",
+            "ip link add type bridge",
+            ("CONFIG_BRIDGE", IPROUTE),
+        ),
+    ] {
+        out.push(match probe_detail(probe.get(key), what) {
+            Ok(d) => Check::ok(name, d),
+            Err(e) => {
+                let fix = probe_fix(&e, kfix);
+                Check::absent(name, true, e, fix)
+            }
+        });
+    }
+    out.extend(super::tc::checks_from(probe));
+    out.push(firewall_check(probe, nft_version, iptables_version));
+    out
+}
+
+/// The veth, bridge, tc and firewall lines for this host.
+pub fn check() -> Vec<Check> {
+    let probe = run_probe();
+    let nft = tool_version("nft", &["--version"]);
+    let ipt = tool_version("iptables", &["--version"]);
+    checks_from(&probe, nft.as_deref(), ipt.as_deref())
+}
+
+/// The `ip_forward` line: gears reach other networks only with IPv4 forwarding on.
+pub fn check_ip_forward() -> Check {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+        Ok(s) if s.trim() == "1" => Check::ok("ip_forward", "net.ipv4.ip_forward = 1"),
+        Ok(s) => Check::warn(
+            "ip_forward",
+            format!("net.ipv4.ip_forward = {}: gears cannot reach other networks", s.trim()),
+            "sysctl -w net.ipv4.ip_forward=1 (persist it in /etc/sysctl.d/)",
+        ),
+        Err(e) => Check::warn(
+            "ip_forward",
+            format!("cannot read /proc/sys/net/ipv4/ip_forward: {e}"),
+            "check /proc/sys is mounted",
+        ),
+    }
+}
+
 /// Test fixtures shared with `tc`'s tests: a node network and gears with unique names,
 /// torn down by `Drop` even when a test fails.
 #[cfg(test)]
@@ -464,12 +571,37 @@ pub(crate) mod testutil {
 
 #[cfg(test)]
 mod tests {
+    use super::super::check::{exit_code, find, Status};
     use super::testutil::{skip_reason, Fixture};
     use super::*;
     use std::io::Read;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::process::Stdio;
     use std::time::Duration;
+
+    #[test]
+    fn doctor_network_lines_from_probe() {
+        let out = "veth\t0\t\nbridge\t0\t\nhtb\t2\tError: Specified qdisc kind is unknown.\ntbf\t0\t\nnft\t127\tsh: nft: not found\niptables\t0\t\n";
+        let p = parse_probe_output(out);
+        assert_eq!(p.get("htb").unwrap().0, 2);
+        let c = checks_from(&Ok(p.clone()), None, Some("iptables v1.8.9 (nf_tables)"));
+        assert_eq!(find(&c, "veth").status, Status::Ok);
+        // tbf works, so htb missing is only a warning.
+        assert_eq!(find(&c, "tc.htb").status, Status::Warn);
+        assert!(find(&c, "tc.htb").detail.contains("qdisc kind is unknown"));
+        assert_eq!(find(&c, "firewall").status, Status::Ok);
+        assert!(find(&c, "firewall").detail.starts_with("iptables v1.8.9"));
+        let c = checks_from(&Ok(p), None, None);
+        assert_eq!(find(&c, "firewall").status, Status::Missing);
+        assert!(find(&c, "firewall")
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("apt-get install nftables / dnf install nftables"));
+        let c = checks_from(&Err("unshare failed: EPERM".into()), None, None);
+        assert!(c.iter().all(|c| c.status != Status::Ok));
+        assert_eq!(exit_code(&c), 1);
+    }
 
     const LISTEN: &str = r#"
 import socket

@@ -1,6 +1,7 @@
 //! seccomp: a deny-list of syscalls a gear never needs and attackers love (mounts, namespaces,
 //! kernel modules, bpf, keyrings, io_uring ...). Built once before fork, applied last before exec.
 
+use super::check::{errno_name, in_child, proc_status_field, Check};
 use anyhow::{Context, Result};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
@@ -124,6 +125,65 @@ pub fn apply(f: &Filters) -> Result<()> {
     seccompiler::apply_filter(&f.clone3).context("cannot install the clone3 seccomp filter")?;
     seccompiler::apply_filter(&f.deny).context("cannot install the seccomp filter")?;
     Ok(())
+}
+
+/// The `seccomp` line: a filter can be installed (tried in a forked child).
+pub fn check() -> Check {
+    const FIX: &str = "use a kernel built with CONFIG_SECCOMP and CONFIG_SECCOMP_FILTER";
+    let Some(mode) = proc_status_field("Seccomp") else {
+        return Check::absent(
+            "seccomp",
+            true,
+            "no Seccomp: field in /proc/self/status (CONFIG_SECCOMP off)",
+            FIX,
+        );
+    };
+    // One BPF instruction: return SECCOMP_RET_ALLOW.
+    let filter = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    let prog_ptr = &prog as *const libc::sock_fprog;
+    let r = in_child(move || {
+        // SAFETY: prctl syscalls on this (child) process; `prog_ptr` points at a filter that the
+        // parent keeps alive until the child has exited (the child has a copy of the memory).
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, prog_ptr) != 0
+            {
+                return *libc::__errno_location();
+            }
+        }
+        0
+    });
+    let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let actions = actions.trim();
+    match r {
+        Ok(0) => Check::ok(
+            "seccomp",
+            format!(
+                "filter mode works (this process: mode {mode}){}",
+                if actions.is_empty() {
+                    String::new()
+                } else {
+                    format!("; actions: {actions}")
+                }
+            ),
+        ),
+        Ok(code) => Check::absent(
+            "seccomp",
+            true,
+            format!("installing a filter failed: {}", errno_name(code)),
+            FIX,
+        ),
+        Err(e) => Check::absent("seccomp", true, e, FIX),
+    }
 }
 
 #[cfg(test)]

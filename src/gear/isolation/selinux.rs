@@ -7,6 +7,7 @@
 //! must never run unconfined. Files a gear creates later inherit `gear_file_t` from their
 //! directory and the pair from the process's level.
 
+use super::check::Check;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -309,6 +310,37 @@ pub fn install_policy() -> Result<PolicyInstall> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(copy, POLICY_CIL).with_context(|| format!("cannot write {}", copy.display()))?;
     Ok(PolicyInstall::Installed)
+}
+
+/// The `selinux` line: enforcing with the gearshift policy loaded, permissive, or disabled.
+pub fn check() -> Check {
+    if mode() != "disabled" && !policy_loaded() {
+        return Check::absent(
+            "selinux",
+            true,
+            format!(
+                "{}, but the gearshift policy (gear_t, gear_file_t) is not loaded",
+                mode()
+            ),
+            "run `gearshift init` (it installs selinux/gearshift.cil with semodule -i)",
+        );
+    }
+    match std::fs::read_to_string("/sys/fs/selinux/enforce") {
+        Ok(s) if s.trim() == "1" => Check::ok(
+            "selinux",
+            "enforcing, policy module gearshift loaded (gears run as gear_t with their own MCS category pair)",
+        ),
+        Ok(_) => Check::warn(
+            "selinux",
+            "permissive: labels are set but not enforced",
+            "setenforce 1 (and SELINUX=enforcing in /etc/selinux/config)",
+        ),
+        Err(_) => Check::warn(
+            "selinux",
+            "disabled (no /sys/fs/selinux/enforce): gears get no MCS labels",
+            "optional; on Fedora/RHEL set SELINUX=enforcing in /etc/selinux/config and reboot",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! the gear) and of the gear's `eth0` egress inside its netns (traffic the gear sends).
 //! No `police` action is needed, which some kernels lack.
 
-use super::netcmd::run;
+use super::check::Check;
+use super::netcmd::{probe_detail, probe_fix, run, ProbeResults};
 use anyhow::{Context, Result};
 use std::process::Command;
 
@@ -101,6 +102,32 @@ impl TbfParams {
             self.limit.to_string(),
         ]
     }
+}
+
+/// The probe script's tc steps (run by `network`'s probe in its throwaway netns).
+pub(super) const PROBE: &str = "p htb tc qdisc add dev lo root handle 1: htb default 1
+tc qdisc del dev lo root >/dev/null 2>&1
+p tbf tc qdisc add dev lo root tbf rate 8mbit burst 32kbit latency 50ms
+";
+
+/// The `tc.htb` and `tc.tbf` lines from the probe results: one of the two is enough.
+pub(super) fn checks_from(probe: &ProbeResults) -> Vec<Check> {
+    const TC: &str = "apt-get install iproute2 / dnf install iproute-tc";
+    let htb = probe_detail(probe.get("htb"), "tc qdisc htb");
+    let tbf = probe_detail(probe.get("tbf"), "tc qdisc tbf");
+    let tc_ok = htb.is_ok() || tbf.is_ok();
+    let mut out = Vec::new();
+    for (name, res, kfix) in [
+        ("tc.htb", &htb, ("CONFIG_NET_SCH_HTB", TC)),
+        ("tc.tbf", &tbf, ("CONFIG_NET_SCH_TBF", TC)),
+    ] {
+        out.push(match res {
+            Ok(d) => Check::ok(name, d.clone()),
+            // One of htb/tbf is enough: the other is only required when both fail.
+            Err(e) => Check::absent(name, !tc_ok, e.clone(), probe_fix(e, kfix)),
+        });
+    }
+    out
 }
 
 #[cfg(test)]
