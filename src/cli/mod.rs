@@ -254,7 +254,13 @@ mod tests {
     #[test]
     fn ssh_verbs_are_cli_verbs() {
         for v in crate::ssh::command::VERBS {
-            let r = Cli::try_parse_from(["gearshift", v, "--help"]);
+            // `help` is clap's own verb; every other one shows its help.
+            let args: &[&str] = if *v == "help" {
+                &["gearshift", "help"]
+            } else {
+                &["gearshift", v, "--help"]
+            };
+            let r = Cli::try_parse_from(args);
             let kind = r.expect_err("--help ends parsing").kind();
             assert_eq!(
                 kind,
