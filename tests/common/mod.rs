@@ -396,6 +396,7 @@ impl TestNode {
             child,
             root: self.root.clone(),
             log,
+            killed: false,
         };
         // Generous: on a loaded 2-core machine with many test nodes starting at once (useradd,
         // nft, ip for each) a start has taken over 30 s, and the test VM emulates its CPU (TCG).
@@ -577,6 +578,10 @@ pub struct Daemon {
     child: std::process::Child,
     root: PathBuf,
     log: PathBuf,
+    /// Killed already ([`Daemon::kill9`]): dropping it must not stop the sshd in the pid file,
+    /// which by then may be the one of the daemon started next (`d.daemon = n.start_daemon()`
+    /// drops the old handle after the new daemon is up).
+    killed: bool,
 }
 
 impl Daemon {
@@ -589,6 +594,7 @@ impl Daemon {
             .and_then(|p| p.trim().parse::<i32>().ok());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.killed = true;
         if let Some(pid) = sshd {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
@@ -610,6 +616,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.killed {
+            return;
+        }
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
