@@ -320,10 +320,9 @@ fn every_example_deploys_and_answers() {
         ("procfile", "python", "hooks: pre_build build deploy post_deploy"),
     ];
     // The test VM (`make vm-test`) has no route to PyPI: QEMU's user network is restricted.
-    let offline = std::env::var_os("GEARSHIFT_TEST_OFFLINE").is_some_and(|v| v == "1");
+    let offline = offline_leaves_out(&test_name!(), "the python-wsgi example (installs from PyPI)");
     for (i, (example, cart, expected)) in cases.iter().enumerate() {
         if offline && *example == "python-wsgi" {
-            eprintln!("skipped: {example} (installs from PyPI; GEARSHIFT_TEST_OFFLINE=1: no network here)");
             continue;
         }
         let app = format!("ex{i}");
@@ -414,10 +413,14 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
         &dir,
         &[
             ("page.txt", "new"),
-            (".openshift/action_hooks/build", "#!/bin/sh\necho building; sleep 3\n"),
+            (
+                ".openshift/action_hooks/build",
+                "#!/bin/sh\necho building; touch \"$HOME/building\"; sleep 3\n",
+            ),
         ],
     );
     commit(&dir, "new");
+    let home = PathBuf::from(d.n.show("crash")["gears"][0]["home"].as_str().unwrap());
     let pusher = Command::new("git")
         .args(["push", &git_remote(&d.n, "crash"), "main"])
         .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
@@ -426,12 +429,22 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed while the new deployment builds.
+    assert!(
+        eventually(Duration::from_secs(60), || home.join("building").exists()),
+        "the build never began"
+    );
     d.daemon.kill9();
     let out = pusher.wait_with_output().unwrap();
     assert!(!out.status.success(), "the push survived the daemon's death");
     d.daemon = d.n.start_daemon();
-    std::thread::sleep(Duration::from_secs(3));
+    // Whatever of the interrupted deploy outlived the daemon has ended: it held the push lock.
+    let lock = home.join("app-root/runtime/.gearshift-push.lock");
+    assert!(
+        eventually(Duration::from_secs(60), || push_lock_free(&lock)),
+        "the interrupted deploy still holds {}",
+        lock.display()
+    );
     assert_eq!(get(&d.n, "crash"), "old -", "the previous deployment is not serving");
     let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "crash", "--json"])).unwrap();
     let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
@@ -445,4 +458,14 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
 
 fn n_create(d: &DevNode, app: &str) {
     d.n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "dev"]);
+}
+
+/// Whether nobody holds the gear's push lock (taken and let go at once).
+fn push_lock_free(lock: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = std::fs::File::open(lock) else {
+        return true;
+    };
+    // SAFETY: flock on a descriptor we own; dropping it releases the lock.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }

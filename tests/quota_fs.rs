@@ -2,7 +2,8 @@
 //! filesystem mounted with user quota, and the gear's uid gets block limits through quotactl.
 //! Runs where such mounts exist (the test VM: /var/lib/gears is ext4, /srv/xfs is xfs, see
 //! `make vm-test`; override with GEARSHIFT_TEST_EXT4_BASE / GEARSHIFT_TEST_XFS_BASE);
-//! skipped with the reason printed elsewhere.
+//! skipped with the reason recorded elsewhere: VM-only tests (tests/vm-only.txt), which fail
+//! instead in the VM.
 
 mod common;
 use common::*;
@@ -72,7 +73,7 @@ fn quota_holds(base: &Path, backend: &str) {
 fn ext4_user_quota_stops_a_gear() {
     match base_for("ext4", "GEARSHIFT_TEST_EXT4_BASE", "/var/lib/gears") {
         Ok(base) => quota_holds(&base, "ext4"),
-        Err(why) => eprintln!("skipped: {why}"),
+        Err(why) => skip!("{why}"),
     }
 }
 
@@ -80,6 +81,6 @@ fn ext4_user_quota_stops_a_gear() {
 fn xfs_user_quota_stops_a_gear() {
     match base_for("xfs", "GEARSHIFT_TEST_XFS_BASE", "/srv/xfs") {
         Ok(base) => quota_holds(&base, "xfs"),
-        Err(why) => eprintln!("skipped: {why}"),
+        Err(why) => skip!("{why}"),
     }
 }

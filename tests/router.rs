@@ -172,6 +172,9 @@ fn ten_redeploys_drop_no_request() {
     let port = n.http_port();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s2 = stop.clone();
+    // The number of the newest version the looper has been answered with.
+    let newest = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let newest2 = newest.clone();
     let looper = std::thread::spawn(move || {
         let (mut ok, mut failed, mut seen) = (0u32, Vec::new(), Vec::<String>::new());
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
@@ -196,6 +199,9 @@ fn ten_redeploys_drop_no_request() {
                     ok += 1;
                     let v = body.split_whitespace().next().unwrap_or("").to_string();
                     if seen.last() != Some(&v) {
+                        if let Ok(i) = v.trim_start_matches('v').parse() {
+                            newest2.store(i, std::sync::atomic::Ordering::Relaxed);
+                        }
                         seen.push(v);
                     }
                 }
@@ -210,7 +216,10 @@ fn ten_redeploys_drop_no_request() {
         push(&x, &dir, "live");
     }
     wait_for(n, "live.localhost", "v10");
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the looper too has been answered by v10.
+    eventually(Duration::from_secs(15), || {
+        newest.load(std::sync::atomic::Ordering::Relaxed) == 10
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed, seen) = looper.join().unwrap();
     eprintln!("{ok} requests during 10 redeploys, versions seen in order: {seen:?}");
@@ -260,6 +269,8 @@ fn idle_apps_wake_on_their_first_request_and_apps_outlive_a_killed_daemon() {
     // kill -9 of the daemon: the app keeps its processes; a new daemon serves it again.
     let before = procs();
     x.daemon.kill9();
+    // Not a wait for an event (kill9 returns once the daemon and its sshd are gone): a grace
+    // period in which anything the daemon's death would do to the app's processes shows.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(procs(), before, "killing the daemon touched the app's processes");
     x.daemon = x.n.start_daemon();
@@ -283,7 +294,8 @@ fn idle_apps_wake_on_their_first_request_and_apps_outlive_a_killed_daemon() {
     let _ = Command::new("kill")
         .args(["-9", pid.split_whitespace().next().unwrap()])
         .status();
-    std::thread::sleep(Duration::from_millis(300));
+    // The gear's other processes die with its init (the pid namespace goes).
+    eventually(Duration::from_secs(10), || procs().trim().is_empty());
     assert_eq!(procs().trim(), "");
     x.daemon = x.n.start_daemon();
     wait_for(&x.n, "nap.localhost", "awake");
@@ -347,7 +359,18 @@ fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
     // One gear's web process dies for good (its supervisor's restarts would hide it, so the
     // whole gear goes): after the first retry window no request fails.
     let (_, _, _) = n.sh_gear("wide", 2, "kill -STOP 1; pkill -KILL -f server.py; true");
-    std::thread::sleep(Duration::from_millis(500));
+    let uid = n.show("wide")["gears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["index"] == 2)
+        .and_then(|g| g["uid"].as_u64())
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !procs_of(uid).contains("server.py")),
+        "gear 2's web process did not die:\n{}",
+        procs_of(uid)
+    );
     let mut failed = 0;
     for _ in 0..30 {
         if get(n, "wide.localhost").0 != 200 {

@@ -3,7 +3,13 @@
 # deploy and router test suites inside the test VM
 # (SELinux enforcing, cgroup v2, ext4/xfs quota; see vm.sh), brings back the results and the
 # guest's audit log (target/vm-test/), measures the spawn cost of SELinux labelling, and prints
-# a summary. Skips (exit 0, reason printed) when qemu cannot be installed or we are not root.
+# a summary. Skips (exit 0, reason printed) when qemu cannot be installed or we are not root;
+# under CI (CI set, or GEARSHIFT_TEST_STRICT=1) that fails instead (exit 1).
+#
+# Proves that it tested, not only that nothing failed: the guest must be enforcing with the
+# ext4/xfs quota mounts, the tests run there with GEARSHIFT_TEST_STRICT=vm (a missing
+# prerequisite fails every test, VM-only or not), and each test named in tests/vm-only.txt must
+# print `test NAME ... ok` (counted per suite, in the summary).
 #
 # The repository is shared read-only over 9p at the same absolute path inside the guest, so the
 # compile-time paths in the test binaries (CARGO_BIN_EXE_gearshift, CARGO_MANIFEST_DIR) resolve.
@@ -16,7 +22,16 @@ VM=$HERE/vm.sh
 TESTS=${VM_TESTS:-selinux isolation limits destroy quota_fs cli ssh deploy router}
 CARGO=${CARGO:-cargo}
 
-skip() { echo "vm-test: SKIPPED: $*"; exit 0; }
+strict() {
+  case "${GEARSHIFT_TEST_STRICT:-}" in "" | 0) ;; *) return 0 ;; esac
+  case "${CI:-}" in "" | 0 | false) return 1 ;; *) return 0 ;; esac
+}
+fail() { echo "vm-test: FAILED: $*" >&2; exit 1; }
+skip() {
+  strict && fail "$* (under CI the VM run cannot be skipped)"
+  echo "vm-test: SKIPPED: $*"
+  exit 0
+}
 [ "$(id -u)" = 0 ] || skip "needs root (debootstrap, chroot, loop devices)"
 "$HERE/host-deps.sh" || skip "qemu-system-x86/debootstrap cannot be installed here"
 [ -e /dev/loop-control ] || skip "no loop devices"
@@ -42,7 +57,7 @@ done
 T_BUILD=$((SECONDS - T0))
 
 T1=$SECONDS
-"$VM" build 2>&1 | tee "$OUT/image-build.log" >&2
+"$VM" build 2>&1 | tee "$OUT/image-build.log" >&2 || fail "the VM image could not be built (target/vm-test/image-build.log)"
 T_IMAGE=$((SECONDS - T1))
 T2=$SECONDS
 vm() { "$VM" ssh "$@"; }
@@ -52,7 +67,7 @@ if [ "${VM_KEEP:-0}" = 1 ] && vm "mountpoint -q '$REPO'" 2>/dev/null; then
   vm 'echo 3 > /proc/sys/vm/drop_caches'
 
 else
-  "$VM" start "$REPO" 2>&1 | tee "$OUT/boot.log" >&2
+  "$VM" start "$REPO" 2>&1 | tee "$OUT/boot.log" >&2 || fail "the VM did not boot (target/vm-test/boot.log)"
 fi
 T_BOOT=$((SECONDS - T2))
 # VM_KEEP=1 leaves the guest running for the next run (stop it with scripts/vm/vm.sh stop)
@@ -68,10 +83,22 @@ vm 'f=/etc/selinux/default/contexts/users/unconfined_u; grep -q "^unconfined_r:u
 vm 'getenforce; id -Z; cat /sys/fs/cgroup/cgroup.controllers; findmnt -no TARGET,FSTYPE,OPTIONS /var/lib/gears; findmnt -no TARGET,FSTYPE,OPTIONS /srv/xfs' \
   > "$OUT/guest-facts.txt" || true
 cat "$OUT/guest-facts.txt"
+# What the VM-only tests need, asserted before they run (they would fail too, but later and
+# less plainly).
+[ "$(vm getenforce 2>/dev/null | tr -d '[:space:]')" = Enforcing ] || fail "the guest is not enforcing (getenforce: $(vm getenforce 2>&1 | xargs))"
+quota_mount() { # DIR FSTYPE: DIR is a mount point of FSTYPE with user quota
+  local m
+  m=$(vm "findmnt -no FSTYPE,OPTIONS --mountpoint $1" 2>/dev/null) || m=
+  [[ $m == "$2 "* && $m =~ (usrquota|uquota) ]] || fail "no $2 user-quota mount at $1 in the guest (findmnt: ${m:-none})"
+  echo "vm-test: guest: $1 is $2 with user quota"
+}
+quota_mount /var/lib/gears ext4
+quota_mount /srv/xfs xfs
 # The tests run in their own delegated scope (Delegate=yes: gearshift may enable controllers
 # and move its processes into a leaf) at root's ssh login range s0-s0:c0.c1023, whose pipes a
 # gear may not use: gearshift relays them (selinux/README.md, "The starter's level").
 IN_SCOPE="sh $HERE/in-scope.sh"
+GUEST_SKIPS=/tmp/gearshift-test-skips.txt
 
 T3=$SECONDS
 FAILED=()
@@ -79,16 +106,37 @@ for t in $TESTS; do
   s=$SECONDS
   set +e
   # GEARSHIFT_TEST_OFFLINE: the guest has no route out (restricted user network), so tests
-  # that install from PyPI skip that step with a reason.
-  vm "cd '$REPO' && RUST_BACKTRACE=1 GEARSHIFT_TEST_OFFLINE=1 timeout 1200 $IN_SCOPE ${BIN[$t]} --test-threads=2 ${VM_TEST_ARGS:-}" \
+  # that install from PyPI leave that step out, recorded in the skip file.
+  # GEARSHIFT_TEST_STRICT=vm: no test may skip here, the VM-only ones included. The checkout
+  # is read-only in the guest: the skip file lives in the guest's /tmp.
+  vm "cd '$REPO' && rm -f $GUEST_SKIPS && RUST_BACKTRACE=1 GEARSHIFT_TEST_OFFLINE=1 GEARSHIFT_TEST_STRICT=vm GEARSHIFT_TEST_SKIP_FILE=$GUEST_SKIPS timeout 1200 $IN_SCOPE ${BIN[$t]} --test-threads=2 ${VM_TEST_ARGS:-}" \
     > "$OUT/$t.log" 2>&1
   rc=$?
+  vm "cat $GUEST_SKIPS 2>/dev/null" > "$OUT/$t.skips" 2>/dev/null
   set -e
   echo "vm-test: $t: exit $rc in $((SECONDS - s))s: $(grep -E '^test result:' "$OUT/$t.log" | tail -1)"
-  grep -E '^test .* (FAILED|ok)$|skipped:' "$OUT/$t.log" | sed 's/^/    /' || true
+  grep -E '^test .* (FAILED|ok)$' "$OUT/$t.log" | sed 's/^/    /' || true
+  sed 's/^/    skipped: /' "$OUT/$t.skips"
   [ $rc = 0 ] || FAILED+=("$t")
 done
 T_SUITE=$((SECONDS - T3))
+
+# The VM-only tests (tests/vm-only.txt) ran and passed: count their `test NAME ... ok` lines.
+# A suite left out of VM_TESTS or a filter in VM_TEST_ARGS counts as not run, which only a
+# developer's run outside CI may do.
+VM_COUNTS=() VM_SHORT=()
+for suite in $(grep -vE '^[[:space:]]*(#|$)' "$REPO/tests/vm-only.txt" | sed 's/::.*//' | sort -u); do
+  names=$(grep -vE '^[[:space:]]*(#|$)' "$REPO/tests/vm-only.txt" | sed -n "s/^$suite:://p")
+  want=$(printf '%s\n' "$names" | grep -c . || true)
+  got=0
+  if [ -f "$OUT/$suite.log" ]; then
+    for name in $names; do
+      if grep -qxF "test $name ... ok" "$OUT/$suite.log"; then got=$((got + 1)); fi
+    done
+  fi
+  VM_COUNTS+=("$suite $got/$want")
+  [ "$got" = "$want" ] || VM_SHORT+=("$suite: $got of $want VM-only tests passed")
+done
 
 # Spawn cost of SELinux labelling: `gearshift run APP -- /bin/true`, median of N runs.
 set +e
@@ -103,8 +151,20 @@ echo "vm-test: AVC denials in the guest's audit log: $(grep -c 'avc:  denied' "$
 [ "${VM_KEEP:-0}" = 1 ] || { "$VM" stop; trap - EXIT; }
 
 echo "vm-test: timings: host build ${T_BUILD}s, image ${T_IMAGE}s (cached when 0-2s), boot ${T_BOOT}s, suite ${T_SUITE}s, total $((SECONDS - T0))s"
+echo "vm-test: VM-only tests passed (tests/vm-only.txt): ${VM_COUNTS[*]/%/,}" | sed 's/,$//'
+echo "vm-test: skip-file lines in the guest: $(cat "$OUT"/*.skips 2>/dev/null | grep -c . || true) (target/vm-test/*.skips)"
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "vm-test: FAILED: ${FAILED[*]} (logs in target/vm-test/)"
   exit 1
+fi
+if [ ${#VM_SHORT[@]} -gt 0 ]; then
+  if [ -n "${VM_TEST_ARGS:-}${VM_TESTS:-}" ] && ! strict; then
+    echo "vm-test: not all VM-only tests ran (VM_TESTS/VM_TEST_ARGS narrowed the run): ${VM_SHORT[*]}"
+    echo "vm-test: all that ran passed"
+    exit 0
+  else
+    echo "vm-test: FAILED: the VM-only tests did not all run and pass: ${VM_SHORT[*]}"
+    exit 1
+  fi
 fi
 echo "vm-test: all passed"

@@ -10,15 +10,136 @@ use std::process::{Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gearshift");
 
-/// Skips the calling test (returns early) with a printed reason.
+/// Ends the calling test for want of a prerequisite, with the reason (`format!` arguments):
+/// records `binary::test: reason` in the skip file and returns, or, under strict mode, fails the
+/// test with the reason ([`skipped`]).
+#[macro_export]
+macro_rules! skip {
+    ($($why:tt)+) => {{
+        $crate::common::skipped(&$crate::test_name!(), &format!($($why)+));
+        return;
+    }};
+}
+
+/// The calling test's name as `binary::test` (the form of tests/vm-only.txt).
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        $crate::common::test_of(std::any::type_name_of_val(&here))
+    }};
+}
+
+/// Skips the calling test where we are not root ([`skip!`]: a failure under strict mode).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !nix_is_root() {
-            eprintln!("skipped: needs root (real namespaces, cgroups, bridges)");
-            return;
+        if !$crate::common::nix_is_root() {
+            $crate::skip!("needs root (real namespaces, cgroups, bridges)");
         }
     };
+}
+
+/// The tests that can only pass inside the test VM (`make vm-test`), one `binary::test` a line:
+/// the one list the tests, `make test` and scripts/vm/test.sh all read.
+pub const VM_ONLY_LIST: &str = include_str!("../vm-only.txt");
+
+/// The names in [`VM_ONLY_LIST`].
+pub fn vm_only() -> impl Iterator<Item = &'static str> {
+    VM_ONLY_LIST
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// How a test whose prerequisite is missing ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// It skips, with the reason recorded (a developer's machine).
+    Off,
+    /// It fails, unless it is on the VM-only list (`CI` set, or `GEARSHIFT_TEST_STRICT=1`).
+    Host,
+    /// It fails, VM-only or not (`GEARSHIFT_TEST_STRICT=vm`: inside the test VM).
+    Vm,
+}
+
+/// Strictness from the environment: `GEARSHIFT_TEST_STRICT=vm`, `GEARSHIFT_TEST_STRICT=1` (any
+/// value but empty or `0`) or `CI` set (any value but empty, `0` or `false`: CI sets `CI=true`).
+pub fn strictness() -> Strictness {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    match var("GEARSHIFT_TEST_STRICT").as_str() {
+        "vm" => Strictness::Vm,
+        "" | "0" if matches!(var("CI").as_str(), "" | "0" | "false") => Strictness::Off,
+        _ => Strictness::Host,
+    }
+}
+
+/// `binary::test` from the type name of a function item declared in the test's body.
+pub fn test_of(item_path: &str) -> String {
+    let parts: Vec<&str> = item_path.split("::").filter(|p| !p.starts_with('{')).collect();
+    parts[..parts.len().saturating_sub(1)].join("::")
+}
+
+/// Where skips are recorded, a line each: `GEARSHIFT_TEST_SKIP_FILE`, by default
+/// `target/test-skips.txt` in the checkout (`make test` prints it at the end).
+pub fn skip_file() -> PathBuf {
+    std::env::var_os("GEARSHIFT_TEST_SKIP_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-skips.txt"))
+}
+
+/// Appends `test: reason` to the skip file (one write with O_APPEND, so lines from tests and
+/// test binaries running in parallel do not mix) and prints it.
+fn record_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("{test}: {}\n", why.replace('\n', " "));
+    eprint!("skipped: {line}");
+    let file = skip_file();
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let written = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot record the skip in {}: {e}", file.display());
+    }
+}
+
+/// A test cannot run here for `why`. Without strict mode, and for a VM-only test under strict
+/// mode on the host, this records the skip and the caller returns; otherwise the test fails
+/// with the reason.
+#[track_caller]
+pub fn skipped(test: &str, why: &str) {
+    let listed = vm_only().any(|t| t == test);
+    match strictness() {
+        Strictness::Vm => panic!(
+            "{test} cannot run: {why}\n(GEARSHIFT_TEST_STRICT=vm: in the test VM no test may skip)"
+        ),
+        Strictness::Host if !listed => panic!(
+            "{test} cannot run: {why}\n(strict mode, CI or GEARSHIFT_TEST_STRICT=1: only the VM-only tests named in tests/vm-only.txt may skip)"
+        ),
+        _ => record_skip(test, why),
+    }
+}
+
+/// Whether `test` must leave out `part` because it needs the internet and
+/// `GEARSHIFT_TEST_OFFLINE=1` says there is none (the test VM's network is restricted). A part
+/// left out is recorded in the skip file; under strict mode on the host it is a failure: only
+/// the VM may be offline.
+#[track_caller]
+pub fn offline_leaves_out(test: &str, part: &str) -> bool {
+    if std::env::var_os("GEARSHIFT_TEST_OFFLINE").is_none_or(|v| v != "1") {
+        return false;
+    }
+    let why = format!("part left out: {part} (GEARSHIFT_TEST_OFFLINE=1: no network)");
+    match strictness() {
+        Strictness::Host => panic!("{test}: {why}\n(strict mode on the host: every part runs)"),
+        _ => record_skip(test, &why),
+    }
+    true
 }
 
 /// Gives a test node the host keys every test node shares (made once, under a lock), so a
@@ -60,6 +181,38 @@ pub fn ssh_handshake(port: u16) -> bool {
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ssh-ed25519 "))
+}
+
+/// Polls `event` every 50 ms until it holds or `limit` has passed; whether it held. What a test
+/// waits on instead of a fixed sleep before asserting on something that is about to happen.
+pub fn eventually(limit: std::time::Duration, mut event: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    loop {
+        if event() {
+            return true;
+        }
+        if t.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The live processes (not zombies) of `uid`, one `pid args` a line.
+pub fn procs_of(uid: u64) -> String {
+    let o = Command::new("ps")
+        .args(["-u", &uid.to_string(), "-o", "pid=,stat=,args="])
+        .output()
+        .expect("cannot run ps");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (pid, stat) = (f.next()?, f.next()?);
+            (!stat.contains('Z')).then(|| format!("{pid} {}", f.collect::<Vec<_>>().join(" ")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn nix_is_root() -> bool {
@@ -243,6 +396,7 @@ impl TestNode {
             child,
             root: self.root.clone(),
             log,
+            killed: false,
         };
         // Generous: on a loaded 2-core machine with many test nodes starting at once (useradd,
         // nft, ip for each) a start has taken over 30 s, and the test VM emulates its CPU (TCG).
@@ -424,6 +578,10 @@ pub struct Daemon {
     child: std::process::Child,
     root: PathBuf,
     log: PathBuf,
+    /// Killed already ([`Daemon::kill9`]): dropping it must not stop the sshd in the pid file,
+    /// which by then may be the one of the daemon started next (`d.daemon = n.start_daemon()`
+    /// drops the old handle after the new daemon is up).
+    killed: bool,
 }
 
 impl Daemon {
@@ -436,6 +594,7 @@ impl Daemon {
             .and_then(|p| p.trim().parse::<i32>().ok());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.killed = true;
         if let Some(pid) = sshd {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
@@ -457,6 +616,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.killed {
+            return;
+        }
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
