@@ -7,7 +7,6 @@ mod app;
 mod cli;
 mod clock;
 mod daemon;
-mod doctor;
 mod gear;
 mod ingear;
 mod names;

@@ -6,10 +6,10 @@
 pub mod app;
 pub mod env;
 
+use crate::gear;
 use crate::node::{self, Node};
 use crate::ssh::auth::Actor;
 use crate::ssh::user;
-use crate::{doctor, gear};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -174,7 +174,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         Verb::Init(args) => node::init::run(config_path, args).map(|_| 0),
         Verb::Doctor { json } => {
             let node = Node::load(config_path).ok();
-            doctor::run(node.as_ref(), json)
+            node::doctor::run(node.as_ref(), json)
         }
         Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
         Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),

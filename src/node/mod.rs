@@ -2,6 +2,7 @@
 //! shared pieces up and down; `init` writes a new node's config.
 
 pub mod config;
+pub mod doctor;
 pub mod init;
 pub mod runtime;
 
