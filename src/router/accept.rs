@@ -3,7 +3,7 @@
 //! to accepting. A thread that accepts while no other is waiting first starts another, so one always
 //! waits; threads idle longer than the linger exit (but never the last one). No hand-off between threads.
 
-use super::{proxy, Inner};
+use super::{blocking, Inner};
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
 use std::io::Write;
@@ -106,7 +106,7 @@ fn run(shared: &Arc<Shared>) {
             let _ =
                 (&stream).write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         } else {
-            proxy::serve_connection(&shared.inner, stream, shared.tls.clone());
+            blocking::serve_connection(&shared.inner, stream, shared.tls.clone());
         }
         drop(guard);
         shared.waiting.fetch_add(1, SeqCst);

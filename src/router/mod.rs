@@ -17,7 +17,7 @@ mod http;
 mod metrics;
 mod pages;
 mod pool;
-mod proxy;
+mod blocking;
 #[cfg(test)]
 mod tests;
 mod tls;

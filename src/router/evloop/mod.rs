@@ -11,7 +11,7 @@
 //! Sockets stay in blocking mode (with their timeouts) for the threads; the loop uses MSG_DONTWAIT.
 
 use super::pool::{BackendState, InFlight};
-use super::proxy::{send_nb, ClientStream, Conn, EvResp, HeadErr, Outcome, Pending};
+use super::blocking::{send_nb, ClientStream, Conn, EvResp, HeadErr, Outcome, Pending};
 use super::Inner;
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
