@@ -3,7 +3,9 @@
 //! to accepting. A thread that accepts while no other is waiting first starts another, so one always
 //! waits; threads idle longer than the linger exit (but never the last one). No hand-off between threads.
 
-use super::{blocking, Inner};
+use super::blocking::serve_tls_connection;
+use super::pages;
+use super::shared::Inner;
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
 use std::io::Write;
@@ -20,15 +22,12 @@ const LINGER: Duration = Duration::from_secs(10);
 struct Shared {
     inner: Arc<Inner>,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Arc<rustls::ServerConfig>,
     waiting: AtomicUsize,
 }
 
 /// Starts serving `listener`; the handle is the first connection thread's.
-pub fn serve(inner: Arc<Inner>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> JoinHandle<()> {
-    if tls.is_none() {
-        return super::evloop::serve(inner, listener);
-    }
+pub(super) fn serve(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> JoinHandle<()> {
     // accept(2) honours SO_RCVTIMEO: that is how idle threads notice their linger is over.
     let secs = LINGER.as_secs() as i64;
     let _ = setsockopt(&listener, ReceiveTimeout, &TimeVal::new(secs, 0));
@@ -103,10 +102,9 @@ fn run(shared: &Arc<Shared>) {
         if active as usize > inner.cfg.max_connections {
             inner.metrics.rejected_connections.fetch_add(1, Relaxed);
             let _ = stream.set_nonblocking(true);
-            let _ =
-                (&stream).write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = (&stream).write(pages::OVER_CAPACITY);
         } else {
-            blocking::serve_connection(&shared.inner, stream, shared.tls.clone());
+            serve_tls_connection(&shared.inner, stream, shared.tls.clone());
         }
         drop(guard);
         shared.waiting.fetch_add(1, SeqCst);
