@@ -7,10 +7,10 @@
 //! `gearshift daemon` builds a [`RouteTable`] from the apps on disk and calls [`Router::set_routes`] on
 //! every change; the switch is atomic and in-flight requests finish on the backends they started on.
 //!
-//! The parts (each `use`s only parts listed before it in its line or in an earlier line, never this file):
-//! - what the integrator gives and what every connection shares: `config`, `wake` (waking idle apps),
-//!   `access_log`, `metrics`, `pool` (upstream connections per backend), `route` (the live table and the
-//!   one route lookup, cached per connection), `shared`;
+//! The parts, in layers: each part `use`s only parts named before it, and none uses this file.
+//! - what every connection shares: `pool` (upstream connections per backend), `metrics`, `config`,
+//!   `route` (the live table and the one route lookup, cached per connection), `wake` (waking idle apps),
+//!   `access_log`, `shared` (all of it together);
 //! - HTTP/1 on the wire: `stream` (the client socket, plain or TLS), `http` (framing), `heads` (parse and
 //!   rewrite heads), `body` (response bodies to the client), `pages` (the router's own answers), `tunnel`
 //!   (after a 101), `tls` (certificates by SNI);
