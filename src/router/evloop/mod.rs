@@ -13,9 +13,9 @@
 mod steps;
 mod threads;
 
+use super::accept::{admit, back_off};
 use super::conn::{Conn, HeadErr, Outcome, IDLE_TRIM_AFTER};
 use super::heads::Req;
-use super::pages;
 use super::pool::{BackendState, InFlight};
 use super::shared::Inner;
 use super::stream::{send_nb, ClientStream};
@@ -287,13 +287,7 @@ impl Worker {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of descriptors: back off instead of spinning; the cap normally prevents this.
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
-                    ) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    back_off(&e);
                     return;
                 }
             };
@@ -301,13 +295,7 @@ impl Worker {
                 self.stop_listening();
                 return;
             }
-            let m = &inner.metrics;
-            m.connections_total.fetch_add(1, Relaxed);
-            let active = m.active_connections.fetch_add(1, Relaxed) + 1;
-            if active as usize > inner.cfg.max_connections {
-                m.rejected_connections.fetch_add(1, Relaxed);
-                m.active_connections.fetch_sub(1, Relaxed);
-                let _ = send_nb(&stream, pages::OVER_CAPACITY);
+            if !admit(&inner, &stream) {
                 continue;
             }
             let target = self.load.target(self.id);
