@@ -15,9 +15,8 @@
 //!   rewrite heads), `body` (response bodies to the client), `pages` (the router's own answers), `tunnel`
 //!   (after a 101), `tls` (certificates by SNI);
 //! - the connection engines: `conn` (one client connection's state and what both engines do alike),
-//!   `blocking` (a connection thread with blocking calls), `accept` (the connection cap; TLS connections, a
-//!   thread each),
-//!   `evloop` (plain HTTP on epoll loops that hand what is not short to `blocking`).
+//!   `blocking` (a connection thread with blocking calls), `accept` (the connection cap; TLS connections,
+//!   a thread each), `evloop` (plain HTTP on epoll loops that hand what is not short to `blocking`).
 
 mod accept;
 mod access_log;
