@@ -1,13 +1,16 @@
-//! Accepting TLS connections (plain HTTP goes to `evloop`), leader/followers style: idle connection threads block in accept(2) on the
+//! Accepting client connections: the admission both engines use (the connection cap), and the threads of
+//! TLS connections (plain HTTP goes to `evloop`), leader/followers style: idle connection threads block in accept(2) on the
 //! shared listener (the kernel wakes one per connection), serve what they accept themselves, and go back
 //! to accepting. A thread that accepts while no other is waiting first starts another, so one always
 //! waits; threads idle longer than the linger exit (but never the last one). No hand-off between threads.
 
-use super::{proxy, Inner};
+use super::blocking::serve_tls_connection;
+use super::pages;
+use super::shared::Inner;
+use super::stream::send_nb;
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
-use std::io::Write;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,15 +23,12 @@ const LINGER: Duration = Duration::from_secs(10);
 struct Shared {
     inner: Arc<Inner>,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Arc<rustls::ServerConfig>,
     waiting: AtomicUsize,
 }
 
 /// Starts serving `listener`; the handle is the first connection thread's.
-pub fn serve(inner: Arc<Inner>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> JoinHandle<()> {
-    if tls.is_none() {
-        return super::evloop::serve(inner, listener);
-    }
+pub(super) fn serve(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> JoinHandle<()> {
     // accept(2) honours SO_RCVTIMEO: that is how idle threads notice their linger is over.
     let secs = LINGER.as_secs() as i64;
     let _ = setsockopt(&listener, ReceiveTimeout, &TimeVal::new(secs, 0));
@@ -47,6 +47,32 @@ fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
         .name("router-conn".into())
         .stack_size(stack)
         .spawn(move || run(&shared))
+}
+
+/// Counts a newly accepted client connection as active, or, over the cap, answers it with a 503 and
+/// counts it as rejected (the caller closes it). True: serve it, and uncount it when it ends.
+pub(super) fn admit(inner: &Inner, stream: &TcpStream) -> bool {
+    let m = &inner.metrics;
+    m.connections_total.fetch_add(1, Relaxed);
+    let active = m.active_connections.fetch_add(1, Relaxed) + 1;
+    if active as usize > inner.cfg.max_connections {
+        m.rejected_connections.fetch_add(1, Relaxed);
+        m.active_connections.fetch_sub(1, Relaxed);
+        let _ = send_nb(stream, pages::OVER_CAPACITY);
+        return false;
+    }
+    true
+}
+
+/// After accept(2) failed: out of descriptors, back off instead of spinning (the cap normally prevents
+/// this).
+pub(super) fn back_off(e: &std::io::Error) {
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
+    ) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Decrements the active-connection gauge when a connection ends, however it ends.
@@ -76,13 +102,7 @@ fn run(shared: &Arc<Shared>) {
                 continue;
             }
             Err(e) => {
-                // Out of descriptors: back off instead of spinning; the cap normally prevents this.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
-                ) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                back_off(&e);
                 continue;
             }
         };
@@ -97,18 +117,11 @@ fn run(shared: &Arc<Shared>) {
                 shared.waiting.fetch_sub(1, SeqCst);
             }
         }
-        inner.metrics.connections_total.fetch_add(1, Relaxed);
-        let active = inner.metrics.active_connections.fetch_add(1, Relaxed) + 1;
-        let guard = ActiveGuard(inner);
-        if active as usize > inner.cfg.max_connections {
-            inner.metrics.rejected_connections.fetch_add(1, Relaxed);
-            let _ = stream.set_nonblocking(true);
-            let _ =
-                (&stream).write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        } else {
-            proxy::serve_connection(&shared.inner, stream, shared.tls.clone());
+        if admit(inner, &stream) {
+            let guard = ActiveGuard(inner);
+            serve_tls_connection(&shared.inner, stream, shared.tls.clone());
+            drop(guard);
         }
-        drop(guard);
         shared.waiting.fetch_add(1, SeqCst);
     }
 }

@@ -2,7 +2,7 @@
 //! (hop-by-hop headers dropped, `X-Forwarded-*` and `X-Request-Id` added, framing re-stated).
 
 use super::http::{self, Framing, HeadFacts};
-use super::Inner;
+use super::shared::Inner;
 use std::io::Write;
 
 /// Most headers accepted in a request or response head.
@@ -86,11 +86,35 @@ pub fn parse_request(head: &[u8], s: &mut Scratch, inner: &Inner, peer_ip: &str,
         None => inner.request_id(&mut s.rid),
     }
 
+    write_upstream_head(s, headers, &f, framing, upgrade, peer_ip, tls);
+    Ok(Req {
+        framing,
+        minor,
+        keep_alive,
+        upgrade,
+        head: method == "HEAD",
+        idempotent: http::is_idempotent(method),
+        expect_continue: f.expect_continue,
+        head_len,
+    })
+}
+
+/// Writes the request head to forward into `s.out`: hop-by-hop headers dropped, `X-Forwarded-*` and
+/// `X-Request-Id` added, framing re-stated.
+fn write_upstream_head(
+    s: &mut Scratch,
+    headers: &[httparse::Header<'_>],
+    f: &HeadFacts,
+    framing: Framing,
+    upgrade: bool,
+    peer_ip: &str,
+    tls: bool,
+) {
     let out = &mut s.out;
     out.clear();
-    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(s.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(s.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     s.xff.clear();
     for h in headers.iter() {
@@ -148,16 +172,6 @@ pub fn parse_request(head: &[u8], s: &mut Scratch, inner: &Inner, peer_ip: &str,
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Req {
-        framing,
-        minor,
-        keep_alive,
-        upgrade,
-        head: method == "HEAD",
-        idempotent: http::is_idempotent(method),
-        expect_continue: f.expect_continue,
-        head_len,
-    })
 }
 
 /// The parsed upstream response head, with the client's response head written into `out`.

@@ -2,6 +2,9 @@
 
 use std::io::{self, Write};
 
+/// The whole answer to a client connection over the cap, which is closed at once.
+pub const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// Status line reason phrase for the statuses the router produces itself.
 fn reason(status: u16) -> &'static str {
     match status {

@@ -159,11 +159,6 @@ impl BackendState {
             idle.push((stream, Instant::now()));
         }
     }
-
-    /// Number of idle pooled connections (for tests and metrics).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 /// A pooled connection the backend has closed shows EOF (or an error) to a non-blocking peek.
@@ -227,6 +222,13 @@ impl LocalConns {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    impl BackendState {
+        /// Number of idle pooled connections.
+        fn idle_count(&self) -> usize {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        }
+    }
 
     fn limits() -> PoolLimits {
         PoolLimits {

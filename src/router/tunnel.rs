@@ -1,6 +1,6 @@
 //! After a 101 Switching Protocols: copy bytes both ways until both sides close, with no idle cut-off.
 
-use super::proxy::ClientStream;
+use super::stream::ClientStream;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;

@@ -1,12 +1,32 @@
 //! Test helpers: real backends on loopback, a small HTTP/1.1 client, a router on an ephemeral port.
 
 use crate::router::http::ChunkScanner;
-use crate::router::{AccessLog, Backend, NoWaker, Route, RouteTable, Router, RouterConfig, Waker};
+use crate::router::{AccessLog, Backend, Route, RouteTable, Router, RouterConfig, WakeResult, Waker};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
+
+/// A [`Waker`] for routers without idling: every app without backends is stopped.
+pub struct NoWaker;
+
+impl Waker for NoWaker {
+    fn wake(&self, _app: &str, _deadline: Instant) -> WakeResult {
+        WakeResult::NotRunning
+    }
+}
+
+/// Discards access-log lines.
+pub struct NoAccessLog;
+
+impl AccessLog for NoAccessLog {
+    fn log(&self, _app: &str, _line: &str) {}
+    fn enabled(&self) -> bool {
+        false
+    }
+}
 
 /// Serialises the tests that measure memory or load the machine.
 pub static HEAVY: Mutex<()> = Mutex::new(());

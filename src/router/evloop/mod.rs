@@ -6,30 +6,33 @@
 //! in one piece (the usual short answer), writes it to the client. Everything else (request bodies,
 //! streamed or large responses, upgrades, waking idle apps, redirects, error pages, the first request
 //! that has to connect upstream) is handed with the connection to a connection thread, which runs the
-//! blocking code of `proxy` for that one request and gives the connection back.
+//! blocking code of `blocking` for that one request and gives the connection back.
 //!
 //! Sockets stay in blocking mode (with their timeouts) for the threads; the loop uses MSG_DONTWAIT.
 
+mod steps;
+mod threads;
+
+use super::accept::{admit, back_off};
+use super::conn::{Conn, HeadErr, Outcome, IDLE_TRIM_AFTER};
+use super::heads::Req;
 use super::pool::{BackendState, InFlight};
-use super::proxy::{send_nb, ClientStream, Conn, EvResp, HeadErr, Outcome, Pending};
-use super::Inner;
-use std::collections::VecDeque;
+use super::shared::Inner;
+use super::stream::{send_nb, ClientStream};
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use steps::{EvResp, Pending};
+use threads::Threads;
 
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
-/// A keep-alive connection idle this long gives back its buffers and upstream connections.
-const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Connections accepted per wakeup, so that both loops take a share of a burst.
 const ACCEPT_BATCH: usize = 8;
-/// How long an idle connection thread waits for more work before it exits.
-const LINGER: Duration = Duration::from_secs(10);
 
 const TOKEN_LISTENER: u64 = u64::MAX;
 const TOKEN_WAKE: u64 = u64::MAX - 1;
@@ -90,66 +93,6 @@ impl Load {
     }
 }
 
-/// A few blocking threads that take jobs the loops hand over; they linger a while, then exit.
-struct Threads {
-    q: Mutex<(VecDeque<Job>, usize)>,
-    cv: Condvar,
-    stack: usize,
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-impl Threads {
-    fn new(stack: usize) -> Threads {
-        Threads {
-            q: Mutex::new((VecDeque::new(), 0)),
-            cv: Condvar::new(),
-            stack,
-        }
-    }
-
-    /// Runs `job` on an idle thread, or on a new one when every thread is busy (a job may run for as
-    /// long as a WebSocket stays open, so jobs never wait for each other).
-    fn submit(self: &Arc<Self>, job: Job) {
-        let mut g = self.q.lock().unwrap_or_else(|e| e.into_inner());
-        g.0.push_back(job);
-        if g.0.len() <= g.1 {
-            drop(g);
-            self.cv.notify_one();
-            return;
-        }
-        drop(g);
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("router-conn".into())
-            .stack_size(self.stack)
-            .spawn(move || me.work());
-        if spawned.is_err() {
-            // Out of threads: an existing one takes it when free.
-            self.cv.notify_one();
-        }
-    }
-
-    fn work(&self) {
-        let mut g = self.q.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(job) = g.0.pop_front() {
-                drop(g);
-                job();
-                g = self.q.lock().unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            g.1 += 1;
-            let (ng, t) = self.cv.wait_timeout(g, LINGER).unwrap_or_else(|e| e.into_inner());
-            g = ng;
-            g.1 -= 1;
-            if t.timed_out() && g.0.is_empty() {
-                return;
-            }
-        }
-    }
-}
-
 /// A loop's inbox: connections coming back from connection threads (None: it closed), connections
 /// another loop accepted for it, and the eventfd that says so.
 struct Returns {
@@ -198,7 +141,7 @@ enum St {
     Await(Box<Pending>, usize),
     /// Writing the response: `pos` bytes of it written.
     Write {
-        req: super::heads::Req,
+        req: Req,
         t0: Instant,
         status: u16,
         keep: bool,
@@ -344,13 +287,7 @@ impl Worker {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of descriptors: back off instead of spinning; the cap normally prevents this.
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
-                    ) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    back_off(&e);
                     return;
                 }
             };
@@ -358,16 +295,7 @@ impl Worker {
                 self.stop_listening();
                 return;
             }
-            let m = &inner.metrics;
-            m.connections_total.fetch_add(1, Relaxed);
-            let active = m.active_connections.fetch_add(1, Relaxed) + 1;
-            if active as usize > inner.cfg.max_connections {
-                m.rejected_connections.fetch_add(1, Relaxed);
-                m.active_connections.fetch_sub(1, Relaxed);
-                let _ = send_nb(
-                    &stream,
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+            if !admit(&inner, &stream) {
                 continue;
             }
             let target = self.load.target(self.id);
@@ -517,7 +445,7 @@ impl Worker {
             Ok(Some(head_len)) => self.begin(i, head_len),
             Err(HeadErr::Closed) => self.close(i),
             Err(HeadErr::TooLarge) => {
-                conn.ev_head_error(431);
+                conn.head_error(431);
                 self.close(i);
             }
             Err(HeadErr::Timeout) => self.close(i),
@@ -532,7 +460,7 @@ impl Worker {
             return self.handoff(i, move |c| c.request(head_len));
         };
         let Some(b) = conn.ev_backend(bi) else {
-            return self.handoff(i, move |c| c.ev_forward(&req, bi, t0));
+            return self.handoff(i, move |c| c.forward_from_loop(&req, bi, t0));
         };
         // The upstream connection: the one registered here, else one the connection keeps.
         let (barc, up) = match slot.up.take() {
@@ -542,7 +470,7 @@ impl Worker {
                 if let Some((a, s)) = other {
                     let _ = ep_ctl(&self.ep, libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
                     // One to a backend no longer routed to is closed, so that a replaced deployment drains.
-                    if conn.is_current(&a) {
+                    if self.inner.routes.is_current(&a) {
                         conn.keep_local(a, s);
                     }
                 }
@@ -554,9 +482,9 @@ impl Worker {
                     }
                     Some((a, s)) => {
                         conn.keep_local(a, s);
-                        return self.handoff(i, move |c| c.ev_forward(&req, bi, t0));
+                        return self.handoff(i, move |c| c.forward_from_loop(&req, bi, t0));
                     }
-                    None => return self.handoff(i, move |c| c.ev_forward(&req, bi, t0)),
+                    None => return self.handoff(i, move |c| c.forward_from_loop(&req, bi, t0)),
                 }
             }
         };
@@ -564,7 +492,7 @@ impl Worker {
         match send_nb(&up, head) {
             Ok(n) if n == head.len() => {}
             // A stale or busy upstream connection: dropped (which unregisters it); a thread retries.
-            _ => return self.handoff(i, move |c| c.ev_forward(&req, bi, t0)),
+            _ => return self.handoff(i, move |c| c.forward_from_loop(&req, bi, t0)),
         }
         slot.st = St::Await(
             Box::new(Pending {
@@ -601,7 +529,10 @@ impl Worker {
                     }
                     EvResp::Slow => {
                         let _ = ep_ctl(&self.ep, libc::EPOLL_CTL_DEL, p.up.as_raw_fd(), 0, 0);
-                        return self.handoff(i, move |c| c.ev_relay(*p, ulen));
+                        return self.handoff(i, move |c| {
+                            let Pending { req, b, up, t0, .. } = *p;
+                            c.relay_from_loop(&req, b, up, ulen, t0)
+                        });
                     }
                     EvResp::Ready {
                         upstream_ok,
@@ -631,11 +562,14 @@ impl Worker {
                 Err(_) if ulen == 0 => {
                     // Closed before answering (a stale kept connection): a thread retries elsewhere.
                     let Pending { req, t0, bi, .. } = *p;
-                    return self.handoff(i, move |c| c.ev_forward(&req, bi, t0));
+                    return self.handoff(i, move |c| c.forward_from_loop(&req, bi, t0));
                 }
                 Err(_) => {
                     let _ = ep_ctl(&self.ep, libc::EPOLL_CTL_DEL, p.up.as_raw_fd(), 0, 0);
-                    return self.handoff(i, move |c| c.ev_relay(*p, ulen));
+                    return self.handoff(i, move |c| {
+                        let Pending { req, b, up, t0, .. } = *p;
+                        c.relay_from_loop(&req, b, up, ulen, t0)
+                    });
                 }
             }
         }
@@ -700,7 +634,7 @@ impl Worker {
                 continue;
             }
             match std::mem::replace(&mut slot.st, St::Away) {
-                St::Head { head: true } if conn.has_buffered() => conn.ev_head_error(408),
+                St::Head { head: true } if conn.has_buffered() => conn.head_error(408),
                 St::Await(p, _) => {
                     let Pending { req, t0, up, .. } = *p;
                     drop(up);
@@ -719,7 +653,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn a_loop_over_its_share_passes_new_connections_to_the_least_loaded() {
@@ -734,39 +667,5 @@ mod tests {
         assert_eq!((load.target(1), load.target(2)), (1, 2));
         load.conns[2].store(1, Relaxed);
         assert_eq!(load.target(0), 0, "within SLACK of every other loop again");
-    }
-
-    #[test]
-    fn threads_never_queue_a_job_behind_a_long_one() {
-        let t = Arc::new(Threads::new(64 * 1024));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let release = Arc::new((Mutex::new(false), Condvar::new()));
-        let ran = Arc::new(AtomicUsize::new(0));
-        // Five jobs that block until released: each must get its own thread.
-        for _ in 0..5 {
-            let (release, ran, tx) = (release.clone(), ran.clone(), tx.clone());
-            t.submit(Box::new(move || {
-                ran.fetch_add(1, Relaxed);
-                let _ = tx.send(());
-                let mut g = release.0.lock().unwrap();
-                while !*g {
-                    g = release.1.wait(g).unwrap();
-                }
-            }));
-        }
-        for _ in 0..5 {
-            rx.recv_timeout(Duration::from_secs(5))
-                .expect("a job waited behind another");
-        }
-        *release.0.lock().unwrap() = true;
-        release.1.notify_all();
-        // Idle threads are reused.
-        std::thread::sleep(Duration::from_millis(50));
-        let tx2 = tx.clone();
-        t.submit(Box::new(move || {
-            let _ = tx2.send(());
-        }));
-        rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(ran.load(Relaxed), 5);
     }
 }
