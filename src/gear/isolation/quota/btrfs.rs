@@ -10,7 +10,7 @@
 //! (`ioctl` cmd with type 0x94) for the limit to hold. `usage` counts nested subvolumes and
 //! `destroy_home` deletes them.
 
-use super::{own_private, private_gears_dir, remove_tree, run, tool, Usage};
+use super::shared::{own_private, private_gears_dir, remove_tree, run, tool, Usage};
 use crate::gear::isolation::check::{tool_version, Check};
 use crate::gear::isolation::mountinfo::{self, canonical_or_ancestor, find_mount, find_mount_in};
 use crate::node::config::Limits;

@@ -3,7 +3,7 @@
 //! `quotactl(2)` (the generic VFS quota calls for ext4, the XFS quota manager's for xfs). Root
 //! bypasses ext4 quota, so gear processes must never run as root.
 
-use super::{mkdir_one, nonzero, own_private, remove_tree, Backend, Usage};
+use super::shared::{mkdir_one, nonzero, own_private, remove_tree, Backend, Usage};
 use crate::gear::isolation::mountinfo::{find_mount, MountEntry};
 use crate::node::config::Limits;
 use crate::node::Node;

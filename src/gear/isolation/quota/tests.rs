@@ -2,9 +2,13 @@
 //! (root only; skipped with a reason elsewhere).
 
 use super::btrfs::{image_path, qgroup_rows, subvolume_id};
+use super::shared::run;
 use super::*;
 use crate::gear::isolation::mountinfo;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
