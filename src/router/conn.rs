@@ -200,10 +200,7 @@ impl Conn {
         if !log.enabled() {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = crate::clock::now();
         if now != self.log_secs {
             self.log_secs = now;
             self.log_time = crate::clock::iso(now);
