@@ -256,6 +256,7 @@ fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term
     if let Some(t) = term {
         cmd.env("TERM", t);
     }
+    cmd.envs(crate::fault::passed_on());
     // SAFETY: the pre-exec closure only calls prctl, which is async-signal-safe.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
