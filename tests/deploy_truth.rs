@@ -226,3 +226,55 @@ fn a_push_killed_at_any_step_is_all_or_nothing() {
     }
     eprintln!("{}", outcomes.join("\n"));
 }
+
+/// The node's bridge and nftables table deleted under running gears (a network restart, an
+/// admin's mistake) while the daemon was down: the next daemon puts the surviving gears back
+/// on the network, and every app answers again within 10 s of its start, without a restart.
+#[test]
+fn a_network_torn_down_under_live_gears_heals_when_the_daemon_starts() {
+    require_root!();
+    let mut d = dev_node();
+    let apps = [("heal0", "static"), ("heal1", "python-flaskless")];
+    for (app, example) in apps {
+        let cart = if example == "static" { "static" } else { "python" };
+        d.n.ok(&["app", "create", app, "--cartridge", cart, "--owner", "dev"]);
+        let dir = example_for(&d.n, example, app);
+        let (ok, out) = push_as(&d.n, &d.key, &dir, app, "main");
+        assert!(ok, "{out}");
+        assert_eq!(through_router(&d.n, app).0, "200");
+    }
+    let pids: Vec<String> = apps
+        .iter()
+        .map(|(app, _)| d.n.ok(&["app", "status", app, "--json"]))
+        .collect();
+    d.daemon.kill9();
+    let table = format!("gearshift_{}", d.n.name.replace('-', "_"));
+    for cmd in [
+        vec!["ip", "link", "delete", "dev", d.n.name.as_str()],
+        vec!["nft", "delete", "table", "inet", table.as_str()],
+    ] {
+        let st = Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
+        assert!(st.success(), "{cmd:?} failed");
+    }
+    d.daemon = d.n.start_daemon();
+    let started = std::time::Instant::now();
+    for (app, _) in apps {
+        assert!(
+            eventually(Duration::from_secs(10).saturating_sub(started.elapsed()), || {
+                through_router(&d.n, app).0 == "200"
+            }),
+            "{app} does not answer 10 s after the daemon started:\n{}",
+            d.daemon.log_text()
+        );
+    }
+    // Healed, not restarted: the same web processes serve.
+    for ((app, _), before) in apps.iter().zip(pids) {
+        let pid = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["pid"].clone();
+        assert!(pid(&before).is_i64(), "{app} had no web process: {before}");
+        assert_eq!(
+            pid(&d.n.ok(&["app", "status", app, "--json"])),
+            pid(&before),
+            "{app} was restarted"
+        );
+    }
+}
