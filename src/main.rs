@@ -7,6 +7,7 @@ mod app;
 mod cli;
 mod clock;
 mod daemon;
+mod fault;
 mod gear;
 mod ingear;
 mod names;

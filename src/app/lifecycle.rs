@@ -104,12 +104,14 @@ pub(crate) fn run_in_gear_tty(
     let cg = gear::cgroup(node, g)?;
     let term = if tty { std::env::var("TERM").ok() } else { None };
     let who = gear::identity(g);
+    let mut env = gear::env(node, g, &app.cartridge, &app.env, term);
+    crate::fault::pass_on(&mut env);
     gear::spawn::exec(&gear::spawn::ExecSpec {
         init_pid: pid,
         cgroup: &cg,
         who: &who,
         argv: command.to_vec(),
-        env: gear::env(node, g, &app.cartridge, &app.env, term),
+        env,
         tty,
     })
 }

@@ -139,6 +139,39 @@ impl Front {
     }
 }
 
+/// The route feeder, as the rest of the daemon sees it.
+pub struct Routes(Arc<Front>);
+
+impl Routes {
+    /// Puts `app`'s hosts and its gears' live web processes into the route table now (not at
+    /// the watchers' pace), so a client told that a push, start or rollback succeeded reaches
+    /// the new process with its very next request.
+    pub fn sync_app(&self, name: &str) -> Result<()> {
+        let front = &self.0;
+        let a = app::load(&front.node, name)?;
+        for g in &a.gears {
+            let live = control::command(&netns_path(&g.netns()), "status").ok().and_then(|v| {
+                let st = &v["status"];
+                let port = st["port"].as_u64().filter(|p| *p > 0 && *p < 65536)?;
+                st["pid"].as_i64().map(|_| SocketAddr::from((g.ip, port as u16)))
+            });
+            let mut gears = front.gears.lock().unwrap();
+            let v = gears.entry(g.id.clone()).or_default();
+            v.app = g.app.clone();
+            v.live = live;
+        }
+        {
+            let mut apps = front.apps.lock().unwrap();
+            match apps.iter_mut().find(|x| x.name == a.name) {
+                Some(x) => *x = a,
+                None => apps.push(a),
+            }
+        }
+        front.publish();
+        Ok(())
+    }
+}
+
 /// Follows one gear's supervisor and keeps its live address in the route table.
 fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
     let ns = netns_path(&gear.netns());
@@ -275,7 +308,13 @@ fn refresh_loop(front: Arc<Front>) {
     };
     while !front.stop.load(Ordering::Relaxed) {
         let seen = mtime();
-        if let Ok(apps) = app::list(&front.node) {
+        // Listed under the lock, so an app put in by `Routes::sync_app` meanwhile is not
+        // dropped by a list read before it.
+        let listed = {
+            let mut held = front.apps.lock().unwrap();
+            app::list(&front.node).inspect(|apps| *held = apps.clone())
+        };
+        if let Ok(apps) = listed {
             let ids: HashSet<String> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.id.clone())).collect();
             for a in &apps {
                 for g in &a.gears {
@@ -297,7 +336,6 @@ fn refresh_loop(front: Arc<Front>) {
                 }
                 keep
             });
-            *front.apps.lock().unwrap() = apps.clone();
             front.publish();
             if let Err(e) = front.load_certs(&apps) {
                 eprintln!("gearshift daemon: {e:#}");
@@ -343,7 +381,7 @@ fn listen(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders.
-pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) -> Result<Arc<Router>> {
+pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) -> Result<(Arc<Router>, Routes)> {
     let c = &node.config;
     let cfg = RouterConfig {
         https_port: c.https_port,
@@ -371,8 +409,9 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
     router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);
     router.serve_https(listen(SocketAddr::from(([0, 0, 0, 0], c.https_port)))?, certs)?;
     router.serve_admin(listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?)?;
+    let routes = Routes(front.clone());
     std::thread::Builder::new()
         .name("routes".into())
         .spawn(move || refresh_loop(front))?;
-    Ok(router)
+    Ok((router, routes))
 }

@@ -27,6 +27,8 @@ struct Shared {
     socket: PathBuf,
     bin: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The router's feeder, once it runs.
+    routes: std::sync::OnceLock<crate::daemon::frontend::Routes>,
 }
 
 /// Holds `<run>/daemon.lock` (non-blocking) so a second daemon for the node refuses to start.
@@ -95,6 +97,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
         socket: socket.clone(),
         bin: paths.bin.clone(),
         stop: Arc::clone(&stop),
+        routes: std::sync::OnceLock::new(),
     });
     let sup = {
         let stop = Arc::clone(&stop);
@@ -111,8 +114,9 @@ pub fn run(config_path: &Path) -> Result<i32> {
     if !matches!(up, Ok(s) if s.success()) {
         eprintln!("gearshift daemon: `gearshift node up` reported problems ({up:?}); serving what runs");
     }
-    let router = crate::daemon::frontend::start(&node, &shared.config_path, Arc::clone(&stop))
+    let (router, routes) = crate::daemon::frontend::start(&node, &shared.config_path, Arc::clone(&stop))
         .context("cannot start the router")?;
+    let _ = shared.routes.set(routes);
     eprintln!(
         "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",
         node.config.name,
@@ -204,8 +208,34 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 winsize,
             };
             let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten())?;
+            if code == 0 {
+                // Before the client hears of success: the router routes to what it changed.
+                for app in routed_apps(&sh.node, &job.request) {
+                    if let Some(Err(e)) = sh.routes.get().map(|r| r.sync_app(&app)) {
+                        eprintln!("gearshift daemon: cannot update the routes of {app}: {e:#}");
+                    }
+                }
+            }
             proto::reply(conn, &FromDaemon::Exit { code })
         }
+    }
+}
+
+/// The apps whose routes a successful request may have changed: the app of a push, or the
+/// apps a verb names (`app start shop`, `deploy rollback shop`).
+fn routed_apps(node: &Node, request: &command::Request) -> Vec<String> {
+    use command::{GitOp, Request};
+    match request {
+        Request::Git {
+            op: GitOp::ReceivePack,
+            app,
+        } => vec![app.clone()],
+        Request::Verb { argv } => argv
+            .iter()
+            .filter(|w| crate::app::load(node, w).is_ok())
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -226,6 +256,7 @@ fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term
     if let Some(t) = term {
         cmd.env("TERM", t);
     }
+    cmd.envs(crate::fault::passed_on());
     // SAFETY: the pre-exec closure only calls prctl, which is async-signal-safe.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

@@ -36,6 +36,13 @@ pub fn gear_net(node: &Node, gear: &Gear) -> Result<GearNet> {
     })
 }
 
+/// Puts a running gear back on the node's network (after the bridge was recreated under it);
+/// returns what was repaired.
+pub fn reattach_network(node: &Node, gear: &Gear) -> Result<Option<String>> {
+    network::reattach_gear(&NodeNet::from_config(&node.config), &gear_net(node, gear)?)
+        .with_context(|| format!("cannot put gear {} of app '{}' back on the network", gear.id, gear.app))
+}
+
 /// Field 22 of /proc/PID/stat: the start time, which tells a live init from a reused pid.
 /// None for a dead (or zombie) process.
 fn start_time(pid: i32) -> Option<u64> {

@@ -7,6 +7,7 @@
 use crate::gear::control;
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
+use crate::ingear::journal::{self, Journal, Verdict};
 use crate::ingear::supervisor;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -223,12 +224,22 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
-    let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo));
+    // A push's switch is journaled: git's ref update decides whether it stays (`settle`).
+    let journal = matches!(source, Source::Git).then(|| Journal {
+        id: id.clone(),
+        commit: commit.into(),
+        branch: branch.into(),
+        previous: live_id(),
+    });
+    let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo, journal.as_ref()));
     match result {
         Ok(()) => {
             d.result = "deployed".into();
             save(&d)?;
             prune(info.keep_deployments);
+            if journal.is_some() {
+                settle_after_git();
+            }
             say(&format!(
                 "deployed {id} in {:.2}s: http://{}/",
                 t0.elapsed().as_secs_f64(),
@@ -239,6 +250,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         Err(e) => {
             d.result = format!("failed: {e:#}");
             let _ = save(&d);
+            journal::clear();
             let _ = std::fs::remove_dir_all(&repo);
             prune(info.keep_deployments);
             let still = live_id()
@@ -276,7 +288,8 @@ fn check_out(source: Source, commit: &str, repo: &Path) -> Result<()> {
 
 /// The cartridge's and the app's hooks (pre_build, build, deploy), then the switch to the new
 /// deployment, then post_deploy.
-fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
+fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Journal>) -> Result<()> {
+    crate::fault::reached("after-checkout");
     let mut env = info.env_pairs();
     env.retain(|(k, _)| k != "OPENSHIFT_REPO_DIR");
     env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
@@ -290,18 +303,113 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
     for step in ["pre_build", "build", "deploy"] {
         run_step(step, repo, &env)?;
     }
+    crate::fault::reached("after-build");
     say("starting the new deployment");
-    // The switch is the point of no return: never past it for a push nobody waits for
-    // (the connection or the daemon died), since git would not record the ref.
-    if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) {
+    // Never switch for a push nobody waits for (the connection or the daemon died): git would
+    // not record the ref. What dies after this check is undone by `settle`.
+    if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) || git_is_gone() {
         bail!("the push connection is gone; not switching");
     }
+    if let Some(j) = journal {
+        journal::begin(j)?;
+    }
     switch_to(info, id)?;
+    crate::fault::reached("after-switch");
     // post_deploy runs against the live deployment; its failure is reported, not fatal.
     if let Err(e) = run_step("post_deploy", repo, &env) {
         say(&format!("warning: {e:#}"));
     }
     Ok(())
+}
+
+/// Whether the git-receive-pack that runs this hook is gone: it dies with the push's SSH
+/// session (and the daemon), and the hook is then adopted by the gear's init (pid 1).
+fn git_is_gone() -> bool {
+    nix::unistd::getppid().as_raw() == 1
+}
+
+/// Settles a journaled switch (the push lock held): kept when the deploy branch's ref names
+/// its commit, else the previous deployment is made live again and the record says why.
+fn settle() {
+    let Some(j) = journal::read() else { return };
+    // The ref alone: the push's quarantine (named by git's environment) is gone by now.
+    let branch_ref = Command::new("git")
+        .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{}", j.branch)])
+        .env_remove("GIT_QUARANTINE_PATH")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|r| !r.is_empty());
+    if journal::verdict(&j, branch_ref.as_deref()) == Verdict::RollBack {
+        if live_id().as_deref() == Some(j.id.as_str()) {
+            let back = match &j.previous {
+                Some(p) => GearInfo::load_in_gear().and_then(|info| switch_to(&info, p)),
+                None => control::ctl("stop").and_then(|_| Ok(std::fs::remove_file(layout::in_home(layout::REPO))?)),
+            };
+            if let Err(e) = back {
+                eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
+                return;
+            }
+        }
+        if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
+            let back = j.previous.as_deref().unwrap_or("nothing");
+            d.result = format!("failed: the push ended before git recorded it; {back} is live again");
+            let _ = save(&d);
+        }
+    }
+    journal::clear();
+}
+
+/// Once git-receive-pack (this hook's parent) has ended, settles the switch: a child holds the
+/// push lock (inherited) until then, so the next push starts from a settled state.
+fn settle_after_git() {
+    let git = nix::unistd::getppid();
+    // SAFETY: the hook is single-threaded; the child only waits, runs git and writes files.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // git reads the hook's output until EOF: let go of it.
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                for fd in 0..3 {
+                    // SAFETY: dup2 onto the standard descriptors of this process.
+                    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+                }
+            }
+            if git.as_raw() != 1 {
+                wait_for_exit(git);
+            }
+            settle();
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {}
+        // Not settled now: the next push (or rollback) settles it first.
+        Err(e) => say(&format!("warning: cannot watch git's end ({e})")),
+    }
+}
+
+/// Waits until process `pid` (not our child) has exited.
+fn wait_for_exit(pid: nix::unistd::Pid) {
+    // SAFETY: pidfd_open with integer arguments; the descriptor it returns is ours to close.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
+    if fd >= 0 {
+        let mut pfd = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd; a pidfd becomes readable when the process exits.
+        unsafe { libc::poll(pfd.as_mut_ptr(), 1, -1) };
+        // SAFETY: closing the descriptor pidfd_open gave us.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    // Without pidfd_open (an old kernel, or refused): look every 10 ms.
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Holds the per-app push lock (a second push waits for the first).
@@ -327,6 +435,8 @@ fn push_lock() -> Result<std::fs::File> {
 pub fn pre_receive() -> Result<i32> {
     let info = GearInfo::load_in_gear()?;
     let _lock = push_lock()?;
+    // A switch left by an earlier push that died is settled before this one starts.
+    settle();
     let mut code = 0;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
@@ -357,6 +467,7 @@ pub fn pre_receive() -> Result<i32> {
 pub fn rollback(id: Option<&str>) -> Result<String> {
     let info = GearInfo::load_in_gear()?;
     let _lock = push_lock()?;
+    settle();
     let live = live_id();
     let ok: Vec<Deployment> = list().into_iter().filter(|d| d.result == "deployed").collect();
     let target = match id {

@@ -3,6 +3,7 @@
 //! and the static file server. They read the gear's descriptor from /opt/gearshift/meta.
 
 pub mod deploy;
+pub mod journal;
 pub mod static_server;
 pub mod supervisor;
 

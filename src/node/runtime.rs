@@ -96,6 +96,15 @@ pub fn up_with_gears(node: &Node) -> Result<usize> {
                 eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
                 failed += 1;
             }
+            // A gear that outlived the node's network (bridge deleted, network restarted).
+            match gear::reattach_network(node, g) {
+                Ok(Some(what)) => eprintln!("gearshift: gear {} of '{}': {what}", g.index, a.name),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("gearshift: {e:#}");
+                    failed += 1;
+                }
+            }
         }
     }
     Ok(failed)

@@ -381,12 +381,18 @@ impl TestNode {
     /// Starts `gearshift daemon` for this node and waits until its sshd accepts connections.
     /// Dropping the handle stops it (declare it after the node, so it is dropped first).
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// [`TestNode::start_daemon`] with extra environment variables (`GEARSHIFT_FAULT`).
+    pub fn start_daemon_with(&self, env: &[(&str, &str)]) -> Daemon {
         seed_host_keys(&self.root.join("ssh"));
         let log = self.root.join("daemon.log");
         let out = File::create(&log).unwrap();
         let child = self
             .cmd()
             .arg("daemon")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -114,6 +114,35 @@ pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
     Ok(())
 }
 
+/// Puts a gear whose network namespace survived (its init runs) back on the node's network:
+/// a host veth left without the bridge (the bridge was deleted and recreated) is attached
+/// again; a missing veth pair is recreated into the namespace. Returns what was repaired.
+pub fn reattach_gear(n: &NodeNet, g: &GearNet) -> Result<Option<String>> {
+    check_gear(n, g)?;
+    if !netns_path(&g.netns).exists() {
+        return Ok(None);
+    }
+    let veth = g.veth_host.as_str();
+    if !link_exists(veth) {
+        run(
+            &format!("recreate veth pair {veth} <-> {}:eth0", g.netns),
+            Command::new("ip").args([
+                "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", &g.netns,
+            ]),
+        )?;
+        attach_host_end(n, veth)?;
+        configure_gear_end(n, g)?;
+        super::tc::shape(&g.netns, veth, g.bandwidth_kbit)?;
+        return Ok(Some(format!("recreated veth {veth} of gear netns {}", g.netns)));
+    }
+    let master = std::fs::read_link(Path::new("/sys/class/net").join(veth).join("master")).ok();
+    if master.as_deref().and_then(|m| m.file_name()) == Some(std::ffi::OsStr::new(&n.bridge)) {
+        return Ok(None);
+    }
+    attach_host_end(n, veth)?;
+    Ok(Some(format!("re-attached veth {veth} to bridge {}", n.bridge)))
+}
+
 // ---------------------------------------------------------------------------------------
 // Node pieces
 

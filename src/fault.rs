@@ -1,0 +1,39 @@
+//! Deterministic fault points, for tests only. A test harness starts the daemon with
+//! `GEARSHIFT_FAULT=POINT`; the daemon hands that one variable (and never an app's variable of
+//! the same name) to what it runs in gears, and the process that reaches POINT writes the
+//! marker `<gear home>/app-root/runtime/fault-POINT` and waits until the test removes it. So a
+//! test waits on the marker, kills whatever it wants to kill at that exact step, then lets the
+//! survivors go on. Nothing an SSH user sends reaches the daemon's environment.
+
+use std::time::Duration;
+
+/// The environment variable naming the one fault point to pause at.
+pub const ENV: &str = "GEARSHIFT_FAULT";
+
+/// The fault variable to pass on into a gear: the daemon's own, if any.
+pub fn passed_on() -> Option<(String, String)> {
+    std::env::var(ENV).ok().map(|v| (ENV.to_string(), v))
+}
+
+/// Sets the fault variable of `env` (a gear command's environment) to this process's own:
+/// an app's variable of that name is dropped.
+pub fn pass_on(env: &mut Vec<(String, String)>) {
+    env.retain(|(k, _)| k != ENV);
+    env.extend(passed_on());
+}
+
+/// Pauses at `point` when the environment names it: writes its marker under the gear's
+/// runtime directory and waits until the marker is removed (or this process is killed).
+pub fn reached(point: &str) {
+    if std::env::var(ENV).ok().as_deref() != Some(point) {
+        return;
+    }
+    let marker = crate::gear::layout::in_home(crate::gear::layout::RUNTIME).join(format!("fault-{point}"));
+    if std::fs::write(&marker, format!("{}\n", std::process::id())).is_err() {
+        return;
+    }
+    // Test-only: the test removes the marker when the survivors may go on.
+    while marker.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,280 @@
+//! A push that reports success tells the truth: the router already routes to the new process
+//! when `git push` returns, first deploy included.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// A git repository holding a copy of `examples/NAME` whose page names `app`.
+fn example_for(n: &TestNode, example: &str, app: &str) -> PathBuf {
+    let dir = n.root.join("src").join(app);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(example);
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let index = dir.join("index.html");
+    if let Ok(page) = std::fs::read_to_string(&index) {
+        std::fs::write(&index, page.replace("(static)", &format!("(static) app {app}"))).unwrap();
+    }
+    git(&dir, &["init", "-q", "-b", "main"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", app]);
+    dir
+}
+
+/// One request through the router, sent the instant it is called: (status, body).
+fn through_router(n: &TestNode, app: &str) -> (String, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {app}.localhost"))
+        .arg(format!("http://127.0.0.1:{}/", n.http_port()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn thirty_first_pushes_each_answer_the_instant_the_push_returns() {
+    require_root!();
+    let d = dev_node();
+    const APPS: usize = 30;
+    const AT_ONCE: usize = 3;
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for lane in 0..AT_ONCE {
+            let (d, failures) = (&d, &failures);
+            s.spawn(move || {
+                for i in (lane..APPS).step_by(AT_ONCE) {
+                    let app = format!("first{i}");
+                    let (example, cart, expected) = if i % 2 == 0 {
+                        ("static", "static", format!("(static) app {app}"))
+                    } else {
+                        ("python-flaskless", "python", format!("app {app}"))
+                    };
+                    let o =
+                        d.n.ssh(&d.key, &[], Some(&format!("app create {app} --cartridge {cart}")), b"");
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                    let dir = example_for(&d.n, example, &app);
+                    let (ok, out) = push_as(&d.n, &d.key, &dir, &app, "main");
+                    let (code, body) = through_router(&d.n, &app);
+                    assert!(ok, "{app}: the push failed:\n{out}");
+                    if code != "200" || !body.contains(&expected) {
+                        failures.lock().unwrap().push(format!("{app}: {code} {body:?}"));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {APPS} apps did not answer with their new version the moment the push returned:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+const SERVER: &str = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = open('page.txt').read().strip().encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+fn write_commit(dir: &std::path::Path, page: &str) {
+    std::fs::write(dir.join("page.txt"), page).unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", page]);
+}
+
+/// Whether nobody holds the gear's push lock (taken and let go at once).
+fn push_lock_free(lock: &std::path::Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = std::fs::File::open(lock) else {
+        return true;
+    };
+    // SAFETY: flock on a descriptor we own; dropping it releases the lock.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// The deploy branch's commit, as the user's git sees it over SSH.
+fn remote_ref(d: &DevNode, dir: &std::path::Path, app: &str) -> String {
+    let o = Command::new("git")
+        .args(["ls-remote", &git_remote(&d.n, app), "refs/heads/main"])
+        .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Every fault point of a push x kill -9 of the daemon there: afterwards the live version
+/// (through the router), the deploy branch's ref and `deploy list` agree, and are the new
+/// ones only if the client was told the push succeeded; the push lock is free and the next
+/// push deploys.
+#[test]
+fn a_push_killed_at_any_step_is_all_or_nothing() {
+    require_root!();
+    let mut d = dev_node();
+    // (fault point, what the client is told)
+    let table = [
+        ("after-checkout", false),
+        ("after-build", false),
+        ("after-switch", false),
+    ];
+    let mut outcomes = Vec::new();
+    for (i, (point, told_ok)) in table.iter().enumerate() {
+        let app = format!("fault{i}");
+        d.n.ok(&["app", "create", &app, "--cartridge", "python", "--owner", "dev"]);
+        let dir = d.n.root.join("src").join(&app);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+        std::fs::write(dir.join("server.py"), SERVER).unwrap();
+        write_commit(&dir, "old");
+        let (ok, out) = push_as(&d.n, &d.key, &dir, &app, "main");
+        assert!(ok, "{out}");
+        let old = git(&dir, &["rev-parse", "HEAD"]).trim().to_string();
+        write_commit(&dir, "new");
+        let new = git(&dir, &["rev-parse", "HEAD"]).trim().to_string();
+        let home = std::path::PathBuf::from(d.n.show(&app)["gears"][0]["home"].as_str().unwrap());
+        let marker = home.join(format!("app-root/runtime/fault-{point}"));
+
+        // The daemon that pauses pushes at the fault point (one daemon per node at a time).
+        d.daemon.kill9();
+        d.daemon = d.n.start_daemon_with(&[("GEARSHIFT_FAULT", point)]);
+        let pusher = Command::new("git")
+            .args(["push", &git_remote(&d.n, &app), "main"])
+            .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(120), || marker.exists()),
+            "{point}: the push never reached the fault point"
+        );
+        d.daemon.kill9();
+        let out = pusher.wait_with_output().unwrap();
+        let pushed = out.status.success();
+        // The deploy's survivors in the gear go on from the fault point.
+        std::fs::remove_file(&marker).unwrap();
+        d.daemon = d.n.start_daemon();
+        let lock = home.join("app-root/runtime/.gearshift-push.lock");
+        assert!(
+            eventually(Duration::from_secs(60), || push_lock_free(&lock)),
+            "{point}: the interrupted deploy still holds the push lock"
+        );
+        let want = if pushed { ("new", &new) } else { ("old", &old) };
+        // The new daemon's router has fed the app's route from its gear (at its own pace: a
+        // daemon start is not a push).
+        let mut seen = (String::new(), String::new());
+        eventually(Duration::from_secs(30), || {
+            seen = through_router(&d.n, &app);
+            seen.0 == "200"
+        });
+        let (code, body) = seen;
+        let reference = remote_ref(&d, &dir, &app);
+        let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", &app, "--json"])).unwrap();
+        let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+        outcomes.push(format!(
+            "{point} x kill -9 daemon: push {}, live {code} {body:?}, ref {}, deploy list live {}",
+            if pushed { "succeeded" } else { "failed" },
+            &reference[..8.min(reference.len())],
+            live.first().map(|l| l["commit"].to_string()).unwrap_or_default()
+        ));
+        eprintln!("{}", outcomes.last().unwrap());
+        assert_eq!(
+            pushed,
+            *told_ok,
+            "{point}: git push said {pushed}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!((code.as_str(), body.as_str()), ("200", want.0), "{point}: live version");
+        assert_eq!(&reference, want.1, "{point}: the deploy branch's ref");
+        assert_eq!(live.len(), 1, "{point}: {list}");
+        assert_eq!(
+            live[0]["commit"].as_str(),
+            Some(want.1.as_str()),
+            "{point}: deploy list"
+        );
+        assert_eq!(live[0]["result"], "deployed", "{point}: {list}");
+        // The next push deploys, and answers at once.
+        let (ok, out) = push_as(&d.n, &d.key, &dir, &app, "main");
+        assert!(ok, "{point}: the next push failed:\n{out}");
+        assert_eq!(
+            through_router(&d.n, &app),
+            ("200".into(), "new".into()),
+            "{point}: after the next push"
+        );
+    }
+    eprintln!("{}", outcomes.join("\n"));
+}
+
+/// The node's bridge and nftables table deleted under running gears (a network restart, an
+/// admin's mistake) while the daemon was down: the next daemon puts the surviving gears back
+/// on the network, and every app answers again within 10 s of its start, without a restart.
+#[test]
+fn a_network_torn_down_under_live_gears_heals_when_the_daemon_starts() {
+    require_root!();
+    let mut d = dev_node();
+    let apps = [("heal0", "static"), ("heal1", "python-flaskless")];
+    for (app, example) in apps {
+        let cart = if example == "static" { "static" } else { "python" };
+        d.n.ok(&["app", "create", app, "--cartridge", cart, "--owner", "dev"]);
+        let dir = example_for(&d.n, example, app);
+        let (ok, out) = push_as(&d.n, &d.key, &dir, app, "main");
+        assert!(ok, "{out}");
+        assert_eq!(through_router(&d.n, app).0, "200");
+    }
+    let pids: Vec<String> = apps
+        .iter()
+        .map(|(app, _)| d.n.ok(&["app", "status", app, "--json"]))
+        .collect();
+    d.daemon.kill9();
+    let table = format!("gearshift_{}", d.n.name.replace('-', "_"));
+    for cmd in [
+        vec!["ip", "link", "delete", "dev", d.n.name.as_str()],
+        vec!["nft", "delete", "table", "inet", table.as_str()],
+    ] {
+        let st = Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
+        assert!(st.success(), "{cmd:?} failed");
+    }
+    d.daemon = d.n.start_daemon();
+    let started = std::time::Instant::now();
+    for (app, _) in apps {
+        assert!(
+            eventually(Duration::from_secs(10).saturating_sub(started.elapsed()), || {
+                through_router(&d.n, app).0 == "200"
+            }),
+            "{app} does not answer 10 s after the daemon started:\n{}",
+            d.daemon.log_text()
+        );
+    }
+    // Healed, not restarted: the same web processes serve.
+    for ((app, _), before) in apps.iter().zip(pids) {
+        let pid = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["pid"].clone();
+        assert!(pid(&before).is_i64(), "{app} had no web process: {before}");
+        assert_eq!(
+            pid(&d.n.ok(&["app", "status", app, "--json"])),
+            pid(&before),
+            "{app} was restarted"
+        );
+    }
+}
