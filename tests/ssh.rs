@@ -156,7 +156,11 @@ fn hostile_commands_are_refused_and_run_nothing() {
         format!("shell shop | touch {m}"),
         format!("run shop touch {m}; touch {m}"),
         format!("run shop\ntouch {m}"),
-        format!("run shop sh -c 'touch {m}'"),
+        format!("run shop echo \"$(touch {m})\""),
+        format!("run shop echo \"`touch {m}`\""),
+        format!("run shop echo 'x' ; touch {m}"),
+        format!("run shop echo 'unclosed ; touch {m}"),
+        format!("env set shop K=$(touch {m})"),
         format!("run shop touch `touch {m}`"),
         format!("app create x --cartridge python; touch {m}"),
         format!("app list && touch {m}"),
@@ -268,6 +272,144 @@ fn hostile_commands_are_refused_and_run_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     eprintln!("sshd back after a kill in {:?}", t.elapsed());
+}
+
+/// Values with spaces, shell metacharacters and quotes reach the gear unchanged when quoted
+/// the way a shell quotes them; a `.env` on stdin is imported, and a bad one imports nothing.
+#[test]
+fn any_value_reaches_the_gear_over_ssh() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let ok = |cmd: &str, stdin: &[u8]| {
+        let o = n.ssh(&s.alice, &[], Some(cmd), stdin);
+        assert!(
+            o.status.success(),
+            "`{cmd}` failed: {}{}",
+            text(&o.stderr),
+            s.daemon.log_text()
+        );
+        text(&o.stdout)
+    };
+    ok("app create shop --cartridge python", b"");
+    ok("env set shop 'K=any value ?!#$'", b"");
+    ok(
+        "env set shop \"MSG=two words\" 'DB=postgres://u:p@db:5432/app?sslmode=require'",
+        b"",
+    );
+    ok("env set shop 'Q=it'\\''s \"quoted\"'", b"");
+    for (key, want) in [
+        ("K", "any value ?!#$"),
+        ("MSG", "two words"),
+        ("DB", "postgres://u:p@db:5432/app?sslmode=require"),
+        ("Q", "it's \"quoted\""),
+    ] {
+        assert_eq!(
+            ok(&format!("run shop printenv {key}"), b""),
+            format!("{want}\n"),
+            "{key}"
+        );
+    }
+    assert_eq!(ok("run shop python3 -c 'print(1)'", b""), "1\n");
+    assert_eq!(ok("run shop sh -c 'echo \"$0|$1\"' a 'b c'", b""), "a|b c\n");
+
+    let dotenv = b"# settings\nexport SECRET_KEY='a1!b2#c3$'\nGREETING=\"hello\\nworld\"\n\nPLAIN=x y # note\n";
+    assert!(ok("env import shop", dotenv).contains("imported 3 variables"));
+    assert_eq!(ok("run shop printenv SECRET_KEY", b""), "a1!b2#c3$\n");
+    assert_eq!(ok("run shop printenv GREETING", b""), "hello\nworld\n");
+    assert_eq!(ok("run shop printenv PLAIN", b""), "x y\n");
+
+    // A bad line imports nothing and names the line; so does a reserved name.
+    for (bad, what) in [
+        (&b"NEW=1\nnot a pair\n"[..], "line 2"),
+        (&b"NEW=1\nPORT=80\n"[..], "PORT"),
+    ] {
+        let o = n.ssh(&s.alice, &[], Some("env import shop"), bad);
+        let e = text(&o.stderr);
+        assert!(!o.status.success() && e.contains(what), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    assert!(!ok("env list shop", b"").contains("NEW="));
+
+    // Unquoted metacharacters and expansions in double quotes are still refused, in one line.
+    for cmd in ["env set shop K=a?b", "env set shop \"K=$HOME\"", "run shop echo *"] {
+        let o = n.ssh(&s.alice, &[], Some(cmd), b"");
+        let e = text(&o.stderr);
+        assert!(!o.status.success() && e.contains("command refused"), "{cmd}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+}
+
+/// Over SSH, help, hints, URLs and the git remote are in the terms of a user on a laptop: the
+/// SSH form of each command, the router's real port, and what to do about a push to an app
+/// that does not exist.
+#[test]
+fn messages_are_in_the_users_terms() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let ssh_form = format!("ssh -p {} {}@localhost", n.ssh_port(), n.ssh_user());
+    let remote = format!("ssh://{}@localhost:{}/web.git", n.ssh_user(), n.ssh_port());
+    let url = format!("http://web.localhost:{}/", n.http_port());
+
+    // `help` is the user's own help, with exit 0; `VERB --help` too, in the SSH form.
+    let o = n.ssh(&s.alice, &[], Some("help"), b"");
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    for verb in [
+        "env import APP",
+        "logs APP",
+        "rollback APP",
+        "domain add",
+        "app scale",
+        "run APP",
+    ] {
+        assert!(out.contains(verb), "help lacks {verb}: {out}");
+    }
+    assert!(out.contains(&ssh_form), "{out}");
+    assert!(!out.contains("user ...") && !out.contains("Usage: gearshift"), "{out}");
+    let o = n.ssh(&s.alice, &[], Some("env --help"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!("Usage: {ssh_form} env")),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // app create prints the git remote and the URL with the router's port.
+    let o = n.ssh(&s.alice, &[], Some("app create web --cartridge static"), b"");
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains(&remote) && out.contains(&url), "{out}");
+    let o = n.ssh(&s.alice, &[], Some("app show web --json"), b"");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["url"], url.as_str());
+    assert_eq!(v["git_remote"], remote.as_str());
+
+    // Hints name the SSH form, never `gearshift VERB`.
+    let o = n.ssh(&s.alice, &[], Some("app show nosuch"), b"");
+    let e = text(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains(&format!("`{ssh_form} app list`")), "{e}");
+    assert!(!e.contains("`gearshift "), "{e}");
+
+    // A push to an app that does not exist says how to create it, before git's fatal line.
+    let dir = n.root.join("nosuch-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("index.html"), "hi\n").unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "first"]);
+    let (ok, out) = push_as(n, &s.alice, &dir, "nosuch", "main");
+    assert!(!ok, "{out}");
+    let create = out
+        .find(&format!(
+            "remote: create it with `{ssh_form} app create nosuch --cartridge"
+        ))
+        .unwrap_or_else(|| panic!("no hint to create the app: {out}"));
+    let fatal = out.find("fatal:").unwrap_or(usize::MAX);
+    assert!(create < fatal, "{out}");
+    assert!(!out.contains("`gearshift "), "{out}");
 }
 
 /// A workshop behind one NAT address, or a CI loop: many commands from one address, in a row

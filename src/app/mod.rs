@@ -185,6 +185,7 @@ pub fn descriptor(node: &Node, app: &App, g: &Gear) -> GearInfo {
         env: gear::env(node, g, &app.cartridge, &app.env, None).into_iter().collect(),
         health_path: app.health_path.clone(),
         health_timeout: app.health_timeout,
+        url: crate::node::address::app_url(&node.config, &app.name),
     }
 }
 

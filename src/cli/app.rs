@@ -3,7 +3,7 @@
 use crate::app::{self, App};
 use crate::gear::isolation::{quota, selinux};
 use crate::gear::{self, Gear};
-use crate::node::Node;
+use crate::node::{address, Node};
 use crate::ssh::auth::Actor;
 use crate::table;
 use anyhow::{bail, Result};
@@ -145,6 +145,12 @@ fn create(
         g.ip,
         g.mcs()
     );
+    println!("git remote: {}", address::git_remote(&node.config, &app.name));
+    println!("url:        {}", address::app_url(&node.config, &app.name));
+    println!(
+        "deploy:     git push {} main",
+        address::git_remote(&node.config, &app.name)
+    );
     Ok(())
 }
 
@@ -185,7 +191,8 @@ fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     if json {
         let mut v = serde_json::to_value(&app)?;
         v["gears"] = serde_json::Value::Array(gears);
-        v["url"] = format!("http://{}.{}/", app.name, node.config.domain).into();
+        v["url"] = address::app_url(&node.config, &app.name).into();
+        v["git_remote"] = address::git_remote(&node.config, &app.name).into();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -194,7 +201,8 @@ fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     println!("cartridge: {}", app.cartridge);
     println!("profile:   {}", app.profile);
     println!("status:    {}", app.status);
-    println!("url:       http://{}.{}/", app.name, node.config.domain);
+    println!("url:       {}", address::app_url(&node.config, &app.name));
+    println!("git:       {}", address::git_remote(&node.config, &app.name));
     for (g, j) in app.gears.iter().zip(gears) {
         print_gear(node, g, &j);
     }

@@ -635,6 +635,7 @@ mod tests {
             env: Default::default(),
             health_path: path.map(String::from),
             health_timeout: timeout,
+            url: String::new(),
         }
     }
 
