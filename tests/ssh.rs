@@ -412,6 +412,79 @@ fn messages_are_in_the_users_terms() {
     assert!(!out.contains("`gearshift "), "{out}");
 }
 
+/// `app list`, `app show` and `app status` say what the app is doing, from its supervisors:
+/// an app never deployed and a crash-looping one are not `ready` or `running`, and `app status`
+/// fails for them.
+#[test]
+fn app_state_is_truthful_over_ssh() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let run = |cmd: &str| {
+        let o = n.ssh(&s.alice, &[], Some(cmd), b"");
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let row = |app: &str| {
+        let (_, out, _) = run("app list");
+        out.lines()
+            .find(|l| l.starts_with(&format!("{app} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(run("app create fresh --cartridge python").0, Some(0));
+    assert!(row("fresh").contains("never deployed"), "{}", row("fresh"));
+    let (code, out, err) = run("app status fresh");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("never deployed") && err.contains("not serving"),
+        "{out}{err}"
+    );
+    let (_, out, _) = run("app show fresh --json");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "never deployed");
+
+    // A web process that exits 3 once app-root/data/crash exists.
+    assert_eq!(run("app create crashy --cartridge python").0, Some(0));
+    let dir = n.root.join("crashy-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(
+        dir.join("server.py"),
+        "import http.server, os, sys\n\
+         if os.path.exists(os.path.join(os.environ['OPENSHIFT_DATA_DIR'], 'crash')): sys.exit(3)\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'up')\n\
+         http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "first"]);
+    let (ok, out) = push_as(n, &s.alice, &dir, "crashy", "main");
+    assert!(ok, "{out}");
+    assert!(row("crashy").contains("running"), "{}", row("crashy"));
+    assert_eq!(run("app status crashy").0, Some(0));
+
+    run("run crashy touch app-root/data/crash");
+    run("run crashy pkill -KILL -f server.py");
+    let crashed = |r: &str| r.contains("crashed (restarts ") && r.contains("last exit 3)");
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || crashed(&row("crashy"))),
+        "{}",
+        row("crashy")
+    );
+    assert!(!row("crashy").contains("ready"), "{}", row("crashy"));
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let (code, _, err) = run("app status crashy");
+            code != Some(0) && err.contains("not serving: crashed")
+        }),
+        "{:?}",
+        run("app status crashy")
+    );
+    let (_, out, _) = run("app show crashy");
+    assert!(out.contains("status:    crashed (restarts "), "{out}");
+}
+
 /// A workshop behind one NAT address, or a CI loop: many commands from one address, in a row
 /// and at once, all get in; failed logins from that address lock out neither that address's
 /// other users nor anyone else (OpenSSH 10's per-source limits dropped the 11th connection).
