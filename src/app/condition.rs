@@ -52,13 +52,29 @@ impl std::fmt::Display for AppState {
     }
 }
 
+/// Crashes in a row after which a web process just restarted is counted as crash-looping, not
+/// running, until it has been up for [`LOOP_CLEARS_AFTER`] seconds (the supervisor's own rule).
+const LOOP_STREAK: u64 = 2;
+const LOOP_CLEARS_AFTER: u64 = 60;
+
 /// The state from the record's `status`, whether a deployment was ever made live, the idle
-/// flag, and each gear's supervisor status (`{"state": ..., "restarts": ..., "last_exit": ...}`).
-pub fn compute(record_status: &str, deployed: bool, idle: bool, gears: &[serde_json::Value]) -> AppState {
+/// flag, and each gear's supervisor status (`{"state", "since", "restarts", "streak",
+/// "last_exit"}`) at unix time `now`.
+pub fn compute(record_status: &str, deployed: bool, idle: bool, gears: &[serde_json::Value], now: u64) -> AppState {
     if record_status != "ready" {
         return AppState::Creating(record_status.to_string());
     }
-    let state = |g: &serde_json::Value| g["state"].as_str().unwrap_or("down").to_string();
+    let state = |g: &serde_json::Value| {
+        let s = g["state"].as_str().unwrap_or("down");
+        // A process restarted in a crash loop runs only until it exits again.
+        let looping = g["streak"].as_u64().unwrap_or(0) >= LOOP_STREAK
+            && now.saturating_sub(g["since"].as_u64().unwrap_or(0)) < LOOP_CLEARS_AFTER;
+        if s == "running" && looping {
+            "crash-looping".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     let up = gears.iter().filter(|g| state(g) == "running").count();
     if up > 0 {
         return if up == gears.len() {
@@ -102,7 +118,10 @@ pub fn of(node: &Node, app: &App) -> (AppState, Vec<serde_json::Value>) {
         })
         .collect();
     let deployed = app.gears.first().is_some_and(|g| deployed(node, g));
-    (compute(&app.status, deployed, app.idle, &gears), gears)
+    (
+        compute(&app.status, deployed, app.idle, &gears, crate::clock::now()),
+        gears,
+    )
 }
 
 #[cfg(test)]
@@ -117,7 +136,8 @@ mod tests {
         let down = json!({"state": "down", "restarts": 0});
         let crash = json!({"state": "crash-looping", "restarts": 6, "last_exit": "exit code 3"});
         let idle = json!({"state": "idle", "restarts": 0});
-        let s = |st: &str, dep: bool, idle: bool, g: Vec<serde_json::Value>| compute(st, dep, idle, &g).to_string();
+        let s =
+            |st: &str, dep: bool, idle: bool, g: Vec<serde_json::Value>| compute(st, dep, idle, &g, 1000).to_string();
         assert_eq!(s("creating", false, false, vec![]), "creating");
         assert_eq!(s("ready", false, false, vec![stop.clone()]), "never deployed");
         assert_eq!(s("ready", false, false, vec![down.clone()]), "never deployed");
@@ -139,8 +159,19 @@ mod tests {
         assert_eq!(s("ready", true, false, vec![idle.clone(), idle]), "idle");
         assert_eq!(s("ready", true, false, vec![stop]), "stopped");
         assert_eq!(s("ready", true, false, vec![down]), "stopped");
-        assert!(compute("ready", true, false, &[run]).serving());
-        assert!(!compute("ready", true, false, &[crash]).serving());
-        assert!(!compute("ready", false, false, &[]).serving());
+        // Running again after crashes in a row: still a crash loop, until a minute up.
+        let again = json!({"state": "running", "since": 990, "restarts": 4, "streak": 3, "last_exit": "exit code 3"});
+        assert_eq!(
+            s("ready", true, false, vec![again.clone()]),
+            "crashed (restarts 4, last exit 3)"
+        );
+        let settled = json!({"state": "running", "since": 900, "restarts": 4, "streak": 3});
+        assert_eq!(s("ready", true, false, vec![settled]), "running");
+        let once = json!({"state": "running", "since": 990, "restarts": 1, "streak": 1});
+        assert_eq!(s("ready", true, false, vec![once]), "running");
+        assert!(compute("ready", true, false, &[run], 1000).serving());
+        assert!(!compute("ready", true, false, &[crash], 1000).serving());
+        assert!(!compute("ready", true, false, &[again], 1000).serving());
+        assert!(!compute("ready", false, false, &[], 1000).serving());
     }
 }

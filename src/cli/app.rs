@@ -273,7 +273,11 @@ fn status(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
             println!("{state}");
         }
         for (g, st) in app.gears.iter().zip(&gears) {
-            let line = gear::control::status_line(st);
+            let mut line = gear::control::status_line(st);
+            if actor.user.is_some() {
+                // its hint (`gearshift app start`) in the SSH form
+                line = address::for_ssh_user(&node.config, &line);
+            }
             if app.gears.len() > 1 {
                 println!("gear {}: {line}", g.index);
             } else {

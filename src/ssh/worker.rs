@@ -94,11 +94,12 @@ fn serve(node: &Node, config_path: &Path, actor: &Actor, job: Job, verb: RunVerb
                     "remote: gearshift: {}",
                     address::for_ssh_user(&node.config, &format!("{e:#}"))
                 );
-                eprintln!(
-                    "remote: create it with `{} app create {app} --cartridge CARTRIDGE` (see `{} cartridges`), then push again",
-                    address::ssh(&node.config),
-                    address::ssh(&node.config),
-                );
+                if op == GitOp::ReceivePack {
+                    let ssh = address::ssh(&node.config);
+                    eprintln!(
+                        "remote: create it with `{ssh} app create {app} --cartridge CARTRIDGE` (see `{ssh} cartridges`), then push again"
+                    );
+                }
                 return Ok(128);
             }
             let service = match op {
