@@ -42,7 +42,9 @@ fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {
 /// 8081 with every zero-downtime switch).
 fn get(n: &TestNode, app: &str) -> String {
     let ip = n.show(app)["gears"][0]["ip"].as_str().unwrap().to_string();
-    let st: serde_json::Value = serde_json::from_str(&n.ok(&["app", "status", app, "--json"])).unwrap();
+    // (`app status` fails when the app is not serving, and still prints the gear's status)
+    let o = n.gs(&["app", "status", app, "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let port = st["port"].as_u64().filter(|p| *p != 0).unwrap_or(8080);
     let o = Command::new("curl")
         .args(["-s", "-m", "5", &format!("http://{ip}:{port}/")])
@@ -140,7 +142,10 @@ fn push_change_break_rollback_and_env() {
     // Process control and logs.
     n.ok(&["app", "stop", "shop"]);
     assert_eq!(get(n, "shop"), "");
-    assert!(n.ok(&["app", "status", "shop"]).starts_with("stopped"));
+    let o = n.gs(&["app", "status", "shop"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("stopped"));
+    assert_eq!(o.status.code(), Some(1), "a stopped app's status exits 0");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("'shop' is not serving: stopped"));
     n.ok(&["app", "start", "shop"]);
     assert_eq!(get(n, "shop"), "v1 -");
     // A restart answers once the new web process is ready: it serves at once, with a new pid.

@@ -156,7 +156,11 @@ fn hostile_commands_are_refused_and_run_nothing() {
         format!("shell shop | touch {m}"),
         format!("run shop touch {m}; touch {m}"),
         format!("run shop\ntouch {m}"),
-        format!("run shop sh -c 'touch {m}'"),
+        format!("run shop echo \"$(touch {m})\""),
+        format!("run shop echo \"`touch {m}`\""),
+        format!("run shop echo 'x' ; touch {m}"),
+        format!("run shop echo 'unclosed ; touch {m}"),
+        format!("env set shop K=$(touch {m})"),
         format!("run shop touch `touch {m}`"),
         format!("app create x --cartridge python; touch {m}"),
         format!("app list && touch {m}"),
@@ -268,6 +272,217 @@ fn hostile_commands_are_refused_and_run_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     eprintln!("sshd back after a kill in {:?}", t.elapsed());
+}
+
+/// Values with spaces, shell metacharacters and quotes reach the gear unchanged when quoted
+/// the way a shell quotes them; a `.env` on stdin is imported, and a bad one imports nothing.
+#[test]
+fn any_value_reaches_the_gear_over_ssh() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let ok = |cmd: &str, stdin: &[u8]| {
+        let o = n.ssh(&s.alice, &[], Some(cmd), stdin);
+        assert!(
+            o.status.success(),
+            "`{cmd}` failed: {}{}",
+            text(&o.stderr),
+            s.daemon.log_text()
+        );
+        text(&o.stdout)
+    };
+    ok("app create shop --cartridge python", b"");
+    ok("env set shop 'K=any value ?!#$'", b"");
+    ok(
+        "env set shop \"MSG=two words\" 'DB=postgres://u:p@db:5432/app?sslmode=require'",
+        b"",
+    );
+    ok("env set shop 'Q=it'\\''s \"quoted\"'", b"");
+    for (key, want) in [
+        ("K", "any value ?!#$"),
+        ("MSG", "two words"),
+        ("DB", "postgres://u:p@db:5432/app?sslmode=require"),
+        ("Q", "it's \"quoted\""),
+    ] {
+        assert_eq!(
+            ok(&format!("run shop printenv {key}"), b""),
+            format!("{want}\n"),
+            "{key}"
+        );
+    }
+    assert_eq!(ok("run shop python3 -c 'print(1)'", b""), "1\n");
+    assert_eq!(ok("run shop sh -c 'echo \"$0|$1\"' a 'b c'", b""), "a|b c\n");
+
+    let dotenv = b"# settings\nexport SECRET_KEY='a1!b2#c3$'\nGREETING=\"hello\\nworld\"\n\nPLAIN=x y # note\n";
+    assert!(ok("env import shop", dotenv).contains("imported 3 variables"));
+    assert_eq!(ok("run shop printenv SECRET_KEY", b""), "a1!b2#c3$\n");
+    assert_eq!(ok("run shop printenv GREETING", b""), "hello\nworld\n");
+    assert_eq!(ok("run shop printenv PLAIN", b""), "x y\n");
+
+    // A bad line imports nothing and names the line; so does a reserved name.
+    for (bad, what) in [
+        (&b"NEW=1\nnot a pair\n"[..], "line 2"),
+        (&b"NEW=1\nPORT=80\n"[..], "PORT"),
+    ] {
+        let o = n.ssh(&s.alice, &[], Some("env import shop"), bad);
+        let e = text(&o.stderr);
+        assert!(!o.status.success() && e.contains(what), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    assert!(!ok("env list shop", b"").contains("NEW="));
+
+    // Unquoted metacharacters and expansions in double quotes are still refused, in one line.
+    for cmd in ["env set shop K=a?b", "env set shop \"K=$HOME\"", "run shop echo *"] {
+        let o = n.ssh(&s.alice, &[], Some(cmd), b"");
+        let e = text(&o.stderr);
+        assert!(!o.status.success() && e.contains("command refused"), "{cmd}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+}
+
+/// Over SSH, help, hints, URLs and the git remote are in the terms of a user on a laptop: the
+/// SSH form of each command, the router's real port, and what to do about a push to an app
+/// that does not exist.
+#[test]
+fn messages_are_in_the_users_terms() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let ssh_form = format!("ssh -p {} {}@localhost", n.ssh_port(), n.ssh_user());
+    let remote = format!("ssh://{}@localhost:{}/web.git", n.ssh_user(), n.ssh_port());
+    let url = format!("http://web.localhost:{}/", n.http_port());
+
+    // `help` is the user's own help, with exit 0; `VERB --help` too, in the SSH form.
+    let o = n.ssh(&s.alice, &[], Some("help"), b"");
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    for verb in [
+        "env import APP",
+        "logs APP",
+        "rollback APP",
+        "domain add",
+        "app scale",
+        "run APP",
+    ] {
+        assert!(out.contains(verb), "help lacks {verb}: {out}");
+    }
+    assert!(out.contains(&ssh_form), "{out}");
+    assert!(!out.contains("user ...") && !out.contains("Usage: gearshift"), "{out}");
+    let o = n.ssh(&s.alice, &[], Some("env --help"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!("Usage: {ssh_form} env")),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // app create prints the git remote and the URL with the router's port.
+    let o = n.ssh(&s.alice, &[], Some("app create web --cartridge static"), b"");
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains(&remote) && out.contains(&url), "{out}");
+    let o = n.ssh(&s.alice, &[], Some("app show web --json"), b"");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["url"], url.as_str());
+    assert_eq!(v["git_remote"], remote.as_str());
+
+    // Hints name the SSH form, never `gearshift VERB`.
+    let o = n.ssh(&s.alice, &[], Some("app show nosuch"), b"");
+    let e = text(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains(&format!("`{ssh_form} app list`")), "{e}");
+    assert!(!e.contains("`gearshift "), "{e}");
+
+    // A push to an app that does not exist says how to create it, before git's fatal line.
+    let dir = n.root.join("nosuch-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("index.html"), "hi\n").unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "first"]);
+    let (ok, out) = push_as(n, &s.alice, &dir, "nosuch", "main");
+    assert!(!ok, "{out}");
+    let create = out
+        .find(&format!(
+            "remote: create it with `{ssh_form} app create nosuch --cartridge"
+        ))
+        .unwrap_or_else(|| panic!("no hint to create the app: {out}"));
+    let fatal = out.find("fatal:").unwrap_or(usize::MAX);
+    assert!(create < fatal, "{out}");
+    assert!(!out.contains("`gearshift "), "{out}");
+}
+
+/// `app list`, `app show` and `app status` say what the app is doing, from its supervisors:
+/// an app never deployed and a crash-looping one are not `ready` or `running`, and `app status`
+/// fails for them.
+#[test]
+fn app_state_is_truthful_over_ssh() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let run = |cmd: &str| {
+        let o = n.ssh(&s.alice, &[], Some(cmd), b"");
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let row = |app: &str| {
+        let (_, out, _) = run("app list");
+        out.lines()
+            .find(|l| l.starts_with(&format!("{app} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(run("app create fresh --cartridge python").0, Some(0));
+    assert!(row("fresh").contains("never deployed"), "{}", row("fresh"));
+    let (code, out, err) = run("app status fresh");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("never deployed") && err.contains("not serving"),
+        "{out}{err}"
+    );
+    let (_, out, _) = run("app show fresh --json");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "never deployed");
+
+    // A web process that exits 3 once app-root/data/crash exists.
+    assert_eq!(run("app create crashy --cartridge python").0, Some(0));
+    let dir = n.root.join("crashy-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(
+        dir.join("server.py"),
+        "import http.server, os, sys\n\
+         if os.path.exists(os.path.join(os.environ['OPENSHIFT_DATA_DIR'], 'crash')): sys.exit(3)\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'up')\n\
+         http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "first"]);
+    let (ok, out) = push_as(n, &s.alice, &dir, "crashy", "main");
+    assert!(ok, "{out}");
+    assert!(row("crashy").contains("running"), "{}", row("crashy"));
+    assert_eq!(run("app status crashy").0, Some(0));
+
+    run("run crashy touch app-root/data/crash");
+    run("run crashy pkill -KILL -f server.py");
+    let crashed = |r: &str| r.contains("crashed (restarts ") && r.contains("last exit 3)");
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || crashed(&row("crashy"))),
+        "{}",
+        row("crashy")
+    );
+    assert!(!row("crashy").contains("ready"), "{}", row("crashy"));
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let (code, _, err) = run("app status crashy");
+            code != Some(0) && err.contains("not serving: crashed")
+        }),
+        "{:?}",
+        run("app status crashy")
+    );
+    let (_, out, _) = run("app show crashy");
+    assert!(out.contains("status:    crashed (restarts "), "{out}");
 }
 
 /// A workshop behind one NAT address, or a CI loop: many commands from one address, in a row

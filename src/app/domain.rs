@@ -82,7 +82,10 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
                 a.aliases.push(host.clone());
                 Ok(())
             })?;
-            println!("{name} is served at http://{host}/ too");
+            println!(
+                "{name} is served at {} too",
+                crate::node::address::http_url(&node.config, &host)
+            );
         }
         DomainCmd::Remove { app: name, name: host } => {
             app::update(node, actor, &name, |a| {

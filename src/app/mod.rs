@@ -4,6 +4,7 @@
 //! `scale` adds and removes gears.
 
 pub mod cartridge;
+pub mod condition;
 pub mod create;
 pub mod domain;
 pub mod git;
@@ -185,6 +186,7 @@ pub fn descriptor(node: &Node, app: &App, g: &Gear) -> GearInfo {
         env: gear::env(node, g, &app.cartridge, &app.env, None).into_iter().collect(),
         health_path: app.health_path.clone(),
         health_timeout: app.health_timeout,
+        url: crate::node::address::app_url(&node.config, &app.name),
     }
 }
 

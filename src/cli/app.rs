@@ -1,9 +1,10 @@
 //! `gearshift app ...`: the app verbs and what they print. The work is in `crate::app`.
 
+use crate::app::condition::{self, AppState};
 use crate::app::{self, App};
 use crate::gear::isolation::{quota, selinux};
 use crate::gear::{self, Gear};
-use crate::node::Node;
+use crate::node::{address, Node};
 use crate::ssh::auth::Actor;
 use crate::table;
 use anyhow::{bail, Result};
@@ -145,6 +146,12 @@ fn create(
         g.ip,
         g.mcs()
     );
+    println!("git remote: {}", address::git_remote(&node.config, &app.name));
+    println!("url:        {}", address::app_url(&node.config, &app.name));
+    println!(
+        "deploy:     git push {} main",
+        address::git_remote(&node.config, &app.name)
+    );
     Ok(())
 }
 
@@ -153,13 +160,22 @@ fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
         .into_iter()
         .filter(|a| actor.may_manage(a.owner.as_deref()))
         .collect();
+    let states: Vec<String> = apps.iter().map(|a| condition::of(node, a).0.to_string()).collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&apps)?);
+        let mut v = serde_json::to_value(&apps)?;
+        if let Some(list) = v.as_array_mut() {
+            for (a, st) in list.iter_mut().zip(&states) {
+                a["status"] = st.as_str().into();
+                a["state"] = st.as_str().into();
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = apps
         .iter()
-        .map(|a| {
+        .zip(states)
+        .map(|(a, state)| {
             let running = a.gears.iter().filter(|g| gear::init_pid(node, g).is_some()).count();
             vec![
                 a.name.clone(),
@@ -168,7 +184,7 @@ fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
                 a.profile.clone(),
                 format!("{running}/{}", a.gears.len()),
                 a.gears.first().map(|g| g.ip.to_string()).unwrap_or_default(),
-                a.status.clone(),
+                state,
             ]
         })
         .collect();
@@ -182,10 +198,14 @@ fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
 fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     let app = app::load_for(node, actor, name)?;
     let gears: Vec<_> = app.gears.iter().map(|g| gear_json(node, g)).collect();
+    let state = condition::of(node, &app).0.to_string();
     if json {
         let mut v = serde_json::to_value(&app)?;
+        v["status"] = state.as_str().into();
+        v["state"] = state.as_str().into();
         v["gears"] = serde_json::Value::Array(gears);
-        v["url"] = format!("http://{}.{}/", app.name, node.config.domain).into();
+        v["url"] = address::app_url(&node.config, &app.name).into();
+        v["git_remote"] = address::git_remote(&node.config, &app.name).into();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -193,8 +213,9 @@ fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     println!("owner:     {}", app.owner.as_deref().unwrap_or("-"));
     println!("cartridge: {}", app.cartridge);
     println!("profile:   {}", app.profile);
-    println!("status:    {}", app.status);
-    println!("url:       http://{}.{}/", app.name, node.config.domain);
+    println!("status:    {state}");
+    println!("url:       {}", address::app_url(&node.config, &app.name));
+    println!("git:       {}", address::git_remote(&node.config, &app.name));
     for (g, j) in app.gears.iter().zip(gears) {
         print_gear(node, g, &j);
     }
@@ -236,23 +257,42 @@ fn print_gear(node: &Node, g: &Gear, j: &serde_json::Value) {
     }
 }
 
+/// Prints the app's state and each gear's supervisor status; fails when the app is not serving.
 fn status(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     let app = app::load_for(node, actor, name)?;
-    for g in &app.gears {
-        let st = app::lifecycle::status_of(node, &app, g)?;
-        if json {
-            // gear 0's status, as a single object (as before scaling existed)
-            println!("{st}");
-            break;
-        }
-        let line = gear::control::status_line(&st);
+    let (state, gears) = condition::of(node, &app);
+    if json {
+        // gear 0's status, as a single object (as before scaling existed), with the app's state
+        let mut st = gears.first().cloned().unwrap_or_default();
+        st["app_state"] = state.to_string().into();
+        println!("{st}");
+    } else if state == AppState::NeverDeployed {
+        println!("{state}");
+    } else {
         if app.gears.len() > 1 {
-            println!("gear {}: {line}", g.index);
-        } else {
-            println!("{line}");
+            println!("{state}");
+        }
+        for (g, st) in app.gears.iter().zip(&gears) {
+            let mut line = gear::control::status_line(st);
+            if actor.user.is_some() {
+                // its hint (`gearshift app start`) in the SSH form
+                line = address::for_ssh_user(&node.config, &line);
+            }
+            if app.gears.len() > 1 {
+                println!("gear {}: {line}", g.index);
+            } else {
+                println!("{line}");
+            }
         }
     }
-    Ok(())
+    match state {
+        AppState::NeverDeployed => bail!(
+            "'{name}' is not serving: nothing was deployed yet (git push {} main)",
+            address::git_remote(&node.config, name)
+        ),
+        s if !s.serving() => bail!("'{name}' is not serving: {s} (see `gearshift logs {name}`)"),
+        _ => Ok(()),
+    }
 }
 
 fn health(node: &Node, actor: &Actor, name: &str, path: Option<String>, timeout: Option<u32>, off: bool) -> Result<()> {

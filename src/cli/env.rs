@@ -1,11 +1,12 @@
 //! `gearshift env ...`: the user's own environment variables of an app. A change restarts the
 //! app with the new values.
 
+use super::dotenv;
 use crate::app;
 use crate::gear::reserved_env;
 use crate::node::Node;
 use crate::ssh::auth::Actor;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// `gearshift env ...`
 #[derive(Debug, clap::Subcommand)]
@@ -16,6 +17,8 @@ pub enum EnvCmd {
         #[arg(required = true)]
         pairs: Vec<String>,
     },
+    /// Set the variables of a `.env` file read from stdin (`KEY=VALUE` lines).
+    Import { app: String },
     /// Remove variables: `env unset APP KEY...`.
     Unset {
         app: String,
@@ -52,11 +55,40 @@ fn parse_pair(p: &str) -> Result<(String, String)> {
     let Some((k, v)) = p.split_once('=') else {
         bail!("'{}' is not KEY=VALUE", p.escape_default())
     };
+    check_pair(k, v.to_string())
+}
+
+fn check_pair(k: &str, v: String) -> Result<(String, String)> {
     check_key(k)?;
     if v.contains('\0') || v.len() > 32 * 1024 {
         bail!("the value of {k} is too long or contains NUL");
     }
-    Ok((k.to_string(), v.to_string()))
+    Ok((k.to_string(), v))
+}
+
+/// Largest `.env` accepted on stdin.
+const MAX_IMPORT: u64 = 256 * 1024;
+
+/// Reads and checks a `.env` from stdin; nothing is imported unless every line is right.
+fn read_import() -> Result<Vec<(String, String)>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_IMPORT + 1)
+        .read_to_string(&mut text)
+        .context("cannot read the .env from stdin (it must be UTF-8 text)")?;
+    if text.len() as u64 > MAX_IMPORT {
+        bail!("the .env on stdin is larger than {} KiB", MAX_IMPORT / 1024);
+    }
+    let pairs = dotenv::parse(&text).context("nothing imported")?;
+    if pairs.is_empty() {
+        bail!("no KEY=VALUE lines on stdin: send the file, like `env import APP < .env`");
+    }
+    pairs
+        .into_iter()
+        .map(|(k, v)| check_pair(&k, v))
+        .collect::<Result<Vec<_>>>()
+        .context("nothing imported")
 }
 
 pub fn run(node: &Node, actor: &Actor, cmd: EnvCmd) -> Result<()> {
@@ -67,6 +99,16 @@ pub fn run(node: &Node, actor: &Actor, cmd: EnvCmd) -> Result<()> {
                 env.extend(parsed);
                 Ok(())
             })
+        }
+        EnvCmd::Import { app } => {
+            let parsed = read_import()?;
+            let n = parsed.len();
+            app::set_env(node, actor, &app, |env| {
+                env.extend(parsed);
+                Ok(())
+            })?;
+            println!("imported {n} variable{}", if n == 1 { "" } else { "s" });
+            Ok(())
         }
         EnvCmd::Unset { app, keys } => app::set_env(node, actor, &app, |env| {
             for k in &keys {

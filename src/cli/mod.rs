@@ -4,6 +4,7 @@
 //! the commands inside a gear) are `Internal`, which SSH never reaches.
 
 pub mod app;
+pub mod dotenv;
 pub mod env;
 
 use crate::gear;
@@ -11,6 +12,7 @@ use crate::node::{self, Node};
 use crate::ssh::auth::Actor;
 use crate::ssh::user;
 use anyhow::Result;
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -229,8 +231,16 @@ fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
 /// grammar as the local CLI. Node administration stays on the console; user management is for
 /// admins only.
 pub fn dispatch_remote(config_path: &Path, actor: &Actor, argv: &[String]) -> Result<i32> {
-    let cli = Cli::try_parse_from(std::iter::once("gearshift".to_string()).chain(argv.iter().cloned()))
-        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+    // Usage lines name the command the way the user sends it: `ssh -p PORT LOGIN@HOST env ...`.
+    let name = Node::load(config_path).map_or("gearshift".to_string(), |n| node::address::ssh(&n.config));
+    let cli = match Cli::try_parse_from(std::iter::once(name).chain(argv.iter().cloned())) {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            print!("{}", e.render());
+            return Ok(0);
+        }
+        Err(e) => anyhow::bail!("{}", e.render().to_string().trim_end()),
+    };
     if cli.config.is_some() {
         anyhow::bail!("--config is not accepted over SSH");
     }

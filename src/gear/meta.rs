@@ -37,6 +37,9 @@ pub struct GearInfo {
     /// Seconds a new deployment may take to become ready (default: the supervisor's).
     #[serde(default)]
     pub health_timeout: Option<u32>,
+    /// The app's URL as people reach it through the router (with its port when not 80).
+    #[serde(default)]
+    pub url: String,
 }
 
 impl GearInfo {

@@ -241,9 +241,16 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
                 settle_after_git();
             }
             say(&format!(
-                "deployed {id} in {:.2}s: http://{}/",
+                "deployed {id} in {:.2}s: {}",
                 t0.elapsed().as_secs_f64(),
-                info.env.get("OPENSHIFT_APP_DNS").cloned().unwrap_or_default()
+                if info.url.is_empty() {
+                    format!(
+                        "http://{}/",
+                        info.env.get("OPENSHIFT_APP_DNS").cloned().unwrap_or_default()
+                    )
+                } else {
+                    info.url.clone()
+                }
             ));
             Ok(())
         }

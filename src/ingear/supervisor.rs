@@ -46,6 +46,8 @@ pub struct Status {
     pub port: u16,
     pub since: u64,
     pub restarts: u32,
+    /// Consecutive crashes without a minute of uptime (the backoff's count; a crash loop).
+    pub streak: u32,
     pub last_exit: Option<String>,
     pub deployment: Option<String>,
     pub command: Option<String>,
@@ -59,8 +61,6 @@ struct Inner {
     status: Status,
     /// Whether the app should be running (persisted across gear restarts).
     wanted: bool,
-    /// Consecutive crashes without a minute of uptime, for the backoff.
-    streak: u32,
     started_at: Option<Instant>,
     waiters: HashMap<i32, Sender<i32>>,
 }
@@ -304,7 +304,7 @@ fn stop(s: &Sup) -> Result<()> {
 fn start(s: &Sup) -> Result<()> {
     let mut g = s.lock();
     set_wanted(&mut g, true);
-    g.streak = 0;
+    g.status.streak = 0;
     start_locked(s, &mut g)
 }
 
@@ -409,7 +409,7 @@ fn switch(s: &Shared) -> Result<()> {
     let (old, old_port) = {
         let mut g = s.lock();
         set_wanted(&mut g, true);
-        g.streak = 0;
+        g.status.streak = 0;
         (g.status.pid, if g.status.port == 0 { info.port } else { g.status.port })
     };
     let port = if old.is_some() {
@@ -487,12 +487,12 @@ fn exited(s: &Shared, pid: i32, code: i32) {
     }
     // A crash: restart after 1, 2, 4 ... 60 s; a minute of uptime resets the streak.
     if g.started_at.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
-        g.streak = 0;
+        g.status.streak = 0;
     }
-    g.streak += 1;
+    g.status.streak += 1;
     g.status.restarts += 1;
-    let delay = Duration::from_secs(1u64 << (g.streak - 1).min(6)).min(Duration::from_secs(60));
-    g.status.state = if g.streak >= 5 {
+    let delay = Duration::from_secs(1u64 << (g.status.streak - 1).min(6)).min(Duration::from_secs(60));
+    g.status.state = if g.status.streak >= 5 {
         "crash-looping".into()
     } else {
         "crashed".into()
@@ -500,7 +500,7 @@ fn exited(s: &Shared, pid: i32, code: i32) {
     note(&format!(
         "web process {desc}; restarting in {}s (crash {} in a row)",
         delay.as_secs(),
-        g.streak
+        g.status.streak
     ));
     let generation = g.status.generation;
     let s2 = s.clone();
@@ -593,7 +593,6 @@ pub fn run() -> ! {
                 ..Default::default()
             },
             wanted,
-            streak: 0,
             started_at: None,
             waiters: HashMap::new(),
         }),
@@ -635,6 +634,7 @@ mod tests {
             env: Default::default(),
             health_path: path.map(String::from),
             health_timeout: timeout,
+            url: String::new(),
         }
     }
 

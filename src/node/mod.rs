@@ -1,6 +1,7 @@
 //! The node: its config, where its state lives, and its lock. `runtime` brings the node's
 //! shared pieces up and down; `init` writes a new node's config.
 
+pub mod address;
 pub mod config;
 pub mod doctor;
 pub mod init;

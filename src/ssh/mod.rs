@@ -10,4 +10,5 @@ pub mod key;
 pub mod login_user;
 pub mod sshd;
 pub mod user;
+pub mod words;
 pub mod worker;

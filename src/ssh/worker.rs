@@ -3,21 +3,54 @@
 
 use crate::app::git::{self, GitService};
 use crate::daemon::proto::{Job, JOB_ENV};
-use crate::node::Node;
+use crate::node::{address, Node};
 use crate::ssh::auth::Actor;
 use crate::ssh::command::{GitOp, Request};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-/// What `ssh gearshift@HOST` with no command prints before the user's apps.
+/// What `ssh LOGIN@HOST` with no command (or `help`) prints before the user's apps; `{ssh}`
+/// is how this user reaches the node, `{remote}` an app's git remote.
 const HELP: &str = "\
-gearshift: you are logged in as {user}. What you can send:
-  git push/fetch           ssh://LOGIN@HOST:PORT/APP (git-receive-pack / git-upload-pack)
-  shell APP                a login shell in the app's gear (use ssh -t)
-  run APP CMD [ARGS...]    run a command in the gear
-  rsync                    rsync -e 'ssh -p PORT' DIR/ LOGIN@HOST:APP/PATH
-  app list | app create NAME --cartridge C | app show APP | app destroy APP --confirm APP
+gearshift: you are logged in as {user}. Send any of these as `{ssh} COMMAND`
+(quote arguments as in a shell: env set APP 'KEY=any value'):
+  app create APP --cartridge C   create an app (cartridges lists them)
+  app list | app show APP | app status APP
+  app start|stop|restart|idle APP, app scale APP N, app health APP [PATH]
+  app destroy APP --confirm APP
+  git push {remote} main         deploy (git fetch/clone work too)
+  deploy list APP | rollback APP [ID]
+  logs APP [-f] [-n N]           the web process's output
+  env set APP KEY=VALUE... | env unset APP KEY... | env list APP
+  env import APP < .env          set the KEY=VALUE lines of a .env file
+  domain add|remove|list APP ...  host names of an app
+  run APP CMD [ARGS...]          run a command in the app's gear
+  shell APP                      a login shell in the gear (ssh -t)
+  rsync -e '{ssh_e}' DIR/ {login}@{host}:APP/PATH
+  VERB --help                    the options of a verb
 ";
+
+/// The extra lines an admin sees in the help.
+const ADMIN_HELP: &str = "\
+  user ...                       users and their keys (admin)
+  doctor                         the node's isolation checks (admin)
+";
+
+fn help(node: &Node, user: &str, admin: bool) -> String {
+    let c = &node.config;
+    let ssh = address::ssh(c);
+    let mut h = HELP
+        .replace("{user}", user)
+        .replace("{ssh_e}", ssh.rsplit_once(' ').map_or("ssh", |(e, _)| e))
+        .replace("{ssh}", &ssh)
+        .replace("{remote}", &address::git_remote(c, "APP"))
+        .replace("{login}", &c.ssh_user)
+        .replace("{host}", &c.domain);
+    if admin {
+        h.push_str(ADMIN_HELP);
+    }
+    h
+}
 
 /// Runs a CLI verb for a user (the CLI's one grammar, as `cli::dispatch_remote`).
 pub type RunVerb = fn(&Path, &Actor, &[String]) -> Result<i32>;
@@ -43,28 +76,47 @@ pub fn run(config_path: &Path, verb: RunVerb) -> Result<i32> {
     }
     let node = Node::load(config_path)?;
     let actor = Actor::user(&job.user, job.admin);
+    // Hints name commands the way this user sends them (over SSH, not `gearshift ...`).
+    serve(&node, config_path, &actor, job, verb)
+        .map_err(|e| anyhow::anyhow!("{}", address::for_ssh_user(&node.config, &format!("{e:#}"))))
+}
+
+fn serve(node: &Node, config_path: &Path, actor: &Actor, job: Job, verb: RunVerb) -> Result<i32> {
     match job.request {
         Request::Help => {
-            print!("{}", HELP.replace("{user}", &job.user));
-            println!();
-            verb(config_path, &actor, &["app".into(), "list".into()])
+            println!("{}", help(node, &job.user, job.admin));
+            verb(config_path, actor, &["app".into(), "list".into()])
         }
         Request::Git { op, app } => {
+            if let Err(e) = crate::app::load_for(node, actor, &app) {
+                // git prints only its own `fatal:` after this; say how to get the app.
+                eprintln!(
+                    "remote: gearshift: {}",
+                    address::for_ssh_user(&node.config, &format!("{e:#}"))
+                );
+                if op == GitOp::ReceivePack {
+                    let ssh = address::ssh(&node.config);
+                    eprintln!(
+                        "remote: create it with `{ssh} app create {app} --cartridge CARTRIDGE` (see `{ssh} cartridges`), then push again"
+                    );
+                }
+                return Ok(128);
+            }
             let service = match op {
                 GitOp::ReceivePack => GitService::ReceivePack,
                 GitOp::UploadPack => GitService::UploadPack,
             };
-            git::serve(&node, &actor, &app, service)
+            git::serve(node, actor, &app, service)
         }
-        Request::Shell { app } => crate::app::run_in_gear(&node, &actor, &app, 0, &["/bin/bash".into(), "-l".into()]),
-        Request::Run { app, argv } => crate::app::run_in_gear(&node, &actor, &app, 0, &argv),
+        Request::Shell { app } => crate::app::run_in_gear(node, actor, &app, 0, &["/bin/bash".into(), "-l".into()]),
+        Request::Run { app, argv } => crate::app::run_in_gear(node, actor, &app, 0, &argv),
         Request::Rsync { app, args, path } => {
             let mut argv = vec!["rsync".to_string(), "--server".to_string()];
             argv.extend(args);
             argv.push(".".into());
             argv.push(path);
-            crate::app::run_in_gear(&node, &actor, &app, 0, &argv)
+            crate::app::run_in_gear(node, actor, &app, 0, &argv)
         }
-        Request::Verb { argv } => verb(config_path, &actor, &argv),
+        Request::Verb { argv } => verb(config_path, actor, &argv),
     }
 }
