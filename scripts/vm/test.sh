@@ -80,6 +80,8 @@ vm 'findmnt -no OPTIONS /run | grep -qw noexec && echo "/run: noexec (sshd runs 
 # which Debian's contexts/users/unconfined_u does not list: sshd refuses every session in
 # enforcing mode. The line an admin would add:
 vm 'f=/etc/selinux/default/contexts/users/unconfined_u; grep -q "^unconfined_r:unconfined_t" $f || echo "unconfined_r:unconfined_t unconfined_r:unconfined_t" >> $f'
+# The quota filesystems are mounted with nofail, so sshd can be up before them: wait for both.
+vm 'systemctl start var-lib-gears.mount srv-xfs.mount' || fail "the guest's quota filesystems did not mount (systemctl status var-lib-gears.mount srv-xfs.mount)"
 vm 'getenforce; id -Z; cat /sys/fs/cgroup/cgroup.controllers; findmnt -no TARGET,FSTYPE,OPTIONS /var/lib/gears; findmnt -no TARGET,FSTYPE,OPTIONS /srv/xfs' \
   > "$OUT/guest-facts.txt" || true
 cat "$OUT/guest-facts.txt"
