@@ -7,7 +7,7 @@
 use crate::gear::control;
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
-use crate::ingear::supervisor;
+use crate::ingear::procenv;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -75,7 +75,7 @@ fn save(d: &Deployment) -> Result<()> {
 
 /// The id of the live deployment (from the `app-root/repo` link).
 pub fn live_id() -> Option<String> {
-    supervisor::live_repo()?
+    procenv::live_repo()?
         .parent()?
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -117,7 +117,9 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
 }
 
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
+/// The environment is every app process's (`procenv`), for the deployment being built.
 fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
+    let env = procenv::for_deployment(env.to_vec(), repo, &procenv::PathSpec::of_cartridge());
     let cart = Path::new("/opt/gearshift/cartridge/bin").join(step);
     let hook = repo.join(".openshift/action_hooks").join(step);
     for (who, path) in [("cartridge", cart), ("action hook", hook)] {
@@ -283,7 +285,7 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
     env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.to_string()));
     env.push((
         "GEARSHIFT_PREVIOUS_DEPLOYMENT".into(),
-        supervisor::live_repo()
+        procenv::live_repo()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     ));

@@ -17,6 +17,7 @@
 use crate::gear::control::{self, Command};
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
+use crate::ingear::procenv::{self, live_repo};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -103,16 +104,6 @@ fn note(msg: &str) {
     }
 }
 
-/// The live deployment's repository directory, resolved.
-pub fn live_repo() -> Option<PathBuf> {
-    let link = layout::in_home(layout::REPO);
-    // Before the first deploy, app-root/repo is the empty directory of the OpenShift layout.
-    if !link.is_symlink() {
-        return None;
-    }
-    std::fs::canonicalize(link).ok().filter(|p| p.is_dir())
-}
-
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.
 fn web_command(repo: &Path) -> Result<Vec<String>> {
     if let Ok(procfile) = std::fs::read_to_string(repo.join("Procfile")) {
@@ -151,8 +142,7 @@ fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>) -> Res
     let child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .env_clear()
-        .envs(env)
-        .env("OPENSHIFT_REPO_DIR", format!("{}/", repo.display()))
+        .envs(procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge()))
         .current_dir(repo)
         .stdin(std::process::Stdio::null())
         .stdout(wr.try_clone()?)

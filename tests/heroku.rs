@@ -1,0 +1,199 @@
+//! Apps written for Heroku and Dokku, pushed unchanged over SSH and checked from outside through
+//! the router: the environment of their processes (PATH, working directory, /app), `run` as
+//! `heroku run`.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A git repository holding a copy of `examples/NAME`.
+fn example_repo(n: &TestNode, name: &str) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("examples").join(name))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    git(&dir, &["init", "-q", "-b", "main"]);
+    commit(&dir, name);
+    dir
+}
+
+/// A git repository of `files`.
+fn new_repo(n: &TestNode, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    write_files(&dir, files);
+    commit(&dir, "first");
+    dir
+}
+
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        if path.contains("action_hooks/") || path.starts_with("bin/") {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+    }
+}
+
+fn commit(dir: &Path, msg: &str) {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+}
+
+fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {
+    push_as(&d.n, &d.key, dir, app, "main")
+}
+
+/// GET PATH of APP through the router: (status, body).
+fn get(n: &TestNode, app: &str, path: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "20", "-o", "-", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {app}.localhost"))
+        .arg(format!("http://127.0.0.1:{}{path}", n.http_port()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A stdlib server answering `page.txt` on $PORT (no PyPI needed).
+const SERVER: &str = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = open('page.txt').read().encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+#[test]
+fn a_flask_app_on_gunicorn_deploys_unchanged_and_run_has_its_packages() {
+    require_root!();
+    if offline_leaves_out(&test_name!(), "the whole test (Flask and gunicorn come from PyPI)") {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "flask", "--cartridge", "python", "--owner", "dev"]);
+    let dir = example_repo(n, "heroku-flask");
+    let (ok, out) = push(&d, &dir, "flask");
+    assert!(ok, "the Flask app did not deploy:\n{out}");
+    let (code, page) = get(n, "flask", "/");
+    assert_eq!(code, 200, "{page}\n{out}");
+    assert!(page.contains("Hello from gearshift (flask on gunicorn)"), "{page}");
+    assert!(page.contains("/app is this deployment: True"), "{page}");
+    assert!(page.contains("cwd: /home/flask/app-deployments/"), "{page}");
+
+    // `run` over SSH, like `heroku run`: in the app, with its virtualenv first on PATH.
+    let o = n.ssh(&d.key, &[], Some("run flask python -m flask --version"), b"");
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(text(&o.stdout).contains("Flask 3.0.3"), "{}", text(&o.stdout));
+    let o = n.ssh(&d.key, &[], Some("run flask which gunicorn"), b"");
+    assert!(
+        text(&o.stdout).trim().ends_with("/repo/.venv/bin/gunicorn"),
+        "{}",
+        text(&o.stdout)
+    );
+    // The CLI's `run` keeps every argument as given.
+    let o = n.gs(&[
+        "run",
+        "flask",
+        "--",
+        "python",
+        "-c",
+        "import flask, os; print(os.getcwd())",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("/home/flask/app-deployments/"),
+        "{}",
+        text(&o.stdout)
+    );
+    // `shell` too (no login shell: the system's profile would reset PATH).
+    let o = n.ssh(
+        &d.key,
+        &[],
+        Some("shell flask"),
+        b"python -c 'import flask'; echo code=$? pwd=$(pwd)\n",
+    );
+    let so = text(&o.stdout);
+    assert!(
+        so.contains("code=0 pwd=/home/flask/app-deployments/"),
+        "{so}{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn app_processes_start_in_the_deployment_with_its_path_and_see_it_at_slash_app() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "envs", "--cartridge", "python", "--owner", "dev"]);
+    // A deployment-local command on PATH (what a venv's bin is), used by web and the hooks.
+    let hook = "#!/bin/sh\necho \"$(pwd) $(which greet)\" > \"$OPENSHIFT_DATA_DIR/deploy-hook\"\n";
+    let dir = new_repo(
+        n,
+        "envs",
+        &[
+            ("Procfile", "web: greet\n"),
+            (".venv/bin/greet", "#!/bin/sh\nexec python3 -u server.py\n"),
+            (".openshift/action_hooks/deploy", hook),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+        ],
+    );
+    std::fs::set_permissions(
+        dir.join(".venv/bin/greet"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    commit(&dir, "exec bit");
+    let (ok, out) = push(&d, &dir, "envs");
+    // The python cartridge removes a committed .venv only when it builds one (requirements.txt).
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "envs", "/"), (200, "one".to_string()));
+    let (_, hook_out, _) = n.sh("envs", "cat ~/app-root/data/deploy-hook");
+    let (pwd, greet) = hook_out.trim().split_once(' ').unwrap();
+    assert!(pwd.starts_with("/home/envs/app-deployments/"), "{hook_out}");
+    assert_eq!(greet, format!("{pwd}/.venv/bin/greet"), "{hook_out}");
+
+    // /app is the live deployment, and follows the switch to the next one.
+    let (_, first, _) = n.sh("envs", "pwd; cat /app/page.txt");
+    write_files(&dir, &[("page.txt", "two")]);
+    commit(&dir, "two");
+    assert!(push(&d, &dir, "envs").0);
+    assert_eq!(get(n, "envs", "/"), (200, "two".to_string()));
+    let (_, second, _) = n.sh("envs", "pwd; cat /app/page.txt; echo; echo $PATH");
+    let lines: Vec<&str> = second.lines().collect();
+    assert_ne!(
+        first.lines().next(),
+        lines.first().copied(),
+        "run did not move to the new deployment"
+    );
+    assert_eq!(lines[1], "two", "{second}");
+    assert_eq!(
+        lines[2],
+        format!("{}/.venv/bin:/usr/local/bin:/usr/bin:/bin", lines[0]),
+        "{second}"
+    );
+    // /app is read-only for the gear: a link in its root, not something the app can replace.
+    let (code, _, _) = n.sh("envs", "rm /app || ln -sfn /tmp /app");
+    assert_ne!(code, 0);
+}
