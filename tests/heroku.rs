@@ -197,3 +197,107 @@ fn app_processes_start_in_the_deployment_with_its_path_and_see_it_at_slash_app()
     let (code, _, _) = n.sh("envs", "rm /app || ln -sfn /tmp /app");
     assert_ne!(code, 0);
 }
+
+/// Records how it ran: the app's variable, its directory, where /app pointed (before the switch
+/// it is not the new deployment yet); fails when `fail` exists in the deployment.
+const RELEASE: &str = r#"echo "$GREETING $(pwd) $(readlink -f /app)" >> "$OPENSHIFT_DATA_DIR/release.log"
+if [ -e fail ]; then echo "migration failed" >&2; exit 3; fi
+"#;
+
+#[test]
+fn the_release_command_runs_before_the_switch_and_a_failing_one_keeps_the_old_deployment() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "rel", "--cartridge", "python", "--owner", "dev"]);
+    n.ok(&["env", "set", "rel", "GREETING=hi"]);
+    let dir = new_repo(
+        n,
+        "rel",
+        &[
+            (
+                "Procfile",
+                "# Heroku's release phase\nweb: python3 -u server.py\nrelease: sh release.sh\n",
+            ),
+            ("release.sh", RELEASE),
+            ("server.py", SERVER),
+            ("page.txt", "v1"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "rel");
+    assert!(ok, "{out}");
+    assert!(out.contains("remote: -----> release: sh release.sh"), "{out}");
+    assert_eq!(get(n, "rel", "/"), (200, "v1".to_string()));
+
+    write_files(&dir, &[("page.txt", "v2"), ("fail", "")]);
+    commit(&dir, "v2 with a failing release");
+    let (ok, out) = push(&d, &dir, "rel");
+    assert!(!ok, "a failing release was deployed: {out}");
+    assert!(out.contains("migration failed"), "{out}");
+    assert!(
+        out.contains("the release command `sh release.sh` failed with exit code 3; push rejected"),
+        "{out}"
+    );
+    assert_eq!(get(n, "rel", "/"), (200, "v1".to_string()), "{out}");
+
+    std::fs::remove_file(dir.join("fail")).unwrap();
+    write_files(&dir, &[("page.txt", "v3")]);
+    commit(&dir, "v3");
+    assert!(push(&d, &dir, "rel").0);
+    assert_eq!(get(n, "rel", "/"), (200, "v3".to_string()));
+    let (_, log, _) = n.sh("rel", "cat ~/app-root/data/release.log");
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "not once per push: {log}");
+    for l in &lines {
+        assert_eq!(l[0], "hi", "{log}");
+        assert!(l[1].starts_with("/home/rel/app-deployments/"), "{log}");
+        assert_ne!(l[1], l[2], "the release ran after the switch: {log}");
+    }
+}
+
+#[test]
+fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_push() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "dok", "--cartridge", "python", "--owner", "dev"]);
+    let log = r#"echo $(readlink -f /app) $(pwd) >> $OPENSHIFT_DATA_DIR/scripts.log"#;
+    let app_json = format!(
+        "{{\n  // Dokku tolerates comment lines\n  \"name\": \"dok\",\n  \"scripts\": {{\"dokku\": {{\n    \"predeploy\": \"echo pre {log}\",\n    \"postdeploy\": \"echo post {log}\"\n  }}}}\n}}\n",
+        log = log.replace('"', "\\\"").replace("echo ", "")
+    );
+    let dir = new_repo(
+        n,
+        "dok",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("app.json", &app_json),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "dok");
+    assert!(ok, "{app_json}\n{out}");
+    assert!(out.contains("-----> app.json predeploy: echo pre"), "{out}");
+    assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
+    let (_, text, _) = n.sh("dok", "cat ~/app-root/data/scripts.log");
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0][0], "pre", "{text}");
+    assert_ne!(lines[0][1], lines[0][2], "predeploy ran after the switch: {text}");
+    assert_eq!(lines[1][0], "post", "{text}");
+    assert_eq!(lines[1][1], lines[1][2], "postdeploy ran before the switch: {text}");
+
+    write_files(
+        &dir,
+        &[("app.json", "{\"scripts\": {\"dokku\": {}},}\n"), ("page.txt", "two")],
+    );
+    commit(&dir, "a trailing comma");
+    let (ok, out) = push(&d, &dir, "dok");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("remote: -----> FAILED: app.json is not valid: trailing comma at line 1"),
+        "{out}"
+    );
+    assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
+}

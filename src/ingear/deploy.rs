@@ -7,7 +7,7 @@
 use crate::gear::control;
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
-use crate::ingear::procenv;
+use crate::ingear::{appjson, procenv, procfile, release};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -117,9 +117,8 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
 }
 
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
-/// The environment is every app process's (`procenv`), for the deployment being built.
+/// `env` is every app process's (`procenv`), for the deployment being built.
 fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
-    let env = procenv::for_deployment(env.to_vec(), repo, &procenv::PathSpec::of_cartridge());
     let cart = Path::new("/opt/gearshift/cartridge/bin").join(step);
     let hook = repo.join(".openshift/action_hooks").join(step);
     for (who, path) in [("cartridge", cart), ("action hook", hook)] {
@@ -225,7 +224,9 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
-    let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo));
+    // The release commands run once per push: not again where a scaled app's gears import it.
+    let push = matches!(source, Source::Git);
+    let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo, push));
     match result {
         Ok(()) => {
             d.result = "deployed".into();
@@ -276,12 +277,13 @@ fn check_out(source: Source, commit: &str, repo: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The cartridge's and the app's hooks (pre_build, build, deploy), then the switch to the new
-/// deployment, then post_deploy.
-fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
+/// The cartridge's and the app's hooks (pre_build, build, deploy), the release commands (for a
+/// push), then the switch to the new deployment, then post_deploy and app.json's postdeploy.
+fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, push: bool) -> Result<()> {
+    // The app's own manifests first: a bad Procfile or app.json fails the push before any build.
+    let procs = procfile::read(repo)?.unwrap_or_default();
+    let app_json = appjson::read(repo)?;
     let mut env = info.env_pairs();
-    env.retain(|(k, _)| k != "OPENSHIFT_REPO_DIR");
-    env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
     env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.to_string()));
     env.push((
         "GEARSHIFT_PREVIOUS_DEPLOYMENT".into(),
@@ -289,8 +291,15 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     ));
+    let env = procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge());
     for step in ["pre_build", "build", "deploy"] {
         run_step(step, repo, &env)?;
+    }
+    if push {
+        for script in release::before_switch(&app_json, &procs) {
+            say(&format!("{}: {}", script.label, script.command));
+            release::run(&script, repo, &env)?;
+        }
     }
     say("starting the new deployment");
     // The switch is the point of no return: never past it for a push nobody waits for
@@ -299,9 +308,15 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path) -> Result<()> {
         bail!("the push connection is gone; not switching");
     }
     switch_to(info, id)?;
-    // post_deploy runs against the live deployment; its failure is reported, not fatal.
+    // What runs against the live deployment is reported when it fails, not fatal: it is live.
     if let Err(e) = run_step("post_deploy", repo, &env) {
         say(&format!("warning: {e:#}"));
+    }
+    for script in release::after_switch(&app_json).into_iter().filter(|_| push) {
+        say(&format!("{}: {}", script.label, script.command));
+        if let Err(e) = release::run(&script, repo, &env) {
+            say(&format!("warning: {e:#}; {id} is live"));
+        }
     }
     Ok(())
 }

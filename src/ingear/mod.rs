@@ -2,8 +2,11 @@
 //! privileges: the git pre-receive hook (the deploy pipeline), process control, deployments,
 //! and the static file server. They read the gear's descriptor from /opt/gearshift/meta.
 
+pub mod appjson;
 pub mod deploy;
 pub mod procenv;
+pub mod procfile;
+pub mod release;
 pub mod static_server;
 pub mod supervisor;
 

@@ -18,6 +18,7 @@ use crate::gear::control::{self, Command};
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use crate::ingear::procenv::{self, live_repo};
+use crate::ingear::procfile;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -106,14 +107,8 @@ fn note(msg: &str) {
 
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.
 fn web_command(repo: &Path) -> Result<Vec<String>> {
-    if let Ok(procfile) = std::fs::read_to_string(repo.join("Procfile")) {
-        if let Some(cmd) = procfile.lines().find_map(|l| l.trim().strip_prefix("web:")) {
-            let cmd = cmd.trim();
-            if cmd.is_empty() {
-                bail!("the Procfile's web: line is empty");
-            }
-            return Ok(vec!["/bin/sh".into(), "-c".into(), format!("exec {cmd}")]);
-        }
+    if let Some(cmd) = procfile::command(repo, "web")? {
+        return Ok(procfile::shell_argv(&cmd));
     }
     let start = Path::new("/opt/gearshift/cartridge/bin/start");
     if start.is_file() {
