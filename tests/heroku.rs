@@ -100,6 +100,20 @@ fn a_flask_app_on_gunicorn_deploys_unchanged_and_run_has_its_packages() {
     assert!(page.contains("/app is this deployment: True"), "{page}");
     assert!(page.contains("cwd: /home/flask/app-deployments/"), "{page}");
 
+    // A redeploy with the dependencies cached: push start -> the new page served.
+    let app_py = std::fs::read_to_string(dir.join("app.py")).unwrap();
+    write_files(&dir, &[("app.py", &app_py.replace("Hello from", "Hello again from"))]);
+    commit(&dir, "a new page");
+    let t = std::time::Instant::now();
+    let (ok, out) = push(&d, &dir, "flask");
+    let (_, page) = get(n, "flask", "/");
+    eprintln!(
+        "flask+gunicorn redeploy, push start -> new page served: {:?}",
+        t.elapsed()
+    );
+    assert!(ok && page.contains("Hello again from gearshift"), "{page}\n{out}");
+    assert!(out.contains("requirements.txt unchanged: reusing"), "{out}");
+
     // `run` over SSH, like `heroku run`: in the app, with its virtualenv first on PATH.
     let o = n.ssh(&d.key, &[], Some("run flask python -m flask --version"), b"");
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));

@@ -7,7 +7,10 @@
 use crate::gear::control;
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
-use crate::ingear::{appjson, procenv, procfile, release};
+use crate::ingear::appjson;
+use crate::ingear::procenv;
+use crate::ingear::procfile;
+use crate::ingear::release;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -224,7 +227,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
-    // The release commands run once per push: not again where a scaled app's gears import it.
+    // The release commands run once per push: not again where the other gears of a scaled app import it.
     let push = matches!(source, Source::Git);
     let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo, push));
     match result {

@@ -25,9 +25,10 @@ pub fn parse(text: &str) -> Result<Vec<Process>> {
             bail!("Procfile line {n}: {line:?} is not `type: command` (comment lines start with #)");
         };
         let (name, command) = (name.trim(), command.trim());
-        let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            && name.len() <= 63;
+        // procfile-util's (Dokku's) names.
+        let valid_name = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid_name {
             bail!(
                 "Procfile line {n}: {name:?} is not a process type name (letters, digits, - and _, like web or worker)"
@@ -106,7 +107,7 @@ mod tests {
         assert!(e("web:\n").contains("has no command"));
         assert!(e("web: a\nweb: b\n").contains("a second web: line"));
         assert!(e("my worker: a\n").contains("not a process type name"));
-        assert!(e("-x: a\n").contains("not a process type name"));
+        assert!(e("a.b: a\n").contains("not a process type name"));
     }
 
     #[test]
