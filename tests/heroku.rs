@@ -315,3 +315,87 @@ fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_pus
     );
     assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
 }
+
+#[test]
+fn procfile_process_types_run_as_formation_says_each_with_its_log_and_restart_after_a_crash() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "work", "--cartridge", "python", "--owner", "dev"]);
+    let procfile = "# five types, comments and blank lines\n\nweb: python3 -u server.py\nworker: sh worker.sh # the queue\nclock: sh clock.sh\nurgent: sh worker.sh\nrelease: true\n";
+    let dir = new_repo(
+        n,
+        "work",
+        &[
+            ("Procfile", procfile),
+            (
+                "app.json",
+                r#"{"formation": {"worker": {"quantity": 1}, "urgent": {"quantity": 0}}}"#,
+            ),
+            (
+                "worker.sh",
+                "echo \"worker up in $(pwd)\"\nwhile :; do sleep 0.2; done\n",
+            ),
+            ("clock.sh", "echo clock up\nwhile :; do sleep 0.2; done\n"),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "work");
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "work", "/"), (200, "one".to_string()));
+    let live = |n: &TestNode| n.sh("work", "readlink -f /app").1.trim().to_string();
+    let workers = |n: &TestNode| {
+        n.sh("work", "pgrep -f '^sh worker.sh' | tr '\\n' ' '")
+            .1
+            .trim()
+            .to_string()
+    };
+    let first = live(n);
+    let log_has = |n: &TestNode, what: &str| n.sh("work", "cat ~/app-root/logs/worker.log").1.contains(what);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || log_has(
+            n,
+            &format!("worker up in {first}")
+        )),
+        "no worker output in worker.log"
+    );
+    let pid = workers(n);
+    assert_eq!(pid.split(' ').count(), 1, "not one worker: {pid:?}");
+    let (_, clock, _) = n.sh(
+        "work",
+        "pgrep -fc '^sh clock.sh'; test -e ~/app-root/logs/clock.log && echo log",
+    );
+    assert_eq!(clock.trim(), "0", "clock runs with quantity 0");
+    let st: serde_json::Value = serde_json::from_str(&n.ok(&["app", "status", "work", "--json"])).unwrap();
+    assert_eq!(st["processes"][0][0], "worker.1", "{st}");
+
+    // A crash: restarted (after 1 s), and its exit noted in the web log.
+    n.sh("work", &format!("kill -9 {pid}"));
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let now = workers(n);
+            !now.is_empty() && now != pid && now.split(' ').count() == 1
+        }),
+        "the worker was not restarted"
+    );
+    assert!(n
+        .sh("work", "cat ~/app-root/logs/web.log")
+        .1
+        .contains("worker.1 exited (signal 9)"));
+
+    // A redeploy replaces it with the new deployment's.
+    write_files(&dir, &[("page.txt", "two")]);
+    commit(&dir, "two");
+    assert!(push(&d, &dir, "work").0);
+    assert_eq!(get(n, "work", "/"), (200, "two".to_string()));
+    let second = live(n);
+    assert_ne!(first, second);
+    assert!(
+        eventually(std::time::Duration::from_secs(15), || {
+            log_has(n, &format!("worker up in {second}")) && workers(n).split(' ').count() == 1
+        }),
+        "the new deployment's worker did not replace the old one: {}",
+        workers(n)
+    );
+}

@@ -9,6 +9,7 @@ pub mod procfile;
 pub mod release;
 pub mod static_server;
 pub mod supervisor;
+pub mod workers;
 
 use crate::table;
 use anyhow::Result;
