@@ -80,7 +80,8 @@ def strip(text):
 
 def expand_use(tree):
     """`a::{b, c::{d as e}}` -> [(['a','b'], 'b'), (['a','c','d'], 'e')]."""
-    tree = re.sub(r"\s+", "", tree)
+    # `x as y` becomes `x@y` before the blanks go, so a name containing "as" (`release`) stays whole.
+    tree = re.sub(r"\s+", "", re.sub(r"\s+as\s+", "@", tree))
     res = []
 
     def walk(prefix, s):
@@ -103,8 +104,8 @@ def expand_use(tree):
                 walk(prefix + [x for x in m.group(1).split("::") if x], m.group(2))
                 continue
             alias = None
-            if "as" in p and re.search(r"(?<=[A-Za-z0-9_])as(?=[A-Za-z_])", p):
-                p, alias = re.split(r"(?<=[A-Za-z0-9_])as(?=[A-Za-z_])", p, maxsplit=1)
+            if "@" in p:
+                p, alias = p.split("@", 1)
             path = prefix + [x for x in p.split("::") if x]
             if path and path[-1] == "self":
                 path = path[:-1]

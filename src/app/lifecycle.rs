@@ -81,6 +81,16 @@ pub fn run_in_gear(node: &Node, actor: &Actor, name: &str, index: u32, command: 
     run_in_gear_tty(node, actor, name, index, command, std::io::stdin().is_terminal())
 }
 
+/// `gearshift run APP CMD` and `shell APP`, like `heroku run`: CMD in the live deployment, with
+/// its `PATH` (the gear side sets them: `gearshift gear exec`).
+pub fn run_app_command(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
+    let mut argv: Vec<String> = ["/opt/gearshift/bin/gearshift", "gear", "exec", "--"]
+        .map(String::from)
+        .to_vec();
+    argv.extend(command.iter().cloned());
+    run_in_gear(node, actor, name, index, &argv)
+}
+
 /// Like `run_in_gear`, never with a pty (binary protocols such as git's).
 pub fn run_in_gear_plain(node: &Node, actor: &Actor, name: &str, index: u32, command: &[String]) -> Result<i32> {
     run_in_gear_tty(node, actor, name, index, command, false)

@@ -12,7 +12,7 @@ pub mod lifecycle;
 pub mod scale;
 
 pub use create::{create, destroy};
-pub use lifecycle::{in_gear, run_in_gear, run_in_gear_plain, set_env, start_web};
+pub use lifecycle::{in_gear, run_app_command, run_in_gear, run_in_gear_plain, set_env, start_web};
 pub use scale::{replicate, scale};
 
 use crate::gear::meta::{self, GearInfo};

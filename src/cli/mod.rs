@@ -211,7 +211,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         }
         Verb::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
         Verb::Run { app, gear, command } => {
-            crate::app::run_in_gear(&Node::load(config_path)?, actor, &app, gear, &command)
+            crate::app::run_app_command(&Node::load(config_path)?, actor, &app, gear, &command)
         }
     }
 }

@@ -88,6 +88,8 @@ pub fn ensure_running(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
             home_inner: gear.inner_home(),
             meta_dir: node.gear_meta_dir(&gear.id),
             ro_binds: gear_opt_binds(node, gear, boot)?,
+            // The live deployment at /app, as on Heroku and Dokku (follows every switch).
+            links: vec![(gear.inner_home().join(super::layout::REPO), "/app".into())],
             tmp_size: (limits.memory_bytes / 4).max(16 << 20),
             owner_uid: gear.uid,
             mcs: gear.mcs(),

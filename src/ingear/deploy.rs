@@ -7,8 +7,11 @@
 use crate::gear::control;
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
+use crate::ingear::appjson;
 use crate::ingear::journal::{self, Journal, Verdict};
-use crate::ingear::supervisor;
+use crate::ingear::procenv;
+use crate::ingear::procfile;
+use crate::ingear::release;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -76,7 +79,7 @@ fn save(d: &Deployment) -> Result<()> {
 
 /// The id of the live deployment (from the `app-root/repo` link).
 pub fn live_id() -> Option<String> {
-    supervisor::live_repo()?
+    procenv::live_repo()?
         .parent()?
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -118,6 +121,7 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
 }
 
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
+/// `env` is every app process's (`procenv`), for the deployment being built.
 fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
     let cart = Path::new("/opt/gearshift/cartridge/bin").join(step);
     let hook = repo.join(".openshift/action_hooks").join(step);
@@ -224,7 +228,8 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
-    // A push's switch is journaled: git's ref update decides whether it stays (`settle`).
+    // A push's switch is journaled: git's ref update decides whether it stays (`settle`). The
+    // release commands run once per push: not again where the other gears of a scaled app import it.
     let journal = matches!(source, Source::Git).then(|| Journal {
         id: id.clone(),
         commit: commit.into(),
@@ -293,24 +298,34 @@ fn check_out(source: Source, commit: &str, repo: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The cartridge's and the app's hooks (pre_build, build, deploy), then the switch to the new
-/// deployment, then post_deploy.
+/// The cartridge's and the app's hooks (pre_build, build, deploy), the release commands (for a
+/// push, which carries a journal), then the switch to the new deployment, then post_deploy and
+/// app.json's postdeploy.
 fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Journal>) -> Result<()> {
     crate::fault::reached("after-checkout");
+    let push = journal.is_some();
+    // The app's own manifests first: a bad Procfile or app.json fails the push before any build.
+    let procs = procfile::read(repo)?.unwrap_or_default();
+    let app_json = appjson::read(repo)?;
     let mut env = info.env_pairs();
-    env.retain(|(k, _)| k != "OPENSHIFT_REPO_DIR");
-    env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
     env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.to_string()));
     env.push((
         "GEARSHIFT_PREVIOUS_DEPLOYMENT".into(),
-        supervisor::live_repo()
+        procenv::live_repo()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     ));
+    let env = procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge());
     for step in ["pre_build", "build", "deploy"] {
         run_step(step, repo, &env)?;
     }
     crate::fault::reached("after-build");
+    if push {
+        for script in release::before_switch(&app_json, &procs) {
+            say(&format!("{}: {}", script.label, script.command));
+            release::run(&script, repo, &env)?;
+        }
+    }
     say("starting the new deployment");
     // Never switch for a push nobody waits for (the connection or the daemon died): git would
     // not record the ref. What dies after this check is undone by `settle`.
@@ -322,9 +337,15 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     }
     switch_to(info, id)?;
     crate::fault::reached("after-switch");
-    // post_deploy runs against the live deployment; its failure is reported, not fatal.
+    // What runs against the live deployment is reported when it fails, not fatal: it is live.
     if let Err(e) = run_step("post_deploy", repo, &env) {
         say(&format!("warning: {e:#}"));
+    }
+    for script in release::after_switch(&app_json).into_iter().filter(|_| push) {
+        say(&format!("{}: {}", script.label, script.command));
+        if let Err(e) = release::run(&script, repo, &env) {
+            say(&format!("warning: {e:#}; {id} is live"));
+        }
     }
     Ok(())
 }

@@ -2,10 +2,15 @@
 //! privileges: the git pre-receive hook (the deploy pipeline), process control, deployments,
 //! and the static file server. They read the gear's descriptor from /opt/gearshift/meta.
 
+pub mod appjson;
 pub mod deploy;
 pub mod journal;
+pub mod procenv;
+pub mod procfile;
+pub mod release;
 pub mod static_server;
 pub mod supervisor;
+pub mod workers;
 
 use crate::table;
 use anyhow::Result;
@@ -32,6 +37,11 @@ pub enum GearCmd {
     Import { commit: String },
     /// Re-activate a kept deployment.
     Rollback { id: Option<String> },
+    /// Run COMMAND in the live deployment, with its PATH (what `run` and `shell` start).
+    Exec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Serve a directory over HTTP (the static cartridge's web process).
     StaticServe {
         dir: PathBuf,
@@ -86,6 +96,7 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             println!("rolled back: {id} is live");
             Ok(0)
         }
+        GearCmd::Exec { command } => procenv::exec(&command),
         GearCmd::StaticServe { dir, port, bind } => {
             let addr: std::net::SocketAddr = format!("{bind}:{port}").parse()?;
             crate::ingear::static_server::serve(&dir, addr).map(|_| 0)

@@ -17,6 +17,10 @@
 use crate::gear::control::{self, Command};
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
+use crate::ingear::appjson;
+use crate::ingear::procenv::{self, live_repo};
+use crate::ingear::procfile;
+use crate::ingear::workers::{self, Workers};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -55,6 +59,8 @@ pub struct Status {
     pub draining: Option<(i32, u16)>,
     /// Bumped on every change; `watch N` waits for it to move past N.
     pub generation: u64,
+    /// The other process types' processes: (`worker.1`, pid while it runs).
+    pub processes: Vec<(String, Option<i32>)>,
 }
 
 struct Inner {
@@ -67,6 +73,8 @@ struct Inner {
 
 struct Sup {
     inner: Mutex<Inner>,
+    /// The Procfile's other process types.
+    workers: Arc<Workers>,
     changed: Condvar,
 }
 
@@ -103,26 +111,10 @@ fn note(msg: &str) {
     }
 }
 
-/// The live deployment's repository directory, resolved.
-pub fn live_repo() -> Option<PathBuf> {
-    let link = layout::in_home(layout::REPO);
-    // Before the first deploy, app-root/repo is the empty directory of the OpenShift layout.
-    if !link.is_symlink() {
-        return None;
-    }
-    std::fs::canonicalize(link).ok().filter(|p| p.is_dir())
-}
-
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.
 fn web_command(repo: &Path) -> Result<Vec<String>> {
-    if let Ok(procfile) = std::fs::read_to_string(repo.join("Procfile")) {
-        if let Some(cmd) = procfile.lines().find_map(|l| l.trim().strip_prefix("web:")) {
-            let cmd = cmd.trim();
-            if cmd.is_empty() {
-                bail!("the Procfile's web: line is empty");
-            }
-            return Ok(vec!["/bin/sh".into(), "-c".into(), format!("exec {cmd}")]);
-        }
+    if let Some(cmd) = procfile::command(repo, "web")? {
+        return Ok(procfile::shell_argv(&cmd));
     }
     let start = Path::new("/opt/gearshift/cartridge/bin/start");
     if start.is_file() {
@@ -146,13 +138,13 @@ fn env_with_port(info: &GearInfo, port: u16) -> Vec<(String, String)> {
         .collect()
 }
 
-fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>) -> Result<std::process::Child> {
+/// Starts `argv` in deployment `repo`, its output into `app-root/logs/LOG.log`.
+fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>, log: &str) -> Result<std::process::Child> {
     let (rd, wr) = std::io::pipe().context("cannot create a log pipe")?;
     let child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .env_clear()
-        .envs(env)
-        .env("OPENSHIFT_REPO_DIR", format!("{}/", repo.display()))
+        .envs(procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge()))
         .current_dir(repo)
         .stdin(std::process::Stdio::null())
         .stdout(wr.try_clone()?)
@@ -160,13 +152,14 @@ fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>) -> Res
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {}", argv.join(" ")))?;
-    std::thread::spawn(move || copy_to_log(rd));
+    let log = log.to_string();
+    std::thread::spawn(move || copy_to_log(rd, &log));
     Ok(child)
 }
 
-/// Copies a process's output into web.log, rotating by size.
-fn copy_to_log(mut rd: std::io::PipeReader) {
-    let path = layout::in_home(layout::WEB_LOG);
+/// Copies a process's output into `LOG.log`, rotating by size.
+fn copy_to_log(mut rd: std::io::PipeReader, log: &str) {
+    let path = log_dir().join(format!("{log}.log"));
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match rd.read(&mut buf) {
@@ -179,11 +172,11 @@ fn copy_to_log(mut rd: std::io::PipeReader) {
         {
             for i in (1..LOG_KEEP).rev() {
                 let _ = std::fs::rename(
-                    log_dir().join(format!("web.log.{i}")),
-                    log_dir().join(format!("web.log.{}", i + 1)),
+                    log_dir().join(format!("{log}.log.{i}")),
+                    log_dir().join(format!("{log}.log.{}", i + 1)),
                 );
             }
-            let _ = std::fs::rename(&path, log_dir().join("web.log.1"));
+            let _ = std::fs::rename(&path, log_dir().join(format!("{log}.log.1")));
         }
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
             let _ = f.write_all(&buf[..n]);
@@ -196,7 +189,7 @@ fn spawn_web(port: u16) -> Result<(i32, String, String)> {
     let info = GearInfo::load_in_gear()?;
     let repo = live_repo().context("nothing is deployed yet: git push first")?;
     let argv = web_command(&repo)?;
-    let child = spawn_logged(&argv, &repo, env_with_port(&info, port))?;
+    let child = spawn_logged(&argv, &repo, env_with_port(&info, port), "web")?;
     let pid = child.id() as i32;
     // The reaper thread waits for it; the Child handle is not needed.
     drop(child);
@@ -206,6 +199,24 @@ fn spawn_web(port: u16) -> Result<(i32, String, String)> {
         .map(|n| n.to_string_lossy().into_owned());
     note(&format!("started {} on port {port} (pid {pid})", argv.join(" ")));
     Ok((pid, argv.join(" "), deployment.unwrap_or_default()))
+}
+
+/// Starts one process of a non-web type (the workers' [`workers::Spawn`]).
+fn spawn_worker(repo: &Path, name: &str, command: &str) -> Result<i32> {
+    let info = GearInfo::load_in_gear()?;
+    let child = spawn_logged(&procfile::shell_argv(command), repo, info.env_pairs(), name)?;
+    let pid = child.id() as i32;
+    drop(child);
+    note(&format!("started {name}: {command} (pid {pid})"));
+    Ok(pid)
+}
+
+/// Replaces the other process types' processes with the live deployment's.
+fn start_workers(s: &Sup) {
+    let Some(repo) = live_repo() else { return };
+    let procs = procfile::read(&repo).ok().flatten().unwrap_or_default();
+    let app = appjson::read(&repo).unwrap_or_default();
+    s.workers.replace(&repo, &workers::quantities(&procs, &app));
 }
 
 fn make_live(s: &Sup, g: &mut Inner, pid: i32, port: u16, command: String, deployment: String) {
@@ -243,7 +254,7 @@ fn run_helper(s: &Sup, argv: &[String], repo: &Path, limit: Duration) {
     let Ok(info) = GearInfo::load_in_gear() else { return };
     let (tx, rx) = channel();
     let mut g = s.lock();
-    if let Ok(child) = spawn_logged(argv, repo, info.env_pairs()) {
+    if let Ok(child) = spawn_logged(argv, repo, info.env_pairs(), "web") {
         g.waiters.insert(child.id() as i32, tx);
         drop(g);
         let _ = rx.recv_timeout(limit);
@@ -289,6 +300,7 @@ fn stop(s: &Sup) -> Result<()> {
         (g.status.pid, live_repo())
     };
     let Some(pid) = pid else {
+        s.workers.stop();
         s.lock().status.state = "stopped".into();
         return Ok(());
     };
@@ -296,6 +308,7 @@ fn stop(s: &Sup) -> Result<()> {
     if let (true, Some(repo)) = (stop_hook.is_file(), &repo) {
         run_helper(s, &[stop_hook.display().to_string()], repo, STOP_GRACE);
     }
+    s.workers.stop();
     terminate(s, pid, |g| g.status.pid != Some(pid));
     note(&format!("stopped (pid {pid})"));
     Ok(())
@@ -305,7 +318,13 @@ fn start(s: &Sup) -> Result<()> {
     let mut g = s.lock();
     set_wanted(&mut g, true);
     g.status.streak = 0;
-    start_locked(s, &mut g)
+    if g.status.pid.is_some() {
+        return Ok(());
+    }
+    start_locked(s, &mut g)?;
+    drop(g);
+    start_workers(s);
+    Ok(())
 }
 
 /// Waits until the new web process on `port` is ready: it accepts connections and, when the
@@ -446,6 +465,7 @@ fn switch(s: &Shared) -> Result<()> {
     g.status.draining = old.map(|p| (p, old_port));
     make_live(s, &mut g, pid, port, cmd, dep);
     drop(g);
+    start_workers(s);
     if let Some(old) = old {
         let s2 = s.clone();
         std::thread::spawn(move || {
@@ -460,6 +480,9 @@ fn switch(s: &Shared) -> Result<()> {
 
 /// Called by the reaper when a process exits.
 fn exited(s: &Shared, pid: i32, code: i32) {
+    if s.workers.exited(pid, code) {
+        return;
+    }
     let mut g = s.lock();
     if let Some(tx) = g.waiters.remove(&pid) {
         let _ = tx.send(code);
@@ -567,7 +590,8 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
         }
         Command::Unknown(e) => Err(e),
     };
-    let status = s.lock().status.clone();
+    let mut status = s.lock().status.clone();
+    status.processes = s.workers.list();
     control::reply(&stream, reply, &status)
 }
 
@@ -596,6 +620,7 @@ pub fn run() -> ! {
             started_at: None,
             waiters: HashMap::new(),
         }),
+        workers: Workers::new(spawn_worker, note),
         changed: Condvar::new(),
     });
     let r = s.clone();
@@ -609,6 +634,8 @@ pub fn run() -> ! {
         if let Err(e) = start_locked(&s, &mut g) {
             note(&format!("cannot start at boot: {e:#}"));
         }
+        drop(g);
+        start_workers(&s);
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));

@@ -108,8 +108,9 @@ fn serve(node: &Node, config_path: &Path, actor: &Actor, job: Job, verb: RunVerb
             };
             git::serve(node, actor, &app, service)
         }
-        Request::Shell { app } => crate::app::run_in_gear(node, actor, &app, 0, &["/bin/bash".into(), "-l".into()]),
-        Request::Run { app, argv } => crate::app::run_in_gear(node, actor, &app, 0, &argv),
+        // Not a login shell: /etc/profile would put the system's PATH back.
+        Request::Shell { app } => crate::app::run_app_command(node, actor, &app, 0, &["/bin/bash".into()]),
+        Request::Run { app, argv } => crate::app::run_app_command(node, actor, &app, 0, &argv),
         Request::Rsync { app, args, path } => {
             let mut argv = vec!["rsync".to_string(), "--server".to_string()];
             argv.extend(args);

@@ -22,6 +22,8 @@ pub struct RootSpec {
     pub meta_dir: PathBuf,
     /// Further read-only binds: (host path, path inside the gear).
     pub ro_binds: Vec<(PathBuf, PathBuf)>,
+    /// Symlinks in the (then read-only) root: (target, path inside the gear).
+    pub links: Vec<(PathBuf, PathBuf)>,
     pub tmp_size: u64,
     /// The gear's uid: owns /run (the supervisor's control socket lives there).
     pub owner_uid: u32,
@@ -102,6 +104,12 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
             fs::write(&dst, b"")?;
         }
         bind(host, &dst, ro)?;
+    }
+
+    for (target, at) in &spec.links {
+        let dst = inner(r, at);
+        fs::create_dir_all(dst.parent().unwrap_or(r))?;
+        symlink(target, &dst).with_context(|| format!("cannot link {}", at.display()))?;
     }
 
     let home = inner(r, &spec.home_inner);

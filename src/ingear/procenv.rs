@@ -1,0 +1,134 @@
+//! The environment of every app process (web, other process types, hooks, `run`, `shell`), as
+//! Heroku and Dokku give it: the working directory is the deployment's repository, and `PATH`
+//! starts with the deployment's own executables (the cartridge's `app_path`: a virtualenv's
+//! `bin`, `node_modules/.bin`), then the cartridge's (`path`), then the system's.
+
+use crate::gear::layout;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where the gear sees its cartridge.
+pub const CARTRIDGE_DIR: &str = "/opt/gearshift/cartridge";
+
+/// The part of a cartridge's `manifest.toml` that shapes `PATH`.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct PathSpec {
+    /// Directories inside the deployment, first on `PATH` (python: `.venv/bin`).
+    #[serde(default)]
+    pub app_path: Vec<String>,
+    /// Directories inside the cartridge, after the deployment's.
+    #[serde(default)]
+    pub path: Vec<String>,
+}
+
+impl PathSpec {
+    /// The gear's cartridge's (none when its manifest cannot be read: the system's `PATH` only).
+    pub fn of_cartridge() -> PathSpec {
+        std::fs::read_to_string(Path::new(CARTRIDGE_DIR).join("manifest.toml"))
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The live deployment's repository directory, resolved.
+pub fn live_repo() -> Option<PathBuf> {
+    let link = layout::in_home(layout::REPO);
+    // Before the first deploy, app-root/repo is the empty directory of the OpenShift layout.
+    if !link.is_symlink() {
+        return None;
+    }
+    std::fs::canonicalize(link).ok().filter(|p| p.is_dir())
+}
+
+/// `PATH` for a process of deployment `repo`: its directories, the cartridge's, then `base`.
+pub fn search_path(repo: &Path, spec: &PathSpec, base: &str) -> String {
+    let rel = |p: &String| !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == "..");
+    let app = spec.app_path.iter().filter(|p| rel(p)).map(|p| repo.join(p));
+    let cart = spec
+        .path
+        .iter()
+        .filter(|p| rel(p))
+        .map(|p| Path::new(CARTRIDGE_DIR).join(p));
+    let mut dirs: Vec<String> = app.chain(cart).map(|p| p.display().to_string()).collect();
+    if !base.is_empty() {
+        dirs.push(base.to_string());
+    }
+    dirs.join(":")
+}
+
+/// `env` made right for a process of deployment `repo`: `PATH` as [`search_path`] (after the
+/// system's in `env`), `OPENSHIFT_REPO_DIR` the deployment.
+pub fn for_deployment(mut env: Vec<(String, String)>, repo: &Path, spec: &PathSpec) -> Vec<(String, String)> {
+    let base = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    env.retain(|(k, _)| k != "PATH" && k != "OPENSHIFT_REPO_DIR");
+    env.push(("PATH".into(), search_path(repo, spec, &base)));
+    env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
+    env
+}
+
+/// `gearshift gear exec -- CMD...` (what `run` and `shell` start): CMD in the live deployment
+/// with its `PATH`, like `heroku run`. Before the first deploy: in the home, the system's `PATH`.
+pub fn exec(argv: &[String]) -> anyhow::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, args)) = argv.split_first() else {
+        anyhow::bail!("no command given: `gearshift run APP -- COMMAND...`");
+    };
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args);
+    if let Some(repo) = live_repo() {
+        let env = for_deployment(std::env::vars().collect(), &repo, &PathSpec::of_cartridge());
+        cmd.env_clear().envs(env).current_dir(&repo);
+    }
+    let e = cmd.exec();
+    eprintln!("cannot run {}: {e}", prog.escape_default());
+    Ok(if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployment_comes_first_then_the_cartridge_then_the_system() {
+        let spec = PathSpec {
+            app_path: vec![".venv/bin".into(), "/etc".into(), "../x".into()],
+            path: vec!["usr/bin".into()],
+        };
+        let p = search_path(Path::new("/home/a/app-deployments/1/repo"), &spec, "/usr/bin:/bin");
+        assert_eq!(
+            p,
+            "/home/a/app-deployments/1/repo/.venv/bin:/opt/gearshift/cartridge/usr/bin:/usr/bin:/bin"
+        );
+        let env = for_deployment(
+            vec![
+                ("PATH".into(), "/bin".into()),
+                ("OPENSHIFT_REPO_DIR".into(), "x".into()),
+            ],
+            Path::new("/r"),
+            &PathSpec::default(),
+        );
+        assert_eq!(
+            env,
+            vec![
+                ("PATH".to_string(), "/bin".to_string()),
+                ("OPENSHIFT_REPO_DIR".to_string(), "/r/".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_manifest_names_its_paths() {
+        let s: PathSpec = toml::from_str("name = \"python\"\napp_path = [\".venv/bin\"]\n").unwrap();
+        assert_eq!(s.app_path, vec![".venv/bin"]);
+        assert!(s.path.is_empty());
+    }
+}

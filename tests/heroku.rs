@@ -1,0 +1,401 @@
+//! Apps written for Heroku and Dokku, pushed unchanged over SSH and checked from outside through
+//! the router: the environment of their processes (PATH, working directory, /app), `run` as
+//! `heroku run`.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A git repository holding a copy of `examples/NAME`.
+fn example_repo(n: &TestNode, name: &str) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("examples").join(name))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    git(&dir, &["init", "-q", "-b", "main"]);
+    commit(&dir, name);
+    dir
+}
+
+/// A git repository of `files`.
+fn new_repo(n: &TestNode, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    write_files(&dir, files);
+    commit(&dir, "first");
+    dir
+}
+
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        if path.contains("action_hooks/") || path.starts_with("bin/") {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+    }
+}
+
+fn commit(dir: &Path, msg: &str) {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+}
+
+fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {
+    push_as(&d.n, &d.key, dir, app, "main")
+}
+
+/// GET PATH of APP through the router: (status, body).
+fn get(n: &TestNode, app: &str, path: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "20", "-o", "-", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {app}.localhost"))
+        .arg(format!("http://127.0.0.1:{}{path}", n.http_port()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A stdlib server answering `page.txt` on $PORT (no PyPI needed).
+const SERVER: &str = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = open('page.txt').read().encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+#[test]
+fn a_flask_app_on_gunicorn_deploys_unchanged_and_run_has_its_packages() {
+    require_root!();
+    if offline_leaves_out(&test_name!(), "the whole test (Flask and gunicorn come from PyPI)") {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "flask", "--cartridge", "python", "--owner", "dev"]);
+    let dir = example_repo(n, "heroku-flask");
+    let (ok, out) = push(&d, &dir, "flask");
+    assert!(ok, "the Flask app did not deploy:\n{out}");
+    let (code, page) = get(n, "flask", "/");
+    assert_eq!(code, 200, "{page}\n{out}");
+    assert!(page.contains("Hello from gearshift (flask on gunicorn)"), "{page}");
+    assert!(page.contains("/app is this deployment: True"), "{page}");
+    assert!(page.contains("cwd: /home/flask/app-deployments/"), "{page}");
+
+    // A redeploy with the dependencies cached: push start -> the new page served.
+    let app_py = std::fs::read_to_string(dir.join("app.py")).unwrap();
+    write_files(&dir, &[("app.py", &app_py.replace("Hello from", "Hello again from"))]);
+    commit(&dir, "a new page");
+    let t = std::time::Instant::now();
+    let (ok, out) = push(&d, &dir, "flask");
+    let (_, page) = get(n, "flask", "/");
+    eprintln!(
+        "flask+gunicorn redeploy, push start -> new page served: {:?}",
+        t.elapsed()
+    );
+    assert!(ok && page.contains("Hello again from gearshift"), "{page}\n{out}");
+    assert!(out.contains("requirements.txt unchanged: reusing"), "{out}");
+
+    // `run` over SSH, like `heroku run`: in the app, with its virtualenv first on PATH.
+    let o = n.ssh(&d.key, &[], Some("run flask python -m flask --version"), b"");
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(text(&o.stdout).contains("Flask 3.0.3"), "{}", text(&o.stdout));
+    let o = n.ssh(&d.key, &[], Some("run flask which gunicorn"), b"");
+    assert!(
+        text(&o.stdout).trim().ends_with("/repo/.venv/bin/gunicorn"),
+        "{}",
+        text(&o.stdout)
+    );
+    // The CLI's `run` keeps every argument as given.
+    let o = n.gs(&[
+        "run",
+        "flask",
+        "--",
+        "python",
+        "-c",
+        "import flask, os; print(os.getcwd())",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("/home/flask/app-deployments/"),
+        "{}",
+        text(&o.stdout)
+    );
+    // `shell` too (no login shell: the system's profile would reset PATH).
+    let o = n.ssh(
+        &d.key,
+        &[],
+        Some("shell flask"),
+        b"python -c 'import flask'; echo code=$? pwd=$(pwd)\n",
+    );
+    let so = text(&o.stdout);
+    assert!(
+        so.contains("code=0 pwd=/home/flask/app-deployments/"),
+        "{so}{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn app_processes_start_in_the_deployment_with_its_path_and_see_it_at_slash_app() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "envs", "--cartridge", "python", "--owner", "dev"]);
+    // A deployment-local command on PATH (what a venv's bin is), used by web and the hooks.
+    let hook = "#!/bin/sh\necho \"$(pwd) $(which greet)\" > \"$OPENSHIFT_DATA_DIR/deploy-hook\"\n";
+    let dir = new_repo(
+        n,
+        "envs",
+        &[
+            ("Procfile", "web: greet\n"),
+            (".venv/bin/greet", "#!/bin/sh\nexec python3 -u server.py\n"),
+            (".openshift/action_hooks/deploy", hook),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+        ],
+    );
+    std::fs::set_permissions(
+        dir.join(".venv/bin/greet"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    commit(&dir, "exec bit");
+    let (ok, out) = push(&d, &dir, "envs");
+    // The python cartridge removes a committed .venv only when it builds one (requirements.txt).
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "envs", "/"), (200, "one".to_string()));
+    let (_, hook_out, _) = n.sh("envs", "cat ~/app-root/data/deploy-hook");
+    let (pwd, greet) = hook_out.trim().split_once(' ').unwrap();
+    assert!(pwd.starts_with("/home/envs/app-deployments/"), "{hook_out}");
+    assert_eq!(greet, format!("{pwd}/.venv/bin/greet"), "{hook_out}");
+
+    // /app is the live deployment, and follows the switch to the next one.
+    let (_, first, _) = n.sh("envs", "pwd; cat /app/page.txt");
+    write_files(&dir, &[("page.txt", "two")]);
+    commit(&dir, "two");
+    assert!(push(&d, &dir, "envs").0);
+    assert_eq!(get(n, "envs", "/"), (200, "two".to_string()));
+    let (_, second, _) = n.sh("envs", "pwd; cat /app/page.txt; echo; echo $PATH");
+    let lines: Vec<&str> = second.lines().collect();
+    assert_ne!(
+        first.lines().next(),
+        lines.first().copied(),
+        "run did not move to the new deployment"
+    );
+    assert_eq!(lines[1], "two", "{second}");
+    assert_eq!(
+        lines[2],
+        format!("{}/.venv/bin:/usr/local/bin:/usr/bin:/bin", lines[0]),
+        "{second}"
+    );
+    // /app is read-only for the gear: a link in its root, not something the app can replace.
+    let (code, _, _) = n.sh("envs", "rm /app || ln -sfn /tmp /app");
+    assert_ne!(code, 0);
+}
+
+/// Records how it ran: the app's variable, its directory, where /app pointed (before the switch
+/// it is not the new deployment yet); fails when `fail` exists in the deployment.
+const RELEASE: &str = r#"echo "$GREETING $(pwd) $(readlink -f /app)" >> "$OPENSHIFT_DATA_DIR/release.log"
+if [ -e fail ]; then echo "migration failed" >&2; exit 3; fi
+"#;
+
+#[test]
+fn the_release_command_runs_before_the_switch_and_a_failing_one_keeps_the_old_deployment() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "rel", "--cartridge", "python", "--owner", "dev"]);
+    n.ok(&["env", "set", "rel", "GREETING=hi"]);
+    let dir = new_repo(
+        n,
+        "rel",
+        &[
+            (
+                "Procfile",
+                "# Heroku's release phase\nweb: python3 -u server.py\nrelease: sh release.sh\n",
+            ),
+            ("release.sh", RELEASE),
+            ("server.py", SERVER),
+            ("page.txt", "v1"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "rel");
+    assert!(ok, "{out}");
+    assert!(out.contains("remote: -----> release: sh release.sh"), "{out}");
+    assert_eq!(get(n, "rel", "/"), (200, "v1".to_string()));
+
+    write_files(&dir, &[("page.txt", "v2"), ("fail", "")]);
+    commit(&dir, "v2 with a failing release");
+    let (ok, out) = push(&d, &dir, "rel");
+    assert!(!ok, "a failing release was deployed: {out}");
+    assert!(out.contains("migration failed"), "{out}");
+    assert!(
+        out.contains("the release command `sh release.sh` failed with exit code 3; push rejected"),
+        "{out}"
+    );
+    assert_eq!(get(n, "rel", "/"), (200, "v1".to_string()), "{out}");
+
+    std::fs::remove_file(dir.join("fail")).unwrap();
+    write_files(&dir, &[("page.txt", "v3")]);
+    commit(&dir, "v3");
+    assert!(push(&d, &dir, "rel").0);
+    assert_eq!(get(n, "rel", "/"), (200, "v3".to_string()));
+    let (_, log, _) = n.sh("rel", "cat ~/app-root/data/release.log");
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "not once per push: {log}");
+    for l in &lines {
+        assert_eq!(l[0], "hi", "{log}");
+        assert!(l[1].starts_with("/home/rel/app-deployments/"), "{log}");
+        assert_ne!(l[1], l[2], "the release ran after the switch: {log}");
+    }
+}
+
+#[test]
+fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_push() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "dok", "--cartridge", "python", "--owner", "dev"]);
+    let log = r#"echo $(readlink -f /app) $(pwd) >> $OPENSHIFT_DATA_DIR/scripts.log"#;
+    let app_json = format!(
+        "{{\n  // Dokku tolerates comment lines\n  \"name\": \"dok\",\n  \"scripts\": {{\"dokku\": {{\n    \"predeploy\": \"echo pre {log}\",\n    \"postdeploy\": \"echo post {log}\"\n  }}}}\n}}\n",
+        log = log.replace('"', "\\\"").replace("echo ", "")
+    );
+    let dir = new_repo(
+        n,
+        "dok",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("app.json", &app_json),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "dok");
+    assert!(ok, "{app_json}\n{out}");
+    assert!(out.contains("-----> app.json predeploy: echo pre"), "{out}");
+    assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
+    let (_, text, _) = n.sh("dok", "cat ~/app-root/data/scripts.log");
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0][0], "pre", "{text}");
+    assert_ne!(lines[0][1], lines[0][2], "predeploy ran after the switch: {text}");
+    assert_eq!(lines[1][0], "post", "{text}");
+    assert_eq!(lines[1][1], lines[1][2], "postdeploy ran before the switch: {text}");
+
+    write_files(
+        &dir,
+        &[("app.json", "{\"scripts\": {\"dokku\": {}},}\n"), ("page.txt", "two")],
+    );
+    commit(&dir, "a trailing comma");
+    let (ok, out) = push(&d, &dir, "dok");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("remote: -----> FAILED: app.json is not valid: trailing comma at line 1"),
+        "{out}"
+    );
+    assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
+}
+
+#[test]
+fn procfile_process_types_run_as_formation_says_each_with_its_log_and_restart_after_a_crash() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "work", "--cartridge", "python", "--owner", "dev"]);
+    let procfile = "# five types, comments and blank lines\n\nweb: python3 -u server.py\nworker: sh worker.sh # the queue\nclock: sh clock.sh\nurgent: sh worker.sh\nrelease: true\n";
+    let dir = new_repo(
+        n,
+        "work",
+        &[
+            ("Procfile", procfile),
+            (
+                "app.json",
+                r#"{"formation": {"worker": {"quantity": 1}, "urgent": {"quantity": 0}}}"#,
+            ),
+            (
+                "worker.sh",
+                "echo \"worker up in $(pwd)\"\nwhile :; do sleep 0.2; done\n",
+            ),
+            ("clock.sh", "echo clock up\nwhile :; do sleep 0.2; done\n"),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "work");
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "work", "/"), (200, "one".to_string()));
+    let live = |n: &TestNode| n.sh("work", "readlink -f /app").1.trim().to_string();
+    let workers = |n: &TestNode| {
+        n.sh("work", "pgrep -f '^sh worker.sh' | tr '\\n' ' '")
+            .1
+            .trim()
+            .to_string()
+    };
+    let first = live(n);
+    let log_has = |n: &TestNode, what: &str| n.sh("work", "cat ~/app-root/logs/worker.log").1.contains(what);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || log_has(
+            n,
+            &format!("worker up in {first}")
+        )),
+        "no worker output in worker.log"
+    );
+    let pid = workers(n);
+    assert_eq!(pid.split(' ').count(), 1, "not one worker: {pid:?}");
+    let (_, clock, _) = n.sh(
+        "work",
+        "pgrep -fc '^sh clock.sh'; test -e ~/app-root/logs/clock.log && echo log",
+    );
+    assert_eq!(clock.trim(), "0", "clock runs with quantity 0");
+    let st: serde_json::Value = serde_json::from_str(&n.ok(&["app", "status", "work", "--json"])).unwrap();
+    assert_eq!(st["processes"][0][0], "worker.1", "{st}");
+
+    // A crash: restarted (after 1 s), and its exit noted in the web log.
+    n.sh("work", &format!("kill -9 {pid}"));
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let now = workers(n);
+            !now.is_empty() && now != pid && now.split(' ').count() == 1
+        }),
+        "the worker was not restarted"
+    );
+    assert!(n
+        .sh("work", "cat ~/app-root/logs/web.log")
+        .1
+        .contains("worker.1 exited (signal 9)"));
+
+    // A redeploy replaces it with the new deployment's.
+    write_files(&dir, &[("page.txt", "two")]);
+    commit(&dir, "two");
+    assert!(push(&d, &dir, "work").0);
+    assert_eq!(get(n, "work", "/"), (200, "two".to_string()));
+    let second = live(n);
+    assert_ne!(first, second);
+    assert!(
+        eventually(std::time::Duration::from_secs(15), || {
+            log_has(n, &format!("worker up in {second}")) && workers(n).split(' ').count() == 1
+        }),
+        "the new deployment's worker did not replace the old one: {}",
+        workers(n)
+    );
+}
