@@ -255,3 +255,94 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     // And B is still fine.
     assert!(wait_http(&b_addr, Duration::from_secs(2)));
 }
+
+/// Break 2 of issue 14: root's stdio never crosses into a gear. Root runs a command in a gear
+/// with stdin, stdout and stderr on root-only files: the command must see fresh pipes or
+/// sockets, never root's descriptors (which a process of the gear could take with pidfd_getfd).
+#[test]
+fn a_gear_gets_none_of_the_callers_descriptors() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("fdleak");
+    let dir = n.root.with_extension("callers-fds");
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        (
+            p.clone(),
+            std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap(),
+        )
+    };
+    let (in_path, stdin) = open("root-stdin", "root's secret input\n");
+    let (out_path, stdout) = open("root-stdout", "");
+    let (err_path, stderr) = open("root-stderr", "");
+    let st = n
+        .cmd()
+        .args(["run", "fdleak", "--", "/bin/sh", "-c"])
+        .arg("for f in 0 1 2; do echo \"$f $(readlink /proc/self/fd/$f)\"; done; cat")
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .unwrap();
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(st.success(), "{st}: {out} {err}");
+    let links: Vec<&str> = out.lines().take(3).collect();
+    assert_eq!(links.len(), 3, "{out}");
+    for l in &links {
+        let target = l.split_once(' ').unwrap().1;
+        assert!(
+            target.starts_with("socket:[") || target.starts_with("pipe:["),
+            "the gear's command got one of root's descriptors ({l}); \
+             root's were {}, {}, {}",
+            in_path.display(),
+            out_path.display(),
+            err_path.display()
+        );
+    }
+    // ...and the relay still carries the data both ways.
+    assert!(out.ends_with("root's secret input\n"), "{out}");
+}
+
+/// Break 3 of issue 14: an app's secrets are for its gear alone. Another local user (nobody)
+/// can read no file of the node that holds an app's environment, nor a neighbouring gear.
+#[test]
+fn app_secrets_are_unreadable_by_other_local_users() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("vault");
+    n.create_app("nosy");
+    let secret = format!("s3cr3t-{}-value", n.slot);
+    n.ok(&["env", "set", "vault", &format!("API_KEY={secret}")]);
+    // The gear itself still gets it.
+    let (code, out, err) = n.sh("vault", "echo $API_KEY; grep -c API_KEY /opt/gearshift/meta/gear.toml");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{secret}\n1\n"));
+    let root = n.root.to_str().unwrap();
+    // grep -r reads whatever nobody may read; any hit is a leak.
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["grep", "-rlsD", "skip", &secret, root])
+        .output()
+        .unwrap();
+    let hits = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        hits.trim().is_empty(),
+        "files with vault's secret readable by nobody:\n{hits}"
+    );
+    // Nor the neighbour's gear.
+    let (_, out, _) = n.sh(
+        "nosy",
+        &format!("grep -rlsD skip {secret} /home /opt /etc /tmp /var /run | wc -l"),
+    );
+    assert_eq!(out.trim(), "0", "nosy read vault's secret:\n{out}");
+    // The check can fail: root finds it.
+    let o = std::process::Command::new("grep")
+        .args(["-rlsD", "skip", &secret, root])
+        .output()
+        .unwrap();
+    assert!(!o.stdout.is_empty(), "the secret is nowhere on the host?");
+}
