@@ -346,3 +346,37 @@ fn app_secrets_are_unreadable_by_other_local_users() {
         .unwrap();
     assert!(!o.stdout.is_empty(), "the secret is nowhere on the host?");
 }
+
+/// Break 4 of issue 14: a gear opens only the socket families a web app needs (unix, IPv4,
+/// IPv6, netlink route); vsock (the host's vsock port space), packet, netlink diag and XDP
+/// fail with EAFNOSUPPORT, as on a kernel without them.
+#[test]
+fn a_gear_opens_only_the_socket_families_a_web_app_needs() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("sockets");
+    let probe = r#"
+import socket
+for name, fam, typ, proto in [("unix", 1, 1, 0), ("inet", 2, 1, 0), ("inet6", 10, 2, 0),
+        ("netlink-route", 16, 3, 0), ("vsock", 40, 1, 0), ("packet", 17, 3, 0),
+        ("netlink-diag", 16, 3, 4), ("xdp", 44, 3, 0), ("vsock-cloexec", 40, 1 | 0o2000000, 0)]:
+    try:
+        socket.socket(fam, typ, proto).close()
+        print(name, "ok")
+    except OSError as e:
+        print(name, e.errno)
+"#;
+    let o = n.gs(&["run", "sockets", "--", "python3", "-c", probe]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let eafnosupport = libc::EAFNOSUPPORT.to_string();
+    for line in out.lines() {
+        let (name, result) = line.split_once(' ').unwrap();
+        let want = match name {
+            "unix" | "inet" | "inet6" | "netlink-route" => "ok",
+            _ => eafnosupport.as_str(),
+        };
+        assert_eq!(result, want, "socket family {name} in a gear:\n{out}");
+    }
+    assert_eq!(out.lines().count(), 9, "{out}");
+}
