@@ -48,6 +48,28 @@ fn write_atomic_as(path: &Path, data: &[u8], mode: u32, gid: Option<u32>) -> Res
     Ok(())
 }
 
+/// Creates a log directory (and its parents) and makes it root's alone to enter (0750):
+/// logs hold addresses, commands and query strings.
+pub fn log_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
+        .with_context(|| format!("cannot restrict {}", dir.display()))
+}
+
+/// Creates a log file another program appends to (sshd's) as 0640, or restricts it to that.
+pub fn log_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(0o640))
+        .with_context(|| format!("cannot restrict {}", path.display()))
+}
+
 /// Serialises `value` as TOML and writes it atomically.
 pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = toml::to_string_pretty(value).context("cannot serialise state")?;

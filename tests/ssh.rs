@@ -439,3 +439,49 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// Break 9 of issue 14: an SSH command's secrets never reach a log (`env set` is logged with
+/// its keys only, `run` without its command line), and the node's logs are root's (no
+/// other-user bits, directories 0750).
+#[test]
+fn secrets_are_not_logged_and_logs_are_root_only() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let secret = format!("hunter2-{}", n.slot);
+    let o = n.ssh(&s.alice, &[], Some("app create shop --cartridge static"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&s.alice, &[], Some(&format!("env set shop API_KEY={secret}")), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&s.alice, &[], Some(&format!("run shop echo {secret}")), b"");
+    assert_eq!(text(&o.stdout).trim(), secret);
+    // The curl goes through the router, so there is an access log too.
+    let log = s.daemon.log_text();
+    assert!(
+        log.contains("env set shop API_KEY="),
+        "the command is not logged:\n{log}"
+    );
+    assert!(!log.contains(&secret), "the daemon log holds the secret:\n{log}");
+    let _ = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-H", "Host: shop.localhost"])
+        .arg(format!("http://127.0.0.1:{}/?token={secret}", n.http_port()))
+        .status();
+    let logs = n.root.join("logs");
+    let access = logs.join("access/shop.log");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || access.exists()),
+        "no access log"
+    );
+    let mut stack = vec![logs];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        let m = std::fs::metadata(&p).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
+        assert_eq!(mode & 0o007, 0, "{} is {mode:o}: other users may read it", p.display());
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} log paths");
+}
