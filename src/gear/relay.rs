@@ -28,6 +28,8 @@ struct Chan {
 /// The relayed descriptors of one `gearshift run`.
 pub struct Relay {
     chans: Vec<Chan>,
+    /// Whether the caller's stdin is copied to the command (else its input ends at once).
+    feed_stdin: bool,
 }
 
 /// A stream socket pair, labelled at level `s0` on SELinux (gearshift's own type, user and
@@ -54,8 +56,9 @@ fn fresh_pair() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Relay {
-    /// A relay for the caller's stdin, stdout and stderr: one fresh pair each.
-    pub fn prepare() -> Result<Relay> {
+    /// A relay for the caller's stdin (when `feed_stdin`), stdout and stderr: one fresh pair
+    /// each (the command's stdin is a fresh, empty one otherwise).
+    pub fn prepare(feed_stdin: bool) -> Result<Relay> {
         let mut chans = Vec::new();
         for fd in 0..3 {
             let (host, gear) = fresh_pair()?;
@@ -65,7 +68,7 @@ impl Relay {
                 gear: Some(gear),
             });
         }
-        Ok(Relay { chans })
+        Ok(Relay { chans, feed_stdin })
     }
 
     /// In the forked child, before exec: puts the command's ends on 0, 1 and 2 (over the
@@ -95,7 +98,11 @@ impl Relay {
             // SAFETY: fcntl on a descriptor we own; the caller's own descriptors are untouched.
             unsafe { libc::fcntl(c.host.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         }
-        let mut input_open = input.is_some();
+        if let (Some(c), false) = (&input, self.feed_stdin) {
+            // SAFETY: shutdown on a socket we own: the command reads the end of its input.
+            unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
+        }
+        let mut input_open = input.is_some() && self.feed_stdin;
         let mut pending: Vec<u8> = Vec::new();
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) } as RawFd;

@@ -49,6 +49,8 @@ pub struct ExecSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Give the command a pseudo-terminal from the gear's own devpts.
     pub tty: bool,
+    /// Relay the caller's stdin to the command (else the command reads an empty input).
+    pub stdin: bool,
 }
 
 /// Writes to stderr and exits a forked child with `code`; never returns.
@@ -355,7 +357,7 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
     let relay = if spec.tty {
         None
     } else {
-        Some(super::relay::Relay::prepare()?)
+        Some(super::relay::Relay::prepare(spec.stdin)?)
     };
     // The child is a copy of this process, visible in the gear's /proc until it execs: its
     // command line (ours: `gearshift env set APP KEY=VALUE`...) must not tell the gear anything.
