@@ -10,6 +10,16 @@ use std::path::Path;
 
 /// Writes `data` to `path` so that readers see either the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_atomic_as(path, data, mode, None)
+}
+
+/// Like `write_atomic`, with the file's group set to `gid` before it takes the path (a file
+/// root writes for one gear: readable by its group, never for a moment by anyone else).
+pub fn write_atomic_for_group(path: &Path, data: &[u8], mode: u32, gid: u32) -> Result<()> {
+    write_atomic_as(path, data, mode, Some(gid))
+}
+
+fn write_atomic_as(path: &Path, data: &[u8], mode: u32, gid: Option<u32>) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -26,12 +36,38 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
+    if let Some(g) = gid {
+        std::os::unix::fs::fchown(&f, Some(0), Some(g))
+            .with_context(|| format!("cannot give {} to group {g}", tmp.display()))?;
+    }
     drop(f);
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Creates a log directory (and its parents) and makes it root's alone to enter (0750):
+/// logs hold addresses, commands and query strings.
+pub fn log_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
+        .with_context(|| format!("cannot restrict {}", dir.display()))
+}
+
+/// Creates a log file another program appends to (sshd's) as 0640, or restricts it to that.
+pub fn log_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(0o640))
+        .with_context(|| format!("cannot restrict {}", path.display()))
 }
 
 /// Serialises `value` as TOML and writes it atomically.

@@ -255,3 +255,128 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     // And B is still fine.
     assert!(wait_http(&b_addr, Duration::from_secs(2)));
 }
+
+/// Break 2 of issue 14: root's stdio never crosses into a gear. Root runs a command in a gear
+/// with stdin, stdout and stderr on root-only files: the command must see fresh pipes or
+/// sockets, never root's descriptors (which a process of the gear could take with pidfd_getfd).
+#[test]
+fn a_gear_gets_none_of_the_callers_descriptors() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("fdleak");
+    let dir = n.root.with_extension("callers-fds");
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        (
+            p.clone(),
+            std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap(),
+        )
+    };
+    let (in_path, stdin) = open("root-stdin", "root's secret input\n");
+    let (out_path, stdout) = open("root-stdout", "");
+    let (err_path, stderr) = open("root-stderr", "");
+    let st = n
+        .cmd()
+        .args(["run", "fdleak", "--", "/bin/sh", "-c"])
+        .arg("for f in 0 1 2; do echo \"$f $(readlink /proc/self/fd/$f)\"; done; cat")
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .unwrap();
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(st.success(), "{st}: {out} {err}");
+    let links: Vec<&str> = out.lines().take(3).collect();
+    assert_eq!(links.len(), 3, "{out}");
+    for l in &links {
+        let target = l.split_once(' ').unwrap().1;
+        assert!(
+            target.starts_with("socket:[") || target.starts_with("pipe:["),
+            "the gear's command got one of root's descriptors ({l}); \
+             root's were {}, {}, {}",
+            in_path.display(),
+            out_path.display(),
+            err_path.display()
+        );
+    }
+    // ...and the relay still carries the data both ways.
+    assert!(out.ends_with("root's secret input\n"), "{out}");
+}
+
+/// Break 3 of issue 14: an app's secrets are for its gear alone. Another local user (nobody)
+/// can read no file of the node that holds an app's environment, nor a neighbouring gear.
+#[test]
+fn app_secrets_are_unreadable_by_other_local_users() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("vault");
+    n.create_app("nosy");
+    let secret = format!("s3cr3t-{}-value", n.slot);
+    n.ok(&["env", "set", "vault", &format!("API_KEY={secret}")]);
+    // The gear itself still gets it.
+    let (code, out, err) = n.sh("vault", "echo $API_KEY; grep -c API_KEY /opt/gearshift/meta/gear.toml");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{secret}\n1\n"));
+    let root = n.root.to_str().unwrap();
+    // grep -r reads whatever nobody may read; any hit is a leak.
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["grep", "-rlsD", "skip", &secret, root])
+        .output()
+        .unwrap();
+    let hits = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        hits.trim().is_empty(),
+        "files with vault's secret readable by nobody:\n{hits}"
+    );
+    // Nor the neighbour's gear.
+    let (_, out, _) = n.sh(
+        "nosy",
+        &format!("grep -rlsD skip {secret} /home /opt /etc /tmp /var /run | wc -l"),
+    );
+    assert_eq!(out.trim(), "0", "nosy read vault's secret:\n{out}");
+    // The check can fail: root finds it.
+    let o = std::process::Command::new("grep")
+        .args(["-rlsD", "skip", &secret, root])
+        .output()
+        .unwrap();
+    assert!(!o.stdout.is_empty(), "the secret is nowhere on the host?");
+}
+
+/// Break 4 of issue 14: a gear opens only the socket families a web app needs (unix, IPv4,
+/// IPv6, netlink route); vsock (the host's vsock port space), packet, netlink diag and XDP
+/// fail with EAFNOSUPPORT, as on a kernel without them.
+#[test]
+fn a_gear_opens_only_the_socket_families_a_web_app_needs() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("sockets");
+    let probe = r#"
+import socket
+for name, fam, typ, proto in [("unix", 1, 1, 0), ("inet", 2, 1, 0), ("inet6", 10, 2, 0),
+        ("netlink-route", 16, 3, 0), ("vsock", 40, 1, 0), ("packet", 17, 3, 0),
+        ("netlink-diag", 16, 3, 4), ("xdp", 44, 3, 0), ("vsock-cloexec", 40, 1 | 0o2000000, 0)]:
+    try:
+        socket.socket(fam, typ, proto).close()
+        print(name, "ok")
+    except OSError as e:
+        print(name, e.errno)
+"#;
+    let o = n.gs(&["run", "sockets", "--", "python3", "-c", probe]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let eafnosupport = libc::EAFNOSUPPORT.to_string();
+    for line in out.lines() {
+        let (name, result) = line.split_once(' ').unwrap();
+        let want = match name {
+            "unix" | "inet" | "inet6" | "netlink-route" => "ok",
+            _ => eafnosupport.as_str(),
+        };
+        assert_eq!(result, want, "socket family {name} in a gear:\n{out}");
+    }
+    assert_eq!(out.lines().count(), 9, "{out}");
+}

@@ -647,16 +647,16 @@ fn a_certificate_installed_while_the_daemon_runs_is_served() {
         let (cert, key) = make_cert(&dir, "secure.example", cn);
         let want = fingerprint_of(&cert);
         assert_ne!(want, before);
-        n.ok(&[
-            "domain",
-            "cert",
-            "vault",
-            "secure.example",
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]);
+        let mut bundle = std::fs::read(&cert).unwrap();
+        bundle.extend(std::fs::read(&key).unwrap());
+        let mut c = n
+            .cmd()
+            .args(["domain", "cert", "vault", "secure.example"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&bundle).unwrap();
+        assert!(c.wait().unwrap().success(), "domain cert failed");
         let t = Instant::now();
         loop {
             let (fp, subject) = served_cert(n, "secure.example");

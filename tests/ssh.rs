@@ -538,3 +538,165 @@ fn a_room_behind_one_address_is_never_locked_out() {
         "a valid key from 127.0.0.1 after its neighbour's failed logins",
     );
 }
+
+/// Break 1 of issue 14: `domain cert` over SSH never opens a path the user names as root (no
+/// existence oracle, no other tenant's key, no /dev/urandom); the bundle comes on stdin,
+/// capped at 64 KiB, and a valid one is installed.
+#[test]
+fn domain_cert_reads_only_stdin_and_caps_it() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let o = n.ssh(&s.alice, &[], Some("app create shop --cartridge static"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&s.alice, &[], Some("domain add shop secure.example"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // Paths: refused alike whether they exist or not, and nothing is read.
+    let mut refusals = Vec::new();
+    for path in ["/root/.bashrc", "/root/no-such-file", "/dev/urandom"] {
+        let t = std::time::Instant::now();
+        let cmd = format!("domain cert shop secure.example --cert {path} --key {path}");
+        let o = n.ssh(&s.alice, &[], Some(&cmd), b"");
+        assert!(!o.status.success(), "{cmd} succeeded");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{cmd} took {:?}",
+            t.elapsed()
+        );
+        refusals.push(text(&o.stderr).replace(path, "PATH"));
+    }
+    assert!(refusals.iter().all(|r| *r == refusals[0]), "an oracle: {refusals:?}");
+    assert!(
+        !refusals[0].contains("PEM") && !refusals[0].contains("No such file"),
+        "{}",
+        refusals[0]
+    );
+
+    // A stream past 64 KiB is refused without being read to its end.
+    let t = std::time::Instant::now();
+    let huge = vec![b'A'; 16 << 20];
+    let o = n.ssh(&s.alice, &[], Some("domain cert shop secure.example"), &huge);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("larger than 64 KiB"), "{}", text(&o.stderr));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // Not a host of one's own app; and a bundle whose key is not the certificate's.
+    let (cert, key) = cert_and_key("secure.example");
+    let (_, other_key) = cert_and_key("secure.example");
+    let o = n.ssh(
+        &s.bob,
+        &[],
+        Some("domain cert shop secure.example"),
+        format!("{cert}{key}").as_bytes(),
+    );
+    assert!(!o.status.success());
+    let o = n.ssh(
+        &s.alice,
+        &[],
+        Some("domain cert shop secure.example"),
+        format!("{cert}{other_key}").as_bytes(),
+    );
+    assert!(text(&o.stderr).contains("does not belong"), "{}", text(&o.stderr));
+    assert!(!n.root.join("certs/secure.example.crt").exists());
+
+    // The bundle on stdin is installed, root-only.
+    let o = n.ssh(
+        &s.alice,
+        &[],
+        Some("domain cert shop secure.example"),
+        format!("{cert}{key}").as_bytes(),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let kept = n.root.join("certs/secure.example.key");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), key.trim());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A self-signed certificate for `host` and its key, as PEM text (openssl, as a user would).
+fn cert_and_key(host: &str) -> (String, String) {
+    let dir = std::env::temp_dir().join(format!("gs-cert-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-days", "2", "-subj", &format!("/CN={host}"), "-keyout"])
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl req: {o:?}");
+    let r = (
+        std::fs::read_to_string(&c).unwrap(),
+        std::fs::read_to_string(&k).unwrap(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Break 9 of issue 14: an SSH command's secrets never reach a log (`env set` is logged with
+/// its keys only, `run` without its command line), and the node's logs are root's (no
+/// other-user bits, directories 0750).
+#[test]
+fn secrets_are_not_logged_and_logs_are_root_only() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let secret = format!("hunter2-{}", n.slot);
+    let o = n.ssh(&s.alice, &[], Some("app create shop --cartridge static"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&s.alice, &[], Some(&format!("env set shop API_KEY={secret}")), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&s.alice, &[], Some(&format!("run shop echo {secret}")), b"");
+    assert_eq!(text(&o.stdout).trim(), secret);
+    // The curl goes through the router, so there is an access log too.
+    let log = s.daemon.log_text();
+    assert!(
+        log.contains("env set shop API_KEY="),
+        "the command is not logged:\n{log}"
+    );
+    assert!(!log.contains(&secret), "the daemon log holds the secret:\n{log}");
+    let _ = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-H", "Host: shop.localhost"])
+        .arg(format!("http://127.0.0.1:{}/?token={secret}", n.http_port()))
+        .status();
+    let logs = n.root.join("logs");
+    let access = logs.join("access/shop.log");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || access.exists()),
+        "no access log"
+    );
+    let mut stack = vec![logs];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        let m = std::fs::metadata(&p).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
+        assert_eq!(mode & 0o007, 0, "{} is {mode:o}: other users may read it", p.display());
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} log paths");
+}

@@ -1,10 +1,10 @@
 //! `gearshift domain ...`: the host names an app is served at (besides APP.DOMAIN), their TLS
 //! certificates, and the HTTP to HTTPS redirect.
 
-use crate::app;
+use crate::app::{self, cert_bundle};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 /// `gearshift domain ...`
@@ -20,15 +20,9 @@ pub enum DomainCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Use this certificate and key (PEM) for a host name of the app (default: self-signed).
-    Cert {
-        app: String,
-        name: String,
-        #[arg(long)]
-        cert: PathBuf,
-        #[arg(long)]
-        key: PathBuf,
-    },
+    /// Use the certificate chain and key (one PEM stream on stdin, at most 64 KiB) for a host
+    /// name of the app (default: self-signed): `domain cert APP HOST < bundle.pem`.
+    Cert { app: String, name: String },
     /// Redirect plain HTTP to HTTPS for the app (`on` or `off`).
     Redirect { app: String, state: String },
 }
@@ -108,28 +102,18 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
                 }
             }
         }
-        DomainCmd::Cert {
-            app: name,
-            name: host,
-            cert,
-            key,
-        } => {
+        DomainCmd::Cert { app: name, name: host } => {
             let a = app::load_for(node, actor, &name)?;
             if !hosts(node, &a).contains(&host) {
                 bail!("{host} is not a host name of {name} (see `gearshift domain list {name}`)");
             }
-            let c = std::fs::read(&cert).with_context(|| format!("cannot read {}", cert.display()))?;
-            let k = std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
-            if !String::from_utf8_lossy(&c).contains("BEGIN CERTIFICATE") {
-                bail!("{} is not a PEM certificate", cert.display());
-            }
-            if !String::from_utf8_lossy(&k).contains("PRIVATE KEY") {
-                bail!("{} is not a PEM private key", key.display());
-            }
+            let usage = format!("domain cert {name} {host} < bundle.pem");
+            let bundle = cert_bundle::read_capped(std::io::stdin().lock(), &usage)?;
+            let (c, k) = cert_bundle::split(&bundle, &usage)?;
             let (cp, kp) = cert_paths(node, &host);
-            crate::state::write_atomic(&cp, &c, 0o600)?;
             crate::state::write_atomic(&kp, &k, 0o600)?;
-            println!("{host} uses {}", cert.display());
+            crate::state::write_atomic(&cp, &c, 0o600)?;
+            println!("{host} uses the certificate from stdin");
         }
         DomainCmd::Redirect { app: name, state } => {
             let on = match state.as_str() {

@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 pub fn in_gear(node: &Node, actor: &Actor, name: &str, args: &[&str]) -> Result<i32> {
     let mut argv = vec!["/opt/gearshift/bin/gearshift".to_string(), "gear".into()];
     argv.extend(args.iter().map(|a| a.to_string()));
-    let code = run_in_gear_tty(node, actor, name, 0, &argv, false)?;
+    let code = spawn_in_gear(node, actor, name, 0, &argv, false, false)?;
     if code != 0 {
         bail!("`{}` failed in the gear of '{name}' (exit code {code})", args.join(" "));
     }
@@ -104,6 +104,20 @@ pub(crate) fn run_in_gear_tty(
     command: &[String],
     tty: bool,
 ) -> Result<i32> {
+    spawn_in_gear(node, actor, name, index, command, tty, true)
+}
+
+/// Runs `command` in gear `index`; `stdin`: whether it reads the caller's input (relayed),
+/// else its input is empty (gearshift's own verbs: keystrokes typed meanwhile stay out).
+fn spawn_in_gear(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    index: u32,
+    command: &[String],
+    tty: bool,
+    stdin: bool,
+) -> Result<i32> {
     let app = load_for(node, actor, name)?;
     let g = app
         .gears
@@ -123,6 +137,7 @@ pub(crate) fn run_in_gear_tty(
         argv: command.to_vec(),
         env,
         tty,
+        stdin,
     })
 }
 

@@ -4,6 +4,7 @@
 //! `scale` adds and removes gears.
 
 pub mod cartridge;
+pub mod cert_bundle;
 pub mod condition;
 pub mod create;
 pub mod domain;

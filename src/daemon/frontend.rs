@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -262,7 +263,8 @@ impl Waker for GearWaker {
     }
 }
 
-/// Per-app access logs under `<data_root>/logs/access/APP.log` (root only).
+/// Per-app access logs under `<data_root>/logs/access/APP.log` (root only: 0640 in 0750
+/// directories; they hold clients' addresses and query strings).
 struct Access {
     dir: PathBuf,
     files: Mutex<HashMap<String, std::fs::File>>,
@@ -273,10 +275,11 @@ impl AccessLog for Access {
         let name = if app.is_empty() { "_unknown" } else { app };
         let mut files = self.files.lock().unwrap();
         if !files.contains_key(name) {
-            let _ = std::fs::create_dir_all(&self.dir);
+            let _ = crate::state::log_dir(&self.dir);
             match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o640)
                 .open(self.dir.join(format!("{name}.log")))
             {
                 Ok(f) => {

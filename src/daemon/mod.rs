@@ -199,7 +199,7 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
             let u = crate::ssh::user::load(&sh.node, &user)?;
             eprintln!(
                 "gearshift daemon: {user}: {}",
-                command.chars().take(200).collect::<String>()
+                command::redacted(&command).chars().take(200).collect::<String>()
             );
             let job = Job {
                 user: u.name,

@@ -27,8 +27,7 @@ fn walk_chown(path: &std::path::Path, uid: u32) -> Result<()> {
 /// resolv.conf when the host's points at a loopback resolver the gear cannot reach.
 fn write_meta(node: &Node, gear: &Gear) -> Result<()> {
     let dir = node.gear_meta_dir(&gear.id);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    super::meta::restrict_dir(&dir, gear.gid())?;
     let passwd = format!(
         "root:x:0:0:root:/root:/usr/sbin/nologin\n{app}:x:{uid}:{uid}:gearshift gear {id}:/home/{app}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         app = gear.app,

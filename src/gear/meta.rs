@@ -56,10 +56,24 @@ impl GearInfo {
     }
 }
 
-/// Writes (atomically) the descriptor of `gear` into its meta directory.
+/// Writes (atomically) the descriptor of `gear` into its meta directory. It holds the app's
+/// secrets: root's and the gear's group's to read (0640), in a directory only they may enter.
 pub fn write(node: &Node, gear: &Gear, info: &GearInfo) -> Result<()> {
     let text = toml::to_string_pretty(info).context("cannot serialise the gear descriptor")?;
-    crate::state::write_atomic(&node.gear_meta_dir(&gear.id).join("gear.toml"), text.as_bytes(), 0o644)
+    let dir = node.gear_meta_dir(&gear.id);
+    restrict_dir(&dir, gear.gid())?;
+    crate::state::write_atomic_for_group(&dir.join("gear.toml"), text.as_bytes(), 0o640, gear.gid())
+}
+
+/// Makes a gear's meta directory root's, enterable by the gear's group only (0750): other
+/// users and other gears see none of its files.
+pub fn restrict_dir(dir: &std::path::Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(0), Some(gid))
+        .with_context(|| format!("cannot give {} to group {gid}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+        .with_context(|| format!("cannot restrict {}", dir.display()))
 }
 
 /// Names a user's variable may not take: gearshift sets them.

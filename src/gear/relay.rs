@@ -1,13 +1,14 @@
-//! Stdio relay for `gearshift run` without a terminal on an SELinux host.
+//! Stdio relay for every command run in a gear without a terminal.
 //!
-//! Pipes and sockets carry the level of the process that created them. A gear at `s0:cX,cY`
-//! may not use a pipe at `s0-s0:c0.c1023` (root's login range over ssh): SELinux would close
-//! such a descriptor when the gear's command execs, and its output would vanish. When the
-//! caller's stdin, stdout or stderr is such a descriptor, the command gets one end of a socket
-//! pair created at level `s0` (through `/proc/thread-self/attr/sockcreate`) instead, and
-//! gearshift, which may use both sides, copies the data across. Descriptors the gear can use
-//! (level `s0` or the gear's own pair, like /dev/null or a pipe from a systemd unit) are handed
-//! over unchanged, and off SELinux nothing of this runs.
+//! Nothing of the caller's crosses into a gear: a descriptor handed to a gear's command can be
+//! taken by any other process of that gear (`pidfd_getfd` once the command has exec'd, as the
+//! gear's uid), and the caller's stdio is root's terminal, an SSH channel or a root-only file.
+//! So the command always gets one end of a fresh socket pair on each of 0, 1 and 2, and
+//! gearshift, which keeps the caller's descriptors on the host side, copies the data across.
+//!
+//! On SELinux the pairs are created at level `s0` (through `/proc/thread-self/attr/sockcreate`):
+//! sockets carry the level of the process that created them, and a gear at `s0:cX,cY` may not
+//! use one at root's login range (`s0-s0:c0.c1023`).
 
 use super::isolation::selinux;
 use super::tty::write_all;
@@ -27,77 +28,51 @@ struct Chan {
 /// The relayed descriptors of one `gearshift run`.
 pub struct Relay {
     chans: Vec<Chan>,
+    /// Whether the caller's stdin is copied to the command (else its input ends at once).
+    feed_stdin: bool,
 }
 
-/// The level part of a context (`user:role:type:level`, the level may hold colons).
-fn level(ctx: &str) -> &str {
-    ctx.trim_end_matches(['\0', '\n']).splitn(4, ':').nth(3).unwrap_or("")
-}
-
-/// Whether a process at `mcs` may use an object labelled `ctx`: its level (the high end of a
-/// range) is `s0` or the gear's own pair. Anything else (a range reaching further categories)
-/// is relayed.
-pub fn usable_by(ctx: &str, mcs: &str) -> bool {
-    let l = level(ctx);
-    let high = l.split_once('-').map_or(l, |(_, h)| h);
-    high == "s0" || high == mcs
-}
-
-/// The `security.selinux` label of an open descriptor (pipes and sockets included).
-fn fd_context(fd: RawFd) -> Option<String> {
-    let mut buf = [0u8; 512];
-    // SAFETY: the name is NUL-terminated and the buffer pointer and length match.
-    let n = unsafe { libc::fgetxattr(fd, c"security.selinux".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (n > 0).then(|| {
-        String::from_utf8_lossy(&buf[..n as usize])
-            .trim_end_matches('\0')
-            .to_string()
-    })
-}
-
-/// A stream socket pair labelled at level `s0` (gearshift's own type, user and role).
-fn pair_at_s0() -> Result<(OwnedFd, OwnedFd)> {
+/// A stream socket pair, labelled at level `s0` on SELinux (gearshift's own type, user and
+/// role).
+fn fresh_pair() -> Result<(OwnedFd, OwnedFd)> {
     let mut sv = [0; 2];
-    // SAFETY: sv has room for the two descriptors socketpair writes.
-    let rc = selinux::with_sockets_at_s0(|| unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    })?;
+    let make = || {
+        // SAFETY: sv has room for the two descriptors socketpair writes.
+        unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                sv.as_mut_ptr(),
+            )
+        }
+    };
+    let rc = selinux::with_sockets_at_s0(make)?;
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot create a socket pair at level s0");
+        return Err(std::io::Error::last_os_error()).context("cannot create a socket pair for the command's stdio");
     }
     // SAFETY: both descriptors are fresh and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
 }
 
 impl Relay {
-    /// A relay for the caller's stdio descriptors a gear at `mcs` could not use, or None when
-    /// there are none (or SELinux is off).
-    pub fn prepare(mcs: &str) -> Result<Option<Relay>> {
-        if !selinux::enabled() {
-            return Ok(None);
-        }
+    /// A relay for the caller's stdin (when `feed_stdin`), stdout and stderr: one fresh pair
+    /// each (the command's stdin is a fresh, empty one otherwise).
+    pub fn prepare(feed_stdin: bool) -> Result<Relay> {
         let mut chans = Vec::new();
         for fd in 0..3 {
-            let Some(ctx) = fd_context(fd) else { continue };
-            if usable_by(&ctx, mcs) {
-                continue;
-            }
-            let (host, gear) = pair_at_s0()?;
+            let (host, gear) = fresh_pair()?;
             chans.push(Chan {
                 fd,
                 host,
                 gear: Some(gear),
             });
         }
-        Ok((!chans.is_empty()).then_some(Relay { chans }))
+        Ok(Relay { chans, feed_stdin })
     }
 
-    /// In the forked child, before exec: puts the command's ends on 0, 1 and 2.
+    /// In the forked child, before exec: puts the command's ends on 0, 1 and 2 (over the
+    /// caller's, which the child must not keep).
     pub fn install_in_child(&self) {
         for c in &self.chans {
             if let Some(g) = &c.gear {
@@ -123,7 +98,11 @@ impl Relay {
             // SAFETY: fcntl on a descriptor we own; the caller's own descriptors are untouched.
             unsafe { libc::fcntl(c.host.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         }
-        let mut input_open = input.is_some();
+        if let (Some(c), false) = (&input, self.feed_stdin) {
+            // SAFETY: shutdown on a socket we own: the command reads the end of its input.
+            unsafe { libc::shutdown(c.host.as_raw_fd(), libc::SHUT_WR) };
+        }
+        let mut input_open = input.is_some() && self.feed_stdin;
         let mut pending: Vec<u8> = Vec::new();
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) } as RawFd;
@@ -240,23 +219,4 @@ fn feed_input(c: &Chan, pending: &mut Vec<u8>, buf: &mut [u8]) -> bool {
         }
     }
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn levels_a_gear_may_use() {
-        let pair = "s0:c3,c9";
-        assert!(usable_by("system_u:object_r:null_device_t:s0", pair));
-        assert!(usable_by("system_u:system_r:initrc_t:s0", pair));
-        assert!(usable_by("u:r:gear_t:s0:c3,c9", pair));
-        assert!(usable_by("u:r:unconfined_t:s0-s0", pair));
-        assert!(!usable_by(
-            "unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023",
-            pair
-        ));
-        assert!(!usable_by("u:r:gear_t:s0:c4,c9", pair));
-    }
 }

@@ -49,6 +49,8 @@ pub struct ExecSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Give the command a pseudo-terminal from the gear's own devpts.
     pub tty: bool,
+    /// Relay the caller's stdin to the command (else the command reads an empty input).
+    pub stdin: bool,
 }
 
 /// Writes to stderr and exits a forked child with `code`; never returns.
@@ -226,34 +228,37 @@ fn init_main(
 }
 
 /// Shows the init as `gearshift-init` in `ps` instead of the command line that created it
-/// (which names host paths): the original argument area is overwritten in place.
+/// (which names host paths).
 fn rename_self() {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"gearshift-init".as_ptr() as libc::c_ulong, 0, 0, 0) };
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return;
-    };
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return;
-    };
+    let _ = overwrite_args(b"gearshift-init"); // cosmetic here: the init's are host paths
+}
+
+/// Overwrites this process's argument area (what `/proc/PID/cmdline` shows) with `name`
+/// (cut to fit). std::env::args() reads that area: call it once nothing needs the arguments.
+pub(crate) fn overwrite_args(name: &[u8]) -> Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("cannot read /proc/self/stat")?;
+    let (_, rest) = stat.rsplit_once(") ").context("unexpected /proc/self/stat")?;
     // Fields 48 and 49 (arg_start, arg_end), counted from field 3 after the command name.
     let f: Vec<&str> = rest.split_whitespace().collect();
     let (Some(start), Some(end)) = (
         f.get(45).and_then(|v| v.parse::<usize>().ok()),
         f.get(46).and_then(|v| v.parse::<usize>().ok()),
     ) else {
-        return;
+        bail!("no argument area in /proc/self/stat");
     };
-    let name = b"gearshift-init";
-    if end <= start || end - start <= name.len() {
-        return;
+    if end <= start {
+        return Ok(());
     }
+    let keep = name.len().min(end - start - 1);
     // SAFETY: [start, end) is this process's own argument area on its stack, mapped writable;
-    // nothing reads the original arguments after this point (std copied them at start-up).
+    // the caller reads no arguments after this point.
     unsafe {
         std::ptr::write_bytes(start as *mut u8, 0, end - start);
-        std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, name.len());
+        std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, keep);
     }
+    Ok(())
 }
 
 /// Opens a pty pair in the gear's own devpts: (master, slave).
@@ -347,12 +352,16 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
     if let Some((m, _)) = &pty {
         super::tty::copy_window_size(0, m.as_raw_fd());
     }
-    // Stdio the gear may not use (a pipe at root's login range): relayed (see relay.rs).
+    // Nothing of the caller's crosses into the gear: its stdio is relayed (see relay.rs), or
+    // replaced by the gear's own pty.
     let relay = if spec.tty {
         None
     } else {
-        super::relay::Relay::prepare(&spec.who.mcs)?
+        Some(super::relay::Relay::prepare(spec.stdin)?)
     };
+    // The child is a copy of this process, visible in the gear's /proc until it execs: its
+    // command line (ours: `gearshift env set APP KEY=VALUE`...) must not tell the gear anything.
+    overwrite_args(b"gearshift").context("cannot hide the command line from the gear")?;
 
     // The caller itself joins the gear's cgroup and namespaces (a single-threaded, short-lived
     // process that needs nothing from the host after this point), which saves a fork. setns of
@@ -412,4 +421,36 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
         r.run(child)?;
     }
     Ok(exit_code(wait_for(child)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHILD: &str = "GEARSHIFT_TEST_OVERWRITE_ARGS_CHILD";
+
+    /// Break 2 of issue 14: the process forked into a gear is a copy of the root CLI, visible
+    /// in the gear's /proc until it execs; its command line must not show root's arguments.
+    #[test]
+    fn overwritten_arguments_do_not_show_in_proc() {
+        if std::env::var_os(CHILD).is_some() {
+            overwrite_args(b"gearshift").unwrap();
+            let shown = std::fs::read("/proc/self/cmdline").unwrap();
+            assert_eq!(shown.split(|b| *b == 0).next().unwrap(), b"gearshift");
+            assert!(!String::from_utf8_lossy(&shown).contains("hunter2"), "{shown:?}");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "gear::spawn::tests::overwritten_arguments_do_not_show_in_proc",
+            ])
+            .args(["--test-threads=1", "API_KEY=hunter2"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+    }
 }

@@ -66,6 +66,23 @@ pub enum Request {
     Verb { argv: Vec<String> },
 }
 
+/// The command as the daemon logs it: the values of `KEY=VALUE` words (`env set`) and the
+/// command line of `run` are left out, so no secret reaches a log.
+pub fn redacted(command: &str) -> String {
+    let words: Vec<&str> = command.split(' ').filter(|w| !w.is_empty()).collect();
+    if let ["run", app, rest @ ..] = words.as_slice() {
+        return format!("run {app} <a command of {} words>", rest.len());
+    }
+    words
+        .iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, _)) => format!("{k}=<redacted>"),
+            None => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Parses `SSH_ORIGINAL_COMMAND` strictly; an error names what was refused.
 pub fn parse(command: &str) -> Result<Request> {
     if command.len() > MAX_COMMAND {
@@ -199,6 +216,20 @@ fn parse_rsync(args: &[&str]) -> Result<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_commands_carry_no_secrets() {
+        assert_eq!(
+            redacted("env set shop API_KEY=hunter2 DEBUG=1"),
+            "env set shop API_KEY=<redacted> DEBUG=<redacted>"
+        );
+        assert_eq!(
+            redacted("run shop curl -H token:abc"),
+            "run shop <a command of 3 words>"
+        );
+        assert_eq!(redacted("app  list"), "app list");
+        assert_eq!(redacted("git-receive-pack 'shop'"), "git-receive-pack 'shop'");
+    }
 
     fn git(op: GitOp, app: &str) -> Request {
         Request::Git { op, app: app.into() }

@@ -242,8 +242,9 @@ pub fn prepare(node: &Node, config_path: &Path) -> Result<Paths> {
     // Privilege separation directory that Debian's sshd expects.
     mkdir_root(Path::new("/run/sshd"), 0o755)?;
     if let Some(d) = p.log.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        crate::state::log_dir(d)?;
     }
+    crate::state::log_file(&p.log)?;
     crate::state::write_atomic(
         &p.config,
         config_text(node, &p, config_path, ipv6_available(), sshd_version()).as_bytes(),

@@ -1,5 +1,7 @@
 //! seccomp: a deny-list of syscalls a gear never needs and attackers love (mounts, namespaces,
-//! kernel modules, bpf, keyrings, io_uring ...). Built once before fork, applied last before exec.
+//! kernel modules, bpf, keyrings, io_uring ...), and an allow-list of socket families (what a
+//! web app needs: unix, IPv4, IPv6, netlink route). Built once before fork, applied last
+//! before exec.
 
 use super::check::{errno_name, in_child, proc_status_field, Check};
 use anyhow::{Context, Result};
@@ -58,6 +60,10 @@ const NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
+/// The socket families a gear may open; anything else (vsock, packet, bluetooth, other
+/// netlink protocols ...) fails with EAFNOSUPPORT, as on a kernel without them.
+const SOCKET_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
+
 fn arch() -> TargetArch {
     #[cfg(target_arch = "aarch64")]
     return TargetArch::aarch64;
@@ -65,11 +71,36 @@ fn arch() -> TargetArch {
     return TargetArch::x86_64;
 }
 
-/// The compiled filters: the deny-list (EPERM) and clone3 (ENOSYS, so libc falls back to clone,
-/// whose flags the first filter can inspect).
+/// The compiled filters: the deny-list (EPERM), clone3 (ENOSYS, so libc falls back to clone,
+/// whose flags the first filter can inspect) and socket families (EAFNOSUPPORT).
 pub struct Filters {
     deny: BpfProgram,
     clone3: BpfProgram,
+    sockets: BpfProgram,
+}
+
+/// socket(2) fails for every family but SOCKET_FAMILIES, and netlink for every protocol but
+/// NETLINK_ROUTE (addresses and routes, which getaddrinfo and `ip` read).
+fn socket_filter() -> Result<BpfProgram> {
+    let family = |op, f: i32| SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, f as u64);
+    let other_family = SOCKET_FAMILIES
+        .iter()
+        .map(|f| family(SeccompCmpOp::Ne, *f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let other_netlink = vec![
+        family(SeccompCmpOp::Eq, libc::AF_NETLINK)?,
+        SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::NETLINK_ROUTE as u64)?,
+    ];
+    let rules = vec![SeccompRule::new(other_family)?, SeccompRule::new(other_netlink)?];
+    SeccompFilter::new(
+        [(libc::SYS_socket, rules)].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch(),
+    )
+    .context("cannot build the socket family filter")?
+    .try_into()
+    .context("cannot compile the socket family filter")
 }
 
 /// Compiles the filters (allocates: call before fork).
@@ -117,13 +148,18 @@ pub fn build() -> Result<Filters> {
     .context("cannot build the clone3 filter")?
     .try_into()
     .context("cannot compile the clone3 filter")?;
-    Ok(Filters { deny, clone3 })
+    Ok(Filters {
+        deny,
+        clone3,
+        sockets: socket_filter()?,
+    })
 }
 
 /// Installs the filters on the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
 pub fn apply(f: &Filters) -> Result<()> {
     seccompiler::apply_filter(&f.clone3).context("cannot install the clone3 seccomp filter")?;
     seccompiler::apply_filter(&f.deny).context("cannot install the seccomp filter")?;
+    seccompiler::apply_filter(&f.sockets).context("cannot install the socket family filter")?;
     Ok(())
 }
 
