@@ -464,7 +464,8 @@ fn app_state_is_truthful_over_ssh() {
     assert!(row("crashy").contains("running"), "{}", row("crashy"));
     assert_eq!(run("app status crashy").0, Some(0));
 
-    run("run crashy touch app-root/data/crash");
+    // `run` starts in the deployment, as `heroku run` does: the data directory by its variable.
+    run("run crashy sh -c 'touch \"$OPENSHIFT_DATA_DIR/crash\"'");
     run("run crashy pkill -KILL -f server.py");
     let crashed = |r: &str| r.contains("crashed (restarts ") && r.contains("last exit 3)");
     assert!(
@@ -602,7 +603,7 @@ fn domain_cert_reads_only_stdin_and_caps_it() {
         format!("{cert}{other_key}").as_bytes(),
     );
     assert!(text(&o.stderr).contains("does not belong"), "{}", text(&o.stderr));
-    assert!(!n.root.join("certs/secure.example.crt").exists());
+    assert!(!n.root.join("certs/shop@secure.example.crt").exists());
 
     // The bundle on stdin is installed, root-only.
     let o = n.ssh(
@@ -612,10 +613,39 @@ fn domain_cert_reads_only_stdin_and_caps_it() {
         format!("{cert}{key}").as_bytes(),
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let kept = n.root.join("certs/secure.example.key");
+    let kept = n.root.join("certs/shop@secure.example.key");
     assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), key.trim());
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+
+    // Removing the host name removes its certificate and key; another user's app that adds the
+    // same name later gets neither.
+    let o = n.ssh(&s.alice, &[], Some("domain remove shop secure.example"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let left: Vec<_> = std::fs::read_dir(n.root.join("certs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.contains("secure.example"))
+        .collect();
+    assert!(left.is_empty(), "left behind after domain remove: {left:?}");
+    let o = n.ssh(&s.bob, &[], Some("app create other --cartridge static"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&s.bob, &[], Some("domain add other secure.example"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!n.root.join("certs/other@secure.example.key").exists());
+    // A certificate installed for an app is deleted with the app.
+    let o = n.ssh(
+        &s.bob,
+        &[],
+        Some("domain cert other secure.example"),
+        format!("{cert}{key}").as_bytes(),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(n.root.join("certs/other@secure.example.key").exists());
+    let o = n.ssh(&s.bob, &[], Some("app destroy other --confirm other"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!n.root.join("certs/other@secure.example.key").exists());
 }
 
 /// A self-signed certificate for `host` and its key, as PEM text (openssl, as a user would).

@@ -80,6 +80,7 @@ pub fn destroy(node: &Node, name: &str, confirm: &str) -> Result<()> {
     for g in &app.gears {
         gear::destroy(node, g)?;
     }
+    super::domain::forget_certs(node, name, None)?;
     std::fs::remove_file(path(node, name)).with_context(|| format!("cannot remove the record of '{name}'"))?;
     let _ = std::fs::remove_file(push_lock(node, name));
     Ok(())

@@ -4,7 +4,7 @@
 use crate::app::{self, cert_bundle};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 /// `gearshift domain ...`
@@ -48,10 +48,36 @@ pub fn check_host(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where a host name's certificate and key are kept (root only).
-pub fn cert_paths(node: &Node, host: &str) -> (PathBuf, PathBuf) {
+/// Where an app's certificate and key for a host name are kept (root only). The app's name is
+/// part of the file name: a certificate belongs to the app it was installed for, and is never
+/// served to another app that adds the same host name later.
+pub fn cert_paths(node: &Node, app: &str, host: &str) -> (PathBuf, PathBuf) {
     let d = node.root().join("certs");
-    (d.join(format!("{host}.crt")), d.join(format!("{host}.key")))
+    (d.join(format!("{app}@{host}.crt")), d.join(format!("{app}@{host}.key")))
+}
+
+/// Deletes an app's certificates and keys: for one host name, or (None) for all of them.
+pub fn forget_certs(node: &Node, app: &str, host: Option<&str>) -> Result<()> {
+    let dir = node.root().join("certs");
+    let prefix = format!("{app}@");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(h) = rest.strip_suffix(".crt").or_else(|| rest.strip_suffix(".key")) else {
+            continue;
+        };
+        if host.is_none_or(|want| want == h) {
+            std::fs::remove_file(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Every host name an app answers to.
@@ -90,6 +116,8 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
                 }
                 Ok(())
             })?;
+            // Its certificate and key go with it.
+            forget_certs(node, &name, Some(&host))?;
         }
         DomainCmd::List { app: name, json } => {
             let a = app::load_for(node, actor, &name)?;
@@ -110,7 +138,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
             let usage = format!("domain cert {name} {host} < bundle.pem");
             let bundle = cert_bundle::read_capped(std::io::stdin().lock(), &usage)?;
             let (c, k) = cert_bundle::split(&bundle, &usage)?;
-            let (cp, kp) = cert_paths(node, &host);
+            let (cp, kp) = cert_paths(node, &name, &host);
             crate::state::write_atomic(&kp, &k, 0o600)?;
             crate::state::write_atomic(&cp, &c, 0o600)?;
             println!("{host} uses the certificate from stdin");

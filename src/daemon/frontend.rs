@@ -106,7 +106,7 @@ impl Front {
         let mut failed = Vec::new();
         for a in apps {
             for h in crate::app::domain::hosts(&self.node, a) {
-                let (cp, kp) = crate::app::domain::cert_paths(&self.node, &h);
+                let (cp, kp) = crate::app::domain::cert_paths(&self.node, &a.name, &h);
                 let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
                 let stamp = (mtime(&cp), mtime(&kp));
                 hosts.insert(h.clone());
