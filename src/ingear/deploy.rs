@@ -109,6 +109,8 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
             Some(p) => {
                 say(&format!("{p} stays live"));
                 activate_link(p)?;
+                // Its other processes, if the failed switch had replaced them already.
+                let _ = control::ctl("scale");
             }
             None => {
                 let _ = control::ctl("stop");
