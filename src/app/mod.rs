@@ -7,6 +7,7 @@ pub mod cartridge;
 pub mod condition;
 pub mod create;
 pub mod domain;
+pub mod formation;
 pub mod git;
 pub mod lifecycle;
 pub mod scale;
