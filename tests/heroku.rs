@@ -442,13 +442,21 @@ fn a_worker_only_app_deploys_when_its_worker_stays_up_and_is_not_routed() {
     assert_ne!(code, 200, "a worker-only app is not routed");
     let (ok, status, err) = ssh_cmd(&d, "app status queue");
     assert!(ok, "{status}{err}");
-    assert!(status.contains("web=0") && status.contains("worker=1 (1 running)"), "{status}");
-    assert!(n.ok(&["app", "show", "queue"]).contains("processes: web=0, worker=1 (1 running)"));
+    assert!(
+        status.contains("web=0") && status.contains("worker=1 (1 running)"),
+        "{status}"
+    );
+    assert!(n
+        .ok(&["app", "show", "queue"])
+        .contains("processes: web=0, worker=1 (1 running)"));
 
     // A worker that dies at once fails the push with its last lines; the old one keeps running.
     write_files(
         &dir,
-        &[("worker.py", "import sys\nprint('boom: no queue configured', flush=True)\nsys.exit(3)\n")],
+        &[(
+            "worker.py",
+            "import sys\nprint('boom: no queue configured', flush=True)\nsys.exit(3)\n",
+        )],
     );
     commit(&dir, "a broken worker");
     let (ok, out) = push(&d, &dir, "queue");
@@ -497,12 +505,21 @@ fn app_scale_sets_each_type_and_logs_show_every_type_or_one() {
 
     // Per type, over SSH; an unknown type is refused with what there is.
     let (ok, _, err) = ssh_cmd(&d, "app scale mixed emailer=1");
-    assert!(!ok && err.contains("no process type 'emailer'") && err.contains("worker"), "{err}");
+    assert!(
+        !ok && err.contains("no process type 'emailer'") && err.contains("worker"),
+        "{err}"
+    );
     let (ok, said, err) = ssh_cmd(&d, "app scale mixed web=1 worker=2");
     assert!(ok, "{err}");
     assert!(said.contains("web=1 worker=2"), "{said}");
     assert!(
-        eventually(std::time::Duration::from_secs(10), || ps_lines(&d, "mixed", "sh worker.sh").len() == 2),
+        eventually(std::time::Duration::from_secs(10), || ps_lines(
+            &d,
+            "mixed",
+            "sh worker.sh"
+        )
+        .len()
+            == 2),
         "{:?}",
         ps_lines(&d, "mixed", "sh worker.sh")
     );
@@ -534,7 +551,13 @@ fn app_scale_sets_each_type_and_logs_show_every_type_or_one() {
     assert_eq!(get(n, "mixed", "/"), (200, "two".to_string()));
     n.ok(&["app", "restart", "mixed"]);
     assert!(
-        eventually(std::time::Duration::from_secs(10), || ps_lines(&d, "mixed", "sh worker.sh").len() == 2),
+        eventually(std::time::Duration::from_secs(10), || ps_lines(
+            &d,
+            "mixed",
+            "sh worker.sh"
+        )
+        .len()
+            == 2),
         "{:?}",
         ps_lines(&d, "mixed", "sh worker.sh")
     );
@@ -544,14 +567,22 @@ fn app_scale_sets_each_type_and_logs_show_every_type_or_one() {
     assert!(ok, "{err}");
     assert!(said.contains("web=2 worker=2"), "{said}");
     let (_, status, _) = ssh_cmd(&d, "app status mixed");
-    assert!(status.contains("web=2 (2 running)") && status.contains("worker=2 (2 running)"), "{status}");
+    assert!(
+        status.contains("web=2 (2 running)") && status.contains("worker=2 (2 running)"),
+        "{status}"
+    );
     let (_, in_gear1, _) = n.sh_gear("mixed", 1, "pgrep -fc '^sh worker.sh' || true");
     assert_eq!(in_gear1.trim(), "0");
     // worker=0 stops them.
     let (ok, _, err) = ssh_cmd(&d, "app scale mixed worker=0");
     assert!(ok, "{err}");
     assert!(
-        eventually(std::time::Duration::from_secs(15), || ps_lines(&d, "mixed", "sh worker.sh").is_empty()),
+        eventually(std::time::Duration::from_secs(15), || ps_lines(
+            &d,
+            "mixed",
+            "sh worker.sh"
+        )
+        .is_empty()),
         "{:?}",
         ps_lines(&d, "mixed", "sh worker.sh")
     );

@@ -22,9 +22,8 @@ pub fn parse(specs: &[String]) -> Result<Vec<(String, u32)>> {
         let Some((t, n)) = spec.split_once('=') else {
             bail!("'{spec}' is not TYPE=N: write e.g. web=2 worker=1 (or one number, for web)");
         };
-        let valid = !t.is_empty()
-            && t.len() <= 63
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid =
+            !t.is_empty() && t.len() <= 63 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             bail!("'{t}' is not a process type name (letters, digits, - and _, like web or worker)");
         }

@@ -322,7 +322,12 @@ fn scale(node: &Node, actor: &Actor, name: &str, specs: &[String]) -> Result<()>
             );
         }
     }
-    if let Some(n) = asked.iter().find(|(t, _)| t == "web").map(|(_, n)| *n).filter(|n| *n > 0) {
+    if let Some(n) = asked
+        .iter()
+        .find(|(t, _)| t == "web")
+        .map(|(_, n)| *n)
+        .filter(|n| *n > 0)
+    {
         app::scale(node, name, n)?;
     }
     let record = app::update(node, actor, name, |a| {
@@ -338,7 +343,10 @@ fn scale(node: &Node, actor: &Actor, name: &str, specs: &[String]) -> Result<()>
             }
         }
     }
-    println!("{}", app::formation::describe(name, record.gears.len(), &record.formation));
+    println!(
+        "{}",
+        app::formation::describe(name, record.gears.len(), &record.formation)
+    );
     Ok(())
 }
 

@@ -283,7 +283,8 @@ fn start_workers(s: &Sup) {
     let procs = procfile::read(&repo).ok().flatten().unwrap_or_default();
     let app = appjson::read(&repo).unwrap_or_default();
     let (scaled, first) = GearInfo::load_in_gear().map_or((Default::default(), true), |i| (i.formation, i.index == 0));
-    s.workers.replace(&repo, &workers::quantities(&procs, &app, &scaled, first));
+    s.workers
+        .replace(&repo, &workers::quantities(&procs, &app, &scaled, first));
 }
 
 /// Whether the live deployment runs a web process in this gear (see [`workers::web_quantity`]).
@@ -623,7 +624,9 @@ fn switch_without_web(s: &Shared, old_web: Option<i32>) -> Result<()> {
     }
     if let Some(pid) = old_web {
         terminate(s, pid, |g| g.status.pid != Some(pid));
-        note(&format!("stopped the web process (pid {pid}): the new deployment has none"));
+        note(&format!(
+            "stopped the web process (pid {pid}): the new deployment has none"
+        ));
     }
     let mut g = s.lock();
     g.status.pid = None;

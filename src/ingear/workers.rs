@@ -111,9 +111,9 @@ impl Workers {
             let mut keep: Vec<Proc> = Vec::new();
             let mut old = Vec::new();
             for p in s.procs.drain(..) {
-                let wanted = want.iter().any(|(w, n)| {
-                    w.name == p.name && w.command == p.command && p.index <= *n && p.repo == repo
-                });
+                let wanted = want
+                    .iter()
+                    .any(|(w, n)| w.name == p.name && w.command == p.command && p.index <= *n && p.repo == repo);
                 if wanted && p.pid.is_some() {
                     keep.push(p);
                 } else if let Some(pid) = p.pid {
