@@ -587,3 +587,71 @@ fn app_scale_sets_each_type_and_logs_show_every_type_or_one() {
         ps_lines(&d, "mixed", "sh worker.sh")
     );
 }
+
+#[test]
+fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "sched", "--cartridge", "python", "--owner", "dev"]);
+    n.ok(&["env", "set", "sched", "GREETING=hello"]);
+    let cron = |schedule: &str| {
+        format!(
+            r#"{{"cron": [{{"command": "echo \"cron $GREETING in $(pwd) as $(id -un)\" | tee -a $HOME/cron.txt", "schedule": "{schedule}"}}]}}"#
+        )
+    };
+    // A bad schedule fails the push, naming the entry.
+    let dir = new_repo(
+        n,
+        "sched",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+            ("app.json", &cron("*/5 * * *")),
+            (
+                ".openshift/cron/minutely/tick",
+                "#!/bin/sh\necho \"tick $(date +%s)\" >> $HOME/tick.txt\n",
+            ),
+        ],
+    );
+    std::fs::set_permissions(
+        dir.join(".openshift/cron/minutely/tick"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    commit(&dir, "executable tick");
+    let (ok, out) = push(&d, &dir, "sched");
+    assert!(!ok && out.contains("app.json cron entry 1"), "{out}");
+
+    write_files(&dir, &[("app.json", &cron("* * * * *"))]);
+    commit(&dir, "every minute");
+    let (ok, out) = push(&d, &dir, "sched");
+    assert!(ok, "{out}");
+    assert!(out.contains("cron: 2 scheduled job(s)"), "{out}");
+    let (ok, list, err) = ssh_cmd(&d, "cron list sched");
+    assert!(ok, "{err}");
+    assert!(
+        list.contains(".openshift/cron/minutely") && list.contains("app.json") && list.contains("* * * * *"),
+        "{list}"
+    );
+    // Within the next minute boundary (at most ~60 s): wait on the files, not a clock.
+    assert!(
+        eventually(std::time::Duration::from_secs(80), || {
+            n.sh("sched", "cat ~/cron.txt ~/tick.txt 2>/dev/null")
+                .1
+                .contains("tick")
+                && n.sh("sched", "cat ~/cron.txt 2>/dev/null").1.contains("cron hello in")
+        }),
+        "no cron run: {}",
+        n.sh("sched", "cat ~/app-root/logs/web.log").1
+    );
+    let (_, line, _) = n.sh("sched", "head -1 ~/cron.txt");
+    assert!(
+        line.contains("cron hello in /home/sched/app-deployments/") && line.trim_end().ends_with("as sched"),
+        "not in the deployment as the gear user with the app's env: {line}"
+    );
+    let (_, logs, _) = ssh_cmd(&d, "logs sched --type cron");
+    assert!(logs.contains("cron.2 | cron hello in"), "{logs}");
+    assert!(logs.lines().all(|l| l.starts_with("cron.")), "{logs}");
+}

@@ -85,6 +85,9 @@ pub enum Verb {
     /// Deployments of an app.
     #[command(subcommand)]
     Deploy(DeployCmd),
+    /// Scheduled jobs (.openshift/cron, app.json `cron`), run in the app's gear.
+    #[command(subcommand)]
+    Cron(CronCmd),
     /// Re-activate a kept deployment without rebuilding (default: the previous one).
     Rollback { app: String, id: Option<String> },
     /// Run a command inside an app's gear with every isolation mechanism applied.
@@ -137,6 +140,12 @@ pub enum DeployCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronCmd {
+    /// List an app's scheduled jobs: schedule (UTC), where each comes from, its command.
+    List { app: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +214,9 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
                 &["deployments"]
             };
             crate::app::in_gear(&Node::load(config_path)?, actor, &app, args)
+        }
+        Verb::Cron(CronCmd::List { app }) => {
+            crate::app::in_gear(&Node::load(config_path)?, actor, &app, &["cron-list"])
         }
         Verb::Rollback { app, id } => {
             let mut args = vec!["rollback"];

@@ -18,6 +18,7 @@ use crate::gear::control::{self, Command};
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use crate::ingear::appjson;
+use crate::ingear::cron;
 use crate::ingear::procenv::{self, live_repo};
 use crate::ingear::procfile;
 use crate::ingear::workers::{self, Workers};
@@ -81,6 +82,8 @@ struct Sup {
     inner: Mutex<Inner>,
     /// The Procfile's other process types.
     workers: Arc<Workers>,
+    /// Scheduled jobs running now.
+    cron: cron::Running,
     changed: Condvar,
 }
 
@@ -673,9 +676,50 @@ fn rescale(s: &Shared) -> Result<()> {
     Ok(())
 }
 
+/// Runs the scheduled jobs at the start of every minute (UTC), in gear 0, while the app is
+/// wanted running (a stopped app runs none; an idle one has no supervisor at all).
+fn scheduler(s: Shared) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let next = (now.as_secs() / 60 + 1) * 60;
+        std::thread::sleep(Duration::from_secs(next) - now);
+        if s.lock().wanted {
+            run_due(&s, next as i64);
+        }
+    }
+}
+
+/// Starts the jobs due in `minute`, each unless its previous run still goes on.
+fn run_due(s: &Sup, minute: i64) {
+    let Ok(info) = GearInfo::load_in_gear() else { return };
+    let Some(repo) = live_repo() else { return };
+    if info.index != 0 {
+        return;
+    }
+    let jobs = match appjson::read(&repo).and_then(|app| cron::jobs(&repo, &app)) {
+        Ok(j) => j,
+        Err(e) => return note(&format!("cron: {e:#}")),
+    };
+    for (i, job) in jobs.iter().enumerate().filter(|(_, j)| j.due(minute)) {
+        let tag = format!("cron.{}", i + 1);
+        let key = format!("{}\0{}\0{}", job.source, job.schedule, job.command);
+        let started = s.cron.start(&key, || {
+            let child = spawn_logged(&job.argv(), &repo, info.env_pairs(), "cron", &tag)?;
+            Ok(child.id() as i32)
+        });
+        match started {
+            Ok(Some(pid)) => note(&format!("{tag}: started {} (pid {pid})", job.command)),
+            Ok(None) => note(&format!("{tag}: skipped, its previous run is still going")),
+            Err(e) => note(&format!("{tag}: cannot start {}: {e:#}", job.command)),
+        }
+    }
+}
+
 /// Called by the reaper when a process exits.
 fn exited(s: &Shared, pid: i32, code: i32) {
-    if s.workers.exited(pid, code) {
+    if s.workers.exited(pid, code) || s.cron.exited(pid) {
         return;
     }
     let mut g = s.lock();
@@ -822,10 +866,13 @@ pub fn run() -> ! {
             waiters: HashMap::new(),
         }),
         workers: Workers::new(spawn_worker, note),
+        cron: cron::Running::default(),
         changed: Condvar::new(),
     });
     let r = s.clone();
     std::thread::spawn(move || reaper(r));
+    let c = s.clone();
+    std::thread::spawn(move || scheduler(c));
     for l in control::listen(note) {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
