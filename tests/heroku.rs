@@ -597,7 +597,7 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
     n.ok(&["env", "set", "sched", "GREETING=hello"]);
     let cron = |schedule: &str| {
         format!(
-            r#"{{"cron": [{{"command": "echo \"cron $GREETING in $(pwd) as $(id -un)\" | tee -a $HOME/cron.txt", "schedule": "{schedule}"}}]}}"#
+            r#"{{"cron": [{{"command": "echo \"cron $GREETING in $(pwd) as $(id -u)\" | tee -a $HOME/cron.txt", "schedule": "{schedule}"}}]}}"#
         )
     };
     // A bad schedule fails the push, naming the entry.
@@ -648,7 +648,10 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
     );
     let (_, line, _) = n.sh("sched", "head -1 ~/cron.txt");
     assert!(
-        line.contains("cron hello in /home/sched/app-deployments/") && line.trim_end().ends_with("as sched"),
+        line.contains("cron hello in /home/sched/app-deployments/")
+            && line
+                .trim_end()
+                .ends_with(&format!("as {}", n.show("sched")["gears"][0]["uid"])),
         "not in the deployment as the gear user with the app's env: {line}"
     );
     let (_, logs, _) = ssh_cmd(&d, "logs sched --type cron");
