@@ -399,3 +399,262 @@ fn procfile_process_types_run_as_formation_says_each_with_its_log_and_restart_af
         workers(n)
     );
 }
+
+/// `ssh ... CMD` as the dev user: (success, stdout, stderr).
+fn ssh_cmd(d: &DevNode, cmd: &str) -> (bool, String, String) {
+    let o = d.n.ssh(&d.key, &[], Some(cmd), b"");
+    (o.status.success(), text(&o.stdout), text(&o.stderr))
+}
+
+/// The command lines of APP's gear 0 (`run APP ps -eo args`) that run `what`.
+fn ps_lines(d: &DevNode, app: &str, what: &str) -> Vec<String> {
+    let (_, out, _) = ssh_cmd(d, &format!("run {app} ps -eo args"));
+    out.lines().filter(|l| l.contains(what)).map(String::from).collect()
+}
+
+#[test]
+fn a_worker_only_app_deploys_when_its_worker_stays_up_and_is_not_routed() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "queue", "--cartridge", "python", "--owner", "dev"]);
+    let dir = example_repo(n, "heroku-worker");
+    let (ok, out) = push(&d, &dir, "queue");
+    assert!(ok, "the worker-only app did not deploy:\n{out}");
+    // Its output, prefixed like Heroku's, in `logs` over SSH.
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || ssh_cmd(&d, "logs queue")
+            .1
+            .contains("worker.1 | worker tick")),
+        "no worker output in logs: {}",
+        ssh_cmd(&d, "logs queue").1
+    );
+    let (ok, typed, err) = ssh_cmd(&d, "logs queue --type worker -n 5");
+    assert!(ok, "{err}");
+    assert!(
+        typed.lines().count() == 5 && typed.lines().all(|l| l.starts_with("worker.1 | ")),
+        "{typed}"
+    );
+    // Exactly one worker, and no web process: nothing routed.
+    let workers = ps_lines(&d, "queue", "python3 -u worker.py");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let (code, _) = get(n, "queue", "/");
+    assert_ne!(code, 200, "a worker-only app is not routed");
+    let (ok, status, err) = ssh_cmd(&d, "app status queue");
+    assert!(ok, "{status}{err}");
+    assert!(
+        status.contains("web=0") && status.contains("worker=1 (1 running)"),
+        "{status}"
+    );
+    assert!(n
+        .ok(&["app", "show", "queue"])
+        .contains("processes: web=0, worker=1 (1 running)"));
+
+    // A worker that dies at once fails the push with its last lines; the old one keeps running.
+    write_files(
+        &dir,
+        &[(
+            "worker.py",
+            "import sys\nprint('boom: no queue configured', flush=True)\nsys.exit(3)\n",
+        )],
+    );
+    commit(&dir, "a broken worker");
+    let (ok, out) = push(&d, &dir, "queue");
+    assert!(!ok, "a worker that exits at once was deployed:\n{out}");
+    assert!(out.contains("worker.1 exited (exit code 3)"), "{out}");
+    assert!(out.contains("boom: no queue configured"), "{out}");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let w = ps_lines(&d, "queue", "python3 -u worker.py");
+            w.len() == 1 && ssh_cmd(&d, "app status queue").1.contains("worker=1 (1 running)")
+        }),
+        "the previous deployment's worker is not back: {:?}",
+        ps_lines(&d, "queue", "python3")
+    );
+}
+
+#[test]
+fn app_scale_sets_each_type_and_logs_show_every_type_or_one() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "mixed", "--cartridge", "python", "--owner", "dev"]);
+    let dir = new_repo(
+        n,
+        "mixed",
+        &[
+            (
+                "Procfile",
+                "web: python3 -u server.py\nworker: sh worker.sh\nclock: sh clock.sh\n",
+            ),
+            ("worker.sh", "echo \"worker $$ up\"\nwhile :; do sleep 0.3; done\n"),
+            ("clock.sh", "while :; do sleep 1; done\n"),
+            ("server.py", &format!("print('web up', flush=True)\n{SERVER}")),
+            ("page.txt", "one"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "mixed");
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "mixed", "/"), (200, "one".to_string()));
+    // Dokku's defaults: web 1, the others 0.
+    let (_, status, _) = ssh_cmd(&d, "app status mixed");
+    assert!(
+        status.contains("web=1 (1 running)") && status.contains("worker=0") && status.contains("clock=0"),
+        "{status}"
+    );
+
+    // Per type, over SSH; an unknown type is refused with what there is.
+    let (ok, _, err) = ssh_cmd(&d, "app scale mixed emailer=1");
+    assert!(
+        !ok && err.contains("no process type 'emailer'") && err.contains("worker"),
+        "{err}"
+    );
+    let (ok, said, err) = ssh_cmd(&d, "app scale mixed web=1 worker=2");
+    assert!(ok, "{err}");
+    assert!(said.contains("web=1 worker=2"), "{said}");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || ps_lines(
+            &d,
+            "mixed",
+            "sh worker.sh"
+        )
+        .len()
+            == 2),
+        "{:?}",
+        ps_lines(&d, "mixed", "sh worker.sh")
+    );
+    let (_, status, _) = ssh_cmd(&d, "app status mixed");
+    assert!(status.contains("worker=2 (2 running)"), "{status}");
+    assert_eq!(get(n, "mixed", "/"), (200, "one".to_string()));
+
+    // `logs`: every type, prefixed; `--type worker`: only the workers'.
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            let all = ssh_cmd(&d, "logs mixed -n 200").1;
+            all.contains("web.1 | web up") && all.contains("worker.1 | worker") && all.contains("worker.2 | worker")
+        }),
+        "{}",
+        ssh_cmd(&d, "logs mixed -n 200").1
+    );
+    let (_, workers, _) = ssh_cmd(&d, "logs mixed --type worker");
+    assert!(
+        !workers.is_empty() && workers.lines().all(|l| l.starts_with("worker.")),
+        "{workers}"
+    );
+    let (ok, _, err) = ssh_cmd(&d, "logs mixed --type 'a;b'");
+    assert!(!ok && err.contains("not a process type name"), "{err}");
+
+    // The quantities survive a redeploy and a restart.
+    write_files(&dir, &[("page.txt", "two")]);
+    commit(&dir, "two");
+    assert!(push(&d, &dir, "mixed").0);
+    assert_eq!(get(n, "mixed", "/"), (200, "two".to_string()));
+    n.ok(&["app", "restart", "mixed"]);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || ps_lines(
+            &d,
+            "mixed",
+            "sh worker.sh"
+        )
+        .len()
+            == 2),
+        "{:?}",
+        ps_lines(&d, "mixed", "sh worker.sh")
+    );
+
+    // A bare N still means web gears; the workers stay in gear 0.
+    let (ok, said, err) = ssh_cmd(&d, "app scale mixed 2");
+    assert!(ok, "{err}");
+    assert!(said.contains("web=2 worker=2"), "{said}");
+    let (_, status, _) = ssh_cmd(&d, "app status mixed");
+    assert!(
+        status.contains("web=2 (2 running)") && status.contains("worker=2 (2 running)"),
+        "{status}"
+    );
+    let (_, in_gear1, _) = n.sh_gear("mixed", 1, "pgrep -fc '^sh worker.sh' || true");
+    assert_eq!(in_gear1.trim(), "0");
+    // worker=0 stops them.
+    let (ok, _, err) = ssh_cmd(&d, "app scale mixed worker=0");
+    assert!(ok, "{err}");
+    assert!(
+        eventually(std::time::Duration::from_secs(15), || ps_lines(
+            &d,
+            "mixed",
+            "sh worker.sh"
+        )
+        .is_empty()),
+        "{:?}",
+        ps_lines(&d, "mixed", "sh worker.sh")
+    );
+}
+
+#[test]
+fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "sched", "--cartridge", "python", "--owner", "dev"]);
+    n.ok(&["env", "set", "sched", "GREETING=hello"]);
+    let cron = |schedule: &str| {
+        format!(
+            r#"{{"cron": [{{"command": "echo \"cron $GREETING in $(pwd) as $(id -u)\" | tee -a $HOME/cron.txt", "schedule": "{schedule}"}}]}}"#
+        )
+    };
+    // A bad schedule fails the push, naming the entry.
+    let dir = new_repo(
+        n,
+        "sched",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("server.py", SERVER),
+            ("page.txt", "one"),
+            ("app.json", &cron("*/5 * * *")),
+            (
+                ".openshift/cron/minutely/tick",
+                "#!/bin/sh\necho \"tick $(date +%s)\" >> $HOME/tick.txt\n",
+            ),
+        ],
+    );
+    std::fs::set_permissions(
+        dir.join(".openshift/cron/minutely/tick"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    commit(&dir, "executable tick");
+    let (ok, out) = push(&d, &dir, "sched");
+    assert!(!ok && out.contains("app.json cron entry 1"), "{out}");
+
+    write_files(&dir, &[("app.json", &cron("* * * * *"))]);
+    commit(&dir, "every minute");
+    let (ok, out) = push(&d, &dir, "sched");
+    assert!(ok, "{out}");
+    assert!(out.contains("cron: 2 scheduled job(s)"), "{out}");
+    let (ok, list, err) = ssh_cmd(&d, "cron list sched");
+    assert!(ok, "{err}");
+    assert!(
+        list.contains(".openshift/cron/minutely") && list.contains("app.json") && list.contains("* * * * *"),
+        "{list}"
+    );
+    // Within the next minute boundary (at most ~60 s): wait on the files, not a clock.
+    assert!(
+        eventually(std::time::Duration::from_secs(80), || {
+            n.sh("sched", "cat ~/cron.txt ~/tick.txt 2>/dev/null")
+                .1
+                .contains("tick")
+                && n.sh("sched", "cat ~/cron.txt 2>/dev/null").1.contains("cron hello in")
+        }),
+        "no cron run: {}",
+        n.sh("sched", "cat ~/app-root/logs/web.log").1
+    );
+    let (_, line, _) = n.sh("sched", "head -1 ~/cron.txt");
+    assert!(
+        line.contains("cron hello in /home/sched/app-deployments/")
+            && line
+                .trim_end()
+                .ends_with(&format!("as {}", n.show("sched")["gears"][0]["uid"])),
+        "not in the deployment as the gear user with the app's env: {line}"
+    );
+    let (_, logs, _) = ssh_cmd(&d, "logs sched --type cron");
+    assert!(logs.contains("cron.2 | cron hello in"), "{logs}");
+    assert!(logs.lines().all(|l| l.starts_with("cron.")), "{logs}");
+}

@@ -53,6 +53,7 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
         https_redirect: false,
         health_path: None,
         health_timeout: None,
+        formation: Default::default(),
     };
     // Recorded first, so that a crash part-way leaves a record `app destroy` can clean up.
     save(node, &app)?;

@@ -8,6 +8,7 @@ pub mod cert_bundle;
 pub mod condition;
 pub mod create;
 pub mod domain;
+pub mod formation;
 pub mod git;
 pub mod lifecycle;
 pub mod scale;
@@ -61,6 +62,10 @@ pub struct App {
     /// Seconds a new deployment may take to become healthy (default 30).
     #[serde(default)]
     pub health_timeout: Option<u32>,
+    /// Process type -> quantity set by `app scale TYPE=N` (kept across restarts and pushes;
+    /// `web` only when 0: the web gears are `gears`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub formation: std::collections::BTreeMap<String, u32>,
 }
 
 /// The longest health timeout (the supervisor's control socket answers within 60 s).
@@ -188,6 +193,7 @@ pub fn descriptor(node: &Node, app: &App, g: &Gear) -> GearInfo {
         health_path: app.health_path.clone(),
         health_timeout: app.health_timeout,
         url: crate::node::address::app_url(&node.config, &app.name),
+        formation: app.formation.clone(),
     }
 }
 

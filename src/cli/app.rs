@@ -41,8 +41,13 @@ pub enum AppCmd {
     Stop { name: String },
     /// Restart the app's web process.
     Restart { name: String },
-    /// Run N web gears of the app, each fully isolated; the router balances across them.
-    Scale { name: String, gears: u32 },
+    /// How many of each process type run: `web=2 worker=1` (web: gears, each fully isolated,
+    /// the router balances across them; other types: processes in gear 0). A bare N means web=N.
+    Scale {
+        name: String,
+        #[arg(required = true, value_name = "TYPE=N")]
+        quantities: Vec<String>,
+    },
     /// Idle the app: no processes at all until its next request (which wakes it).
     Idle { name: String },
     /// Show whether the web process runs, since when, restarts and last exit.
@@ -87,11 +92,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
             app::set_idle(node, actor, &name, false)?;
             app::start_web(node, &app::load_for(node, actor, &name)?)?;
         }
-        AppCmd::Scale { name, gears } => {
-            app::load_for(node, actor, &name)?;
-            app::scale(node, &name, gears)?;
-            println!("'{name}' runs {gears} web gear(s)");
-        }
+        AppCmd::Scale { name, quantities } => scale(node, actor, &name, &quantities)?,
         AppCmd::Idle { name } => {
             app::lifecycle::idle(node, actor, &name)?;
             println!("idled '{name}': no processes until its next request");
@@ -198,7 +199,8 @@ fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
 fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     let app = app::load_for(node, actor, name)?;
     let gears: Vec<_> = app.gears.iter().map(|g| gear_json(node, g)).collect();
-    let state = condition::of(node, &app).0.to_string();
+    let (state, statuses) = condition::of(node, &app);
+    let state = state.to_string();
     if json {
         let mut v = serde_json::to_value(&app)?;
         v["status"] = state.as_str().into();
@@ -216,6 +218,10 @@ fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     println!("status:    {state}");
     println!("url:       {}", address::app_url(&node.config, &app.name));
     println!("git:       {}", address::git_remote(&node.config, &app.name));
+    let types = process_types(&statuses);
+    if !types.is_empty() {
+        println!("processes: {}", types.join(", "));
+    }
     for (g, j) in app.gears.iter().zip(gears) {
         print_gear(node, g, &j);
     }
@@ -284,6 +290,9 @@ fn status(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
                 println!("{line}");
             }
         }
+        for t in process_types(&gears) {
+            println!("  {t}");
+        }
     }
     match state {
         AppState::NeverDeployed => bail!(
@@ -293,6 +302,91 @@ fn status(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
         s if !s.serving() => bail!("'{name}' is not serving: {s} (see `gearshift logs {name}`)"),
         _ => Ok(()),
     }
+}
+
+/// `app scale APP web=2 worker=1` (or `app scale APP 2`).
+fn scale(node: &Node, actor: &Actor, name: &str, specs: &[String]) -> Result<()> {
+    let asked = app::formation::parse(specs)?;
+    let record = app::load_for(node, actor, name)?;
+    // The types the live deployment has (gear 0's supervisor knows them).
+    let known: Option<Vec<String>> = record.gears.first().and_then(|g| {
+        let st = app::lifecycle::status_of(node, &record, g).ok()?;
+        let types = st["types"].as_array()?;
+        Some(types.iter().filter_map(|t| t[0].as_str().map(String::from)).collect())
+    });
+    if let Some(known) = &known {
+        if let Some((t, _)) = asked.iter().find(|(t, _)| t != "web" && !known.contains(t)) {
+            bail!(
+                "'{name}' has no process type '{t}': its Procfile has {} (add a {t}: line and push)",
+                known.join(", ")
+            );
+        }
+    }
+    if let Some(n) = asked
+        .iter()
+        .find(|(t, _)| t == "web")
+        .map(|(_, n)| *n)
+        .filter(|n| *n > 0)
+    {
+        app::scale(node, name, n)?;
+    }
+    let record = app::update(node, actor, name, |a| {
+        app::formation::apply(&mut a.formation, &asked);
+        Ok(())
+    })?;
+    app::write_descriptors(node, &record)?;
+    if !record.idle {
+        for g in &record.gears {
+            if gear::init_pid(node, g).is_some() {
+                gear::control::command(&crate::gear::isolation::network::netns_path(&g.netns()), "scale")
+                    .map_err(|e| anyhow::anyhow!("cannot scale gear {} of '{name}': {e:#}", g.index))?;
+            }
+        }
+    }
+    println!(
+        "{}",
+        app::formation::describe(name, record.gears.len(), &record.formation)
+    );
+    Ok(())
+}
+
+/// Every process type of the app with its quantity and how many run (`worker=1 (1 running)`),
+/// web counted over every gear, the others in gear 0, from the supervisors' statuses.
+fn process_types(gears: &[serde_json::Value]) -> Vec<String> {
+    let types = |g: &serde_json::Value| -> Vec<(String, u64, u64)> {
+        g["types"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        (
+                            t[0].as_str().unwrap_or("?").to_string(),
+                            t[1].as_u64().unwrap_or(0),
+                            t[2].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let Some(first) = gears.first() else { return vec![] };
+    let mut out = Vec::new();
+    for (i, (name, n, up)) in types(first).into_iter().enumerate() {
+        let (n, up) = if i == 0 && name == "web" {
+            gears.iter().map(types).fold((0, 0), |(a, b), t| {
+                let w = t.first().map_or((0, 0), |w| (w.1, w.2));
+                (a + w.0, b + w.1)
+            })
+        } else {
+            (n, up)
+        };
+        out.push(if n == 0 && up == 0 {
+            format!("{name}=0")
+        } else {
+            format!("{name}={n} ({up} running)")
+        });
+    }
+    out
 }
 
 fn health(node: &Node, actor: &Actor, name: &str, path: Option<String>, timeout: Option<u32>, off: bool) -> Result<()> {

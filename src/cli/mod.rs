@@ -68,9 +68,13 @@ pub enum Verb {
     /// An app's own environment variables.
     #[command(subcommand)]
     Env(env::EnvCmd),
-    /// Show an app's web process output (rotated logs).
+    /// Show an app's output: every process's lines, prefixed `web.1 | `, `worker.1 | `
+    /// (rotated logs), or one process type's with --type.
     Logs {
         app: String,
+        /// Only this process type's lines (web, worker, clock ...).
+        #[arg(long = "type", value_name = "TYPE")]
+        type_: Option<String>,
         /// Keep following new output.
         #[arg(short = 'f', long)]
         follow: bool,
@@ -81,6 +85,9 @@ pub enum Verb {
     /// Deployments of an app.
     #[command(subcommand)]
     Deploy(DeployCmd),
+    /// Scheduled jobs (.openshift/cron, app.json `cron`), run in the app's gear.
+    #[command(subcommand)]
+    Cron(CronCmd),
     /// Re-activate a kept deployment without rebuilding (default: the previous one).
     Rollback { app: String, id: Option<String> },
     /// Run a command inside an app's gear with every isolation mechanism applied.
@@ -136,6 +143,12 @@ pub enum DeployCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum CronCmd {
+    /// List an app's scheduled jobs: schedule (UTC), where each comes from, its command.
+    List { app: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NodeCmd {
     /// Bring the bridge, firewall, quota filesystem and cgroups up (after a reboot).
     Up,
@@ -183,15 +196,15 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Env(cmd) => env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Verb::Logs { app, follow, lines } => {
+        Verb::Logs {
+            app,
+            type_,
+            follow,
+            lines,
+        } => {
             let node = Node::load(config_path)?;
-            let n = lines.to_string();
-            let mut argv = vec!["tail", "-n", &n];
-            if follow {
-                argv.push("-F");
-            }
-            argv.push(gear::layout::WEB_LOG);
-            let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+            let script = logs_script(type_.as_deref(), lines, follow)?;
+            let argv: Vec<String> = ["/bin/sh", "-c", &script].into_iter().map(String::from).collect();
             crate::app::run_in_gear(&node, actor, &app, 0, &argv)
         }
         Verb::Deploy(DeployCmd::List { app, json }) => {
@@ -201,6 +214,9 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
                 &["deployments"]
             };
             crate::app::in_gear(&Node::load(config_path)?, actor, &app, args)
+        }
+        Verb::Cron(CronCmd::List { app }) => {
+            crate::app::in_gear(&Node::load(config_path)?, actor, &app, &["cron-list"])
         }
         Verb::Rollback { app, id } => {
             let mut args = vec!["rollback"];
@@ -214,6 +230,30 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             crate::app::run_app_command(&Node::load(config_path)?, actor, &app, gear, &command)
         }
     }
+}
+
+/// The shell script `logs` runs in gear 0: the last `lines` of every process's log (or of one
+/// type's lines), then, with `follow`, what comes. A gear deployed before the log of every
+/// process existed shows its web log.
+fn logs_script(type_: Option<&str>, lines: u32, follow: bool) -> Result<String> {
+    let all = gear::layout::ALL_LOG;
+    let web = gear::layout::WEB_LOG;
+    let pick = format!("cd \"$HOME\" && f={all} && {{ [ -e $f ] || [ ! -e {web} ] || f={web}; }} && touch $f && ");
+    Ok(match type_ {
+        None if follow => format!("{pick}exec tail -n {lines} -F $f"),
+        None => format!("{pick}exec tail -n {lines} $f"),
+        Some(t) => {
+            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                anyhow::bail!("'{t}' is not a process type name (like web, worker or cron)");
+            }
+            let show = format!("grep -a '^{t}\\.[0-9]* | ' {all} | tail -n {lines}");
+            if follow {
+                format!("{pick}{{ {show}; tail -n 0 -F {all} | grep -a --line-buffered '^{t}\\.[0-9]* | '; }}")
+            } else {
+                format!("{pick}{show}; true")
+            }
+        }
+    })
 }
 
 fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {

@@ -34,6 +34,8 @@ pub enum Command {
     /// The router has moved over: the old web process may go.
     Release,
     RestartIfWanted,
+    /// The quantities changed (`app scale`): start or stop processes to match.
+    Scale,
     Status,
     /// Long poll: answer when the status generation moves past N.
     Watch(u64),
@@ -52,6 +54,7 @@ pub fn parse(line: &str) -> Command {
         ("switch", None) => Command::Switch,
         ("release", None) => Command::Release,
         ("restart-if-wanted", None) => Command::RestartIfWanted,
+        ("scale", None) => Command::Scale,
         ("status", None) => Command::Status,
         ("watch", Some(n)) => Command::Watch(n.parse().unwrap_or(0)),
         (other, _) => Command::Unknown(anyhow::anyhow!("unknown command '{}'", other.escape_default())),

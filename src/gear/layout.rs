@@ -9,6 +9,8 @@ pub const DATA: &str = "app-root/data";
 pub const LOGS: &str = "app-root/logs";
 /// The web process's output, rotated by size.
 pub const WEB_LOG: &str = "app-root/logs/web.log";
+/// Every process's output, each line prefixed with its process (`web.1 | `, `worker.1 | `).
+pub const ALL_LOG: &str = "app-root/logs/all.log";
 /// Runtime files of gearshift inside the gear.
 pub const RUNTIME: &str = "app-root/runtime";
 /// Whether the web process should run (kept across gear restarts).

@@ -40,6 +40,9 @@ pub struct GearInfo {
     /// The app's URL as people reach it through the router (with its port when not 80).
     #[serde(default)]
     pub url: String,
+    /// Process type -> quantity set by `app scale` (wins over app.json's `formation`).
+    #[serde(default)]
+    pub formation: BTreeMap<String, u32>,
 }
 
 impl GearInfo {

@@ -14,6 +14,15 @@ pub struct AppJson {
     /// Process type -> how many (`{"worker": {"quantity": 1}}`).
     #[serde(default)]
     pub formation: BTreeMap<String, Formation>,
+    /// Scheduled jobs (Dokku's `[{"command": "...", "schedule": "*/5 * * * *"}]`).
+    #[serde(default)]
+    pub cron: Vec<CronEntry>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct CronEntry {
+    pub command: String,
+    pub schedule: String,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -109,6 +109,8 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
             Some(p) => {
                 say(&format!("{p} stays live"));
                 activate_link(p)?;
+                // Its other processes, if the failed switch had replaced them already.
+                let _ = control::ctl("scale");
             }
             None => {
                 let _ = control::ctl("stop");
@@ -307,6 +309,14 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     // The app's own manifests first: a bad Procfile or app.json fails the push before any build.
     let procs = procfile::read(repo)?.unwrap_or_default();
     let app_json = appjson::read(repo)?;
+    let jobs = crate::ingear::cron::jobs(repo, &app_json)?;
+    if !jobs.is_empty() {
+        say(&format!(
+            "cron: {} scheduled job(s) (see `cron list {}`)",
+            jobs.len(),
+            info.app
+        ));
+    }
     let mut env = info.env_pairs();
     env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.to_string()));
     env.push((

@@ -3,6 +3,7 @@
 //! and the static file server. They read the gear's descriptor from /opt/gearshift/meta.
 
 pub mod appjson;
+pub mod cron;
 pub mod deploy;
 pub mod journal;
 pub mod procenv;
@@ -42,6 +43,8 @@ pub enum GearCmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// List the live deployment's scheduled jobs.
+    CronList,
     /// Serve a directory over HTTP (the static cartridge's web process).
     StaticServe {
         dir: PathBuf,
@@ -97,6 +100,35 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             Ok(0)
         }
         GearCmd::Exec { command } => procenv::exec(&command),
+        GearCmd::CronList => {
+            let Some(repo) = procenv::live_repo() else {
+                println!("nothing deployed yet: no scheduled jobs");
+                return Ok(0);
+            };
+            let jobs = cron::jobs(&repo, &appjson::read(&repo)?)?;
+            if jobs.is_empty() {
+                println!("no scheduled jobs (add .openshift/cron/hourly/SCRIPT, or app.json \"cron\" entries)");
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| {
+                    let command = j
+                        .command
+                        .strip_prefix(&format!("{}/", repo.display()))
+                        .unwrap_or(&j.command);
+                    vec![
+                        format!("cron.{}", i + 1),
+                        j.schedule.clone(),
+                        j.source.clone(),
+                        command.to_string(),
+                    ]
+                })
+                .collect();
+            table::print(&["JOB", "SCHEDULE (UTC)", "FROM", "COMMAND"], &rows);
+            Ok(0)
+        }
         GearCmd::StaticServe { dir, port, bind } => {
             let addr: std::net::SocketAddr = format!("{bind}:{port}").parse()?;
             crate::ingear::static_server::serve(&dir, addr).map(|_| 0)

@@ -18,6 +18,7 @@ use crate::gear::control::{self, Command};
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use crate::ingear::appjson;
+use crate::ingear::cron;
 use crate::ingear::procenv::{self, live_repo};
 use crate::ingear::procfile;
 use crate::ingear::workers::{self, Workers};
@@ -39,6 +40,10 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long an old web process keeps serving after a switch when no router releases it.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the processes of an app without web must stay up for its deployment to go live.
+const SETTLE: Duration = Duration::from_secs(3);
+/// How many of its last output lines a failed process shows.
+const LAST_LINES: usize = 10;
 
 /// What `status` reports.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -61,6 +66,8 @@ pub struct Status {
     pub generation: u64,
     /// The other process types' processes: (`worker.1`, pid while it runs).
     pub processes: Vec<(String, Option<i32>)>,
+    /// Every process type: (name, quantity asked for, how many run), web first.
+    pub types: Vec<(String, u32, u32)>,
 }
 
 struct Inner {
@@ -75,6 +82,8 @@ struct Sup {
     inner: Mutex<Inner>,
     /// The Procfile's other process types.
     workers: Arc<Workers>,
+    /// Scheduled jobs running now.
+    cron: cron::Running,
     changed: Condvar,
 }
 
@@ -99,16 +108,50 @@ fn log_dir() -> PathBuf {
     layout::in_home(layout::LOGS)
 }
 
-/// Appends a line from gearshift itself to the web log.
+/// Appends a line from gearshift itself to the web log and to the log of every process.
 fn note(msg: &str) {
     let _ = std::fs::create_dir_all(log_dir());
+    let line = format!("[gearshift {}] {msg}\n", crate::clock::iso_now());
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(layout::in_home(layout::WEB_LOG))
     {
-        let _ = writeln!(f, "[gearshift {}] {msg}", crate::clock::iso_now());
+        let _ = f.write_all(line.as_bytes());
     }
+    append_all(format!("gearshift | {line}").as_bytes());
+}
+
+/// Serializes writes to (and the rotation of) the log of every process.
+static ALL_LOG: Mutex<()> = Mutex::new(());
+
+/// Appends whole lines to the log of every process, rotating it by size.
+fn append_all(lines: &[u8]) {
+    let _g = ALL_LOG.lock().unwrap_or_else(|e| e.into_inner());
+    let path = layout::in_home(layout::ALL_LOG);
+    rotate(&path);
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let _ = f.write_all(lines);
+    }
+}
+
+/// Moves `path` to `path.1` (and so on, keeping [`LOG_KEEP`]) once it is over the size limit.
+fn rotate(path: &Path) {
+    if !std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_MAX_BYTES) {
+        return;
+    }
+    let numbered = |i: u32| PathBuf::from(format!("{}.{i}", path.display()));
+    for i in (1..LOG_KEEP).rev() {
+        let _ = std::fs::rename(numbered(i), numbered(i + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
+}
+
+/// The last `n` lines of log `name` (`worker`, `worker.2`), for an error.
+fn last_lines(name: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(log_dir().join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.
@@ -138,8 +181,15 @@ fn env_with_port(info: &GearInfo, port: u16) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Starts `argv` in deployment `repo`, its output into `app-root/logs/LOG.log`.
-fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>, log: &str) -> Result<std::process::Child> {
+/// Starts `argv` in deployment `repo`, its output into `app-root/logs/LOG.log` and, each line
+/// prefixed with `tag` (`worker.1`), into the log of every process.
+fn spawn_logged(
+    argv: &[String],
+    repo: &Path,
+    env: Vec<(String, String)>,
+    log: &str,
+    tag: &str,
+) -> Result<std::process::Child> {
     let (rd, wr) = std::io::pipe().context("cannot create a log pipe")?;
     let child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -152,36 +202,52 @@ fn spawn_logged(argv: &[String], repo: &Path, env: Vec<(String, String)>, log: &
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {}", argv.join(" ")))?;
-    let log = log.to_string();
-    std::thread::spawn(move || copy_to_log(rd, &log));
+    let (log, tag) = (log.to_string(), tag.to_string());
+    std::thread::spawn(move || copy_to_log(rd, &log, &tag));
     Ok(child)
 }
 
-/// Copies a process's output into `LOG.log`, rotating by size.
-fn copy_to_log(mut rd: std::io::PipeReader, log: &str) {
+/// Copies a process's output into `LOG.log`, rotating by size, and its whole lines, prefixed
+/// `TAG | `, into the log of every process.
+fn copy_to_log(mut rd: std::io::PipeReader, log: &str, tag: &str) {
     let path = log_dir().join(format!("{log}.log"));
     let mut buf = [0u8; 16 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
     loop {
         let n = match rd.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if std::fs::metadata(&path)
-            .map(|m| m.len() > LOG_MAX_BYTES)
-            .unwrap_or(false)
-        {
-            for i in (1..LOG_KEEP).rev() {
-                let _ = std::fs::rename(
-                    log_dir().join(format!("{log}.log.{i}")),
-                    log_dir().join(format!("{log}.log.{}", i + 1)),
-                );
-            }
-            let _ = std::fs::rename(&path, log_dir().join(format!("{log}.log.1")));
-        }
+        rotate(&path);
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
             let _ = f.write_all(&buf[..n]);
         }
+        partial.extend_from_slice(&buf[..n]);
+        if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
+            let rest = partial.split_off(end + 1);
+            append_all(&prefixed(tag, &partial));
+            partial = rest;
+        } else if partial.len() > 16 * 1024 {
+            partial.push(b'\n');
+            append_all(&prefixed(tag, &partial));
+            partial.clear();
+        }
     }
+    if !partial.is_empty() {
+        partial.push(b'\n');
+        append_all(&prefixed(tag, &partial));
+    }
+}
+
+/// `lines` (whole, newline-ended) with `TAG | ` before each.
+fn prefixed(tag: &str, lines: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() + 16);
+    for line in lines.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b" | ");
+        out.extend_from_slice(line);
+    }
+    out
 }
 
 /// Starts the live deployment's web process on `port`; returns its pid (not yet live).
@@ -189,7 +255,8 @@ fn spawn_web(port: u16) -> Result<(i32, String, String)> {
     let info = GearInfo::load_in_gear()?;
     let repo = live_repo().context("nothing is deployed yet: git push first")?;
     let argv = web_command(&repo)?;
-    let child = spawn_logged(&argv, &repo, env_with_port(&info, port), "web")?;
+    let tag = format!("web.{}", info.index + 1);
+    let child = spawn_logged(&argv, &repo, env_with_port(&info, port), "web", &tag)?;
     let pid = child.id() as i32;
     // The reaper thread waits for it; the Child handle is not needed.
     drop(child);
@@ -202,21 +269,59 @@ fn spawn_web(port: u16) -> Result<(i32, String, String)> {
 }
 
 /// Starts one process of a non-web type (the workers' [`workers::Spawn`]).
-fn spawn_worker(repo: &Path, name: &str, command: &str) -> Result<i32> {
+fn spawn_worker(repo: &Path, name: &str, index: u32, command: &str) -> Result<i32> {
     let info = GearInfo::load_in_gear()?;
-    let child = spawn_logged(&procfile::shell_argv(command), repo, info.env_pairs(), name)?;
+    let log = workers::log_name(name, index);
+    let tag = format!("{name}.{index}");
+    let child = spawn_logged(&procfile::shell_argv(command), repo, info.env_pairs(), &log, &tag)?;
     let pid = child.id() as i32;
     drop(child);
-    note(&format!("started {name}: {command} (pid {pid})"));
+    note(&format!("started {tag}: {command} (pid {pid})"));
     Ok(pid)
 }
 
-/// Replaces the other process types' processes with the live deployment's.
+/// Runs the other process types' processes of the live deployment, as many as asked for.
 fn start_workers(s: &Sup) {
     let Some(repo) = live_repo() else { return };
     let procs = procfile::read(&repo).ok().flatten().unwrap_or_default();
     let app = appjson::read(&repo).unwrap_or_default();
-    s.workers.replace(&repo, &workers::quantities(&procs, &app));
+    let (scaled, first) = GearInfo::load_in_gear().map_or((Default::default(), true), |i| (i.formation, i.index == 0));
+    s.workers
+        .replace(&repo, &workers::quantities(&procs, &app, &scaled, first));
+}
+
+/// Whether the live deployment runs a web process in this gear (see [`workers::web_quantity`]).
+fn runs_web() -> bool {
+    let Some(repo) = live_repo() else { return true };
+    let app = appjson::read(&repo).unwrap_or_default();
+    let scaled = GearInfo::load_in_gear().map(|i| i.formation).unwrap_or_default();
+    workers::web_quantity(&app, &scaled) > 0
+}
+
+/// The live deployment's id (the directory holding its repo).
+fn live_deployment() -> Option<String> {
+    live_repo()?
+        .parent()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Every process type with its quantity and how many of it run, web first.
+fn types(g: &Inner, workers: &Workers) -> Vec<(String, u32, u32)> {
+    let running = workers.list();
+    let mut out = vec![(
+        "web".to_string(),
+        u32::from(runs_web()),
+        u32::from(g.status.pid.is_some()),
+    )];
+    for (name, n) in workers.wanted() {
+        let up = running
+            .iter()
+            .filter(|(p, pid)| pid.is_some() && p.rsplit_once('.').is_some_and(|(t, _)| t == name))
+            .count() as u32;
+        out.push((name, n, up));
+    }
+    out
 }
 
 fn make_live(s: &Sup, g: &mut Inner, pid: i32, port: u16, command: String, deployment: String) {
@@ -232,6 +337,15 @@ fn make_live(s: &Sup, g: &mut Inner, pid: i32, port: u16, command: String, deplo
 
 fn start_locked(s: &Sup, g: &mut Inner) -> Result<()> {
     if g.status.pid.is_some() {
+        return Ok(());
+    }
+    if !runs_web() {
+        // An app without web: its other processes are all it runs.
+        g.status.state = "running".into();
+        g.status.since = crate::clock::now();
+        g.status.deployment = live_deployment();
+        g.status.command = None;
+        bump(s, g);
         return Ok(());
     }
     let port = if g.status.port == 0 {
@@ -254,7 +368,7 @@ fn run_helper(s: &Sup, argv: &[String], repo: &Path, limit: Duration) {
     let Ok(info) = GearInfo::load_in_gear() else { return };
     let (tx, rx) = channel();
     let mut g = s.lock();
-    if let Ok(child) = spawn_logged(argv, repo, info.env_pairs(), "web") {
+    if let Ok(child) = spawn_logged(argv, repo, info.env_pairs(), "web", &format!("web.{}", info.index + 1)) {
         g.waiters.insert(child.id() as i32, tx);
         drop(g);
         let _ = rx.recv_timeout(limit);
@@ -405,6 +519,9 @@ fn wait_started(s: &Shared) -> Result<()> {
         let g = s.lock();
         (g.status.pid, g.status.port)
     };
+    if pid.is_none() && !runs_web() {
+        return Ok(());
+    }
     let exited = || {
         let g = s.lock();
         (g.status.pid != pid || pid.is_none())
@@ -431,6 +548,9 @@ fn switch(s: &Shared) -> Result<()> {
         g.status.streak = 0;
         (g.status.pid, if g.status.port == 0 { info.port } else { g.status.port })
     };
+    if !runs_web() {
+        return switch_without_web(s, old);
+    }
     let port = if old.is_some() {
         if old_port == info.port {
             info.port + 1
@@ -478,9 +598,128 @@ fn switch(s: &Shared) -> Result<()> {
     Ok(())
 }
 
+/// Makes an app without web live: its other processes replace the running ones and must stay
+/// up for [`SETTLE`]; then the previous web process (if the previous deployment had one) stops.
+/// A process that exits before fails the switch with its last output (the deploy then puts the
+/// previous deployment back and asks for `scale`, which restarts its processes).
+fn switch_without_web(s: &Shared, old_web: Option<i32>) -> Result<()> {
+    start_workers(s);
+    let wanted = s.workers.wanted();
+    if wanted.iter().all(|(_, n)| *n == 0) {
+        s.workers.stop();
+        bail!(
+            "nothing to run: app.json's formation runs no web process and no other process type (give a type such as worker a quantity, in app.json or with `app scale`)"
+        );
+    }
+    let t = Instant::now();
+    while t.elapsed() < SETTLE {
+        if let Some((who, how)) = s.workers.first_exit() {
+            s.workers.stop();
+            let (name, index) = who.rsplit_once('.').unwrap_or((&who, "1"));
+            let log = workers::log_name(name, index.parse().unwrap_or(1));
+            bail!(
+                "{who} exited ({how}) within {}s of starting; its last output:\n{}",
+                SETTLE.as_secs(),
+                last_lines(&log, LAST_LINES)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(pid) = old_web {
+        terminate(s, pid, |g| g.status.pid != Some(pid));
+        note(&format!(
+            "stopped the web process (pid {pid}): the new deployment has none"
+        ));
+    }
+    let mut g = s.lock();
+    g.status.pid = None;
+    g.status.port = 0;
+    g.status.state = "running".into();
+    g.status.since = crate::clock::now();
+    g.status.command = None;
+    g.status.deployment = live_deployment();
+    bump(s, &mut g);
+    Ok(())
+}
+
+/// `scale`: the quantities changed (`app scale`): web starts or stops in this gear, the other
+/// types' processes are added or removed (the ones that stay keep running).
+fn rescale(s: &Shared) -> Result<()> {
+    let (wanted, pid) = {
+        let g = s.lock();
+        (g.wanted, g.status.pid)
+    };
+    if !wanted {
+        return Ok(());
+    }
+    match (runs_web(), pid) {
+        (true, None) => {
+            let mut g = s.lock();
+            start_locked(s, &mut g)?;
+        }
+        (false, Some(pid)) => {
+            {
+                let mut g = s.lock();
+                g.wanted = false;
+            }
+            terminate(s, pid, |g| g.status.pid != Some(pid));
+            let mut g = s.lock();
+            g.wanted = true;
+            g.status.state = "running".into();
+            g.status.port = 0;
+            g.status.command = None;
+            bump(s, &mut g);
+        }
+        _ => {}
+    }
+    start_workers(s);
+    Ok(())
+}
+
+/// Runs the scheduled jobs at the start of every minute (UTC), in gear 0, while the app is
+/// wanted running (a stopped app runs none; an idle one has no supervisor at all).
+fn scheduler(s: Shared) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let next = (now.as_secs() / 60 + 1) * 60;
+        std::thread::sleep(Duration::from_secs(next) - now);
+        if s.lock().wanted {
+            run_due(&s, next as i64);
+        }
+    }
+}
+
+/// Starts the jobs due in `minute`, each unless its previous run still goes on.
+fn run_due(s: &Sup, minute: i64) {
+    let Ok(info) = GearInfo::load_in_gear() else { return };
+    let Some(repo) = live_repo() else { return };
+    if info.index != 0 {
+        return;
+    }
+    let jobs = match appjson::read(&repo).and_then(|app| cron::jobs(&repo, &app)) {
+        Ok(j) => j,
+        Err(e) => return note(&format!("cron: {e:#}")),
+    };
+    for (i, job) in jobs.iter().enumerate().filter(|(_, j)| j.due(minute)) {
+        let tag = format!("cron.{}", i + 1);
+        let key = format!("{}\0{}\0{}", job.source, job.schedule, job.command);
+        let started = s.cron.start(&key, || {
+            let child = spawn_logged(&job.argv(), &repo, info.env_pairs(), "cron", &tag)?;
+            Ok(child.id() as i32)
+        });
+        match started {
+            Ok(Some(pid)) => note(&format!("{tag}: started {} (pid {pid})", job.command)),
+            Ok(None) => note(&format!("{tag}: skipped, its previous run is still going")),
+            Err(e) => note(&format!("{tag}: cannot start {}: {e:#}", job.command)),
+        }
+    }
+}
+
 /// Called by the reaper when a process exits.
 fn exited(s: &Shared, pid: i32, code: i32) {
-    if s.workers.exited(pid, code) {
+    if s.workers.exited(pid, code) || s.cron.exited(pid) {
         return;
     }
     let mut g = s.lock();
@@ -568,6 +807,7 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
             .and_then(|_| wait_started(s))
             .map(|_| "restarted"),
         Command::Switch => switch(s).map(|_| "switched"),
+        Command::Scale => rescale(s).map(|_| "scaled"),
         Command::Release => {
             release(s);
             Ok("released")
@@ -590,7 +830,12 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
         }
         Command::Unknown(e) => Err(e),
     };
-    let mut status = s.lock().status.clone();
+    let mut status = {
+        let g = s.lock();
+        let mut st = g.status.clone();
+        st.types = types(&g, &s.workers);
+        st
+    };
     status.processes = s.workers.list();
     control::reply(&stream, reply, &status)
 }
@@ -621,10 +866,13 @@ pub fn run() -> ! {
             waiters: HashMap::new(),
         }),
         workers: Workers::new(spawn_worker, note),
+        cron: cron::Running::default(),
         changed: Condvar::new(),
     });
     let r = s.clone();
     std::thread::spawn(move || reaper(r));
+    let c = s.clone();
+    std::thread::spawn(move || scheduler(c));
     for l in control::listen(note) {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
@@ -662,6 +910,7 @@ mod tests {
             health_path: path.map(String::from),
             health_timeout: timeout,
             url: String::new(),
+            formation: Default::default(),
         }
     }
 

@@ -6,23 +6,56 @@
 
 use super::appjson::AppJson;
 use super::procfile::Process;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Starts one process: (deployment, type, command) -> pid. The supervisor's, with its logging.
-pub type Spawn = fn(&Path, &str, &str) -> anyhow::Result<i32>;
+/// Starts one process: (deployment, type, index, command) -> pid. The supervisor's, with its
+/// logging.
+pub type Spawn = fn(&Path, &str, u32, &str) -> anyhow::Result<i32>;
 
-/// How many of each non-web process type run: app.json's `formation`, else 0.
-pub fn quantities(procs: &[Process], app: &AppJson) -> Vec<(Process, u32)> {
+/// How many of each non-web process type run: `app scale`'s quantity (`scaled`, kept in the
+/// app record), else app.json's `formation`, else 0. Only gear 0 runs them (`first_gear`): a
+/// scaled app's other gears are web gears.
+pub fn quantities(
+    procs: &[Process],
+    app: &AppJson,
+    scaled: &BTreeMap<String, u32>,
+    first_gear: bool,
+) -> Vec<(Process, u32)> {
     procs
         .iter()
         .filter(|p| p.name != "web" && p.name != "release")
         .map(|p| {
-            let n = app.formation.get(&p.name).and_then(|f| f.quantity).unwrap_or(0);
-            (p.clone(), n)
+            let n = scaled
+                .get(&p.name)
+                .copied()
+                .or_else(|| app.formation.get(&p.name).and_then(|f| f.quantity))
+                .unwrap_or(0);
+            (p.clone(), if first_gear { n } else { 0 })
         })
         .collect()
+}
+
+/// How many web processes a gear runs (0 or 1): `app scale APP web=0`, else app.json's
+/// `formation.web.quantity` (0 makes a worker-only app), else 1.
+pub fn web_quantity(app: &AppJson, scaled: &BTreeMap<String, u32>) -> u32 {
+    let n = scaled
+        .get("web")
+        .copied()
+        .or_else(|| app.formation.get("web").and_then(|f| f.quantity))
+        .unwrap_or(1);
+    n.min(1)
+}
+
+/// The log a process writes: `worker.log` for `worker.1`, `worker.2.log` for `worker.2`.
+pub fn log_name(name: &str, index: u32) -> String {
+    if index == 1 {
+        name.to_string()
+    } else {
+        format!("{name}.{index}")
+    }
 }
 
 /// One running (or restarting) process: `worker.1`.
@@ -41,6 +74,10 @@ struct State {
     procs: Vec<Proc>,
     /// Bumped on every replace: a restart scheduled for an older set is dropped.
     generation: u64,
+    /// Every type and its quantity, as last asked (quantity 0 included).
+    want: Vec<(String, u32)>,
+    /// Exits since the last replace (`worker.1 exited (exit code 1)`), oldest first.
+    exits: Vec<(String, String)>,
 }
 
 /// The gear's processes other than web.
@@ -63,14 +100,31 @@ impl Workers {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stops every process and starts `want` (from deployment `repo`) instead.
+    /// Runs `want` (from deployment `repo`): processes already running the same command of
+    /// the same deployment stay, the others stop, the missing ones start.
     pub fn replace(&self, repo: &Path, want: &[(Process, u32)]) {
         let old = {
             let mut s = self.lock();
             s.generation += 1;
-            let old: Vec<i32> = s.procs.drain(..).filter_map(|p| p.pid).collect();
+            s.exits.clear();
+            s.want = want.iter().map(|(p, n)| (p.name.clone(), *n)).collect();
+            let mut keep: Vec<Proc> = Vec::new();
+            let mut old = Vec::new();
+            for p in s.procs.drain(..) {
+                let wanted = want
+                    .iter()
+                    .any(|(w, n)| w.name == p.name && w.command == p.command && p.index <= *n && p.repo == repo);
+                if wanted && p.pid.is_some() {
+                    keep.push(p);
+                } else if let Some(pid) = p.pid {
+                    old.push(pid);
+                }
+            }
             for (p, n) in want {
                 for index in 1..=*n {
+                    if keep.iter().any(|k| k.name == p.name && k.index == index) {
+                        continue;
+                    }
                     let mut proc_ = Proc {
                         name: p.name.clone(),
                         index,
@@ -81,18 +135,29 @@ impl Workers {
                         started: Instant::now(),
                     };
                     // Spawned under the lock: the reaper cannot report the pid before it is known.
-                    match (self.spawn)(repo, &p.name, &p.command) {
+                    match (self.spawn)(repo, &p.name, index, &p.command) {
                         Ok(pid) => proc_.pid = Some(pid),
                         Err(e) => (self.note)(&format!("{}.{index}: cannot start: {e:#}", p.name)),
                     }
-                    s.procs.push(proc_);
+                    keep.push(proc_);
                 }
             }
+            s.procs = keep;
             old
         };
         for pid in old {
             terminate(pid);
         }
+    }
+
+    /// The first process that exited since the last replace: (`worker.1`, how).
+    pub fn first_exit(&self) -> Option<(String, String)> {
+        self.lock().exits.first().cloned()
+    }
+
+    /// Every type asked for and how many of it (0 included), as last replaced.
+    pub fn wanted(&self) -> Vec<(String, u32)> {
+        self.lock().want.clone()
     }
 
     /// Stops every process.
@@ -122,18 +187,15 @@ impl Workers {
             p.streak = 0;
         }
         p.streak += 1;
+        let how = if code >= 128 {
+            format!("signal {}", code - 128)
+        } else {
+            format!("exit code {code}")
+        };
+        let who = format!("{}.{}", p.name, p.index);
         let delay = Duration::from_secs(1u64 << (p.streak - 1).min(6)).min(Duration::from_secs(60));
-        (self.note)(&format!(
-            "{}.{} exited ({}); restarting in {}s",
-            p.name,
-            p.index,
-            if code >= 128 {
-                format!("signal {}", code - 128)
-            } else {
-                format!("exit code {code}")
-            },
-            delay.as_secs()
-        ));
+        (self.note)(&format!("{who} exited ({how}); restarting in {}s", delay.as_secs()));
+        s.exits.push((who, how));
         let me = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(delay);
@@ -144,7 +206,7 @@ impl Workers {
             let Some(p) = s.procs.get_mut(i) else { return };
             if p.pid.is_none() {
                 p.started = Instant::now();
-                match (me.spawn)(&p.repo, &p.name, &p.command) {
+                match (me.spawn)(&p.repo, &p.name, p.index, &p.command) {
                     Ok(pid) => p.pid = Some(pid),
                     Err(e) => (me.note)(&format!("{}.{}: cannot restart: {e:#}", p.name, p.index)),
                 }
@@ -177,7 +239,30 @@ mod tests {
         let procs = super::super::procfile::parse("web: w\nworker: a\nclock: b\nrelease: r\n").unwrap();
         let app = super::super::appjson::parse(r#"{"formation": {"web": {"quantity": 1}, "worker": {"quantity": 2}}}"#)
             .unwrap();
-        let q: Vec<(String, u32)> = quantities(&procs, &app).into_iter().map(|(p, n)| (p.name, n)).collect();
-        assert_eq!(q, [("worker".to_string(), 2), ("clock".to_string(), 0)]);
+        let q = |scaled: &BTreeMap<String, u32>, first: bool| -> Vec<(String, u32)> {
+            quantities(&procs, &app, scaled, first)
+                .into_iter()
+                .map(|(p, n)| (p.name, n))
+                .collect()
+        };
+        let none = BTreeMap::new();
+        assert_eq!(q(&none, true), [("worker".to_string(), 2), ("clock".to_string(), 0)]);
+        // `app scale` wins over app.json; only gear 0 runs them.
+        let scaled = BTreeMap::from([("clock".to_string(), 1), ("worker".to_string(), 0)]);
+        assert_eq!(q(&scaled, true), [("worker".to_string(), 0), ("clock".to_string(), 1)]);
+        assert_eq!(q(&scaled, false), [("worker".to_string(), 0), ("clock".to_string(), 0)]);
+    }
+
+    #[test]
+    fn web_runs_unless_formation_or_scale_says_zero() {
+        let app = |t: &str| super::super::appjson::parse(t).unwrap();
+        let none = BTreeMap::new();
+        assert_eq!(web_quantity(&app("{}"), &none), 1);
+        let worker_only = app(r#"{"formation": {"web": {"quantity": 0}, "worker": {"quantity": 1}}}"#);
+        assert_eq!(web_quantity(&worker_only, &none), 0);
+        assert_eq!(web_quantity(&worker_only, &BTreeMap::from([("web".to_string(), 1)])), 1);
+        assert_eq!(web_quantity(&app("{}"), &BTreeMap::from([("web".to_string(), 0)])), 0);
+        assert_eq!(log_name("worker", 1), "worker");
+        assert_eq!(log_name("worker", 2), "worker.2");
     }
 }

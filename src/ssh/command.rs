@@ -26,6 +26,7 @@ pub const VERBS: &[&str] = &[
     "app",
     "env",
     "logs",
+    "cron",
     "domain",
     "deploy",
     "rollback",

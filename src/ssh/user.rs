@@ -588,6 +588,7 @@ mod tests {
                 https_redirect: false,
                 health_path: None,
                 health_timeout: None,
+                formation: Default::default(),
             };
             state::write_toml(&node.apps_dir().join(format!("{name}.toml")), &app).unwrap();
         };
