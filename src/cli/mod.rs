@@ -6,6 +6,7 @@
 pub mod app;
 pub mod dotenv;
 pub mod env;
+pub mod status;
 
 use crate::gear;
 use crate::node::{self, Node};
@@ -45,6 +46,11 @@ pub enum Verb {
     Init(node::init::InitArgs),
     /// Check every isolation mechanism and tool this host offers.
     Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node at a glance: daemon, sshd and router (checked live), apps by state, disk, memory.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -178,6 +184,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             let node = Node::load(config_path).ok();
             node::doctor::run(node.as_ref(), json)
         }
+        Verb::Status { json } => status::run(&Node::load(config_path)?, json),
         Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
         Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
@@ -250,6 +257,10 @@ pub fn dispatch_remote(config_path: &Path, actor: &Actor, argv: &[String]) -> Re
         }
         Command::Verb(Verb::User(_) | Verb::Doctor { .. }) if !actor.admin => {
             anyhow::bail!("only admins can do that")
+        }
+        // The node's ports, host resources and every owner's apps are the admins' business.
+        Command::Verb(Verb::Status { .. }) if !actor.admin => {
+            anyhow::bail!("only admins can see the node's status; your own apps: `gearshift app list`")
         }
         Command::Verb(verb) => verb,
     };

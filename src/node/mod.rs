@@ -5,6 +5,7 @@ pub mod address;
 pub mod config;
 pub mod doctor;
 pub mod init;
+pub mod probe;
 pub mod runtime;
 
 use crate::node::config::{Config, DEFAULT_CONFIG};

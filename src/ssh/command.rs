@@ -32,6 +32,7 @@ pub const VERBS: &[&str] = &[
     "cartridges",
     "user",
     "doctor",
+    "status",
     "help",
 ];
 

@@ -1,0 +1,127 @@
+//! The node itself, as its admin sees it: `status` and `doctor` check the running node for
+//! real, `node destroy` stops its daemon and says what it removed, `init` refuses clashes.
+
+mod common;
+use common::*;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn admin_key(n: &TestNode, name: &str) -> std::path::PathBuf {
+    let key = keygen(&n.root.join("keys"), name);
+    n.ok(&[
+        "user",
+        "add",
+        name,
+        "--admin",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+    ]);
+    key
+}
+
+fn check<'a>(doctor: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doctor
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("doctor has no check '{name}': {doctor}"))
+}
+
+#[test]
+fn status_and_doctor_check_the_running_node() {
+    require_root!();
+    let n = TestNode::new();
+    let root_key = admin_key(&n, "boss");
+    let bob = n.add_user("bob");
+    n.create_app("quiet");
+
+    // The daemon is not running: status and doctor say so, with how to start it.
+    let out = n.gs(&["status"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "status with no daemon: {s}");
+    assert!(s.contains("daemon  DOWN  not running"), "{s}");
+    assert!(
+        s.contains("gearshift --config") && s.contains("daemon`"),
+        "no start hint: {s}"
+    );
+    assert!(s.contains("apps    1: 1 never deployed"), "{s}");
+    let out = n.gs(&["doctor"]);
+    let d = text(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "doctor passes with the daemon stopped: {d}");
+    assert!(!d.contains("everything the node requires works"), "{d}");
+    assert!(
+        d.lines()
+            .any(|l| l.starts_with("missing") && l.contains("daemon") && l.contains("fix: start it")),
+        "{d}"
+    );
+    // A port someone else holds is named, with its process.
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", n.http_port())).unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&n.gs(&["doctor", "--json"]).stdout).unwrap();
+    let http = check(&d, "port http");
+    assert_eq!(http["status"], "missing", "{http}");
+    assert!(
+        http["detail"].as_str().unwrap().contains("bound by another process"),
+        "{http}"
+    );
+    assert!(http["fix"].as_str().unwrap().contains("http_port"), "{http}");
+    drop(squatter);
+
+    let daemon = n.start_daemon();
+    // start_daemon waits for sshd; the router binds its ports just after.
+    let router_up = || n.gs(&["status"]).status.success();
+    assert!(
+        eventually(std::time::Duration::from_secs(30), router_up),
+        "{}",
+        daemon.log_text()
+    );
+    let out = n.gs(&["status"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    assert!(s.contains(&format!("daemon  up    pid {}", daemon.pid())), "{s}");
+    assert!(
+        s.contains(&format!("sshd    up    port {}", n.ssh_port())) && s.contains("handshake ok"),
+        "{s}"
+    );
+    assert!(s.contains(&format!("router  up    http {}", n.http_port())), "{s}");
+    assert!(s.contains("disk    ") && s.contains("memory  "), "{s}");
+    let j: serde_json::Value = serde_json::from_slice(&n.gs(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(j["up"], true, "{j}");
+    assert_eq!(j["daemon_pid"], daemon.pid(), "{j}");
+    assert_eq!(j["sshd_handshake"], true, "{j}");
+    for l in j["listeners"].as_array().unwrap() {
+        assert_eq!(l["bound"], "ours", "{l}");
+    }
+    assert_eq!(j["apps_by_state"]["never deployed"], 1, "{j}");
+    assert_eq!(j["apps"][0]["state"], "never deployed", "{j}");
+    assert!(j["disk"]["total_bytes"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["memory"]["available_bytes"].as_u64().unwrap() > 0, "{j}");
+    let d: serde_json::Value = serde_json::from_slice(&n.gs(&["doctor", "--json"]).stdout).unwrap();
+    for name in [
+        "daemon",
+        "port sshd",
+        "port http",
+        "port https",
+        "port admin",
+        "ssh handshake",
+    ] {
+        assert_eq!(check(&d, name)["status"], "ok", "{}", check(&d, name));
+    }
+
+    // Over SSH: an admin gets the same; anyone else is refused and pointed at their own apps.
+    let out = n.ssh(&root_key, &[], Some("status --json"), b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["up"], true, "{j}");
+    let out = n.ssh(&bob, &[], Some("status"), b"");
+    let e = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(e.contains("only admins can see the node's status"), "{e}");
+    assert!(
+        e.contains(&format!("ssh -p {}", n.ssh_port())) && e.contains("app list"),
+        "{e}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+}
