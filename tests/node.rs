@@ -125,3 +125,69 @@ fn status_and_doctor_check_the_running_node() {
     );
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
+
+fn refused(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    matches!(
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+#[test]
+fn node_destroy_stops_its_daemon_and_lists_what_it_removed() {
+    require_root!();
+    let n = TestNode::new();
+    let app = n.create_app("gone");
+    let gear = app["gears"][0]["id"].as_str().unwrap().to_string();
+    let daemon = n.start_daemon();
+    let router_up = || n.gs(&["status"]).status.success();
+    assert!(
+        eventually(std::time::Duration::from_secs(30), router_up),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(!refused(n.ssh_port()) && !refused(n.http_port()));
+
+    let out = n.ok(&["node", "destroy", "--confirm", &n.name]);
+    let pid = daemon.pid();
+    for line in [
+        format!("node '{}' destroyed; removed:", n.name),
+        format!(
+            "  daemon (pid {pid}) stopped, with its sshd and router (ports {}, {}, {}, {} closed)",
+            n.ssh_port(),
+            n.http_port(),
+            n.https_port(),
+            n.http_port() + 2
+        ),
+        format!("  bridge {} (10.213.{}.1/24)", n.name, n.slot),
+        format!("  nftables table inet gearshift_{}", n.name),
+        format!("  login user gs-{}", n.name),
+        format!("  data root {}", n.root.display()),
+        format!("  config {}", n.config.display()),
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line '{line}' in:\n{out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  app 'gone' and its gear(s) ") && l.contains(&gear)),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  cgroup ") && l.contains(&format!("gearshift-{}", n.name))),
+        "{out}"
+    );
+    // Nothing of the node answers any more: its daemon is gone and its ports refuse.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "daemon still alive: {state}"
+    );
+    for port in [n.ssh_port(), n.http_port(), n.https_port()] {
+        assert!(
+            refused(port),
+            "port {port} still accepts connections after node destroy"
+        );
+    }
+}

@@ -230,7 +230,14 @@ fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
             Ok(if failed == 0 { 0 } else { 1 })
         }
         NodeCmd::Down => node::runtime::down(node).map(|_| 0),
-        NodeCmd::Destroy { confirm } => node::runtime::destroy(node, &confirm).map(|_| 0),
+        NodeCmd::Destroy { confirm } => {
+            let removed = node::runtime::destroy(node, &confirm)?;
+            println!("node '{}' destroyed; removed:", node.config.name);
+            for r in removed {
+                println!("  {r}");
+            }
+            Ok(0)
+        }
     }
 }
 
