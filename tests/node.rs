@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::Path;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -190,4 +191,124 @@ fn node_destroy_stops_its_daemon_and_lists_what_it_removed() {
             "port {port} still accepts connections after node destroy"
         );
     }
+}
+
+/// `init` of a second node beside `n` whose settings, but for `clash`, are its own.
+fn init_beside(
+    n: &TestNode,
+    clash: &[(&str, String)],
+) -> (std::process::Output, std::path::PathBuf, std::path::PathBuf, String) {
+    let name = format!("gsx{}", n.slot);
+    let root = root_base().join(format!("gearshift-test/{name}"));
+    let config = root_base().join(format!("gearshift-test/{name}.toml"));
+    let uid0 = 505_000 + n.slot * 90;
+    let mut args: Vec<(&str, String)> = vec![
+        ("--root", root.display().to_string()),
+        ("--bridge", name.clone()),
+        ("--name", name.clone()),
+        ("--subnet", format!("10.215.{}.0/24", n.slot)),
+        ("--uids", format!("{uid0}-{}", uid0 + 89)),
+        ("--http-port", (40_000 + n.slot * 10).to_string()),
+        ("--ssh-port", (40_001 + n.slot * 10).to_string()),
+        ("--disk-backend", "none".into()),
+        ("--allow-unlimited-disk", String::new()),
+    ];
+    for (k, v) in clash {
+        match args.iter_mut().find(|(a, _)| a == k) {
+            Some(a) => a.1 = v.clone(),
+            None => args.push((k, v.clone())),
+        }
+    }
+    let mut c = std::process::Command::new(BIN);
+    c.arg("--config").arg(&config).arg("init");
+    for (k, v) in &args {
+        c.arg(k);
+        if !v.is_empty() {
+            c.arg(v);
+        }
+    }
+    (c.output().unwrap(), root, config, name)
+}
+
+#[test]
+fn init_refuses_what_another_node_or_the_host_already_uses() {
+    require_root!();
+    let n = TestNode::new();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let cases: Vec<(Vec<(&str, String)>, String)> = vec![
+        (
+            vec![("--subnet", format!("10.213.{}.128/25", n.slot))],
+            format!(
+                "subnet 10.213.{s}.128/25 overlaps 10.213.{s}.0/24 of node '{}' ({})",
+                n.name,
+                n.config.display(),
+                s = n.slot
+            ),
+        ),
+        (
+            vec![("--subnet", "127.5.0.0/24".into())],
+            "subnet 127.5.0.0/24 overlaps host interface lo's address 127.0.0.1/8".into(),
+        ),
+        (
+            vec![("--bridge", n.name.clone())],
+            format!("a network interface named {} already exists on this host", n.name),
+        ),
+        (
+            vec![("--http-port", n.http_port().to_string())],
+            format!("http_port {} is the http_port of node '{}'", n.http_port(), n.name),
+        ),
+        (
+            vec![("--ssh-port", taken.to_string())],
+            format!("ssh_port {taken} is already bound on this host ("),
+        ),
+        (
+            vec![(
+                "--uids",
+                format!("{}-{}", 460_000 + n.slot * 200 + 150, 460_000 + n.slot * 200 + 250),
+            )],
+            format!(
+                "uid range {}-{} overlaps",
+                460_000 + n.slot * 200 + 150,
+                460_000 + n.slot * 200 + 250
+            ),
+        ),
+    ];
+    for (clash, want) in cases {
+        let (out, root, config, name) = init_beside(&n, &clash);
+        let e = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "init with {clash:?} succeeded: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            e.contains("(nothing was written)") && e.contains(&want),
+            "{clash:?}: want '{want}' in:\n{e}"
+        );
+        assert!(e.contains("choose another"), "{e}");
+        // Nothing was written: no config, data root, bridge or registry entry.
+        assert!(!config.exists() && !root.exists(), "{clash:?} left files");
+        assert!(
+            !Path::new(&format!("/sys/class/net/{name}")).exists(),
+            "{clash:?} made a bridge"
+        );
+        assert!(!Path::new(&format!("/etc/gearshift/nodes/{name}.toml")).exists());
+    }
+    drop(squatter);
+
+    // Without a clash the node comes up and is registered; destroying it forgets it.
+    let (out, _root, config, name) = init_beside(&n, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let entry = Path::new("/etc/gearshift/nodes").join(format!("{name}.toml"));
+    let t = std::fs::read_to_string(&entry).unwrap();
+    assert!(t.contains(config.to_str().unwrap()), "{t}");
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["node", "destroy", "--confirm", &name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!entry.exists(), "registry entry left after node destroy");
 }

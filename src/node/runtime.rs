@@ -174,6 +174,7 @@ pub fn destroy(node: &Node, confirm: &str) -> Result<Vec<String>> {
     if std::fs::remove_file(&node.config_path).is_ok() {
         removed.push(format!("config {}", node.config_path.display()));
     }
+    super::registry::remove(&node.config.name)?;
     Ok(removed)
 }
 
