@@ -241,10 +241,10 @@ pub fn port_owner(port: u16, ours: &HashSet<i32>) -> PortOwner {
 }
 
 /// Whether an SSH server on the loopback `port` completes a key exchange (`ssh-keyscan` gets
-/// its host key); without ssh-keyscan, whether it sends an SSH banner.
+/// its ed25519 host key: one connection, as the node always has that key); without ssh-keyscan, whether it sends an SSH banner.
 pub fn ssh_handshake(port: u16) -> bool {
     let keyscan = std::process::Command::new("ssh-keyscan")
-        .args(["-T", "5", "-p", &port.to_string(), "127.0.0.1"])
+        .args(["-T", "5", "-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output();
