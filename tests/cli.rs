@@ -15,6 +15,10 @@ fn init_is_idempotent_and_doctor_reports() {
         before,
         "init changed the config"
     );
+    // doctor checks the running node too: its daemon, sshd and router.
+    let d = n.start_daemon();
+    let up = || n.gs(&["status"]).status.success();
+    assert!(eventually(std::time::Duration::from_secs(30), up), "{}", d.log_text());
     let o = n.gs(&["doctor"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -23,7 +27,16 @@ fn init_is_idempotent_and_doctor_reports() {
         String::from_utf8_lossy(&o.stderr)
     );
     for word in [
-        "cgroup", "landlock", "seccomp", "quota", "selinux", "nft", "sshd", "git",
+        "cgroup",
+        "landlock",
+        "seccomp",
+        "quota",
+        "selinux",
+        "nft",
+        "sshd",
+        "git",
+        "daemon",
+        "port http",
     ] {
         assert!(
             out.to_lowercase().contains(word),

@@ -165,6 +165,33 @@ fn push_change_break_rollback_and_env() {
 }
 
 #[test]
+fn a_failed_start_shows_the_pusher_its_last_20_lines() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "boom", "--cartridge", "python", "--owner", "dev"]);
+    let crashing = "import sys\nfor i in range(1, 31):\n    print('boot line', i)\nsys.exit(3)\n";
+    let dir = repo(
+        n,
+        "boom",
+        &[("Procfile", "web: python3 -u server.py\n"), ("server.py", crashing)],
+    );
+    let (ok, out) = push(&d, &dir, "boom");
+    assert!(!ok, "a crashing start was accepted: {out}");
+    assert!(
+        out.contains("remote: -----> the web process's last output (20 line(s) of app-root/logs/web.log):"),
+        "{out}"
+    );
+    let shown: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("remote:        boot line "))
+        .collect();
+    let want: Vec<String> = (11..=30).map(|i| i.to_string()).collect();
+    assert_eq!(shown, want, "not the last 20 lines: {out}");
+    assert!(out.contains("exit code 3"), "{out}");
+}
+
+#[test]
 fn action_hooks_run_in_order_and_crashes_restart() {
     require_root!();
     let d = dev_node();

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod dotenv;
 pub mod env;
+pub mod status;
 
 use crate::gear;
 use crate::node::{self, Node};
@@ -45,6 +46,11 @@ pub enum Verb {
     Init(node::init::InitArgs),
     /// Check every isolation mechanism and tool this host offers.
     Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node at a glance: daemon, sshd and router (checked live), apps by state, disk, memory.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -191,6 +197,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             let node = Node::load(config_path).ok();
             node::doctor::run(node.as_ref(), json)
         }
+        Verb::Status { json } => status::run(&Node::load(config_path)?, json),
         Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
         Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
@@ -263,7 +270,14 @@ fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
             Ok(if failed == 0 { 0 } else { 1 })
         }
         NodeCmd::Down => node::runtime::down(node).map(|_| 0),
-        NodeCmd::Destroy { confirm } => node::runtime::destroy(node, &confirm).map(|_| 0),
+        NodeCmd::Destroy { confirm } => {
+            let removed = node::runtime::destroy(node, &confirm)?;
+            println!("node '{}' destroyed; removed:", node.config.name);
+            for r in removed {
+                println!("  {r}");
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -290,6 +304,10 @@ pub fn dispatch_remote(config_path: &Path, actor: &Actor, argv: &[String]) -> Re
         }
         Command::Verb(Verb::User(_) | Verb::Doctor { .. }) if !actor.admin => {
             anyhow::bail!("only admins can do that")
+        }
+        // The node's ports, host resources and every owner's apps are the admins' business.
+        Command::Verb(Verb::Status { .. }) if !actor.admin => {
+            anyhow::bail!("only admins can see the node's status; your own apps: `gearshift app list`")
         }
         Command::Verb(verb) => verb,
     };

@@ -104,7 +104,24 @@ fn activate_link(id: &str) -> Result<()> {
 pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
     let previous = live_id();
     activate_link(id)?;
+    let log = layout::in_home(layout::WEB_LOG);
+    let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
     if let Err(e) = control::ctl("switch") {
+        // What the new process said before it failed, for the pusher (the hook's output
+        // reaches them as `remote:` lines).
+        let tail = last_lines(&read_from(&log, log_start), START_OUTPUT_LINES);
+        if !tail.is_empty() {
+            say(&format!(
+                "the web process's last output ({} line(s) of {}):",
+                tail.len(),
+                layout::WEB_LOG
+            ));
+            let mut out = std::io::stdout();
+            for l in &tail {
+                let _ = writeln!(out, "       {l}");
+            }
+            let _ = out.flush();
+        }
         match &previous {
             Some(p) => {
                 say(&format!("{p} stays live"));
@@ -120,6 +137,39 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// Lines of a failed start's output shown to the pusher.
+const START_OUTPUT_LINES: usize = 20;
+
+/// `path` from byte `offset` on (lossy UTF-8; at most the last 64 KiB).
+fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let from = offset.max(len.saturating_sub(64 * 1024));
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The last `n` non-empty lines of `text`, control characters replaced (they would otherwise
+/// reach the pusher's terminal).
+fn last_lines(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.chars()
+                .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+                .collect()
+        })
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
@@ -538,4 +588,20 @@ pub fn import(commit: &str) -> Result<i32> {
     } else {
         1
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_start_shows_its_last_lines() {
+        let text: String = (1..=30).map(|i| format!("line {i}\n\n")).collect::<String>() + "bell\x07\n";
+        let tail = last_lines(&text, 20);
+        assert_eq!(tail.len(), 20);
+        assert_eq!(tail[0], "line 12");
+        assert_eq!(tail[19], "bell?");
+        assert_eq!(last_lines("one\n", 20), vec!["one"]);
+        assert!(last_lines("", 20).is_empty());
+    }
 }

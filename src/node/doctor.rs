@@ -9,7 +9,7 @@
 use crate::gear::isolation::check::{self, tool_version};
 pub use crate::gear::isolation::check::{exit_code, Check, Status};
 use crate::gear::isolation::{caps, cgroup, landlock, namespaces, network, quota, seccomp, selinux};
-use crate::node::Node;
+use crate::node::{probe, Node};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -50,6 +50,80 @@ pub fn collect(node: Option<&Node>) -> Vec<Check> {
     out.push(sshd_check());
     out.push(git_check());
     out.push(quota::btrfs::check_progs());
+    if let Some(n) = node {
+        out.extend(running_node(n));
+    }
+    out
+}
+
+/// The running node: daemon up and answering on its socket, each port bound by the daemon or
+/// its sshd, sshd completing a key exchange ([`probe`]).
+pub fn running_node(node: &Node) -> Vec<Check> {
+    let live = probe::live(node);
+    let mut out = Vec::new();
+    out.push(match live.daemon_pid {
+        None => Check::absent(
+            "daemon",
+            true,
+            format!("the daemon of node '{}' is not running", node.config.name),
+            probe::start_hint(node),
+        ),
+        Some(pid) if !live.socket_answers => Check::absent(
+            "daemon",
+            true,
+            format!("pid {pid} does not answer on its socket"),
+            format!("restart it ({})", probe::start_hint(node)),
+        ),
+        Some(pid) => Check::ok("daemon", format!("pid {pid}, socket answers")),
+    });
+    for l in &live.listeners {
+        let name = format!("port {}", l.name);
+        out.push(match &l.owner {
+            probe::PortOwner::Ours { pid } => Check::ok(&name, format!("{} bound by the node (pid {pid})", l.port)),
+            probe::PortOwner::Free if live.daemon_pid.is_none() => Check::absent(
+                &name,
+                true,
+                format!("nothing listens on {}", l.port),
+                probe::start_hint(node),
+            ),
+            probe::PortOwner::Free => Check::absent(
+                &name,
+                true,
+                format!("nothing listens on {} although the daemon runs", l.port),
+                "see the daemon's log, then restart it",
+            ),
+            probe::PortOwner::Other { pid, command } => Check::absent(
+                &name,
+                true,
+                format!(
+                    "{} is bound by another process ({}, pid {})",
+                    l.port,
+                    command.as_deref().unwrap_or("unknown"),
+                    pid.map_or("unknown".into(), |p| p.to_string())
+                ),
+                format!(
+                    "stop that process or change {} in {}",
+                    l.key,
+                    node.config_path.display()
+                ),
+            ),
+        });
+    }
+    if live.daemon_pid.is_some() {
+        out.push(if live.sshd_handshake {
+            Check::ok(
+                "ssh handshake",
+                format!("sshd on port {} completes a key exchange", node.config.ssh_port),
+            )
+        } else {
+            Check::absent(
+                "ssh handshake",
+                true,
+                format!("sshd on port {} does not complete a key exchange", node.config.ssh_port),
+                format!("see {}", crate::ssh::sshd::Paths::of(node).log.display()),
+            )
+        });
+    }
     out
 }
 

@@ -124,6 +124,18 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         }
         node
     } else {
+        let clashes = super::clash::find(
+            &wanted,
+            &super::clash::Host::look(&wanted),
+            &super::registry::others(config_path),
+        );
+        if !clashes.is_empty() {
+            bail!(
+                "refusing to create node '{}' (nothing was written):\n  {}",
+                wanted.name,
+                clashes.join("\n  ")
+            );
+        }
         let text = format!(
             "# gearshift node config. Every value is documented in README.md (\"Node config\").\n{}",
             toml::to_string_pretty(&wanted).context("cannot serialise config")?
@@ -134,6 +146,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
             config_path: config_path.to_path_buf(),
         }
     };
+    super::registry::add(&node.config.name, config_path)?;
     match crate::gear::isolation::selinux::install_policy()? {
         crate::gear::isolation::selinux::PolicyInstall::Installed => {
             println!("installed the gearshift SELinux policy module (semodule -i)")

@@ -2,9 +2,12 @@
 //! shared pieces up and down; `init` writes a new node's config.
 
 pub mod address;
+pub mod clash;
 pub mod config;
 pub mod doctor;
 pub mod init;
+pub mod probe;
+pub mod registry;
 pub mod runtime;
 
 use crate::node::config::{Config, DEFAULT_CONFIG};

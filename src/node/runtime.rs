@@ -2,7 +2,7 @@
 //! and firewall, login user) up and down, every gear's init back after a reboot, and
 //! destroying the whole node.
 
-use super::Node;
+use super::{probe, Node};
 use crate::app;
 use crate::gear::isolation::{cgroup, network, quota, selinux};
 use crate::gear::{self, control};
@@ -110,8 +110,10 @@ pub fn up_with_gears(node: &Node) -> Result<usize> {
     Ok(failed)
 }
 
-/// Destroys every app, takes the node down and removes its data root and config.
-pub fn destroy(node: &Node, confirm: &str) -> Result<()> {
+/// Destroys the node: stops its daemon (and so its sshd and router), destroys every app, takes
+/// the shared pieces down and removes its data root and config. Returns what it removed, a
+/// line each, for the admin to read.
+pub fn destroy(node: &Node, confirm: &str) -> Result<Vec<String>> {
     if confirm != node.config.name {
         bail!(
             "refusing to destroy node '{}': pass --confirm {}",
@@ -119,14 +121,114 @@ pub fn destroy(node: &Node, confirm: &str) -> Result<()> {
             node.config.name
         );
     }
-    for a in app::list(node)? {
-        app::destroy(node, &a.name, &a.name)?;
+    let mut removed = Vec::new();
+    if let Some(line) = stop_daemon(node)? {
+        removed.push(line);
     }
+    for a in app::list(node)? {
+        let gears: Vec<String> = a.gears.iter().map(|g| format!("{} (uid {})", g.id, g.uid)).collect();
+        app::destroy(node, &a.name, &a.name)?;
+        removed.push(format!("app '{}' and its gear(s) {}", a.name, gears.join(", ")));
+    }
+    // What exists now, so the listing names only what was really there.
+    let net = network::NodeNet::from_config(&node.config);
+    let bridge = std::path::Path::new("/sys/class/net").join(&net.bridge).exists();
+    let table = nft_table_exists(&net.nft_table);
+    let cgroups: Vec<_> = node
+        .state()
+        .map(|st| st.cgroup_parents.into_iter().filter(|p| p.exists()).collect())
+        .unwrap_or_default();
+    let image = node.root().join("gears.img");
+    let image = image.exists().then_some(image);
+    let login = node.config.name != "gearshift"
+        && nix::unistd::User::from_name(&node.config.ssh_user)
+            .ok()
+            .flatten()
+            .is_some();
     down(node)?;
+    if bridge {
+        removed.push(format!(
+            "bridge {} ({}/{})",
+            net.bridge,
+            net.subnet.gateway(),
+            net.subnet.prefix
+        ));
+    }
+    if table {
+        removed.push(format!("nftables table inet {}", net.nft_table));
+    }
+    for c in cgroups {
+        removed.push(format!("cgroup {}", c.display()));
+    }
+    if let Some(i) = image {
+        removed.push(format!("quota filesystem image {}", i.display()));
+    }
+    if login {
+        removed.push(format!("login user {}", node.config.ssh_user));
+    }
     if let Some(dir) = sshd::Paths::of(node).bin.parent() {
         let _ = std::fs::remove_dir_all(dir);
     }
     std::fs::remove_dir_all(node.root()).with_context(|| format!("cannot remove {}", node.root().display()))?;
-    let _ = std::fs::remove_file(&node.config_path);
-    Ok(())
+    removed.push(format!("data root {}", node.root().display()));
+    if std::fs::remove_file(&node.config_path).is_ok() {
+        removed.push(format!("config {}", node.config_path.display()));
+    }
+    super::registry::remove(&node.config.name)?;
+    Ok(removed)
+}
+
+/// Stops the node's daemon (SIGTERM; it stops its sshd and router) and any sshd a killed
+/// daemon left, then checks that nothing of the node listens on its ports any more.
+fn stop_daemon(node: &Node) -> Result<Option<String>> {
+    let pid = probe::daemon_pid(node);
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) on the pid that holds this node's daemon lock.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while probe::daemon_pid(node).is_some() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the daemon of node '{}' (pid {pid}) did not stop within 30 s of SIGTERM; nothing was removed (stop it, then run node destroy again)",
+                    node.config.name
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    sshd::stop_stale(&sshd::Paths::of(node));
+    let c = &node.config;
+    let ports = [c.ssh_port, c.http_port, c.https_port, c.admin_port];
+    let bound: Vec<String> = ports
+        .iter()
+        .filter(|&&p| !probe::listening_inodes(p).is_empty())
+        .map(|p| p.to_string())
+        .collect();
+    if !bound.is_empty() {
+        eprintln!(
+            "gearshift: port(s) {} of node '{}' are still bound by another process (not this node's)",
+            bound.join(", "),
+            c.name
+        );
+    }
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|p| p.to_string())
+        .filter(|p| !bound.contains(p))
+        .collect();
+    Ok(pid.map(|pid| {
+        format!(
+            "daemon (pid {pid}) stopped, with its sshd and router (ports {} closed)",
+            ports.join(", ")
+        )
+    }))
+}
+
+fn nft_table_exists(table: &str) -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -33,6 +33,7 @@ pub const VERBS: &[&str] = &[
     "cartridges",
     "user",
     "doctor",
+    "status",
     "help",
 ];
 

@@ -293,7 +293,7 @@ fn spawn(p: &Paths) -> Result<Child> {
 
 /// Stops an sshd left behind by a daemon that was killed (its pid file names it, and its
 /// command line names our config: never anyone else's sshd).
-fn stop_stale(p: &Paths) {
+pub fn stop_stale(p: &Paths) {
     let Ok(text) = std::fs::read_to_string(&p.pid_file) else {
         return;
     };

@@ -34,6 +34,7 @@ gearshift: you are logged in as {user}. Send any of these as `{ssh} COMMAND`
 const ADMIN_HELP: &str = "\
   user ...                       users and their keys (admin)
   doctor                         the node's isolation checks (admin)
+  status                         the node at a glance: daemon, sshd, router, apps, disk (admin)
 ";
 
 fn help(node: &Node, user: &str, admin: bool) -> String {

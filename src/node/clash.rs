@@ -1,0 +1,200 @@
+//! What a new node must not share with the host or with another gearshift node on it: a
+//! subnet overlapping another node's or a host interface's address, a bridge name that exists,
+//! a port already bound or taken by another node, a uid range overlapping another node's, a
+//! node name in use. `init` refuses before it writes anything, naming each clash.
+
+use crate::node::config::{Config, Subnet};
+use crate::node::probe;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// The host's side of the question, gathered once.
+#[derive(Debug, Default)]
+pub struct Host {
+    /// (interface, address, prefix) of every IPv4 address on the host.
+    pub addresses: Vec<(String, Ipv4Addr, u8)>,
+    /// Interface names.
+    pub interfaces: Vec<String>,
+    /// (port, who) for each of the new node's ports that something already listens on.
+    pub bound: Vec<(u16, String)>,
+}
+
+impl Host {
+    /// Looks at this host for the ports of `c`.
+    pub fn look(c: &Config) -> Host {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let interfaces = std::fs::read_dir("/sys/class/net")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        let bound = ports(c)
+            .into_iter()
+            .filter_map(|(_, p)| match probe::port_owner(p, &Default::default()) {
+                probe::PortOwner::Free => None,
+                probe::PortOwner::Other { pid, command } => Some((
+                    p,
+                    match (command, pid) {
+                        (Some(c), Some(p)) => format!("{c}, pid {p}"),
+                        _ => "a process".into(),
+                    },
+                )),
+                probe::PortOwner::Ours { pid } => Some((p, format!("pid {pid}"))),
+            })
+            .collect();
+        Host {
+            addresses: parse_addresses(&out),
+            interfaces,
+            bound,
+        }
+    }
+}
+
+/// `ip -o -4 addr show` lines: `2: eth0    inet 10.0.2.15/24 brd ... scope global eth0 ...`.
+fn parse_addresses(text: &str) -> Vec<(String, Ipv4Addr, u8)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == "inet")?;
+            let (a, p) = f.get(i + 1)?.split_once('/')?;
+            Some((f.get(1)?.to_string(), a.parse().ok()?, p.parse().ok()?))
+        })
+        .collect()
+}
+
+fn ports(c: &Config) -> [(&'static str, u16); 4] {
+    [
+        ("http_port", c.http_port),
+        ("https_port", c.https_port),
+        ("ssh_port", c.ssh_port),
+        ("admin_port", c.admin_port),
+    ]
+}
+
+fn overlaps(a: Subnet, b: Subnet) -> bool {
+    let p = a.prefix.min(b.prefix);
+    let mask = u32::MAX << (32 - p);
+    u32::from(a.network) & mask == u32::from(b.network) & mask
+}
+
+/// Every clash of the new node `c` with the host and the `others` nodes, one sentence each.
+pub fn find(c: &Config, host: &Host, others: &[(PathBuf, Config)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let net = c.subnet();
+    for (path, o) in others {
+        let who = format!("node '{}' ({})", o.name, path.display());
+        if o.name == c.name {
+            out.push(format!(
+                "node name '{}' is taken by {who}: choose another --name",
+                c.name
+            ));
+        }
+        if overlaps(net, o.subnet()) {
+            out.push(format!(
+                "subnet {net} overlaps {} of {who}: choose another --subnet",
+                o.subnet
+            ));
+        }
+        if o.bridge == c.bridge {
+            out.push(format!(
+                "bridge {} is {who}'s bridge: choose another --bridge",
+                c.bridge
+            ));
+        }
+        for (key, p) in ports(c) {
+            if let Some((okey, _)) = ports(o).into_iter().find(|(_, op)| *op == p) {
+                out.push(format!("{key} {p} is the {okey} of {who}: choose another port"));
+            }
+        }
+        if c.uid_min <= o.uid_max && o.uid_min <= c.uid_max {
+            out.push(format!(
+                "uid range {}-{} overlaps {}-{} of {who}: choose another --uids",
+                c.uid_min, c.uid_max, o.uid_min, o.uid_max
+            ));
+        }
+    }
+    for (ifname, addr, prefix) in &host.addresses {
+        let theirs = Subnet::parse(&format!("{addr}/{}", (*prefix).clamp(8, 30))).expect("a valid prefix");
+        if overlaps(net, theirs) {
+            out.push(format!(
+                "subnet {net} overlaps host interface {ifname}'s address {addr}/{prefix}: choose another --subnet"
+            ));
+        }
+    }
+    if host.interfaces.contains(&c.bridge) {
+        out.push(format!(
+            "a network interface named {} already exists on this host: choose another --bridge",
+            c.bridge
+        ));
+    }
+    for (p, who) in &host.bound {
+        let key = ports(c).into_iter().find(|(_, q)| q == p).map_or("port", |(k, _)| k);
+        out.push(format!(
+            "{key} {p} is already bound on this host ({who}): choose another port"
+        ));
+    }
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, subnet: &str, http: u16, uids: (u32, u32)) -> Config {
+        Config {
+            name: name.into(),
+            bridge: name.into(),
+            subnet: subnet.into(),
+            http_port: http,
+            https_port: http + 3,
+            admin_port: http + 2,
+            ssh_port: http + 1,
+            uid_min: uids.0,
+            uid_max: uids.1,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn finds_each_clash() {
+        let a = node("a", "10.50.0.0/24", 30000, (500000, 500099));
+        let others = vec![(PathBuf::from("/etc/a.toml"), a.clone())];
+        let none = Host::default();
+        assert!(find(&node("b", "10.50.1.0/24", 30010, (500100, 500199)), &none, &others).is_empty());
+        let e = find(&node("b", "10.50.0.128/25", 30010, (500100, 500199)), &none, &others);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("subnet 10.50.0.128/25 overlaps 10.50.0.0/24 of node 'a' (/etc/a.toml)"),
+            "{e:?}"
+        );
+        let mut port = node("b", "10.50.1.0/24", 30010, (500100, 500199));
+        port.http_port = 30002;
+        let e = find(&port, &none, &others);
+        assert_eq!(
+            e,
+            vec!["http_port 30002 is the admin_port of node 'a' (/etc/a.toml): choose another port"]
+        );
+        let e = find(&node("b", "10.50.1.0/24", 30010, (500050, 500199)), &none, &others);
+        assert!(e[0].contains("uid range 500050-500199 overlaps 500000-500099"), "{e:?}");
+        let mut same = node("b", "10.50.1.0/24", 30010, (500100, 500199));
+        same.bridge = "a".into();
+        assert!(find(&same, &none, &others)[0].contains("bridge a is node 'a'"));
+        let host = Host {
+            addresses: parse_addresses("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n"),
+            interfaces: vec!["lo".into(), "b".into()],
+            bound: vec![(30010, "nginx, pid 9".into())],
+        };
+        let e = find(&node("b", "127.1.0.0/24", 30010, (500100, 500199)), &host, &[]);
+        assert_eq!(
+            e,
+            vec![
+                "subnet 127.1.0.0/24 overlaps host interface lo's address 127.0.0.1/8: choose another --subnet",
+                "a network interface named b already exists on this host: choose another --bridge",
+                "http_port 30010 is already bound on this host (nginx, pid 9): choose another port",
+            ]
+        );
+    }
+}
