@@ -14,9 +14,6 @@ gs init
 root=$(sed -n 's/^data_root = "\(.*\)"/\1/p' "$CONFIG")
 port=$(sed -n 's/^ssh_port = \([0-9]*\)/\1/p' "$CONFIG")
 user=$(sed -n 's/^ssh_user = "\(.*\)"/\1/p' "$CONFIG")
-say "gearshift doctor"
-gs doctor || echo "(doctor reported something missing: see the fix column)"
-
 say "gearshift daemon (the node's own sshd on port $port)"
 if [ -f "$root/run/daemon.pid" ] && kill -0 "$(cat "$root/run/daemon.pid")" 2>/dev/null; then
   echo "already running (pid $(cat "$root/run/daemon.pid"))"
@@ -31,6 +28,10 @@ fi
 # Ready once sshd completes a key exchange (a bare TCP connect would count as a client that
 # never logged in, which OpenSSH >= 9.8 may penalise).
 for _ in $(seq 100); do ssh-keyscan -T 5 -t ed25519 -p "$port" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519 && break; sleep 0.1; done
+
+# After the daemon: doctor also checks the running node (daemon, its ports, sshd).
+say "gearshift doctor"
+gs doctor || echo "(doctor reported something missing: see the fix column)"
 
 # A demo user with its own key (kept in the data root; yours: `gearshift user add NAME --key FILE`).
 key="$root/demo-key"
