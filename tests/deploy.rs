@@ -189,6 +189,12 @@ fn a_failed_start_shows_the_pusher_its_last_20_lines() {
     let want: Vec<String> = (11..=30).map(|i| i.to_string()).collect();
     assert_eq!(shown, want, "not the last 20 lines: {out}");
     assert!(out.contains("exit code 3"), "{out}");
+    // The pusher is an SSH user: the hint names the command they can type.
+    assert!(
+        out.contains(&format!("see `ssh -p {} ", n.ssh_port())) && out.contains(" logs boom`"),
+        "{out}"
+    );
+    assert!(!out.contains("`gearshift logs"), "{out}");
 }
 
 #[test]

@@ -193,6 +193,7 @@ pub fn descriptor(node: &Node, app: &App, g: &Gear) -> GearInfo {
         health_path: app.health_path.clone(),
         health_timeout: app.health_timeout,
         url: crate::node::address::app_url(&node.config, &app.name),
+        ssh: crate::node::address::ssh(&node.config),
         formation: app.formation.clone(),
     }
 }

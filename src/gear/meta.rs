@@ -40,6 +40,10 @@ pub struct GearInfo {
     /// The app's URL as people reach it through the router (with its port when not 80).
     #[serde(default)]
     pub url: String,
+    /// How the app's owner reaches the node's commands (`ssh -p PORT LOGIN@HOST`): hints in a
+    /// push's output name commands in this form, since a pusher is always an SSH user.
+    #[serde(default)]
+    pub ssh: String,
     /// Process type -> quantity set by `app scale` (wins over app.json's `formation`).
     #[serde(default)]
     pub formation: BTreeMap<String, u32>,

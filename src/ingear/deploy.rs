@@ -40,6 +40,14 @@ fn deployments_dir() -> PathBuf {
 /// Set once a write to the pusher fails: the push connection is gone.
 static PUSHER_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// A message for the pusher, an SSH user: `` `gearshift VERB` `` hints in the form they type.
+fn for_pusher(info: &GearInfo, msg: &str) -> String {
+    if info.ssh.is_empty() {
+        return msg.to_string();
+    }
+    msg.replace("`gearshift ", &format!("`{} ", info.ssh))
+}
+
 fn say(msg: &str) {
     // The pusher sees stdout and stderr of the hook as `remote:` lines.
     let mut out = std::io::stdout();
@@ -320,7 +328,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
             let still = live_id()
                 .map(|l| format!("{l} keeps serving"))
                 .unwrap_or_else(|| "nothing was live".into());
-            say(&format!("FAILED: {e:#}; push rejected, {still}"));
+            say(&for_pusher(info, &format!("FAILED: {e:#}; push rejected, {still}")));
             Err(e)
         }
     }

@@ -910,6 +910,7 @@ mod tests {
             health_path: path.map(String::from),
             health_timeout: timeout,
             url: String::new(),
+            ssh: String::new(),
             formation: Default::default(),
         }
     }
