@@ -290,6 +290,10 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     });
     rx.recv_timeout(Duration::from_secs(120))
         .expect("the first push never reached its build hook");
+    // Nothing serves yet and a push is building: the app says so.
+    let list = n.ok(&["app", "list"]);
+    let row = list.lines().find(|l| l.starts_with("slow ")).unwrap_or_default();
+    assert!(row.contains("building"), "{list}");
     git(&dir, &["branch", "-f", "feature"]);
     let t = Instant::now();
     let (ok, second) = push_as(n, &d.key, &dir, "slow", "feature");

@@ -13,6 +13,8 @@ pub enum AppState {
     Creating(String),
     /// Created, nothing pushed yet.
     NeverDeployed,
+    /// A push is building or switching, and nothing serves yet.
+    Building,
     /// Every gear's web process runs.
     Running,
     /// Some gears run, the others do not.
@@ -37,6 +39,7 @@ impl std::fmt::Display for AppState {
         match self {
             AppState::Creating(s) => write!(f, "{s}"),
             AppState::NeverDeployed => write!(f, "never deployed"),
+            AppState::Building => write!(f, "building"),
             AppState::Running => write!(f, "running"),
             AppState::Partial { up, of } => write!(f, "partial ({up} of {of} gears)"),
             AppState::Crashed { restarts, last_exit } => {
@@ -107,6 +110,23 @@ pub fn deployed(node: &Node, g: &Gear) -> bool {
     std::fs::symlink_metadata(g.home(node).join(layout::REPO)).is_ok_and(|m| m.file_type().is_symlink())
 }
 
+/// `state`, unless a push is in progress and nothing serves: then the app is building.
+pub fn with_push(state: AppState, pushing: bool) -> AppState {
+    if pushing && !state.serving() && !matches!(state, AppState::Creating(_)) {
+        AppState::Building
+    } else {
+        state
+    }
+}
+
+/// Whether a push to the app is in progress (it holds the host-side push lock).
+pub fn pushing(node: &Node, app: &str) -> bool {
+    matches!(
+        crate::state::Lock::try_exclusive(&super::push_lock(node, app)),
+        Ok(None)
+    )
+}
+
 /// The state of `app`, asking each gear's supervisor; also returns their statuses.
 pub fn of(node: &Node, app: &App) -> (AppState, Vec<serde_json::Value>) {
     let gears: Vec<serde_json::Value> = app
@@ -118,16 +138,27 @@ pub fn of(node: &Node, app: &App) -> (AppState, Vec<serde_json::Value>) {
         })
         .collect();
     let deployed = app.gears.first().is_some_and(|g| deployed(node, g));
-    (
-        compute(&app.status, deployed, app.idle, &gears, crate::clock::now()),
-        gears,
-    )
+    let state = compute(&app.status, deployed, app.idle, &gears, crate::clock::now());
+    (with_push(state, pushing(node, &app.name)), gears)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_push_in_progress_shows_only_where_nothing_serves() {
+        assert_eq!(with_push(AppState::NeverDeployed, true), AppState::Building);
+        assert_eq!(with_push(AppState::Stopped, true), AppState::Building);
+        assert_eq!(with_push(AppState::Running, true), AppState::Running);
+        assert_eq!(with_push(AppState::NeverDeployed, false), AppState::NeverDeployed);
+        assert_eq!(
+            with_push(AppState::Creating("creating".into()), true),
+            AppState::Creating("creating".into())
+        );
+        assert_eq!(AppState::Building.to_string(), "building");
+    }
 
     #[test]
     fn states() {

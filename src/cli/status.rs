@@ -49,6 +49,7 @@ fn kind(s: &AppState) -> &'static str {
     match s {
         AppState::Creating(_) => "creating",
         AppState::NeverDeployed => "never deployed",
+        AppState::Building => "building",
         AppState::Running => "running",
         AppState::Partial { .. } => "partial",
         AppState::Crashed { .. } => "crashed",
