@@ -28,6 +28,9 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
     if path(node, name).exists() {
         bail!("app '{name}' already exists");
     }
+    if node.addons_dir().join(format!("{name}.toml")).exists() {
+        bail!("the name '{name}' is taken by an add-on: choose another name for the app");
+    }
     let (uid, ip) = allocate(node)?;
     let g = Gear {
         id: gear::new_id()?,
@@ -82,5 +85,6 @@ pub fn destroy(node: &Node, name: &str, confirm: &str) -> Result<()> {
     }
     std::fs::remove_file(path(node, name)).with_context(|| format!("cannot remove the record of '{name}'"))?;
     let _ = std::fs::remove_file(push_lock(node, name));
+    let _ = std::fs::remove_file(super::linked_env_path(node, name));
     Ok(())
 }

@@ -111,6 +111,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
         AppCmd::Destroy { name, confirm } => {
             app::load_for(node, actor, &name)?;
             app::destroy(node, &name, &confirm)?;
+            crate::addon::forget_app(node, &name)?;
             println!("destroyed app '{name}'");
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod deploy;
 pub mod journal;
+pub mod service;
 pub mod static_server;
 pub mod supervisor;
 

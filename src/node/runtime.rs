@@ -107,6 +107,8 @@ pub fn up_with_gears(node: &Node) -> Result<usize> {
             }
         }
     }
+    // Add-ons are never idle: every one runs after a node up, its links back in the firewall.
+    failed += crate::addon::bring_up(node)?;
     Ok(failed)
 }
 
@@ -118,6 +120,9 @@ pub fn destroy(node: &Node, confirm: &str) -> Result<()> {
             node.config.name,
             node.config.name
         );
+    }
+    for a in crate::addon::list(node)? {
+        crate::addon::destroy(node, &crate::ssh::auth::Actor::root(), &a.name, &a.name, true)?;
     }
     for a in app::list(node)? {
         app::destroy(node, &a.name, &a.name)?;

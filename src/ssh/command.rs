@@ -28,6 +28,7 @@ const FORBIDDEN: &[char] = &[
 /// Top-level CLI verbs that may be sent over SSH (the CLI itself then decides what the user may do).
 pub const VERBS: &[&str] = &[
     "app",
+    "addon",
     "env",
     "logs",
     "domain",

@@ -864,7 +864,10 @@ except Exception as e:
         assert!(r.starts_with("failed"), "unlinked gear C reached gear B: {r}");
         set_links(&f.node, &[]).unwrap();
         let r = f.run_in(&a.netns, PROBE, &[&b.ip.to_string(), &b_port, "1.5"]);
-        assert!(r.starts_with("failed"), "gear A still reached gear B after the link was removed: {r}");
+        assert!(
+            r.starts_with("failed"),
+            "gear A still reached gear B after the link was removed: {r}"
+        );
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! The supervisor of an add-on gear (a database or cache, `crate::addon`): pid 1 of the gear,
+//! the gear's uid, no privileges. It initialises the service's data on first start (PostgreSQL:
+//! `initdb` with the password root left in the meta directory, its own `pg_hba.conf`, the
+//! add-on's database), then runs the service on the gear's address and restarts it with growing
+//! delays whenever it exits; it is never stopped or idled. Output goes to
+//! `app-root/logs/service.log`. The control sockets answer `status` (what the host waits on).
+
+use crate::gear::control::{self, Command};
+use crate::gear::layout;
+use crate::gear::meta::GearInfo;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The service's output (postgres's stderr), appended to.
+pub const SERVICE_LOG: &str = "app-root/logs/service.log";
+/// Where root leaves the initial password for the gear (removed once the add-on is created).
+pub const INIT_PASSWORD: &str = "/opt/gearshift/meta/addon-init.pw";
+/// PostgreSQL's data directory, under the home.
+pub const PGDATA: &str = "app-root/data/pgdata";
+/// Descriptor variables naming the add-on's first user and database.
+pub const USER_VAR: &str = "GEARSHIFT_ADDON_USER";
+pub const DB_VAR: &str = "GEARSHIFT_ADDON_DB";
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, Default)]
+struct Status {
+    /// initialising, running, crashed (waiting to restart), failed (cannot initialise).
+    state: String,
+    pid: Option<i32>,
+    restarts: u32,
+    last_exit: Option<String>,
+}
+
+type Shared = Arc<Mutex<Status>>;
+
+fn set(s: &Shared, f: impl FnOnce(&mut Status)) {
+    f(&mut s.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+fn note(msg: &str) {
+    let path = layout::in_home(SERVICE_LOG);
+    let _ = std::fs::create_dir_all(layout::in_home(layout::LOGS));
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "[gearshift {}] {msg}", crate::clock::iso_now());
+    }
+}
+
+fn log_file() -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout::in_home(SERVICE_LOG))
+        .context("cannot open the service log")
+}
+
+/// The service's binaries, as the gear sees them (its install directory is bound there).
+fn bin(name: &str) -> PathBuf {
+    Path::new("/opt/gearshift/cartridge/bin").join(name)
+}
+
+fn run_logged(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let log = log_file()?;
+    let st = cmd
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !st.success() {
+        bail!("{what} failed ({st}); see {SERVICE_LOG}");
+    }
+    Ok(())
+}
+
+/// First start: initdb with scram passwords, an hba that asks every client for its password,
+/// and the add-on's database. Done into a temporary directory renamed into place, so a crash
+/// part-way starts over.
+fn init_postgresql(info: &GearInfo) -> Result<()> {
+    let data = layout::in_home(PGDATA);
+    if data.join("PG_VERSION").exists() {
+        return Ok(());
+    }
+    let user = info.env.get(USER_VAR).context("the descriptor names no add-on user")?;
+    let db = info
+        .env
+        .get(DB_VAR)
+        .context("the descriptor names no add-on database")?;
+    if !Path::new(INIT_PASSWORD).exists() {
+        bail!("cannot initialise PostgreSQL: {INIT_PASSWORD} is missing (destroy and create the add-on again)");
+    }
+    let tmp = layout::in_home(&format!("{PGDATA}.init"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    run_logged(
+        std::process::Command::new(bin("initdb"))
+            .arg("-D")
+            .arg(&tmp)
+            .args([
+                "-U",
+                user,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={INIT_PASSWORD}")),
+        "initdb",
+    )?;
+    std::fs::write(
+        tmp.join("pg_hba.conf"),
+        "# gearshift: every client gives the add-on's password\nlocal all all scram-sha-256\nhost all all 0.0.0.0/0 scram-sha-256\n",
+    )
+    .context("cannot write pg_hba.conf")?;
+    let mut single = std::process::Command::new(bin("postgres"))
+        .arg("--single")
+        .arg("-D")
+        .arg(&tmp)
+        .arg("postgres")
+        .stdin(Stdio::piped())
+        .stdout(log_file()?)
+        .stderr(log_file()?)
+        .spawn()
+        .context("cannot run postgres --single")?;
+    if let Some(mut w) = single.stdin.take() {
+        writeln!(
+            w,
+            "CREATE DATABASE \"{}\" OWNER \"{}\";",
+            db.replace('"', ""),
+            user.replace('"', "")
+        )?;
+    }
+    let st = single.wait()?;
+    if !st.success() {
+        bail!("creating database {db} failed ({st}); see {SERVICE_LOG}");
+    }
+    // One syncfs instead of initdb's file-by-file fsync: the data is durable before it is used.
+    let dir = std::fs::File::open(&tmp)?;
+    // SAFETY: syncfs takes a valid open descriptor and touches no memory of ours.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        bail!("syncfs failed: {}", std::io::Error::last_os_error());
+    }
+    std::fs::rename(&tmp, &data).context("cannot move the new data directory into place")?;
+    Ok(())
+}
+
+fn spawn_postgresql(info: &GearInfo) -> Result<std::process::Child> {
+    let log = log_file()?;
+    std::process::Command::new(bin("postgres"))
+        .arg("-D")
+        .arg(layout::in_home(PGDATA))
+        .args(["-c", &format!("listen_addresses={}", info.ip)])
+        .args(["-c", &format!("port={}", info.port)])
+        .args(["-c", "unix_socket_directories=/tmp"])
+        .args(["-c", "shared_buffers=32MB", "-c", "max_connections=50"])
+        .env_clear()
+        .envs(info.env_pairs())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start postgres")
+}
+
+/// The delay before restart number `streak` (1 s doubling to 30 s).
+pub fn backoff(streak: u32) -> Duration {
+    Duration::from_secs((1u64 << streak.min(5)).min(30))
+}
+
+/// Reaps every process that ends in the gear (orphans are ours as pid 1) and reports the
+/// service's own exits.
+fn reaper(service: Arc<Mutex<Option<i32>>>, exits: std::sync::mpsc::Sender<i32>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid local int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if *service.lock().unwrap_or_else(|e| e.into_inner()) == Some(pid) {
+            let code = if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                libc::WEXITSTATUS(status)
+            };
+            let _ = exits.send(code);
+        }
+    }
+}
+
+fn serve(s: Shared, l: std::os::unix::net::UnixListener) {
+    for stream in l.incoming().flatten() {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let reply = match control::read_command(&stream) {
+                Ok(Command::Status) => Ok("status"),
+                Ok(Command::Watch(_)) => Ok("status"),
+                Ok(_) => Err(anyhow::anyhow!(
+                    "an add-on's service always runs: only `status` is answered"
+                )),
+                Err(e) => Err(e),
+            };
+            let st = s.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let _ = control::reply(&stream, reply, &st);
+        });
+    }
+}
+
+/// Runs the add-on's supervisor forever (the gear's pid 1, after confinement).
+pub fn run() -> ! {
+    let s: Shared = Arc::new(Mutex::new(Status {
+        state: "initialising".into(),
+        ..Default::default()
+    }));
+    for l in control::listen(note) {
+        let s2 = s.clone();
+        std::thread::spawn(move || serve(s2, l));
+    }
+    let service = Arc::new(Mutex::new(None));
+    let (tx, exits) = std::sync::mpsc::channel();
+    let r = service.clone();
+    std::thread::spawn(move || reaper(r, tx));
+    let mut streak = 0;
+    loop {
+        let started = Instant::now();
+        let res = GearInfo::load_in_gear().and_then(|info| {
+            if info.cartridge != "postgresql" {
+                bail!("this gearshift cannot run a '{}' add-on", info.cartridge);
+            }
+            init_postgresql(&info)?;
+            // The pid is recorded before the reaper can see it exit.
+            let mut slot = service.lock().unwrap_or_else(|e| e.into_inner());
+            let child = spawn_postgresql(&info)?;
+            *slot = Some(child.id() as i32);
+            Ok(child.id() as i32)
+        });
+        let exit = match res {
+            Ok(pid) => {
+                set(&s, |st| {
+                    st.state = "running".into();
+                    st.pid = Some(pid);
+                });
+                let code = exits.recv().unwrap_or(-1);
+                format!("exit code {code}")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            streak = 0;
+        }
+        let delay = backoff(streak);
+        streak += 1;
+        note(&format!("service ended ({exit}); restarting in {delay:?}"));
+        set(&s, |st| {
+            st.state = "crashed".into();
+            st.pid = None;
+            st.restarts += 1;
+            st.last_exit = Some(exit.clone());
+        });
+        std::thread::sleep(delay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_grows_to_thirty_seconds() {
+        let s: Vec<u64> = (0..8).map(|n| super::backoff(n).as_secs()).collect();
+        assert_eq!(s, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+}
