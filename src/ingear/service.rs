@@ -172,24 +172,22 @@ pub fn backoff(streak: u32) -> Duration {
     Duration::from_secs((1u64 << streak.min(5)).min(30))
 }
 
-/// Reaps every process that ends in the gear (orphans are ours as pid 1) and reports the
-/// service's own exits.
-fn reaper(service: Arc<Mutex<Option<i32>>>, exits: std::sync::mpsc::Sender<i32>) {
+/// Waits until the service `pid` ends, reaping every other process that ends meanwhile
+/// (orphans are ours as pid 1); returns its exit code.
+fn wait_service(pid: i32) -> i32 {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes the status into a valid local int.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        if *service.lock().unwrap_or_else(|e| e.into_inner()) == Some(pid) {
-            let code = if libc::WIFSIGNALED(status) {
+        let got = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if got == pid {
+            return if libc::WIFSIGNALED(status) {
                 128 + libc::WTERMSIG(status)
             } else {
                 libc::WEXITSTATUS(status)
             };
-            let _ = exits.send(code);
+        }
+        if got < 0 {
+            return -1;
         }
     }
 }
@@ -222,10 +220,8 @@ pub fn run() -> ! {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
     }
-    let service = Arc::new(Mutex::new(None));
-    let (tx, exits) = std::sync::mpsc::channel();
-    let r = service.clone();
-    std::thread::spawn(move || reaper(r, tx));
+    // One thread waits for processes (no reaper beside it, which would take the exit of
+    // initdb from `Command::status`).
     let mut streak = 0;
     loop {
         let started = Instant::now();
@@ -234,11 +230,7 @@ pub fn run() -> ! {
                 bail!("this gearshift cannot run a '{}' add-on", info.cartridge);
             }
             init_postgresql(&info)?;
-            // The pid is recorded before the reaper can see it exit.
-            let mut slot = service.lock().unwrap_or_else(|e| e.into_inner());
-            let child = spawn_postgresql(&info)?;
-            *slot = Some(child.id() as i32);
-            Ok(child.id() as i32)
+            Ok(spawn_postgresql(&info)?.id() as i32)
         });
         let exit = match res {
             Ok(pid) => {
@@ -246,7 +238,7 @@ pub fn run() -> ! {
                     st.state = "running".into();
                     st.pid = Some(pid);
                 });
-                let code = exits.recv().unwrap_or(-1);
+                let code = wait_service(pid);
                 format!("exit code {code}")
             }
             Err(e) => format!("{e:#}"),
