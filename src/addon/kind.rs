@@ -1,6 +1,7 @@
 //! The kinds of add-on a node can offer, where their host packages live, and what a linked
 //! app is told (URL and OpenShift v2 variables). Pure apart from `install_dir`.
 
+use crate::gear::isolation::check::Check;
 use anyhow::{bail, Result};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,31 @@ impl Kind {
             (format!("{p}_URL"), self.url(s, ip)),
         ]
     }
+}
+
+/// Every kind this gearshift knows.
+pub const ALL: &[Kind] = &[Kind::Postgresql];
+
+/// `doctor`'s lines: which add-ons this host can offer, and how to add one it cannot.
+pub fn check() -> Vec<Check> {
+    ALL.iter()
+        .map(|k| {
+            let name = format!("addon {}", k.name());
+            match k.install_dir() {
+                Ok(d) => Check::ok(&name, format!("offered ({})", d.display())),
+                Err(_) => Check::absent(
+                    &name,
+                    false,
+                    format!("not offered: the {} package is not installed", k.package()),
+                    format!(
+                        "make deps, or apt-get install {} / dnf install {}-server",
+                        k.package(),
+                        k.package()
+                    ),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The highest-numbered /usr/lib/postgresql/N holding bin/postgres and bin/initdb.
