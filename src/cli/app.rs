@@ -89,6 +89,8 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
         AppCmd::Scale { name, gears } => {
             app::load_for(node, actor, &name)?;
             app::scale(node, &name, gears)?;
+            // Every gear of a linked app reaches its add-ons.
+            crate::addon::sync_links(node)?;
             println!("'{name}' runs {gears} web gear(s)");
         }
         AppCmd::Idle { name } => {
