@@ -197,7 +197,10 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
     );
     assert_ne!(postmaster(uid), Some(pm));
 
-    assert!(!d.daemon.log_text().contains(&password), "the daemon logged the password");
+    assert!(
+        !d.daemon.log_text().contains(&password),
+        "the daemon logged the password"
+    );
 
     // kill -9 of the daemon: its start puts the links back into the firewall.
     d.daemon.kill9();

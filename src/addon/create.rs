@@ -36,6 +36,28 @@ pub fn wait_accepting(addr: std::net::SocketAddr, limit: Duration) -> Result<Dur
     }
 }
 
+/// Waits until the add-on's supervisor reports its service running (data initialised, server
+/// started, the add-on's database made).
+fn wait_running(a: &Addon, limit: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let st = super::status_of(a);
+        if st["state"] == "running" {
+            return Ok(());
+        }
+        if t.elapsed() > limit {
+            bail!(
+                "the {} service of add-on '{}' is not running after {limit:?} (state: {}, last exit: {}); see app-root/logs/service.log in its gear",
+                a.kind,
+                a.name,
+                st["state"],
+                st["last_exit"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Creates an add-on of `kind` and its gear, and returns once its service accepts connections.
 /// Bad input creates nothing; a failure part-way removes whatever was made.
 pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile: Option<&str>) -> Result<Addon> {
@@ -92,6 +114,7 @@ pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile:
         crate::state::write_atomic(&pw, s.password.as_bytes(), 0o400)?;
         std::os::unix::fs::lchown(&pw, Some(uid), Some(uid))?;
         gear::create(node, &g, &limits, &super::descriptor(node, &a, &s)?, &boot(&a))?;
+        wait_running(&a, READY_TIMEOUT)?;
         wait_accepting((g.ip, kind.port()).into(), READY_TIMEOUT)
             .with_context(|| format!("the {} service of add-on '{name}' did not start", kind.name()))?;
         let _ = std::fs::remove_file(&pw);

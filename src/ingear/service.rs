@@ -77,19 +77,15 @@ fn run_logged(cmd: &mut std::process::Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// First start: initdb with scram passwords, an hba that asks every client for its password,
-/// and the add-on's database. Done into a temporary directory renamed into place, so a crash
-/// part-way starts over.
+/// First start: initdb with scram passwords and an hba that asks every network client for its
+/// password. Done into a temporary directory renamed into place, so a crash part-way starts
+/// over. The add-on's database is made once the server runs (`ensure_database`).
 fn init_postgresql(info: &GearInfo) -> Result<()> {
     let data = layout::in_home(PGDATA);
     if data.join("PG_VERSION").exists() {
         return Ok(());
     }
     let user = info.env.get(USER_VAR).context("the descriptor names no add-on user")?;
-    let db = info
-        .env
-        .get(DB_VAR)
-        .context("the descriptor names no add-on database")?;
     if !Path::new(INIT_PASSWORD).exists() {
         bail!("cannot initialise PostgreSQL: {INIT_PASSWORD} is missing (destroy and create the add-on again)");
     }
@@ -113,31 +109,9 @@ fn init_postgresql(info: &GearInfo) -> Result<()> {
     )?;
     std::fs::write(
         tmp.join("pg_hba.conf"),
-        "# gearshift: every client gives the add-on's password\nlocal all all scram-sha-256\nhost all all 0.0.0.0/0 scram-sha-256\n",
+        "# gearshift: inside the gear, its own uid; from the network, the add-on's password\nlocal all all peer\nhost all all 0.0.0.0/0 scram-sha-256\n",
     )
     .context("cannot write pg_hba.conf")?;
-    let mut single = std::process::Command::new(bin("postgres"))
-        .arg("--single")
-        .arg("-D")
-        .arg(&tmp)
-        .arg("postgres")
-        .stdin(Stdio::piped())
-        .stdout(log_file()?)
-        .stderr(log_file()?)
-        .spawn()
-        .context("cannot run postgres --single")?;
-    if let Some(mut w) = single.stdin.take() {
-        writeln!(
-            w,
-            "CREATE DATABASE \"{}\" OWNER \"{}\";",
-            db.replace('"', ""),
-            user.replace('"', "")
-        )?;
-    }
-    let st = single.wait()?;
-    if !st.success() {
-        bail!("creating database {db} failed ({st}); see {SERVICE_LOG}");
-    }
     // One syncfs instead of initdb's file-by-file fsync: the data is durable before it is used.
     let dir = std::fs::File::open(&tmp)?;
     // SAFETY: syncfs takes a valid open descriptor and touches no memory of ours.
@@ -146,6 +120,59 @@ fn init_postgresql(info: &GearInfo) -> Result<()> {
     }
     std::fs::rename(&tmp, &data).context("cannot move the new data directory into place")?;
     Ok(())
+}
+
+/// Marks (in the data directory) that the add-on's database exists.
+const DB_MADE: &str = "gearshift-database-created";
+
+/// Creates the add-on's database once, through the server's socket in the gear's /tmp (peer
+/// authentication: the gear's user is the database's superuser); waits for the server to
+/// accept. Gives up after 30 s (the caller then waits for the server's exit).
+fn ensure_database(info: &GearInfo) -> Result<()> {
+    let marker = layout::in_home(PGDATA).join(DB_MADE);
+    if marker.exists() {
+        return Ok(());
+    }
+    let user = info.env.get(USER_VAR).context("the descriptor names no add-on user")?;
+    let db = info
+        .env
+        .get(DB_VAR)
+        .context("the descriptor names no add-on database")?;
+    let sql = format!(
+        "CREATE DATABASE \"{}\" OWNER \"{}\"",
+        db.replace('"', ""),
+        user.replace('"', "")
+    );
+    let t = Instant::now();
+    loop {
+        let o = std::process::Command::new(bin("psql"))
+            .args([
+                "-h",
+                "/tmp",
+                "-p",
+                &info.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-Atqc",
+                &sql,
+            ])
+            .env_clear()
+            .env("PGCONNECT_TIMEOUT", "2")
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run psql")?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.success() || err.contains("already exists") {
+            std::fs::write(&marker, b"").context("cannot mark the database created")?;
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("cannot create database {db}: {}", err.trim());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn spawn_postgresql(info: &GearInfo) -> Result<std::process::Child> {
@@ -230,7 +257,11 @@ pub fn run() -> ! {
                 bail!("this gearshift cannot run a '{}' add-on", info.cartridge);
             }
             init_postgresql(&info)?;
-            Ok(spawn_postgresql(&info)?.id() as i32)
+            let pid = spawn_postgresql(&info)?.id() as i32;
+            if let Err(e) = ensure_database(&info) {
+                note(&format!("{e:#}"));
+            }
+            Ok(pid)
         });
         let exit = match res {
             Ok(pid) => {
