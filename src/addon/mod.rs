@@ -6,6 +6,7 @@
 
 pub mod create;
 pub mod kind;
+pub mod kit;
 pub mod link;
 
 pub use create::{create, destroy};
@@ -137,12 +138,12 @@ pub fn descriptor(node: &Node, a: &Addon, s: &Secret) -> Result<GearInfo> {
     })
 }
 
-/// How an add-on's gear starts: its service's install directory as the "cartridge", running
+/// How an add-on's gear starts: its kind's kit (`kit`) as the "cartridge", running
 /// the service supervisor.
 pub fn boot(a: &Addon) -> gear::Boot {
     gear::Boot {
         cartridge: a.kind.clone(),
-        cartridge_dir: |_, name| Kind::parse(name)?.install_dir(),
+        cartridge_dir: |node, name| kit::ensure(node, Kind::parse(name)?),
         supervisor: service::run,
     }
 }

@@ -1,7 +1,7 @@
 //! The supervisor of an add-on gear (a database or cache, `crate::addon`): pid 1 of the gear,
 //! the gear's uid, no privileges. It initialises the service's data on first start (PostgreSQL:
-//! `initdb` with the password root left in the meta directory, its own `pg_hba.conf`, the
-//! add-on's database), then runs the service on the gear's address and restarts it with growing
+//! a copy of the node's template cluster, its own `pg_hba.conf`, then the add-on's role, with
+//! the password root left in the meta directory, and database), then runs the service on the gear's address and restarts it with growing
 //! delays whenever it exits; it is never stopped or idled. Output goes to
 //! `app-root/logs/service.log`. The control sockets answer `status` (what the host waits on).
 
@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 pub const SERVICE_LOG: &str = "app-root/logs/service.log";
 /// Where root leaves the initial password for the gear (removed once the add-on is created).
 pub const INIT_PASSWORD: &str = "/opt/gearshift/meta/addon-init.pw";
+/// The node's template cluster, in the kit bound at /opt/gearshift/cartridge.
+const TEMPLATE: &str = "/opt/gearshift/cartridge/template";
+/// The template cluster's superuser (`addon::kit`).
+pub const TEMPLATE_SUPERUSER: &str = "gearshift";
 /// PostgreSQL's data directory, under the home.
 pub const PGDATA: &str = "app-root/data/pgdata";
 /// Descriptor variables naming the add-on's first user and database.
@@ -77,42 +81,39 @@ fn run_logged(cmd: &mut std::process::Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// First start: initdb with scram passwords and an hba that asks every network client for its
-/// password. Done into a temporary directory renamed into place, so a crash part-way starts
-/// over. The add-on's database is made once the server runs (`ensure_database`).
-fn init_postgresql(info: &GearInfo) -> Result<()> {
+/// First start: a copy of the node's template cluster (`addon::kit`, made by initdb once per
+/// node) with an hba that lets the gear's own uid in through the socket and asks every network
+/// client for its password. Done into a temporary directory renamed into place, so a crash
+/// part-way starts over. The add-on's role and database are made once the server runs
+/// (`ensure_database`).
+fn init_postgresql() -> Result<()> {
     let data = layout::in_home(PGDATA);
     if data.join("PG_VERSION").exists() {
         return Ok(());
     }
-    let user = info.env.get(USER_VAR).context("the descriptor names no add-on user")?;
-    if !Path::new(INIT_PASSWORD).exists() {
-        bail!("cannot initialise PostgreSQL: {INIT_PASSWORD} is missing (destroy and create the add-on again)");
-    }
     let tmp = layout::in_home(&format!("{PGDATA}.init"));
     let _ = std::fs::remove_dir_all(&tmp);
     run_logged(
-        std::process::Command::new(bin("initdb"))
-            .arg("-D")
-            .arg(&tmp)
-            .args([
-                "-U",
-                user,
-                "--auth=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .arg(format!("--pwfile={INIT_PASSWORD}")),
-        "initdb",
+        std::process::Command::new("cp").args(["-R", TEMPLATE]).arg(&tmp),
+        "copying the template cluster",
+    )?;
+    run_logged(
+        std::process::Command::new("chmod")
+            .args(["-R", "u+rwX,go-rwx"])
+            .arg(&tmp),
+        "chmod of the data directory",
     )?;
     std::fs::write(
         tmp.join("pg_hba.conf"),
-        "# gearshift: inside the gear, its own uid; from the network, the add-on's password\nlocal all all peer\nhost all all 0.0.0.0/0 scram-sha-256\n",
+        "# gearshift: inside the gear, its own uid; from the network, the add-on's password\nlocal all all peer map=gear\nhost all all 0.0.0.0/0 scram-sha-256\n",
     )
     .context("cannot write pg_hba.conf")?;
-    // One syncfs instead of initdb's file-by-file fsync: the data is durable before it is used.
+    std::fs::write(
+        tmp.join("pg_ident.conf"),
+        format!("# gearshift: the gear's one uid may be any database user\ngear /^(.*)$ {TEMPLATE_SUPERUSER}\ngear /^(.*)$ \\1\n"),
+    )
+    .context("cannot write pg_ident.conf")?;
+    // One syncfs instead of file-by-file fsync: the data is durable before it is used.
     let dir = std::fs::File::open(&tmp)?;
     // SAFETY: syncfs takes a valid open descriptor and touches no memory of ours.
     if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
@@ -122,57 +123,73 @@ fn init_postgresql(info: &GearInfo) -> Result<()> {
     Ok(())
 }
 
+/// Runs one SQL statement as the template's superuser through the socket; an object that
+/// already exists (a restart part-way) counts as done.
+fn psql(info: &GearInfo, sql: &str) -> Result<bool> {
+    let o = std::process::Command::new(bin("psql"))
+        .args([
+            "-h",
+            "/tmp",
+            "-p",
+            &info.port.to_string(),
+            "-U",
+            TEMPLATE_SUPERUSER,
+            "-d",
+            "postgres",
+            "-Atqc",
+            sql,
+        ])
+        .env_clear()
+        .env("PGCONNECT_TIMEOUT", "2")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run psql")?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    Ok(o.status.success() || err.contains("already exists"))
+}
+
 /// Marks (in the data directory) that the add-on's database exists.
 const DB_MADE: &str = "gearshift-database-created";
 
-/// Creates the add-on's database once, through the server's socket in the gear's /tmp (peer
-/// authentication: the gear's user is the database's superuser); waits for the server to
-/// accept. Gives up after 30 s (the caller then waits for the server's exit).
+/// Creates the add-on's role (with the password root left in the meta directory) and database
+/// once, through the server's socket in the gear's /tmp (peer authentication, mapped to the
+/// template's superuser); waits for the server to accept. Gives up after 30 s (the caller then
+/// waits for the server's exit).
 fn ensure_database(info: &GearInfo) -> Result<()> {
     let marker = layout::in_home(PGDATA).join(DB_MADE);
     if marker.exists() {
         return Ok(());
     }
-    let user = info.env.get(USER_VAR).context("the descriptor names no add-on user")?;
+    let user = info
+        .env
+        .get(USER_VAR)
+        .context("the descriptor names no add-on user")?
+        .replace('"', "");
     let db = info
         .env
         .get(DB_VAR)
-        .context("the descriptor names no add-on database")?;
-    let sql = format!(
-        "CREATE DATABASE \"{}\" OWNER \"{}\"",
-        db.replace('"', ""),
-        user.replace('"', "")
-    );
-    let t = Instant::now();
-    loop {
-        let o = std::process::Command::new(bin("psql"))
-            .args([
-                "-h",
-                "/tmp",
-                "-p",
-                &info.port.to_string(),
-                "-U",
-                user,
-                "-d",
-                "postgres",
-                "-Atqc",
-                &sql,
-            ])
-            .env_clear()
-            .env("PGCONNECT_TIMEOUT", "2")
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run psql")?;
-        let err = String::from_utf8_lossy(&o.stderr);
-        if o.status.success() || err.contains("already exists") {
-            std::fs::write(&marker, b"").context("cannot mark the database created")?;
-            return Ok(());
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            bail!("cannot create database {db}: {}", err.trim());
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        .context("the descriptor names no add-on database")?
+        .replace('"', "");
+    let password = std::fs::read_to_string(INIT_PASSWORD)
+        .with_context(|| format!("cannot read {INIT_PASSWORD} (destroy and create the add-on again)"))?;
+    if !password.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("the add-on's initial password is not alphanumeric");
     }
+    let steps = [
+        format!("CREATE ROLE \"{user}\" SUPERUSER LOGIN PASSWORD '{}'", password.trim()),
+        format!("CREATE DATABASE \"{db}\" OWNER \"{user}\""),
+    ];
+    let t = Instant::now();
+    for sql in &steps {
+        while !psql(info, sql)? {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("cannot create the add-on's role and database {db} (see {SERVICE_LOG})");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    std::fs::write(&marker, b"").context("cannot mark the database created")?;
+    Ok(())
 }
 
 fn spawn_postgresql(info: &GearInfo) -> Result<std::process::Child> {
@@ -256,10 +273,13 @@ pub fn run() -> ! {
             if info.cartridge != "postgresql" {
                 bail!("this gearshift cannot run a '{}' add-on", info.cartridge);
             }
-            init_postgresql(&info)?;
+            init_postgresql()?;
             let pid = spawn_postgresql(&info)?.id() as i32;
             if let Err(e) = ensure_database(&info) {
-                note(&format!("{e:#}"));
+                // Not running until the add-on's role and database exist: stop and try again.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                wait_service(pid);
+                return Err(e);
             }
             Ok(pid)
         });
