@@ -217,7 +217,8 @@ binary, cfg = sys.argv[1], sys.argv[2]
 gs = lambda *a: subprocess.run([binary, "--config", cfg, *a], check=True, capture_output=True, text=True).stdout
 psql = shutil.which("psql")
 creates, queries = [], []
-for i in range(3):
+K = 4   # the first create on a node also makes the node's template cluster (initdb, once)
+for i in range(K):
     t = time.perf_counter()
     gs("addon", "create", "postgresql", f"pgbench{i}")
     creates.append(time.perf_counter() - t)
@@ -245,11 +246,13 @@ for p in os.listdir("/proc"):
         pass
 med = statistics.median
 print("\nadd-ons (postgresql):")
-print(f"  addon create -> first accepted connection:  median {med(creates):.2f} s  (min {min(creates):.2f}, max {max(creates):.2f}; goal <= 3 s)")
+first, rest = creates[0], creates[1:]
+print(f"  addon create -> first accepted connection:  median {med(rest):.2f} s  (min {min(rest):.2f}, max {max(rest):.2f}; goal <= 3 s)")
+print(f"    the node's first add-on (also makes the template cluster): {first:.2f} s")
 if queries:
-    print(f"  addon create -> first query (psql, scram):  median {med(queries):.2f} s")
+    print(f"  addon create -> first query (psql, scram):  median {med(queries[1:]):.2f} s")
 print(f"  idle add-on gear memory: RSS {rss} KiB, PSS {pss} KiB over {procs} processes")
-for i in range(3):
+for i in range(K):
     gs("addon", "destroy", f"pgbench{i}", "--confirm", f"pgbench{i}")
 PY
 }

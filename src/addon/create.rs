@@ -3,11 +3,10 @@
 //! the service; created once the service accepts connections on the gear's address.
 
 use super::{boot, load, path, save, save_secret, secret_path, write_descriptor, Addon, Kind, Secret};
-use crate::gear::isolation::quota;
 use crate::gear::{self, Gear};
 use crate::names;
 use crate::node::Node;
-use crate::ssh::{auth::Actor, user};
+use crate::ssh::auth::Actor;
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
 
@@ -64,16 +63,7 @@ pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile:
     let kind = Kind::parse(kind)?;
     names::check_app_name(name)?;
     kind.install_dir()?;
-    if let Some(o) = owner {
-        user::load(node, o)?;
-    }
-    let profile = profile.unwrap_or(&node.config.default_profile).to_string();
-    let limits = node.config.profile(&profile)?.limits()?;
-    if quota::backend(node)? == quota::Backend::None && !node.config.disk.allow_unlimited {
-        bail!(
-            "cannot create add-on '{name}': no disk quota backend can enforce its disk limit (run `gearshift doctor`; set disk.allow_unlimited = true to accept unlimited disk)"
-        );
-    }
+    let (profile, limits) = crate::app::create::gear_terms(node, &format!("add-on '{name}'"), owner, profile)?;
     let _lock = node.lock()?;
     if path(node, name).exists() {
         bail!("add-on '{name}' already exists");

@@ -4,7 +4,7 @@ use crate::addon::{self, Addon};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
 use crate::table;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// `gearshift addon ...`
 #[derive(Debug, clap::Subcommand)]
@@ -61,13 +61,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AddonCmd) -> Result<()> {
             owner,
             profile,
         } => {
-            let owner = match (&actor.user, owner) {
-                (Some(me), Some(o)) if !actor.admin && o != *me => {
-                    bail!("only an admin can create an add-on for another user")
-                }
-                (Some(me), None) => Some(me.clone()),
-                (_, o) => o,
-            };
+            let owner = super::app::owner_for(actor, owner, "add-on")?;
             let a = addon::create(node, &kind, &name, owner.as_deref(), profile.as_deref())?;
             let g = a.gear()?;
             println!(
