@@ -9,11 +9,14 @@ use crate::node::Node;
 use crate::ssh::user;
 use anyhow::{bail, Context, Result};
 
-/// Creates an app and its first gear. Bad input creates nothing; a failure part-way removes
-/// whatever was made.
-pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile: Option<&str>) -> Result<App> {
-    names::check_app_name(name)?;
-    let cart = cartridge::find(node, cart)?;
+/// What a new gear of `what` (an app or an add-on) is made with: its owner exists, its profile
+/// (the node's default unless named) and limits, and a disk quota that can be enforced.
+pub(crate) fn gear_terms(
+    node: &Node,
+    what: &str,
+    owner: Option<&str>,
+    profile: Option<&str>,
+) -> Result<(String, crate::node::config::Limits)> {
     if let Some(o) = owner {
         user::load(node, o)?;
     }
@@ -21,12 +24,24 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
     let limits = node.config.profile(&profile)?.limits()?;
     if quota::backend(node)? == quota::Backend::None && !node.config.disk.allow_unlimited {
         bail!(
-            "cannot create app '{name}': no disk quota backend can enforce its disk limit (run `gearshift doctor`; set disk.allow_unlimited = true to accept unlimited disk)"
+            "cannot create {what}: no disk quota backend can enforce its disk limit (run `gearshift doctor`; set disk.allow_unlimited = true to accept unlimited disk)"
         );
     }
+    Ok((profile, limits))
+}
+
+/// Creates an app and its first gear. Bad input creates nothing; a failure part-way removes
+/// whatever was made.
+pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile: Option<&str>) -> Result<App> {
+    names::check_app_name(name)?;
+    let cart = cartridge::find(node, cart)?;
+    let (profile, limits) = gear_terms(node, &format!("app '{name}'"), owner, profile)?;
     let _lock = node.lock()?;
     if path(node, name).exists() {
         bail!("app '{name}' already exists");
+    }
+    if node.addons_dir().join(format!("{name}.toml")).exists() {
+        bail!("the name '{name}' is taken by an add-on: choose another name for the app");
     }
     let (uid, ip) = allocate(node)?;
     let g = Gear {
@@ -84,5 +99,6 @@ pub fn destroy(node: &Node, name: &str, confirm: &str) -> Result<()> {
     super::domain::forget_certs(node, name, None)?;
     std::fs::remove_file(path(node, name)).with_context(|| format!("cannot remove the record of '{name}'"))?;
     let _ = std::fs::remove_file(push_lock(node, name));
+    let _ = std::fs::remove_file(super::linked_env_path(node, name));
     Ok(())
 }

@@ -128,7 +128,7 @@ fn spawn_in_gear(
     let cg = gear::cgroup(node, g)?;
     let term = if tty { std::env::var("TERM").ok() } else { None };
     let who = gear::identity(g);
-    let mut env = gear::env(node, g, &app.cartridge, &app.env, term);
+    let mut env = super::gear_env(node, &app, g, term);
     crate::fault::pass_on(&mut env);
     gear::spawn::exec(&gear::spawn::ExecSpec {
         init_pid: pid,

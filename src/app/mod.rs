@@ -117,11 +117,21 @@ pub(crate) fn save(node: &Node, app: &App) -> Result<()> {
     state::write_toml(&path(node, &app.name), app)
 }
 
-/// Lowest free uid and IP on the node (call with the node lock held).
+/// The gears of any record (app or add-on): what the allocator needs of each.
+#[derive(Deserialize)]
+struct GearsOf {
+    gears: Vec<Gear>,
+}
+
+/// Lowest free uid and IP on the node, among the gears of apps and add-ons (call with the node
+/// lock held).
 pub(crate) fn allocate(node: &Node) -> Result<(u32, std::net::Ipv4Addr)> {
-    let apps = list(node)?;
-    let used_uids: BTreeSet<u32> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.uid)).collect();
-    let used_ips: BTreeSet<_> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.ip)).collect();
+    let mut gears: Vec<Gear> = list(node)?.into_iter().flat_map(|a| a.gears).collect();
+    for (_, p) in state::records(&node.addons_dir())? {
+        gears.extend(state::read_toml::<GearsOf>(&p)?.gears);
+    }
+    let used_uids: BTreeSet<u32> = gears.iter().map(|g| g.uid).collect();
+    let used_ips: BTreeSet<_> = gears.iter().map(|g| g.ip).collect();
     let c = &node.config;
     let uid = (c.uid_min..=c.uid_max)
         .find(|u| !used_uids.contains(u))
@@ -189,13 +199,53 @@ pub fn descriptor(node: &Node, app: &App, g: &Gear) -> GearInfo {
             None => vec!["main".into(), "master".into()],
         },
         keep_deployments: app.keep_deployments.unwrap_or(3),
-        env: gear::env(node, g, &app.cartridge, &app.env, None).into_iter().collect(),
+        env: gear_env(node, app, g, None).into_iter().collect(),
         health_path: app.health_path.clone(),
         health_timeout: app.health_timeout,
         url: crate::node::address::app_url(&node.config, &app.name),
         ssh: crate::node::address::ssh(&node.config),
         formation: app.formation.clone(),
     }
+}
+
+/// Where the variables of the app's add-on links are kept (root-only: they hold passwords).
+pub(crate) fn linked_env_path(node: &Node, name: &str) -> std::path::PathBuf {
+    node.secrets_dir().join("links").join(format!("{name}.toml"))
+}
+
+/// The variables the app's add-on links give it (`addon link`); none when unlinked.
+pub fn linked_env(node: &Node, name: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let p = linked_env_path(node, name);
+    if !p.exists() {
+        return Ok(Default::default());
+    }
+    state::read_toml(&p)
+}
+
+/// Replaces the variables of the app's add-on links (root-only file in a root-only directory).
+pub fn set_linked_env(node: &Node, name: &str, env: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    let p = linked_env_path(node, name);
+    if env.is_empty() {
+        let _ = std::fs::remove_file(&p);
+        return Ok(());
+    }
+    let dir = p.parent().context("no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for d in [node.secrets_dir(), dir.to_path_buf()] {
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    state::write_toml(&p, env)
+}
+
+/// The environment of a process in gear `g` of `app`: gearshift's, the user's, then what the
+/// app's add-on links give it.
+pub fn gear_env(node: &Node, app: &App, g: &Gear, term: Option<String>) -> Vec<(String, String)> {
+    let mut env = gear::env(node, g, &app.cartridge, &app.env, term);
+    match linked_env(node, &app.name) {
+        Ok(linked) => env.extend(linked),
+        Err(e) => eprintln!("gearshift: app '{}' runs without its add-on links: {e:#}", app.name),
+    }
+    env
 }
 
 /// Rewrites every gear's descriptor after a change of the app's settings (the supervisors

@@ -113,10 +113,22 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
         AppCmd::Destroy { name, confirm } => {
             app::load_for(node, actor, &name)?;
             app::destroy(node, &name, &confirm)?;
+            crate::addon::forget_app(node, &name)?;
             println!("destroyed app '{name}'");
         }
     }
     Ok(())
+}
+
+/// The owner of what `actor` creates: users create for themselves; only admins name another.
+pub(crate) fn owner_for(actor: &Actor, owner: Option<String>, what: &str) -> Result<Option<String>> {
+    Ok(match (&actor.user, owner) {
+        (Some(me), Some(o)) if !actor.admin && o != *me => {
+            bail!("only an admin can create an {what} for another user")
+        }
+        (Some(me), None) => Some(me.clone()),
+        (_, o) => o,
+    })
 }
 
 fn create(
@@ -127,14 +139,7 @@ fn create(
     owner: Option<String>,
     profile: Option<&str>,
 ) -> Result<()> {
-    // Users create apps for themselves; only admins name another owner.
-    let owner = match (&actor.user, owner) {
-        (Some(me), Some(o)) if !actor.admin && o != *me => {
-            bail!("only an admin can create an app for another user")
-        }
-        (Some(me), None) => Some(me.clone()),
-        (_, o) => o,
-    };
+    let owner = owner_for(actor, owner, "app")?;
     let app = app::create(node, name, cartridge, owner.as_deref(), profile)?;
     let g = &app.gears[0];
     println!(
@@ -329,6 +334,8 @@ fn scale(node: &Node, actor: &Actor, name: &str, specs: &[String]) -> Result<()>
         .filter(|n| *n > 0)
     {
         app::scale(node, name, n)?;
+        // Every gear of a linked app reaches its add-ons.
+        crate::addon::sync_links(node)?;
     }
     let record = app::update(node, actor, name, |a| {
         app::formation::apply(&mut a.formation, &asked);

@@ -3,6 +3,7 @@
 //! daemon, sshd's key lookup and forced command, the daemon's worker, git's local transport,
 //! the commands inside a gear) are `Internal`, which SSH never reaches.
 
+pub mod addon;
 pub mod app;
 pub mod dotenv;
 pub mod env;
@@ -63,6 +64,9 @@ pub enum Verb {
     /// Manage apps.
     #[command(subcommand)]
     App(app::AppCmd),
+    /// Databases in gears of their own, linked to apps by URL.
+    #[command(subcommand)]
+    Addon(addon::AddonCmd),
     /// List the cartridges on the node's cartridge path.
     Cartridges {
         #[arg(long)]
@@ -201,6 +205,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
         Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Verb::Addon(cmd) => addon::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Env(cmd) => env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Logs {

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod procenv;
 pub mod procfile;
 pub mod release;
+pub mod service;
 pub mod static_server;
 pub mod supervisor;
 pub mod workers;

@@ -50,6 +50,7 @@ pub fn collect(node: Option<&Node>) -> Vec<Check> {
     out.push(sshd_check());
     out.push(git_check());
     out.push(quota::btrfs::check_progs());
+    out.extend(crate::addon::kind::check());
     if let Some(n) = node {
         out.extend(running_node(n));
     }

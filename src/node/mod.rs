@@ -52,6 +52,14 @@ impl Node {
     pub fn apps_dir(&self) -> PathBuf {
         self.root().join("apps")
     }
+    /// Add-on records (no secrets).
+    pub fn addons_dir(&self) -> PathBuf {
+        self.root().join("addons")
+    }
+    /// Root-only (0700): add-on credentials and the environment links give apps.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root().join("secrets")
+    }
     pub fn users_dir(&self) -> PathBuf {
         self.root().join("users")
     }

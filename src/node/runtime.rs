@@ -107,6 +107,8 @@ pub fn up_with_gears(node: &Node) -> Result<usize> {
             }
         }
     }
+    // Add-ons are never idle: every one runs after a node up, its links back in the firewall.
+    failed += crate::addon::bring_up(node)?;
     Ok(failed)
 }
 
@@ -124,6 +126,10 @@ pub fn destroy(node: &Node, confirm: &str) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     if let Some(line) = stop_daemon(node)? {
         removed.push(line);
+    }
+    for a in crate::addon::list(node)? {
+        crate::addon::destroy(node, &crate::ssh::auth::Actor::root(), &a.name, &a.name, true)?;
+        removed.push(format!("add-on '{}' ({})", a.name, a.kind));
     }
     for a in app::list(node)? {
         let gears: Vec<String> = a.gears.iter().map(|g| format!("{} (uid {})", g.id, g.uid)).collect();

@@ -24,6 +24,7 @@ pub const MAX_ARG: usize = 1024;
 /// Top-level CLI verbs that may be sent over SSH (the CLI itself then decides what the user may do).
 pub const VERBS: &[&str] = &[
     "app",
+    "addon",
     "env",
     "logs",
     "cron",

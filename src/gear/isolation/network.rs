@@ -169,6 +169,13 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
         &format!("bring bridge {br} up"),
         Command::new("ip").args(["link", "set", br, "up"]),
     )?;
+    // Gears sit on isolated ports: a linked gear reaches another through the host, which
+    // answers ARP for the subnet (private-VLAN proxy ARP) and routes what nftables allows,
+    // without telling the gear to go direct.
+    for (key, value) in [("proxy_arp_pvlan", "1"), ("send_redirects", "0")] {
+        let p = format!("/proc/sys/net/ipv4/conf/{br}/{key}");
+        std::fs::write(&p, value).with_context(|| format!("cannot write {value} to {p}"))?;
+    }
     Ok(())
 }
 
@@ -185,6 +192,9 @@ pub(crate) fn ruleset(n: &NodeNet) -> String {
         r#"table inet {t} {{}}
 delete table inet {t}
 table inet {t} {{
+	set {links} {{
+		type ipv4_addr . ipv4_addr . inet_service
+	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr {net} oifname != "{br}" masquerade
@@ -192,6 +202,8 @@ table inet {t} {{
 	chain forward {{
 		type filter hook forward priority filter; policy accept;
 		tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu
+		iifname "{br}" oifname "{br}" ct state established,related accept
+		iifname "{br}" oifname "{br}" ip saddr . ip daddr . tcp dport @{links} accept
 		iifname "{br}" oifname "{br}" drop
 		iifname "{br}" accept
 		oifname "{br}" ct state established,related accept
@@ -207,7 +219,50 @@ table inet {t} {{
         t = n.nft_table,
         net = n.subnet,
         br = n.bridge,
+        links = LINKS_SET,
     )
+}
+
+/// The nftables set of allowed gear-to-gear connections (app gear, add-on gear, port): the
+/// only traffic between two gears the forward chain lets through.
+const LINKS_SET: &str = "gear_links";
+
+/// One allowed gear-to-gear connection: `from` may open TCP connections to `to:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GearLink {
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+    pub port: u16,
+}
+
+/// The script that makes the links set hold exactly `links` (one transaction).
+pub(crate) fn links_script(n: &NodeNet, links: &[GearLink]) -> String {
+    let mut s = format!("flush set inet {} {LINKS_SET}\n", n.nft_table);
+    if !links.is_empty() {
+        let elems: Vec<String> = links
+            .iter()
+            .map(|l| format!("{} . {} . {}", l.from, l.to, l.port))
+            .collect();
+        s.push_str(&format!(
+            "add element inet {} {LINKS_SET} {{ {} }}\n",
+            n.nft_table,
+            elems.join(", ")
+        ));
+    }
+    s
+}
+
+/// Makes the node's allowed gear-to-gear connections exactly `links` (atomically; a
+/// connection removed here can no longer be opened).
+pub fn set_links(n: &NodeNet, links: &[GearLink]) -> Result<()> {
+    check_table_name(&n.nft_table)?;
+    run_stdin(
+        &format!("set the gear links of nftables table inet {}", n.nft_table),
+        Command::new("nft").args(["-f", "-"]),
+        &links_script(n, links),
+    )
+    .context("bring the node's network up first (`gearshift node up`)")?;
+    Ok(())
 }
 
 fn load_ruleset(n: &NodeNet) -> Result<()> {
@@ -764,6 +819,55 @@ except Exception as e:
         assert!(r.starts_with("table inet gearshift_n {}\ndelete table inet gearshift_n\n"));
         assert!(r.contains(r#"ip saddr 10.77.0.0/20 oifname != "gs-br" masquerade"#));
         assert!(r.contains(r#"iifname "gs-br" oifname "gs-br" drop"#));
+    }
+
+    #[test]
+    fn links_script_replaces_the_whole_set() {
+        let n = NodeNet {
+            node: "n".into(),
+            bridge: "gs-br".into(),
+            subnet: Subnet::parse("10.77.0.0/20").unwrap(),
+            nft_table: "gearshift_n".into(),
+        };
+        assert_eq!(links_script(&n, &[]), "flush set inet gearshift_n gear_links\n");
+        let l = |a: u8, b: u8| GearLink {
+            from: Ipv4Addr::new(10, 77, 0, a),
+            to: Ipv4Addr::new(10, 77, 0, b),
+            port: 5432,
+        };
+        assert_eq!(
+            links_script(&n, &[l(2, 3), l(4, 3)]),
+            "flush set inet gearshift_n gear_links\nadd element inet gearshift_n gear_links { 10.77.0.2 . 10.77.0.3 . 5432, 10.77.0.4 . 10.77.0.3 . 5432 }\n"
+        );
+        assert!(ruleset(&n).contains("ip saddr . ip daddr . tcp dport @gear_links accept"));
+    }
+
+    #[test]
+    fn a_link_lets_one_gear_reach_one_port_of_another_until_removed() {
+        if skip() {
+            return;
+        }
+        let mut f = Fixture::new(9);
+        let a = f.gear(1, 0);
+        let b = f.gear(2, 0);
+        let c = f.gear(3, 0);
+        let b_port = f.spawn_in(&b.netns, LISTEN, &[]);
+        let link = GearLink {
+            from: a.ip,
+            to: b.ip,
+            port: b_port.parse().unwrap(),
+        };
+        set_links(&f.node, &[link]).unwrap();
+        let r = f.run_in(&a.netns, PROBE, &[&b.ip.to_string(), &b_port, "3"]);
+        assert!(!r.starts_with("failed"), "linked gear A did not reach gear B: {r}");
+        let r = f.run_in(&c.netns, PROBE, &[&b.ip.to_string(), &b_port, "1.5"]);
+        assert!(r.starts_with("failed"), "unlinked gear C reached gear B: {r}");
+        set_links(&f.node, &[]).unwrap();
+        let r = f.run_in(&a.netns, PROBE, &[&b.ip.to_string(), &b_port, "1.5"]);
+        assert!(
+            r.starts_with("failed"),
+            "gear A still reached gear B after the link was removed: {r}"
+        );
     }
 
     #[test]
