@@ -125,7 +125,9 @@ fn init_postgresql() -> Result<()> {
 
 /// Runs one SQL statement as the template's superuser through the socket; an object that
 /// already exists (a restart part-way) counts as done.
-fn psql(info: &GearInfo, sql: &str) -> Result<bool> {
+/// Runs one statement as the template's superuser; Ok(Err(why)) when the server refused it
+/// (not up yet, or an error other than "already exists").
+fn psql(info: &GearInfo, sql: &str) -> Result<std::result::Result<(), String>> {
     let o = std::process::Command::new(bin("psql"))
         .args([
             "-h",
@@ -145,7 +147,11 @@ fn psql(info: &GearInfo, sql: &str) -> Result<bool> {
         .output()
         .context("cannot run psql")?;
     let err = String::from_utf8_lossy(&o.stderr);
-    Ok(o.status.success() || err.contains("already exists"))
+    if o.status.success() || err.contains("already exists") {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(err.trim().to_string()))
+    }
 }
 
 /// Marks (in the data directory) that the add-on's database exists.
@@ -181,9 +187,9 @@ fn ensure_database(info: &GearInfo) -> Result<()> {
     ];
     let t = Instant::now();
     for sql in &steps {
-        while !psql(info, sql)? {
+        while let Err(why) = psql(info, sql)? {
             if t.elapsed() > Duration::from_secs(30) {
-                bail!("cannot create the add-on's role and database {db} (see {SERVICE_LOG})");
+                bail!("cannot create the add-on's role and database {db}: psql: {why} (see {SERVICE_LOG})");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
