@@ -6,6 +6,7 @@
 pub mod app;
 pub mod dotenv;
 pub mod env;
+pub mod top;
 
 use crate::gear;
 use crate::node::{self, Node};
@@ -90,6 +91,16 @@ pub enum Verb {
     Cron(CronCmd),
     /// Re-activate a kept deployment without rebuilding (default: the previous one).
     Rollback { app: String, id: Option<String> },
+    /// One line per gear: state, CPU, memory, OOM kills, pids, disk, network, requests/s
+    /// (refreshed every second; q quits). Users see their own apps.
+    Top {
+        /// Print one frame (sampled over a second) and exit.
+        #[arg(long)]
+        once: bool,
+        /// The same data as JSON, one object per frame.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside an app's gear with every isolation mechanism applied.
     Run {
         app: String,
@@ -226,6 +237,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             crate::app::in_gear(&Node::load(config_path)?, actor, &app, &args)
         }
         Verb::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
+        Verb::Top { once, json } => top::run(&Node::load(config_path)?, actor, once, json).map(|_| 0),
         Verb::Run { app, gear, command } => {
             crate::app::run_app_command(&Node::load(config_path)?, actor, &app, gear, &command)
         }

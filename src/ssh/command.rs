@@ -31,6 +31,7 @@ pub const VERBS: &[&str] = &[
     "deploy",
     "rollback",
     "cartridges",
+    "top",
     "user",
     "doctor",
     "help",
