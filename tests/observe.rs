@@ -76,6 +76,99 @@ fn top_shows_a_memory_hog_and_a_cpu_burner_and_users_see_their_own() {
         .map(|g| g["app"].as_str().unwrap())
         .collect();
     assert_eq!(apps, ["mine"], "{frame}");
-    n.sh("hog", "pkill -f bytearray; true");
-    n.sh("burner", "pkill -f 'while True'; true");
+}
+
+fn events_of(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
+    require_root!();
+    let n = TestNode::new();
+    let _d = n.start_daemon();
+    let alice = n.add_user("alice");
+    let bob = n.add_user("bob");
+    let o = n.ssh(&alice, &[], Some("app create shop --cartridge python"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = n.root.join("shop-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(
+        dir.join("server.py"),
+        "import http.server, os\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'up')\n\
+         http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "first"]);
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(ok, "{out}");
+
+    let root_events = || events_of(n.ok(&["events", "--app", "shop", "--json"]).as_bytes());
+    // The push's result is recorded once git has ended, which the client may see first.
+    let mut evs = Vec::new();
+    let done = eventually(Duration::from_secs(20), || {
+        evs = root_events();
+        evs.len() >= 2
+    });
+    assert!(done, "no deploy result: {evs:?}\n{out}");
+    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["deploy.start", "deploy.result"], "{evs:?}");
+    assert_eq!(evs[1]["by"], "alice", "{evs:?}");
+    assert_eq!(evs[1]["detail"]["result"], "deployed", "{evs:?}");
+    assert!(evs[1]["detail"]["deployment"].is_string(), "{evs:?}");
+
+    // The web process dies: the supervisor restarts it, the daemon records the crash.
+    n.ok(&["run", "shop", "--", "pkill", "-KILL", "-f", "server.py"]);
+    let mut last = Vec::new();
+    let crashed = eventually(Duration::from_secs(30), || {
+        last = root_events();
+        last.iter().any(|e| e["kind"] == "process.crash")
+    });
+    assert!(crashed, "no crash event: {last:?}");
+    let crash = last.iter().find(|e| e["kind"] == "process.crash").unwrap();
+    assert_eq!(crash["by"], "gearshift");
+    assert!(
+        crash["detail"]["last_exit"].as_str().unwrap_or("").contains('9'),
+        "{crash}"
+    );
+
+    // The owner sees them over SSH; another user sees none of them, nor the app.
+    let o = n.ssh(&alice, &[], Some("events --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mine = events_of(&o.stdout);
+    assert!(mine.iter().any(|e| e["kind"] == "process.crash"), "{mine:?}");
+    assert!(
+        mine.iter().all(|e| e["app"] == "shop"),
+        "alice sees others' events: {mine:?}"
+    );
+    let o = n.ssh(&bob, &[], Some("events --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        events_of(&o.stdout).is_empty(),
+        "bob sees: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = n.ssh(&bob, &[], Some("events --app shop"), b"");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown app 'shop'"));
+
+    // Root sees the user changes too, and the log is root's alone.
+    let all = events_of(n.ok(&["events", "--json"]).as_bytes());
+    assert!(
+        all.iter()
+            .any(|e| e["kind"] == "user.add" && e["detail"]["user"] == "bob" && e["by"] == "root"),
+        "{all:?}"
+    );
+    let table = n.ok(&["events", "--app", "shop"]);
+    assert!(table.contains("deploy.result") && table.contains("by alice"), "{table}");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(n.root.join("logs/events.jsonl")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
 }

@@ -6,7 +6,9 @@
 pub mod frontend;
 pub mod proto;
 
+use crate::app::git::PushEvents;
 use crate::node::Node;
+use crate::ssh::auth::Actor;
 use crate::ssh::command;
 use crate::ssh::{authkeys, login_user, sshd};
 use anyhow::{bail, Context, Result};
@@ -207,7 +209,18 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 request,
                 winsize,
             };
-            let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten())?;
+            let push = match &job.request {
+                command::Request::Git {
+                    op: command::GitOp::ReceivePack,
+                    app,
+                } => PushEvents::start(&sh.node, &Actor::user(&job.user, job.admin), app),
+                _ => None,
+            };
+            let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten());
+            if let Some(p) = push {
+                p.end(&sh.node, *code.as_ref().unwrap_or(&1));
+            }
+            let code = code?;
             if code == 0 {
                 // Before the client hears of success: the router routes to what it changed.
                 for app in routed_apps(&sh.node, &job.request) {

@@ -4,6 +4,7 @@
 pub mod address;
 pub mod config;
 pub mod doctor;
+pub mod events;
 pub mod init;
 pub mod runtime;
 

@@ -28,6 +28,11 @@ impl Actor {
         }
     }
 
+    /// Who did something, for the event log: `root` at the console, else the SSH user.
+    pub fn who(&self) -> String {
+        self.user.clone().unwrap_or_else(|| "root".to_string())
+    }
+
     /// Whether this actor may manage something owned by `owner`.
     pub fn may_manage(&self, owner: Option<&str>) -> bool {
         self.admin || (self.user.is_some() && self.user.as_deref() == owner)

@@ -32,6 +32,7 @@ pub const VERBS: &[&str] = &[
     "rollback",
     "cartridges",
     "top",
+    "events",
     "user",
     "doctor",
     "help",

@@ -25,6 +25,7 @@ gearshift: you are logged in as {user}. Send any of these as `{ssh} COMMAND`
   env import APP < .env          set the KEY=VALUE lines of a .env file
   domain add|remove|list APP ...  host names of an app
   run APP CMD [ARGS...]          run a command in the app's gear
+  events [--app APP] [-f]        deploys, crashes, idles and wakes of your apps
   top [--once] [--json]          your gears' CPU, memory, disk, network (ssh -t)
   shell APP                      a login shell in the gear (ssh -t)
   rsync -e '{ssh_e}' DIR/ {login}@{host}:APP/PATH
