@@ -121,6 +121,19 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["deploy.start", "deploy.result"], "{evs:?}");
     assert_eq!(evs[1]["by"], "alice", "{evs:?}");
+    let fingerprint = String::from_utf8(
+        std::process::Command::new("ssh-keygen")
+            .args(["-lf", alice.with_extension("pub").to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let key = evs[1]["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
+    assert!(
+        key.starts_with("SHA256:") && fingerprint.contains(key),
+        "{key} vs {fingerprint}"
+    );
     assert_eq!(evs[1]["detail"]["result"], "deployed", "{evs:?}");
     assert!(evs[1]["detail"]["deployment"].is_string(), "{evs:?}");
 

@@ -34,7 +34,7 @@ impl GitService {
 pub struct PushEvents {
     app: String,
     owner: Option<String>,
-    by: String,
+    by: Actor,
     before: Option<String>,
 }
 
@@ -53,7 +53,7 @@ impl PushEvents {
         let w = PushEvents {
             app: a.name.clone(),
             owner: a.owner.clone(),
-            by: actor.who(),
+            by: actor.clone(),
             before: live_deployment(node, &a),
         };
         events::record(node, w.event("deploy.start"));
@@ -61,7 +61,7 @@ impl PushEvents {
     }
 
     fn event(&self, kind: &str) -> Event {
-        Event::new(kind, &self.by).app(&self.app, self.owner.as_deref())
+        Event::by(kind, &self.by).app(&self.app, self.owner.as_deref())
     }
 
     /// Records `deploy.result`: git-receive-pack ends well even when the hook refused the push,

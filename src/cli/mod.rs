@@ -154,6 +154,9 @@ pub enum Internal {
         socket: PathBuf,
         #[arg(long)]
         user: String,
+        /// The fingerprint of the key the user logged in with.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// One SSH request, forked by the daemon (job in the environment).
     #[command(hide = true, name = "internal-exec")]
@@ -214,7 +217,7 @@ fn run_internal(config_path: &Path, internal: Internal) -> Result<i32> {
             r
         }
         Internal::AuthKeys { user } => crate::ssh::authkeys::run(config_path, &user),
-        Internal::SshEntry { socket, user } => crate::ssh::entry::run(&socket, &user),
+        Internal::SshEntry { socket, user, key } => crate::ssh::entry::run(&socket, &user, key),
         Internal::Worker => crate::ssh::worker::run(config_path, dispatch_remote),
     }
 }
@@ -233,7 +236,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             let what = user_event(&cmd);
             user::run(&node, cmd, crate::app::owned_by)?;
             if let Some((kind, detail)) = what {
-                node::events::record(&node, node::events::Event::new(kind, &actor.who()).detail(detail));
+                node::events::record(&node, node::events::Event::by(kind, actor).detail(detail));
             }
             Ok(0)
         }
@@ -244,7 +247,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             crate::app::domain::run(&node, actor, cmd)?;
             if let Some((kind, app, detail)) = what {
                 let owner = crate::app::load(&node, &app).ok().and_then(|a| a.owner);
-                let e = node::events::Event::new(kind, &actor.who()).app(&app, owner.as_deref());
+                let e = node::events::Event::by(kind, actor).app(&app, owner.as_deref());
                 node::events::record(&node, e.detail(detail));
             }
             Ok(0)
@@ -285,7 +288,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
                     Ok(c) => format!("failed (exit code {c})"),
                     Err(e) => format!("failed: {e:#}"),
                 };
-                let e = node::events::Event::new("deploy.rollback", &actor.who()).app(&app, a.owner.as_deref());
+                let e = node::events::Event::by("deploy.rollback", actor).app(&app, a.owner.as_deref());
                 node::events::record(&node, e.detail(serde_json::json!({"to": id, "result": result})));
             }
             r

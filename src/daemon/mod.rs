@@ -188,6 +188,7 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
         }
         ToDaemon::Exec {
             user,
+            key,
             command,
             tty,
             term,
@@ -204,6 +205,7 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 command::redacted(&command).chars().take(200).collect::<String>()
             );
             let job = Job {
+                key,
                 user: u.name,
                 admin: u.admin,
                 request,
@@ -213,7 +215,11 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 command::Request::Git {
                     op: command::GitOp::ReceivePack,
                     app,
-                } => PushEvents::start(&sh.node, &Actor::user(&job.user, job.admin), app),
+                } => PushEvents::start(
+                    &sh.node,
+                    &Actor::user(&job.user, job.admin).with_key(job.key.clone()),
+                    app,
+                ),
                 _ => None,
             };
             let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten());

@@ -31,6 +31,9 @@ pub struct Event {
     pub owner: Option<String>,
     /// Who did it: `root` (the node's console), an SSH user, or `gearshift` (the daemon itself).
     pub by: String,
+    /// The fingerprint of the SSH key `by` logged in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The details: a result, an exit code, a host name.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
@@ -44,7 +47,16 @@ impl Event {
             app: None,
             owner: None,
             by: by.to_string(),
+            key: None,
             detail: serde_json::Value::Null,
+        }
+    }
+
+    /// Done by `actor` (root, or an SSH user with their key).
+    pub fn by(kind: &str, actor: &crate::ssh::auth::Actor) -> Event {
+        Event {
+            key: actor.key.clone(),
+            ..Event::new(kind, &actor.who())
         }
     }
 
@@ -79,6 +91,9 @@ impl Event {
             self.app.as_deref().unwrap_or("-"),
             self.by
         );
+        if let Some(k) = &self.key {
+            l.push_str(&format!(" ({k})"));
+        }
         if !self.detail.is_null() {
             l.push_str(&format!("  {}", self.detail));
         }

@@ -77,7 +77,7 @@ pub fn run(config_path: &Path, verb: RunVerb) -> Result<i32> {
         unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
     }
     let node = Node::load(config_path)?;
-    let actor = Actor::user(&job.user, job.admin);
+    let actor = Actor::user(&job.user, job.admin).with_key(job.key.clone());
     // Hints name commands the way this user sends them (over SSH, not `gearshift ...`).
     serve(&node, config_path, &actor, job, verb)
         .map_err(|e| anyhow::anyhow!("{}", address::for_ssh_user(&node.config, &format!("{e:#}"))))
