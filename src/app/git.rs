@@ -4,6 +4,7 @@
 //! deploy pipeline (`gearshift gear pre-receive`) before git accepts the ref.
 
 use crate::app;
+use crate::node::events::{self, Event};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
 use anyhow::Result;
@@ -23,6 +24,56 @@ impl GitService {
             GitService::ReceivePack => "git-receive-pack",
             GitService::UploadPack => "git-upload-pack",
         }
+    }
+}
+
+/// Serves `service` for `app` on the caller's stdio (the SSH channel) and returns its exit code.
+/// A push being watched for the event log: `deploy.start` is recorded when it begins,
+/// `deploy.result` when it ends (by whoever outlives it: the daemon for pushes over SSH, whose
+/// worker dies with the client's session).
+pub struct PushEvents {
+    app: String,
+    owner: Option<String>,
+    by: Actor,
+    before: Option<String>,
+}
+
+/// The live deployment of an app (gear 0's repo link), if any.
+fn live_deployment(node: &Node, a: &app::App) -> Option<String> {
+    let g = a.gears.first()?;
+    let t = std::fs::read_link(g.home(node).join(crate::gear::layout::REPO)).ok()?;
+    Some(t.file_name()?.to_string_lossy().into_owned())
+}
+
+impl PushEvents {
+    /// Records `deploy.start` of a push by `actor` to `app_name`; None (nothing recorded) when
+    /// the app does not exist or is not the actor's.
+    pub fn start(node: &Node, actor: &Actor, app_name: &str) -> Option<PushEvents> {
+        let a = app::load_for(node, actor, app_name).ok()?;
+        let w = PushEvents {
+            app: a.name.clone(),
+            owner: a.owner.clone(),
+            by: actor.clone(),
+            before: live_deployment(node, &a),
+        };
+        events::record(node, w.event("deploy.start"));
+        Some(w)
+    }
+
+    fn event(&self, kind: &str) -> Event {
+        Event::by(kind, &self.by).app(&self.app, self.owner.as_deref())
+    }
+
+    /// Records `deploy.result`: git-receive-pack ends well even when the hook refused the push,
+    /// so what tells is whether another deployment went live.
+    pub fn end(self, node: &Node, code: i32) {
+        let after = app::load(node, &self.app).ok().and_then(|a| live_deployment(node, &a));
+        let detail = if after.is_some() && after != self.before {
+            serde_json::json!({"result": "deployed", "deployment": after, "previous": self.before})
+        } else {
+            serde_json::json!({"result": "not deployed", "exit_code": code})
+        };
+        events::record(node, self.event("deploy.result").detail(detail));
     }
 }
 

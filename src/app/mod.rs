@@ -11,6 +11,7 @@ pub mod domain;
 pub mod formation;
 pub mod git;
 pub mod lifecycle;
+pub mod sample;
 pub mod scale;
 
 pub use create::{create, destroy};

@@ -8,6 +8,8 @@ pub mod app;
 pub mod dotenv;
 pub mod env;
 pub mod status;
+pub mod events;
+pub mod top;
 
 use crate::gear;
 use crate::node::{self, Node};
@@ -100,6 +102,32 @@ pub enum Verb {
     Cron(CronCmd),
     /// Re-activate a kept deployment without rebuilding (default: the previous one).
     Rollback { app: String, id: Option<String> },
+    /// One line per gear: state, CPU, memory, OOM kills, pids, disk, network, requests/s
+    /// (refreshed every second; q quits). Users see their own apps.
+    Top {
+        /// Print one frame (sampled over a second) and exit.
+        #[arg(long)]
+        once: bool,
+        /// The same data as JSON, one object per frame.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What happened on the node: deploys, crashes, idles and wakes, domain, user and key
+    /// changes, with who did it (users see their own apps' events).
+    Events {
+        /// Only this app's events.
+        #[arg(long)]
+        app: Option<String>,
+        /// Keep following new events.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// Number of past events shown.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
     /// Run a command inside an app's gear with every isolation mechanism applied.
     Run {
         app: String,
@@ -136,6 +164,9 @@ pub enum Internal {
         socket: PathBuf,
         #[arg(long)]
         user: String,
+        /// The fingerprint of the key the user logged in with.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// One SSH request, forked by the daemon (job in the environment).
     #[command(hide = true, name = "internal-exec")]
@@ -185,10 +216,18 @@ fn run_internal(config_path: &Path, internal: Internal) -> Result<i32> {
         Internal::Daemon => crate::daemon::run(config_path),
         Internal::Gear(cmd) => crate::ingear::run(cmd),
         Internal::GitServe { service, app } => {
-            crate::app::git::serve(&Node::load(config_path)?, &Actor::root(), &app, service)
+            let node = Node::load(config_path)?;
+            let push = (service == crate::app::git::GitService::ReceivePack)
+                .then(|| crate::app::git::PushEvents::start(&node, &Actor::root(), &app))
+                .flatten();
+            let r = crate::app::git::serve(&node, &Actor::root(), &app, service);
+            if let Some(p) = push {
+                p.end(&node, *r.as_ref().unwrap_or(&1));
+            }
+            r
         }
         Internal::AuthKeys { user } => crate::ssh::authkeys::run(config_path, &user),
-        Internal::SshEntry { socket, user } => crate::ssh::entry::run(&socket, &user),
+        Internal::SshEntry { socket, user, key } => crate::ssh::entry::run(&socket, &user, key),
         Internal::Worker => crate::ssh::worker::run(config_path, dispatch_remote),
     }
 }
@@ -203,10 +242,28 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         }
         Verb::Status { json } => status::run(&Node::load(config_path)?, json),
         Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
-        Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),
+        Verb::User(cmd) => {
+            let node = Node::load(config_path)?;
+            let what = user_event(&cmd);
+            user::run(&node, cmd, crate::app::owned_by)?;
+            if let Some((kind, detail)) = what {
+                node::events::record(&node, node::events::Event::by(kind, actor).detail(detail));
+            }
+            Ok(0)
+        }
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Addon(cmd) => addon::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Verb::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Verb::Domain(cmd) => {
+            let node = Node::load(config_path)?;
+            let what = domain_event(&cmd);
+            crate::app::domain::run(&node, actor, cmd)?;
+            if let Some((kind, app, detail)) = what {
+                let owner = crate::app::load(&node, &app).ok().and_then(|a| a.owner);
+                let e = node::events::Event::by(kind, actor).app(&app, owner.as_deref());
+                node::events::record(&node, e.detail(detail));
+            }
+            Ok(0)
+        }
         Verb::Env(cmd) => env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Logs {
             app,
@@ -235,9 +292,27 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             if let Some(i) = &id {
                 args.push(i);
             }
-            crate::app::in_gear(&Node::load(config_path)?, actor, &app, &args)
+            let node = Node::load(config_path)?;
+            let r = crate::app::in_gear(&node, actor, &app, &args);
+            if let Ok(a) = crate::app::load_for(&node, actor, &app) {
+                let result = match &r {
+                    Ok(0) => "ok".to_string(),
+                    Ok(c) => format!("failed (exit code {c})"),
+                    Err(e) => format!("failed: {e:#}"),
+                };
+                let e = node::events::Event::by("deploy.rollback", actor).app(&app, a.owner.as_deref());
+                node::events::record(&node, e.detail(serde_json::json!({"to": id, "result": result})));
+            }
+            r
         }
         Verb::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
+        Verb::Events {
+            app,
+            follow,
+            json,
+            lines,
+        } => events::run(&Node::load(config_path)?, actor, app.as_deref(), follow, json, lines).map(|_| 0),
+        Verb::Top { once, json } => top::run(&Node::load(config_path)?, actor, once, json).map(|_| 0),
         Verb::Run { app, gear, command } => {
             crate::app::run_app_command(&Node::load(config_path)?, actor, &app, gear, &command)
         }
@@ -266,6 +341,34 @@ fn logs_script(type_: Option<&str>, lines: u32, follow: bool) -> Result<String> 
             }
         }
     })
+}
+
+/// The event a domain change records: kind, app, detail (listing records nothing).
+fn domain_event(cmd: &crate::app::domain::DomainCmd) -> Option<(&'static str, String, serde_json::Value)> {
+    use crate::app::domain::DomainCmd as D;
+    let j = |k: &str, v: &str| serde_json::json!({ k: v });
+    match cmd {
+        D::Add { app, name } => Some(("domain.add", app.clone(), j("host", name))),
+        D::Remove { app, name } => Some(("domain.remove", app.clone(), j("host", name))),
+        D::Cert { app, name } => Some(("domain.cert", app.clone(), j("host", name))),
+        D::Redirect { app, state } => Some(("domain.redirect", app.clone(), j("https_redirect", state))),
+        D::List { .. } => None,
+    }
+}
+
+/// The event a user or key change records (showing records nothing).
+fn user_event(cmd: &user::UserCmd) -> Option<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    use user::{KeyCmd as K, UserCmd as U};
+    match cmd {
+        U::Add { name, admin, .. } => Some(("user.add", json!({"user": name, "admin": admin}))),
+        U::Remove { name } => Some(("user.remove", json!({ "user": name }))),
+        U::Key(K::Add { name, .. }) => Some(("key.add", json!({ "user": name }))),
+        U::Key(K::Remove { name, fingerprint }) => {
+            Some(("key.remove", json!({"user": name, "fingerprint": fingerprint})))
+        }
+        U::List { .. } | U::Show { .. } | U::Key(K::List { .. }) => None,
+    }
 }
 
 fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {

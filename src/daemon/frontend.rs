@@ -6,6 +6,7 @@
 
 use crate::app::{self, App};
 use crate::gear::{control, isolation::network::netns_path, Gear};
+use crate::node::events::{self, Event};
 use crate::node::Node;
 use crate::router::{AccessLog, Backend, CertStore, Route, RouteTable, Router, RouterConfig, WakeResult, Waker};
 use anyhow::{Context, Result};
@@ -177,8 +178,12 @@ impl Routes {
 fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
     let ns = netns_path(&gear.netns());
     let mut generation = 0u64;
+    let mut restarts: Option<u64> = None;
     while !gone.load(Ordering::Relaxed) && !front.stop.load(Ordering::Relaxed) {
         let reply = control::command(&ns, &format!("watch {generation}"));
+        if let Ok(v) = &reply {
+            note_restarts(&front.node, &gear, &v["status"], &mut restarts);
+        }
         let port_of = |v: &serde_json::Value| v.as_u64().filter(|p| *p > 0 && *p < 65536).map(|p| p as u16);
         let (live, draining) = match &reply {
             Ok(v) => {
@@ -226,6 +231,28 @@ fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
     front.publish();
 }
 
+/// Records a `process.crash` event when the supervisor's restart count moved since `seen`
+/// (the first look only sets it; a new supervisor starts counting again).
+fn note_restarts(node: &Node, gear: &Gear, status: &serde_json::Value, seen: &mut Option<u64>) {
+    let Some(now) = status["restarts"].as_u64() else {
+        return;
+    };
+    if let Some(before) = *seen {
+        if now > before {
+            let owner = app::load(node, &gear.app).ok().and_then(|a| a.owner);
+            let e = Event::new("process.crash", "gearshift").app(&gear.app, owner.as_deref());
+            events::record(
+                node,
+                e.detail(serde_json::json!({
+                    "gear": gear.index, "process": "web", "last_exit": status["last_exit"],
+                    "restarts": now, "state": status["state"],
+                })),
+            );
+        }
+    }
+    *seen = Some(now);
+}
+
 /// Wakes idle apps (and stopped ones where `wake_stopped` is set) for the router.
 struct GearWaker(Mutex<Option<Arc<Front>>>);
 
@@ -241,7 +268,15 @@ impl Waker for GearWaker {
             return WakeResult::NotRunning;
         }
         let limit = deadline.saturating_duration_since(Instant::now());
-        if front.verb(&["app", "start", app_name], limit).is_err() {
+        let t = Instant::now();
+        let woke = front.verb(&["app", "start", app_name], limit);
+        let e = Event::new("app.wake", "gearshift").app(app_name, a.owner.as_deref());
+        let detail = match &woke {
+            Ok(()) => serde_json::json!({"result": "ok", "ms": t.elapsed().as_millis() as u64}),
+            Err(err) => serde_json::json!({"result": "failed", "error": format!("{err:#}")}),
+        };
+        events::record(&front.node, e.detail(detail));
+        if woke.is_err() {
             return WakeResult::TimedOut;
         }
         let mut backends = Vec::new();
@@ -361,7 +396,13 @@ fn refresh_loop(front: Arc<Front>) {
                     if entry.0 != count || entry.1 != live {
                         *entry = (count, live, Instant::now());
                     } else if entry.2.elapsed() > Duration::from_secs(idle_after) {
-                        let _ = front.verb(&["app", "idle", &a.name], Duration::from_secs(30));
+                        if front.verb(&["app", "idle", &a.name], Duration::from_secs(30)).is_ok() {
+                            let e = Event::new("app.idle", "gearshift").app(&a.name, a.owner.as_deref());
+                            events::record(
+                                &front.node,
+                                e.detail(serde_json::json!({"idle_after_secs": idle_after})),
+                            );
+                        }
                         entry.2 = Instant::now();
                     }
                 }

@@ -6,7 +6,9 @@
 pub mod frontend;
 pub mod proto;
 
+use crate::app::git::PushEvents;
 use crate::node::Node;
+use crate::ssh::auth::Actor;
 use crate::ssh::command;
 use crate::ssh::{authkeys, login_user, sshd};
 use anyhow::{bail, Context, Result};
@@ -186,6 +188,7 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
         }
         ToDaemon::Exec {
             user,
+            key,
             command,
             tty,
             term,
@@ -202,12 +205,28 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 command::redacted(&command).chars().take(200).collect::<String>()
             );
             let job = Job {
+                key,
                 user: u.name,
                 admin: u.admin,
                 request,
                 winsize,
             };
-            let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten())?;
+            let push = match &job.request {
+                command::Request::Git {
+                    op: command::GitOp::ReceivePack,
+                    app,
+                } => PushEvents::start(
+                    &sh.node,
+                    &Actor::user(&job.user, job.admin).with_key(job.key.clone()),
+                    app,
+                ),
+                _ => None,
+            };
+            let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten());
+            if let Some(p) = push {
+                p.end(&sh.node, *code.as_ref().unwrap_or(&1));
+            }
+            let code = code?;
             if code == 0 {
                 // Before the client hears of success: the router routes to what it changed.
                 for app in routed_apps(&sh.node, &job.request) {

@@ -16,6 +16,9 @@ pub const JOB_ENV: &str = "GEARSHIFT_JOB";
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Job {
     pub user: String,
+    /// The fingerprint of the key the user logged in with.
+    #[serde(default)]
+    pub key: Option<String>,
     pub admin: bool,
     pub request: Request,
     pub winsize: Option<(u16, u16)>,
@@ -31,6 +34,9 @@ pub enum ToDaemon {
     /// passed stdio descriptors.
     Exec {
         user: String,
+        /// The fingerprint of the key the user logged in with.
+        #[serde(default)]
+        key: Option<String>,
         command: String,
         tty: bool,
         term: Option<String>,
@@ -142,6 +148,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let msg = ToDaemon::Exec {
             user: "bob".into(),
+            key: Some("SHA256:x".into()),
             command: "app list".into(),
             tty: false,
             term: None,

@@ -5,6 +5,7 @@ pub mod address;
 pub mod clash;
 pub mod config;
 pub mod doctor;
+pub mod events;
 pub mod init;
 pub mod probe;
 pub mod registry;

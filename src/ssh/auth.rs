@@ -9,6 +9,8 @@ pub struct Actor {
     /// None for root at the node's console.
     pub user: Option<String>,
     pub admin: bool,
+    /// The fingerprint of the SSH key the user logged in with, when known.
+    pub key: Option<String>,
 }
 
 impl Actor {
@@ -17,6 +19,7 @@ impl Actor {
         Actor {
             user: None,
             admin: true,
+            key: None,
         }
     }
 
@@ -25,7 +28,19 @@ impl Actor {
         Actor {
             user: Some(name.to_string()),
             admin,
+            key: None,
         }
+    }
+
+    /// The same actor, logged in with the key of fingerprint `key`.
+    pub fn with_key(mut self, key: Option<String>) -> Actor {
+        self.key = key;
+        self
+    }
+
+    /// Who did something, for the event log: `root` at the console, else the SSH user.
+    pub fn who(&self) -> String {
+        self.user.clone().unwrap_or_else(|| "root".to_string())
     }
 
     /// Whether this actor may manage something owned by `owner`.

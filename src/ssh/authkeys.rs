@@ -17,9 +17,14 @@ pub const GEAR_PORT: u16 = 8080;
 
 /// One authorized_keys line: the forced `ssh-entry` command and the restrictions.
 pub fn line(bin: &Path, socket: &Path, user: &str, key_line: &str, gear_ips: &[Ipv4Addr]) -> String {
+    // The key's fingerprint names who did what in the event log (`SHA256:` and base64: no
+    // character that needs quoting).
+    let key = crate::ssh::key::PublicKey::parse(key_line)
+        .map(|k| format!(" --key {}", k.fingerprint()))
+        .unwrap_or_default();
     let mut opts = vec![
         format!(
-            "command=\"{} ssh-entry --socket {} --user {user}\"",
+            "command=\"{} ssh-entry --socket {} --user {user}{key}\"",
             bin.display(),
             socket.display()
         ),

@@ -32,6 +32,8 @@ pub const VERBS: &[&str] = &[
     "deploy",
     "rollback",
     "cartridges",
+    "top",
+    "events",
     "user",
     "doctor",
     "status",

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 /// Runs one SSH request for `user` through the daemon at `socket`.
-pub fn run(socket: &Path, user: &str) -> Result<i32> {
+pub fn run(socket: &Path, user: &str, key: Option<String>) -> Result<i32> {
     let command = match std::env::var("SSH_ORIGINAL_COMMAND") {
         Ok(c) => c,
         Err(std::env::VarError::NotPresent) => String::new(),
@@ -30,6 +30,7 @@ pub fn run(socket: &Path, user: &str) -> Result<i32> {
         &sock,
         &ToDaemon::Exec {
             user: user.to_string(),
+            key,
             command,
             tty,
             term: std::env::var("TERM").ok().filter(|t| t.len() < 64),

@@ -25,6 +25,8 @@ gearshift: you are logged in as {user}. Send any of these as `{ssh} COMMAND`
   env import APP < .env          set the KEY=VALUE lines of a .env file
   domain add|remove|list APP ...  host names of an app
   run APP CMD [ARGS...]          run a command in the app's gear
+  events [--app APP] [-f]        deploys, crashes, idles and wakes of your apps
+  top [--once] [--json]          your gears' CPU, memory, disk, network (ssh -t)
   shell APP                      a login shell in the gear (ssh -t)
   rsync -e '{ssh_e}' DIR/ {login}@{host}:APP/PATH
   VERB --help                    the options of a verb
@@ -76,7 +78,7 @@ pub fn run(config_path: &Path, verb: RunVerb) -> Result<i32> {
         unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
     }
     let node = Node::load(config_path)?;
-    let actor = Actor::user(&job.user, job.admin);
+    let actor = Actor::user(&job.user, job.admin).with_key(job.key.clone());
     // Hints name commands the way this user sends them (over SSH, not `gearshift ...`).
     serve(&node, config_path, &actor, job, verb)
         .map_err(|e| anyhow::anyhow!("{}", address::for_ssh_user(&node.config, &format!("{e:#}"))))

@@ -1,0 +1,187 @@
+//! Seeing the node: `gearshift top` (locally and over SSH, where a user sees only their own
+//! apps) and the event log.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// One `top --once --json` frame, run as root.
+fn top(n: &TestNode) -> serde_json::Value {
+    serde_json::from_str(n.ok(&["top", "--once", "--json"]).trim()).unwrap()
+}
+
+fn row<'a>(frame: &'a serde_json::Value, app: &str) -> &'a serde_json::Value {
+    frame["gears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["app"] == app)
+        .unwrap_or_else(|| panic!("no line for {app} in {frame}"))
+}
+
+#[test]
+fn top_shows_a_memory_hog_and_a_cpu_burner_and_users_see_their_own() {
+    require_root!();
+    let n = TestNode::new();
+    let _d = n.start_daemon();
+    n.add_profile("tiny", "128M", 0.2, 64, "32M", "8mbit");
+    n.ok(&["app", "create", "hog", "--cartridge", "python", "--profile", "tiny"]);
+    n.ok(&["app", "create", "burner", "--cartridge", "python", "--profile", "tiny"]);
+
+    let first = top(&n);
+    assert_eq!(first["requests_available"], true, "{first}");
+    let base = row(&first, "hog")["memory_bytes"].as_u64().unwrap();
+    assert_eq!(row(&first, "hog")["memory_limit"].as_u64().unwrap(), 128 << 20);
+    assert_eq!(row(&first, "hog")["cpu_quota_percent"].as_f64().unwrap(), 20.0);
+
+    // The hog allocates and touches 40 MiB, then sleeps.
+    let hog = "b=bytearray(40<<20)\nfor i in range(0,len(b),4096): b[i]=1\nimport time\ntime.sleep(600)";
+    let (code, _, err) = n.sh("hog", &format!("nohup python3 -c '{hog}' >/dev/null 2>&1 &"));
+    assert_eq!(code, 0, "{err}");
+    let mut last = serde_json::Value::Null;
+    let rose = eventually(Duration::from_secs(30), || {
+        last = top(&n);
+        row(&last, "hog")["memory_bytes"].as_u64().unwrap() >= base + (36 << 20)
+    });
+    assert!(rose, "the hog's memory did not rise by 40 MiB from {base}: {last}");
+    assert!(row(&last, "hog")["pids"].as_u64().unwrap() >= 1, "{last}");
+
+    // The burner spins; its CPU reaches the profile's quota (20 % of a core) and no more.
+    let (code, _, err) = n.sh("burner", "nohup python3 -c 'while True: pass' >/dev/null 2>&1 &");
+    assert_eq!(code, 0, "{err}");
+    let near = eventually(Duration::from_secs(30), || {
+        last = top(&n);
+        let cpu = row(&last, "burner")["cpu_percent"].as_f64().unwrap();
+        (14.0..=26.0).contains(&cpu)
+    });
+    assert!(near, "the burner's CPU is not near its 20 % quota: {last}");
+    let idle_cpu = row(&last, "hog")["cpu_percent"].as_f64().unwrap();
+    assert!(idle_cpu < 5.0, "the sleeping hog uses {idle_cpu} % CPU: {last}");
+
+    // The table fits 80 columns and names both gears.
+    let table = n.ok(&["top", "--once"]);
+    assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");
+    assert!(table.contains("hog.0") && table.contains("burner.0"), "{table}");
+
+    // A user over SSH sees only their own apps.
+    let key = n.add_user("alice");
+    n.ok(&["app", "create", "mine", "--cartridge", "static", "--owner", "alice"]);
+    let o = n.ssh(&key, &[], Some("top --once --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let frame: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let apps: Vec<&str> = frame["gears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, ["mine"], "{frame}");
+}
+
+fn events_of(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
+    require_root!();
+    let n = TestNode::new();
+    let _d = n.start_daemon();
+    let alice = n.add_user("alice");
+    let bob = n.add_user("bob");
+    let o = n.ssh(&alice, &[], Some("app create shop --cartridge python"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = n.root.join("shop-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(
+        dir.join("server.py"),
+        "import http.server, os\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'up')\n\
+         http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "first"]);
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(ok, "{out}");
+
+    let root_events = || events_of(n.ok(&["events", "--app", "shop", "--json"]).as_bytes());
+    // The push's result is recorded once git has ended, which the client may see first.
+    let mut evs = Vec::new();
+    let done = eventually(Duration::from_secs(20), || {
+        evs = root_events();
+        evs.len() >= 2
+    });
+    assert!(done, "no deploy result: {evs:?}\n{out}");
+    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["deploy.start", "deploy.result"], "{evs:?}");
+    assert_eq!(evs[1]["by"], "alice", "{evs:?}");
+    let fingerprint = String::from_utf8(
+        std::process::Command::new("ssh-keygen")
+            .args(["-lf", alice.with_extension("pub").to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let key = evs[1]["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
+    assert!(
+        key.starts_with("SHA256:") && fingerprint.contains(key),
+        "{key} vs {fingerprint}"
+    );
+    assert_eq!(evs[1]["detail"]["result"], "deployed", "{evs:?}");
+    assert!(evs[1]["detail"]["deployment"].is_string(), "{evs:?}");
+
+    // The web process dies: the supervisor restarts it, the daemon records the crash.
+    n.ok(&["run", "shop", "--", "pkill", "-KILL", "-f", "server.py"]);
+    let mut last = Vec::new();
+    let crashed = eventually(Duration::from_secs(30), || {
+        last = root_events();
+        last.iter().any(|e| e["kind"] == "process.crash")
+    });
+    assert!(crashed, "no crash event: {last:?}");
+    let crash = last.iter().find(|e| e["kind"] == "process.crash").unwrap();
+    assert_eq!(crash["by"], "gearshift");
+    assert!(
+        crash["detail"]["last_exit"].as_str().unwrap_or("").contains('9'),
+        "{crash}"
+    );
+
+    // The owner sees them over SSH; another user sees none of them, nor the app.
+    let o = n.ssh(&alice, &[], Some("events --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mine = events_of(&o.stdout);
+    assert!(mine.iter().any(|e| e["kind"] == "process.crash"), "{mine:?}");
+    assert!(
+        mine.iter().all(|e| e["app"] == "shop"),
+        "alice sees others' events: {mine:?}"
+    );
+    let o = n.ssh(&bob, &[], Some("events --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        events_of(&o.stdout).is_empty(),
+        "bob sees: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = n.ssh(&bob, &[], Some("events --app shop"), b"");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown app 'shop'"));
+
+    // Root sees the user changes too, and the log is root's alone.
+    let all = events_of(n.ok(&["events", "--json"]).as_bytes());
+    assert!(
+        all.iter()
+            .any(|e| e["kind"] == "user.add" && e["detail"]["user"] == "bob" && e["by"] == "root"),
+        "{all:?}"
+    );
+    let table = n.ok(&["events", "--app", "shop"]);
+    assert!(table.contains("deploy.result") && table.contains("by alice"), "{table}");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(n.root.join("logs/events.jsonl")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+}
