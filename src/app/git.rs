@@ -37,7 +37,11 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
     };
     if service == GitService::UploadPack || a.gears.len() < 2 {
         // Never a pty: the git protocol is binary.
-        return app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo]);
+        let code = app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo])?;
+        if code == 0 && service == GitService::ReceivePack && a.cartridge.is_empty() {
+            record_detected(node, &a.name)?;
+        }
+        return Ok(code);
     }
     // A scaled app: the push deploys in gear 0; then every other gear takes that deployment.
     // The push runs in a child, so this process stays outside the gear for the hand-over.
@@ -55,6 +59,9 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
         },
     };
     if code == 0 {
+        if a.cartridge.is_empty() {
+            record_detected(node, &a.name)?;
+        }
         for g in a.gears.iter().skip(1) {
             if let Err(e) = app::replicate(node, &a, g) {
                 eprintln!("gearshift: {e:#}");
@@ -62,4 +69,24 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
         }
     }
     Ok(code)
+}
+
+/// After a successful push to app `app_name`, which had no cartridge: records the one its
+/// gear 0 detected (`ingear/detect.rs`), so that its gears start with it from now on.
+fn record_detected(node: &Node, app_name: &str) -> Result<()> {
+    let app = app::load(node, app_name)?;
+    let Some(g) = app.gears.first() else { return Ok(()) };
+    if !app.cartridge.is_empty() {
+        return Ok(());
+    }
+    let text = app::cartridge::read_gear_file(&g.home(node), crate::ingear::detect::DETECTED)?;
+    let name = app::cartridge::find(node, text.trim())?.manifest.name;
+    let _lock = node.lock()?;
+    let mut app = app::load(node, app_name)?;
+    if app.cartridge.is_empty() {
+        app.cartridge = name;
+        app::save(node, &app)?;
+        app::write_descriptors(node, &app)?;
+    }
+    Ok(())
 }

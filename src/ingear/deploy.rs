@@ -125,7 +125,7 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
 /// `env` is every app process's (`procenv`), for the deployment being built.
 fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
-    let cart = Path::new("/opt/gearshift/cartridge/bin").join(step);
+    let cart = procenv::cartridge_dir().join("bin").join(step);
     let hook = repo.join(".openshift/action_hooks").join(step);
     for (who, path) in [("cartridge", cart), ("action hook", hook)] {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
@@ -308,6 +308,9 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     let push = journal.is_some();
     // The app's own manifests first: a bad Procfile or app.json fails the push before any build.
     let procs = procfile::read(repo)?.unwrap_or_default();
+    if info.cartridge.is_empty() {
+        say(&crate::ingear::detect::choose(repo)?);
+    }
     let app_json = appjson::read(repo)?;
     let jobs = crate::ingear::cron::jobs(repo, &app_json)?;
     if !jobs.is_empty() {

@@ -5,6 +5,7 @@
 pub mod appjson;
 pub mod cron;
 pub mod deploy;
+pub mod detect;
 pub mod journal;
 pub mod procenv;
 pub mod procfile;

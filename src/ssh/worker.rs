@@ -14,7 +14,7 @@ use std::path::Path;
 const HELP: &str = "\
 gearshift: you are logged in as {user}. Send any of these as `{ssh} COMMAND`
 (quote arguments as in a shell: env set APP 'KEY=any value'):
-  app create APP --cartridge C   create an app (cartridges lists them)
+  app create APP [--cartridge C] create an app (default: detected at the first push)
   app list | app show APP | app status APP
   app start|stop|restart|idle APP, app scale APP N, app health APP [PATH]
   app destroy APP --confirm APP
