@@ -658,3 +658,91 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
     assert!(logs.contains("cron.2 | cron hello in"), "{logs}");
     assert!(logs.lines().all(|l| l.starts_with("cron.")), "{logs}");
 }
+
+#[test]
+fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_overrides() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+
+    // Created over SSH with no cartridge: the first push of a repo gearshift cannot place fails
+    // and says what it recognises; nothing is recorded.
+    let (ok, out, err) = ssh_cmd(&d, "app create site");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("detected at the first push"), "{out}");
+    let dir = new_repo(
+        n,
+        "site",
+        &[("Procfile", "web: ./main\n"), ("main.go", "package main\n")],
+    );
+    let (ok, out) = push(&d, &dir, "site");
+    assert!(!ok, "an undetectable repo deployed:\n{out}");
+    for want in [
+        "cannot tell which cartridge",
+        "requirements.txt -> python",
+        "package.json -> nodejs",
+        "index.html -> static",
+        "--cartridge",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    let (_, show, _) = ssh_cmd(&d, "app show site");
+    assert!(show.contains("detected at the first push"), "{show}");
+
+    // index.html only: static, said in a remote: line, recorded, and still so after a restart
+    // (the gear then starts with that cartridge alone).
+    std::fs::remove_file(dir.join("Procfile")).unwrap();
+    write_files(&dir, &[("index.html", "<h1>detected static</h1>\n")]);
+    commit(&dir, "a page");
+    let (ok, out) = push(&d, &dir, "site");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("remote: -----> detected static (because index.html)"),
+        "{out}"
+    );
+    assert!(get(n, "site", "/").1.contains("detected static"));
+    let (_, show, _) = ssh_cmd(&d, "app show site");
+    assert!(show.contains("cartridge: static cartridge"), "{show}");
+    n.ok(&["app", "stop", "site"]);
+    n.ok(&["app", "start", "site"]);
+    let (code, page) = get(n, "site", "/");
+    assert_eq!((code, page.contains("detected static")), (200, true), "{page}");
+
+    // requirements.txt: python (an empty one needs no PyPI), its Procfile's web runs.
+    n.ok(&["app", "create", "py", "--owner", "dev"]);
+    let files = [
+        ("requirements.txt", "# nothing yet\n"),
+        ("index.html", "not served\n"),
+        ("page.txt", "served by python\n"),
+        ("server.py", SERVER),
+        ("Procfile", "web: python server.py\n"),
+    ];
+    let dir = new_repo(n, "py", &files);
+    let (ok, out) = push(&d, &dir, "py");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("remote: -----> detected python (because requirements.txt)"),
+        "{out}"
+    );
+    assert!(get(n, "py", "/").1.contains("served by python"));
+    // The next push detects nothing: the cartridge is the app's now.
+    write_files(&dir, &[("page.txt", "again\n")]);
+    commit(&dir, "again");
+    let (ok, out) = push(&d, &dir, "py");
+    assert!(ok && !out.contains("detected"), "{out}");
+    assert!(get(n, "py", "/").1.contains("again"));
+
+    // --cartridge overrides what the files say.
+    n.ok(&["app", "create", "forced", "--cartridge", "static", "--owner", "dev"]);
+    let dir = new_repo(
+        n,
+        "forced",
+        &[
+            ("requirements.txt", "flask\n"),
+            ("index.html", "<p>forced static</p>\n"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "forced");
+    assert!(ok && !out.contains("detected"), "{out}");
+    assert!(get(n, "forced", "/").1.contains("forced static"));
+}

@@ -35,15 +35,13 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
         GitService::ReceivePack => Some(crate::state::Lock::shared(&app::push_lock(node, &a.name))?),
         GitService::UploadPack => None,
     };
-    if service == GitService::UploadPack || a.gears.len() < 2 {
+    // An app without a cartridge records the one its push detected, outside the gear.
+    if service == GitService::UploadPack || (a.gears.len() < 2 && !a.cartridge.is_empty()) {
         // Never a pty: the git protocol is binary.
-        let code = app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo])?;
-        if code == 0 && service == GitService::ReceivePack && a.cartridge.is_empty() {
-            record_detected(node, &a.name)?;
-        }
-        return Ok(code);
+        return app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo]);
     }
-    // A scaled app: the push deploys in gear 0; then every other gear takes that deployment.
+    // A scaled app (or one without a cartridge yet): the push deploys in gear 0; then every other
+    // gear takes that deployment.
     // The push runs in a child, so this process stays outside the gear for the hand-over.
     // SAFETY: single-threaded process (CLI or worker); the child leaves with _exit.
     let code = match unsafe { nix::unistd::fork() }? {
@@ -60,7 +58,10 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
     };
     if code == 0 {
         if a.cartridge.is_empty() {
-            record_detected(node, &a.name)?;
+            // The push is live either way; the next push detects again.
+            if let Err(e) = record_detected(node, &a.name) {
+                eprintln!("gearshift: cannot record the detected cartridge: {e:#}");
+            }
         }
         for g in a.gears.iter().skip(1) {
             if let Err(e) = app::replicate(node, &a, g) {
