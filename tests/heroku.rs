@@ -746,3 +746,118 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
     assert!(ok && !out.contains("detected"), "{out}");
     assert!(get(n, "forced", "/").1.contains("forced static"));
 }
+
+/// The exact version of the host's /usr/bin/python3, and its minor.
+fn host_python() -> (String, String) {
+    let o = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import platform, sys; print(platform.python_version()); print(sys.version_info[1])",
+        ])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    let mut l = out.lines();
+    (l.next().unwrap().to_string(), l.next().unwrap().to_string())
+}
+
+#[test]
+fn runtime_pins_choose_an_installed_interpreter_or_fail_with_what_is_installed() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    let (exact, minor) = host_python();
+
+    // runtime.txt with another patch release of an installed 3.X: that interpreter, named exactly,
+    // and the app's processes run on it.
+    n.ok(&["app", "create", "pinned", "--cartridge", "python", "--owner", "dev"]);
+    let files = [
+        ("runtime.txt", format!("python-3.{minor}.99\n")),
+        ("page.txt", "pinned\n".to_string()),
+        ("server.py", SERVER.to_string()),
+        ("Procfile", "web: python server.py\n".to_string()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let dir = new_repo(n, "pinned", &files);
+    let (ok, out) = push(&d, &dir, "pinned");
+    assert!(ok, "{out}");
+    let note = format!(
+        "remote: -----> runtime.txt asks for python-3.{minor}.99: using python {exact} (/usr/bin/python3.{minor})"
+    );
+    assert!(out.contains(&note), "missing {note:?}:\n{out}");
+    assert!(get(n, "pinned", "/").1.contains("pinned"));
+    let (ok, v, err) = ssh_cmd(&d, "run pinned python -c 'import sys; print(sys.prefix)'");
+    assert!(
+        ok && v.contains("/.venv"),
+        "the pin's venv is not first on PATH: {v}{err}"
+    );
+
+    // A python nobody installed: the build fails with what is installed and how to add one; the
+    // pinned version keeps serving.
+    write_files(&dir, &[("runtime.txt", "python-3.99.1\n"), ("page.txt", "never\n")]);
+    commit(&dir, "3.99");
+    let (ok, out) = push(&d, &dir, "pinned");
+    assert!(!ok, "{out}");
+    for want in [
+        "runtime.txt asks for python 3.99".to_string(),
+        format!("installed: {exact} (/usr/bin/python3.{minor})"),
+        "apt-get install python3.99".into(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?}:\n{out}");
+    }
+    assert!(get(n, "pinned", "/").1.contains("pinned"));
+
+    // .python-version, major.minor only.
+    std::fs::remove_file(dir.join("runtime.txt")).unwrap();
+    write_files(
+        &dir,
+        &[
+            (".python-version", &format!("3.{minor}\n")),
+            ("page.txt", "by .python-version\n"),
+        ],
+    );
+    commit(&dir, ".python-version");
+    let (ok, out) = push(&d, &dir, "pinned");
+    assert!(
+        ok && out.contains(&format!(".python-version asks for 3.{minor}: using python {exact}")),
+        "{out}"
+    );
+    assert!(get(n, "pinned", "/").1.contains("by .python-version"));
+
+    // engines.node: satisfied by the installed node (named exactly), or the build fails naming
+    // it and NodeSource.
+    let node = text(&Command::new("/usr/bin/node").arg("--version").output().unwrap().stdout);
+    let node = node.trim().trim_start_matches('v').to_string();
+    let major = node.split('.').next().unwrap().to_string();
+    n.ok(&["app", "create", "engines", "--owner", "dev"]);
+    let server = "require('http').createServer((q, s) => s.end('node ' + process.version)).listen(process.env.PORT);\n";
+    let pkg = |range: &str| {
+        format!("{{\"name\": \"engines\", \"engines\": {{\"node\": \"{range}\"}}, \"scripts\": {{\"start\": \"node server.js\"}}}}\n")
+    };
+    let dir = new_repo(
+        n,
+        "engines",
+        &[("package.json", &pkg(&format!("^{major}"))), ("server.js", server)],
+    );
+    let (ok, out) = push(&d, &dir, "engines");
+    assert!(ok, "{out}");
+    let note = format!("package.json engines.node asks for ^{major}: using node {node} (/usr/bin/node)");
+    assert!(out.contains(&note), "missing {note:?}:\n{out}");
+    assert!(get(n, "engines", "/").1.contains(&format!("node v{node}")));
+    write_files(&dir, &[("package.json", &pkg(">=99"))]);
+    commit(&dir, "node 99");
+    let (ok, out) = push(&d, &dir, "engines");
+    assert!(
+        !ok && out.contains(&format!("installed: {node} (/usr/bin/node)")) && out.contains("NodeSource"),
+        "{out}"
+    );
+    assert!(get(n, "engines", "/").1.contains(&format!("node v{node}")));
+
+    // doctor lists what pins can choose.
+    let doctor = text(&n.gs(&["doctor"]).stdout);
+    assert!(
+        doctor.contains(&format!("{exact} (/usr/bin/python3.{minor})")),
+        "{doctor}"
+    );
+    assert!(doctor.contains(&format!("{node} (/usr/bin/node)")), "{doctor}");
+}

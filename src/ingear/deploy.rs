@@ -328,7 +328,13 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     ));
-    let env = procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge());
+    let spec = procenv::PathSpec::of_cartridge();
+    let mut env = procenv::for_deployment(env, repo, &spec);
+    if let Some((interp, note)) = crate::ingear::runtime_pin::resolve(&spec.name, repo)? {
+        say(&note);
+        // The cartridge's build makes the deployment's environment with it (python: the venv).
+        env.push(("GEARSHIFT_INTERPRETER".into(), interp.path.display().to_string()));
+    }
     for step in ["pre_build", "build", "deploy"] {
         run_step(step, repo, &env)?;
     }

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod procenv;
 pub mod procfile;
 pub mod release;
+pub mod runtime_pin;
 pub mod static_server;
 pub mod supervisor;
 pub mod workers;

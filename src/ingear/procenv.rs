@@ -26,6 +26,9 @@ pub fn cartridge_dir() -> PathBuf {
 /// The part of a cartridge's `manifest.toml` that shapes `PATH`.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 pub struct PathSpec {
+    /// The cartridge's name (`python`, `nodejs`).
+    #[serde(default)]
+    pub name: String,
     /// Directories inside the deployment, first on `PATH` (python: `.venv/bin`).
     #[serde(default)]
     pub app_path: Vec<String>,
@@ -121,6 +124,7 @@ mod tests {
         let spec = PathSpec {
             app_path: vec![".venv/bin".into(), "/etc".into(), "../x".into()],
             path: vec!["usr/bin".into()],
+            ..Default::default()
         };
         let p = search_path(Path::new("/home/a/app-deployments/1/repo"), &spec, "/usr/bin:/bin");
         assert_eq!(
