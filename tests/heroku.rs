@@ -861,3 +861,77 @@ fn runtime_pins_choose_an_installed_interpreter_or_fail_with_what_is_installed()
     );
     assert!(doctor.contains(&format!("{node} (/usr/bin/node)")), "{doctor}");
 }
+
+#[test]
+fn an_express_app_with_a_lock_file_and_no_procfile_builds_and_starts_with_npm_start() {
+    require_root!();
+    if offline_leaves_out(&test_name!(), "the whole test (Express comes from the npm registry)") {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    let (ok, out, err) = ssh_cmd(&d, "app create shop");
+    assert!(ok, "{out}{err}");
+    let dir = example_repo(n, "heroku-express");
+    let (ok, out) = push(&d, &dir, "shop");
+    assert!(ok, "the Express app did not deploy:\n{out}");
+    for want in [
+        "remote: -----> detected nodejs (because package.json)",
+        "package.json engines.node asks for >=18: using node",
+        "Installing dependencies with npm ci (package-lock.json",
+        "Running the build script of package.json (npm run build)",
+        "wrote dist/banner.txt",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    let (code, page) = get(n, "shop", "/");
+    assert_eq!(code, 200, "{page}\n{out}");
+    assert!(page.contains("Hello from Express 4.21.2"), "{page}");
+    assert!(page.contains("built by npm run build with node v"), "{page}");
+
+    // A code change: node_modules reused, the build script runs again.
+    let build = std::fs::read_to_string(dir.join("build.js")).unwrap();
+    write_files(&dir, &[("build.js", &build.replace("built by", "rebuilt by"))]);
+    commit(&dir, "rebuild");
+    let (ok, out) = push(&d, &dir, "shop");
+    assert!(ok, "{out}");
+    assert!(out.contains("unchanged: reusing the previous node_modules"), "{out}");
+    assert!(out.contains("npm run build"), "{out}");
+    assert!(get(n, "shop", "/").1.contains("rebuilt by npm run build"));
+}
+
+#[test]
+fn a_django_style_app_gets_collectstatic_at_build_unless_disabled() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "dj", "--cartridge", "python", "--owner", "dev"]);
+    // A stand-in for Django's manage.py (no PyPI needed): collectstatic writes what it was asked.
+    let manage = "import sys, os\nos.makedirs('staticfiles', exist_ok=True)\nopen('staticfiles/ran.txt', 'w').write(' '.join(sys.argv[1:]))\nprint('collected 1 static file')\n";
+    let settings = "INSTALLED_APPS = ['django.contrib.staticfiles']\n";
+    let server = SERVER.replace(
+        "open('page.txt')",
+        "open('staticfiles/ran.txt' if os.path.exists('staticfiles/ran.txt') else 'page.txt')",
+    );
+    let files = [
+        ("manage.py", manage),
+        ("site/settings.py", settings),
+        ("page.txt", "no collectstatic\n"),
+        ("server.py", server.as_str()),
+        ("Procfile", "web: python3 server.py\n"),
+    ];
+    let dir = new_repo(n, "dj", &files);
+    let (ok, out) = push(&d, &dir, "dj");
+    assert!(ok, "{out}");
+    assert!(out.contains("Running manage.py collectstatic --noinput"), "{out}");
+    assert!(out.contains("collected 1 static file"), "{out}");
+    assert_eq!(get(n, "dj", "/").1, "collectstatic --noinput");
+
+    // DISABLE_COLLECTSTATIC=1, as on Heroku.
+    n.ok(&["env", "set", "dj", "DISABLE_COLLECTSTATIC=1"]);
+    write_files(&dir, &[("page.txt", "skipped\n")]);
+    commit(&dir, "skip");
+    let (ok, out) = push(&d, &dir, "dj");
+    assert!(ok && !out.contains("collectstatic"), "{out}");
+    assert_eq!(get(n, "dj", "/").1, "skipped\n");
+}
