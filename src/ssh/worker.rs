@@ -97,7 +97,7 @@ fn serve(node: &Node, config_path: &Path, actor: &Actor, job: Job, verb: RunVerb
                 if op == GitOp::ReceivePack {
                     let ssh = address::ssh(&node.config);
                     eprintln!(
-                        "remote: create it with `{ssh} app create {app} --cartridge CARTRIDGE` (see `{ssh} cartridges`), then push again"
+                        "remote: create it with `{ssh} app create {app}` (the push detects the cartridge; or --cartridge CARTRIDGE, see `{ssh} cartridges`), then push again"
                     );
                 }
                 return Ok(128);
