@@ -935,3 +935,51 @@ fn a_django_style_app_gets_collectstatic_at_build_unless_disabled() {
     assert!(ok && !out.contains("collectstatic"), "{out}");
     assert_eq!(get(n, "dj", "/").1, "skipped\n");
 }
+
+#[test]
+fn a_django_app_with_whitenoise_manifest_storage_and_a_release_migrate_deploys_unchanged() {
+    require_root!();
+    if offline_leaves_out(
+        &test_name!(),
+        "the whole test (Django, WhiteNoise and gunicorn come from PyPI)",
+    ) {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    let (ok, out, err) = ssh_cmd(&d, "app create django");
+    assert!(ok, "{out}{err}");
+    let dir = example_repo(n, "heroku-django");
+    let (exact, minor) = host_python();
+    if minor != "11" {
+        // The example pins 3.11, as a Heroku app would; this host's python is another.
+        write_files(&dir, &[("runtime.txt", &format!("python-3.{minor}.0\n"))]);
+        commit(&dir, "this host's python");
+    }
+    let (ok, out) = push(&d, &dir, "django");
+    assert!(ok, "the Django app did not deploy:\n{out}");
+    for want in [
+        "remote: -----> detected python (because requirements.txt)".to_string(),
+        format!("asks for python-3.{minor}"),
+        format!("using python {exact}"),
+        "Running manage.py collectstatic --noinput".into(),
+        "Applying auth.0001_initial".into(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?}:\n{out}");
+    }
+    let (code, page) = get(n, "django", "/");
+    assert_eq!(code, 200, "{page}\n{out}");
+    assert!(
+        page.contains("Hello from Django") && page.contains("migrated: True"),
+        "{page}"
+    );
+    // The manifest storage's hashed name, served by WhiteNoise.
+    let css = page
+        .split('"')
+        .find(|s| s.starts_with("/static/css/site.") && s.ends_with(".css"))
+        .unwrap_or_else(|| panic!("no hashed stylesheet in {page}"));
+    assert_ne!(css, "/static/css/site.css", "{page}");
+    let (code, body) = get(n, "django", css);
+    assert_eq!(code, 200, "{css}: {body}");
+    assert!(body.contains("#3b5"), "{body}");
+}
