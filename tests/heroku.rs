@@ -406,6 +406,13 @@ fn ssh_cmd(d: &DevNode, cmd: &str) -> (bool, String, String) {
     (o.status.success(), text(&o.stdout), text(&o.stderr))
 }
 
+/// `app create APP` over SSH, without --cartridge; what it printed.
+fn ssh_create(d: &DevNode, app: &str) -> String {
+    let (ok, out, err) = ssh_cmd(d, &format!("app create {app}"));
+    assert!(ok, "{out}{err}");
+    out
+}
+
 /// The command lines of APP's gear 0 (`run APP ps -eo args`) that run `what`.
 fn ps_lines(d: &DevNode, app: &str, what: &str) -> Vec<String> {
     let (_, out, _) = ssh_cmd(d, &format!("run {app} ps -eo args"));
@@ -667,8 +674,7 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
 
     // Created over SSH with no cartridge: the first push of a repo gearshift cannot place fails
     // and says what it recognises; nothing is recorded.
-    let (ok, out, err) = ssh_cmd(&d, "app create site");
-    assert!(ok, "{out}{err}");
+    let out = ssh_create(&d, "site");
     assert!(out.contains("detected at the first push"), "{out}");
     let dir = new_repo(
         n,
@@ -870,8 +876,7 @@ fn an_express_app_with_a_lock_file_and_no_procfile_builds_and_starts_with_npm_st
     }
     let d = dev_node();
     let n = &d.n;
-    let (ok, out, err) = ssh_cmd(&d, "app create shop");
-    assert!(ok, "{out}{err}");
+    ssh_create(&d, "shop");
     let dir = example_repo(n, "heroku-express");
     let (ok, out) = push(&d, &dir, "shop");
     assert!(ok, "the Express app did not deploy:\n{out}");
@@ -947,8 +952,7 @@ fn a_django_app_with_whitenoise_manifest_storage_and_a_release_migrate_deploys_u
     }
     let d = dev_node();
     let n = &d.n;
-    let (ok, out, err) = ssh_cmd(&d, "app create django");
-    assert!(ok, "{out}{err}");
+    ssh_create(&d, "django");
     let dir = example_repo(n, "heroku-django");
     let (exact, minor) = host_python();
     if minor != "11" {
