@@ -406,6 +406,13 @@ fn ssh_cmd(d: &DevNode, cmd: &str) -> (bool, String, String) {
     (o.status.success(), text(&o.stdout), text(&o.stderr))
 }
 
+/// `app create APP` over SSH, without --cartridge; what it printed.
+fn ssh_create(d: &DevNode, app: &str) -> String {
+    let (ok, out, err) = ssh_cmd(d, &format!("app create {app}"));
+    assert!(ok, "{out}{err}");
+    out
+}
+
 /// The command lines of APP's gear 0 (`run APP ps -eo args`) that run `what`.
 fn ps_lines(d: &DevNode, app: &str, what: &str) -> Vec<String> {
     let (_, out, _) = ssh_cmd(d, &format!("run {app} ps -eo args"));
@@ -657,4 +664,326 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
     let (_, logs, _) = ssh_cmd(&d, "logs sched --type cron");
     assert!(logs.contains("cron.2 | cron hello in"), "{logs}");
     assert!(logs.lines().all(|l| l.starts_with("cron.")), "{logs}");
+}
+
+#[test]
+fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_overrides() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+
+    // Created over SSH with no cartridge: the first push of a repo gearshift cannot place fails
+    // and says what it recognises; nothing is recorded.
+    let out = ssh_create(&d, "site");
+    assert!(out.contains("detected at the first push"), "{out}");
+    let dir = new_repo(
+        n,
+        "site",
+        &[("Procfile", "web: ./main\n"), ("main.go", "package main\n")],
+    );
+    let (ok, out) = push(&d, &dir, "site");
+    assert!(!ok, "an undetectable repo deployed:\n{out}");
+    for want in [
+        "cannot tell which cartridge",
+        "requirements.txt -> python",
+        "package.json -> nodejs",
+        "index.html -> static",
+        "--cartridge",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    let (_, show, _) = ssh_cmd(&d, "app show site");
+    assert!(show.contains("detected at the first push"), "{show}");
+
+    // index.html only: static, said in a remote: line, recorded, and still so after a restart
+    // (the gear then starts with that cartridge alone).
+    std::fs::remove_file(dir.join("Procfile")).unwrap();
+    write_files(&dir, &[("index.html", "<h1>detected static</h1>\n")]);
+    commit(&dir, "a page");
+    let (ok, out) = push(&d, &dir, "site");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("remote: -----> detected static (because index.html)"),
+        "{out}"
+    );
+    assert!(get(n, "site", "/").1.contains("detected static"));
+    let (_, show, _) = ssh_cmd(&d, "app show site");
+    assert!(show.contains("cartridge: static cartridge"), "{show}");
+    n.ok(&["app", "stop", "site"]);
+    n.ok(&["app", "start", "site"]);
+    let (code, page) = get(n, "site", "/");
+    assert_eq!((code, page.contains("detected static")), (200, true), "{page}");
+
+    // requirements.txt: python (an empty one needs no PyPI), its Procfile's web runs.
+    n.ok(&["app", "create", "py", "--owner", "dev"]);
+    let files = [
+        ("requirements.txt", "# nothing yet\n"),
+        ("index.html", "not served\n"),
+        ("page.txt", "served by python\n"),
+        ("server.py", SERVER),
+        ("Procfile", "web: python server.py\n"),
+    ];
+    let dir = new_repo(n, "py", &files);
+    let (ok, out) = push(&d, &dir, "py");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("remote: -----> detected python (because requirements.txt)"),
+        "{out}"
+    );
+    assert!(get(n, "py", "/").1.contains("served by python"));
+    // The next push detects nothing: the cartridge is the app's now.
+    write_files(&dir, &[("page.txt", "again\n")]);
+    commit(&dir, "again");
+    let (ok, out) = push(&d, &dir, "py");
+    assert!(ok && !out.contains("detected"), "{out}");
+    assert!(get(n, "py", "/").1.contains("again"));
+
+    // --cartridge overrides what the files say.
+    n.ok(&["app", "create", "forced", "--cartridge", "static", "--owner", "dev"]);
+    let dir = new_repo(
+        n,
+        "forced",
+        &[
+            ("requirements.txt", "flask\n"),
+            ("index.html", "<p>forced static</p>\n"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "forced");
+    assert!(ok && !out.contains("detected"), "{out}");
+    assert!(get(n, "forced", "/").1.contains("forced static"));
+}
+
+/// The exact version of the host's /usr/bin/python3, and its minor.
+fn host_python() -> (String, String) {
+    let o = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import platform, sys; print(platform.python_version()); print(sys.version_info[1])",
+        ])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    let mut l = out.lines();
+    (l.next().unwrap().to_string(), l.next().unwrap().to_string())
+}
+
+#[test]
+fn runtime_pins_choose_an_installed_interpreter_or_fail_with_what_is_installed() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    let (exact, minor) = host_python();
+
+    // runtime.txt with another patch release of an installed 3.X: that interpreter, named exactly,
+    // and the app's processes run on it.
+    n.ok(&["app", "create", "pinned", "--cartridge", "python", "--owner", "dev"]);
+    let files = [
+        ("runtime.txt", format!("python-3.{minor}.99\n")),
+        ("page.txt", "pinned\n".to_string()),
+        ("server.py", SERVER.to_string()),
+        ("Procfile", "web: python server.py\n".to_string()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let dir = new_repo(n, "pinned", &files);
+    let (ok, out) = push(&d, &dir, "pinned");
+    assert!(ok, "{out}");
+    let note = format!(
+        "remote: -----> runtime.txt asks for python-3.{minor}.99: using python {exact} (/usr/bin/python3.{minor})"
+    );
+    assert!(out.contains(&note), "missing {note:?}:\n{out}");
+    assert!(get(n, "pinned", "/").1.contains("pinned"));
+    let (ok, v, err) = ssh_cmd(&d, "run pinned python -c 'import sys; print(sys.prefix)'");
+    assert!(
+        ok && v.contains("/.venv"),
+        "the pin's venv is not first on PATH: {v}{err}"
+    );
+
+    // A python nobody installed: the build fails with what is installed and how to add one; the
+    // pinned version keeps serving.
+    write_files(&dir, &[("runtime.txt", "python-3.99.1\n"), ("page.txt", "never\n")]);
+    commit(&dir, "3.99");
+    let (ok, out) = push(&d, &dir, "pinned");
+    assert!(!ok, "{out}");
+    for want in [
+        "runtime.txt asks for python 3.99".to_string(),
+        format!("installed: {exact} (/usr/bin/python3.{minor})"),
+        "apt-get install python3.99".into(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?}:\n{out}");
+    }
+    assert!(get(n, "pinned", "/").1.contains("pinned"));
+
+    // .python-version, major.minor only.
+    std::fs::remove_file(dir.join("runtime.txt")).unwrap();
+    write_files(
+        &dir,
+        &[
+            (".python-version", &format!("3.{minor}\n")),
+            ("page.txt", "by .python-version\n"),
+        ],
+    );
+    commit(&dir, ".python-version");
+    let (ok, out) = push(&d, &dir, "pinned");
+    assert!(
+        ok && out.contains(&format!(".python-version asks for 3.{minor}: using python {exact}")),
+        "{out}"
+    );
+    assert!(get(n, "pinned", "/").1.contains("by .python-version"));
+
+    // engines.node: satisfied by the installed node (named exactly), or the build fails naming
+    // it and NodeSource.
+    let node = text(&Command::new("/usr/bin/node").arg("--version").output().unwrap().stdout);
+    let node = node.trim().trim_start_matches('v').to_string();
+    let major = node.split('.').next().unwrap().to_string();
+    n.ok(&["app", "create", "engines", "--owner", "dev"]);
+    let server = "require('http').createServer((q, s) => s.end('node ' + process.version)).listen(process.env.PORT);\n";
+    let pkg = |range: &str| {
+        format!("{{\"name\": \"engines\", \"engines\": {{\"node\": \"{range}\"}}, \"scripts\": {{\"start\": \"node server.js\"}}}}\n")
+    };
+    let dir = new_repo(
+        n,
+        "engines",
+        &[("package.json", &pkg(&format!("^{major}"))), ("server.js", server)],
+    );
+    let (ok, out) = push(&d, &dir, "engines");
+    assert!(ok, "{out}");
+    let note = format!("package.json engines.node asks for ^{major}: using node {node} (/usr/bin/node)");
+    assert!(out.contains(&note), "missing {note:?}:\n{out}");
+    assert!(get(n, "engines", "/").1.contains(&format!("node v{node}")));
+    write_files(&dir, &[("package.json", &pkg(">=99"))]);
+    commit(&dir, "node 99");
+    let (ok, out) = push(&d, &dir, "engines");
+    assert!(
+        !ok && out.contains(&format!("installed: {node} (/usr/bin/node)")) && out.contains("NodeSource"),
+        "{out}"
+    );
+    assert!(get(n, "engines", "/").1.contains(&format!("node v{node}")));
+
+    // doctor lists what pins can choose.
+    let doctor = text(&n.gs(&["doctor"]).stdout);
+    assert!(
+        doctor.contains(&format!("{exact} (/usr/bin/python3.{minor})")),
+        "{doctor}"
+    );
+    assert!(doctor.contains(&format!("{node} (/usr/bin/node)")), "{doctor}");
+}
+
+#[test]
+fn an_express_app_with_a_lock_file_and_no_procfile_builds_and_starts_with_npm_start() {
+    require_root!();
+    if offline_leaves_out(&test_name!(), "the whole test (Express comes from the npm registry)") {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    ssh_create(&d, "shop");
+    let dir = example_repo(n, "heroku-express");
+    let (ok, out) = push(&d, &dir, "shop");
+    assert!(ok, "the Express app did not deploy:\n{out}");
+    for want in [
+        "remote: -----> detected nodejs (because package.json)",
+        "package.json engines.node asks for >=18: using node",
+        "Installing dependencies with npm ci (package-lock.json",
+        "Running the build script of package.json (npm run build)",
+        "wrote dist/banner.txt",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    let (code, page) = get(n, "shop", "/");
+    assert_eq!(code, 200, "{page}\n{out}");
+    assert!(page.contains("Hello from Express 4.21.2"), "{page}");
+    assert!(page.contains("built by npm run build with node v"), "{page}");
+
+    // A code change: node_modules reused, the build script runs again.
+    let build = std::fs::read_to_string(dir.join("build.js")).unwrap();
+    write_files(&dir, &[("build.js", &build.replace("built by", "rebuilt by"))]);
+    commit(&dir, "rebuild");
+    let (ok, out) = push(&d, &dir, "shop");
+    assert!(ok, "{out}");
+    assert!(out.contains("unchanged: reusing the previous node_modules"), "{out}");
+    assert!(out.contains("npm run build"), "{out}");
+    assert!(get(n, "shop", "/").1.contains("rebuilt by npm run build"));
+}
+
+#[test]
+fn a_django_style_app_gets_collectstatic_at_build_unless_disabled() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "dj", "--cartridge", "python", "--owner", "dev"]);
+    // A stand-in for Django's manage.py (no PyPI needed): collectstatic writes what it was asked.
+    let manage = "import sys, os\nos.makedirs('staticfiles', exist_ok=True)\nopen('staticfiles/ran.txt', 'w').write(' '.join(sys.argv[1:]))\nprint('collected 1 static file')\n";
+    let settings = "INSTALLED_APPS = ['django.contrib.staticfiles']\n";
+    let server = SERVER.replace(
+        "open('page.txt')",
+        "open('staticfiles/ran.txt' if os.path.exists('staticfiles/ran.txt') else 'page.txt')",
+    );
+    let files = [
+        ("manage.py", manage),
+        ("site/settings.py", settings),
+        ("page.txt", "no collectstatic\n"),
+        ("server.py", server.as_str()),
+        ("Procfile", "web: python3 server.py\n"),
+    ];
+    let dir = new_repo(n, "dj", &files);
+    let (ok, out) = push(&d, &dir, "dj");
+    assert!(ok, "{out}");
+    assert!(out.contains("Running manage.py collectstatic --noinput"), "{out}");
+    assert!(out.contains("collected 1 static file"), "{out}");
+    assert_eq!(get(n, "dj", "/").1, "collectstatic --noinput");
+
+    // DISABLE_COLLECTSTATIC=1, as on Heroku.
+    n.ok(&["env", "set", "dj", "DISABLE_COLLECTSTATIC=1"]);
+    write_files(&dir, &[("page.txt", "skipped\n")]);
+    commit(&dir, "skip");
+    let (ok, out) = push(&d, &dir, "dj");
+    assert!(ok && !out.contains("collectstatic"), "{out}");
+    assert_eq!(get(n, "dj", "/").1, "skipped\n");
+}
+
+#[test]
+fn a_django_app_with_whitenoise_manifest_storage_and_a_release_migrate_deploys_unchanged() {
+    require_root!();
+    if offline_leaves_out(
+        &test_name!(),
+        "the whole test (Django, WhiteNoise and gunicorn come from PyPI)",
+    ) {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    ssh_create(&d, "django");
+    let dir = example_repo(n, "heroku-django");
+    let (exact, minor) = host_python();
+    if minor != "11" {
+        // The example pins 3.11, as a Heroku app would; this host's python is another.
+        write_files(&dir, &[("runtime.txt", &format!("python-3.{minor}.0\n"))]);
+        commit(&dir, "this host's python");
+    }
+    let (ok, out) = push(&d, &dir, "django");
+    assert!(ok, "the Django app did not deploy:\n{out}");
+    for want in [
+        "remote: -----> detected python (because requirements.txt)".to_string(),
+        format!("asks for python-3.{minor}"),
+        format!("using python {exact}"),
+        "Running manage.py collectstatic --noinput".into(),
+        "Applying auth.0001_initial".into(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?}:\n{out}");
+    }
+    let (code, page) = get(n, "django", "/");
+    assert_eq!(code, 200, "{page}\n{out}");
+    assert!(
+        page.contains("Hello from Django") && page.contains("migrated: True"),
+        "{page}"
+    );
+    // The manifest storage's hashed name, served by WhiteNoise.
+    let css = page
+        .split('"')
+        .find(|s| s.starts_with("/static/css/site.") && s.ends_with(".css"))
+        .unwrap_or_else(|| panic!("no hashed stylesheet in {page}"));
+    assert_ne!(css, "/static/css/site.css", "{page}");
+    let (code, body) = get(n, "django", css);
+    assert_eq!(code, 200, "{css}: {body}");
+    assert!(body.contains("#3b5"), "{body}");
 }

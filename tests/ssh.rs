@@ -404,7 +404,7 @@ fn messages_are_in_the_users_terms() {
     assert!(!ok, "{out}");
     let create = out
         .find(&format!(
-            "remote: create it with `{ssh_form} app create nosuch --cartridge"
+            "remote: create it with `{ssh_form} app create nosuch` (the push detects the cartridge"
         ))
         .unwrap_or_else(|| panic!("no hint to create the app: {out}"));
     let fatal = out.find("fatal:").unwrap_or(usize::MAX);

@@ -146,7 +146,12 @@ pub fn descriptor(node: &Node, a: &Addon, s: &Secret) -> Result<GearInfo> {
 pub fn boot(a: &Addon) -> gear::Boot {
     gear::Boot {
         cartridge: a.kind.clone(),
-        cartridge_dir: |node, name| kit::ensure(node, Kind::parse(name)?),
+        cartridge_binds: |node, name| {
+            Ok(vec![(
+                kit::ensure(node, Kind::parse(name)?)?,
+                "/opt/gearshift/cartridge".into(),
+            )])
+        },
         supervisor: service::run,
     }
 }

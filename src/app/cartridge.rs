@@ -49,6 +49,22 @@ pub fn find(node: &Node, name: &str) -> Result<Cartridge> {
     )
 }
 
+/// What a gear of an app with cartridge `name` sees: that cartridge at /opt/gearshift/cartridge;
+/// while the app has none (`name` empty: detected at its first push), every cartridge at
+/// /opt/gearshift/cartridges/NAME.
+pub fn binds(node: &Node, name: &str) -> Result<Vec<(PathBuf, PathBuf)>> {
+    if name.is_empty() {
+        return Ok(list(node)
+            .into_iter()
+            .map(|c| {
+                let at = PathBuf::from(crate::ingear::detect::CARTRIDGES_DIR).join(&c.manifest.name);
+                (c.dir, at)
+            })
+            .collect());
+    }
+    Ok(vec![(find(node, name)?.dir, "/opt/gearshift/cartridge".into())])
+}
+
 /// Every cartridge on the search path (first one wins for a name).
 pub fn list(node: &Node) -> Vec<Cartridge> {
     let mut out: Vec<Cartridge> = Vec::new();
@@ -104,4 +120,47 @@ pub fn print_list(node: &Node, json: bool) -> Result<()> {
         .collect();
     crate::table::print(&["NAME", "VERSION", "KIND", "DESCRIPTION", "DIR"], &rows);
     Ok(())
+}
+
+/// A small file the gear wrote under its home, read by root without following any symlink the
+/// gear may have put on the way (nothing outside the home is ever read).
+pub fn read_gear_file(home: &std::path::Path, rel: &str) -> Result<String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let c = |p: &str| std::ffi::CString::new(p).context("a path with a NUL byte");
+    let home_c = c(&home.display().to_string())?;
+    let rel_c = c(rel)?;
+    // SAFETY: open_how is plain data; zeroed is a valid value before the fields are set.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: home_c is a valid NUL-terminated path; the descriptor is closed below.
+    let dir = unsafe { libc::open(home_c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if dir < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot open {}", home.display()));
+    }
+    // SAFETY: dir is an open descriptor, rel_c a valid path, how a valid open_how of its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            rel_c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    } as i32;
+    let err = std::io::Error::last_os_error();
+    // SAFETY: dir is ours and not used again.
+    unsafe { libc::close(dir) };
+    if fd < 0 {
+        return Err(err).with_context(|| format!("cannot read {rel} in {}", home.display()));
+    }
+    // SAFETY: fd is a fresh descriptor owned by nothing else.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    if !f.metadata()?.is_file() {
+        bail!("{rel} in {} is not a file", home.display());
+    }
+    let mut text = String::new();
+    f.take(256).read_to_string(&mut text)?;
+    Ok(text)
 }

@@ -32,9 +32,10 @@ pub(crate) fn gear_terms(
 
 /// Creates an app and its first gear. Bad input creates nothing; a failure part-way removes
 /// whatever was made.
-pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile: Option<&str>) -> Result<App> {
+/// `cart` None: the first push detects it (`ingear/detect.rs`).
+pub fn create(node: &Node, name: &str, cart: Option<&str>, owner: Option<&str>, profile: Option<&str>) -> Result<App> {
     names::check_app_name(name)?;
-    let cart = cartridge::find(node, cart)?;
+    let cart = cart.map(|c| cartridge::find(node, c)).transpose()?;
     let (profile, limits) = gear_terms(node, &format!("app '{name}'"), owner, profile)?;
     let _lock = node.lock()?;
     if path(node, name).exists() {
@@ -55,7 +56,7 @@ pub fn create(node: &Node, name: &str, cart: &str, owner: Option<&str>, profile:
     let mut app = App {
         name: name.into(),
         owner: owner.map(String::from),
-        cartridge: cart.manifest.name.clone(),
+        cartridge: cart.map(|c| c.manifest.name).unwrap_or_default(),
         profile,
         created: crate::clock::now(),
         status: "creating".into(),

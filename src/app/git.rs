@@ -86,11 +86,13 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
         GitService::ReceivePack => Some(crate::state::Lock::shared(&app::push_lock(node, &a.name))?),
         GitService::UploadPack => None,
     };
-    if service == GitService::UploadPack || a.gears.len() < 2 {
+    // An app without a cartridge records the one its push detected, outside the gear.
+    if service == GitService::UploadPack || (a.gears.len() < 2 && !a.cartridge.is_empty()) {
         // Never a pty: the git protocol is binary.
         return app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo]);
     }
-    // A scaled app: the push deploys in gear 0; then every other gear takes that deployment.
+    // A scaled app (or one without a cartridge yet): the push deploys in gear 0; then every other
+    // gear takes that deployment.
     // The push runs in a child, so this process stays outside the gear for the hand-over.
     // SAFETY: single-threaded process (CLI or worker); the child leaves with _exit.
     let code = match unsafe { nix::unistd::fork() }? {
@@ -106,6 +108,12 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
         },
     };
     if code == 0 {
+        if a.cartridge.is_empty() {
+            // The push is live either way; the next push detects again.
+            if let Err(e) = record_detected(node, &a.name) {
+                eprintln!("gearshift: cannot record the detected cartridge: {e:#}");
+            }
+        }
         for g in a.gears.iter().skip(1) {
             if let Err(e) = app::replicate(node, &a, g) {
                 eprintln!("gearshift: {e:#}");
@@ -113,4 +121,24 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
         }
     }
     Ok(code)
+}
+
+/// After a successful push to app `app_name`, which had no cartridge: records the one its
+/// gear 0 detected (`ingear/detect.rs`), so that its gears start with it from now on.
+fn record_detected(node: &Node, app_name: &str) -> Result<()> {
+    let app = app::load(node, app_name)?;
+    let Some(g) = app.gears.first() else { return Ok(()) };
+    if !app.cartridge.is_empty() {
+        return Ok(());
+    }
+    let text = app::cartridge::read_gear_file(&g.home(node), crate::ingear::detect::DETECTED)?;
+    let name = app::cartridge::find(node, text.trim())?.manifest.name;
+    let _lock = node.lock()?;
+    let mut app = app::load(node, app_name)?;
+    if app.cartridge.is_empty() {
+        app.cartridge = name;
+        app::save(node, &app)?;
+        app::write_descriptors(node, &app)?;
+    }
+    Ok(())
 }

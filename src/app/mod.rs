@@ -262,7 +262,7 @@ pub fn write_descriptors(node: &Node, app: &App) -> Result<()> {
 pub fn boot(app: &App) -> gear::Boot {
     gear::Boot {
         cartridge: app.cartridge.clone(),
-        cartridge_dir: |node, name| Ok(cartridge::find(node, name)?.dir),
+        cartridge_binds: cartridge::binds,
         supervisor: crate::ingear::supervisor::run,
     }
 }

@@ -15,8 +15,9 @@ pub enum AppCmd {
     /// Create an app and its gear.
     Create {
         name: String,
+        /// The runtime (see `cartridges`); default: detected from the files at the first push.
         #[arg(long)]
-        cartridge: String,
+        cartridge: Option<String>,
         /// Owning user (default: none, admin-managed).
         #[arg(long)]
         owner: Option<String>,
@@ -85,7 +86,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
             cartridge,
             owner,
             profile,
-        } => create(node, actor, &name, &cartridge, owner, profile.as_deref())?,
+        } => create(node, actor, &name, cartridge.as_deref(), owner, profile.as_deref())?,
         AppCmd::List { json } => list(node, actor, json)?,
         AppCmd::Show { name, json } => show(node, actor, &name, json)?,
         AppCmd::Start { name } => {
@@ -135,7 +136,7 @@ fn create(
     node: &Node,
     actor: &Actor,
     name: &str,
-    cartridge: &str,
+    cartridge: Option<&str>,
     owner: Option<String>,
     profile: Option<&str>,
 ) -> Result<()> {
@@ -143,9 +144,9 @@ fn create(
     let app = app::create(node, name, cartridge, owner.as_deref(), profile)?;
     let g = &app.gears[0];
     println!(
-        "created app '{}' ({} cartridge, profile {}): gear {} uid {} ip {} {}",
+        "created app '{}' ({}, profile {}): gear {} uid {} ip {} {}",
         app.name,
-        app.cartridge,
+        cartridge_shown(&app.cartridge),
         app.profile,
         g.id,
         g.uid,
@@ -218,7 +219,7 @@ fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     }
     println!("app:       {}", app.name);
     println!("owner:     {}", app.owner.as_deref().unwrap_or("-"));
-    println!("cartridge: {}", app.cartridge);
+    println!("cartridge: {}", cartridge_shown(&app.cartridge));
     println!("profile:   {}", app.profile);
     println!("status:    {state}");
     println!("url:       {}", address::app_url(&node.config, &app.name));
@@ -458,4 +459,13 @@ fn gear_selinux(node: &Node, g: &Gear) -> serde_json::Value {
 
 fn mib(b: u64) -> String {
     format!("{:.1}M", b as f64 / (1 << 20) as f64)
+}
+
+/// An app's cartridge as `app create` and `app show` name it.
+fn cartridge_shown(cartridge: &str) -> String {
+    if cartridge.is_empty() {
+        "cartridge detected at the first push".into()
+    } else {
+        format!("{cartridge} cartridge")
+    }
 }

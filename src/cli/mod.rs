@@ -7,8 +7,8 @@ pub mod addon;
 pub mod app;
 pub mod dotenv;
 pub mod env;
-pub mod status;
 pub mod events;
+pub mod status;
 pub mod top;
 
 use crate::gear;

@@ -11,12 +11,16 @@ use anyhow::{Context, Result};
 use std::fs;
 use std::path::PathBuf;
 
+/// Read-only bind mounts: host path -> path in the gear.
+pub type Binds = Vec<(PathBuf, PathBuf)>;
+
 /// What starting a gear's init needs from outside the gear module.
 pub struct Boot {
-    /// The app's cartridge, which the gear sees at /opt/gearshift/cartridge.
+    /// The app's cartridge, which the gear sees at /opt/gearshift/cartridge ("": none chosen yet).
     pub cartridge: String,
-    /// Finds a cartridge's directory by name (asked only when an init starts).
-    pub cartridge_dir: fn(&Node, &str) -> Result<PathBuf>,
+    /// The cartridge directories the gear sees, host path -> path in the gear, for a cartridge
+    /// name (asked only when an init starts).
+    pub cartridge_binds: fn(&Node, &str) -> Result<Binds>,
     /// What the init runs once confined (the gear's supervisor); it never returns.
     pub supervisor: fn() -> !,
 }
@@ -128,17 +132,13 @@ fn wait_for_supervisor(gear: &Gear) -> Result<()> {
 }
 
 /// What a gear sees of gearshift, read-only under /opt/gearshift: the binary (for hooks and
-/// the supervisor), its cartridge, and its descriptor.
-fn gear_opt_binds(node: &Node, gear: &Gear, boot: &Boot) -> Result<Vec<(PathBuf, PathBuf)>> {
+/// the supervisor), its cartridge (every cartridge while its app has none), and its descriptor.
+fn gear_opt_binds(node: &Node, gear: &Gear, boot: &Boot) -> Result<Binds> {
     let exe = std::env::current_exe().context("cannot find the gearshift binary")?;
-    Ok(vec![
-        (exe, "/opt/gearshift/bin/gearshift".into()),
-        (
-            (boot.cartridge_dir)(node, &boot.cartridge)?,
-            "/opt/gearshift/cartridge".into(),
-        ),
-        (node.gear_meta_dir(&gear.id), "/opt/gearshift/meta".into()),
-    ])
+    let mut binds = vec![(exe, "/opt/gearshift/bin/gearshift".into())];
+    binds.extend((boot.cartridge_binds)(node, &boot.cartridge)?);
+    binds.push((node.gear_meta_dir(&gear.id), "/opt/gearshift/meta".into()));
+    Ok(binds)
 }
 
 /// Stops every process of the gear (its init, hence its pid namespace, and the cgroup).

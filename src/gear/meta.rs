@@ -135,6 +135,10 @@ pub fn env(
         (format!("OPENSHIFT_{cart}_IP"), gear.ip.to_string()),
         (format!("OPENSHIFT_{cart}_PORT"), port),
     ];
+    if cart.is_empty() {
+        // No cartridge yet (detected at the first push): no OPENSHIFT_<CARTRIDGE>_* names.
+        e.retain(|(k, _)| !k.starts_with("OPENSHIFT__"));
+    }
     for (k, v) in user_env {
         if !reserved_env(k) {
             e.push((k.clone(), v.clone()));

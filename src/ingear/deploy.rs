@@ -183,7 +183,7 @@ fn last_lines(text: &str, n: usize) -> Vec<String> {
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
 /// `env` is every app process's (`procenv`), for the deployment being built.
 fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
-    let cart = Path::new("/opt/gearshift/cartridge/bin").join(step);
+    let cart = procenv::cartridge_dir().join("bin").join(step);
     let hook = repo.join(".openshift/action_hooks").join(step);
     for (who, path) in [("cartridge", cart), ("action hook", hook)] {
         let Ok(meta) = std::fs::metadata(&path) else { continue };
@@ -366,6 +366,9 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     let push = journal.is_some();
     // The app's own manifests first: a bad Procfile or app.json fails the push before any build.
     let procs = procfile::read(repo)?.unwrap_or_default();
+    if info.cartridge.is_empty() {
+        say(&crate::ingear::detect::choose(repo)?);
+    }
     let app_json = appjson::read(repo)?;
     let jobs = crate::ingear::cron::jobs(repo, &app_json)?;
     if !jobs.is_empty() {
@@ -383,7 +386,13 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     ));
-    let env = procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge());
+    let spec = procenv::PathSpec::of_cartridge();
+    let mut env = procenv::for_deployment(env, repo, &spec);
+    if let Some((interp, note)) = crate::ingear::runtime_pin::resolve(&spec.name, repo)? {
+        say(&note);
+        // The cartridge's build makes the deployment's environment with it (python: the venv).
+        env.push(("GEARSHIFT_INTERPRETER".into(), interp.path.display().to_string()));
+    }
     for step in ["pre_build", "build", "deploy"] {
         run_step(step, repo, &env)?;
     }

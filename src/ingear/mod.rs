@@ -5,10 +5,12 @@
 pub mod appjson;
 pub mod cron;
 pub mod deploy;
+pub mod detect;
 pub mod journal;
 pub mod procenv;
 pub mod procfile;
 pub mod release;
+pub mod runtime_pin;
 pub mod service;
 pub mod static_server;
 pub mod supervisor;

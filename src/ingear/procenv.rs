@@ -10,9 +10,25 @@ use std::path::{Path, PathBuf};
 /// Where the gear sees its cartridge.
 pub const CARTRIDGE_DIR: &str = "/opt/gearshift/cartridge";
 
+/// The gear's cartridge directory: the one mounted for its app, else (an app created without
+/// a cartridge, before the gear restarts with the one detected at its first push) the detected one.
+pub fn cartridge_dir() -> PathBuf {
+    let mounted = Path::new(CARTRIDGE_DIR);
+    if mounted.join("manifest.toml").is_file() {
+        return mounted.to_path_buf();
+    }
+    match crate::ingear::detect::detected() {
+        Some(name) => Path::new(crate::ingear::detect::CARTRIDGES_DIR).join(name),
+        None => mounted.to_path_buf(),
+    }
+}
+
 /// The part of a cartridge's `manifest.toml` that shapes `PATH`.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 pub struct PathSpec {
+    /// The cartridge's name (`python`, `nodejs`).
+    #[serde(default)]
+    pub name: String,
     /// Directories inside the deployment, first on `PATH` (python: `.venv/bin`).
     #[serde(default)]
     pub app_path: Vec<String>,
@@ -24,7 +40,7 @@ pub struct PathSpec {
 impl PathSpec {
     /// The gear's cartridge's (none when its manifest cannot be read: the system's `PATH` only).
     pub fn of_cartridge() -> PathSpec {
-        std::fs::read_to_string(Path::new(CARTRIDGE_DIR).join("manifest.toml"))
+        std::fs::read_to_string(cartridge_dir().join("manifest.toml"))
             .ok()
             .and_then(|t| toml::from_str(&t).ok())
             .unwrap_or_default()
@@ -45,11 +61,7 @@ pub fn live_repo() -> Option<PathBuf> {
 pub fn search_path(repo: &Path, spec: &PathSpec, base: &str) -> String {
     let rel = |p: &String| !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == "..");
     let app = spec.app_path.iter().filter(|p| rel(p)).map(|p| repo.join(p));
-    let cart = spec
-        .path
-        .iter()
-        .filter(|p| rel(p))
-        .map(|p| Path::new(CARTRIDGE_DIR).join(p));
+    let cart = spec.path.iter().filter(|p| rel(p)).map(|p| cartridge_dir().join(p));
     let mut dirs: Vec<String> = app.chain(cart).map(|p| p.display().to_string()).collect();
     if !base.is_empty() {
         dirs.push(base.to_string());
@@ -68,6 +80,16 @@ pub fn for_deployment(mut env: Vec<(String, String)>, repo: &Path, spec: &PathSp
     env.retain(|(k, _)| k != "PATH" && k != "OPENSHIFT_REPO_DIR");
     env.push(("PATH".into(), search_path(repo, spec, &base)));
     env.push(("OPENSHIFT_REPO_DIR".into(), format!("{}/", repo.display())));
+    let cart = cartridge_dir();
+    if cart != Path::new(CARTRIDGE_DIR) {
+        // Detected at this gear's first push: not where the descriptor says.
+        let dir = format!("{}/", cart.display());
+        for (k, v) in env.iter_mut() {
+            if k.starts_with("OPENSHIFT_") && k.ends_with("_DIR") && v.as_str() == "/opt/gearshift/cartridge/" {
+                *v = dir.clone();
+            }
+        }
+    }
     env
 }
 
@@ -102,6 +124,7 @@ mod tests {
         let spec = PathSpec {
             app_path: vec![".venv/bin".into(), "/etc".into(), "../x".into()],
             path: vec!["usr/bin".into()],
+            ..Default::default()
         };
         let p = search_path(Path::new("/home/a/app-deployments/1/repo"), &spec, "/usr/bin:/bin");
         assert_eq!(

@@ -159,7 +159,7 @@ fn web_command(repo: &Path) -> Result<Vec<String>> {
     if let Some(cmd) = procfile::command(repo, "web")? {
         return Ok(procfile::shell_argv(&cmd));
     }
-    let start = Path::new("/opt/gearshift/cartridge/bin/start");
+    let start = crate::ingear::procenv::cartridge_dir().join("bin/start");
     if start.is_file() {
         return Ok(vec![start.display().to_string()]);
     }
@@ -418,7 +418,7 @@ fn stop(s: &Sup) -> Result<()> {
         s.lock().status.state = "stopped".into();
         return Ok(());
     };
-    let stop_hook = Path::new("/opt/gearshift/cartridge/bin/stop");
+    let stop_hook = crate::ingear::procenv::cartridge_dir().join("bin/stop");
     if let (true, Some(repo)) = (stop_hook.is_file(), &repo) {
         run_helper(s, &[stop_hook.display().to_string()], repo, STOP_GRACE);
     }

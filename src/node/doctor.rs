@@ -49,6 +49,7 @@ pub fn collect(node: Option<&Node>) -> Vec<Check> {
     out.push(network::check_ip_forward());
     out.push(sshd_check());
     out.push(git_check());
+    out.extend(interpreter_checks());
     out.push(quota::btrfs::check_progs());
     out.extend(crate::addon::kind::check());
     if let Some(n) = node {
@@ -188,6 +189,37 @@ fn git_check() -> Check {
             "apt-get install git / dnf install git",
         ),
     }
+}
+
+/// The interpreters a runtime pin can choose, per cartridge.
+fn interpreter_checks() -> Vec<Check> {
+    use crate::ingear::runtime_pin::{nodes, pythons, Interpreter};
+    let line = |name: &str, found: Vec<Interpreter>, fix: &str| {
+        if found.is_empty() {
+            return Check::warn(
+                name,
+                "no interpreter installed: apps of this cartridge cannot build",
+                fix,
+            );
+        }
+        let list: Vec<String> = found
+            .iter()
+            .map(|i| format!("{} ({})", i.version, i.path.display()))
+            .collect();
+        Check::ok(name, format!("runtime pins can choose {}", list.join(", ")))
+    };
+    vec![
+        line(
+            "python interpreters",
+            pythons(),
+            "apt-get install python3.X / dnf install python3.X",
+        ),
+        line(
+            "node interpreters",
+            nodes(),
+            "install a nodejs package from NodeSource (https://github.com/nodesource/distributions)",
+        ),
+    ]
 }
 
 #[cfg(test)]

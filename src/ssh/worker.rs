@@ -14,7 +14,7 @@ use std::path::Path;
 const HELP: &str = "\
 gearshift: you are logged in as {user}. Send any of these as `{ssh} COMMAND`
 (quote arguments as in a shell: env set APP 'KEY=any value'):
-  app create APP --cartridge C   create an app (cartridges lists them)
+  app create APP [--cartridge C] create an app (default: detected at the first push)
   app list | app show APP | app status APP
   app start|stop|restart|idle APP, app scale APP N, app health APP [PATH]
   app destroy APP --confirm APP
@@ -100,7 +100,7 @@ fn serve(node: &Node, config_path: &Path, actor: &Actor, job: Job, verb: RunVerb
                 if op == GitOp::ReceivePack {
                     let ssh = address::ssh(&node.config);
                     eprintln!(
-                        "remote: create it with `{ssh} app create {app} --cartridge CARTRIDGE` (see `{ssh} cartridges`), then push again"
+                        "remote: create it with `{ssh} app create {app}` (the push detects the cartridge; or --cartridge CARTRIDGE, see `{ssh} cartridges`), then push again"
                     );
                 }
                 return Ok(128);
