@@ -104,14 +104,23 @@ GUEST_SKIPS=/tmp/gearshift-test-skips.txt
 
 T3=$SECONDS
 FAILED=()
+KNOWN=$REPO/tests/vm-known-failing.txt
 for t in $TESTS; do
   s=$SECONDS
+  # Known failures in the VM (tests/vm-known-failing.txt, each with its issue) are left out
+  # here, and named.
+  known=()
+  while read -r name reason; do
+    [[ $name == "$t::"* ]] || continue
+    known+=(--skip "${name#"$t::"}")
+    echo "vm-test: $t: known to fail in the VM, not run here: ${name#"$t::"} ($reason)"
+  done < <(grep -vE '^\s*(#|$)' "$KNOWN" 2>/dev/null || true)
   set +e
   # GEARSHIFT_TEST_OFFLINE: the guest has no route out (restricted user network), so tests
   # that install from PyPI leave that step out, recorded in the skip file.
   # GEARSHIFT_TEST_STRICT=vm: no test may skip here, the VM-only ones included. The checkout
   # is read-only in the guest: the skip file lives in the guest's /tmp.
-  vm "cd '$REPO' && rm -f $GUEST_SKIPS && RUST_BACKTRACE=1 GEARSHIFT_TEST_OFFLINE=1 GEARSHIFT_TEST_STRICT=vm GEARSHIFT_TEST_SKIP_FILE=$GUEST_SKIPS timeout 1200 $IN_SCOPE ${BIN[$t]} --test-threads=2 ${VM_TEST_ARGS:-}" \
+  vm "cd '$REPO' && rm -f $GUEST_SKIPS && RUST_BACKTRACE=1 GEARSHIFT_TEST_OFFLINE=1 GEARSHIFT_TEST_STRICT=vm GEARSHIFT_TEST_SKIP_FILE=$GUEST_SKIPS timeout 1200 $IN_SCOPE ${BIN[$t]} --test-threads=2 ${known[*]} ${VM_TEST_ARGS:-}" \
     > "$OUT/$t.log" 2>&1
   rc=$?
   vm "cat $GUEST_SKIPS 2>/dev/null" > "$OUT/$t.skips" 2>/dev/null
