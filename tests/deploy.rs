@@ -7,33 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A local git repository with the given files, committed.
-fn repo(n: &TestNode, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = n.root.join("src").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    write_files(&dir, files);
-    commit(&dir, "first");
-    dir
-}
-
-fn write_files(dir: &Path, files: &[(&str, &str)]) {
-    for (path, content) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        if path.contains("action_hooks/") || path.starts_with("bin/") {
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        }
-    }
-}
-
-fn commit(dir: &Path, msg: &str) {
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
-}
-
 fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {
     push_as(&d.n, &d.key, dir, app, "main")
 }
@@ -68,7 +41,7 @@ fn push_change_break_rollback_and_env() {
     let d = dev_node();
     let n = &d.n;
     n.ok(&["app", "create", "shop", "--cartridge", "python", "--owner", "dev"]);
-    let dir = repo(
+    let dir = app_repo(
         n,
         "shop",
         &[
@@ -171,7 +144,7 @@ fn a_failed_start_shows_the_pusher_its_last_20_lines() {
     let n = &d.n;
     n.ok(&["app", "create", "boom", "--cartridge", "python", "--owner", "dev"]);
     let crashing = "import sys\nfor i in range(1, 31):\n    print('boot line', i)\nsys.exit(3)\n";
-    let dir = repo(
+    let dir = app_repo(
         n,
         "boom",
         &[("Procfile", "web: python3 -u server.py\n"), ("server.py", crashing)],
@@ -205,7 +178,7 @@ fn action_hooks_run_in_order_and_crashes_restart() {
     n.ok(&["app", "create", "hooks", "--cartridge", "python", "--owner", "dev"]);
     let hook = |name: &str| format!("#!/bin/sh\necho {name} >> $OPENSHIFT_DATA_DIR/hooks.log\n");
     let (pre, build, deploy, post) = (hook("pre_build"), hook("build"), hook("deploy"), hook("post_deploy"));
-    let dir = repo(
+    let dir = app_repo(
         n,
         "hooks",
         &[
@@ -254,7 +227,7 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
         "--owner",
         "dev",
     ]);
-    let dir = repo(
+    let dir = app_repo(
         n,
         "slow",
         &[
@@ -397,7 +370,7 @@ fn another_user_cannot_push_to_shell_into_or_read_the_logs_of_an_app() {
     let n = &d.n;
     let bob = n.add_user("bob");
     n.ok(&["app", "create", "mine", "--cartridge", "python", "--owner", "dev"]);
-    let dir = repo(
+    let dir = app_repo(
         n,
         "mine",
         &[
@@ -441,7 +414,7 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
     require_root!();
     let mut d = dev_node();
     n_create(&d, "crash");
-    let dir = repo(
+    let dir = app_repo(
         &d.n,
         "crash",
         &[

@@ -25,32 +25,6 @@ fn example_repo(n: &TestNode, name: &str) -> PathBuf {
 }
 
 /// A git repository of `files`.
-fn new_repo(n: &TestNode, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = n.root.join("src").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    write_files(&dir, files);
-    commit(&dir, "first");
-    dir
-}
-
-fn write_files(dir: &Path, files: &[(&str, &str)]) {
-    for (path, content) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        if path.contains("action_hooks/") || path.starts_with("bin/") {
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        }
-    }
-}
-
-fn commit(dir: &Path, msg: &str) {
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
-}
-
 fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {
     push_as(&d.n, &d.key, dir, app, "main")
 }
@@ -162,7 +136,7 @@ fn app_processes_start_in_the_deployment_with_its_path_and_see_it_at_slash_app()
     n.ok(&["app", "create", "envs", "--cartridge", "python", "--owner", "dev"]);
     // A deployment-local command on PATH (what a venv's bin is), used by web and the hooks.
     let hook = "#!/bin/sh\necho \"$(pwd) $(which greet)\" > \"$OPENSHIFT_DATA_DIR/deploy-hook\"\n";
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "envs",
         &[
@@ -225,7 +199,7 @@ fn the_release_command_runs_before_the_switch_and_a_failing_one_keeps_the_old_de
     let n = &d.n;
     n.ok(&["app", "create", "rel", "--cartridge", "python", "--owner", "dev"]);
     n.ok(&["env", "set", "rel", "GREETING=hi"]);
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "rel",
         &[
@@ -280,7 +254,7 @@ fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_pus
         "{{\n  // Dokku tolerates comment lines\n  \"name\": \"dok\",\n  \"scripts\": {{\"dokku\": {{\n    \"predeploy\": \"echo pre {log}\",\n    \"postdeploy\": \"echo post {log}\"\n  }}}}\n}}\n",
         log = log.replace('"', "\\\"").replace("echo ", "")
     );
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "dok",
         &[
@@ -323,7 +297,7 @@ fn procfile_process_types_run_as_formation_says_each_with_its_log_and_restart_af
     let n = &d.n;
     n.ok(&["app", "create", "work", "--cartridge", "python", "--owner", "dev"]);
     let procfile = "# five types, comments and blank lines\n\nweb: python3 -u server.py\nworker: sh worker.sh # the queue\nclock: sh clock.sh\nurgent: sh worker.sh\nrelease: true\n";
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "work",
         &[
@@ -486,7 +460,7 @@ fn app_scale_sets_each_type_and_logs_show_every_type_or_one() {
     let d = dev_node();
     let n = &d.n;
     n.ok(&["app", "create", "mixed", "--cartridge", "python", "--owner", "dev"]);
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "mixed",
         &[
@@ -608,7 +582,7 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
         )
     };
     // A bad schedule fails the push, naming the entry.
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "sched",
         &[
@@ -676,7 +650,7 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
     // and says what it recognises; nothing is recorded.
     let out = ssh_create(&d, "site");
     assert!(out.contains("detected at the first push"), "{out}");
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "site",
         &[("Procfile", "web: ./main\n"), ("main.go", "package main\n")],
@@ -723,7 +697,7 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
         ("server.py", SERVER),
         ("Procfile", "web: python server.py\n"),
     ];
-    let dir = new_repo(n, "py", &files);
+    let dir = app_repo(n, "py", &files);
     let (ok, out) = push(&d, &dir, "py");
     assert!(ok, "{out}");
     assert!(
@@ -740,7 +714,7 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
 
     // --cartridge overrides what the files say.
     n.ok(&["app", "create", "forced", "--cartridge", "static", "--owner", "dev"]);
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "forced",
         &[
@@ -784,7 +758,7 @@ fn runtime_pins_choose_an_installed_interpreter_or_fail_with_what_is_installed()
         ("Procfile", "web: python server.py\n".to_string()),
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
-    let dir = new_repo(n, "pinned", &files);
+    let dir = app_repo(n, "pinned", &files);
     let (ok, out) = push(&d, &dir, "pinned");
     assert!(ok, "{out}");
     let note = format!(
@@ -840,7 +814,7 @@ fn runtime_pins_choose_an_installed_interpreter_or_fail_with_what_is_installed()
     let pkg = |range: &str| {
         format!("{{\"name\": \"engines\", \"engines\": {{\"node\": \"{range}\"}}, \"scripts\": {{\"start\": \"node server.js\"}}}}\n")
     };
-    let dir = new_repo(
+    let dir = app_repo(
         n,
         "engines",
         &[("package.json", &pkg(&format!("^{major}"))), ("server.js", server)],
@@ -925,7 +899,7 @@ fn a_django_style_app_gets_collectstatic_at_build_unless_disabled() {
         ("server.py", server.as_str()),
         ("Procfile", "web: python3 server.py\n"),
     ];
-    let dir = new_repo(n, "dj", &files);
+    let dir = app_repo(n, "dj", &files);
     let (ok, out) = push(&d, &dir, "dj");
     assert!(ok, "{out}");
     assert!(out.contains("Running manage.py collectstatic --noinput"), "{out}");

@@ -729,3 +729,33 @@ pub fn push_as(n: &TestNode, key: &Path, dir: &Path, app: &str, refspec: &str) -
         ),
     )
 }
+
+/// A local git repository `src/NAME` under the node's root with the given files, committed
+/// (hooks and `bin/` scripts executable).
+pub fn app_repo(n: &TestNode, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    write_files(&dir, files);
+    commit(&dir, "first");
+    dir
+}
+
+/// Writes `files` into a working tree (hooks and `bin/` scripts executable).
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        if path.contains("action_hooks/") || path.starts_with("bin/") {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+    }
+}
+
+/// Commits everything in the working tree.
+pub fn commit(dir: &Path, msg: &str) {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+}
