@@ -595,32 +595,6 @@ fn served_cert(n: &TestNode, host: &str) -> (String, String) {
     )
 }
 
-/// A self-signed certificate for `host` with subject CN=`cn`: (cert, key) files.
-fn make_cert(dir: &Path, host: &str, cn: &str) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (c, k) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-days", "2", "-subj", &format!("/CN={cn}"), "-addext"])
-        .arg(format!("subjectAltName=DNS:{host}"))
-        .arg("-keyout")
-        .arg(&k)
-        .arg("-out")
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "openssl req: {o:?}");
-    (c, k)
-}
-
 #[test]
 fn a_certificate_installed_while_the_daemon_runs_is_served() {
     require_root!();

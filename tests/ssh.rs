@@ -657,25 +657,7 @@ fn domain_cert_reads_only_stdin_and_caps_it() {
 /// A self-signed certificate for `host` and its key, as PEM text (openssl, as a user would).
 fn cert_and_key(host: &str) -> (String, String) {
     let dir = std::env::temp_dir().join(format!("gs-cert-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
-    let o = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-days", "2", "-subj", &format!("/CN={host}"), "-keyout"])
-        .arg(&k)
-        .arg("-out")
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "openssl req: {o:?}");
+    let (c, k) = make_cert(&dir, host, host);
     let r = (
         std::fs::read_to_string(&c).unwrap(),
         std::fs::read_to_string(&k).unwrap(),
