@@ -5,7 +5,7 @@ BIN    := target/$(TARGET)/release/gearshift
 PREFIX ?= /usr/local
 CONFIG ?= /etc/gearshift/gearshift.toml
 
-.PHONY: all build deps test lint unit e2e bench install run clean vm-test selinux-check
+.PHONY: all build deps test lint unit e2e bench bench-density install run clean vm-test selinux-check
 
 all: build
 
@@ -58,6 +58,11 @@ selinux-check:
 bench: deps build
 	scripts/bench.sh $(BIN)
 	scripts/bench-router.sh
+
+# Density: N apps (N="50 100 250 500" by default) deployed over SSH on one throw-away node, and how
+# the node's figures grow with N (scripts/bench-density.sh).
+bench-density: deps build
+	N="$(N)" scripts/bench-density.sh $(BIN)
 
 install: build
 	install -D -m 0755 $(BIN) $(PREFIX)/bin/gearshift

@@ -1,9 +1,10 @@
 //! The daemon's front door: the router, fed with routes from the apps on disk and the live
-//! ports their gears' supervisors report. One watcher thread per gear long-polls its
-//! supervisor (`watch`), so a zero-downtime switch reaches the route table at once; the old web
-//! process is released once the router has moved over. Idle apps are woken by their first
+//! ports their gears' supervisors report. One watcher thread (`watch.rs`) long-polls every
+//! gear's supervisor (`watch`), so a zero-downtime switch reaches the route table at once; the
+//! old web process is released once the router has moved over. Idle apps are woken by their first
 //! request (held, not redirected), and apps without requests for `idle_after_secs` are idled.
 
+use super::watch::{Sink, Watcher};
 use crate::app::{self, App};
 use crate::gear::{control, isolation::network::netns_path, Gear};
 use crate::node::events::{self, Event};
@@ -37,6 +38,8 @@ struct Front {
     certs: Arc<CertStore>,
     /// The configured certificate files the router serves, by host: (cert, key) mtimes.
     cert_files: Mutex<HashMap<String, CertStamp>>,
+    /// Follows every gear's supervisor (set once, right after the front is made).
+    watcher: std::sync::OnceLock<Watcher>,
 }
 
 /// When a host's certificate and key files were last changed.
@@ -151,6 +154,7 @@ impl Routes {
     pub fn sync_app(&self, name: &str) -> Result<()> {
         let front = &self.0;
         let a = app::load(&front.node, name)?;
+        front.poke(name);
         for g in &a.gears {
             let live = control::command(&netns_path(&g.netns()), "status").ok().and_then(|v| {
                 let st = &v["status"];
@@ -174,34 +178,23 @@ impl Routes {
     }
 }
 
-/// Follows one gear's supervisor and keeps its live address in the route table.
-fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
-    let ns = netns_path(&gear.netns());
-    let mut generation = 0u64;
-    let mut restarts: Option<u64> = None;
-    while !gone.load(Ordering::Relaxed) && !front.stop.load(Ordering::Relaxed) {
-        let reply = control::command(&ns, &format!("watch {generation}"));
-        if let Ok(v) = &reply {
-            note_restarts(&front.node, &gear, &v["status"], &mut restarts);
+impl Front {
+    /// Looks at `app`'s gears' supervisors again now (it was started, deployed or woken).
+    fn poke(&self, app: &str) {
+        if let Some(w) = self.watcher.get() {
+            w.poke(app);
         }
-        let port_of = |v: &serde_json::Value| v.as_u64().filter(|p| *p > 0 && *p < 65536).map(|p| p as u16);
-        let (live, draining) = match &reply {
-            Ok(v) => {
-                let st = &v["status"];
-                generation = st["generation"].as_u64().unwrap_or(0);
-                let live = st["pid"]
-                    .as_i64()
-                    .and(port_of(&st["port"]))
-                    .map(|p| SocketAddr::from((gear.ip, p)));
-                (
-                    live,
-                    port_of(&st["draining"][1]).map(|p| SocketAddr::from((gear.ip, p))),
-                )
-            }
-            Err(_) => (None, None),
-        };
+    }
+}
+
+impl Sink for Front {
+    fn node(&self) -> &Node {
+        &self.node
+    }
+
+    fn set_live(&self, gear: &Gear, live: Option<SocketAddr>) {
         let changed = {
-            let mut gears = front.gears.lock().unwrap();
+            let mut gears = self.gears.lock().unwrap();
             let v = gears.entry(gear.id.clone()).or_default();
             v.app = gear.app.clone();
             let changed = v.live != live;
@@ -209,26 +202,26 @@ fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
             changed
         };
         if changed {
-            front.publish();
-        }
-        if let Some(old) = draining.filter(|d| Some(*d) != live) {
-            // The route table no longer names the old process: once the requests already sent
-            // to it are answered, the supervisor may stop it.
-            std::thread::sleep(Duration::from_millis(50));
-            let t = Instant::now();
-            while front.router.in_flight(old) > 0 && t.elapsed() < Duration::from_secs(30) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = control::command(&ns, "release");
-        }
-        if reply.is_err() {
-            // Not running (idle, stopped, or starting): look again shortly.
-            generation = 0;
-            std::thread::sleep(Duration::from_millis(250));
+            self.publish();
         }
     }
-    front.gears.lock().unwrap().remove(&gear.id);
-    front.publish();
+
+    fn status(&self, gear: &Gear, status: &serde_json::Value, seen_restarts: &mut Option<u64>) {
+        note_restarts(&self.node, gear, status, seen_restarts);
+    }
+
+    fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.router.in_flight(addr)
+    }
+
+    fn gone(&self, gear: &Gear) {
+        self.gears.lock().unwrap().remove(&gear.id);
+        self.publish();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
 }
 
 /// Records a `process.crash` event when the supervisor's restart count moved since `seen`
@@ -279,6 +272,7 @@ impl Waker for GearWaker {
         if woke.is_err() {
             return WakeResult::TimedOut;
         }
+        front.poke(app_name);
         let mut backends = Vec::new();
         for g in &a.gears {
             if let Ok(v) = control::command(&netns_path(&g.netns()), "status") {
@@ -329,82 +323,90 @@ impl AccessLog for Access {
     }
 }
 
-/// Keeps the app list and the watcher threads in step with the apps on disk, and idles apps
-/// without requests.
+/// How often the app records are read again although neither `apps/` nor `certs/` changed: a
+/// change within the same timestamp as the last read would otherwise wait for the next one.
+const FULL_PASS: Duration = Duration::from_secs(30);
+
+/// Keeps the app list and the watcher's gears in step with the apps on disk, and idles apps
+/// without requests. The records are read only when `apps/` or `certs/` changed (every record
+/// and certificate is written by a rename there, which updates the directory's mtime), so a
+/// node of 500 quiet apps reads none of them between changes; a new app, alias or certificate
+/// is served within 100 ms.
 fn refresh_loop(front: Arc<Front>) {
-    let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
     // per app: request count, live web processes, and when either last changed
     let mut last_seen: HashMap<String, (u64, Vec<Option<SocketAddr>>, Instant)> = HashMap::new();
-    // Look again after 2 s, or as soon as an app record or certificate changes (a rename into
-    // apps/ or certs/ updates the directory's mtime), so a new app, alias or certificate is
-    // served within 100 ms. The mtimes are taken before reading, so a change made while this
-    // pass reads is seen by the next one.
     let certs_dir = front.node.root().join("certs");
     let mtime = || {
         let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         (m(&front.node.apps_dir()), m(&certs_dir))
     };
+    let mut read_at = None;
+    let mut followed: HashSet<String> = HashSet::new();
     while !front.stop.load(Ordering::Relaxed) {
+        // Taken before reading, so a change made while this pass reads is seen by the next one.
         let seen = mtime();
-        // Listed under the lock, so an app put in by `Routes::sync_app` meanwhile is not
-        // dropped by a list read before it.
-        let listed = {
-            let mut held = front.apps.lock().unwrap();
-            app::list(&front.node).inspect(|apps| *held = apps.clone())
-        };
-        if let Ok(apps) = listed {
-            let ids: HashSet<String> = apps.iter().flat_map(|a| a.gears.iter().map(|g| g.id.clone())).collect();
-            for a in &apps {
-                for g in &a.gears {
-                    watchers.entry(g.id.clone()).or_insert_with(|| {
-                        let gone = Arc::new(AtomicBool::new(false));
-                        let (f, g, d) = (front.clone(), g.clone(), gone.clone());
-                        let _ = std::thread::Builder::new()
-                            .name(format!("watch-{}", g.app))
-                            .stack_size(128 * 1024)
-                            .spawn(move || watch_gear(f, g, d));
-                        gone
-                    });
-                }
-            }
-            watchers.retain(|id, gone| {
-                let keep = ids.contains(id);
-                if !keep {
-                    gone.store(true, Ordering::Relaxed);
-                }
-                keep
-            });
-            front.publish();
-            if let Err(e) = front.load_certs(&apps) {
-                eprintln!("gearshift daemon: {e:#}");
-            }
-            let idle_after = front.node.config.idle_after_secs;
-            if idle_after > 0 {
-                let stats = front.router.stats();
-                for a in apps.iter().filter(|a| !a.idle) {
-                    // Activity: a request, or a change of the live web processes (a deploy, a
-                    // start). A push in progress refuses the idle (it is retried later).
-                    let count = stats.requests_by_app.get(&a.name).copied().unwrap_or(0);
-                    let mut live: Vec<_> = (front.gears.lock().unwrap().values())
-                        .filter(|v| v.app == a.name)
-                        .map(|v| v.live)
-                        .collect();
-                    live.sort();
-                    let entry = last_seen
-                        .entry(a.name.clone())
-                        .or_insert_with(|| (count, live.clone(), Instant::now()));
-                    if entry.0 != count || entry.1 != live {
-                        *entry = (count, live, Instant::now());
-                    } else if entry.2.elapsed() > Duration::from_secs(idle_after) {
-                        if front.verb(&["app", "idle", &a.name], Duration::from_secs(30)).is_ok() {
-                            let e = Event::new("app.idle", "gearshift").app(&a.name, a.owner.as_deref());
-                            events::record(
-                                &front.node,
-                                e.detail(serde_json::json!({"idle_after_secs": idle_after})),
-                            );
-                        }
-                        entry.2 = Instant::now();
+        let stale = read_at
+            .as_ref()
+            .is_none_or(|(m, at): &(_, Instant)| *m != seen || at.elapsed() > FULL_PASS);
+        if stale {
+            // Listed under the lock, so an app put in by `Routes::sync_app` meanwhile is not
+            // dropped by a list read before it.
+            let listed = {
+                let mut held = front.apps.lock().unwrap();
+                app::list(&front.node).inspect(|apps| *held = apps.clone())
+            };
+            if let Ok(apps) = listed {
+                read_at = Some((seen, Instant::now()));
+                let gears: Vec<Gear> = apps.iter().flat_map(|a| a.gears.iter().cloned()).collect();
+                let ids: HashSet<String> = gears.iter().map(|g| g.id.clone()).collect();
+                if ids != followed {
+                    if let Some(w) = front.watcher.get() {
+                        w.set_gears(gears);
                     }
+                    followed = ids;
+                }
+                // A record changed: an app started by a command that did not pass through the
+                // daemon is looked at now, not after its gears' pause.
+                for a in apps.iter().filter(|a| !a.idle) {
+                    front.poke(&a.name);
+                }
+                front.publish();
+                if let Err(e) = front.load_certs(&apps) {
+                    eprintln!("gearshift daemon: {e:#}");
+                }
+            }
+        }
+        let idle_after = front.node.config.idle_after_secs;
+        if idle_after > 0 {
+            let stats = front.router.stats();
+            let apps: Vec<(String, Option<String>)> = (front.apps.lock().unwrap().iter())
+                .filter(|a| !a.idle)
+                .map(|a| (a.name.clone(), a.owner.clone()))
+                .collect();
+            let mut live_of: HashMap<String, Vec<Option<SocketAddr>>> = HashMap::new();
+            for v in front.gears.lock().unwrap().values() {
+                live_of.entry(v.app.clone()).or_default().push(v.live);
+            }
+            for (name, owner) in &apps {
+                // Activity: a request, or a change of the live web processes (a deploy, a
+                // start). A push in progress refuses the idle (it is retried later).
+                let count = stats.requests_by_app.get(name).copied().unwrap_or(0);
+                let mut live = live_of.remove(name).unwrap_or_default();
+                live.sort();
+                let entry = last_seen
+                    .entry(name.clone())
+                    .or_insert_with(|| (count, live.clone(), Instant::now()));
+                if entry.0 != count || entry.1 != live {
+                    *entry = (count, live, Instant::now());
+                } else if entry.2.elapsed() > Duration::from_secs(idle_after) {
+                    if front.verb(&["app", "idle", name], Duration::from_secs(30)).is_ok() {
+                        let e = Event::new("app.idle", "gearshift").app(name, owner.as_deref());
+                        events::record(
+                            &front.node,
+                            e.detail(serde_json::json!({"idle_after_secs": idle_after})),
+                        );
+                    }
+                    entry.2 = Instant::now();
                 }
             }
         }
@@ -447,7 +449,12 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
         stop,
         certs: certs.clone(),
         cert_files: Mutex::new(HashMap::new()),
+        watcher: std::sync::OnceLock::new(),
     });
+    let sink: Arc<dyn Sink> = front.clone();
+    let _ = front
+        .watcher
+        .set(Watcher::start(sink).context("cannot start the gears' watcher")?);
     front.load_certs(&app::list(node)?)?;
     *waker.0.lock().unwrap() = Some(front.clone());
     router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);

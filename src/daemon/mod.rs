@@ -5,6 +5,7 @@
 
 pub mod frontend;
 pub mod proto;
+mod watch;
 
 use crate::app::git::PushEvents;
 use crate::node::Node;

@@ -109,8 +109,16 @@ pub fn exchange(mut s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     let mut reply = String::new();
-    BufReader::new(s.take(64 * 1024)).read_line(&mut reply)?;
-    let v: serde_json::Value = serde_json::from_str(&reply).context("the supervisor's reply is not JSON")?;
+    BufReader::new(s.take(MAX_REPLY as u64)).read_line(&mut reply)?;
+    parse_reply(&reply)
+}
+
+/// The longest reply line a client reads.
+pub const MAX_REPLY: usize = 64 * 1024;
+
+/// A reply line: its JSON when the supervisor says `ok`, else its error.
+pub fn parse_reply(line: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(line).context("the supervisor's reply is not JSON")?;
     if v["ok"] != true {
         bail!("{}", v["error"].as_str().unwrap_or("the supervisor refused"));
     }
