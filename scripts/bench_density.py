@@ -63,14 +63,19 @@ def get(host, timeout=60):
 
 def start_daemon():
     global daemon
-    out = open(os.path.join(WORK, "daemon.log"), "a")
+    path = os.path.join(WORK, "daemon.log")
+    out = open(path, "a")
+    start = os.path.getsize(path)
     daemon = subprocess.Popen([BIN, "--config", CFG, "daemon"], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     open(os.path.join(WORK, "daemon.pid"), "w").write(str(daemon.pid))
     t = time.perf_counter()
     while time.perf_counter() - t < 600:
         if daemon.poll() is not None:
             raise SystemExit(f"daemon exited: see {WORK}/daemon.log")
-        if "ready" in open(os.path.join(WORK, "daemon.log")).read().split("gearshift daemon: node")[-1]:
+        with open(path) as f:
+            f.seek(start)
+            ready = "' ready: sshd on port" in f.read()
+        if ready:
             return time.perf_counter() - t
         time.sleep(0.05)
     raise SystemExit("daemon not ready within 600 s")

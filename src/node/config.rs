@@ -36,6 +36,11 @@ pub struct Config {
     pub uid_max: u32,
     /// Gears get addresses in this subnet; the bridge takes the first one.
     pub subnet: String,
+    /// How many gears (apps' and add-ons' together) the node is sized for: the subnet, the uid
+    /// range and the bridge must hold that many, and `doctor` checks the kernel's limits against
+    /// it. Unset: as many as the subnet, the uid range and one bridge hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gears: Option<u32>,
     pub bridge: String,
     /// Directory name created beneath the daemon's own cgroup in every hierarchy.
     pub cgroup_parent: String,
@@ -138,6 +143,7 @@ impl Default for Config {
             idle_after_secs: 0,
             wake_stopped: false,
             data_root: PathBuf::from("/var/lib/gearshift"),
+            max_gears: None,
             uid_min: 400_000,
             uid_max: 449_999,
             subnet: "10.77.0.0/20".into(),
@@ -186,6 +192,19 @@ impl Config {
         if net.prefix > 29 {
             bail!("subnet {} is too small for gears", self.subnet);
         }
+        if let Some(want) = self.max_gears {
+            let room = self.gear_room();
+            if want == 0 {
+                bail!("max_gears must be at least 1");
+            }
+            if want > room.0 {
+                bail!(
+                    "max_gears = {want} does not fit: {} (or set max_gears to at most {})",
+                    room.1,
+                    room.0
+                );
+            }
+        }
         if self.bridge.is_empty()
             || self.bridge.len() > 15
             || !self
@@ -233,7 +252,59 @@ impl Config {
     pub fn subnet(&self) -> Subnet {
         Subnet::parse(&self.subnet).expect("validated")
     }
+
+    /// How many gears the subnet, the uid range and the bridge hold together, and what holds
+    /// the fewest, said with its fix.
+    pub fn gear_room(&self) -> (u32, String) {
+        let net = Subnet::parse(&self.subnet).ok();
+        // The bridge takes the subnet's first address.
+        let addresses = net.map_or(0, |n| n.hosts().saturating_sub(1));
+        let uids = self.uid_max.saturating_sub(self.uid_min).saturating_add(1);
+        let wider = |n: u32| {
+            // The longest prefix with room for n gears (and the bridge).
+            (8..=30u8)
+                .rev()
+                .find(|p| (1u64 << (32 - p)) >= u64::from(n) + 3)
+                .unwrap_or(8)
+        };
+        let want = self.max_gears.unwrap_or(0);
+        [
+            (
+                addresses,
+                format!(
+                    "subnet {} has room for {addresses} gears (the bridge takes one address): give a /{} or larger",
+                    self.subnet,
+                    wider(want.max(addresses + 1))
+                ),
+            ),
+            (
+                uids,
+                format!(
+                    "uid range {}-{} holds {uids} gears: widen it to at least {}-{}",
+                    self.uid_min,
+                    self.uid_max,
+                    self.uid_min,
+                    self.uid_min.saturating_add(want.max(uids + 1)).saturating_sub(1)
+                ),
+            ),
+            (
+                BRIDGE_MAX_GEARS,
+                format!("a Linux bridge takes at most 1024 ports, so one node holds at most {BRIDGE_MAX_GEARS} gears"),
+            ),
+        ]
+        .into_iter()
+        .min_by_key(|(n, _)| *n)
+        .expect("three limits")
+    }
+
+    /// The number of gears the node is sized for: `max_gears`, else what fits.
+    pub fn gear_capacity(&self) -> u32 {
+        self.max_gears.unwrap_or_else(|| self.gear_room().0)
+    }
 }
+
+/// A Linux bridge has at most 1024 ports (BR_MAX_PORTS), numbered from 1: one per gear's veth.
+pub const BRIDGE_MAX_GEARS: u32 = 1023;
 
 fn default_admin_port() -> u16 {
     8001
@@ -350,6 +421,55 @@ mod tests {
         let text = toml::to_string_pretty(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn max_gears_must_fit_the_subnet_the_uids_and_one_bridge() {
+        let node = |subnet: &str, uids: (u32, u32), max: Option<u32>| Config {
+            subnet: subnet.into(),
+            uid_min: uids.0,
+            uid_max: uids.1,
+            max_gears: max,
+            ..Config::default()
+        };
+        // Unset: as many as fit, and what binds says so.
+        let c = node("10.1.0.0/24", (400_000, 400_999), None);
+        c.validate().unwrap();
+        assert_eq!(c.gear_capacity(), 253);
+        assert!(
+            c.gear_room().1.contains("subnet 10.1.0.0/24 has room for 253 gears"),
+            "{}",
+            c.gear_room().1
+        );
+        // A /24 cannot hold 500: the error names the subnet and the prefix that would.
+        let e = node("10.1.0.0/24", (400_000, 400_999), Some(500))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_gears = 500 does not fit") && e.contains("give a /23 or larger"),
+            "{e}"
+        );
+        // 200 uids cannot hold 500.
+        let e = node("10.1.0.0/22", (400_000, 400_199), Some(500))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("uid range 400000-400199 holds 200 gears") && e.contains("400000-400499"),
+            "{e}"
+        );
+        // One bridge: 1023 gears at most, however large the subnet and the uid range.
+        let e = node("10.0.0.0/16", (400_000, 449_999), Some(2000))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 1024 ports") && e.contains("at most 1023"), "{e}");
+        let c = node("10.1.0.0/22", (400_000, 400_999), Some(500));
+        c.validate().unwrap();
+        assert_eq!(c.gear_capacity(), 500);
+        assert_eq!(Config::default().gear_capacity(), BRIDGE_MAX_GEARS);
+        assert!(node("10.1.0.0/22", (400_000, 400_999), Some(0)).validate().is_err());
     }
 
     #[test]

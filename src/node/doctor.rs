@@ -53,6 +53,7 @@ pub fn collect(node: Option<&Node>) -> Vec<Check> {
     out.push(quota::btrfs::check_progs());
     out.extend(crate::addon::kind::check());
     if let Some(n) = node {
+        out.extend(super::sysctl::check(n.config.gear_capacity()));
         out.extend(running_node(n));
     }
     out

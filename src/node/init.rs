@@ -28,6 +28,10 @@ pub struct InitArgs {
     /// Gear uid range, e.g. 400000-449999.
     #[arg(long)]
     pub uids: Option<String>,
+    /// How many gears the node is sized for (max_gears): refused when the subnet, the uid range
+    /// or one bridge cannot hold them.
+    #[arg(long)]
+    pub gears: Option<u32>,
     /// Cartridge directory to search (repeatable; replaces the default path).
     #[arg(long = "cartridges")]
     pub cartridges: Vec<PathBuf>,
@@ -85,6 +89,7 @@ pub fn config_from(args: &InitArgs) -> Result<Config> {
         c.uid_min = a.trim().parse().context("--uids: first uid is not a number")?;
         c.uid_max = b.trim().parse().context("--uids: last uid is not a number")?;
     }
+    c.max_gears = args.gears.or(c.max_gears);
     if !args.cartridges.is_empty() {
         c.cartridge_path = args
             .cartridges

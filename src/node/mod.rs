@@ -10,6 +10,7 @@ pub mod init;
 pub mod probe;
 pub mod registry;
 pub mod runtime;
+pub mod sysctl;
 
 use crate::node::config::{Config, DEFAULT_CONFIG};
 use crate::state;

@@ -31,6 +31,9 @@ pub fn up(node: &Node) -> Result<()> {
     quota::node_up(node)?;
     selinux::label_like_parent(&node.gears_dir())?;
     network::node_up(&network::NodeNet::from_config(&node.config))?;
+    for line in super::sysctl::raise(node.config.gear_capacity()) {
+        eprintln!("gearshift: {line}");
+    }
     login_user::ensure(&node.config.ssh_user, &node.login_home())?;
     Ok(())
 }
