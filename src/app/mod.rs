@@ -134,6 +134,13 @@ pub(crate) fn allocate(node: &Node) -> Result<(u32, std::net::Ipv4Addr)> {
     let used_uids: BTreeSet<u32> = gears.iter().map(|g| g.uid).collect();
     let used_ips: BTreeSet<_> = gears.iter().map(|g| g.ip).collect();
     let c = &node.config;
+    // One bridge holds at most 1023 gears; `max_gears` may say fewer.
+    let capacity = c.gear_capacity();
+    anyhow::ensure!(
+        (gears.len() as u64) < u64::from(capacity),
+        "the node is full: it is sized for {capacity} gears (max_gears; a bridge holds at most {}): destroy an app or add-on, or ask the admin to raise max_gears",
+        crate::node::config::BRIDGE_MAX_GEARS
+    );
     let uid = (c.uid_min..=c.uid_max)
         .find(|u| !used_uids.contains(u))
         .with_context(|| {

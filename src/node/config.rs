@@ -193,15 +193,18 @@ impl Config {
             bail!("subnet {} is too small for gears", self.subnet);
         }
         if let Some(want) = self.max_gears {
-            let room = self.gear_room();
             if want == 0 {
                 bail!("max_gears must be at least 1");
             }
-            if want > room.0 {
+            let short: Vec<String> = (self.gear_limits().into_iter())
+                .filter(|(n, _)| *n < want)
+                .map(|(_, why)| why)
+                .collect();
+            if !short.is_empty() {
                 bail!(
                     "max_gears = {want} does not fit: {} (or set max_gears to at most {})",
-                    room.1,
-                    room.0
+                    short.join("; "),
+                    self.gear_room().0
                 );
             }
         }
@@ -256,6 +259,14 @@ impl Config {
     /// How many gears the subnet, the uid range and the bridge hold together, and what holds
     /// the fewest, said with its fix.
     pub fn gear_room(&self) -> (u32, String) {
+        self.gear_limits()
+            .into_iter()
+            .min_by_key(|(n, _)| *n)
+            .expect("three limits")
+    }
+
+    /// How many gears each of the subnet, the uid range and one bridge holds, with its fix.
+    fn gear_limits(&self) -> Vec<(u32, String)> {
         let net = Subnet::parse(&self.subnet).ok();
         // The bridge takes the subnet's first address.
         let addresses = net.map_or(0, |n| n.hosts().saturating_sub(1));
@@ -292,9 +303,7 @@ impl Config {
                 format!("a Linux bridge takes at most 1024 ports, so one node holds at most {BRIDGE_MAX_GEARS} gears"),
             ),
         ]
-        .into_iter()
-        .min_by_key(|(n, _)| *n)
-        .expect("three limits")
+        .into()
     }
 
     /// The number of gears the node is sized for: `max_gears`, else what fits.

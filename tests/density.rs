@@ -1,0 +1,113 @@
+//! Density (issue 16): what must not grow with the number of apps, and a node sized for its
+//! gears, driven as an admin does. The figures themselves are `make bench-density`'s.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// The status of GET / at HOST through the router.
+fn status(n: &TestNode, host: &str) -> u16 {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "40",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+        ])
+        .arg(format!("http://127.0.0.1:{}/", n.http_port()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
+}
+
+/// The names of a process's threads.
+fn threads(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("comm")) {
+            out.push(c.trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn one_watcher_thread_follows_every_gear() {
+    require_root!();
+    let n = TestNode::new();
+    let d = n.start_daemon();
+    let apps: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    for a in &apps {
+        n.ok(&["app", "create", a, "--cartridge", "static"]);
+    }
+    // Every app is in the route table: its host gets the app's own answer, not the 404 of an
+    // unknown host.
+    assert!(
+        eventually(Duration::from_secs(60), || apps
+            .iter()
+            .all(|a| status(&n, &format!("{a}.localhost")) != 404)),
+        "the router does not know every new app"
+    );
+    let names = threads(d.pid());
+    let watchers: Vec<&String> = names.iter().filter(|c| c.starts_with("watch")).collect();
+    assert_eq!(
+        watchers,
+        ["watch-gears"],
+        "one watcher thread for the gears of 6 apps, not one per gear (threads: {names:?})"
+    );
+}
+
+#[test]
+fn init_refuses_a_node_too_small_for_its_gears_and_doctor_checks_the_kernel_for_them() {
+    require_root!();
+    // The test node's slot makes its subnet, uid range and ports ours to try a second init with.
+    let n = TestNode::new();
+    let config = n.root.join("small.toml");
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["init", "--root"])
+        .arg(n.root.join("small"))
+        .args([
+            "--bridge",
+            &format!("{}x", n.name),
+            "--subnet",
+            &format!("10.213.{}.0/24", n.slot),
+        ])
+        .args([
+            "--uids",
+            &format!("{}-{}", 460_000 + n.slot * 200, 460_199 + n.slot * 200),
+        ])
+        .args(["--gears", "500"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "init of a /24 for 500 gears succeeded");
+    assert!(
+        err.contains(&format!(
+            "max_gears = 500 does not fit: subnet 10.213.{}.0/24 has room for 253 gears",
+            n.slot
+        )) && err.contains("give a /23 or larger"),
+        "{err}"
+    );
+    assert!(!config.exists(), "a refused init wrote {}", config.display());
+    // The test node holds 200 gears (its uid range): doctor judges the kernel's limits for that.
+    let doctor = String::from_utf8_lossy(&n.gs(&["doctor"]).stdout).into_owned();
+    for key in [
+        "net.ipv4.neigh.default.gc_thresh3",
+        "kernel.pid_max",
+        "fs.inotify.max_user_watches",
+    ] {
+        let line = doctor
+            .lines()
+            .find(|l| l.contains(&format!("limit {key}")))
+            .unwrap_or_else(|| panic!("{doctor}"));
+        assert!(line.contains("200 gears"), "{line}");
+    }
+}
