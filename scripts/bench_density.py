@@ -19,6 +19,7 @@ import tomllib
 BIN, CFG, WORK, NODE, NS = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 PAR = int(os.environ.get("PAR", "4"))
 MIX_SECS = float(os.environ.get("MIX_SECS", "60"))
+REBOOT_LIMIT = float(os.environ.get("REBOOT_LIMIT", "300"))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 conf = tomllib.load(open(CFG, "rb"))
 ROOT, HTTP, SSH_PORT, USER = conf["data_root"], conf["http_port"], conf["ssh_port"], conf["ssh_user"]
@@ -217,7 +218,7 @@ def simulated_reboot(n):
     up = time.perf_counter() - t
 
     def answer(i):
-        while time.perf_counter() - t < 600:
+        while time.perf_counter() - t < REBOOT_LIMIT:
             try:
                 st, body = get(f"a{i}", timeout=30)
                 if st == 200 and f"a{i}" in body:
@@ -228,9 +229,10 @@ def simulated_reboot(n):
         return False
 
     with cf.ThreadPoolExecutor(16) as ex:
-        ok = sum(ex.map(answer, range(n)))
+        answered = list(ex.map(answer, range(n)))
+    ok = sum(answered)
     if ok != n:
-        log(f"reboot: only {ok} of {n} apps answered")
+        log(f"reboot: only {ok} of {n} apps answered; not: {[f'a{i}' for i, a in enumerate(answered) if not a][:20]}")
     return up, time.perf_counter() - t, ok
 
 

@@ -192,7 +192,11 @@ pub enum CronCmd {
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
     /// Bring the bridge, firewall, quota filesystem and cgroups up (after a reboot).
-    Up,
+    Up {
+        /// I/K: only the gears of every K-th app from the I-th (node up runs K of these at once).
+        #[arg(long, hide = true)]
+        share: Option<String>,
+    },
     /// Take them down again (apps keep their state on disk).
     Down,
     /// Destroy every app, take the node down and delete its data root.
@@ -373,7 +377,11 @@ fn user_event(cmd: &user::UserCmd) -> Option<(&'static str, serde_json::Value)> 
 
 fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
     match cmd {
-        NodeCmd::Up => {
+        NodeCmd::Up { share: Some(share) } => {
+            let failed = node::runtime::up_share(node, &share)?;
+            Ok(failed.min(100) as i32)
+        }
+        NodeCmd::Up { share: None } => {
             let failed = node::runtime::up_with_gears(node)?;
             Ok(if failed == 0 { 0 } else { 1 })
         }

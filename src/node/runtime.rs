@@ -65,14 +65,77 @@ pub fn down(node: &Node) -> Result<()> {
     }
 }
 
+/// How many processes bring gears back at once after a reboot (`node up --share I/K`):
+/// spawning a gear needs a single-threaded process, so they are processes, not threads.
+const UP_PROCESSES: usize = 4;
+
 /// `gearshift node up`: the shared pieces, then every gear's init (whose supervisor starts the
-/// web process if it was running). Returns how many gears could not be brought back.
+/// web process if it was running), in [`UP_PROCESSES`] processes at once. An idle app's gears
+/// stay down (its next request wakes it), only put back on the network. Returns how many gears
+/// could not be brought back.
 pub fn up_with_gears(node: &Node) -> Result<usize> {
     up(node)?;
+    let apps = apps_to_bring_up(node)?;
+    let gears: usize = apps.iter().filter(|a| !a.idle).map(|a| a.gears.len()).sum();
+    let mut failed = if gears > UP_PROCESSES {
+        up_in_processes(node, UP_PROCESSES)?
+    } else {
+        up_gears(node, &apps)
+    };
+    // Add-ons are never idle: every one runs after a node up, its links back in the firewall.
+    failed += crate::addon::bring_up(node)?;
+    Ok(failed)
+}
+
+/// `node up --share I/K` (run by [`up_with_gears`]): the gears of every K-th app from the I-th.
+pub fn up_share(node: &Node, share: &str) -> Result<usize> {
+    let (i, k) = parse_share(share)?;
+    let apps: Vec<_> = apps_to_bring_up(node)?.into_iter().skip(i).step_by(k).collect();
+    Ok(up_gears(node, &apps))
+}
+
+/// `I/K` with I < K.
+pub fn parse_share(share: &str) -> Result<(usize, usize)> {
+    let parsed = share
+        .split_once('/')
+        .and_then(|(i, k)| Some((i.parse::<usize>().ok()?, k.parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, k)) if i < k => Ok((i, k)),
+        _ => bail!("--share must be I/K with I < K, like 0/4 (got '{share}')"),
+    }
+}
+
+/// An app still being created is its creator's business.
+fn apps_to_bring_up(node: &Node) -> Result<Vec<app::App>> {
+    Ok(app::list(node)?.into_iter().filter(|a| a.status != "creating").collect())
+}
+
+/// Runs `node up --share I/K` for every I at once; the gears they could not bring back.
+fn up_in_processes(node: &Node, k: usize) -> Result<usize> {
+    let children = (0..k)
+        .map(|i| {
+            std::process::Command::new("/proc/self/exe")
+                .arg("--config")
+                .arg(&node.config_path)
+                .args(["node", "up", "--share", &format!("{i}/{k}")])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .context("cannot run `gearshift node up --share`")
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut failed = 0;
-    // An app still being created is its creator's business.
-    for a in app::list(node)?.into_iter().filter(|a| a.status != "creating") {
-        let boot = app::boot(&a);
+    for mut c in children {
+        // Each exits with the number of gears it could not bring back (at most 100).
+        failed += c.wait().map_or(1, |st| st.code().map_or(1, |n| n as usize));
+    }
+    Ok(failed)
+}
+
+/// Brings back the gears of `apps`; how many could not be.
+fn up_gears(node: &Node, apps: &[app::App]) -> usize {
+    let mut failed = 0;
+    for a in apps {
+        let boot = app::boot(a);
         for g in &a.gears {
             match gear::relabel_if_needed(node, g) {
                 Ok(true) => eprintln!(
@@ -85,19 +148,21 @@ pub fn up_with_gears(node: &Node) -> Result<usize> {
                     failed += 1;
                 }
             }
-            // A gear started by an older gearshift whose supervisor does not
-            // answer the control socket gets a fresh init (an upgrade).
-            let ns = network::netns_path(&g.netns());
-            if gear::init_pid(node, g).is_some() && control::command(&ns, "status").is_err() {
-                eprintln!(
-                    "gearshift: restarting gear {} of '{}' (its supervisor does not answer)",
-                    g.index, a.name
-                );
-                let _ = gear::stop(node, g);
-            }
-            if let Err(e) = gear::ensure_running(node, g, &boot) {
-                eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
-                failed += 1;
+            if !a.idle {
+                // A gear started by an older gearshift whose supervisor does not
+                // answer the control socket gets a fresh init (an upgrade).
+                let ns = network::netns_path(&g.netns());
+                if gear::init_pid(node, g).is_some() && control::command(&ns, "status").is_err() {
+                    eprintln!(
+                        "gearshift: restarting gear {} of '{}' (its supervisor does not answer)",
+                        g.index, a.name
+                    );
+                    let _ = gear::stop(node, g);
+                }
+                if let Err(e) = gear::ensure_running(node, g, &boot) {
+                    eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
+                    failed += 1;
+                }
             }
             // A gear that outlived the node's network (bridge deleted, network restarted).
             match gear::reattach_network(node, g) {
@@ -110,9 +175,7 @@ pub fn up_with_gears(node: &Node) -> Result<usize> {
             }
         }
     }
-    // Add-ons are never idle: every one runs after a node up, its links back in the firewall.
-    failed += crate::addon::bring_up(node)?;
-    Ok(failed)
+    failed
 }
 
 /// Destroys the node: stops its daemon (and so its sshd and router), destroys every app, takes
@@ -240,4 +303,19 @@ fn nft_table_exists(table: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_share;
+
+    #[test]
+    fn shares_split_the_apps_between_the_processes() {
+        assert_eq!(parse_share("0/4").unwrap(), (0, 4));
+        assert_eq!(parse_share("3/4").unwrap(), (3, 4));
+        for bad in ["4/4", "1", "a/4", "1/0", ""] {
+            let e = parse_share(bad).unwrap_err().to_string();
+            assert!(e.contains("--share must be I/K"), "{bad}: {e}");
+        }
+    }
 }
