@@ -111,3 +111,56 @@ fn init_refuses_a_node_too_small_for_its_gears_and_doctor_checks_the_kernel_for_
         assert!(line.contains("200 gears"), "{line}");
     }
 }
+
+/// Whether the gear's init (its pid file's process) is alive.
+fn init_alive(n: &TestNode, gear_id: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(n.root.join("run/gears").join(gear_id).join("init.pid")).ok()?;
+    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ")?.1.chars().next()?;
+    (state != 'Z' && state != 'X').then_some(pid)
+}
+
+#[test]
+fn node_up_after_a_reboot_brings_back_every_running_gear_at_once_and_leaves_idle_ones_down() {
+    require_root!();
+    let n = TestNode::new();
+    // Six apps whose gears run (more than node up's four processes: each brings back a share),
+    // and one idle app.
+    let apps: Vec<String> = (0..7).map(|i| format!("u{i}")).collect();
+    for a in &apps {
+        n.ok(&["app", "create", a, "--cartridge", "static"]);
+        n.ok(&["run", a, "--", "/bin/true"]);
+    }
+    n.ok(&["app", "idle", "u6"]);
+    let gear = |a: &str| n.show(a)["gears"][0]["id"].as_str().unwrap().to_string();
+    assert!(init_alive(&n, &gear("u6")).is_none(), "an idled app's gear still runs");
+    // A reboot, for the gears: every init killed (their processes die with them).
+    for a in &apps[..6] {
+        let pid = init_alive(&n, &gear(a)).unwrap_or_else(|| panic!("gear of {a} does not run"));
+        // SAFETY: kill(2) with a pid read from the gear's pid file; no memory is involved.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(eventually(Duration::from_secs(10), || apps.iter().all(|a| init_alive(
+        &n,
+        &gear(a)
+    )
+    .is_none())));
+    n.ok(&["node", "up"]);
+    for a in &apps[..6] {
+        assert!(
+            init_alive(&n, &gear(a)).is_some(),
+            "node up did not bring back the gear of {a}"
+        );
+    }
+    assert!(
+        init_alive(&n, &gear("u6")).is_none(),
+        "node up started the gear of an idle app"
+    );
+    // Its gear comes back when it is used (a request's wake, a command).
+    n.ok(&["run", "u6", "--", "/bin/true"]);
+    assert!(
+        init_alive(&n, &gear("u6")).is_some(),
+        "the idle app's gear does not come back"
+    );
+}

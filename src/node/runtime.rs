@@ -107,7 +107,10 @@ pub fn parse_share(share: &str) -> Result<(usize, usize)> {
 
 /// An app still being created is its creator's business.
 fn apps_to_bring_up(node: &Node) -> Result<Vec<app::App>> {
-    Ok(app::list(node)?.into_iter().filter(|a| a.status != "creating").collect())
+    Ok(app::list(node)?
+        .into_iter()
+        .filter(|a| a.status != "creating")
+        .collect())
 }
 
 /// Runs `node up --share I/K` for every I at once; the gears they could not bring back.
