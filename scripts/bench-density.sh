@@ -17,7 +17,8 @@ for n in $N_LIST; do [ "$n" -gt "$max" ] && max=$n; done
 # A slot the tests' nodes also take (tests/common: /tmp/gearshift-test-slots/SLOT.lock, held for
 # the run), so the ports (20000 + 10 * SLOT ...) clash with no test node. The subnet and uids
 # lie outside the tests' (10.213.SLOT.0/24, 460000 + 200 * SLOT): 10.215.(4 * SLOT).0/22 and
-# 450000 + 1000 * (SLOT % 10); `init` refuses any other clash.
+# 450000 + 1000 * (SLOT % 10); `init` refuses any other clash. The node is sized for the largest
+# N (--gears), so its `node up` raises no kernel limit a node of that size does not need.
 mkdir -p /tmp/gearshift-test-slots
 slot=
 for s in $(seq 0 63); do
@@ -39,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 "$BIN" --config "$cfg" init --root "$work/root" --bridge "$name" --subnet "10.215.$((4 * slot)).0/22" \
   --uids "$uid0-$((uid0 + 999))" --http-port $((20000 + 10 * slot)) --ssh-port $((20001 + 10 * slot)) \
-  --cartridges "$(pwd)/cartridges" --disk-image-size 40G >/dev/null
+  --cartridges "$(pwd)/cartridges" --disk-image-size 40G --gears $((max + 10)) >/dev/null
 # Automatic idling after a short time, so the bench sees idle apps without waiting long.
 sed -i "s/^idle_after_secs = .*/idle_after_secs = ${IDLE:-20}/" "$cfg"
 grep -q "^idle_after_secs = ${IDLE:-20}$" "$cfg" || { echo "bench-density: cannot set idle_after_secs in $cfg"; exit 1; }
