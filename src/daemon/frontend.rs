@@ -40,6 +40,9 @@ struct Front {
     cert_files: Mutex<HashMap<String, CertStamp>>,
     /// Follows every gear's supervisor (set once, right after the front is made).
     watcher: std::sync::OnceLock<Watcher>,
+    /// Apps the router is waking or woke: (a wake in progress, when it last began or ended).
+    /// A wake is activity: automatic idling never idles an app under its wake.
+    wakes: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 /// When a host's certificate and key files were last changed.
@@ -262,7 +265,13 @@ impl Waker for GearWaker {
         }
         let limit = deadline.saturating_duration_since(Instant::now());
         let t = Instant::now();
+        front.wakes.lock().unwrap().insert(app_name.to_string(), (true, t));
         let woke = front.verb(&["app", "start", app_name], limit);
+        front
+            .wakes
+            .lock()
+            .unwrap()
+            .insert(app_name.to_string(), (false, Instant::now()));
         let e = Event::new("app.wake", "gearshift").app(app_name, a.owner.as_deref());
         let detail = match &woke {
             Ok(()) => serde_json::json!({"result": "ok", "ms": t.elapsed().as_millis() as u64}),
@@ -387,16 +396,19 @@ fn refresh_loop(front: Arc<Front>) {
             for v in front.gears.lock().unwrap().values() {
                 live_of.entry(v.app.clone()).or_default().push(v.live);
             }
+            let wakes = front.wakes.lock().unwrap().clone();
             for (name, owner) in &apps {
-                // Activity: a request, or a change of the live web processes (a deploy, a
-                // start). A push in progress refuses the idle (it is retried later).
+                // Activity: a request, a wake (under way, or since the last look), or a change
+                // of the live web processes (a deploy, a start). A push in progress refuses the
+                // idle (it is retried later).
                 let count = stats.requests_by_app.get(name).copied().unwrap_or(0);
                 let mut live = live_of.remove(name).unwrap_or_default();
                 live.sort();
                 let entry = last_seen
                     .entry(name.clone())
                     .or_insert_with(|| (count, live.clone(), Instant::now()));
-                if entry.0 != count || entry.1 != live {
+                let woken = wakes.get(name).is_some_and(|(now, at)| *now || *at > entry.2);
+                if entry.0 != count || entry.1 != live || woken {
                     *entry = (count, live, Instant::now());
                 } else if entry.2.elapsed() > Duration::from_secs(idle_after) {
                     if front.verb(&["app", "idle", name], Duration::from_secs(30)).is_ok() {
@@ -450,6 +462,7 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
         certs: certs.clone(),
         cert_files: Mutex::new(HashMap::new()),
         watcher: std::sync::OnceLock::new(),
+        wakes: Mutex::new(HashMap::new()),
     });
     let sink: Arc<dyn Sink> = front.clone();
     let _ = front
