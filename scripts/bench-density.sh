@@ -33,6 +33,7 @@ chmod 755 "$work"   # the SSH login user reads the node config through auth-keys
 cfg="$work/node.toml"
 uid0=$((450000 + 1000 * (slot % 10)))
 cleanup() {
+  set +e   # every step runs, whatever failed before it (the daemon may be gone already)
   [ -f "$work/daemon.pid" ] && kill "$(cat "$work/daemon.pid")" 2>/dev/null
   "$BIN" --config "$cfg" node destroy --confirm "$name" >/dev/null 2>&1 || true
   rm -rf "$work"

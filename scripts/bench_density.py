@@ -291,6 +291,8 @@ def main():
         r["up"], r["restore"], r["answered"] = simulated_reboot(n)
         r["disk"] = disk_per_app_kib(n)
         r["load"] = open("/proc/loadavg").read().split()[0]
+        if rows:
+            r["per_idle_step"] = (rss - rows[-1]["rss"]) / (n - rows[-1]["N"])
         rows.append(r)
         table(rows)
     stop_daemon()
@@ -305,6 +307,7 @@ def table(rows):
         ("daemon RSS, all idle (KiB)", lambda r: str(r["rss"])),
         ("daemon threads, all idle", lambda r: str(r["threads"])),
         ("daemon memory per idle app (KiB)", lambda r: f"{r['per_idle']:.1f}"),
+        ("  the same, since the previous N (KiB)", lambda r: f(r.get("per_idle_step"), ".1f")),
         ("gears' memory, all idle (MiB)", lambda r: f"{r['gears_idle'] / 1024:.0f}"),
         ("kernel slab growth (MiB)", lambda r: f"{r['slab'] / 1024:.0f}"),
         ("memory per active app (MiB)", lambda r: f"{r['per_active'] / 1024:.1f}"),
