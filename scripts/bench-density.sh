@@ -13,6 +13,10 @@ N_LIST=${N:-50 100 250 500}
 max=0
 for n in $N_LIST; do [ "$n" -gt "$max" ] && max=$n; done
 [ "$max" -le 1000 ] || { echo "bench-density: N at most 1000 (one /22 subnet, 1000 uids)"; exit 1; }
+if ! command -v wrk >/dev/null; then   # the router's throughput (as scripts/bench-router.sh)
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk >/dev/null
+fi
 
 # A slot the tests' nodes also take (tests/common: /tmp/gearshift-test-slots/SLOT.lock, held for
 # the run), so the ports (20000 + 10 * SLOT ...) clash with no test node. The subnet and uids
