@@ -290,6 +290,106 @@ fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_pus
     assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
 }
 
+/// SERVER, saying which page it serves when it starts (what a failed check shows the pusher).
+const TALKING_SERVER: &str = r#"import http.server, os
+page = open('page.txt').read()
+print('serving', page, flush=True)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = page.encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+#[test]
+fn app_json_healthchecks_gate_the_switch_and_herokus_postdeploy_runs_on_the_first_deploy_only() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "hc", "--cartridge", "python", "--owner", "dev"]);
+    let app_json = r#"{
+  // Dokku's healthchecks; Heroku's postdeploy (first deploy only) beside Dokku's (every deploy)
+  "healthchecks": {"web": [
+    {"type": "startup", "name": "page ready", "description": "the page names its version",
+     "path": "/ready", "content": "version", "attempts": 2, "timeout": 2, "wait": 0, "initialDelay": 0},
+    {"type": "liveness", "path": "/never-run-at-deploy", "content": "nothing has this"}
+  ]},
+  "scripts": {
+    "postdeploy": {"command": "echo seeded >> $OPENSHIFT_DATA_DIR/seed.log"},
+    "dokku": {"postdeploy": "echo deployed >> $OPENSHIFT_DATA_DIR/deploys.log"}
+  }
+}
+"#;
+    let dir = app_repo(
+        n,
+        "hc",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("app.json", app_json),
+            ("server.py", TALKING_SERVER),
+            ("page.txt", "version 1"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("remote: -----> healthchecks: the new web process must pass 'page ready' before it goes live"),
+        "{out}"
+    );
+    assert!(out.contains("app.json postdeploy (first deploy): echo seeded"), "{out}");
+    assert_eq!(get(n, "hc", "/"), (200, "version 1".to_string()));
+
+    // A page without the content: the check fails, the push is rejected, the old one serves.
+    write_files(&dir, &[("page.txt", "broken")]);
+    commit(&dir, "a page the check refuses");
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(!ok, "a deployment failing its healthcheck went live:\n{out}");
+    assert!(
+        out.contains(
+            "app.json healthcheck 'page ready' failed after 2 attempt(s): GET /ready answered 200 without \"version\" in its body"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("serving broken"),
+        "the new process's last lines are not shown:\n{out}"
+    );
+    assert!(out.contains("keeps serving"), "{out}");
+    assert_eq!(get(n, "hc", "/"), (200, "version 1".to_string()));
+
+    write_files(&dir, &[("page.txt", "version 3")]);
+    commit(&dir, "v3");
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(ok, "{out}");
+    assert!(!out.contains("first deploy"), "{out}");
+    assert_eq!(get(n, "hc", "/"), (200, "version 3".to_string()));
+    let (_, seeded, _) = n.sh("hc", "cat ~/app-root/data/seed.log");
+    assert_eq!(seeded, "seeded\n", "Heroku's postdeploy is for the first deploy only");
+    let (_, deploys, _) = n.sh("hc", "cat ~/app-root/data/deploys.log");
+    assert_eq!(
+        deploys, "deployed\ndeployed\n",
+        "Dokku's postdeploy runs on every deploy"
+    );
+
+    // A check gearshift cannot honour fails the push before any build, saying what to change.
+    write_files(
+        &dir,
+        &[(
+            "app.json",
+            r#"{"healthchecks": {"web": [{"path": "/", "scheme": "https"}]}}"#,
+        )],
+    );
+    commit(&dir, "https check");
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("healthcheck GET /: scheme 'https' is not supported"),
+        "{out}"
+    );
+    assert_eq!(get(n, "hc", "/"), (200, "version 3".to_string()));
+}
+
 #[test]
 fn procfile_process_types_run_as_formation_says_each_with_its_log_and_restart_after_a_crash() {
     require_root!();

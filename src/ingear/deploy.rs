@@ -378,6 +378,14 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
             info.app
         ));
     }
+    let checks = app_json.startup_checks();
+    if !checks.is_empty() {
+        let names: Vec<String> = checks.iter().map(|c| c.label()).collect();
+        say(&format!(
+            "healthchecks: the new web process must pass {} before it goes live",
+            names.join(", ")
+        ));
+    }
     let mut env = info.env_pairs();
     env.push(("GEARSHIFT_DEPLOYMENT_ID".into(), id.to_string()));
     env.push((
@@ -418,7 +426,8 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     if let Err(e) = run_step("post_deploy", repo, &env) {
         say(&format!("warning: {e:#}"));
     }
-    for script in release::after_switch(&app_json).into_iter().filter(|_| push) {
+    let first = journal.is_some_and(|j| j.previous.is_none());
+    for script in release::after_switch(&app_json, first).into_iter().filter(|_| push) {
         say(&format!("{}: {}", script.label, script.command));
         if let Err(e) = release::run(&script, repo, &env) {
             say(&format!("warning: {e:#}; {id} is live"));
