@@ -692,7 +692,7 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
             ("app.json", &cron("*/5 * * *")),
             (
                 ".openshift/cron/minutely/tick",
-                "#!/bin/sh\necho \"tick $(date +%s)\" >> $HOME/tick.txt\n",
+                "#!/bin/sh\necho \"tick $(date +%s)\" >> $HOME/tick.txt\nexec sleep 600\n",
             ),
         ],
     );
@@ -738,6 +738,13 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
     let (_, logs, _) = ssh_cmd(&d, "logs sched --type cron");
     assert!(logs.contains("cron.2 | cron hello in"), "{logs}");
     assert!(logs.lines().all(|l| l.starts_with("cron.")), "{logs}");
+
+    // A job still running (the tick sleeps) ends with `app stop`.
+    assert_eq!(ps_lines(&d, "sched", "sleep 600").len(), 1);
+    let (ok, _, err) = ssh_cmd(&d, "app stop sched");
+    assert!(ok, "{err}");
+    let left = ps_lines(&d, "sched", "sleep 600");
+    assert!(left.is_empty(), "a cron job outlived app stop: {left:?}");
 }
 
 #[test]
@@ -795,7 +802,10 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
         ("index.html", "not served\n"),
         ("page.txt", "served by python\n"),
         ("server.py", SERVER),
-        ("Procfile", "web: python server.py\n"),
+        (
+            "Procfile",
+            "web: sh -c 'echo \"ip=$OPENSHIFT_PYTHON_IP port=$OPENSHIFT_PYTHON_PORT\" >> page.txt; exec python server.py'\n",
+        ),
     ];
     let dir = app_repo(n, "py", &files);
     let (ok, out) = push(&d, &dir, "py");
@@ -804,7 +814,30 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
         out.contains("remote: -----> detected python (because requirements.txt)"),
         "{out}"
     );
-    assert!(get(n, "py", "/").1.contains("served by python"));
+    let page = get(n, "py", "/").1;
+    assert!(page.contains("served by python"), "{page}");
+    // The detected cartridge's OPENSHIFT_<CART>_* names, already on the first deploy.
+    let ip = n.ok(&["app", "show", "py"]);
+    assert!(page.contains(" port=8080") && !page.contains("ip= "), "{page}\n{ip}");
+
+    // Scaled before its first push: gear 0 detects, the other gear builds with the same
+    // cartridge (its virtualenv) and runs with its names.
+    n.ok(&["app", "create", "duo", "--owner", "dev"]);
+    n.ok(&["app", "scale", "duo", "2"]);
+    let duo = app_repo(n, "duo", &files);
+    let (ok, out) = push(&d, &duo, "duo");
+    assert!(ok, "{out}");
+    for gear in [0, 1] {
+        let (code, o, e) = n.sh_gear(
+            "duo",
+            gear,
+            "test -x ~/app-root/repo/.venv/bin/python && echo venv; cat ~/app-root/repo/page.txt",
+        );
+        assert_eq!(code, 0, "gear {gear}: {o}{e}");
+        assert!(o.starts_with("venv\n") && o.contains(" port=8080"), "gear {gear}: {o}");
+        assert!(!o.contains("ip= "), "gear {gear} has no OPENSHIFT_PYTHON_IP: {o}");
+    }
+    assert!(ssh_cmd(&d, "app show duo").1.contains("cartridge: python"));
     // The next push detects nothing: the cartridge is the app's now.
     write_files(&dir, &[("page.txt", "again\n")]);
     commit(&dir, "again");

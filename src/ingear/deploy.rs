@@ -368,6 +368,8 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     let procs = procfile::read(repo)?.unwrap_or_default();
     if info.cartridge.is_empty() {
         say(&crate::ingear::detect::choose(repo)?);
+    } else {
+        crate::ingear::detect::adopt(&info.cartridge)?;
     }
     let app_json = appjson::read(repo)?;
     let jobs = crate::ingear::cron::jobs(repo, &app_json)?;

@@ -414,6 +414,8 @@ fn stop(s: &Sup) -> Result<()> {
         bump(s, &mut g);
         (g.status.pid, live_repo())
     };
+    // A scheduled job running now ends with the app.
+    s.cron.stop(STOP_GRACE);
     let Some(pid) = pid else {
         s.workers.stop();
         s.lock().status.state = "stopped".into();
