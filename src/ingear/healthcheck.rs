@@ -149,6 +149,8 @@ pub struct Target<'a> {
     pub host: &'a str,
     /// When the process started.
     pub started: Instant,
+    /// When the switch must have answered (its caller waits at most 60 s).
+    pub deadline: Instant,
     /// How the process ended, once it has.
     pub exited: &'a dyn Fn() -> Option<String>,
     /// Runs a command check's argv in the deployment, at most the given time.
@@ -197,8 +199,14 @@ pub fn run(check: &Healthcheck, target: &Target) -> Result<()> {
     )
 }
 
-/// Sleeps until `t`, failing early when the process exits meanwhile.
+/// Sleeps until `t`, failing early when the process exits meanwhile or `t` is past the deadline.
 fn pause_until(t: Instant, target: &Target) -> Result<()> {
+    if t > target.deadline {
+        bail!(
+            "out of time: a switch must be done within {}s of the new process's start (lower initialDelay, attempts or wait)",
+            (target.deadline - target.started).as_secs()
+        );
+    }
     while Instant::now() < t {
         if let Some(how) = (target.exited)() {
             bail!("the new web process exited ({how})");
@@ -279,6 +287,7 @@ mod tests {
             addr,
             host: "shop.example.com",
             started: Instant::now(),
+            deadline: Instant::now() + Duration::from_secs(55),
             exited,
             run: &|_, _| bail!("no commands here"),
         }
@@ -345,6 +354,13 @@ mod tests {
             "app.json healthcheck 'db ready' failed after 2 attempt(s): GET /db answered 500 (not 2xx)"
         );
         h.join().unwrap();
+        let mut late = target(addr, &|| None);
+        late.deadline = Instant::now();
+        let e = format!(
+            "{:#}",
+            run(&check(r#"{"path": "/", "initialDelay": 1}"#), &late).unwrap_err()
+        );
+        assert!(e.contains("out of time: a switch must be done within 0s"), "{e}");
         let exited = || Some("exit code 1".to_string());
         let e = format!(
             "{:#}",

@@ -41,6 +41,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long an old web process keeps serving after a switch when no router releases it.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a switch may take from the new process's start (`control::ctl` waits 60 s).
+const SWITCH_MAX: Duration = Duration::from_secs(55);
 /// How long the processes of an app without web must stay up for its deployment to go live.
 const SETTLE: Duration = Duration::from_secs(3);
 /// How many of its last output lines a failed process shows.
@@ -511,6 +513,7 @@ fn startup_checks(
             .map(String::as_str)
             .unwrap_or("localhost"),
         started,
+        deadline: started + SWITCH_MAX,
         exited,
         run: &run,
     };
