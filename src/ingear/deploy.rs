@@ -301,9 +301,12 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         Ok(()) => {
             d.result = "deployed".into();
             save(&d)?;
-            prune(info.keep_deployments);
             if journal.is_some() {
-                settle_after_git();
+                // Pruning (removing a whole deployment with its virtualenv or node_modules)
+                // waits until git is done: it would compete with the new process's start.
+                settle_after_git(info.keep_deployments);
+            } else {
+                prune(info.keep_deployments);
             }
             say(&format!(
                 "deployed {id} in {:.2}s: {}",
@@ -479,9 +482,10 @@ fn settle() {
     journal::clear();
 }
 
-/// Once git-receive-pack (this hook's parent) has ended, settles the switch: a child holds the
-/// push lock (inherited) until then, so the next push starts from a settled state.
-fn settle_after_git() {
+/// Once git-receive-pack (this hook's parent) has ended, settles the switch and prunes the
+/// deployments beyond the newest `keep`: a child holds the push lock (inherited) until then, so
+/// the next push starts from a settled state.
+fn settle_after_git(keep: u32) {
     let git = nix::unistd::getppid();
     // SAFETY: the hook is single-threaded; the child only waits, runs git and writes files.
     match unsafe { nix::unistd::fork() } {
@@ -497,12 +501,16 @@ fn settle_after_git() {
                 wait_for_exit(git);
             }
             settle();
+            prune(keep);
             // SAFETY: leave the forked child without running the parent's destructors.
             unsafe { libc::_exit(0) }
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {}
         // Not settled now: the next push (or rollback) settles it first.
-        Err(e) => say(&format!("warning: cannot watch git's end ({e})")),
+        Err(e) => {
+            say(&format!("warning: cannot watch git's end ({e})"));
+            prune(keep);
+        }
     }
 }
 
