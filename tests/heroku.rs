@@ -290,18 +290,6 @@ fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_pus
     assert_eq!(get(n, "dok", "/"), (200, "one".to_string()));
 }
 
-/// SERVER, saying which page it serves when it starts (what a failed check shows the pusher).
-const TALKING_SERVER: &str = r#"import http.server, os
-page = open('page.txt').read()
-print('serving', page, flush=True)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        b = page.encode()
-        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
-"#;
-
 #[test]
 fn app_json_healthchecks_gate_the_switch_and_herokus_postdeploy_runs_on_the_first_deploy_only() {
     require_root!();
@@ -325,9 +313,13 @@ fn app_json_healthchecks_gate_the_switch_and_herokus_postdeploy_runs_on_the_firs
         n,
         "hc",
         &[
-            ("Procfile", "web: python3 -u server.py\n"),
+            // Says which page it serves (what a failed check shows the pusher).
+            (
+                "Procfile",
+                "web: sh -c 'echo serving $(cat page.txt); exec python3 -u server.py'\n",
+            ),
             ("app.json", app_json),
-            ("server.py", TALKING_SERVER),
+            ("server.py", SERVER),
             ("page.txt", "version 1"),
         ],
     );
