@@ -235,8 +235,7 @@ fn http_check(check: &Healthcheck, path: &str, target: &Target) -> Result<()> {
     }
     head.push_str("User-Agent: gearshift-healthcheck\r\nConnection: close\r\n\r\n");
     c.write_all(head.as_bytes()).context("cannot send the request")?;
-    let mut answer = Vec::new();
-    c.take(1 << 20).read_to_end(&mut answer).context("no complete answer")?;
+    let answer = read_answer(&mut c)?;
     let text = String::from_utf8_lossy(&answer);
     let status_line = text.lines().next().unwrap_or_default();
     let code: u16 = match status_line.split_whitespace().collect::<Vec<_>>()[..] {
@@ -255,6 +254,31 @@ fn http_check(check: &Healthcheck, path: &str, target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// An HTTP answer (at most 1 MiB): until the server closes, or, from one that keeps the
+/// connection open despite `Connection: close`, until its `Content-Length` body is complete.
+fn read_answer(c: &mut std::net::TcpStream) -> Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = c.read(&mut buf).context("no complete answer")?;
+        if n == 0 || answer.len() + n > 1 << 20 {
+            return Ok(answer);
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if length.is_some_and(|len| answer.len() >= end + 4 + len) {
+            return Ok(answer);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,13 +293,15 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let h = std::thread::spawn(move || {
-            let mut heads = Vec::new();
+            let (mut heads, mut open) = (Vec::new(), Vec::new());
             for a in answers {
                 let (mut c, _) = l.accept().unwrap();
                 let mut buf = [0u8; 4096];
                 let n = c.read(&mut buf).unwrap();
                 heads.push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 c.write_all(a.as_bytes()).unwrap();
+                // Kept open, as a server ignoring `Connection: close` would.
+                open.push(c);
             }
             heads
         });
