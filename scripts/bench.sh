@@ -20,6 +20,8 @@ trap cleanup EXIT
   --uids 490000-490099 --http-port 18080 --ssh-port 18022 --cartridges "$(pwd)/cartridges" --disk-image-size 1G >/dev/null
 "$BIN" --config "$cfg" app create bench --cartridge static >/dev/null
 
+# ONLY=redeploy: just the Flask redeploy figures below.
+if [ "${ONLY:-}" != redeploy ]; then
 python3 - "$BIN" "$cfg" "$N" "$work" <<'PY'
 import os, statistics, subprocess, sys, time
 binary, cfg, n, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -62,6 +64,7 @@ cold = bench("gearshift run (cold: new init, mounts, pivot_root)", [binary, "--c
              before=kill_init, n=max(20, n // 10))
 print(f"gear spawn overhead over plain fork+exec: warm {warm - plain:.2f} ms, cold {cold - plain:.2f} ms")
 PY
+fi
 
 # Deploys over SSH: a dependency-free python app (examples/python-flaskless), from `git push`
 # start until the new page is served, cold (app create + first push) and redeploy (one line).
@@ -74,6 +77,7 @@ user=$(grep -E '^ssh_user' "$cfg" | cut -d'"' -f2)
 # Ready once sshd completes a key exchange (a bare TCP connect would count as a client that
 # never logged in, which OpenSSH >= 9.8 may penalise).
 for _ in $(seq 100); do ssh-keyscan -T 5 -t ed25519 -p "$port" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519 && break; sleep 0.1; done
+if [ "${ONLY:-}" != redeploy ]; then
 python3 - "$BIN" "$cfg" "$work" "$port" "$user" "$(pwd)/examples/python-flaskless" <<'PY'
 import json, os, shutil, statistics, subprocess, sys, time, urllib.request
 binary, cfg, work, port, user, example = sys.argv[1:]
@@ -139,6 +143,13 @@ print(f"  cold (ssh app create + first git push), median of 5: {med(colds):.3f} 
 print(f"  redeploy of a one-line change, median of 10:          {med(redeploys):.3f} s  (min {min(redeploys):.3f}, max {max(redeploys):.3f})")
 print(f"  bare git push over SSH (non-deploy branch), median:   {med(bare):.3f} s")
 PY
+fi
+
+# Redeploy of a Heroku-style Flask+gunicorn app, with and without a worker (needs PyPI once).
+python3 scripts/bench_redeploy.py "$BIN" "$cfg" "$work" "$port" "$user" \
+  "$(grep -E '^http_port' "$cfg" | tr -dc 0-9)" "$(pwd)/examples/heroku-flask" ||
+  echo "flask redeploy figures left out: the section failed (PyPI unreachable?)"
+[ "${ONLY:-}" = redeploy ] && exit 0
 
 # Idle and wake: an idle python app's first request through the router (held until it answers),
 # against the app's own start time (bin/start exec -> listening, timed inside the awake gear on a

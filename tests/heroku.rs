@@ -291,6 +291,98 @@ fn app_json_scripts_run_around_the_switch_and_a_malformed_app_json_fails_the_pus
 }
 
 #[test]
+fn app_json_healthchecks_gate_the_switch_and_herokus_postdeploy_runs_on_the_first_deploy_only() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "hc", "--cartridge", "python", "--owner", "dev"]);
+    let app_json = r#"{
+  // Dokku's healthchecks; Heroku's postdeploy (first deploy only) beside Dokku's (every deploy)
+  "healthchecks": {"web": [
+    {"type": "startup", "name": "page ready", "description": "the page names its version",
+     "path": "/ready", "content": "version", "attempts": 2, "timeout": 2, "wait": 0, "initialDelay": 0},
+    {"type": "liveness", "path": "/never-run-at-deploy", "content": "nothing has this"}
+  ]},
+  "scripts": {
+    "postdeploy": {"command": "echo seeded >> $OPENSHIFT_DATA_DIR/seed.log"},
+    "dokku": {"postdeploy": "echo deployed >> $OPENSHIFT_DATA_DIR/deploys.log"}
+  }
+}
+"#;
+    let dir = app_repo(
+        n,
+        "hc",
+        &[
+            // Says which page it serves (what a failed check shows the pusher).
+            (
+                "Procfile",
+                "web: sh -c 'echo serving $(cat page.txt); exec python3 -u server.py'\n",
+            ),
+            ("app.json", app_json),
+            ("server.py", SERVER),
+            ("page.txt", "version 1"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("remote: -----> healthchecks: the new web process must pass 'page ready' before it goes live"),
+        "{out}"
+    );
+    assert!(out.contains("app.json postdeploy (first deploy): echo seeded"), "{out}");
+    assert_eq!(get(n, "hc", "/"), (200, "version 1".to_string()));
+
+    // A page without the content: the check fails, the push is rejected, the old one serves.
+    write_files(&dir, &[("page.txt", "broken")]);
+    commit(&dir, "a page the check refuses");
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(!ok, "a deployment failing its healthcheck went live:\n{out}");
+    assert!(
+        out.contains(
+            "app.json healthcheck 'page ready' failed after 2 attempt(s): GET /ready answered 200 without \"version\" in its body"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("serving broken"),
+        "the new process's last lines are not shown:\n{out}"
+    );
+    assert!(out.contains("keeps serving"), "{out}");
+    assert_eq!(get(n, "hc", "/"), (200, "version 1".to_string()));
+
+    write_files(&dir, &[("page.txt", "version 3")]);
+    commit(&dir, "v3");
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(ok, "{out}");
+    assert!(!out.contains("first deploy"), "{out}");
+    assert_eq!(get(n, "hc", "/"), (200, "version 3".to_string()));
+    let (_, seeded, _) = n.sh("hc", "cat ~/app-root/data/seed.log");
+    assert_eq!(seeded, "seeded\n", "Heroku's postdeploy is for the first deploy only");
+    let (_, deploys, _) = n.sh("hc", "cat ~/app-root/data/deploys.log");
+    assert_eq!(
+        deploys, "deployed\ndeployed\n",
+        "Dokku's postdeploy runs on every deploy"
+    );
+
+    // A check gearshift cannot honour fails the push before any build, saying what to change.
+    write_files(
+        &dir,
+        &[(
+            "app.json",
+            r#"{"healthchecks": {"web": [{"path": "/", "scheme": "https"}]}}"#,
+        )],
+    );
+    commit(&dir, "https check");
+    let (ok, out) = push(&d, &dir, "hc");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("healthcheck GET /: scheme 'https' is not supported"),
+        "{out}"
+    );
+    assert_eq!(get(n, "hc", "/"), (200, "version 3".to_string()));
+}
+
+#[test]
 fn procfile_process_types_run_as_formation_says_each_with_its_log_and_restart_after_a_crash() {
     require_root!();
     let d = dev_node();
@@ -592,7 +684,7 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
             ("app.json", &cron("*/5 * * *")),
             (
                 ".openshift/cron/minutely/tick",
-                "#!/bin/sh\necho \"tick $(date +%s)\" >> $HOME/tick.txt\n",
+                "#!/bin/sh\necho \"tick $(date +%s)\" >> $HOME/tick.txt\nexec sleep 600\n",
             ),
         ],
     );
@@ -638,6 +730,13 @@ fn cron_jobs_from_app_json_and_openshift_folders_run_every_minute_in_the_gear() 
     let (_, logs, _) = ssh_cmd(&d, "logs sched --type cron");
     assert!(logs.contains("cron.2 | cron hello in"), "{logs}");
     assert!(logs.lines().all(|l| l.starts_with("cron.")), "{logs}");
+
+    // A job still running (the tick sleeps) ends with `app stop`.
+    assert_eq!(ps_lines(&d, "sched", "sleep 600").len(), 1);
+    let (ok, _, err) = ssh_cmd(&d, "app stop sched");
+    assert!(ok, "{err}");
+    let left = ps_lines(&d, "sched", "sleep 600");
+    assert!(left.is_empty(), "a cron job outlived app stop: {left:?}");
 }
 
 #[test]
@@ -695,7 +794,10 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
         ("index.html", "not served\n"),
         ("page.txt", "served by python\n"),
         ("server.py", SERVER),
-        ("Procfile", "web: python server.py\n"),
+        (
+            "Procfile",
+            "web: sh -c 'echo \"ip=$OPENSHIFT_PYTHON_IP port=$OPENSHIFT_PYTHON_PORT\" >> page.txt; exec python server.py'\n",
+        ),
     ];
     let dir = app_repo(n, "py", &files);
     let (ok, out) = push(&d, &dir, "py");
@@ -704,7 +806,30 @@ fn app_create_without_a_cartridge_detects_it_at_the_first_push_and_cartridge_ove
         out.contains("remote: -----> detected python (because requirements.txt)"),
         "{out}"
     );
-    assert!(get(n, "py", "/").1.contains("served by python"));
+    let page = get(n, "py", "/").1;
+    assert!(page.contains("served by python"), "{page}");
+    // The detected cartridge's OPENSHIFT_<CART>_* names, already on the first deploy.
+    let ip = n.ok(&["app", "show", "py"]);
+    assert!(page.contains(" port=8080") && !page.contains("ip= "), "{page}\n{ip}");
+
+    // Scaled before its first push: gear 0 detects, the other gear builds with the same
+    // cartridge (its virtualenv) and runs with its names.
+    n.ok(&["app", "create", "duo", "--owner", "dev"]);
+    n.ok(&["app", "scale", "duo", "2"]);
+    let duo = app_repo(n, "duo", &files);
+    let (ok, out) = push(&d, &duo, "duo");
+    assert!(ok, "{out}");
+    for gear in [0, 1] {
+        let (code, o, e) = n.sh_gear(
+            "duo",
+            gear,
+            "test -x ~/app-root/repo/.venv/bin/python && echo venv; cat ~/app-root/repo/page.txt",
+        );
+        assert_eq!(code, 0, "gear {gear}: {o}{e}");
+        assert!(o.starts_with("venv\n") && o.contains(" port=8080"), "gear {gear}: {o}");
+        assert!(!o.contains("ip= "), "gear {gear} has no OPENSHIFT_PYTHON_IP: {o}");
+    }
+    assert!(ssh_cmd(&d, "app show duo").1.contains("cartridge: python"));
     // The next push detects nothing: the cartridge is the app's now.
     write_files(&dir, &[("page.txt", "again\n")]);
     commit(&dir, "again");

@@ -2,7 +2,8 @@
 //! with serde_json (wrong JSON or a wrong type fails the push) after dropping the `//` comment
 //! lines that Dokku tolerates. Other keys (name, env, addons ...) are allowed and ignored.
 
-use anyhow::{bail, Result};
+use super::healthcheck::Healthcheck;
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,29 @@ pub struct AppJson {
     /// Scheduled jobs (Dokku's `[{"command": "...", "schedule": "*/5 * * * *"}]`).
     #[serde(default)]
     pub cron: Vec<CronEntry>,
+    /// Process type -> its checks (Dokku's format; `web`'s `startup` ones gate a switch).
+    #[serde(default)]
+    pub healthchecks: BTreeMap<String, Vec<Healthcheck>>,
+}
+
+impl AppJson {
+    /// The checks that gate a switch of the web process (`healthchecks.web`, type `startup`).
+    pub fn startup_checks(&self) -> Vec<&Healthcheck> {
+        self.healthchecks
+            .get("web")
+            .into_iter()
+            .flatten()
+            .filter(|c| c.is_startup())
+            .collect()
+    }
+
+    /// Refuses what gearshift cannot honour (see [`Healthcheck::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        for c in self.healthchecks.values().flatten() {
+            c.validate().context("app.json")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -29,6 +53,24 @@ pub struct CronEntry {
 pub struct Scripts {
     #[serde(default)]
     pub dokku: DokkuScripts,
+    /// Heroku's: runs after the switch of the app's first deployment only.
+    pub postdeploy: Option<HerokuScript>,
+}
+
+/// A Heroku script: a command, or `{"command": "...", "size": "..."}`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum HerokuScript {
+    Command(String),
+    Object { command: String },
+}
+
+impl HerokuScript {
+    pub fn command(&self) -> &str {
+        match self {
+            HerokuScript::Command(c) | HerokuScript::Object { command: c } => c,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -55,8 +97,8 @@ fn strip_comments(text: &str) -> String {
 
 /// Parses app.json's text.
 pub fn parse(text: &str) -> Result<AppJson> {
-    match serde_json::from_str(&strip_comments(text)) {
-        Ok(a) => Ok(a),
+    match serde_json::from_str::<AppJson>(&strip_comments(text)) {
+        Ok(a) => a.validate().map(|_| a),
         Err(e) => bail!("app.json is not valid: {e} (fix it, or remove it; only whole-line // comments are allowed)"),
     }
 }
@@ -106,5 +148,25 @@ mod tests {
         assert!(typed.contains("invalid type"), "{typed}");
         assert!(e(r#"{"a": 1} // trailing comment"#).contains("not valid"));
         assert!(e(r#"{"formation": {"web": {"quantity": -1}}}"#).contains("not valid"));
+        assert!(
+            e(r#"{"healthchecks": {"web": [{"path": "/", "scheme": "https"}]}}"#).starts_with("app.json: healthcheck")
+        );
+        assert!(e(r#"{"scripts": {"postdeploy": 3}}"#).contains("not valid"));
+    }
+
+    #[test]
+    fn heroku_postdeploy_in_both_forms_and_web_startup_checks() {
+        let a = parse(r#"{"scripts": {"postdeploy": "rake db:seed"}}"#).unwrap();
+        assert_eq!(a.scripts.postdeploy.unwrap().command(), "rake db:seed");
+        let a = parse(r#"{"scripts": {"postdeploy": {"command": "seed", "size": "basic"}}}"#).unwrap();
+        assert_eq!(a.scripts.postdeploy.unwrap().command(), "seed");
+        let a = parse(
+            r#"{"healthchecks": {"web": [{"type": "startup", "path": "/a"}, {"type": "liveness", "path": "/b"}, {"uptime": 2}],
+                                "worker": [{"uptime": 3}]}}"#,
+        )
+        .unwrap();
+        let paths: Vec<_> = a.startup_checks().iter().map(|c| c.label()).collect();
+        assert_eq!(paths, ["GET /a", "uptime 2s"]);
+        assert!(AppJson::default().startup_checks().is_empty());
     }
 }

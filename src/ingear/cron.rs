@@ -129,6 +129,28 @@ impl Running {
         m.len() != before
     }
 
+    /// Ends every running job (`app stop`): SIGTERM to each job's process group, SIGKILL to
+    /// what is left after `grace`; returns once the reaper has seen them all exit (or after
+    /// another `grace`).
+    pub fn stop(&self, grace: std::time::Duration) {
+        use nix::sys::signal::{killpg, Signal};
+        let signal = |sig| {
+            for pid in self.lock().values() {
+                let _ = killpg(nix::unistd::Pid::from_raw(*pid), sig);
+            }
+        };
+        signal(Signal::SIGTERM);
+        let t = std::time::Instant::now();
+        let mut killed = false;
+        while !self.lock().is_empty() && t.elapsed() < grace * 2 {
+            if !killed && t.elapsed() > grace {
+                signal(Signal::SIGKILL);
+                killed = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
         self.pids.lock().unwrap_or_else(|e| e.into_inner())
     }

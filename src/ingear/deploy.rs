@@ -301,9 +301,12 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         Ok(()) => {
             d.result = "deployed".into();
             save(&d)?;
-            prune(info.keep_deployments);
             if journal.is_some() {
-                settle_after_git();
+                // Pruning (removing a whole deployment with its virtualenv or node_modules)
+                // waits until git is done: it would compete with the new process's start.
+                settle_after_git(info.keep_deployments);
+            } else {
+                prune(info.keep_deployments);
             }
             say(&format!(
                 "deployed {id} in {:.2}s: {}",
@@ -368,6 +371,8 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     let procs = procfile::read(repo)?.unwrap_or_default();
     if info.cartridge.is_empty() {
         say(&crate::ingear::detect::choose(repo)?);
+    } else {
+        crate::ingear::detect::adopt(&info.cartridge)?;
     }
     let app_json = appjson::read(repo)?;
     let jobs = crate::ingear::cron::jobs(repo, &app_json)?;
@@ -376,6 +381,14 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
             "cron: {} scheduled job(s) (see `cron list {}`)",
             jobs.len(),
             info.app
+        ));
+    }
+    let checks = app_json.startup_checks();
+    if !checks.is_empty() {
+        let names: Vec<String> = checks.iter().map(|c| c.label()).collect();
+        say(&format!(
+            "healthchecks: the new web process must pass {} before it goes live",
+            names.join(", ")
         ));
     }
     let mut env = info.env_pairs();
@@ -418,7 +431,8 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     if let Err(e) = run_step("post_deploy", repo, &env) {
         say(&format!("warning: {e:#}"));
     }
-    for script in release::after_switch(&app_json).into_iter().filter(|_| push) {
+    let first = journal.is_some_and(|j| j.previous.is_none());
+    for script in release::after_switch(&app_json, first).into_iter().filter(|_| push) {
         say(&format!("{}: {}", script.label, script.command));
         if let Err(e) = release::run(&script, repo, &env) {
             say(&format!("warning: {e:#}; {id} is live"));
@@ -468,9 +482,10 @@ fn settle() {
     journal::clear();
 }
 
-/// Once git-receive-pack (this hook's parent) has ended, settles the switch: a child holds the
-/// push lock (inherited) until then, so the next push starts from a settled state.
-fn settle_after_git() {
+/// Once git-receive-pack (this hook's parent) has ended, settles the switch and prunes the
+/// deployments beyond the newest `keep`: a child holds the push lock (inherited) until then, so
+/// the next push starts from a settled state.
+fn settle_after_git(keep: u32) {
     let git = nix::unistd::getppid();
     // SAFETY: the hook is single-threaded; the child only waits, runs git and writes files.
     match unsafe { nix::unistd::fork() } {
@@ -486,12 +501,16 @@ fn settle_after_git() {
                 wait_for_exit(git);
             }
             settle();
+            prune(keep);
             // SAFETY: leave the forked child without running the parent's destructors.
             unsafe { libc::_exit(0) }
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {}
         // Not settled now: the next push (or rollback) settles it first.
-        Err(e) => say(&format!("warning: cannot watch git's end ({e})")),
+        Err(e) => {
+            say(&format!("warning: cannot watch git's end ({e})"));
+            prune(keep);
+        }
     }
 }
 

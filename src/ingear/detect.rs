@@ -67,6 +67,23 @@ pub fn choose(repo: &Path) -> anyhow::Result<String> {
     Ok(format!("detected {cart} (because {file})"))
 }
 
+/// For a deployment in a gear that started before its app had a cartridge (another gear of a
+/// scaled app, which takes gear 0's deployment once the push recorded what gear 0 detected):
+/// uses the app's `cartridge` from every cartridge the gear sees, as gear 0 did, not detecting
+/// again.
+pub fn adopt(cartridge: &str) -> anyhow::Result<()> {
+    // A gear started with its cartridge sees no CARTRIDGES_DIR.
+    if !Path::new(CARTRIDGES_DIR)
+        .join(cartridge)
+        .join("manifest.toml")
+        .is_file()
+        || detected().as_deref() == Some(cartridge)
+    {
+        return Ok(());
+    }
+    crate::state::write_atomic(&layout::in_home(DETECTED), format!("{cartridge}\n").as_bytes(), 0o644)
+}
+
 #[cfg(test)]
 mod tests {
     use super::detect;

@@ -6,6 +6,7 @@ pub mod appjson;
 pub mod cron;
 pub mod deploy;
 pub mod detect;
+pub mod healthcheck;
 pub mod journal;
 pub mod procenv;
 pub mod procfile;

@@ -89,8 +89,29 @@ pub fn for_deployment(mut env: Vec<(String, String)>, repo: &Path, spec: &PathSp
                 *v = dir.clone();
             }
         }
+        // And its OPENSHIFT_<CART>_* names, which the descriptor gets once the push succeeded.
+        let ip = crate::gear::meta::GearInfo::load_in_gear().map(|i| i.ip.to_string());
+        if let (Some(name), Ok(ip)) = (cart.file_name(), ip) {
+            add_cartridge_names(&mut env, &name.to_string_lossy(), &dir, &ip);
+        }
     }
     env
+}
+
+/// `OPENSHIFT_<CART>_DIR`, `_IP` and `_PORT` (= `PORT`) for cartridge `name`, unless set.
+fn add_cartridge_names(env: &mut Vec<(String, String)>, name: &str, dir: &str, ip: &str) {
+    let cart = name.to_ascii_uppercase().replace('-', "_");
+    let port = env
+        .iter()
+        .find(|(k, _)| k == "PORT")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "8080".into());
+    for (suffix, value) in [("DIR", dir), ("IP", ip), ("PORT", &port)] {
+        let key = format!("OPENSHIFT_{cart}_{suffix}");
+        if !env.iter().any(|(k, _)| *k == key) {
+            env.push((key, value.to_string()));
+        }
+    }
 }
 
 /// `gearshift gear exec -- CMD...` (what `run` and `shell` start): CMD in the live deployment
@@ -118,6 +139,18 @@ pub fn exec(argv: &[String]) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detected_cartridge_gets_its_openshift_names_with_the_process_port() {
+        let mut env = vec![("PORT".to_string(), "8081".to_string())];
+        add_cartridge_names(&mut env, "python", "/opt/gearshift/cartridges/python/", "10.0.0.5");
+        add_cartridge_names(&mut env, "python", "/elsewhere/", "10.9.9.9");
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("OPENSHIFT_PYTHON_IP"), Some("10.0.0.5"));
+        assert_eq!(get("OPENSHIFT_PYTHON_PORT"), Some("8081"));
+        assert_eq!(get("OPENSHIFT_PYTHON_DIR"), Some("/opt/gearshift/cartridges/python/"));
+        assert_eq!(env.len(), 4);
+    }
 
     #[test]
     fn the_deployment_comes_first_then_the_cartridge_then_the_system() {

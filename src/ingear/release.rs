@@ -1,7 +1,8 @@
 //! The commands a deploy runs around its switch, as Heroku and Dokku run them: app.json's
 //! `scripts.dokku.predeploy` and the Procfile's `release:` in the new deployment after the
 //! build and before the switch (a failure rejects the push, nothing switches), and
-//! `scripts.dokku.postdeploy` after it. Each runs once per push (not in the other gears of a
+//! `scripts.dokku.postdeploy` after it, then Heroku's `scripts.postdeploy` when the push made the
+//! app's first deployment (Heroku runs it once, after the app is set up). Each runs once per push (not in the other gears of a
 //! scaled app, which receive the deployment already built), through `/bin/sh -c`, in the
 //! deployment, with the app's environment.
 
@@ -31,18 +32,17 @@ pub fn before_switch(app: &AppJson, procfile: &[Process]) -> Vec<Script> {
     predeploy.into_iter().chain(release).collect()
 }
 
-/// What runs after the switch.
-pub fn after_switch(app: &AppJson) -> Vec<Script> {
-    app.scripts
-        .dokku
-        .postdeploy
-        .clone()
-        .map(|command| Script {
-            label: "app.json postdeploy",
-            command,
-        })
-        .into_iter()
-        .collect()
+/// What runs after the switch; `first`: nothing was live before it.
+pub fn after_switch(app: &AppJson, first: bool) -> Vec<Script> {
+    let dokku = app.scripts.dokku.postdeploy.clone().map(|command| Script {
+        label: "app.json postdeploy",
+        command,
+    });
+    let heroku = app.scripts.postdeploy.as_ref().filter(|_| first).map(|s| Script {
+        label: "app.json postdeploy (first deploy)",
+        command: s.command().to_string(),
+    });
+    dokku.into_iter().chain(heroku).collect()
 }
 
 /// Runs `script` in `repo` with `env`; its output goes to the pusher.
@@ -80,7 +80,12 @@ mod tests {
             .map(|s| (s.label, s.command))
             .collect();
         assert_eq!(got, [("app.json predeploy", "a".into()), ("release", "b".into())]);
-        assert_eq!(after_switch(&app)[0].command, "c");
+        assert_eq!(after_switch(&app, false)[0].command, "c");
+        let both = super::super::appjson::parse(r#"{"scripts": {"postdeploy": "seed", "dokku": {"postdeploy": "c"}}}"#)
+            .unwrap();
+        let cmds = |first| -> Vec<String> { after_switch(&both, first).into_iter().map(|s| s.command).collect() };
+        assert_eq!(cmds(true), ["c", "seed"]);
+        assert_eq!(cmds(false), ["c"]);
         assert!(before_switch(&AppJson::default(), &[]).is_empty());
     }
 

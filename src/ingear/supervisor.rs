@@ -19,6 +19,7 @@ use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use crate::ingear::appjson;
 use crate::ingear::cron;
+use crate::ingear::healthcheck;
 use crate::ingear::procenv::{self, live_repo};
 use crate::ingear::procfile;
 use crate::ingear::workers::{self, Workers};
@@ -40,6 +41,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long an old web process keeps serving after a switch when no router releases it.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a switch may take from the new process's start (`control::ctl` waits 60 s).
+const SWITCH_MAX: Duration = Duration::from_secs(55);
 /// How long the processes of an app without web must stay up for its deployment to go live.
 const SETTLE: Duration = Duration::from_secs(3);
 /// How many of its last output lines a failed process shows.
@@ -413,6 +416,8 @@ fn stop(s: &Sup) -> Result<()> {
         bump(s, &mut g);
         (g.status.pid, live_repo())
     };
+    // A scheduled job running now ends with the app.
+    s.cron.stop(STOP_GRACE);
     let Some(pid) = pid else {
         s.workers.stop();
         s.lock().status.state = "stopped".into();
@@ -485,6 +490,64 @@ fn wait_ready(info: &GearInfo, port: u16, exited: &dyn Fn() -> Option<String>) -
         // Until it listens, poll finely: a wake's first request is held on this.
         let pause = if listening { 100 } else { 1 };
         std::thread::sleep(Duration::from_millis(pause));
+    }
+}
+
+/// app.json's `healthchecks.web` startup checks against the new web process on `port`, in
+/// order; the first failing one (unless it only warns) fails the switch.
+fn startup_checks(
+    s: &Shared,
+    info: &GearInfo,
+    port: u16,
+    started: Instant,
+    exited: &dyn Fn() -> Option<String>,
+) -> Result<()> {
+    let Some(repo) = live_repo() else { return Ok(()) };
+    let app = appjson::read(&repo).unwrap_or_default();
+    let run = |argv: &[String], limit: Duration| run_check_command(s, info, &repo, port, argv, limit);
+    let target = healthcheck::Target {
+        addr: std::net::SocketAddr::from((info.ip, port)),
+        host: info
+            .env
+            .get("OPENSHIFT_APP_DNS")
+            .map(String::as_str)
+            .unwrap_or("localhost"),
+        started,
+        deadline: started + SWITCH_MAX,
+        exited,
+        run: &run,
+    };
+    for check in app.startup_checks() {
+        match healthcheck::run(check, &target) {
+            Ok(()) => note(&format!("healthcheck {} passed", check.label())),
+            Err(e) if check.warn => note(&format!("warning: {e:#}")),
+            Err(e) => {
+                note(&format!("{e:#}"));
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A command healthcheck: `argv` in the deployment with the new process's environment, its
+/// output in the web log; exit 0 within `limit` passes.
+fn run_check_command(s: &Sup, info: &GearInfo, repo: &Path, port: u16, argv: &[String], limit: Duration) -> Result<()> {
+    let (tx, rx) = channel();
+    let pid = {
+        let mut g = s.lock();
+        let child = spawn_logged(argv, repo, env_with_port(info, port), "web", "healthcheck")?;
+        let pid = child.id() as i32;
+        g.waiters.insert(pid, tx);
+        pid
+    };
+    match rx.recv_timeout(limit) {
+        Ok(0) => Ok(()),
+        Ok(code) => bail!("`{}` failed with exit code {code}", argv.join(" ")),
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            bail!("`{}` did not finish within {}s", argv.join(" "), limit.as_secs())
+        }
     }
 }
 
@@ -569,9 +632,9 @@ fn switch(s: &Shared) -> Result<()> {
         g.waiters.insert(r.0, tx);
         r
     };
-    let ready = wait_ready(&info, port, &|| {
-        rx.try_recv().ok().map(|code| format!("exit code {code}"))
-    });
+    let started = Instant::now();
+    let exited = || rx.try_recv().ok().map(|code| format!("exit code {code}"));
+    let ready = wait_ready(&info, port, &exited).and_then(|_| startup_checks(s, &info, port, started, &exited));
     s.lock().waiters.remove(&pid);
     if let Err(e) = ready {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
