@@ -185,3 +185,144 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     let meta = std::fs::metadata(n.root.join("logs/events.jsonl")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
 }
+
+/// The daemon's loopback admin port (from the node's config).
+fn admin_port(n: &TestNode) -> u16 {
+    let cfg = std::fs::read_to_string(&n.config).unwrap();
+    let line = cfg.lines().find(|l| l.starts_with("admin_port")).unwrap();
+    line.split('=').nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// GET `path` on the admin port: (status, body).
+fn admin_get(n: &TestNode, path: &str) -> (u16, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}{path}", admin_port(n)))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+const WEB: &str = "import http.server, os\n\
+    class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'up')\n\
+    http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n";
+
+#[test]
+fn metrics_pass_promtool_and_count_deploys_requests_and_gears() {
+    require_root!();
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip!("promtool is not installed (the prometheus package: scripts/deps.sh)");
+    }
+    let n = TestNode::new();
+    let _d = n.start_daemon();
+    let alice = n.add_user("alice");
+    n.ok(&["app", "create", "shop", "--cartridge", "python", "--owner", "alice"]);
+    let deployed = "gearshift_app_deploys_total{app=\"shop\",result=\"deployed\"}";
+    let failed = "gearshift_app_deploys_total{app=\"shop\",result=\"failed\"}";
+    let (code, first) = admin_get(&n, "/metrics");
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(sample(&first, deployed), None, "{first}");
+
+    let dir = app_repo(
+        &n,
+        "shop",
+        &[("Procfile", "web: python3 -u server.py\n"), ("server.py", WEB)],
+    );
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(ok, "{out}");
+    // The push is counted once git has ended, which the client may see first.
+    let mut text = String::new();
+    let counted = eventually(Duration::from_secs(20), || {
+        text = admin_get(&n, "/metrics").1;
+        sample(&text, deployed) == Some(1.0)
+    });
+    assert!(counted, "no deploy counted:\n{text}");
+
+    // A build that fails is a failed deploy; the deployed count stays.
+    write_files(
+        &dir,
+        &[(".openshift/action_hooks/build", "#!/bin/sh\necho broken >&2\nexit 1\n")],
+    );
+    commit(&dir, "broken build");
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(!ok, "{out}");
+    let counted = eventually(Duration::from_secs(20), || {
+        text = admin_get(&n, "/metrics").1;
+        sample(&text, failed) == Some(1.0)
+    });
+    assert!(counted, "no failed deploy counted:\n{text}");
+    assert_eq!(sample(&text, deployed), Some(1.0), "{text}");
+
+    // Requests through the router are counted by status class, with their latency.
+    for _ in 0..3 {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-m", "10", "-H", "Host: shop.localhost"])
+            .arg(format!("http://127.0.0.1:{}/", n.http_port()))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "up");
+    }
+    let seen = eventually(Duration::from_secs(5), || {
+        text = admin_get(&n, "/metrics").1;
+        sample(&text, "gearshift_router_requests_total{app=\"shop\",class=\"2xx\"}") == Some(3.0)
+    });
+    assert!(seen, "{text}");
+    assert_eq!(
+        sample(&text, "gearshift_router_request_duration_seconds_count{app=\"shop\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gearshift_router_request_duration_seconds_bucket{app=\"shop\",le=\"+Inf\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+
+    // The gear's own series: what the kernel counts for it.
+    let g = |name: &str| sample(&text, &format!("{name}{{app=\"shop\",gear=\"0\"}}"));
+    assert!(g("gearshift_gear_memory_bytes").unwrap_or(0.0) > 1e6, "{text}");
+    assert!(g("gearshift_gear_memory_limit_bytes").unwrap_or(0.0) > 0.0, "{text}");
+    assert!(g("gearshift_gear_cpu_seconds_total").unwrap_or(0.0) > 0.0, "{text}");
+    assert!(g("gearshift_gear_pids").unwrap_or(0.0) >= 1.0, "{text}");
+    assert_eq!(g("gearshift_gear_oom_kills_total"), Some(0.0), "{text}");
+    assert!(
+        g("gearshift_gear_network_receive_bytes_total").unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert_eq!(g("gearshift_gear_process_restarts_total"), Some(0.0), "{text}");
+    assert!(g("gearshift_gear_disk_bytes").is_some(), "{text}");
+
+    // promtool's lint: the exposition is valid and the names follow Prometheus' conventions.
+    let mut p = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && o.stdout.is_empty() && o.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

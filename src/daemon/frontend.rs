@@ -4,6 +4,7 @@
 //! process is released once the router has moved over. Idle apps are woken by their first
 //! request (held, not redirected), and apps without requests for `idle_after_secs` are idled.
 
+use super::metrics::{DaemonCounters, GearCollector, GearSeen};
 use crate::app::{self, App};
 use crate::gear::{control, isolation::network::netns_path, Gear};
 use crate::node::events::{self, Event};
@@ -25,6 +26,8 @@ struct GearView {
     app: String,
     /// The live web process's address, when it runs.
     live: Option<SocketAddr>,
+    /// The supervisor's count of web process restarts, as last seen.
+    restarts: Option<u64>,
 }
 
 struct Front {
@@ -37,6 +40,7 @@ struct Front {
     certs: Arc<CertStore>,
     /// The configured certificate files the router serves, by host: (cert, key) mtimes.
     cert_files: Mutex<HashMap<String, CertStamp>>,
+    counters: DaemonCounters,
 }
 
 /// When a host's certificate and key files were last changed.
@@ -206,6 +210,7 @@ fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
             v.app = gear.app.clone();
             let changed = v.live != live;
             v.live = live;
+            v.restarts = restarts;
             changed
         };
         if changed {
@@ -270,6 +275,7 @@ impl Waker for GearWaker {
         let limit = deadline.saturating_duration_since(Instant::now());
         let t = Instant::now();
         let woke = front.verb(&["app", "start", app_name], limit);
+        front.counters.wake(app_name, woke.is_ok(), t.elapsed());
         let e = Event::new("app.wake", "gearshift").app(app_name, a.owner.as_deref());
         let detail = match &woke {
             Ok(()) => serde_json::json!({"result": "ok", "ms": t.elapsed().as_millis() as u64}),
@@ -424,8 +430,27 @@ fn listen(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (another service on that port?)"))
 }
 
-/// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders.
-pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) -> Result<(Arc<Router>, Routes)> {
+/// The gears of the apps the daemon knows, with their supervisors' restart counts.
+fn gears_seen(front: &Front) -> Vec<GearSeen> {
+    let views = front.gears.lock().unwrap().clone();
+    let apps = front.apps.lock().unwrap();
+    apps.iter()
+        .flat_map(|a| a.gears.iter())
+        .map(|g| GearSeen {
+            gear: g.clone(),
+            restarts: views.get(&g.id).and_then(|v| v.restarts),
+        })
+        .collect()
+}
+
+/// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders; the admin
+/// port's `/metrics` carries the gears' series and `counters`.
+pub fn start(
+    node: &Node,
+    config_path: &std::path::Path,
+    stop: Arc<AtomicBool>,
+    counters: DaemonCounters,
+) -> Result<(Arc<Router>, Routes)> {
     let c = &node.config;
     let cfg = RouterConfig {
         https_port: c.https_port,
@@ -447,12 +472,22 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
         stop,
         certs: certs.clone(),
         cert_files: Mutex::new(HashMap::new()),
+        counters: counters.clone(),
     });
     front.load_certs(&app::list(node)?)?;
     *waker.0.lock().unwrap() = Some(front.clone());
     router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);
     router.serve_https(listen(SocketAddr::from(([0, 0, 0, 0], c.https_port)))?, certs)?;
-    router.serve_admin(listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    counters.register(&mut registry);
+    let weak = Arc::downgrade(&front);
+    let list = Box::new(move || weak.upgrade().map(|f| gears_seen(&f)).unwrap_or_default());
+    registry.register_collector(Box::new(GearCollector::new(node.clone(), list)));
+    router.serve_admin(
+        listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?,
+        registry,
+        None,
+    )?;
     let routes = Routes(front.clone());
     std::thread::Builder::new()
         .name("routes".into())
