@@ -3,6 +3,7 @@
 //! supervisor (`watch`), so a zero-downtime switch reaches the route table at once; the old web
 //! process is released once the router has moved over. Idle apps are woken by their first
 //! request (held, not redirected), and apps without requests for `idle_after_secs` are idled.
+//! Each pass of the refresh loop also looks for OOM kills (`oom.rs`).
 
 use super::metrics::{DaemonCounters, GearCollector, GearSeen};
 use crate::app::{self, App};
@@ -339,6 +340,7 @@ impl AccessLog for Access {
 /// without requests.
 fn refresh_loop(front: Arc<Front>) {
     let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
+    let mut oom = super::oom::OomWatch::default();
     // per app: request count, live web processes, and when either last changed
     let mut last_seen: HashMap<String, (u64, Vec<Option<SocketAddr>>, Instant)> = HashMap::new();
     // Look again after 2 s, or as soon as an app record or certificate changes (a rename into
@@ -381,6 +383,7 @@ fn refresh_loop(front: Arc<Front>) {
                 keep
             });
             front.publish();
+            oom.check(&front.node, &apps);
             if let Err(e) = front.load_certs(&apps) {
                 eprintln!("gearshift daemon: {e:#}");
             }

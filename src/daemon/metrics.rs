@@ -2,7 +2,9 @@
 //! kernel counts (cgroup cpu, memory, OOM kills, pids; quota; the host veth) and the
 //! supervisor's restarts, read at each scrape and never in between; per app the daemon's own
 //! counters (deploys by result, wakes and how long they took). Disk usage, the one costly
-//! reading, is cached for [`DISK_TTL`] and refreshed within a time budget per scrape.
+//! reading (a `btrfs qgroup show --sync`, or a walk of the home), is never read in a scrape: a
+//! scrape that finds it older than [`DISK_TTL`] starts one background refresh and serves what
+//! was read before (nothing, the first time).
 
 use crate::gear::isolation::{cgroup::GearCgroup, quota};
 use crate::gear::Gear;
@@ -17,13 +19,15 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a gear's disk usage is reused before it is read again.
 pub const DISK_TTL: Duration = Duration::from_secs(60);
-/// At most this long is spent per scrape reading disk usage; the rest keeps its cached value.
-const DISK_BUDGET: Duration = Duration::from_millis(15);
+
+/// Disk usage by gear id, with when it was read.
+type DiskCache = HashMap<String, (Instant, Option<quota::Usage>)>;
 
 type Labels = Vec<(&'static str, String)>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
@@ -103,7 +107,9 @@ pub type GearList = Box<dyn Fn() -> Vec<GearSeen> + Send + Sync>;
 pub struct GearCollector {
     node: Node,
     gears: GearList,
-    disk: Mutex<HashMap<String, (Instant, Option<quota::Usage>)>>,
+    disk: Arc<Mutex<DiskCache>>,
+    /// A background disk refresh runs.
+    refreshing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for GearCollector {
@@ -131,27 +137,48 @@ impl GearCollector {
         Arc::new(GearCollector {
             node,
             gears,
-            disk: Mutex::new(HashMap::new()),
+            disk: Arc::new(Mutex::new(HashMap::new())),
+            refreshing: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Reads the disk usage of `stale` gears in a thread of its own (one at a time).
+    fn refresh_disk(&self, stale: Vec<Gear>) {
+        if stale.is_empty() || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (node, disk, refreshing) = (self.node.clone(), self.disk.clone(), self.refreshing.clone());
+        let spawned = std::thread::Builder::new().name("disk-usage".into()).spawn(move || {
+            for g in stale {
+                let u = quota::usage(&node, &g.id, g.uid).ok();
+                disk.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(g.id, (Instant::now(), u));
+            }
+            refreshing.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.refreshing.store(false, Ordering::Release);
+        }
     }
 
     fn samples(&self) -> Vec<Sample> {
         let parents: Vec<PathBuf> = self.node.state().map(|s| s.cgroup_parents).unwrap_or_default();
         let gears = (self.gears)();
-        let started = Instant::now();
-        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
-        disk.retain(|id, _| gears.iter().any(|g| &g.gear.id == id));
+        let disk: DiskCache = {
+            let mut d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+            d.retain(|id, _| gears.iter().any(|g| &g.gear.id == id));
+            d.clone()
+        };
+        let stale = (gears.iter())
+            .filter(|g| disk.get(&g.gear.id).is_none_or(|(at, _)| at.elapsed() > DISK_TTL))
+            .map(|g| g.gear.clone())
+            .collect();
+        self.refresh_disk(stale);
         gears
             .into_iter()
             .map(|GearSeen { gear: g, restarts }| {
                 let s = GearCgroup::new(&parents, &g.cgroup_name()).stats();
-                let stale = disk.get(&g.id).is_none_or(|(at, _)| at.elapsed() > DISK_TTL);
-                if stale && started.elapsed() < DISK_BUDGET {
-                    disk.insert(
-                        g.id.clone(),
-                        (Instant::now(), quota::usage(&self.node, &g.id, g.uid).ok()),
-                    );
-                }
                 let stat = |f: &str| -> Option<u64> {
                     let p = format!("/sys/class/net/{}/statistics/{f}", g.veth_host());
                     std::fs::read_to_string(p).ok()?.trim().parse().ok()

@@ -5,6 +5,7 @@
 
 pub mod frontend;
 pub mod metrics;
+pub mod oom;
 pub mod proto;
 
 use crate::app::git::PushEvents;
