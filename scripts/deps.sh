@@ -27,6 +27,7 @@ have setpriv || need+=(util-linux)
 ls /usr/lib/postgresql/*/bin/initdb /usr/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
 have promtool || need+=(prometheus)   # tests/observe.rs: promtool check metrics on /metrics
+have chromium || need+=(chromium)     # tests/observe.rs: the dashboard in headless Chromium
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if have apt-get; then
   export DEBIAN_FRONTEND=noninteractive

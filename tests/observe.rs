@@ -430,3 +430,105 @@ fn an_oom_killed_app_shows_an_oom_event() {
     let frame = top(&n);
     assert!(row(&frame, "hog")["oom_kills"].as_u64().unwrap() >= 1, "{frame}");
 }
+
+/// The page's DOM after its script ran, in headless Chromium (and a screenshot into `shot`).
+fn chromium_dom(url: &str, shot: &std::path::Path) -> String {
+    let profile = tempdir("chromium-profile");
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+        "--window-size=1280,800",
+    ];
+    let run = |extra: &str| {
+        std::process::Command::new("chromium")
+            .args(flags)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(extra)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let _ = run(&format!("--screenshot={}", shot.display()));
+    let o = run("--dump-dom");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A fresh empty directory under the system's temporary directory.
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("gearshift-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The `<tr data-app="APP">` row of the dashboard's DOM.
+fn dom_row<'a>(dom: &'a str, app: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("<tr data-app=\"{app}\">"))?;
+    let end = dom[start..].find("</tr>")? + start;
+    Some(&dom[start..end])
+}
+
+#[test]
+fn the_dashboard_shows_every_app_and_a_crashed_one_as_crashed() {
+    require_root!();
+    if std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip!("chromium is not installed (scripts/deps.sh)");
+    }
+    let n = TestNode::new();
+    let _d = n.start_daemon();
+    let alice = n.add_user("alice");
+    // A server that exits with 3 at start once /tmp/crash exists in its gear.
+    let web = format!("import os, sys\nif os.path.exists('/tmp/crash'): sys.exit(3)\n{WEB}");
+    for app in ["shop", "blog", "broken"] {
+        n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "alice"]);
+        let dir = app_repo(
+            &n,
+            app,
+            &[("Procfile", "web: python3 -u server.py\n"), ("server.py", &web)],
+        );
+        let (ok, out) = push_as(&n, &alice, &dir, app, "main");
+        assert!(ok, "{out}");
+    }
+    let (code, _, err) = n.sh("broken", "touch /tmp/crash && pkill -x python3");
+    assert_eq!(code, 0, "{err}");
+    let crashed = eventually(Duration::from_secs(30), || {
+        n.show("broken")["state"].as_str().unwrap_or("").contains("crash")
+    });
+    assert!(crashed, "{}", n.show("broken"));
+
+    let (code, json) = admin_get(&n, "/dashboard.json");
+    assert_eq!(code, 200, "{json}");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let url = format!("http://127.0.0.1:{}/", admin_port(&n));
+    let mut dom = String::new();
+    let shown = eventually(Duration::from_secs(60), || {
+        dom = chromium_dom(&url, &shot);
+        dom_row(&dom, "broken").is_some()
+    });
+    assert!(shown, "the page shows no apps:\n{dom}\n{json}");
+    for app in ["shop", "blog"] {
+        let row = dom_row(&dom, app).unwrap_or_else(|| panic!("no row for {app}:\n{dom}"));
+        assert!(row.contains(">running<"), "{app}: {row}");
+        assert!(row.contains(&format!("http://{app}.localhost/")), "{row}");
+        assert!(row.contains("deployed by alice"), "{row}");
+        assert!(row.contains("<svg"), "no sparklines: {row}");
+    }
+    let broken = dom_row(&dom, "broken").unwrap();
+    assert!(broken.contains("class=\"state crashed\""), "{broken}");
+    assert!(broken.contains("last exit 3"), "{broken}");
+    assert!(dom.contains("process.crash"), "no recent events:\n{dom}");
+    assert!(dom.contains("memory") && dom.contains("disk"), "{dom}");
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(png.starts_with(b"\x89PNG"), "no screenshot at {}", shot.display());
+}

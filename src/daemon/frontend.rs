@@ -42,6 +42,7 @@ struct Front {
     /// The configured certificate files the router serves, by host: (cert, key) mtimes.
     cert_files: Mutex<HashMap<String, CertStamp>>,
     counters: DaemonCounters,
+    dashboard: super::dashboard::Dashboard,
 }
 
 /// When a host's certificate and key files were last changed.
@@ -341,6 +342,7 @@ impl AccessLog for Access {
 fn refresh_loop(front: Arc<Front>) {
     let mut watchers: HashMap<String, Arc<AtomicBool>> = HashMap::new();
     let mut oom = super::oom::OomWatch::default();
+    let mut sampled: Option<Instant> = None;
     // per app: request count, live web processes, and when either last changed
     let mut last_seen: HashMap<String, (u64, Vec<Option<SocketAddr>>, Instant)> = HashMap::new();
     // Look again after 2 s, or as soon as an app record or certificate changes (a rename into
@@ -384,6 +386,10 @@ fn refresh_loop(front: Arc<Front>) {
             });
             front.publish();
             oom.check(&front.node, &apps);
+            if sampled.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                front.dashboard.sample(&apps, &front.router.stats().requests_by_app);
+                sampled = Some(Instant::now());
+            }
             if let Err(e) = front.load_certs(&apps) {
                 eprintln!("gearshift daemon: {e:#}");
             }
@@ -446,6 +452,23 @@ fn gears_seen(front: &Front) -> Vec<GearSeen> {
         .collect()
 }
 
+/// The dashboard's page (`/`) and the JSON it polls (`/dashboard.json`), on the admin port.
+fn dashboard_pages(front: std::sync::Weak<Front>) -> crate::router::AdminPages {
+    Arc::new(move |path: &str| {
+        let page = |content_type, body: Vec<u8>| Some(crate::router::AdminPage { content_type, body });
+        match path.split('?').next().unwrap_or("") {
+            "/" | "/dashboard" => page("text/html; charset=utf-8", super::dashboard::PAGE.as_bytes().to_vec()),
+            "/dashboard.json" => {
+                let f = front.upgrade()?;
+                let apps = f.apps.lock().unwrap().clone();
+                let v = f.dashboard.json(&apps, &f.router.stats().requests_by_app);
+                page("application/json", v.to_string().into_bytes())
+            }
+            _ => None,
+        }
+    })
+}
+
 /// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders; the admin
 /// port's `/metrics` carries the gears' series and `counters`.
 pub fn start(
@@ -476,6 +499,7 @@ pub fn start(
         certs: certs.clone(),
         cert_files: Mutex::new(HashMap::new()),
         counters: counters.clone(),
+        dashboard: super::dashboard::Dashboard::new(node.clone()),
     });
     front.load_certs(&app::list(node)?)?;
     *waker.0.lock().unwrap() = Some(front.clone());
@@ -489,7 +513,7 @@ pub fn start(
     router.serve_admin(
         listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?,
         registry,
-        None,
+        Some(dashboard_pages(Arc::downgrade(&front))),
     )?;
     let routes = Routes(front.clone());
     std::thread::Builder::new()

@@ -3,6 +3,7 @@
 //! node's own sshd, and runs each SSH request in a forked worker (`internal-exec`) whose stdio
 //! are the client's own descriptors.
 
+pub mod dashboard;
 pub mod frontend;
 pub mod metrics;
 pub mod oom;

@@ -42,7 +42,7 @@ mod tunnel;
 mod wake;
 
 pub use access_log::AccessLog;
-pub use admin::AdminPages;
+pub use admin::{AdminPage, AdminPages};
 pub use config::RouterConfig;
 pub use metrics::quantile;
 pub use route::{Backend, Route, RouteTable};
