@@ -64,16 +64,23 @@ impl PushEvents {
         Event::by(kind, &self.by).app(&self.app, self.owner.as_deref())
     }
 
+    /// The app pushed to.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     /// Records `deploy.result`: git-receive-pack ends well even when the hook refused the push,
-    /// so what tells is whether another deployment went live.
-    pub fn end(self, node: &Node, code: i32) {
+    /// so what tells is whether another deployment went live; returns whether one did.
+    pub fn end(self, node: &Node, code: i32) -> bool {
         let after = app::load(node, &self.app).ok().and_then(|a| live_deployment(node, &a));
-        let detail = if after.is_some() && after != self.before {
+        let deployed = after.is_some() && after != self.before;
+        let detail = if deployed {
             serde_json::json!({"result": "deployed", "deployment": after, "previous": self.before})
         } else {
             serde_json::json!({"result": "not deployed", "exit_code": code})
         };
         events::record(node, self.event("deploy.result").detail(detail));
+        deployed
     }
 }
 

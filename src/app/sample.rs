@@ -41,6 +41,8 @@ pub struct Reading {
     /// App -> requests answered since the daemon started; None when the daemon's admin port
     /// does not answer.
     pub requests: Option<BTreeMap<String, u64>>,
+    /// App -> the router's latency histogram: cumulative counts by upper bound (seconds).
+    pub latency: BTreeMap<String, Vec<(f64, u64)>>,
 }
 
 /// One line of `top`: a gear's usage now and its rates since the previous reading.
@@ -66,6 +68,9 @@ pub struct Row {
     /// The app's requests per second (the same for each of its gears); None when the router's
     /// counters are not reachable.
     pub requests_per_sec: Option<f64>,
+    /// The 95th percentile of the app's request latency since the previous reading, in
+    /// milliseconds (from the router's histogram); None without requests in between.
+    pub p95_ms: Option<f64>,
 }
 
 /// Reads the counters of every gear of every app `actor` may manage.
@@ -74,7 +79,7 @@ pub fn read(node: &Node, actor: &Actor) -> Result<Reading> {
         .into_iter()
         .filter(|a| actor.may_manage(a.owner.as_deref()))
         .collect();
-    let requests = router_requests(node.config.admin_port);
+    let router = router_metrics(node.config.admin_port);
     let mut gears = Vec::new();
     for a in &apps {
         let (state, _) = condition::of(node, a);
@@ -82,10 +87,15 @@ pub fn read(node: &Node, actor: &Actor) -> Result<Reading> {
             gears.push(gear_counters(node, a, g, &state.to_string()));
         }
     }
+    let (requests, latency) = match router {
+        Some(text) => (Some(parse_requests(&text)), parse_latency(&text)),
+        None => (None, BTreeMap::new()),
+    };
     Ok(Reading {
         at: Instant::now(),
         gears,
         requests,
+        latency,
     })
 }
 
@@ -120,8 +130,8 @@ fn gear_counters(node: &Node, a: &App, g: &Gear, state: &str) -> GearCounters {
     }
 }
 
-/// The router's requests per app, from the daemon's loopback admin port (`/metrics`).
-fn router_requests(port: u16) -> Option<BTreeMap<String, u64>> {
+/// The daemon's loopback admin port's `/metrics` (None when it does not answer).
+fn router_metrics(port: u16) -> Option<String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -131,7 +141,50 @@ fn router_requests(port: u16) -> Option<BTreeMap<String, u64>> {
     if !body.starts_with("HTTP/1.") {
         return None;
     }
-    Some(parse_requests(&body))
+    Some(body)
+}
+
+/// `gearshift_router_request_duration_seconds_bucket{app="A",le="B"} N` per app, in order.
+pub fn parse_latency(text: &str) -> BTreeMap<String, Vec<(f64, u64)>> {
+    let mut out: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("gearshift_router_request_duration_seconds_bucket{app=\"") else {
+            continue;
+        };
+        let Some((app, tail)) = rest.split_once("\",le=\"") else {
+            continue;
+        };
+        let Some((le, tail)) = tail.split_once('"') else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            Some(f64::INFINITY)
+        } else {
+            le.parse().ok()
+        };
+        let n = tail.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+        if let (Some(b), Some(n), false) = (bound, n, app.is_empty()) {
+            out.entry(app.to_string()).or_default().push((b, n));
+        }
+    }
+    out
+}
+
+/// The p95 in milliseconds of the requests between two cumulative histograms of one app.
+fn p95_between(before: Option<&Vec<(f64, u64)>>, now: Option<&Vec<(f64, u64)>>) -> Option<f64> {
+    let now = now?;
+    let mut prev_cum = 0;
+    let buckets: Vec<(f64, u64)> = now
+        .iter()
+        .map(|&(bound, cum)| {
+            let old = before.and_then(|b| b.iter().find(|x| x.0 == bound)).map_or(0, |x| x.1);
+            let delta = cum.saturating_sub(old);
+            let inside = delta.saturating_sub(prev_cum);
+            prev_cum = delta;
+            (bound, inside)
+        })
+        .collect();
+    crate::router::quantile(&buckets, 0.95).map(|s| (s * 1e4).round() / 10.0)
 }
 
 /// Sums `gearshift_router_requests_total{app="A",class=...} N` per app.
@@ -182,6 +235,7 @@ pub fn rows(before: &Reading, now: &Reading) -> Vec<Row> {
                 net_rx_rate: prev.and_then(|p| rate(p.net_rx_bytes, g.net_rx_bytes)),
                 net_tx_rate: prev.and_then(|p| rate(p.net_tx_bytes, g.net_tx_bytes)),
                 requests_per_sec: rate(req(before), req(now)),
+                p95_ms: p95_between(before.latency.get(&g.app), now.latency.get(&g.app)),
             }
         })
         .collect()
@@ -206,6 +260,19 @@ mod tests {
     }
 
     #[test]
+    fn latency_buckets_are_read_per_app() {
+        let text = "gearshift_router_request_duration_seconds_bucket{app=\"shop\",le=\"0.005\"} 2\n\
+            gearshift_router_request_duration_seconds_bucket{app=\"shop\",le=\"+Inf\"} 5\n\
+            gearshift_router_request_duration_seconds_bucket{app=\"\",le=\"+Inf\"} 9\n\
+            gearshift_router_request_duration_seconds_sum{app=\"shop\"} 0.5\n";
+        let m = parse_latency(text);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["shop"], vec![(0.005, 2), (f64::INFINITY, 5)]);
+        assert_eq!(p95_between(None, m.get("shop")), Some(5.0));
+        assert_eq!(p95_between(m.get("shop"), m.get("shop")), None);
+    }
+
+    #[test]
     fn rates_between_readings() {
         let t0 = Instant::now();
         let g = |cpu, rx| GearCounters {
@@ -220,11 +287,14 @@ mod tests {
             at: t0,
             gears: vec![g(1_000_000, 0)],
             requests: Some(BTreeMap::from([("shop".to_string(), 10)])),
+            latency: BTreeMap::from([("shop".to_string(), vec![(0.01, 10), (0.1, 10), (f64::INFINITY, 10)])]),
         };
         let now = Reading {
             at: t0 + Duration::from_secs(2),
             gears: vec![g(2_000_000, 4096)],
             requests: Some(BTreeMap::from([("shop".to_string(), 30)])),
+            // The 20 requests in between: 10 under 10 ms, 10 between 10 and 100 ms.
+            latency: BTreeMap::from([("shop".to_string(), vec![(0.01, 20), (0.1, 30), (f64::INFINITY, 30)])]),
         };
         let r = &rows(&before, &now)[0];
         assert_eq!(r.cpu_percent, 50.0);
@@ -232,6 +302,7 @@ mod tests {
         assert_eq!(r.net_rx_rate, Some(2048.0));
         assert_eq!(r.net_tx_rate, None);
         assert_eq!(r.requests_per_sec, Some(10.0));
+        assert_eq!(r.p95_ms, Some(91.0));
         let unreachable = Reading {
             requests: None,
             ..now.clone()

@@ -102,12 +102,16 @@ pub enum Verb {
     Cron(CronCmd),
     /// Re-activate a kept deployment without rebuilding (default: the previous one).
     Rollback { app: String, id: Option<String> },
-    /// One line per gear: state, CPU, memory, OOM kills, pids, disk, network, requests/s
-    /// (refreshed every second; q quits). Users see their own apps.
+    /// One line per gear: state, CPU, memory, OOM kills, pids, disk, network, requests/s and
+    /// p95 latency (refreshed every second; a key sorts: a c m o d n r p; q quits). Users see
+    /// their own apps.
     Top {
         /// Print one frame (sampled over a second) and exit.
         #[arg(long)]
         once: bool,
+        /// The column to sort by, largest first: app, cpu, mem, oom, disk, net, req, p95.
+        #[arg(long, default_value = "app")]
+        sort: String,
         /// The same data as JSON, one object per frame.
         #[arg(long)]
         json: bool,
@@ -316,7 +320,10 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             json,
             lines,
         } => events::run(&Node::load(config_path)?, actor, app.as_deref(), follow, json, lines).map(|_| 0),
-        Verb::Top { once, json } => top::run(&Node::load(config_path)?, actor, once, json).map(|_| 0),
+        Verb::Top { once, json, sort } => {
+            let sort = top::SortKey::parse(&sort)?;
+            top::run(&Node::load(config_path)?, actor, once, json, sort).map(|_| 0)
+        }
         Verb::Run { app, gear, command } => {
             crate::app::run_app_command(&Node::load(config_path)?, actor, &app, gear, &command)
         }

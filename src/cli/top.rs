@@ -1,6 +1,6 @@
 //! `gearshift top`: one line per gear (state, CPU, memory, OOM kills, pids, disk, network,
-//! requests/s), refreshed every second until `q`; `--once` prints one frame, `--json` the same
-//! data as JSON (one object per frame).
+//! requests/s, p95 latency), refreshed every second until `q`, sorted by the column a key
+//! chooses; `--once` prints one frame, `--json` the same data as JSON (one object per frame).
 
 use crate::app::sample::{self, Reading, Row};
 use crate::node::Node;
@@ -15,12 +15,83 @@ const ONCE_SAMPLE: Duration = Duration::from_millis(1000);
 /// The refresh interval of the live view.
 const REFRESH: Duration = Duration::from_secs(1);
 
-pub fn run(node: &Node, actor: &Actor, once: bool, json: bool) -> Result<()> {
+/// The column rows are sorted by: the app name ascending, any other largest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    App,
+    Cpu,
+    Mem,
+    Oom,
+    Disk,
+    Net,
+    Req,
+    P95,
+}
+
+impl SortKey {
+    const ALL: [(SortKey, &'static str, u8); 8] = [
+        (SortKey::App, "app", b'a'),
+        (SortKey::Cpu, "cpu", b'c'),
+        (SortKey::Mem, "mem", b'm'),
+        (SortKey::Oom, "oom", b'o'),
+        (SortKey::Disk, "disk", b'd'),
+        (SortKey::Net, "net", b'n'),
+        (SortKey::Req, "req", b'r'),
+        (SortKey::P95, "p95", b'p'),
+    ];
+
+    /// `--sort NAME`.
+    pub fn parse(name: &str) -> Result<SortKey> {
+        let names: Vec<&str> = Self::ALL.iter().map(|k| k.1).collect();
+        Self::ALL
+            .iter()
+            .find(|k| k.1 == name)
+            .map(|k| k.0)
+            .ok_or_else(|| anyhow::anyhow!("unknown sort column '{name}' (choose one of: {})", names.join(", ")))
+    }
+
+    /// The key that chooses it in the live view.
+    fn from_key(c: u8) -> Option<SortKey> {
+        Self::ALL.iter().find(|k| k.2 == c.to_ascii_lowercase()).map(|k| k.0)
+    }
+
+    fn name(self) -> &'static str {
+        Self::ALL.iter().find(|k| k.0 == self).map_or("app", |k| k.1)
+    }
+
+    /// Sorts `rows` (ties, and the app column, by app and gear).
+    pub fn sort(self, rows: &mut [Row]) {
+        let v = |r: &Row| -> f64 {
+            match self {
+                SortKey::App => 0.0,
+                SortKey::Cpu => r.cpu_percent,
+                SortKey::Mem => r.memory_bytes as f64,
+                SortKey::Oom => r.oom_kills as f64,
+                SortKey::Disk => r.disk_bytes.unwrap_or(0) as f64,
+                SortKey::Net => r.net_rx_rate.unwrap_or(0.0) + r.net_tx_rate.unwrap_or(0.0),
+                SortKey::Req => r.requests_per_sec.unwrap_or(0.0),
+                SortKey::P95 => r.p95_ms.unwrap_or(0.0),
+            }
+        };
+        rows.sort_by(|a, b| {
+            v(b).total_cmp(&v(a))
+                .then_with(|| a.app.cmp(&b.app))
+                .then(a.gear.cmp(&b.gear))
+        });
+    }
+}
+
+pub fn run(node: &Node, actor: &Actor, once: bool, json: bool, mut sort: SortKey) -> Result<()> {
     let mut before = sample::read(node, actor)?;
+    let rows = |before: &Reading, now: &Reading, sort: SortKey| {
+        let mut r = sample::rows(before, now);
+        sort.sort(&mut r);
+        r
+    };
     if once {
         std::thread::sleep(ONCE_SAMPLE);
         let now = sample::read(node, actor)?;
-        print_frame(&sample::rows(&before, &now), &now, json, false)?;
+        print_frame(&rows(&before, &now, sort), &now, json, None)?;
         return Ok(());
     }
     let stdin = std::io::stdin();
@@ -31,31 +102,38 @@ pub fn run(node: &Node, actor: &Actor, once: bool, json: bool) -> Result<()> {
             match wait_key(stdin.as_fd(), REFRESH) {
                 Key::Quit => return Ok(()),
                 Key::Closed => watch_stdin = false,
+                Key::Sort(k) => sort = k,
                 Key::None => {}
             }
         } else {
             std::thread::sleep(REFRESH);
         }
         let now = sample::read(node, actor)?;
-        if print_frame(&sample::rows(&before, &now), &now, json, !json).is_err() {
+        let live = (!json).then_some(sort);
+        if print_frame(&rows(&before, &now, sort), &now, json, live).is_err() {
             return Ok(()); // the terminal went away
         }
         before = now;
     }
 }
 
-fn print_frame(rows: &[Row], now: &Reading, json: bool, clear: bool) -> Result<()> {
+/// One frame; `live` (the live view's sort column) clears the screen first and adds the keys.
+fn print_frame(rows: &[Row], now: &Reading, json: bool, live: Option<SortKey>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         let v = serde_json::json!({"gears": rows, "requests_available": now.requests.is_some()});
         writeln!(out, "{v}")?;
     } else {
-        if clear {
+        if live.is_some() {
             write!(out, "\x1b[H\x1b[2J")?;
         }
         write!(out, "{}", format(rows, now.requests.is_some()))?;
-        if clear {
-            writeln!(out, "(q to quit)")?;
+        if let Some(k) = live {
+            writeln!(
+                out,
+                "sorted by {} (keys: a app, c cpu, m mem, o oom, d disk, n net, r req, p p95; q quits)",
+                k.name()
+            )?;
         }
     }
     out.flush()?;
@@ -65,9 +143,9 @@ fn print_frame(rows: &[Row], now: &Reading, json: bool, clear: bool) -> Result<(
 /// The table at 80 columns: the app name is shortened, the state is its first word.
 pub fn format(rows: &[Row], with_requests: bool) -> String {
     let mut o = String::new();
-    let line = |cells: [&str; 9], o: &mut String| {
-        let widths = [12, 8, 7, 9, 3, 4, 9, 11, 5];
-        let n = if with_requests { 9 } else { 8 };
+    let line = |cells: [&str; 10], o: &mut String| {
+        let widths = [11, 8, 7, 9, 3, 4, 9, 10, 5, 5];
+        let n = if with_requests { 10 } else { 8 };
         let mut l = String::new();
         for (i, c) in cells.iter().take(n).enumerate() {
             let w = widths[i];
@@ -91,21 +169,29 @@ pub fn format(rows: &[Row], with_requests: bool) -> String {
             "DISK/Q",
             "NET IN/OUT",
             "REQ/S",
+            "P95",
         ],
         &mut o,
     );
     for r in rows {
         let mut name = format!("{}.{}", r.app, r.gear);
-        if name.chars().count() > 12 {
+        if name.chars().count() > 11 {
             let suffix = format!("~.{}", r.gear);
-            name = r.app.chars().take(12 - suffix.len()).collect::<String>() + &suffix;
+            name = r.app.chars().take(11 - suffix.len()).collect::<String>() + &suffix;
         }
         let state: String = r.state.split([' ', '(']).next().unwrap_or("").chars().take(8).collect();
         let cpu = format!("{:.0}/{:.0}", r.cpu_percent, r.cpu_quota_percent);
         let mem = format!("{}/{}", size(Some(r.memory_bytes)), size(Some(r.memory_limit)));
         let disk = format!("{}/{}", size(r.disk_bytes), size(r.disk_limit));
         let net = format!("{}/{}", rate(r.net_rx_rate), rate(r.net_tx_rate));
-        let req = r.requests_per_sec.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let req = r.requests_per_sec.map_or("-".to_string(), |v| {
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        });
+        let p95 = r.p95_ms.map_or("-".to_string(), millis);
         line(
             [
                 &name,
@@ -117,6 +203,7 @@ pub fn format(rows: &[Row], with_requests: bool) -> String {
                 &disk,
                 &net,
                 &req,
+                &p95,
             ],
             &mut o,
         );
@@ -124,7 +211,18 @@ pub fn format(rows: &[Row], with_requests: bool) -> String {
     o
 }
 
-/// Bytes in 1024 steps, at most 4 characters: `0`, `900`, `41M`, `1.5G`.
+/// A latency in at most 5 characters: `4ms`, `250ms`, `1.2s`, `12s`.
+fn millis(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else if ms < 10_000.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!("{:.0}s", ms / 1000.0)
+    }
+}
+
+/// Bytes in 1024 steps, at most 4 characters: `0`, `900`, `41M`, `1.5G`, `2G`.
 fn size(b: Option<u64>) -> String {
     let Some(b) = b.filter(|b| *b > 0 && *b < u64::MAX / 2) else {
         return "-".into();
@@ -132,7 +230,7 @@ fn size(b: Option<u64>) -> String {
     let mut v = b as f64;
     for unit in ["", "K", "M", "G", "T"] {
         if v < 1024.0 {
-            return if v < 10.0 && !unit.is_empty() {
+            return if v < 10.0 && !unit.is_empty() && v.fract() != 0.0 {
                 format!("{v:.1}{unit}")
             } else {
                 format!("{v:.0}{unit}")
@@ -154,10 +252,11 @@ fn rate(r: Option<f64>) -> String {
 enum Key {
     Quit,
     Closed,
+    Sort(SortKey),
     None,
 }
 
-/// Waits up to `t` for input; `q` or Ctrl-C quits.
+/// Waits up to `t` for input; `q` or Ctrl-C quits, a column's key sorts by it.
 fn wait_key(fd: BorrowedFd<'_>, t: Duration) -> Key {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -168,7 +267,11 @@ fn wait_key(fd: BorrowedFd<'_>, t: Duration) -> Key {
             match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut b) {
                 Ok(0) | Err(_) => Key::Closed,
                 Ok(n) if b[..n].iter().any(|c| matches!(c, b'q' | b'Q' | 3)) => Key::Quit,
-                Ok(_) => Key::None,
+                Ok(n) => b[..n]
+                    .iter()
+                    .rev()
+                    .find_map(|c| SortKey::from_key(*c))
+                    .map_or(Key::None, Key::Sort),
             }
         }
         _ => Key::None,
@@ -214,6 +317,8 @@ mod tests {
         assert_eq!(size(Some(900)), "900");
         assert_eq!(size(Some(41 << 20)), "41M");
         assert_eq!(size(Some(3 << 29)), "1.5G");
+        assert_eq!(size(Some(128 << 20)), "128M");
+        assert_eq!(size(Some(2 << 30)), "2G");
         assert_eq!(size(Some(u64::MAX)), "-");
     }
 
@@ -235,14 +340,49 @@ mod tests {
             net_rx_rate: Some(1000.0 * 1024.0),
             net_tx_rate: Some(9.5 * 1024.0 * 1024.0),
             requests_per_sec: Some(1234.5),
+            p95_ms: Some(12_345.0),
         };
         let t = format(&[r], true);
         for l in t.lines() {
             assert!(l.chars().count() <= 80, "too wide: {l:?}");
         }
         let body = t.lines().nth(1).unwrap();
-        assert!(body.starts_with("a-very-l~.12 crashed"), "{body}");
-        assert!(body.contains("1000M/2.0G"), "{body}");
+        assert!(body.starts_with("a-very-~.12 crashed"), "{body}");
+        assert!(body.ends_with("12s"), "{body}");
+        assert!(body.contains("1000M/2G"), "{body}");
         assert!(!format(&[], false).contains("REQ/S"));
+    }
+
+    #[test]
+    fn keys_choose_the_sort_column() {
+        let row = |app: &str, cpu: f64, mem: u64| Row {
+            app: app.into(),
+            gear: 0,
+            state: "running".into(),
+            cpu_percent: cpu,
+            cpu_quota_percent: 100.0,
+            memory_bytes: mem,
+            memory_limit: 0,
+            oom_kills: 0,
+            pids: 1,
+            pids_limit: 0,
+            disk_bytes: None,
+            disk_limit: None,
+            net_rx_rate: None,
+            net_tx_rate: None,
+            requests_per_sec: None,
+            p95_ms: None,
+        };
+        let mut rows = vec![row("b", 5.0, 10), row("c", 50.0, 1), row("a", 5.0, 99)];
+        SortKey::from_key(b'c').unwrap().sort(&mut rows);
+        let order = |rows: &[Row]| rows.iter().map(|r| r.app.clone()).collect::<Vec<_>>().join("");
+        assert_eq!(order(&rows), "cab");
+        SortKey::from_key(b'M').unwrap().sort(&mut rows);
+        assert_eq!(order(&rows), "abc");
+        SortKey::parse("app").unwrap().sort(&mut rows);
+        assert_eq!(order(&rows), "abc");
+        assert!(SortKey::parse("size").unwrap_err().to_string().contains("cpu, mem"));
+        assert_eq!(millis(4.4), "4ms");
+        assert_eq!(millis(1234.0), "1.2s");
     }
 }

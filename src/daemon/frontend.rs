@@ -3,7 +3,9 @@
 //! gear's supervisor (`watch`), so a zero-downtime switch reaches the route table at once; the
 //! old web process is released once the router has moved over. Idle apps are woken by their first
 //! request (held, not redirected), and apps without requests for `idle_after_secs` are idled.
+//! Each pass of the refresh loop also looks for OOM kills (`oom.rs`).
 
+use super::metrics::{DaemonCounters, GearCollector, GearSeen};
 use super::watch::{Sink, Watcher};
 use crate::app::{self, App};
 use crate::gear::{control, isolation::network::netns_path, Gear};
@@ -26,6 +28,8 @@ struct GearView {
     app: String,
     /// The live web process's address, when it runs.
     live: Option<SocketAddr>,
+    /// The supervisor's count of web process restarts, as last seen.
+    restarts: Option<u64>,
 }
 
 struct Front {
@@ -43,6 +47,8 @@ struct Front {
     /// Apps the router is waking or woke: (a wake in progress, when it last began or ended).
     /// A wake is activity: automatic idling never idles an app under its wake.
     wakes: Mutex<HashMap<String, (bool, Instant)>>,
+    counters: DaemonCounters,
+    dashboard: super::dashboard::Dashboard,
 }
 
 /// When a host's certificate and key files were last changed.
@@ -210,6 +216,9 @@ impl Sink for Front {
     }
 
     fn status(&self, gear: &Gear, status: &serde_json::Value, seen_restarts: &mut Option<u64>) {
+        if let Some(v) = self.gears.lock().unwrap().get_mut(&gear.id) {
+            v.restarts = status["restarts"].as_u64();
+        }
         note_restarts(&self.node, gear, status, seen_restarts);
     }
 
@@ -272,6 +281,7 @@ impl Waker for GearWaker {
             .lock()
             .unwrap()
             .insert(app_name.to_string(), (false, Instant::now()));
+        front.counters.wake(app_name, woke.is_ok(), t.elapsed());
         let e = Event::new("app.wake", "gearshift").app(app_name, a.owner.as_deref());
         let detail = match &woke {
             Ok(()) => serde_json::json!({"result": "ok", "ms": t.elapsed().as_millis() as u64}),
@@ -342,6 +352,8 @@ const FULL_PASS: Duration = Duration::from_secs(30);
 /// node of 500 quiet apps reads none of them between changes; a new app, alias or certificate
 /// is served within 100 ms.
 fn refresh_loop(front: Arc<Front>) {
+    let mut oom = super::oom::OomWatch::default();
+    let mut sampled: Option<Instant> = None;
     // per app: request count, live web processes, and when either last changed
     let mut last_seen: HashMap<String, (u64, Vec<Option<SocketAddr>>, Instant)> = HashMap::new();
     let certs_dir = front.node.root().join("certs");
@@ -383,6 +395,14 @@ fn refresh_loop(front: Arc<Front>) {
                 if let Err(e) = front.load_certs(&apps) {
                     eprintln!("gearshift daemon: {e:#}");
                 }
+            }
+        }
+        {
+            let apps = front.apps.lock().unwrap().clone();
+            oom.check(&front.node, &apps);
+            if sampled.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                front.dashboard.sample(&apps, &front.router.stats().requests_by_app);
+                sampled = Some(Instant::now());
             }
         }
         let idle_after = front.node.config.idle_after_secs;
@@ -438,8 +458,44 @@ fn listen(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (another service on that port?)"))
 }
 
-/// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders.
-pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) -> Result<(Arc<Router>, Routes)> {
+/// The gears of the apps the daemon knows, with their supervisors' restart counts.
+fn gears_seen(front: &Front) -> Vec<GearSeen> {
+    let views = front.gears.lock().unwrap().clone();
+    let apps = front.apps.lock().unwrap();
+    apps.iter()
+        .flat_map(|a| a.gears.iter())
+        .map(|g| GearSeen {
+            gear: g.clone(),
+            restarts: views.get(&g.id).and_then(|v| v.restarts),
+        })
+        .collect()
+}
+
+/// The dashboard's page (`/`) and the JSON it polls (`/dashboard.json`), on the admin port.
+fn dashboard_pages(front: std::sync::Weak<Front>) -> crate::router::AdminPages {
+    Arc::new(move |path: &str| {
+        let page = |content_type, body: Vec<u8>| Some(crate::router::AdminPage { content_type, body });
+        match path.split('?').next().unwrap_or("") {
+            "/" | "/dashboard" => page("text/html; charset=utf-8", super::dashboard::PAGE.as_bytes().to_vec()),
+            "/dashboard.json" => {
+                let f = front.upgrade()?;
+                let apps = f.apps.lock().unwrap().clone();
+                let v = f.dashboard.json(&apps, &f.router.stats().requests_by_app);
+                page("application/json", v.to_string().into_bytes())
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Starts the router on the node's HTTP, HTTPS and admin ports, and its feeders; the admin
+/// port's `/metrics` carries the gears' series and `counters`.
+pub fn start(
+    node: &Node,
+    config_path: &std::path::Path,
+    stop: Arc<AtomicBool>,
+    counters: DaemonCounters,
+) -> Result<(Arc<Router>, Routes)> {
     let c = &node.config;
     let cfg = RouterConfig {
         https_port: c.https_port,
@@ -463,6 +519,8 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
         cert_files: Mutex::new(HashMap::new()),
         watcher: std::sync::OnceLock::new(),
         wakes: Mutex::new(HashMap::new()),
+        counters: counters.clone(),
+        dashboard: super::dashboard::Dashboard::new(node.clone()),
     });
     let sink: Arc<dyn Sink> = front.clone();
     let _ = front
@@ -472,7 +530,16 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
     *waker.0.lock().unwrap() = Some(front.clone());
     router.serve_http(listen(SocketAddr::from(([0, 0, 0, 0], c.http_port)))?);
     router.serve_https(listen(SocketAddr::from(([0, 0, 0, 0], c.https_port)))?, certs)?;
-    router.serve_admin(listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    counters.register(&mut registry);
+    let weak = Arc::downgrade(&front);
+    let list = Box::new(move || weak.upgrade().map(|f| gears_seen(&f)).unwrap_or_default());
+    registry.register_collector(Box::new(GearCollector::new(node.clone(), list)));
+    router.serve_admin(
+        listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?,
+        registry,
+        Some(dashboard_pages(Arc::downgrade(&front))),
+    )?;
     let routes = Routes(front.clone());
     std::thread::Builder::new()
         .name("routes".into())

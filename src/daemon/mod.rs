@@ -3,7 +3,10 @@
 //! node's own sshd, and runs each SSH request in a forked worker (`internal-exec`) whose stdio
 //! are the client's own descriptors.
 
+pub mod dashboard;
 pub mod frontend;
+pub mod metrics;
+pub mod oom;
 pub mod proto;
 mod watch;
 
@@ -32,6 +35,8 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// The router's feeder, once it runs.
     routes: std::sync::OnceLock<crate::daemon::frontend::Routes>,
+    /// What `/metrics` counts of the daemon's own work.
+    counters: metrics::DaemonCounters,
 }
 
 /// Holds `<run>/daemon.lock` (non-blocking) so a second daemon for the node refuses to start.
@@ -101,6 +106,7 @@ pub fn run(config_path: &Path) -> Result<i32> {
         bin: paths.bin.clone(),
         stop: Arc::clone(&stop),
         routes: std::sync::OnceLock::new(),
+        counters: metrics::DaemonCounters::new(),
     });
     let sup = {
         let stop = Arc::clone(&stop);
@@ -117,8 +123,9 @@ pub fn run(config_path: &Path) -> Result<i32> {
     if !matches!(up, Ok(s) if s.success()) {
         eprintln!("gearshift daemon: `gearshift node up` reported problems ({up:?}); serving what runs");
     }
-    let (router, routes) = crate::daemon::frontend::start(&node, &shared.config_path, Arc::clone(&stop))
-        .context("cannot start the router")?;
+    let (router, routes) =
+        crate::daemon::frontend::start(&node, &shared.config_path, Arc::clone(&stop), shared.counters.clone())
+            .context("cannot start the router")?;
     let _ = shared.routes.set(routes);
     eprintln!(
         "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",
@@ -225,7 +232,9 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
             };
             let code = run_worker(sh, conn, &job, [stdin, stdout, stderr], tty.then_some(term).flatten());
             if let Some(p) = push {
-                p.end(&sh.node, *code.as_ref().unwrap_or(&1));
+                let app = p.app().to_string();
+                let deployed = p.end(&sh.node, *code.as_ref().unwrap_or(&1));
+                sh.counters.deploy(&app, if deployed { "deployed" } else { "failed" });
             }
             let code = code?;
             if code == 0 {

@@ -195,7 +195,8 @@ impl Conn {
     /// Logs the request and counts it.
     pub(super) fn finish(&mut self, route: Option<&LiveRoute>, t0: Instant, d: &Done, minor: u8) {
         let m = route.map(|r| &*r.metrics).unwrap_or(&self.inner.metrics.unknown_host);
-        m.record(d.status, d.bytes_in, d.bytes_out);
+        let took = t0.elapsed();
+        m.record(d.status, d.bytes_in, d.bytes_out, took);
         let log = &self.inner.access_log;
         if !log.enabled() {
             return;
@@ -205,7 +206,7 @@ impl Conn {
             self.log_secs = now;
             self.log_time = crate::clock::iso(now);
         }
-        let us = t0.elapsed().as_micros();
+        let us = took.as_micros();
         let s = &mut self.s;
         s.line.clear();
         use std::fmt::Write as _;

@@ -1,11 +1,42 @@
-//! Counters, their Prometheus text rendering, and the loopback-only admin listener that serves them.
+//! The router's counters: requests per app by status class, bytes, a latency histogram per app
+//! (lock-free: one atomic add per bucket), and the connection counts. `admin` exposes them.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
+
+/// The request latency histogram's bucket bounds, in seconds (Prometheus' defaults).
+pub const LATENCY_BOUNDS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Request durations: counts per bucket (not cumulative; the last one is past every bound) and
+/// their sum.
+#[derive(Debug, Default)]
+pub struct Latency {
+    counts: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    /// Counts one request that took `d`.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// The sum in seconds, the count, and the count in each bucket by its upper bound (not
+    /// cumulative, as prometheus-client's encoder takes them), the last one at +Inf.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = (self.counts.iter().enumerate())
+            .map(|(i, c)| (LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY), c.load(Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        (self.sum_us.load(Relaxed) as f64 / 1e6, count, buckets)
+    }
+}
 
 /// Per-app request counters.
 #[derive(Debug, Default)]
@@ -16,15 +47,18 @@ pub struct AppMetrics {
     pub bytes_in: AtomicU64,
     /// Bytes sent to clients (heads and bodies).
     pub bytes_out: AtomicU64,
+    /// How long requests took, from their head to their last byte.
+    pub latency: Latency,
 }
 
 impl AppMetrics {
     /// Counts one finished request.
-    pub fn record(&self, status: u16, bytes_in: u64, bytes_out: u64) {
+    pub fn record(&self, status: u16, bytes_in: u64, bytes_out: u64, took: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].fetch_add(1, Relaxed);
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
+        self.latency.observe(took);
     }
 
     /// Requests of all classes.
@@ -46,114 +80,64 @@ pub struct Metrics {
     pub unknown_host: AppMetrics,
 }
 
-/// Escapes a Prometheus label value.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// The Prometheus text exposition of `m`, `apps` and the backends' connect errors.
-pub fn render(m: &Metrics, apps: &[(String, Arc<AppMetrics>)], backends: &[(String, String, u64)]) -> String {
-    let mut o = String::new();
-    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-    o.push_str("# HELP gearshift_router_requests_total Requests answered, by app and status class.\n");
-    o.push_str("# TYPE gearshift_router_requests_total counter\n");
-    let all = apps
-        .iter()
-        .map(|(a, m)| (a.as_str(), &**m))
-        .chain([("", &m.unknown_host)]);
-    for (app, am) in all.clone() {
-        for (i, c) in classes.iter().enumerate() {
-            let n = am.by_class[i].load(Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    o,
-                    "gearshift_router_requests_total{{app=\"{}\",class=\"{c}\"}} {n}",
-                    label(app)
-                );
+/// The `q` quantile (0..1) of a histogram given as `(upper bound, count in that bucket)` pairs
+/// in order, the way Prometheus' `histogram_quantile` estimates it (linear within the bucket);
+/// None when empty.
+pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().map(|b| b.1).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for &(bound, n) in buckets {
+        let count = below + n;
+        if count as f64 >= rank {
+            if bound.is_infinite() {
+                // Past the last bound: the best estimate is that bound.
+                return Some(lower);
             }
-        }
-    }
-    for (name, help, get) in [
-        (
-            "gearshift_router_request_bytes_total",
-            "Bytes received from clients.",
-            0,
-        ),
-        ("gearshift_router_response_bytes_total", "Bytes sent to clients.", 1),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (app, am) in all.clone() {
-            let v = if get == 0 {
-                am.bytes_in.load(Relaxed)
+            let inside = (count - below) as f64;
+            let frac = if inside > 0.0 {
+                (rank - below as f64) / inside
             } else {
-                am.bytes_out.load(Relaxed)
+                1.0
             };
-            let _ = writeln!(o, "{name}{{app=\"{}\"}} {v}", label(app));
+            return Some(lower + (bound - lower) * frac);
         }
+        (lower, below) = (bound, count);
     }
-    o.push_str("# HELP gearshift_router_upstream_connect_errors_total Failed connections to a backend.\n");
-    o.push_str("# TYPE gearshift_router_upstream_connect_errors_total counter\n");
-    for (addr, id, n) in backends {
-        let _ = writeln!(
-            o,
-            "gearshift_router_upstream_connect_errors_total{{backend=\"{}\",id=\"{}\"}} {n}",
-            label(addr),
-            label(id)
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP gearshift_router_active_connections Client connections open now.\n\
-         # TYPE gearshift_router_active_connections gauge\ngearshift_router_active_connections {}\n\
-         # HELP gearshift_router_connections_total Client connections accepted.\n\
-         # TYPE gearshift_router_connections_total counter\ngearshift_router_connections_total {}\n\
-         # HELP gearshift_router_rejected_connections_total Client connections refused over the cap.\n\
-         # TYPE gearshift_router_rejected_connections_total counter\ngearshift_router_rejected_connections_total {}",
-        m.active_connections.load(Relaxed),
-        m.connections_total.load(Relaxed),
-        m.rejected_connections.load(Relaxed),
-    );
-    o
+    Some(lower)
 }
 
-/// Serves `GET /metrics` (and `/healthz`) on an admin listener, one short-lived thread per connection.
-pub fn serve_admin(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let render = render.clone();
-        let _ = std::thread::Builder::new().name("router-admin".into()).spawn(move || {
-            let _ = answer(conn, &*render);
-        });
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn answer(mut conn: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    let path = loop {
-        let n = conn.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_string(),
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => return Ok(()),
-        }
-    };
-    let (status, ctype, body) = match path.as_str() {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
-        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body.as_bytes())
+    #[test]
+    fn latency_buckets_count_each_request() {
+        let l = Latency::default();
+        l.observe(Duration::from_millis(3));
+        l.observe(Duration::from_millis(30));
+        l.observe(Duration::from_secs(20));
+        let (sum, count, b) = l.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 20.033).abs() < 1e-9, "{sum}");
+        assert_eq!(b[0], (0.005, 1));
+        assert_eq!(b[3], (0.05, 1));
+        assert_eq!(b.last().unwrap().1, 1);
+        assert!(b.last().unwrap().0.is_infinite());
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_a_bucket() {
+        assert_eq!(quantile(&[(0.1, 0), (f64::INFINITY, 0)], 0.95), None);
+        // 100 requests: 50 under 10 ms, 50 between 10 and 20 ms.
+        let b = [(0.01, 50), (0.02, 50), (f64::INFINITY, 0)];
+        let p95 = quantile(&b, 0.95).unwrap();
+        assert!((p95 - 0.019).abs() < 1e-9, "{p95}");
+        assert!((quantile(&b, 0.5).unwrap() - 0.01).abs() < 1e-9);
+        // Everything past the last bound: that bound.
+        assert_eq!(quantile(&[(0.01, 0), (f64::INFINITY, 4)], 0.95), Some(0.01));
+    }
 }

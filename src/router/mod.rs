@@ -16,10 +16,12 @@
 //!   (after a 101), `tls` (certificates by SNI);
 //! - the connection engines: `conn` (one client connection's state and what both engines do alike),
 //!   `blocking` (a connection thread with blocking calls), `accept` (the connection cap; TLS connections,
-//!   a thread each), `evloop` (plain HTTP on epoll loops that hand what is not short to `blocking`).
+//!   a thread each), `evloop` (plain HTTP on epoll loops that hand what is not short to `blocking`);
+//! - beside them: `admin` (the loopback admin listener: `/metrics` and the integrator's pages).
 
 mod accept;
 mod access_log;
+mod admin;
 mod blocking;
 mod body;
 mod config;
@@ -40,7 +42,9 @@ mod tunnel;
 mod wake;
 
 pub use access_log::AccessLog;
+pub use admin::{AdminPage, AdminPages};
 pub use config::RouterConfig;
+pub use metrics::quantile;
 pub use route::{Backend, Route, RouteTable};
 pub use tls::CertStore;
 pub use wake::{WakeResult, Waker};
@@ -55,7 +59,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A snapshot of the router's counters (the daemon reads requests per app to find idle apps; the rest is
-/// in [`Router::metrics_text`], and here for tests).
+/// on the admin listener's `/metrics`, and here for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Requests answered per app.
@@ -107,28 +111,24 @@ impl Router {
         Ok(self.serve(listener, Some(cfg)))
     }
 
-    /// Serves `/metrics` (Prometheus text) on a loopback-only admin listener.
-    pub fn serve_admin(&self, listener: TcpListener) -> Result<JoinHandle<()>> {
+    /// Serves `/metrics` (Prometheus text: the router's series, then `registry`'s), `/healthz` and
+    /// `pages` on a loopback-only admin listener.
+    pub fn serve_admin(
+        &self,
+        listener: TcpListener,
+        mut registry: prometheus_client::registry::Registry,
+        pages: Option<AdminPages>,
+    ) -> Result<JoinHandle<()>> {
         let addr = listener.local_addr().context("admin listener address")?;
         if !addr.ip().is_loopback() {
             bail!("the router's admin listener must be on loopback, not {addr}");
         }
-        let weak = Arc::downgrade(&self.inner);
-        let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-            weak.upgrade()
-                .map(|i| Router { inner: i }.metrics_text())
-                .unwrap_or_default()
-        });
+        registry.register_collector(Box::new(admin::RouterCollector(Arc::downgrade(&self.inner))));
+        let registry = Arc::new(registry);
         std::thread::Builder::new()
             .name("router-admin".into())
-            .spawn(move || metrics::serve_admin(listener, render))
+            .spawn(move || admin::serve(listener, registry, pages))
             .context("cannot start the admin listener thread")
-    }
-
-    /// The metrics in Prometheus text format.
-    pub fn metrics_text(&self) -> String {
-        let routes = &self.inner.routes;
-        metrics::render(&self.inner.metrics, &routes.app_metrics(), &routes.backend_errors())
     }
 
     /// Requests being forwarded to the backend at `addr` now, including one the table no longer names:

@@ -404,6 +404,22 @@ impl GearCgroup {
     }
 
     /// Reads usage and limits back from whichever hierarchies hold them.
+    /// Processes the kernel killed for memory (v2 `memory.events`, v1 `memory.oom_control`):
+    /// one file read, for watching.
+    pub fn oom_kills(&self) -> Option<u64> {
+        self.dirs.iter().find_map(|d| {
+            let (file, key) = if is_v2(d) {
+                ("memory.events", "oom_kill")
+            } else {
+                ("memory.oom_control", "oom_kill")
+            };
+            fs::read_to_string(d.join(file)).ok()?.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+        })
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         let num = |p: PathBuf| -> Option<u64> { fs::read_to_string(p).ok()?.trim().parse().ok() };

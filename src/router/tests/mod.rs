@@ -561,7 +561,7 @@ fn metrics_on_a_loopback_admin_listener() {
     std::thread::sleep(Duration::from_millis(50));
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin_addr = admin.local_addr().unwrap();
-    r.router.serve_admin(admin).unwrap();
+    r.router.serve_admin(admin, Default::default(), None).unwrap();
     let m = get(admin_addr, "localhost", "/metrics").text();
     assert!(
         m.contains("gearshift_router_requests_total{app=\"app\",class=\"2xx\"} 1"),
@@ -574,7 +574,11 @@ fn metrics_on_a_loopback_admin_listener() {
     assert!(m.contains("gearshift_router_active_connections "));
     assert!(m.contains("gearshift_router_response_bytes_total{app=\"app\"}"));
     let public = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    assert!(r.router.serve_admin(public).is_err());
+    assert!(
+        m.contains("gearshift_router_request_duration_seconds_bucket{app=\"app\",le=\"+Inf\"} 1"),
+        "{m}"
+    );
+    assert!(r.router.serve_admin(public, Default::default(), None).is_err());
 }
 
 #[test]
