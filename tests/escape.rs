@@ -33,7 +33,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_f
 "#;
 
 /// The attacker's profile: small enough that every exhaustion attack reaches its limit fast.
-const PROFILE: &str = "\n[profiles.tight]\nmemory = \"128M\"\ncpu = 0.5\npids = 64\ndisk = \"32M\"\ninodes = 10000\nbandwidth = \"8mbit\"\nio_weight = 100\n";
+const PROFILE: &str = "\n[profiles.tight]\nmemory = \"128M\"\ncpu = 1.0\npids = 64\ndisk = \"32M\"\ninodes = 10000\nbandwidth = \"8mbit\"\nio_weight = 100\n";
 const QUOTA_BYTES: u64 = 32 << 20;
 const INODES: u64 = 10_000;
 const BANDWIDTH_KBIT: u64 = 8_000;
@@ -53,7 +53,17 @@ fn get(n: &TestNode, host: &str) -> (u16, String) {
 
 /// Creates APP for `owner` (with `profile`), and pushes `files` (plus the web server) with `key`.
 fn deploy(n: &TestNode, key: &Path, owner: &str, app: &str, profile: &str, files: &[(&str, &str)]) -> PathBuf {
-    n.ok(&["app", "create", app, "--cartridge", "python", "--owner", owner, "--profile", profile]);
+    n.ok(&[
+        "app",
+        "create",
+        app,
+        "--cartridge",
+        "python",
+        "--owner",
+        owner,
+        "--profile",
+        profile,
+    ]);
     let mut all = vec![("Procfile", "web: python3 -u server.py\n"), ("server.py", SERVER)];
     all.extend_from_slice(files);
     let dir = app_repo(n, app, &all);
@@ -149,7 +159,14 @@ fn attacks_from_a_gear_fail_and_the_neighbour_keeps_answering() {
     let mallory = n.add_user("mallory");
     deploy(n, &x.key, "dev", "shop", "tight", &[("page.txt", "shop-page")]);
     wait_page(n, "shop.localhost", "shop-page");
-    deploy(n, &mallory, "mallory", "evil", "tight", &[("page.txt", "evil-page"), ("attack.py", ATTACK_PY)]);
+    deploy(
+        n,
+        &mallory,
+        "mallory",
+        "evil",
+        "tight",
+        &[("page.txt", "evil-page"), ("attack.py", ATTACK_PY)],
+    );
     wait_page(n, "evil.localhost", "evil-page");
 
     let shop = n.show("shop");
@@ -209,15 +226,17 @@ fn attacks_from_a_gear_fail_and_the_neighbour_keeps_answering() {
     wait_page(n, "evil.localhost", "evil-page");
 }
 
-/// Starts the watcher in mallory's gear, has root run commands in that gear (with a root-only
-/// file carrying a marker as their stdin, the marker in their argv, and once on a terminal),
-/// then ends the watch: its report.
+/// Starts the watcher in mallory's gear, then has root run commands in that gear: `run` with a
+/// root-only file as stdin (its content a marker), once on a terminal, and verbs that reach
+/// into the gear. The root CLI's argv (its `--config` path) and environment carry a second
+/// marker that nothing in the gear may see. Ends the watch: its report.
 fn root_started_processes_under_watch(n: &TestNode, mallory: &Path) -> String {
     let marker = format!("root-secret-{}-{}", n.slot, std::process::id());
+    let caller = n.config.display().to_string();
     let mut watcher = Command::new("ssh")
         .args(ssh_opts(mallory, n.ssh_port()))
         .arg(format!("{}@127.0.0.1", n.ssh_user()))
-        .arg(format!("run evil python3 attack.py watch {marker}"))
+        .arg(format!("run evil python3 attack.py watch {marker} {caller}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,29 +249,40 @@ fn root_started_processes_under_watch(n: &TestNode, mallory: &Path) -> String {
     let secret = n.root.with_extension("root-secret");
     std::fs::write(&secret, format!("{marker}\n")).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let env = ("GEARSHIFT_ESCAPE_CALLER", caller.as_str());
     for _ in 0..3 {
         let o = n
             .cmd()
-            .args(["run", "evil", "--", "/bin/sh", "-c", "sleep 0.3; cat >/dev/null", &marker])
+            .args(["run", "evil", "--", "/bin/sh", "-c", "sleep 0.3; cat >/dev/null"])
+            .env(env.0, env.1)
             .stdin(std::fs::File::open(&secret).unwrap())
             .output()
             .unwrap();
         assert!(o.status.success(), "root's run in the gear: {o:?}");
     }
     // On a terminal (the operator's shell): the command gets a pty of the gear's own.
-    let cmdline = format!(
-        "{BIN} --config {} run evil -- /bin/sh -c 'sleep 0.3' {marker}",
-        n.config.display()
-    );
+    let cmdline = format!("{BIN} --config {caller} run evil -- /bin/sh -c 'sleep 0.3'");
     let o = Command::new("script")
         .args(["-qec", &cmdline, "/dev/null"])
+        .env(env.0, env.1)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(o.status.success(), "root's run on a terminal: {o:?}");
-    n.ok(&["deploy", "list", "evil"]);
-    n.ok(&["env", "set", "evil", &format!("WATCHED={marker}")]);
-    n.ok(&["logs", "evil", "--lines", "5"]);
+    for verb in [
+        &["deploy", "list", "evil"][..],
+        &["env", "set", "evil", "WATCHED=1"],
+        &["logs", "evil", "--lines", "5"],
+    ] {
+        let o = n
+            .cmd()
+            .args(verb)
+            .env(env.0, env.1)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "`gearshift {}`: {o:?}", verb.join(" "));
+    }
 
     // Closing its stdin ends the watch; it reports what it took.
     drop(watcher.stdin.take());
@@ -260,7 +290,11 @@ fn root_started_processes_under_watch(n: &TestNode, mallory: &Path) -> String {
     let status = watcher.wait().unwrap();
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(&mut watcher.stderr.take().unwrap(), &mut err);
-    assert!(status.success(), "the watcher failed ({status}): {}\n{err}", rest.join("\n"));
+    assert!(
+        status.success(),
+        "the watcher failed ({status}): {}\n{err}",
+        rest.join("\n")
+    );
     let _ = std::fs::remove_file(&secret);
     rest.join("\n")
 }
@@ -283,7 +317,14 @@ fn hostile_pushes_do_not_reach_the_host() {
         let _ = std::fs::remove_file(m);
     }
     let neighbour_key = n.add_user("neighbour");
-    deploy(n, &neighbour_key, "neighbour", "shop", "tight", &[("page.txt", "shop-page")]);
+    deploy(
+        n,
+        &neighbour_key,
+        "neighbour",
+        "shop",
+        "tight",
+        &[("page.txt", "shop-page")],
+    );
     wait_page(n, "shop.localhost", "shop-page");
     let neighbour = Neighbour::watch(n, "shop.localhost", "shop-page");
 
@@ -295,7 +336,17 @@ fn hostile_pushes_do_not_reach_the_host() {
     let procfile = format!(
         "web: sh -c 'cat {config}; touch {proc_mark}; nsenter -t 1 -m -- touch {proc_mark}; exec python3 -u server.py'\n"
     );
-    n.ok(&["app", "create", "evil", "--cartridge", "python", "--owner", "dev", "--profile", "tight"]);
+    n.ok(&[
+        "app",
+        "create",
+        "evil",
+        "--cartridge",
+        "python",
+        "--owner",
+        "dev",
+        "--profile",
+        "tight",
+    ]);
     let dir = app_repo(
         n,
         "evil",
@@ -310,7 +361,10 @@ fn hostile_pushes_do_not_reach_the_host() {
     std::os::unix::fs::symlink(n.root.join("ssh"), dir.join("host-ssh")).unwrap();
     commit(&dir, "hostile");
     let (ok, out) = push_as(n, &x.key, &dir, "evil", "main");
-    assert!(ok, "the hostile push should deploy (its attacks fail, the app runs): {out}");
+    assert!(
+        ok,
+        "the hostile push should deploy (its attacks fail, the app runs): {out}"
+    );
     assert_no_breach(expect::HOOK_EXPECTED, &out, "the build hook");
     assert!(!out.contains(&marker), "the push showed the node config:\n{out}");
     wait_page(n, "evil.localhost", "unreadable");
@@ -328,11 +382,26 @@ fn hostile_pushes_do_not_reach_the_host() {
     std::os::unix::fs::symlink(&n.config, dir.join("app.json")).unwrap();
     commit(&dir, "symlinked Procfile and app.json");
     let (_, out) = push_as(n, &x.key, &dir, "evil", "main");
-    assert!(!out.contains(&marker), "the push read the node config through a symlink:\n{out}");
-    for verb in [&["app", "show", "evil"][..], &["deploy", "list", "evil"], &["logs", "evil"]] {
+    assert!(
+        !out.contains(&marker),
+        "the push read the node config through a symlink:\n{out}"
+    );
+    for verb in [
+        &["app", "show", "evil"][..],
+        &["deploy", "list", "evil"],
+        &["logs", "evil"],
+    ] {
         let o = n.gs(verb);
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(!text.contains(&marker), "`{}` showed the node config:\n{text}", verb.join(" "));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !text.contains(&marker),
+            "`{}` showed the node config:\n{text}",
+            verb.join(" ")
+        );
     }
     neighbour.assert_answered("the hostile pushes");
 }

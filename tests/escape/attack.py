@@ -10,8 +10,8 @@ Usage: attack.py battery KEY=VALUE...
          data_root config ssh_port gateway quota_bytes inodes bandwidth_kbit;
          only=A,B runs those attacks alone
        attack.py hook data_root=... config=... host_mark=PATH   (a hostile build hook)
-       attack.py watch MARKER   (until stdin closes: take the descriptors of every process that
-                                 appears in the gear with pidfd_getfd)
+       attack.py watch MARKER CALLER_MARKER   (until stdin closes: take the descriptors of
+                 every process that appears in the gear with pidfd_getfd; read its argv, env)
 Syscall numbers are x86_64's (the host and the test VM).
 """
 import ctypes, errno, os, resource, select, signal, socket, stat, struct, subprocess, sys, time
@@ -279,25 +279,50 @@ def tmp_bomb():
     return "error", "the child ended with status %d" % st
 
 
+BTRFS_MAGIC = 0x9123683E
+
+
+def fs_type(path):
+    """statfs(2)'s f_type of the filesystem holding PATH."""
+    buf = ctypes.create_string_buffer(120)
+    if libc.statfs(path.encode(), buf) != 0:
+        raise OSError(ctypes.get_errno(), "statfs " + path)
+    return struct.unpack_from("q", buf, 0)[0]
+
+
 def inode_bomb(inodes):
+    """Files until refused. Where the quota counts inodes (ext4, xfs) they are empty and must stop
+    near the profile's inode limit; btrfs has no inode limits (quota/btrfs.rs), so there each
+    file holds 1 KiB (inlined in the metadata the qgroup charges) and the byte quota must stop
+    them before 4 times the inode limit."""
     def run():
         d = os.path.expanduser("~/app-root/data/inodes")
+        btrfs = fs_type(os.path.expanduser("~")) == BTRFS_MAGIC
+        data, bound = (b"i" * 1024, inodes * 4) if btrfs else (b"", inodes * 3 // 2)
         os.makedirs(d, exist_ok=True)
         n, err = 0, None
         try:
             while n < inodes * 4:
                 try:
-                    os.close(os.open("%s/%d" % (d, n), os.O_CREAT | os.O_WRONLY, 0o600))
+                    fd = os.open("%s/%d" % (d, n), os.O_CREAT | os.O_WRONLY, 0o600)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
                 except OSError as e:
                     err = e.errno
                     break
                 n += 1
         finally:
-            for i in range(n):
-                os.unlink("%s/%d" % (d, i))
+            for i in range(n + 1):
+                try:
+                    os.unlink("%s/%d" % (d, i))
+                except FileNotFoundError:
+                    pass
             os.rmdir(d)
-        outcome = ename(err) if err and n <= inodes * 3 // 2 else "escaped"
-        return outcome, "%d files under a limit of %d" % (n, inodes)
+        outcome = ename(err) if err and n <= bound else "escaped"
+        how = "btrfs, 1 KiB each, no inode limits" if btrfs else "empty"
+        return outcome, "%d files (%s) under an inode limit of %d" % (n, how, inodes)
     return run
 
 
@@ -471,11 +496,13 @@ def battery(ctx):
     print("DONE %d" % len(attacks), flush=True)
 
 
-def watch(marker):
-    """The break-2 attack: every process that appears in the gear (ns_last_pid moves, /proc
-    grows) is grabbed with pidfd_open and its descriptors 0-63 taken with pidfd_getfd; also its
-    command line is read. Anything of root's (a non-socket, non-pipe descriptor owned by root,
-    or one whose content or command line carries MARKER) is reported."""
+def watch(marker, caller_marker):
+    """The break-2 attack: every process that appears in the gear is grabbed with pidfd_open and
+    its descriptors 0-63 taken with pidfd_getfd; its command line and environment are read too.
+    Anything of root's is reported: a non-socket, non-pipe descriptor owned by root, a file
+    holding MARKER (the content of root's stdin file), or CALLER_MARKER (which only the root
+    CLI's own argv and environment carry, never the command it runs) in a command line or an
+    environment."""
     me = os.getpid()
     seen, grabbed, roots, procs = set(), 0, [], 0
     print("watching", flush=True)
@@ -489,12 +516,13 @@ def watch(marker):
             pid = int(d)
             seen.add(pid)
             procs += 1
-            try:
-                with open("/proc/%d/cmdline" % pid, "rb") as f:
-                    if marker.encode() in f.read():
-                        roots.append("pid %d's command line carries the marker" % pid)
-            except OSError:
-                pass
+            for what in ("cmdline", "environ"):
+                try:
+                    with open("/proc/%d/%s" % (pid, what), "rb") as f:
+                        if caller_marker.encode() in f.read():
+                            roots.append("pid %d's %s carries the root CLI's" % (pid, what))
+                except OSError:
+                    pass
             pfd, err = sys_("pidfd_open", pid, 0)
             if err:
                 continue
@@ -517,9 +545,6 @@ def watch(marker):
                 finally:
                     os.close(fd)
             os.close(pfd)
-        # new pids are picked up on the next pass; ns_last_pid tells us one has appeared
-        with open("/proc/sys/kernel/ns_last_pid") as f:
-            f.read()
     outcome = "escaped" if roots else "nothing-of-roots"
     detail = "; ".join(roots) if roots else "%d processes seen, %d descriptors taken, none root's" % (procs, grabbed)
     report("pidfd-getfd-root-started", outcome, detail)
@@ -542,4 +567,4 @@ if __name__ == "__main__":
     elif sys.argv[1] == "hook":
         hook(dict(a.split("=", 1) for a in sys.argv[2:]))
     elif sys.argv[1] == "watch":
-        watch(sys.argv[2])
+        watch(sys.argv[2], sys.argv[3])
