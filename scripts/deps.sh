@@ -26,6 +26,7 @@ have setpriv || need+=(util-linux)
 # each add-on runs its own postgres in its gear, on the gear's address)
 ls /usr/lib/postgresql/*/bin/initdb /usr/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
+have c++ || need+=(g++)         # make fuzz: libFuzzer is C++
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if have apt-get; then
   export DEBIAN_FRONTEND=noninteractive
@@ -34,7 +35,7 @@ if have apt-get; then
 elif have dnf; then
   fix=()
   for p in "${need[@]}"; do
-    case "$p" in iproute2) fix+=(iproute iproute-tc);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; *) fix+=("$p");; esac
+    case "$p" in iproute2) fix+=(iproute iproute-tc);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; g++) fix+=(gcc-c++);; *) fix+=("$p");; esac
   done
   dnf install -y -q "${fix[@]}"
 else
