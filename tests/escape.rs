@@ -214,6 +214,8 @@ fn attacks_from_a_gear_fail_and_the_neighbour_keeps_answering() {
         o.status
     );
     neighbour.assert_answered("the battery");
+    // The figures (how far each exhaustion got), for --nocapture.
+    eprintln!("{out}");
     assert_no_breach(expect::EXPECTED, &out, "the battery");
 
     // Break 2: a process of the gear takes the descriptors of whatever root starts in it.
