@@ -38,17 +38,22 @@ const QUOTA_BYTES: u64 = 32 << 20;
 const INODES: u64 = 10_000;
 const BANDWIDTH_KBIT: u64 = 8_000;
 
-/// GET / at `host` through the router: (status, body).
-fn get(n: &TestNode, host: &str) -> (u16, String) {
+/// GET / at `host` through the router on `port`, giving up after 20 s: (status, body).
+fn get_at(port: u16, host: &str) -> (u16, String) {
     let o = Command::new("curl")
         .args(["-s", "-m", "20", "-o", "-", "-w", "\n%{http_code}", "-H"])
         .arg(format!("Host: {host}"))
-        .arg(format!("http://127.0.0.1:{}/", n.http_port()))
+        .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// GET / at `host` through `n`'s router.
+fn get(n: &TestNode, host: &str) -> (u16, String) {
+    get_at(n.http_port(), host)
 }
 
 /// Creates APP for `owner` (with `profile`), and pushes `files` (plus the web server) with `key`.
@@ -98,16 +103,9 @@ impl Neighbour {
             let (mut ok, mut bad) = (0, Vec::new());
             let t = std::time::Instant::now();
             while !flag.load(Ordering::Relaxed) {
-                let o = Command::new("curl")
-                    .args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "-H"])
-                    .arg(format!("Host: {host}"))
-                    .arg(format!("http://127.0.0.1:{port}/"))
-                    .output()
-                    .unwrap();
-                let out = String::from_utf8_lossy(&o.stdout).into_owned();
-                match out.rsplit_once('\n') {
-                    Some((body, "200")) if body.starts_with(&page) => ok += 1,
-                    _ => bad.push(format!("after {:?}: {out:?}", t.elapsed())),
+                match get_at(port, &host) {
+                    (200, body) if body.starts_with(&page) => ok += 1,
+                    other => bad.push(format!("after {:?}: {other:?}", t.elapsed())),
                 }
                 // one request at a time, but no busy loop of curls on a shared 2-core machine
                 std::thread::sleep(Duration::from_millis(100));
