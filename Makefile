@@ -5,7 +5,7 @@ BIN    := target/$(TARGET)/release/gearshift
 PREFIX ?= /usr/local
 CONFIG ?= /etc/gearshift/gearshift.toml
 
-.PHONY: all build deps test lint unit e2e bench bench-density install run clean vm-test selinux-check
+.PHONY: all build deps test lint unit e2e bench bench-density install run clean vm-test selinux-check fuzz
 
 all: build
 
@@ -50,6 +50,25 @@ test: deps lint selinux-check
 # CI (CI set, or GEARSHIFT_TEST_STRICT=1), where that fails.
 vm-test:
 	scripts/vm/test.sh
+
+# The parsers under libFuzzer (fuzz/, cargo fuzz on nightly, both installed here if missing):
+# each target for FUZZ_SECONDS from the seeds in fuzz/seeds/TARGET; the corpus it grows stays in
+# fuzz/corpus/, a crash in fuzz/artifacts/TARGET/ (replay: cd fuzz && cargo +nightly fuzz run
+# TARGET FILE; then keep it as a unit test next to the parser). Not part of `make test`.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := ssh_command ssh_key http_request http_response procfile appjson_cron node_config
+fuzz: deps
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && cargo +nightly fuzz build
+	@cd fuzz && mkdir -p logs && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t seeds/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: fuzz/logs/$$t.log)"; \
+	  rc=0; cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -print_final_stats=1 >logs/$$t.log 2>&1 || rc=$$?; \
+	  grep -E '^stat::number_of_executed_units|^SUMMARY|panicked at|Test unit written' logs/$$t.log; \
+	  [ $$rc = 0 ] || { echo "fuzz: $$t failed (exit $$rc): see fuzz/logs/$$t.log, the input is in fuzz/artifacts/$$t/"; exit 1; }; \
+	done; echo "fuzz: every target ran clean"
 
 # The policy module must at least parse and resolve against a stub of the refpolicy names it uses.
 selinux-check:

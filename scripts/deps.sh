@@ -28,6 +28,7 @@ ls /usr/lib/postgresql/*/bin/initdb /usr/bin/initdb >/dev/null 2>&1 || need+=(po
 have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
 have promtool || need+=(prometheus)   # tests/observe.rs: promtool check metrics on /metrics
 have chromium || need+=(chromium)     # tests/observe.rs: the dashboard in headless Chromium
+have c++ || need+=(g++)         # make fuzz: libFuzzer is C++
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if have apt-get; then
   export DEBIAN_FRONTEND=noninteractive
@@ -36,7 +37,7 @@ if have apt-get; then
 elif have dnf; then
   fix=()
   for p in "${need[@]}"; do
-    case "$p" in iproute2) fix+=(iproute iproute-tc);; prometheus) fix+=(golang-github-prometheus);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; *) fix+=("$p");; esac
+    case "$p" in iproute2) fix+=(iproute iproute-tc);; prometheus) fix+=(golang-github-prometheus);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; g++) fix+=(gcc-c++);; *) fix+=("$p");; esac
   done
   dnf install -y -q "${fix[@]}"
 else

@@ -19,7 +19,7 @@ HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=$REPO/target/vm-test
 VM=$HERE/vm.sh
-TESTS=${VM_TESTS:-selinux isolation limits destroy quota_fs cli ssh deploy router}
+TESTS=${VM_TESTS:-selinux isolation limits destroy quota_fs cli ssh deploy router escape}
 CARGO=${CARGO:-cargo}
 
 strict() {

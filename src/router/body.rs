@@ -4,7 +4,7 @@ use super::http::{ChunkScanner, Framing};
 use std::io::Write;
 
 /// How the response body travels to the client.
-pub(crate) enum ToClient {
+pub enum ToClient {
     /// Bytes as they come, `remaining` of them (u64::MAX: until the backend closes).
     Raw(u64),
     /// Chunked passed through as is.
