@@ -46,6 +46,18 @@ pub struct Config {
     pub cartridge_path: Vec<PathBuf>,
     pub disk: DiskConfig,
     pub profiles: BTreeMap<String, Profile>,
+    /// The HTTP router's settings (`[router]`).
+    #[serde(default)]
+    pub router: RouterSettings,
+}
+
+/// The `[router]` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// Load balancers in front of the node (`10.0.0.0/8`, `192.0.2.7`): their `X-Forwarded-*`,
+    /// `Forwarded` and `X-Request-Id` are kept (the peer appended); everyone else's are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// How gear homes get a disk quota.
@@ -152,6 +164,7 @@ impl Default for Config {
                 allow_unlimited: false,
             },
             profiles,
+            router: RouterSettings::default(),
         }
     }
 }
@@ -216,6 +229,7 @@ impl Config {
         for (name, p) in &self.profiles {
             p.limits().with_context(|| format!("profile {name}"))?;
         }
+        crate::router::TrustedProxies::parse(&self.router.trusted_proxies).map_err(anyhow::Error::msg)?;
         if !self.profiles.contains_key(&self.default_profile) {
             bail!("default_profile '{}' is not a defined profile", self.default_profile);
         }

@@ -1,5 +1,6 @@
 //! The router's timeouts and limits.
 
+use super::forwarded::TrustedProxies;
 use super::pool::PoolLimits;
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub struct RouterConfig {
     pub thread_stack: usize,
     /// Event-loop threads for plain HTTP (0: one per core).
     pub event_loops: usize,
+    /// Peers (load balancers) whose forwarded headers and request id are kept; everyone else's are
+    /// replaced by the router's.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for RouterConfig {
@@ -54,6 +58,7 @@ impl Default for RouterConfig {
             backend_down_for: Duration::from_secs(5),
             thread_stack: 256 * 1024,
             event_loops: 0,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
