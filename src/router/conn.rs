@@ -209,13 +209,19 @@ impl Conn {
         let s = &mut self.s;
         s.line.clear();
         use std::fmt::Write as _;
+        // Query strings carry tokens and reset links: the log names only that there was one.
+        let path = match s.path.split_once('?') {
+            Some((p, _)) => (p, "?[query]"),
+            None => (s.path.as_str(), ""),
+        };
         let _ = write!(
             s.line,
-            "{} {} \"{} {} HTTP/1.{minor}\" {} {} {}.{}ms host={} rid={}",
+            "{} {} \"{} {}{} HTTP/1.{minor}\" {} {} {}.{}ms host={} rid={}",
             self.log_time,
             self.peer_ip,
             s.method,
-            s.path,
+            path.0,
+            path.1,
             d.status,
             d.bytes_out,
             us / 1000,

@@ -253,6 +253,13 @@ fn forwarded_headers_and_hop_by_hop_filtering() {
         .unwrap()
         .iter()
         .any(|(_, l)| l.contains(&format!("rid={rid}")) && l.contains(" 200 "))));
+    // Query strings (tokens, reset links) stay out of the access log.
+    let log = r.log.0.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|(_, l)| l.contains("\"GET /a?[query] HTTP/1.1\" 200")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|(_, l)| l.contains("b=1")), "{log:?}");
 }
 
 /// Behind a load balancer (`trusted_proxies`), its forwarded headers and request id are kept
