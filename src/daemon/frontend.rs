@@ -432,6 +432,8 @@ pub fn start(node: &Node, config_path: &std::path::Path, stop: Arc<AtomicBool>) 
     let cfg = RouterConfig {
         https_port: c.https_port,
         trusted_proxies: TrustedProxies::parse(&c.router.trusted_proxies).map_err(anyhow::Error::msg)?,
+        max_connections_per_ip: c.router.max_connections_per_ip,
+        max_connections_per_app: c.router.max_connections_per_app,
         ..RouterConfig::default()
     };
     let waker = Arc::new(GearWaker(Mutex::new(None)));

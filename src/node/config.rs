@@ -52,12 +52,26 @@ pub struct Config {
 }
 
 /// The `[router]` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterSettings {
     /// Load balancers in front of the node (`10.0.0.0/8`, `192.0.2.7`): their `X-Forwarded-*`,
     /// `Forwarded` and `X-Request-Id` are kept (the peer appended); everyone else's are replaced.
     pub trusted_proxies: Vec<String>,
+    /// Client connections one IP address may hold open; more get a 503.
+    pub max_connections_per_ip: usize,
+    /// Requests one app may be served at once (held, forwarded or relayed); more get a 503.
+    pub max_connections_per_app: usize,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            trusted_proxies: Vec::new(),
+            max_connections_per_ip: 256,
+            max_connections_per_app: 1024,
+        }
+    }
 }
 
 /// How gear homes get a disk quota.
@@ -230,6 +244,9 @@ impl Config {
             p.limits().with_context(|| format!("profile {name}"))?;
         }
         crate::router::TrustedProxies::parse(&self.router.trusted_proxies).map_err(anyhow::Error::msg)?;
+        if self.router.max_connections_per_ip == 0 || self.router.max_connections_per_app == 0 {
+            bail!("router.max_connections_per_ip and router.max_connections_per_app must be at least 1");
+        }
         if !self.profiles.contains_key(&self.default_profile) {
             bail!("default_profile '{}' is not a defined profile", self.default_profile);
         }

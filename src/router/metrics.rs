@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,17 @@ pub struct AppMetrics {
     pub bytes_in: AtomicU64,
     /// Bytes sent to clients (heads and bodies).
     pub bytes_out: AtomicU64,
+    /// Requests being served now (held while the app wakes, forwarded, or relayed).
+    pub active: AtomicUsize,
+}
+
+/// One request counted in its app's `active` gauge until dropped.
+pub struct AppSlot(Arc<AppMetrics>);
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl AppMetrics {
@@ -25,6 +36,15 @@ impl AppMetrics {
         self.by_class[class].fetch_add(1, Relaxed);
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
+    }
+
+    /// Counts a request as active unless the app already serves `cap` (None: over the cap).
+    pub fn enter(self: &Arc<Self>, cap: usize) -> Option<AppSlot> {
+        if self.active.fetch_add(1, Relaxed) >= cap {
+            self.active.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(AppSlot(self.clone()))
     }
 
     /// Requests of all classes.
@@ -40,8 +60,10 @@ pub struct Metrics {
     pub active_connections: AtomicI64,
     /// Client connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Client connections closed at once because the cap was reached.
+    /// Client connections closed at once because the cap (all, or one client's) was reached.
     pub rejected_connections: AtomicU64,
+    /// Requests answered 503 because their app already had `max_connections_per_app` in flight.
+    pub rejected_app_requests: AtomicU64,
     /// Requests for a host no route knows.
     pub unknown_host: AppMetrics,
 }
@@ -108,10 +130,13 @@ pub fn render(m: &Metrics, apps: &[(String, Arc<AppMetrics>)], backends: &[(Stri
          # HELP gearshift_router_connections_total Client connections accepted.\n\
          # TYPE gearshift_router_connections_total counter\ngearshift_router_connections_total {}\n\
          # HELP gearshift_router_rejected_connections_total Client connections refused over the cap.\n\
-         # TYPE gearshift_router_rejected_connections_total counter\ngearshift_router_rejected_connections_total {}",
+         # TYPE gearshift_router_rejected_connections_total counter\ngearshift_router_rejected_connections_total {}\n\
+         # HELP gearshift_router_rejected_app_requests_total Requests answered 503 over an app's cap.\n\
+         # TYPE gearshift_router_rejected_app_requests_total counter\ngearshift_router_rejected_app_requests_total {}",
         m.active_connections.load(Relaxed),
         m.connections_total.load(Relaxed),
         m.rejected_connections.load(Relaxed),
+        m.rejected_app_requests.load(Relaxed),
     );
     o
 }

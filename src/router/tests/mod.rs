@@ -754,3 +754,81 @@ fn eventually(mut event: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Break 8 of issue 14: one client could hold thousands of connections. Over
+/// `max_connections_per_ip`, its new connections get a 503; a closed one frees a slot.
+#[test]
+fn one_client_is_capped_at_max_connections_per_ip() {
+    let b = TestBackend::named("ok");
+    let cfg = RouterConfig {
+        max_connections_per_ip: 3,
+        ..RouterConfig::default()
+    };
+    let r = TestRouter::start(cfg, Arc::new(NoWaker));
+    r.route("app", &["app.localhost"], vec![b.backend("g")]);
+    let mut held: Vec<_> = (0..3).map(|_| Client::connect(r.addr)).collect();
+    for c in &mut held {
+        assert_eq!(c.get("app.localhost", "/").status, 200);
+    }
+    let mut extra = TcpStream::connect(r.addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert_eq!(r.router.stats().rejected_connections, 1);
+    // The held connections still work; closing one lets a new one in.
+    assert_eq!(held[0].get("app.localhost", "/").status, 200);
+    held.pop();
+    assert!(eventually(
+        || Client::connect(r.addr).get("app.localhost", "/").status == 200
+    ));
+}
+
+/// Break 8 of issue 14: requests to a never-answering app held router threads without limit.
+/// Over `max_connections_per_app` its requests get a 503, and the other apps keep answering.
+#[test]
+fn a_never_answering_app_is_capped_and_others_keep_answering() {
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = release.clone();
+    let hang = TestBackend::start(Arc::new(move |_r: &SeenRequest, s: &mut TcpStream| {
+        let t = Instant::now();
+        while !r2.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        respond(s, 200, &[], b"late")
+    }));
+    let other = TestBackend::named("other");
+    let cfg = RouterConfig {
+        max_connections_per_app: 2,
+        ..RouterConfig::default()
+    };
+    let r = TestRouter::start(cfg, Arc::new(NoWaker));
+    let mut t = RouteTable::default();
+    for (app, b) in [("slow", &hang), ("other", &other)] {
+        t.add(Route {
+            app: app.into(),
+            hosts: vec![format!("{app}.localhost")],
+            backends: vec![b.backend("g")],
+            ..Route::default()
+        });
+    }
+    r.router.set_routes(t);
+    let mut waiting: Vec<_> = (0..2).map(|_| Client::connect(r.addr)).collect();
+    for c in &mut waiting {
+        c.send(b"GET / HTTP/1.1\r\nHost: slow.localhost\r\n\r\n");
+    }
+    assert!(eventually(|| hang.requests.load(Ordering::SeqCst) == 2));
+    let over = get(r.addr, "slow.localhost", "/");
+    assert_eq!(over.status, 503);
+    assert_eq!(get(r.addr, "other.localhost", "/").text(), "other");
+    release.store(true, Ordering::SeqCst);
+    for c in &mut waiting {
+        assert_eq!(c.read_response(false).text(), "late");
+    }
+    // Answered requests free their slots.
+    assert_eq!(get(r.addr, "slow.localhost", "/").text(), "late");
+    assert!(r
+        .router
+        .metrics_text()
+        .contains("gearshift_router_rejected_app_requests_total 1"));
+}
