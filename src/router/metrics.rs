@@ -170,7 +170,17 @@ fn answer(mut conn: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<(
             _ => return Ok(()),
         }
     };
+    // The metrics name every app and gear: root's only (any local user can reach loopback).
+    let root = || {
+        let (peer, ours) = (conn.peer_addr().ok()?, conn.local_addr().ok()?);
+        super::peer::uid_of(peer, ours)
+    };
     let (status, ctype, body) = match path.as_str() {
+        "/metrics" if root() != Some(0) => (
+            "403 Forbidden",
+            "text/plain",
+            "the router's metrics name every app and gear: read them as root (sudo)\n".to_string(),
+        ),
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),

@@ -637,6 +637,23 @@ fn metrics_on_a_loopback_admin_listener() {
     );
     assert!(m.contains("gearshift_router_active_connections "));
     assert!(m.contains("gearshift_router_response_bytes_total{app=\"app\"}"));
+    // Break 9 of issue 14: any local user could read them (apps, gears). Only root can now.
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("http://{admin_addr}/metrics"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.ends_with("\n403") && out.contains("read them as root"), "{out}");
+    assert!(!out.contains("app=\"app\""), "{out}");
     let public = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     assert!(r.router.serve_admin(public).is_err());
 }
