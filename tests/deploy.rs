@@ -533,3 +533,37 @@ fn app_stop_ends_everything_a_run_or_a_hook_started() {
     n.ok(&["app", "start", "tree"]);
     assert_eq!(get(n, "tree"), "tree -");
 }
+
+/// Issue 14: Landlock was applied to `run` but not to the web process (the gear's init and
+/// its supervisor ran without it). Writing `/proc/self/comm` is allowed by every other
+/// mechanism and refused by Landlock (procfs is read-only in the ruleset): a probe of it.
+#[test]
+fn landlock_confines_the_web_process_and_run() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "locked", "--cartridge", "python", "--owner", "dev"]);
+    let probe = "if echo x 2>/dev/null > /proc/self/comm; then echo unconfined; else echo landlocked; fi";
+    let dir = app_repo(
+        n,
+        "locked",
+        &[
+            (
+                "Procfile",
+                &format!("web: sh -c '({probe}) > $HOME/web-probe; exec python3 -u server.py'\n"),
+            ),
+            ("server.py", SERVER),
+            ("page.txt", "locked"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "locked");
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "locked"), "locked -");
+    let (_, web, _) = n.sh("locked", "cat $HOME/web-probe");
+    assert_eq!(web.trim(), "landlocked", "the web process is not under Landlock");
+    let (_, run, _) = n.sh("locked", probe);
+    assert_eq!(run.trim(), "landlocked", "`run` is not under Landlock");
+    // Writes under the home and /tmp still work.
+    let (code, _, err) = n.sh("locked", "echo a > $HOME/app-root/data/f && echo b > /tmp/f");
+    assert_eq!(code, 0, "{err}");
+}
