@@ -833,3 +833,39 @@ fn removing_a_key_ends_its_sessions() {
     assert!(n.ssh(&s.alice, &[], Some("app list"), b"").status.success());
     let _ = n.ssh(&second, &["-o", &ctl_opt, "-O", "exit"], None, b"");
 }
+
+/// Break 5 of issue 14 (per-user part): any SSH user could create any number of apps of any
+/// profile. `[limits]` in the node config caps both for users who are not admins.
+#[test]
+fn users_are_held_to_the_nodes_limits() {
+    require_root!();
+    let n = TestNode::new();
+    let mut cfg = std::fs::read_to_string(&n.config).unwrap();
+    // (init writes the section with its defaults)
+    cfg = cfg
+        .replace("max_apps_per_user = 0", "max_apps_per_user = 1")
+        .replace("user_profiles = []", "user_profiles = [\"small\"]");
+    assert!(cfg.contains("user_profiles = [\"small\"]"), "{cfg}");
+    std::fs::write(&n.config, cfg).unwrap();
+    let alice = n.add_user("alice");
+    let _daemon = n.start_daemon();
+    let o = n.ssh(&alice, &[], Some("app create one --profile large"), b"");
+    assert!(!o.status.success(), "a large app was created: {}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("profile 'large' is not open to users on this node"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = n.ssh(&alice, &[], Some("app create one"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&alice, &[], Some("app create two"), b"");
+    assert!(!o.status.success(), "a second app was created: {}", text(&o.stdout));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("user 'alice' has 1 app(s), the most this node allows"),
+        "{e}"
+    );
+    assert!(!n.root.join("apps/two.toml").exists());
+    // Root at the console is not limited.
+    n.ok(&["app", "create", "three", "--owner", "alice", "--profile", "large"]);
+}

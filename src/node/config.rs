@@ -49,6 +49,19 @@ pub struct Config {
     /// The HTTP router's settings (`[router]`).
     #[serde(default)]
     pub router: RouterSettings,
+    /// What each SSH user (not an admin) may create (`[limits]`).
+    #[serde(default)]
+    pub limits: UserLimits,
+}
+
+/// The `[limits]` section: per-user limits for SSH users who are not admins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserLimits {
+    /// Apps one user may own (0: no limit).
+    pub max_apps_per_user: usize,
+    /// Profiles users may choose for their apps (empty: every profile).
+    pub user_profiles: Vec<String>,
 }
 
 /// The `[router]` section.
@@ -179,6 +192,7 @@ impl Default for Config {
             },
             profiles,
             router: RouterSettings::default(),
+            limits: UserLimits::default(),
         }
     }
 }
@@ -246,6 +260,9 @@ impl Config {
         crate::router::TrustedProxies::parse(&self.router.trusted_proxies).map_err(anyhow::Error::msg)?;
         if self.router.max_connections_per_ip == 0 || self.router.max_connections_per_app == 0 {
             bail!("router.max_connections_per_ip and router.max_connections_per_app must be at least 1");
+        }
+        for p in &self.limits.user_profiles {
+            self.profile(p).context("limits.user_profiles")?;
         }
         if !self.profiles.contains_key(&self.default_profile) {
             bail!("default_profile '{}' is not a defined profile", self.default_profile);
