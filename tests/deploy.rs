@@ -484,3 +484,86 @@ fn push_lock_free(lock: &Path) -> bool {
     // SAFETY: flock on a descriptor we own; dropping it releases the lock.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
+
+/// Break 10 of issue 14: `app stop` stopped only the web process group, so a `setsid` loop
+/// started with `run` and a daemon an action hook put in the background outlived it. Now
+/// every process in the gear's cgroup but its init (the supervisor) is killed.
+#[test]
+fn app_stop_ends_everything_a_run_or_a_hook_started() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "tree", "--cartridge", "python", "--owner", "dev"]);
+    let hook = "#!/bin/sh\nsetsid sleep 3141592 </dev/null >/dev/null 2>&1 &\n";
+    let dir = app_repo(
+        n,
+        "tree",
+        &[
+            ("Procfile", "web: python3 -u server.py\n"),
+            ("server.py", SERVER),
+            ("page.txt", "tree"),
+            (".openshift/action_hooks/deploy", hook),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "tree");
+    assert!(ok, "{out}");
+    let (code, _, err) = n.sh(
+        "tree",
+        "setsid sh -c 'while :; do sleep 2718281; done' </dev/null >/dev/null 2>&1 &",
+    );
+    assert_eq!(code, 0, "{err}");
+    let uid = n.show("tree")["gears"][0]["uid"].as_u64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let p = procs_of(uid);
+            p.contains("sleep 3141592") && p.contains("sleep 2718281") && p.contains("server.py")
+        }),
+        "the hook's and the run's processes are not running: {}",
+        procs_of(uid)
+    );
+    let out = n.ok(&["app", "stop", "tree"]);
+    assert!(out.starts_with("stopped"), "{out}");
+    // Only the gear's init is left (it keeps the app stopped and answers `app start`).
+    let left = procs_of(uid);
+    assert!(
+        left.lines().all(|l| l.ends_with("gearshift-init")),
+        "processes outlived app stop:\n{left}"
+    );
+    assert_eq!(left.lines().count(), 1, "{left}");
+    n.ok(&["app", "start", "tree"]);
+    assert_eq!(get(n, "tree"), "tree -");
+}
+
+/// Issue 14: Landlock was applied to `run` but not to the web process (the gear's init and
+/// its supervisor ran without it). Writing `/proc/self/comm` is allowed by every other
+/// mechanism and refused by Landlock (procfs is read-only in the ruleset): a probe of it.
+#[test]
+fn landlock_confines_the_web_process_and_run() {
+    require_root!();
+    let d = dev_node();
+    let n = &d.n;
+    n.ok(&["app", "create", "locked", "--cartridge", "python", "--owner", "dev"]);
+    let probe = "if echo x 2>/dev/null > /proc/self/comm; then echo unconfined; else echo landlocked; fi";
+    let dir = app_repo(
+        n,
+        "locked",
+        &[
+            (
+                "Procfile",
+                &format!("web: sh -c '({probe}) > $HOME/web-probe; exec python3 -u server.py'\n"),
+            ),
+            ("server.py", SERVER),
+            ("page.txt", "locked"),
+        ],
+    );
+    let (ok, out) = push(&d, &dir, "locked");
+    assert!(ok, "{out}");
+    assert_eq!(get(n, "locked"), "locked -");
+    let (_, web, _) = n.sh("locked", "cat $HOME/web-probe");
+    assert_eq!(web.trim(), "landlocked", "the web process is not under Landlock");
+    let (_, run, _) = n.sh("locked", probe);
+    assert_eq!(run.trim(), "landlocked", "`run` is not under Landlock");
+    // Writes under the home and /tmp still work.
+    let (code, _, err) = n.sh("locked", "echo a > $HOME/app-root/data/f && echo b > /tmp/f");
+    assert_eq!(code, 0, "{err}");
+}

@@ -198,21 +198,34 @@ fn init_beside(
     n: &TestNode,
     clash: &[(&str, String)],
 ) -> (std::process::Output, std::path::PathBuf, std::path::PathBuf, String) {
-    let name = format!("gsx{}", n.slot);
+    init_other(n, 0, clash, &[])
+}
+
+/// `init` of another node beside `n`: `which` (0, 1) picks its name, subnet and ports; `clash`
+/// replaces or adds flags, `without` leaves flags out.
+fn init_other(
+    n: &TestNode,
+    which: u32,
+    clash: &[(&str, String)],
+    without: &[&str],
+) -> (std::process::Output, std::path::PathBuf, std::path::PathBuf, String) {
+    let name = format!("{}{}", ["gsx", "gsy"][which as usize], n.slot);
     let root = root_base().join(format!("gearshift-test/{name}"));
     let config = root_base().join(format!("gearshift-test/{name}.toml"));
     let uid0 = 505_000 + n.slot * 90;
+    let port0 = [40_000, 45_000][which as usize] + n.slot * 10;
     let mut args: Vec<(&str, String)> = vec![
         ("--root", root.display().to_string()),
         ("--bridge", name.clone()),
         ("--name", name.clone()),
-        ("--subnet", format!("10.215.{}.0/24", n.slot)),
+        ("--subnet", format!("10.{}.{}.0/24", 215 + which, n.slot)),
         ("--uids", format!("{uid0}-{}", uid0 + 89)),
-        ("--http-port", (40_000 + n.slot * 10).to_string()),
-        ("--ssh-port", (40_001 + n.slot * 10).to_string()),
+        ("--http-port", port0.to_string()),
+        ("--ssh-port", (port0 + 1).to_string()),
         ("--disk-backend", "none".into()),
         ("--allow-unlimited-disk", String::new()),
     ];
+    args.retain(|(k, _)| !without.contains(k));
     for (k, v) in clash {
         match args.iter_mut().find(|(a, _)| a == k) {
             Some(a) => a.1 = v.clone(),
@@ -311,4 +324,45 @@ fn init_refuses_what_another_node_or_the_host_already_uses() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!entry.exists(), "registry entry left after node destroy");
+}
+
+fn uid_range(config: &Path) -> (u32, u32) {
+    let t = std::fs::read_to_string(config).unwrap();
+    let v: toml::Value = toml::from_str(&t).unwrap();
+    let n = |k: &str| v[k].as_integer().unwrap_or_else(|| panic!("no {k} in {t}")) as u32;
+    (n("uid_min"), n("uid_max"))
+}
+
+/// Break 6 of issue 14: every node defaulted to uids 400000-449999, so two nodes' gears shared
+/// uids (per-uid kernel limits) and MCS pairs. A node given no `--uids` takes a free range.
+#[test]
+fn nodes_initialised_without_uids_get_ranges_of_their_own() {
+    require_root!();
+    let n = TestNode::new();
+    let destroy = |config: &Path, name: &str| {
+        let out = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["node", "destroy", "--confirm", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let (out, _, config_a, name_a) = init_other(&n, 0, &[], &["--uids"]);
+    assert!(out.status.success(), "first init without --uids: {}", text(&out.stderr));
+    let (out, _, config_b, name_b) = init_other(&n, 1, &[], &["--uids"]);
+    let (second_ok, second) = (out.status.success(), text(&out.stderr));
+    let a = uid_range(&config_a);
+    let b = second_ok.then(|| uid_range(&config_b));
+    destroy(&config_a, &name_a);
+    if second_ok {
+        destroy(&config_b, &name_b);
+    }
+    let b = b.unwrap_or_else(|| panic!("second init without --uids: {second}"));
+    assert!(a.1 < b.0 || b.1 < a.0, "uid ranges overlap: {a:?} and {b:?}");
+    let mine = (460_000 + n.slot * 200, 460_000 + n.slot * 200 + 199);
+    for r in [a, b] {
+        assert!(r.1 < mine.0 || mine.1 < r.0, "{r:?} overlaps the test node's {mine:?}");
+        assert!(r.0 >= 400_000 && r.1 <= 523_776 && r.1 - r.0 >= 999, "{r:?}");
+    }
 }

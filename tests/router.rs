@@ -36,7 +36,9 @@ const SERVER: &str = r#"import http.server, os
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        b = (open('page.txt').read().strip() + ' xff=' + self.headers.get('X-Forwarded-For', '-')).encode()
+        h = lambda k: self.headers.get(k, '-')
+        b = (open('page.txt').read().strip() + ' xff=' + h('X-Forwarded-For') + ' real=' + h('X-Real-IP')
+             + ' fwd=' + h('Forwarded') + ' rid=' + h('X-Request-Id')).encode()
         self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
@@ -94,7 +96,38 @@ fn apps_at_their_names_aliases_and_error_pages() {
     wait_for(n, "blog.localhost", "blog-page");
     let (code, body) = get(n, "blog.localhost:8080");
     assert_eq!(code, 200);
-    assert!(body.starts_with("blog-page xff=127.0.0.1"), "{body}");
+    assert!(body.starts_with("blog-page xff=127.0.0.1 real=127.0.0.1"), "{body}");
+    // Break 11 of issue 14: a client's own forwarded headers and request id do not reach the
+    // app; the router writes them from the real peer.
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-H",
+            "Host: blog.localhost",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+        ])
+        .args([
+            "-H",
+            "X-Real-IP: 6.6.6.6",
+            "-H",
+            "Forwarded: for=6.6.6.6",
+            "-H",
+            "X-Request-Id: forged",
+        ])
+        .arg(format!("http://127.0.0.1:{}/", n.http_port()))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        body.starts_with(
+            "blog-page xff=127.0.0.1 real=127.0.0.1 fwd=for=127.0.0.1;proto=http;host=\"blog.localhost\" rid="
+        ),
+        "{body}"
+    );
+    assert!(!body.contains("6.6.6.6") && !body.contains("forged"), "{body}");
     assert!(get(n, "SHOP.Localhost").1.starts_with("shop-page"));
     // HTTPS with the app's self-signed certificate (SNI), then the per-app redirect.
     let https = n.https_port();

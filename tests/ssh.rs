@@ -718,3 +718,154 @@ fn secrets_are_not_logged_and_logs_are_root_only() {
     }
     assert!(seen >= 4, "only {seen} log paths");
 }
+
+/// The SHA256 fingerprint of a public key file, as `ssh-keygen -l` prints it.
+fn fingerprint(public: &Path) -> String {
+    let o = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public)
+        .output()
+        .unwrap();
+    text(&o.stdout).split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// Break 7 of issue 14: over an open multiplexed SSH connection (ControlMaster), a removed key
+/// kept running commands. Now every command re-checks the key, and a running session ends
+/// within a second or two of the key's removal; the user's other key keeps working.
+#[test]
+fn removing_a_key_ends_its_sessions() {
+    require_root!();
+    let s = setup();
+    let n = &s.n;
+    let second = keygen(&n.root.join("keys"), "alice2");
+    n.ok(&[
+        "user",
+        "key",
+        "add",
+        "alice",
+        "--key",
+        second.with_extension("pub").to_str().unwrap(),
+    ]);
+    n.ok(&["app", "create", "mux", "--cartridge", "python", "--owner", "alice"]);
+    let ctl = n.root.join("keys/mux.ctl");
+    let ctl_opt = format!("ControlPath={}", ctl.display());
+    let master = n.ssh(
+        &second,
+        &[
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &ctl_opt,
+            "-o",
+            "ControlPersist=120",
+            "-f",
+            "-N",
+        ],
+        None,
+        b"",
+    );
+    assert!(
+        master.status.success(),
+        "no master connection: {}",
+        text(&master.stderr)
+    );
+    let via_master = ["-o", "ControlMaster=no", "-o", ctl_opt.as_str()];
+    let o = n.ssh(&second, &via_master, Some("app list"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("mux"), "{}", text(&o.stdout));
+
+    // A long-running session over the same connection.
+    let mut long = std::process::Command::new("ssh")
+        .args(via_master)
+        .args(ssh_opts(&second, n.ssh_port()))
+        .arg(format!("{}@127.0.0.1", n.ssh_user()))
+        .arg("run mux sleep 3141")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let uid = n.show("mux")["gears"][0]["uid"].as_u64().unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || procs_of(uid)
+            .contains("sleep 3141")),
+        "the session's command never ran (exited: {:?})",
+        long.try_wait()
+            .unwrap()
+            .map(|_| text(&long.wait_with_output().unwrap().stderr))
+    );
+
+    n.ok(&[
+        "user",
+        "key",
+        "remove",
+        "alice",
+        &fingerprint(&second.with_extension("pub")),
+    ]);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || long
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the session of a removed key is still running"
+    );
+    let out = long.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is no longer one of user 'alice''s keys"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || !procs_of(uid)
+            .contains("sleep 3141")),
+        "the session's command outlived it"
+    );
+    // The next command over the still-open connection is refused, in the user's terms.
+    let o = n.ssh(&second, &via_master, Some("app list"), b"");
+    assert!(!o.status.success(), "a removed key ran a command: {}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("log in with a key you still have"),
+        "{}",
+        text(&o.stderr)
+    );
+    // alice's other key is untouched.
+    assert!(n.ssh(&s.alice, &[], Some("app list"), b"").status.success());
+    let _ = n.ssh(&second, &["-o", &ctl_opt, "-O", "exit"], None, b"");
+}
+
+/// Break 5 of issue 14 (per-user part): any SSH user could create any number of apps of any
+/// profile. `[limits]` in the node config caps both for users who are not admins.
+#[test]
+fn users_are_held_to_the_nodes_limits() {
+    require_root!();
+    let n = TestNode::new();
+    let mut cfg = std::fs::read_to_string(&n.config).unwrap();
+    // (init writes the section with its defaults)
+    cfg = cfg
+        .replace("max_apps_per_user = 0", "max_apps_per_user = 1")
+        .replace("user_profiles = []", "user_profiles = [\"small\"]");
+    assert!(cfg.contains("user_profiles = [\"small\"]"), "{cfg}");
+    std::fs::write(&n.config, cfg).unwrap();
+    let alice = n.add_user("alice");
+    let _daemon = n.start_daemon();
+    let o = n.ssh(&alice, &[], Some("app create one --profile large"), b"");
+    assert!(!o.status.success(), "a large app was created: {}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("profile 'large' is not open to users on this node"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = n.ssh(&alice, &[], Some("app create one"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = n.ssh(&alice, &[], Some("app create two"), b"");
+    assert!(!o.status.success(), "a second app was created: {}", text(&o.stdout));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("user 'alice' has 1 app(s), the most this node allows"),
+        "{e}"
+    );
+    assert!(!n.root.join("apps/two.toml").exists());
+    // Root at the console is not limited.
+    n.ok(&["app", "create", "three", "--owner", "alice", "--profile", "large"]);
+}

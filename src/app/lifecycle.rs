@@ -42,6 +42,31 @@ pub fn start_web(node: &Node, app: &App) -> Result<()> {
     Ok(())
 }
 
+/// Stops the app: each gear's supervisor stops its web and other processes (the cartridge's
+/// stop hook first), then every other process in the gear's cgroup is killed, so nothing a
+/// `run`, a hook or a push started outlives the stop. The supervisor stays (it keeps the
+/// app stopped across `env set` and answers `app start`). Refused while a push runs.
+pub fn stop(node: &Node, actor: &Actor, name: &str) -> Result<()> {
+    let app = load_for(node, actor, name)?;
+    let _quiet = state::Lock::try_exclusive(&push_lock(node, name))?.with_context(|| {
+        format!("'{name}' is being deployed (a git push is running): stop it once the push is done")
+    })?;
+    let boot = boot(&app);
+    for g in &app.gears {
+        gear::ensure_running(node, g, &boot)?;
+        let st = gear::control::command(&netns_path(&g.netns()), "stop")
+            .with_context(|| format!("cannot stop the web process of '{name}' (gear {})", g.index))?;
+        gear::init::kill_all_but_init(node, g).with_context(|| {
+            format!(
+                "cannot stop every process of '{name}' (gear {}): run `gearshift doctor`",
+                g.index
+            )
+        })?;
+        println!("{}", gear::control::status_line(&st["status"]));
+    }
+    Ok(())
+}
+
 /// A gear's supervisor status, asked from the host (no process in the gear, and an idle or
 /// stopped gear is not started just to be asked).
 pub fn status_of(node: &Node, app: &App, g: &Gear) -> Result<serde_json::Value> {

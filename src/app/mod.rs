@@ -3,6 +3,7 @@
 //! makes and destroys apps, `lifecycle` starts, stops, idles and runs commands in them,
 //! `scale` adds and removes gears.
 
+pub mod admission;
 pub mod cartridge;
 pub mod cert_bundle;
 pub mod condition;

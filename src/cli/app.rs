@@ -38,7 +38,7 @@ pub enum AppCmd {
     },
     /// Start the app's web process.
     Start { name: String },
-    /// Stop the app's web process.
+    /// Stop the app: its web and other processes, and everything else running in its gears.
     Stop { name: String },
     /// Restart the app's web process.
     Restart { name: String },
@@ -98,9 +98,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AppCmd) -> Result<()> {
             app::lifecycle::idle(node, actor, &name)?;
             println!("idled '{name}': no processes until its next request");
         }
-        AppCmd::Stop { name } => {
-            app::in_gear(node, actor, &name, &["ctl", "stop"])?;
-        }
+        AppCmd::Stop { name } => app::lifecycle::stop(node, actor, &name)?,
         AppCmd::Restart { name } => {
             app::in_gear(node, actor, &name, &["ctl", "restart"])?;
         }
@@ -141,6 +139,7 @@ fn create(
     profile: Option<&str>,
 ) -> Result<()> {
     let owner = owner_for(actor, owner, "app")?;
+    app::admission::check_new_app(node, actor, profile)?;
     let app = app::create(node, name, cartridge, owner.as_deref(), profile)?;
     let g = &app.gears[0];
     println!(

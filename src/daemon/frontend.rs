@@ -11,7 +11,9 @@ use crate::app::{self, App};
 use crate::gear::{control, isolation::network::netns_path, Gear};
 use crate::node::events::{self, Event};
 use crate::node::Node;
-use crate::router::{AccessLog, Backend, CertStore, Route, RouteTable, Router, RouterConfig, WakeResult, Waker};
+use crate::router::{
+    AccessLog, Backend, CertStore, Route, RouteTable, Router, RouterConfig, TrustedProxies, WakeResult, Waker,
+};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -499,6 +501,9 @@ pub fn start(
     let c = &node.config;
     let cfg = RouterConfig {
         https_port: c.https_port,
+        trusted_proxies: TrustedProxies::parse(&c.router.trusted_proxies).map_err(anyhow::Error::msg)?,
+        max_connections_per_ip: c.router.max_connections_per_ip,
+        max_connections_per_app: c.router.max_connections_per_app,
         ..RouterConfig::default()
     };
     let waker = Arc::new(GearWaker(Mutex::new(None)));

@@ -208,6 +208,9 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
             // Never trust the client's parse: parse again, and re-check the user.
             let request = command::parse(&command)?;
             let u = crate::ssh::user::load(&sh.node, &user)?;
+            // Every command, also one over a multiplexed connection opened before the key was
+            // removed: the key must still be the user's.
+            key_authorised(&sh.node, &user, key.as_deref())?;
             eprintln!(
                 "gearshift daemon: {user}: {}",
                 command::redacted(&command).chars().take(200).collect::<String>()
@@ -268,8 +271,24 @@ fn routed_apps(node: &Node, request: &command::Request) -> Vec<String> {
     }
 }
 
+/// Whether the key with fingerprint `key` still belongs to `user` (Err: what to do instead).
+fn key_authorised(node: &Node, user: &str, key: Option<&str>) -> Result<()> {
+    let Some(fp) = key else {
+        bail!("this SSH login names no key (an old authorized_keys line?): log in again");
+    };
+    let u = crate::ssh::user::load(node, user)?;
+    if !u.has_fingerprint(fp) {
+        bail!(
+            "SSH key {fp} is no longer one of user '{user}''s keys: log in with a key you still have, \
+             or ask an admin to add it again"
+        );
+    }
+    Ok(())
+}
+
 /// Forks `gearshift internal-exec` with the client's stdio and waits for it; a client that
-/// goes away takes its worker down with it.
+/// goes away takes its worker down with it, and so does removing the key it logged in with
+/// (checked every second: `logs -f` and `shell` end too).
 fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term: Option<String>) -> Result<i32> {
     let [i, o, e] = fds;
     let mut cmd = Command::new("/proc/self/exe");
@@ -296,6 +315,7 @@ fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term
         });
     }
     let mut child = cmd.spawn().context("cannot start a worker")?;
+    let mut checked = std::time::Instant::now();
     loop {
         if let Some(st) = child.try_wait()? {
             use std::os::unix::process::ExitStatusExt;
@@ -314,6 +334,16 @@ fn run_worker(sh: &Shared, conn: &UnixStream, job: &Job, fds: [OwnedFd; 3], term
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let st = child.wait()?;
             return Ok(st.code().unwrap_or(143));
+        }
+        if checked.elapsed() >= std::time::Duration::from_secs(1) {
+            checked = std::time::Instant::now();
+            if let Err(e) = key_authorised(&sh.node, &job.user, job.key.as_deref()) {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                child.wait()?;
+                eprintln!("gearshift daemon: {}: session ended: {e:#}", job.user);
+                return Err(e.context("this session was ended"));
+            }
         }
     }
 }

@@ -165,6 +165,15 @@ pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
     Ok(())
 }
 
+/// Kills every process of the running gear but its init (the supervisor, which keeps its
+/// state and answers `app start`); nothing to do when the gear is down.
+pub fn kill_all_but_init(node: &Node, gear: &Gear) -> Result<()> {
+    match init_pid(node, gear) {
+        Some(pid) => cgroup(node, gear)?.kill_all_but(pid),
+        None => Ok(()),
+    }
+}
+
 /// The identity every process of this gear runs as.
 pub fn identity(gear: &Gear) -> spawn::Identity {
     spawn::Identity {

@@ -222,6 +222,11 @@ fn init_main(
     // The init never execs: it takes the gear's SELinux label now (its children's execs get it
     // from the exec label set in confine).
     selinux::set_current_label(&spec.who.mcs)?;
+    // Landlock last (it makes /proc read-only, and the label switch writes there): the
+    // supervisor and everything it starts (web, other types, release, cron) write only under
+    // the gear's home, /tmp, /run and /dev. A kernel with Landlock that refuses it fails the
+    // start, reported like a failed label switch.
+    landlock::apply(&spec.who.home_inner).context("cannot confine the gear's init with Landlock")?;
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
     (spec.supervisor)()

@@ -139,6 +139,39 @@ pub fn find(c: &Config, host: &Host, others: &[(PathBuf, Config)]) -> Vec<String
     out
 }
 
+/// The lowest uid a node takes by itself (`init` without `--uids`): above the host's own,
+/// dynamic and subordinate uids.
+const FREE_UIDS_FROM: u32 = 400_000;
+/// The highest uid with an MCS pair of its own (`gear::mcs`).
+const FREE_UIDS_TO: u32 = 523_776;
+/// The fewest uids a node takes by itself when no gap of the default width is left.
+const FEWEST_UIDS: u32 = 1_000;
+
+/// A uid range for a new node given no `--uids`: the first gap of `width` uids (the default
+/// range's) in 400000..=523776 that no node in `taken` (inclusive ranges) uses, else the first
+/// gap of at least 1000 uids, whole. Distinct uids give distinct MCS pairs, so the node's
+/// gears share neither per-uid kernel limits nor a label with another node's. `None` when the
+/// space is full.
+pub fn free_uid_range(width: u32, taken: &[(u32, u32)]) -> Option<(u32, u32)> {
+    let mut taken: Vec<(u32, u32)> = taken.to_vec();
+    taken.sort();
+    let mut gaps = Vec::new();
+    let mut from = FREE_UIDS_FROM;
+    for (lo, hi) in taken {
+        if lo > from {
+            gaps.push((from, (lo - 1).min(FREE_UIDS_TO)));
+        }
+        from = from.max(hi.saturating_add(1));
+    }
+    gaps.push((from, FREE_UIDS_TO));
+    let gaps: Vec<(u32, u32)> = gaps.into_iter().filter(|(a, b)| a <= b).collect();
+    let size = |(a, b): &(u32, u32)| b - a + 1;
+    gaps.iter()
+        .find(|g| size(g) >= width)
+        .map(|(a, _)| (*a, a + width - 1))
+        .or_else(|| gaps.into_iter().find(|g| size(g) >= FEWEST_UIDS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +189,22 @@ mod tests {
             uid_max: uids.1,
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn a_node_without_uids_takes_the_next_free_range() {
+        assert_eq!(free_uid_range(50_000, &[]), Some((400_000, 449_999)));
+        // The second node on a host no longer gets the first one's uids (and MCS pairs).
+        assert_eq!(free_uid_range(50_000, &[(400_000, 449_999)]), Some((450_000, 499_999)));
+        // Gaps too small for the default width: the first gap of at least 1000, whole.
+        let t = [(400_000, 449_999), (460_000, 499_999), (500_500, 523_000)];
+        assert_eq!(free_uid_range(50_000, &t), Some((450_000, 459_999)));
+        // Ranges below the window or overlapping one another count once.
+        let t = [(1_000, 2_000), (400_000, 420_000), (410_000, 449_999)];
+        assert_eq!(free_uid_range(50_000, &t), Some((450_000, 499_999)));
+        // Full: nothing, so init asks for --uids.
+        assert_eq!(free_uid_range(50_000, &[(400_000, 523_300)]), None);
+        assert_eq!(free_uid_range(50_000, &[(300_000, 600_000)]), None);
     }
 
     #[test]

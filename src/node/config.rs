@@ -51,6 +51,45 @@ pub struct Config {
     pub cartridge_path: Vec<PathBuf>,
     pub disk: DiskConfig,
     pub profiles: BTreeMap<String, Profile>,
+    /// The HTTP router's settings (`[router]`).
+    #[serde(default)]
+    pub router: RouterSettings,
+    /// What each SSH user (not an admin) may create (`[limits]`).
+    #[serde(default)]
+    pub limits: UserLimits,
+}
+
+/// The `[limits]` section: per-user limits for SSH users who are not admins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserLimits {
+    /// Apps one user may own (0: no limit).
+    pub max_apps_per_user: usize,
+    /// Profiles users may choose for their apps (empty: every profile).
+    pub user_profiles: Vec<String>,
+}
+
+/// The `[router]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// Load balancers in front of the node (`10.0.0.0/8`, `192.0.2.7`): their `X-Forwarded-*`,
+    /// `Forwarded` and `X-Request-Id` are kept (the peer appended); everyone else's are replaced.
+    pub trusted_proxies: Vec<String>,
+    /// Client connections one IP address may hold open; more get a 503.
+    pub max_connections_per_ip: usize,
+    /// Requests one app may be served at once (held, forwarded or relayed); more get a 503.
+    pub max_connections_per_app: usize,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            trusted_proxies: Vec::new(),
+            max_connections_per_ip: 256,
+            max_connections_per_app: 1024,
+        }
+    }
 }
 
 /// How gear homes get a disk quota.
@@ -158,6 +197,8 @@ impl Default for Config {
                 allow_unlimited: false,
             },
             profiles,
+            router: RouterSettings::default(),
+            limits: UserLimits::default(),
         }
     }
 }
@@ -237,6 +278,13 @@ impl Config {
         parse_size(&self.disk.image_size).context("disk.image_size")?;
         for (name, p) in &self.profiles {
             p.limits().with_context(|| format!("profile {name}"))?;
+        }
+        crate::router::TrustedProxies::parse(&self.router.trusted_proxies).map_err(anyhow::Error::msg)?;
+        if self.router.max_connections_per_ip == 0 || self.router.max_connections_per_app == 0 {
+            bail!("router.max_connections_per_ip and router.max_connections_per_app must be at least 1");
+        }
+        for p in &self.limits.user_profiles {
+            self.profile(p).context("limits.user_profiles")?;
         }
         if !self.profiles.contains_key(&self.default_profile) {
             bail!("default_profile '{}' is not a defined profile", self.default_profile);

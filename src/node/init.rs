@@ -118,7 +118,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("gearshift init must run as root (it creates cgroups, a bridge and mounts)");
     }
-    let wanted = config_from(&args)?;
+    let mut wanted = config_from(&args)?;
     let node = if config_path.exists() {
         let node = Node::load(config_path)?;
         if node.config != wanted && (args.root.is_some() || args.bridge.is_some() || args.subnet.is_some()) {
@@ -129,11 +129,14 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         }
         node
     } else {
-        let clashes = super::clash::find(
-            &wanted,
-            &super::clash::Host::look(&wanted),
-            &super::registry::others(config_path),
-        );
+        let others = super::registry::others(config_path);
+        if args.uids.is_none() {
+            let taken: Vec<(u32, u32)> = others.iter().map(|(_, o)| (o.uid_min, o.uid_max)).collect();
+            let (lo, hi) = super::clash::free_uid_range(wanted.uid_max - wanted.uid_min + 1, &taken)
+                .context("no free gear uid range is left between 400000 and 523776 on this host (the other nodes take it): pass --uids FIRST-LAST with a range below 400000 that no host user has")?;
+            (wanted.uid_min, wanted.uid_max) = (lo, hi);
+        }
+        let clashes = super::clash::find(&wanted, &super::clash::Host::look(&wanted), &others);
         if !clashes.is_empty() {
             bail!(
                 "refusing to create node '{}' (nothing was written):\n  {}",

@@ -10,7 +10,7 @@ use super::shared::Inner;
 use super::stream::send_nb;
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,19 +49,37 @@ fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
         .spawn(move || run(&shared))
 }
 
-/// Counts a newly accepted client connection as active, or, over the cap, answers it with a 503 and
-/// counts it as rejected (the caller closes it). True: serve it, and uncount it when it ends.
-pub(super) fn admit(inner: &Inner, stream: &TcpStream) -> bool {
+/// Counts a newly accepted client connection from `ip` as active, or, over the cap (all
+/// connections, or this address's), answers it with a 503 and counts it as rejected (the caller
+/// closes it). True: serve it, and uncount it when it ends ([`release`]).
+pub(super) fn admit(inner: &Inner, stream: &TcpStream, ip: IpAddr) -> bool {
     let m = &inner.metrics;
     m.connections_total.fetch_add(1, Relaxed);
     let active = m.active_connections.fetch_add(1, Relaxed) + 1;
-    if active as usize > inner.cfg.max_connections {
+    let over_all = active as usize > inner.cfg.max_connections;
+    if over_all || !inner.take_ip_slot(ip) {
         m.rejected_connections.fetch_add(1, Relaxed);
         m.active_connections.fetch_sub(1, Relaxed);
         let _ = send_nb(stream, pages::OVER_CAPACITY);
+        inner.log_cap(|| match over_all {
+            true => format!(
+                "{} client connections open (max_connections): answering new ones 503",
+                inner.cfg.max_connections
+            ),
+            false => format!(
+                "client {ip} has {} connections open (router.max_connections_per_ip): answering its new ones 503",
+                inner.cfg.max_connections_per_ip
+            ),
+        });
         return false;
     }
     true
+}
+
+/// Uncounts a connection [`admit`] counted.
+pub(super) fn release(inner: &Inner, ip: IpAddr) {
+    inner.metrics.active_connections.fetch_sub(1, Relaxed);
+    inner.release_ip_slot(ip);
 }
 
 /// After accept(2) failed: out of descriptors, back off instead of spinning (the cap normally prevents
@@ -75,12 +93,12 @@ pub(super) fn back_off(e: &std::io::Error) {
     }
 }
 
-/// Decrements the active-connection gauge when a connection ends, however it ends.
-struct ActiveGuard<'a>(&'a Inner);
+/// Uncounts the connection when it ends, however it ends.
+struct ActiveGuard<'a>(&'a Inner, IpAddr);
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.metrics.active_connections.fetch_sub(1, Relaxed);
+        release(self.0, self.1);
     }
 }
 
@@ -88,8 +106,8 @@ impl Drop for ActiveGuard<'_> {
 fn run(shared: &Arc<Shared>) {
     let inner = &*shared.inner;
     loop {
-        let stream = match shared.listener.accept() {
-            Ok((s, _)) => s,
+        let (stream, peer) = match shared.listener.accept() {
+            Ok(x) => x,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 // Lingered long enough: leave, unless this is the last thread waiting.
                 let last = shared
@@ -117,8 +135,8 @@ fn run(shared: &Arc<Shared>) {
                 shared.waiting.fetch_sub(1, SeqCst);
             }
         }
-        if admit(inner, &stream) {
-            let guard = ActiveGuard(inner);
+        if admit(inner, &stream, peer.ip()) {
+            let guard = ActiveGuard(inner, peer.ip());
             serve_tls_connection(&shared.inner, stream, shared.tls.clone());
             drop(guard);
         }

@@ -106,6 +106,11 @@ impl Collector for RouterCollector {
                 "Client connections refused over the cap",
                 &c.rejected_connections,
             ),
+            (
+                "gearshift_router_rejected_app_requests",
+                "Requests answered 503 over an app's cap",
+                &c.rejected_app_requests,
+            ),
         ] {
             let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v.load(Relaxed)).encode(m)?;
@@ -151,13 +156,24 @@ fn answer(mut conn: TcpStream, registry: &Registry, pages: Option<&AdminPages>) 
             _ => return Ok(()),
         }
     };
+    // Everything but /healthz names apps and gears: root's only (any local user can reach
+    // loopback).
+    let root = || {
+        let (peer, ours) = (conn.peer_addr().ok()?, conn.local_addr().ok()?);
+        super::peer::uid_of(peer, ours)
+    };
     let (status, ctype, body) = match path.as_str() {
+        "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
+        _ if root() != Some(0) => (
+            "403 Forbidden",
+            "text/plain",
+            b"the admin port's pages name every app and gear: read them as root (sudo)\n".to_vec(),
+        ),
         "/metrics" => (
             "200 OK",
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             encode(registry).into_bytes(),
         ),
-        "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
         p => match pages.and_then(|f| f(p)) {
             Some(page) => ("200 OK", page.content_type, page.body),
             None => ("404 Not Found", "text/plain", b"not found\n".to_vec()),

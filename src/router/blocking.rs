@@ -173,6 +173,9 @@ impl Conn {
 
     /// Handles a request whose route is known.
     fn routed(&mut self, req: &Req, route: &Arc<LiveRoute>, t0: Instant) -> Outcome {
+        if !self.enter_app(route) {
+            return self.page(Some(route), req, 503, false, t0);
+        }
         let inner = &*self.inner;
         let head_len = req.head_len;
         let can_keep = req.keep_alive && req.framing == Framing::None;

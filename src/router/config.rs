@@ -1,5 +1,6 @@
 //! The router's timeouts and limits.
 
+use super::forwarded::TrustedProxies;
 use super::pool::PoolLimits;
 use std::time::Duration;
 
@@ -19,6 +20,11 @@ pub struct RouterConfig {
     pub max_header_bytes: usize,
     /// Client connections served at once; new ones over it get a 503 and are closed.
     pub max_connections: usize,
+    /// Client connections open at once from one IP address; more get a 503 and are closed.
+    pub max_connections_per_ip: usize,
+    /// Requests one app is served at once (forwarded, relayed, or held while it wakes); more get a
+    /// 503, so one slow or never-answering app cannot take the router's threads from the others.
+    pub max_connections_per_app: usize,
     /// How long a request to an idle app is held while the app wakes; then 503.
     pub wake_timeout: Duration,
     /// Port named in HTTP→HTTPS redirects (443 is left out of the URL).
@@ -35,6 +41,9 @@ pub struct RouterConfig {
     pub thread_stack: usize,
     /// Event-loop threads for plain HTTP (0: one per core).
     pub event_loops: usize,
+    /// Peers (load balancers) whose forwarded headers and request id are kept; everyone else's are
+    /// replaced by the router's.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for RouterConfig {
@@ -46,6 +55,8 @@ impl Default for RouterConfig {
             upstream_timeout: Duration::from_secs(300),
             max_header_bytes: 16 * 1024,
             max_connections: 4096,
+            max_connections_per_ip: 256,
+            max_connections_per_app: 1024,
             wake_timeout: Duration::from_secs(30),
             https_port: 443,
             max_idle_per_backend: 64,
@@ -54,6 +65,7 @@ impl Default for RouterConfig {
             backend_down_for: Duration::from_secs(5),
             thread_stack: 256 * 1024,
             event_loops: 0,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! engines do alike: answer with the router's own pages, and log and count each request.
 
 use super::heads::{Req, Scratch};
+use super::metrics::AppSlot;
 use super::pages;
 use super::pool::LocalConns;
 use super::route::{LiveRoute, RouteCache};
@@ -60,8 +61,11 @@ pub(super) struct Conn {
     log_time: String,
     /// The last route looked up.
     pub(super) route: RouteCache,
-    /// Counted in `active_connections` by the event loop: uncounted when dropped.
-    pub(super) gauge: bool,
+    /// Counted in `active_connections` and its address's connections by the event loop:
+    /// uncounted when dropped.
+    pub(super) gauge: Option<std::net::IpAddr>,
+    /// The request in progress, counted against its app's `max_connections_per_app`.
+    pub(super) app_slot: Option<AppSlot>,
     /// The last [`Conn::poll_head`] read the client socket until it had nothing more.
     pub(super) drained: bool,
 }
@@ -69,8 +73,9 @@ pub(super) struct Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.local.release(&self.inner.limits);
-        if self.gauge {
+        if let Some(ip) = self.gauge {
             self.inner.metrics.active_connections.fetch_sub(1, Relaxed);
+            self.inner.release_ip_slot(ip);
         }
     }
 }
@@ -107,7 +112,8 @@ impl Conn {
             log_secs: 0,
             log_time: String::new(),
             route: RouteCache::default(),
-            gauge: false,
+            gauge: None,
+            app_slot: None,
             drained: false,
         }
     }
@@ -192,8 +198,27 @@ impl Conn {
         }
     }
 
+    /// Counts the request in progress against `route`'s app; false (nothing counted) when the app
+    /// already serves `max_connections_per_app` requests: answer 503.
+    pub(super) fn enter_app(&mut self, route: &LiveRoute) -> bool {
+        self.app_slot = None;
+        self.app_slot = route.metrics.enter(self.inner.cfg.max_connections_per_app);
+        if self.app_slot.is_none() {
+            self.inner.metrics.rejected_app_requests.fetch_add(1, Relaxed);
+            let cap = self.inner.cfg.max_connections_per_app;
+            self.inner.log_cap(|| {
+                format!(
+                    "app '{}' is serving {cap} requests at once (router.max_connections_per_app): answering more 503",
+                    route.app
+                )
+            });
+        }
+        self.app_slot.is_some()
+    }
+
     /// Logs the request and counts it.
     pub(super) fn finish(&mut self, route: Option<&LiveRoute>, t0: Instant, d: &Done, minor: u8) {
+        self.app_slot = None;
         let m = route.map(|r| &*r.metrics).unwrap_or(&self.inner.metrics.unknown_host);
         let took = t0.elapsed();
         m.record(d.status, d.bytes_in, d.bytes_out, took);
@@ -210,13 +235,19 @@ impl Conn {
         let s = &mut self.s;
         s.line.clear();
         use std::fmt::Write as _;
+        // Query strings carry tokens and reset links: the log names only that there was one.
+        let path = match s.path.split_once('?') {
+            Some((p, _)) => (p, "?[query]"),
+            None => (s.path.as_str(), ""),
+        };
         let _ = write!(
             s.line,
-            "{} {} \"{} {} HTTP/1.{minor}\" {} {} {}.{}ms host={} rid={}",
+            "{} {} \"{} {}{} HTTP/1.{minor}\" {} {} {}.{}ms host={} rid={}",
             self.log_time,
             self.peer_ip,
             s.method,
-            s.path,
+            path.0,
+            path.1,
             d.status,
             d.bytes_out,
             us / 1000,

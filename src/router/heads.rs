@@ -1,6 +1,8 @@
 //! Request and response heads: parse what the client or backend sent, and write the head to forward
-//! (hop-by-hop headers dropped, `X-Forwarded-*` and `X-Request-Id` added, framing re-stated).
+//! (hop-by-hop headers dropped, the forwarded headers and `X-Request-Id` the router's own, framing
+//! re-stated).
 
+use super::forwarded::{self, TrustedProxies};
 use super::http::{self, Framing, HeadFacts};
 use super::shared::Inner;
 use std::io::Write;
@@ -17,6 +19,10 @@ pub struct Scratch {
     pub host_raw: String,
     pub rid: String,
     pub xff: String,
+    /// A trusted proxy's `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`.
+    pub xfp: String,
+    pub xfh: String,
+    pub fwd: String,
     pub upgrade: String,
     pub out: Vec<u8>,
     pub line: String,
@@ -76,17 +82,25 @@ pub fn parse_request(head: &[u8], s: &mut Scratch, inner: &Inner, peer_ip: &str,
         s.upgrade
             .push_str(std::str::from_utf8(headers[i].value).unwrap_or("").trim());
     }
+    // Only a trusted proxy's request id is kept: a client's could forge another request's log lines.
+    let trusted = inner.cfg.trusted_proxies.trusts(peer_ip);
     s.rid.clear();
-    let client_rid = f
+    let proxy_rid = f
         .request_id
+        .filter(|_| trusted)
         .map(|i| headers[i].value)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()));
-    match client_rid {
+    match proxy_rid {
         Some(v) => s.rid.push_str(std::str::from_utf8(v).unwrap_or("")),
         None => inner.request_id(&mut s.rid),
     }
 
-    write_upstream_head(s, headers, &f, framing, upgrade, peer_ip, tls);
+    let hop = Hop {
+        peer_ip,
+        tls,
+        trusted: trusted.then_some(&inner.cfg.trusted_proxies),
+    };
+    write_upstream_head(s, headers, &f, framing, upgrade, &hop);
     Ok(Req {
         framing,
         minor,
@@ -99,16 +113,24 @@ pub fn parse_request(head: &[u8], s: &mut Scratch, inner: &Inner, peer_ip: &str,
     })
 }
 
-/// Writes the request head to forward into `s.out`: hop-by-hop headers dropped, `X-Forwarded-*` and
-/// `X-Request-Id` added, framing re-stated.
+/// The hop the request came over: the peer, whether over TLS, and the trusted proxies when the
+/// peer is one of them.
+struct Hop<'a> {
+    peer_ip: &'a str,
+    tls: bool,
+    trusted: Option<&'a TrustedProxies>,
+}
+
+/// Writes the request head to forward into `s.out`: hop-by-hop headers dropped, the forwarded
+/// headers and `X-Request-Id` written by the router (a trusted proxy's kept, the peer appended),
+/// framing re-stated.
 fn write_upstream_head(
     s: &mut Scratch,
     headers: &[httparse::Header<'_>],
     f: &HeadFacts,
     framing: Framing,
     upgrade: bool,
-    peer_ip: &str,
-    tls: bool,
+    hop: &Hop<'_>,
 ) {
     let out = &mut s.out;
     out.clear();
@@ -117,22 +139,34 @@ fn write_upstream_head(
     out.extend_from_slice(s.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     s.xff.clear();
+    s.xfp.clear();
+    s.xfh.clear();
+    s.fwd.clear();
     for h in headers.iter() {
         let n = h.name;
         if http::drop_when_forwarding(n)
-            || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || n.eq_ignore_ascii_case("x-forwarded-host")
-            || n.eq_ignore_ascii_case("x-request-id")
             || (f.expect_continue && n.eq_ignore_ascii_case("expect"))
             || (f.conn_lists_others && HeadFacts::connection_listed(headers, n))
         {
             continue;
         }
-        if n.eq_ignore_ascii_case("x-forwarded-for") {
-            if !s.xff.is_empty() {
-                s.xff.push_str(", ");
+        if forwarded::is_router_written(n) {
+            if hop.trusted.is_some() {
+                let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                let (into, sep) = match n.len() {
+                    15 if n.eq_ignore_ascii_case("x-forwarded-for") => (&mut s.xff, ", "),
+                    9 if n.eq_ignore_ascii_case("forwarded") => (&mut s.fwd, ", "),
+                    17 if n.eq_ignore_ascii_case("x-forwarded-proto") => (&mut s.xfp, ""),
+                    16 if n.eq_ignore_ascii_case("x-forwarded-host") => (&mut s.xfh, ""),
+                    _ => continue,
+                };
+                if sep.is_empty() {
+                    into.clear();
+                } else if !into.is_empty() {
+                    into.push_str(sep);
+                }
+                into.push_str(v);
             }
-            s.xff.push_str(std::str::from_utf8(h.value).unwrap_or("").trim());
             continue;
         }
         out.extend_from_slice(n.as_bytes());
@@ -140,22 +174,31 @@ fn write_upstream_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
     if !s.xff.is_empty() {
-        out.extend_from_slice(s.xff.as_bytes());
-        out.extend_from_slice(b", ");
+        s.xff.push_str(", ");
     }
-    out.extend_from_slice(peer_ip.as_bytes());
-    out.extend_from_slice(if tls {
-        b"\r\nX-Forwarded-Proto: https\r\n"
-    } else {
-        b"\r\nX-Forwarded-Proto: http\r\n"
-    });
-    if !s.host_raw.is_empty() {
+    s.xff.push_str(hop.peer_ip);
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    out.extend_from_slice(s.xff.as_bytes());
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(hop.trusted.map_or(hop.peer_ip, |t| t.client(&s.xff)).as_bytes());
+    let proto = if hop.tls { "https" } else { "http" };
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(if s.xfp.is_empty() { proto } else { &s.xfp }.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let host = if s.xfh.is_empty() { &s.host_raw } else { &s.xfh };
+    if !host.is_empty() {
         out.extend_from_slice(b"X-Forwarded-Host: ");
-        out.extend_from_slice(s.host_raw.as_bytes());
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"Forwarded: ");
+    if !s.fwd.is_empty() {
+        out.extend_from_slice(s.fwd.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    forwarded::forwarded_element(out, hop.peer_ip, proto, &s.host_raw);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(s.rid.as_bytes());
     out.extend_from_slice(b"\r\n");

@@ -1,7 +1,8 @@
 //! The router's counters: requests per app by status class, bytes, a latency histogram per app
 //! (lock-free: one atomic add per bucket), and the connection counts. `admin` exposes them.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The request latency histogram's bucket bounds, in seconds (Prometheus' defaults).
@@ -49,6 +50,17 @@ pub struct AppMetrics {
     pub bytes_out: AtomicU64,
     /// How long requests took, from their head to their last byte.
     pub latency: Latency,
+    /// Requests being served now (held while the app wakes, forwarded, or relayed).
+    pub active: AtomicUsize,
+}
+
+/// One request counted in its app's `active` gauge until dropped.
+pub struct AppSlot(Arc<AppMetrics>);
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl AppMetrics {
@@ -59,6 +71,15 @@ impl AppMetrics {
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
         self.latency.observe(took);
+    }
+
+    /// Counts a request as active unless the app already serves `cap` (None: over the cap).
+    pub fn enter(self: &Arc<Self>, cap: usize) -> Option<AppSlot> {
+        if self.active.fetch_add(1, Relaxed) >= cap {
+            self.active.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(AppSlot(self.clone()))
     }
 
     /// Requests of all classes.
@@ -74,8 +95,10 @@ pub struct Metrics {
     pub active_connections: AtomicI64,
     /// Client connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Client connections closed at once because the cap was reached.
+    /// Client connections closed at once because the cap (all, or one client's) was reached.
     pub rejected_connections: AtomicU64,
+    /// Requests answered 503 because their app already had `max_connections_per_app` in flight.
+    pub rejected_app_requests: AtomicU64,
     /// Requests for a host no route knows.
     pub unknown_host: AppMetrics,
 }

@@ -8,7 +8,9 @@
 //! every change; the switch is atomic and in-flight requests finish on the backends they started on.
 //!
 //! The parts, in layers: each part `use`s only parts named before it, and none uses this file.
-//! - what every connection shares: `pool` (upstream connections per backend), `metrics`, `config`,
+//! - what every connection shares: `pool` (upstream connections per backend), `peer` (which local
+//!   user a loopback peer is), `metrics` (root's only on the admin port), `forwarded` (whose
+//!   forwarded headers are believed), `config`,
 //!   `route` (the live table and the one route lookup, cached per connection), `wake` (waking idle apps),
 //!   `access_log`, `shared` (all of it together);
 //! - HTTP/1 on the wire: `stream` (the client socket, plain or TLS), `http` (framing), `heads` (parse and
@@ -27,10 +29,12 @@ mod body;
 mod config;
 mod conn;
 mod evloop;
+mod forwarded;
 mod heads;
 mod http;
 mod metrics;
 mod pages;
+mod peer;
 mod pool;
 mod route;
 mod shared;
@@ -44,6 +48,7 @@ mod wake;
 pub use access_log::AccessLog;
 pub use admin::{AdminPage, AdminPages};
 pub use config::RouterConfig;
+pub use forwarded::TrustedProxies;
 pub use metrics::quantile;
 pub use route::{Backend, Route, RouteTable};
 pub use tls::CertStore;

@@ -7,7 +7,8 @@ use super::metrics::Metrics;
 use super::pool::PoolLimits;
 use super::route::Routes;
 use super::wake::{Waker, Wakes};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,10 @@ pub(crate) struct Inner {
     pub listeners: Mutex<Vec<SocketAddr>>,
     rid_key: u64,
     rid_counter: AtomicU64,
+    /// Open client connections per peer address (`max_connections_per_ip`).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The second of the last cap log line (one a second at most).
+    cap_logged: AtomicU64,
 }
 
 impl Inner {
@@ -39,6 +44,40 @@ impl Inner {
             listeners: Mutex::new(Vec::new()),
             rid_key: random_u64(),
             rid_counter: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            cap_logged: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a client connection from `ip` unless that address already has
+    /// `max_connections_per_ip` open (false; nothing counted).
+    pub fn take_ip_slot(&self, ip: IpAddr) -> bool {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_connections_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Uncounts a client connection from `ip`.
+    pub fn release_ip_slot(&self, ip: IpAddr) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+
+    /// Writes a line about a cap that refused something to the daemon's log, one a second at most
+    /// (a client hammering a cap cannot flood the log).
+    pub fn log_cap(&self, line: impl FnOnce() -> String) {
+        let now = crate::clock::now();
+        if self.cap_logged.swap(now, Relaxed) != now {
+            eprintln!("gearshift router: {}", line());
         }
     }
 

@@ -385,6 +385,35 @@ impl GearCgroup {
         bail!("processes {:?} survived SIGKILL in the gear's cgroup", self.pids())
     }
 
+    /// Kills every process in the gear but `keep` (its init): the whole tree a stopped app
+    /// leaves, `setsid` daemons and what hooks put in the background included. The gear is
+    /// frozen while it is killed (v2 `cgroup.freeze`, v1 freezer) so nothing forks away.
+    pub fn kill_all_but(&self, keep: i32) -> Result<()> {
+        let freeze = |on: bool| {
+            for d in &self.dirs {
+                if d.join("cgroup.freeze").exists() {
+                    let _ = fs::write(d.join("cgroup.freeze"), if on { "1" } else { "0" });
+                } else if d.join("freezer.state").exists() {
+                    let _ = fs::write(d.join("freezer.state"), if on { "FROZEN" } else { "THAWED" });
+                }
+            }
+        };
+        for _ in 0..200 {
+            let pids: Vec<i32> = self.pids().into_iter().filter(|p| *p != keep).collect();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            freeze(true);
+            for p in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            }
+            freeze(false);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let left: Vec<i32> = self.pids().into_iter().filter(|p| *p != keep).collect();
+        bail!("processes {left:?} survived SIGKILL in the gear's cgroup")
+    }
+
     /// Kills what is left and removes the directories; no error when already gone.
     pub fn remove(&self) -> Result<()> {
         self.kill_all()?;

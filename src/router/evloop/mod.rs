@@ -295,7 +295,7 @@ impl Worker {
                 self.stop_listening();
                 return;
             }
-            if !admit(&inner, &stream) {
+            if !admit(&inner, &stream, peer.ip()) {
                 continue;
             }
             let target = self.load.target(self.id);
@@ -322,7 +322,7 @@ impl Worker {
                 peer.ip().to_string(),
                 false,
             ));
-            conn.gauge = true;
+            conn.gauge = Some(peer.ip());
             let i = self.free.pop().unwrap_or_else(|| {
                 self.slots.push(None);
                 self.slots.len() - 1

@@ -98,6 +98,9 @@ impl Conn {
         let n = route.backends.len();
         let first = if n == 1 { 0 } else { route.rr.fetch_add(1, Relaxed) % n };
         let i = (0..n).map(|k| (first + k) % n).find(|&i| route.backends[i].is_up())?;
+        // Over the app's cap: a connection thread answers the 503 (and logs it).
+        self.app_slot = None;
+        self.app_slot = Some(route.metrics.enter(self.inner.cfg.max_connections_per_app)?);
         self.start += head_len;
         Some((req, i, t0))
     }

@@ -195,6 +195,7 @@ fn forwarded_headers_and_hop_by_hop_filtering() {
     let mut c = Client::connect(r.addr);
     c.send(
         b"GET /a?b=1 HTTP/1.1\r\nHost: App.localhost:8000\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\
+          X-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9\r\nX-Forwarded-Host: evil.example\r\n\
           Connection: keep-alive, x-drop\r\nX-Drop: 1\r\nKeep-Alive: 300\r\nTE: trailers\r\nProxy-Authorization: x\r\n\
           X-Keep: yes\r\n\r\n",
     );
@@ -204,31 +205,94 @@ fn forwarded_headers_and_hop_by_hop_filtering() {
     let req = seen.lock().unwrap().clone().unwrap();
     assert_eq!(req.path, "/a?b=1");
     assert_eq!(req.header("host"), Some("App.localhost:8000"), "original Host kept");
-    assert_eq!(req.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    // A client's forwarded headers are its own claims: the backend sees the real peer only.
+    assert_eq!(req.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(req.header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(req.header("x-forwarded-proto"), Some("http"));
     assert_eq!(req.header("x-forwarded-host"), Some("App.localhost:8000"));
+    assert_eq!(
+        req.header("forwarded"),
+        Some("for=127.0.0.1;proto=http;host=\"App.localhost:8000\"")
+    );
+    for h in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ] {
+        assert_eq!(
+            req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(h)).count(),
+            1,
+            "{h}"
+        );
+    }
     let rid = req.header("x-request-id").unwrap();
     assert!(rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()), "{rid}");
     assert_eq!(req.header("x-keep"), Some("yes"));
     for h in ["x-drop", "keep-alive", "te", "proxy-authorization", "connection"] {
         assert!(req.header(h).is_none(), "{h} must not reach the backend");
     }
-    // A client's own request id is kept.
+    // A client's own request id is replaced (it could forge another request's log lines).
     c.send(b"GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Request-Id: abc-123\r\n\r\n");
     c.read_response(false);
-    assert_eq!(
-        seen.lock().unwrap().as_ref().unwrap().header("x-request-id"),
-        Some("abc-123")
-    );
-    // The line is logged just after the response is sent.
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(r
+    let rid = seen
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .header("x-request-id")
+        .unwrap()
+        .to_string();
+    assert!(rid != "abc-123" && rid.len() == 32, "{rid}");
+    // The line is logged just after the response is sent, with the router's id.
+    assert!(eventually(|| r
         .log
         .0
         .lock()
         .unwrap()
         .iter()
-        .any(|(_, l)| l.contains("rid=abc-123") && l.contains(" 200 ")));
+        .any(|(_, l)| l.contains(&format!("rid={rid}")) && l.contains(" 200 "))));
+    // Query strings (tokens, reset links) stay out of the access log.
+    let log = r.log.0.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|(_, l)| l.contains("\"GET /a?[query] HTTP/1.1\" 200")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|(_, l)| l.contains("b=1")), "{log:?}");
+}
+
+/// Behind a load balancer (`trusted_proxies`), its forwarded headers and request id are kept
+/// and the peer appended; the client is the rightmost untrusted hop.
+#[test]
+fn a_trusted_proxys_forwarded_headers_are_kept() {
+    let seen = Arc::new(Mutex::new(None));
+    let s2 = seen.clone();
+    let b = TestBackend::start(Arc::new(move |r: &SeenRequest, s: &mut TcpStream| {
+        *s2.lock().unwrap() = Some(r.clone());
+        respond(s, 200, &[], b"ok")
+    }));
+    let cfg = RouterConfig {
+        trusted_proxies: TrustedProxies::parse(&["127.0.0.0/8"]).unwrap(),
+        ..RouterConfig::default()
+    };
+    let r = TestRouter::start(cfg, Arc::new(NoWaker));
+    r.route("app", &["app.localhost"], vec![b.backend("g")]);
+    let mut c = Client::connect(r.addr);
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Forwarded-For: 1.1.1.1, 203.0.113.9\r\n\
+          X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9;proto=https\r\nX-Request-Id: lb-42\r\n\r\n",
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    let req = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(req.header("x-forwarded-for"), Some("1.1.1.1, 203.0.113.9, 127.0.0.1"));
+    assert_eq!(req.header("x-real-ip"), Some("203.0.113.9"));
+    assert_eq!(req.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        req.header("forwarded"),
+        Some("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=\"app.localhost\"")
+    );
+    assert_eq!(req.header("x-request-id"), Some("lb-42"));
 }
 
 #[test]
@@ -573,6 +637,23 @@ fn metrics_on_a_loopback_admin_listener() {
     );
     assert!(m.contains("gearshift_router_active_connections "));
     assert!(m.contains("gearshift_router_response_bytes_total{app=\"app\"}"));
+    // Break 9 of issue 14: any local user could read them (apps, gears). Only root can now.
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("http://{admin_addr}/metrics"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.ends_with("\n403") && out.contains("read them as root"), "{out}");
+    assert!(!out.contains("app=\"app\""), "{out}");
     let public = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     assert!(
         m.contains("gearshift_router_request_duration_seconds_bucket{app=\"app\",le=\"+Inf\"} 1"),
@@ -612,7 +693,13 @@ fn bench_serve() {
             std::hint::black_box(line);
         }
     }
-    let router = Router::new(RouterConfig::default(), Arc::new(NoWaker), Arc::new(Discard));
+    // Every bench client comes from 127.0.0.1, and the idle-connection round opens 1000: the
+    // per-IP cap is raised (still checked on every accept), the per-app cap is the default.
+    let cfg = RouterConfig {
+        max_connections_per_ip: 100_000,
+        ..RouterConfig::default()
+    };
+    let router = Router::new(cfg, Arc::new(NoWaker), Arc::new(Discard));
     let mut t = RouteTable::default();
     t.add(Route {
         app: "bench".into(),
@@ -681,4 +768,94 @@ fn idle_client_connections_return_their_upstreams_to_the_pool() {
         200,
         "the idle client is still served"
     );
+}
+
+/// Polls `event` for up to 5 s; whether it held.
+fn eventually(mut event: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if event() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Break 8 of issue 14: one client could hold thousands of connections. Over
+/// `max_connections_per_ip`, its new connections get a 503; a closed one frees a slot.
+#[test]
+fn one_client_is_capped_at_max_connections_per_ip() {
+    let b = TestBackend::named("ok");
+    let cfg = RouterConfig {
+        max_connections_per_ip: 3,
+        ..RouterConfig::default()
+    };
+    let r = TestRouter::start(cfg, Arc::new(NoWaker));
+    r.route("app", &["app.localhost"], vec![b.backend("g")]);
+    let mut held: Vec<_> = (0..3).map(|_| Client::connect(r.addr)).collect();
+    for c in &mut held {
+        assert_eq!(c.get("app.localhost", "/").status, 200);
+    }
+    let mut extra = TcpStream::connect(r.addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert_eq!(r.router.stats().rejected_connections, 1);
+    // The held connections still work; closing one lets a new one in.
+    assert_eq!(held[0].get("app.localhost", "/").status, 200);
+    held.pop();
+    assert!(eventually(
+        || Client::connect(r.addr).get("app.localhost", "/").status == 200
+    ));
+}
+
+/// Break 8 of issue 14: requests to a never-answering app held router threads without limit.
+/// Over `max_connections_per_app` its requests get a 503, and the other apps keep answering.
+#[test]
+fn a_never_answering_app_is_capped_and_others_keep_answering() {
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = release.clone();
+    let hang = TestBackend::start(Arc::new(move |_r: &SeenRequest, s: &mut TcpStream| {
+        let t = Instant::now();
+        while !r2.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        respond(s, 200, &[], b"late")
+    }));
+    let other = TestBackend::named("other");
+    let cfg = RouterConfig {
+        max_connections_per_app: 2,
+        ..RouterConfig::default()
+    };
+    let r = TestRouter::start(cfg, Arc::new(NoWaker));
+    let mut t = RouteTable::default();
+    for (app, b) in [("slow", &hang), ("other", &other)] {
+        t.add(Route {
+            app: app.into(),
+            hosts: vec![format!("{app}.localhost")],
+            backends: vec![b.backend("g")],
+            ..Route::default()
+        });
+    }
+    r.router.set_routes(t);
+    let mut waiting: Vec<_> = (0..2).map(|_| Client::connect(r.addr)).collect();
+    for c in &mut waiting {
+        c.send(b"GET / HTTP/1.1\r\nHost: slow.localhost\r\n\r\n");
+    }
+    assert!(eventually(|| hang.requests.load(Ordering::SeqCst) == 2));
+    let over = get(r.addr, "slow.localhost", "/");
+    assert_eq!(over.status, 503);
+    assert_eq!(get(r.addr, "other.localhost", "/").text(), "other");
+    release.store(true, Ordering::SeqCst);
+    for c in &mut waiting {
+        assert_eq!(c.read_response(false).text(), "late");
+    }
+    // Answered requests free their slots.
+    assert_eq!(get(r.addr, "slow.localhost", "/").text(), "late");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let inner = std::sync::Arc::downgrade(&r.router.inner);
+    registry.register_collector(Box::new(super::admin::RouterCollector(inner)));
+    assert!(super::admin::encode(&registry).contains("gearshift_router_rejected_app_requests_total 1"));
 }
