@@ -22,10 +22,13 @@ pub fn pass_on(env: &mut Vec<(String, String)>) {
     env.extend(passed_on());
 }
 
-/// Pauses at `point` when the environment names it: writes its marker under the gear's
-/// runtime directory and waits until the marker is removed (or this process is killed).
+/// Pauses at `point` when the environment names it, the first time this process reaches it (a
+/// point inside a loop, `during-build` for the cartridge's build and then the app's, pauses
+/// once): writes its marker under the gear's runtime directory and waits until the marker is
+/// removed (or this process is killed).
 pub fn reached(point: &str) {
-    if std::env::var(ENV).ok().as_deref() != Some(point) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var(ENV).ok().as_deref() != Some(point) || PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     let marker = crate::gear::layout::in_home(crate::gear::layout::RUNTIME).join(format!("fault-{point}"));

@@ -134,8 +134,10 @@ fn a_push_killed_at_any_step_is_all_or_nothing() {
     // (fault point, what the client is told)
     let table = [
         ("after-checkout", false),
+        ("during-build", false),
         ("after-build", false),
         ("after-switch", false),
+        ("before-no-return", false),
     ];
     let mut outcomes = Vec::new();
     for (i, (point, told_ok)) in table.iter().enumerate() {
