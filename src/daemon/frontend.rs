@@ -25,6 +25,9 @@ struct GearView {
     app: String,
     /// The live web process's address, when it runs.
     live: Option<SocketAddr>,
+    /// The supervisor's switch generation `live` was read at: a watcher's older reply (one
+    /// sent before a push's `sync_app`) must not move the route back.
+    generation: u64,
 }
 
 struct Front {
@@ -152,7 +155,12 @@ impl Routes {
         let front = &self.0;
         let a = app::load(&front.node, name)?;
         for g in &a.gears {
-            let live = control::command(&netns_path(&g.netns()), "status").ok().and_then(|v| {
+            let status = control::command(&netns_path(&g.netns()), "status").ok();
+            let generation = status
+                .as_ref()
+                .and_then(|v| v["status"]["generation"].as_u64())
+                .unwrap_or(0);
+            let live = status.and_then(|v| {
                 let st = &v["status"];
                 let port = st["port"].as_u64().filter(|p| *p > 0 && *p < 65536)?;
                 st["pid"].as_i64().map(|_| SocketAddr::from((g.ip, port as u16)))
@@ -161,6 +169,7 @@ impl Routes {
             let v = gears.entry(g.id.clone()).or_default();
             v.app = g.app.clone();
             v.live = live;
+            v.generation = generation;
         }
         {
             let mut apps = front.apps.lock().unwrap();
@@ -204,8 +213,13 @@ fn watch_gear(front: Arc<Front>, gear: Gear, gone: Arc<AtomicBool>) {
             let mut gears = front.gears.lock().unwrap();
             let v = gears.entry(gear.id.clone()).or_default();
             v.app = gear.app.clone();
-            let changed = v.live != live;
-            v.live = live;
+            // An unreachable supervisor (stopped, restarting) counts again from 0.
+            let current = reply.is_err() || generation >= v.generation;
+            let changed = current && v.live != live;
+            if current {
+                v.live = live;
+                v.generation = if reply.is_err() { 0 } else { generation };
+            }
             changed
         };
         if changed {

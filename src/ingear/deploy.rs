@@ -310,9 +310,6 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
             d.result = "deployed".into();
             save(&d)?;
             prune(info.keep_deployments);
-            if journal.is_some() {
-                settle_after_git();
-            }
             say(&format!(
                 "deployed {id} in {:.2}s: {}",
                 t0.elapsed().as_secs_f64(),
@@ -425,6 +422,9 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     }
     if let Some(j) = journal {
         journal::begin(j)?;
+        // From here on, whatever ends this hook (its own failure, a kill), the switch is
+        // settled once git has ended.
+        settle_after_git();
     }
     switch_to(info, id)?;
     crate::fault::reached("after-switch");
@@ -525,8 +525,9 @@ fn settle(relay_lost: bool) {
     journal::clear();
 }
 
-/// Once git-receive-pack (this hook's parent) has ended, settles the switch: a child holds the
-/// push lock (inherited) until then, so the next push starts from a settled state.
+/// Once git-receive-pack (this hook's parent) has ended, settles the journaled switch (if the
+/// hook has not settled it itself): a child holds the push lock (inherited) until then, so the
+/// next push starts from a settled state.
 fn settle_after_git() {
     let git = nix::unistd::getppid();
     // SAFETY: the hook is single-threaded; the child only waits, runs git and writes files.
