@@ -455,11 +455,11 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
 }
 
 /// Whether the push's relay is gone. A push's hook runs under git-receive-pack, whose stdio a
-/// process outside the gear relays (the SSH worker, or the CLI); a process whose parent is
-/// outside the gear's pid namespace sees it as pid 0, and an orphan is adopted by the gear's
-/// init (pid 1). So the relay is gone when git died (this hook's parent is 1) or when git
-/// outlived its relay (git's parent is not 0 any more): git would record a push the client
-/// was never told of. Without a push (`import`), this process's own parent is the relay.
+/// process outside the gear relays (the SSH worker, or the CLI), and which dies with it
+/// (`PR_SET_PDEATHSIG`; the relay also kills it when its caller hangs up): the hook is then
+/// adopted by the gear's init (its parent is 1). A git that outlived its relay would be adopted
+/// by a reaper outside the gear and still show parent 0 here: seen only when it was adopted
+/// inside (parent not 0). Without a push (`import`), this process's own parent is the relay.
 fn relay_is_gone(push: bool) -> bool {
     let parent = nix::unistd::getppid().as_raw();
     if parent == 1 {
