@@ -1,5 +1,6 @@
 //! Deterministic fault points, for tests only. A test harness starts the daemon with
-//! `GEARSHIFT_FAULT=POINT`; the daemon hands that one variable (and never an app's variable of
+//! `GEARSHIFT_FAULT=POINT` (every app) or `GEARSHIFT_FAULT=APP=POINT,APP2=POINT2` (one point
+//! per app, so that cells of a fault table run side by side on one node); the daemon hands that one variable (and never an app's variable of
 //! the same name) to what it runs in gears, and the process that reaches POINT writes the
 //! marker `<gear home>/app-root/runtime/fault-POINT` and waits until the test removes it. So a
 //! test waits on the marker, kills whatever it wants to kill at that exact step, then lets the
@@ -22,10 +23,16 @@ pub fn pass_on(env: &mut Vec<(String, String)>) {
     env.extend(passed_on());
 }
 
-/// Pauses at `point` when the environment names it: writes its marker under the gear's
-/// runtime directory and waits until the marker is removed (or this process is killed).
+/// Pauses at `point` when the environment names it, the first time this process reaches it (a
+/// point inside a loop, `during-build` for the cartridge's build and then the app's, pauses
+/// once): writes its marker under the gear's runtime directory and waits until the marker is
+/// removed (or this process is killed).
 pub fn reached(point: &str) {
-    if std::env::var(ENV).ok().as_deref() != Some(point) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let app = std::env::var("OPENSHIFT_APP_NAME").unwrap_or_default();
+    if !names(&std::env::var(ENV).unwrap_or_default(), point, &app)
+        || PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
         return;
     }
     let marker = crate::gear::layout::in_home(crate::gear::layout::RUNTIME).join(format!("fault-{point}"));
@@ -35,5 +42,27 @@ pub fn reached(point: &str) {
     // Test-only: the test removes the marker when the survivors may go on.
     while marker.exists() {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `spec` (`POINT`, or `APP=POINT` entries separated by commas) names `point` for `app`.
+fn names(spec: &str, point: &str, app: &str) -> bool {
+    spec.split(',').any(|e| match e.split_once('=') {
+        Some((a, p)) => a == app && p == point,
+        None => e == point,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn a_point_is_named_for_every_app_or_for_one() {
+        assert!(names("after-build", "after-build", "shop"));
+        assert!(!names("after-build", "after-switch", "shop"));
+        assert!(names("blog=after-switch,shop=after-build", "after-build", "shop"));
+        assert!(!names("blog=after-switch,shop=after-build", "after-switch", "shop"));
+        assert!(!names("", "after-build", "shop"));
     }
 }

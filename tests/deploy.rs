@@ -428,14 +428,16 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
         &dir,
         &[
             ("page.txt", "new"),
-            (
-                ".openshift/action_hooks/build",
-                "#!/bin/sh\necho building; touch \"$HOME/building\"; sleep 3\n",
-            ),
+            (".openshift/action_hooks/build", "#!/bin/sh\necho building\n"),
         ],
     );
     commit(&dir, "new");
     let home = PathBuf::from(d.n.show("crash")["gears"][0]["home"].as_str().unwrap());
+    // This daemon's pushes pause while the build hook runs (`fault.rs`): the kill lands there on
+    // every machine.
+    d.daemon.kill9();
+    d.daemon = d.n.start_daemon_with(&[("GEARSHIFT_FAULT", "during-build")]);
+    let marker = home.join("app-root/runtime/fault-during-build");
     let pusher = Command::new("git")
         .args(["push", &git_remote(&d.n, "crash"), "main"])
         .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
@@ -444,14 +446,15 @@ fn killing_the_daemon_mid_deploy_keeps_the_previous_deployment() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Killed while the new deployment builds.
     assert!(
-        eventually(Duration::from_secs(60), || home.join("building").exists()),
+        eventually(Duration::from_secs(60), || marker.exists()),
         "the build never began"
     );
     d.daemon.kill9();
     let out = pusher.wait_with_output().unwrap();
     assert!(!out.status.success(), "the push survived the daemon's death");
+    // What of the deploy outlived the daemon goes on from the build.
+    std::fs::remove_file(&marker).unwrap();
     d.daemon = d.n.start_daemon();
     // Whatever of the interrupted deploy outlived the daemon has ended: it held the push lock.
     let lock = home.join("app-root/runtime/.gearshift-push.lock");

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -134,8 +135,10 @@ fn a_push_killed_at_any_step_is_all_or_nothing() {
     // (fault point, what the client is told)
     let table = [
         ("after-checkout", false),
+        ("during-build", false),
         ("after-build", false),
         ("after-switch", false),
+        ("before-no-return", false),
     ];
     let mut outcomes = Vec::new();
     for (i, (point, told_ok)) in table.iter().enumerate() {
@@ -225,6 +228,259 @@ fn a_push_killed_at_any_step_is_all_or_nothing() {
         );
     }
     eprintln!("{}", outcomes.join("\n"));
+}
+
+/// What a cell of the fault table kills at its fault point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Victim {
+    /// The daemon's SSH worker that relays the push (`internal-exec`).
+    Worker,
+    /// The process in the gear that reached the fault point (git's pre-receive hook).
+    Hook,
+    /// The client: `git push` and its ssh.
+    Client,
+    /// The node's sshd process that carries the push's session.
+    Sshd,
+}
+
+/// A process's parent, as the host sees it.
+fn parent(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The host pid of the process of uid `uid` that is `ns_pid` in its gear's pid namespace.
+fn host_pid(uid: u64, ns_pid: &str) -> Option<i32> {
+    let procs = procs_of(uid);
+    procs
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|ns| ns.split_whitespace().last().map(|p| p == ns_pid))
+                .unwrap_or(false)
+        })
+}
+
+/// What `/proc/PID/fd/FD` names (`pipe:[N]`, `socket:[N]`).
+fn fd_of(pid: i32, fd: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The node's sshd process that runs the forced command (`ssh-entry`) whose stdout is the
+/// worker's.
+fn sshd_of(worker: i32) -> Option<i32> {
+    let out = fd_of(worker, 1);
+    let entry = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            *pid != worker
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("ssh-entry"))
+                && fd_of(*pid, 1) == out
+        })?;
+    Some(parent(entry))
+}
+
+/// Every cell of the table below runs on its own app of one node, side by side: a push to
+/// it pauses at the cell's fault point (`GEARSHIFT_FAULT=APP=POINT,...`), the cell kills its
+/// victim with SIGKILL there and lets the survivors go on. Afterwards the live version, the
+/// deploy branch's ref and `deploy list` agree and are the old ones (no client was told of
+/// success), the push lock is free, no process of the push is left, and the next push deploys.
+#[test]
+fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
+    require_root!();
+    let mut d = dev_node();
+    use Victim::*;
+    let table = [
+        ("during-build", Worker),
+        ("after-switch", Worker),
+        ("during-build", Hook),
+        ("after-switch", Hook),
+        ("before-no-return", Hook),
+        ("during-build", Client),
+        ("after-switch", Client),
+        ("before-no-return", Client),
+        ("after-build", Sshd),
+        ("before-no-return", Sshd),
+    ];
+    // Every app is deployed once, and its next version committed.
+    let apps: Vec<(String, PathBuf, String, String, PathBuf, u64)> = table
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let app = format!("cell{i}");
+            d.n.ok(&["app", "create", &app, "--cartridge", "python", "--owner", "dev"]);
+            let dir = d.n.root.join("src").join(&app);
+            std::fs::create_dir_all(&dir).unwrap();
+            git(&dir, &["init", "-q", "-b", "main"]);
+            std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+            std::fs::write(dir.join("server.py"), SERVER).unwrap();
+            write_commit(&dir, &format!("old {app}"));
+            let (ok, out) = push_as(&d.n, &d.key, &dir, &app, "main");
+            assert!(ok, "{out}");
+            let old = git(&dir, &["rev-parse", "HEAD"]).trim().to_string();
+            write_commit(&dir, &format!("new {app}"));
+            let new = git(&dir, &["rev-parse", "HEAD"]).trim().to_string();
+            assert_ne!(old, new);
+            let g = &d.n.show(&app)["gears"][0];
+            let home = PathBuf::from(g["home"].as_str().unwrap());
+            let uid = g["uid"].as_u64().unwrap();
+            (app, dir, old, new, home, uid)
+        })
+        .collect();
+    let spec: Vec<String> = table
+        .iter()
+        .zip(&apps)
+        .map(|((point, _), (app, ..))| format!("{app}={point}"))
+        .collect();
+    d.daemon.kill9();
+    d.daemon = d.n.start_daemon_with(&[("GEARSHIFT_FAULT", &spec.join(","))]);
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for ((point, victim), (app, dir, old, _new, home, uid)) in table.iter().zip(&apps) {
+            let (d, outcomes) = (&d, &outcomes);
+            s.spawn(move || {
+                let cell = format!("{point} x kill -9 {victim:?}");
+                let marker = home.join(format!("app-root/runtime/fault-{point}"));
+                let pusher = Command::new("git")
+                    .args(["push", &git_remote(&d.n, app), "main"])
+                    .env("GIT_SSH_COMMAND", git_ssh(&d.key, &d.n))
+                    .current_dir(dir)
+                    .process_group(0)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                assert!(
+                    eventually(Duration::from_secs(120), || marker.exists()),
+                    "{cell}: the push never reached the fault point"
+                );
+                let ns_pid = std::fs::read_to_string(&marker).unwrap().trim().to_string();
+                let hook = host_pid(*uid, &ns_pid).unwrap_or_else(|| panic!("{cell}: no hook {ns_pid}"));
+                let worker = parent(parent(hook));
+                let target = match victim {
+                    Hook => hook,
+                    Worker => worker,
+                    // A negative pid: the client's process group (git and its ssh).
+                    Client => -(pusher.id() as i32),
+                    Sshd => sshd_of(worker).unwrap_or_else(|| panic!("{cell}: no sshd for worker {worker}")),
+                };
+                if *victim == Worker {
+                    // The worker hides its command line from the gear; its parent is the daemon.
+                    let daemon = std::fs::read(format!("/proc/{}/cmdline", parent(worker))).unwrap_or_default();
+                    assert!(
+                        String::from_utf8_lossy(&daemon).contains("daemon"),
+                        "{cell}: {worker} is not the daemon's worker"
+                    );
+                }
+                // SAFETY: kill(2) with integer arguments.
+                assert_eq!(
+                    unsafe { libc::kill(target, libc::SIGKILL) },
+                    0,
+                    "{cell}: cannot kill {target}"
+                );
+                let out = pusher.wait_with_output().unwrap();
+                let pushed = out.status.success();
+                // The node has seen the death when the push's git-receive-pack is gone; only
+                // then does the paused hook go on (a death the node has not seen by the point
+                // of no return counts as after it).
+                let git_alive = || procs_of(*uid).contains("receive-pack");
+                assert!(
+                    *victim == Hook || eventually(Duration::from_secs(30), || !git_alive()),
+                    "{cell}: git-receive-pack outlived the {victim:?}:\n{}",
+                    procs_of(*uid)
+                );
+                std::fs::remove_file(&marker).unwrap();
+                let lock = home.join("app-root/runtime/.gearshift-push.lock");
+                assert!(
+                    eventually(Duration::from_secs(60), || push_lock_free(&lock)),
+                    "{cell}: the interrupted deploy still holds the push lock"
+                );
+                let push_procs = || {
+                    procs_of(*uid)
+                        .lines()
+                        .filter(|l| l.contains("receive-pack") || l.contains("pre-receive"))
+                        .map(String::from)
+                        .collect::<Vec<String>>()
+                };
+                eventually(Duration::from_secs(10), || push_procs().is_empty());
+                let left = push_procs();
+                // The route follows the gear's supervisor (the watcher): a rollback in the
+                // gear reaches it within moments, as no client waits for it.
+                let first = through_router(&d.n, app);
+                let mut seen = first.clone();
+                eventually(Duration::from_secs(10), || {
+                    seen = through_router(&d.n, app);
+                    seen.0 == "200"
+                });
+                let (code, body) = seen;
+                if first.0 != "200" {
+                    eprintln!("{cell}: the router answered {} at first", first.0);
+                }
+                let reference = remote_ref(d, dir, app);
+                let list: serde_json::Value =
+                    serde_json::from_str(&d.n.ok(&["deploy", "list", app, "--json"])).unwrap();
+                let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+                let line = format!(
+                    "{cell}: push {}, live {code} {body:?}, ref {}, deploy list live {}",
+                    if pushed { "succeeded" } else { "failed" },
+                    &reference[..8.min(reference.len())],
+                    live.first().map(|l| l["commit"].to_string()).unwrap_or_default()
+                );
+                eprintln!("{line}");
+                outcomes.lock().unwrap().push(line);
+                assert!(!pushed, "{cell}: git push said it succeeded");
+                assert!(left.is_empty(), "{cell}: processes of the push are left: {left:?}");
+                assert_eq!(
+                    (code.as_str(), body.as_str()),
+                    ("200", format!("old {app}").as_str()),
+                    "{cell}: live version"
+                );
+                assert_eq!(&reference, old, "{cell}: the deploy branch's ref");
+                assert_eq!(live.len(), 1, "{cell}: {list}");
+                assert_eq!(live[0]["commit"].as_str(), Some(old.as_str()), "{cell}: deploy list");
+                assert_eq!(live[0]["result"], "deployed", "{cell}: {list}");
+            });
+        }
+    });
+    // The next push of every app deploys (by a daemon that pauses nothing).
+    d.daemon.kill9();
+    d.daemon = d.n.start_daemon();
+    let mut not_served = Vec::new();
+    for ((point, victim), (app, dir, ..)) in table.iter().zip(&apps) {
+        let (ok, out) = push_as(&d.n, &d.key, dir, app, "main");
+        assert!(ok, "{point} x {victim:?}: the next push failed:\n{out}");
+        let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", app, "--json"])).unwrap();
+        let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+        assert_eq!(live.len(), 1, "{point} x {victim:?}: {list}");
+        assert_eq!(live[0]["result"], "deployed", "{point} x {victim:?}: {list}");
+        let want = ("200".to_string(), format!("new {app}"));
+        let served = eventually(Duration::from_secs(10), || through_router(&d.n, app) == want);
+        if ["during-build", "after-build"].contains(point) {
+            assert!(
+                served,
+                "{point} x {victim:?}: after the next push:\n{out}\n{:?}",
+                through_router(&d.n, app)
+            );
+        } else if !served {
+            // Known, left open in issue 17: after a switch that the gear undid (the push's
+            // relay died after the switch), the next push's new process may not be reached
+            // through the router (502) although `deploy list` has it live.
+            not_served.push(format!("{point} x {victim:?}: {:?}", through_router(&d.n, app).0));
+        }
+    }
+    eprintln!("KNOWN (issue 17): the next push deployed but is not served: {not_served:?}");
+    eprintln!("{}", outcomes.into_inner().unwrap().join("\n"));
 }
 
 /// The node's bridge and nftables table deleted under running gears (a network restart, an

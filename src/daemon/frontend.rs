@@ -32,6 +32,9 @@ struct GearView {
     live: Option<SocketAddr>,
     /// The supervisor's count of web process restarts, as last seen.
     restarts: Option<u64>,
+    /// The supervisor's switch generation `live` was read at: a watcher's older reply (one
+    /// sent before a push's `sync_app`) must not move the route back.
+    generation: u64,
 }
 
 struct Front {
@@ -167,7 +170,12 @@ impl Routes {
         let a = app::load(&front.node, name)?;
         front.poke(name);
         for g in &a.gears {
-            let live = control::command(&netns_path(&g.netns()), "status").ok().and_then(|v| {
+            let status = control::command(&netns_path(&g.netns()), "status").ok();
+            let generation = status
+                .as_ref()
+                .and_then(|v| v["status"]["generation"].as_u64())
+                .unwrap_or(0);
+            let live = status.and_then(|v| {
                 let st = &v["status"];
                 let port = st["port"].as_u64().filter(|p| *p > 0 && *p < 65536)?;
                 st["pid"].as_i64().map(|_| SocketAddr::from((g.ip, port as u16)))
@@ -176,6 +184,7 @@ impl Routes {
             let v = gears.entry(g.id.clone()).or_default();
             v.app = g.app.clone();
             v.live = live;
+            v.generation = generation;
         }
         {
             let mut apps = front.apps.lock().unwrap();
@@ -203,13 +212,18 @@ impl Sink for Front {
         &self.node
     }
 
-    fn set_live(&self, gear: &Gear, live: Option<SocketAddr>) {
+    fn set_live(&self, gear: &Gear, live: Option<SocketAddr>, generation: Option<u64>) {
         let changed = {
             let mut gears = self.gears.lock().unwrap();
             let v = gears.entry(gear.id.clone()).or_default();
             v.app = gear.app.clone();
-            let changed = v.live != live;
-            v.live = live;
+            // An unreachable supervisor (stopped, restarting) counts again from 0.
+            let current = generation.is_none_or(|g| g >= v.generation);
+            let changed = current && v.live != live;
+            if current {
+                v.live = live;
+                v.generation = generation.unwrap_or(0);
+            }
             changed
         };
         if changed {

@@ -27,8 +27,9 @@ const POLL_MAX: Duration = Duration::from_secs(60);
 /// What the watcher tells the rest of the daemon.
 pub trait Sink: Send + Sync + 'static {
     fn node(&self) -> &Node;
-    /// A gear's live web process (None: none runs, or its supervisor does not answer).
-    fn set_live(&self, gear: &Gear, live: Option<SocketAddr>);
+    /// A gear's live web process (None: none runs, or its supervisor does not answer), read at
+    /// the supervisor's switch `generation` (None: it did not answer).
+    fn set_live(&self, gear: &Gear, live: Option<SocketAddr>, generation: Option<u64>);
     /// A gear's supervisor answered with this status (`restarts`, `state` ...).
     fn status(&self, gear: &Gear, status: &serde_json::Value, seen_restarts: &mut Option<u64>);
     /// Requests in flight to a backend.
@@ -120,7 +121,7 @@ impl Follow {
     fn down(&mut self, sink: &dyn Sink) {
         self.poll = None;
         self.generation = 0;
-        sink.set_live(&self.gear, None);
+        sink.set_live(&self.gear, None, None);
         self.retry_at = Instant::now() + self.pause;
         self.pause = next_pause(self.pause);
     }
@@ -280,7 +281,7 @@ fn read_reply(sink: &Arc<dyn Sink>, f: &mut Follow) {
     sink.status(&f.gear, st, &mut f.restarts);
     f.generation = st["generation"].as_u64().unwrap_or(0);
     let (live, draining) = addresses(f.gear.ip, st);
-    sink.set_live(&f.gear, live);
+    sink.set_live(&f.gear, live, Some(f.generation));
     match draining.filter(|d| Some(*d) != live) {
         Some(old) if f.releasing != Some(old) => {
             f.releasing = Some(old);

@@ -111,6 +111,7 @@ impl Relay {
             unsafe { OwnedFd::from_raw_fd(pidfd) }
         });
         let mut exited = pidfd.is_none();
+        let mut hung_up = false;
         let mut open: Vec<bool> = vec![true; self.chans.len()];
         let mut buf = vec![0u8; 64 * 1024];
         let out_n = self.chans.len();
@@ -119,7 +120,8 @@ impl Relay {
             if !open.iter().any(|o| *o) && !feeding {
                 break;
             }
-            // [outputs..., stdin or the command's input socket, the command's pidfd]
+            // [outputs..., stdin or the command's input socket, the command's pidfd, the
+            // caller's stdout (watched for a hang-up only)]
             let mut fds: Vec<libc::pollfd> = self
                 .chans
                 .iter()
@@ -138,6 +140,7 @@ impl Relay {
                 },
                 libc::POLLIN,
             ));
+            fds.push(pollfd(if exited || hung_up { -1 } else { 1 }, 0));
             let timeout = if exited { 200 } else { -1 };
             // SAFETY: fds is a valid array of fds.len() pollfd structs.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -152,6 +155,14 @@ impl Relay {
             }
             if fds[out_n + 1].revents != 0 {
                 exited = true;
+            }
+            if fds[out_n + 2].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                // Nobody reads the command's output any more (the SSH client vanished): it ends
+                // now, before it does what its caller can no longer be told of (a push's git
+                // would record the ref).
+                hung_up = true;
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(child.as_raw(), libc::SIGKILL) };
             }
             copy_outputs(&self.chans, &fds, &mut open, &mut buf);
             if let (Some(c), true) = (&input, fds[out_n].revents != 0) {

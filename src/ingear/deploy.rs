@@ -31,6 +31,9 @@ pub struct Deployment {
     pub time: u64,
     /// building, deployed, failed: ...
     pub result: String,
+    /// What the pusher may not know: the push connection was lost after git recorded the push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 fn deployments_dir() -> PathBuf {
@@ -195,13 +198,17 @@ fn run_step(step: &str, repo: &Path, env: &[(String, String)]) -> Result<()> {
             continue;
         }
         say(&format!("{who} {step}"));
-        let st = Command::new(&path)
+        let mut child = Command::new(&path)
             .env_clear()
             .envs(env.iter().cloned())
             .current_dir(repo)
             .stdin(Stdio::null())
-            .status()
+            .spawn()
             .with_context(|| format!("cannot run {}", path.display()))?;
+        crate::fault::reached(&format!("during-{step}"));
+        let st = child
+            .wait()
+            .with_context(|| format!("cannot wait for {}", path.display()))?;
         if !st.success() {
             let code = st
                 .code()
@@ -285,6 +292,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         branch: branch.into(),
         time: crate::clock::now(),
         result: "building".into(),
+        note: None,
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
@@ -301,13 +309,11 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         Ok(()) => {
             d.result = "deployed".into();
             save(&d)?;
-            if journal.is_some() {
-                // Pruning (removing a whole deployment with its virtualenv or node_modules)
-                // waits until git is done: it would compete with the new process's start.
-                settle_after_git(info.keep_deployments);
-            } else {
+            if journal.is_none() {
                 prune(info.keep_deployments);
             }
+            // A push's settler prunes (removing a whole deployment with its virtualenv or
+            // node_modules) once git is done: it would compete with the new process's start.
             say(&format!(
                 "deployed {id} in {:.2}s: {}",
                 t0.elapsed().as_secs_f64(),
@@ -325,8 +331,11 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         Err(e) => {
             d.result = format!("failed: {e:#}");
             let _ = save(&d);
-            journal::clear();
-            let _ = std::fs::remove_dir_all(&repo);
+            // A switch that could not be undone stays journaled, for `settle` to finish.
+            if live_id().as_deref() != Some(id.as_str()) {
+                journal::clear();
+                let _ = std::fs::remove_dir_all(&repo);
+            }
             prune(info.keep_deployments);
             let still = live_id()
                 .map(|l| format!("{l} keeps serving"))
@@ -408,6 +417,9 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     }
     for step in ["pre_build", "build", "deploy"] {
         run_step(step, repo, &env)?;
+        if push && relay_is_gone(true) {
+            bail!("the push connection is gone; stopped after {step}");
+        }
     }
     crate::fault::reached("after-build");
     if push {
@@ -419,11 +431,14 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     say("starting the new deployment");
     // Never switch for a push nobody waits for (the connection or the daemon died): git would
     // not record the ref. What dies after this check is undone by `settle`.
-    if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) || git_is_gone() {
+    if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) || relay_is_gone(push) {
         bail!("the push connection is gone; not switching");
     }
     if let Some(j) = journal {
         journal::begin(j)?;
+        // From here on, whatever ends this hook (its own failure, a kill), the switch is
+        // settled once git has ended.
+        settle_after_git(info.keep_deployments);
     }
     switch_to(info, id)?;
     crate::fault::reached("after-switch");
@@ -438,18 +453,57 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
             say(&format!("warning: {e:#}; {id} is live"));
         }
     }
+    // The point of no return: once the hook ends well, git records the ref and tells the
+    // client. A push whose relay is gone by now cannot be told: the previous deployment again.
+    if let Some(j) = journal {
+        crate::fault::reached("before-no-return");
+        if relay_is_gone(true) {
+            back_to_previous(j)
+                .context("the push connection is gone, and the previous deployment could not be restored")?;
+            bail!(
+                "the push connection is gone; {} is live again",
+                j.previous.as_deref().unwrap_or("nothing")
+            );
+        }
+    }
     Ok(())
 }
 
-/// Whether the git-receive-pack that runs this hook is gone: it dies with the push's SSH
-/// session (and the daemon), and the hook is then adopted by the gear's init (pid 1).
-fn git_is_gone() -> bool {
-    nix::unistd::getppid().as_raw() == 1
+/// Whether the push's relay is gone. A push's hook runs under git-receive-pack, whose stdio a
+/// process outside the gear relays (the SSH worker, or the CLI), and which dies with it
+/// (`PR_SET_PDEATHSIG`; the relay also kills it when its caller hangs up): the hook is then
+/// adopted by the gear's init (its parent is 1). A git that outlived its relay would be adopted
+/// by a reaper outside the gear and still show parent 0 here: seen only when it was adopted
+/// inside (parent not 0). Without a push (`import`), this process's own parent is the relay.
+fn relay_is_gone(push: bool) -> bool {
+    let parent = nix::unistd::getppid().as_raw();
+    if parent == 1 {
+        return true;
+    }
+    push && parent_of(parent) != Some(0)
+}
+
+/// The parent of process `pid`, as this pid namespace sees it (`/proc/PID/stat`).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Makes the deployment that was live before journaled switch `j` live again (stops the web
+/// process when there was none).
+fn back_to_previous(j: &Journal) -> Result<()> {
+    match &j.previous {
+        Some(p) => GearInfo::load_in_gear().and_then(|info| switch_to(&info, p)),
+        None => control::ctl("stop").and_then(|_| Ok(std::fs::remove_file(layout::in_home(layout::REPO))?)),
+    }
 }
 
 /// Settles a journaled switch (the push lock held): kept when the deploy branch's ref names
-/// its commit, else the previous deployment is made live again and the record says why.
-fn settle() {
+/// its commit, else the previous deployment is made live again and the record says why. A kept
+/// switch whose push lost its connection after git recorded it (`relay_lost`) says so in
+/// `deploy list`: the pusher may have seen an error.
+fn settle(relay_lost: bool) {
     let Some(j) = journal::read() else { return };
     // The ref alone: the push's quarantine (named by git's environment) is gone by now.
     let branch_ref = Command::new("git")
@@ -464,11 +518,7 @@ fn settle() {
         .filter(|r| !r.is_empty());
     if journal::verdict(&j, branch_ref.as_deref()) == Verdict::RollBack {
         if live_id().as_deref() == Some(j.id.as_str()) {
-            let back = match &j.previous {
-                Some(p) => GearInfo::load_in_gear().and_then(|info| switch_to(&info, p)),
-                None => control::ctl("stop").and_then(|_| Ok(std::fs::remove_file(layout::in_home(layout::REPO))?)),
-            };
-            if let Err(e) = back {
+            if let Err(e) = back_to_previous(&j) {
                 eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
                 return;
             }
@@ -478,13 +528,21 @@ fn settle() {
             d.result = format!("failed: the push ended before git recorded it; {back} is live again");
             let _ = save(&d);
         }
+    } else if relay_lost {
+        if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
+            d.note = Some(
+                "live, though the push's connection was lost after git recorded it: the pusher may have seen an error"
+                    .into(),
+            );
+            let _ = save(&d);
+        }
     }
     journal::clear();
 }
 
-/// Once git-receive-pack (this hook's parent) has ended, settles the switch and prunes the
-/// deployments beyond the newest `keep`: a child holds the push lock (inherited) until then, so
-/// the next push starts from a settled state.
+/// Once git-receive-pack (this hook's parent) has ended, settles the journaled switch (if the
+/// hook has not settled it itself) and prunes the deployments beyond the newest `keep`: a child
+/// holds the push lock (inherited) until then, so the next push starts from a settled state.
 fn settle_after_git(keep: u32) {
     let git = nix::unistd::getppid();
     // SAFETY: the hook is single-threaded; the child only waits, runs git and writes files.
@@ -497,10 +555,8 @@ fn settle_after_git(keep: u32) {
                     unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
                 }
             }
-            if git.as_raw() != 1 {
-                wait_for_exit(git);
-            }
-            settle();
+            let relay_lost = git.as_raw() == 1 || wait_for_git(git);
+            settle(relay_lost);
             prune(keep);
             // SAFETY: leave the forked child without running the parent's destructors.
             unsafe { libc::_exit(0) }
@@ -514,26 +570,39 @@ fn settle_after_git(keep: u32) {
     }
 }
 
-/// Waits until process `pid` (not our child) has exited.
-fn wait_for_exit(pid: nix::unistd::Pid) {
+/// Waits until git-receive-pack `pid` (not our child) has exited, and tells whether it lost
+/// its relay meanwhile (it was adopted by the gear's init: its report may never have reached
+/// the client). git lives a few milliseconds after its hook: looked at every 5 ms.
+fn wait_for_git(pid: nix::unistd::Pid) -> bool {
+    let lost = || parent_of(pid.as_raw()).is_some_and(|p| p != 0);
     // SAFETY: pidfd_open with integer arguments; the descriptor it returns is ours to close.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
+    let mut relay_lost = false;
+    loop {
+        relay_lost |= lost();
+        if fd >= 0 {
+            let mut pfd = [libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd; a pidfd becomes readable when the process exits.
+            if unsafe { libc::poll(pfd.as_mut_ptr(), 1, 5) } != 0 {
+                break;
+            }
+        } else if nix::sys::signal::kill(pid, None).is_err() {
+            // Without pidfd_open (an old kernel, or refused): the pid is gone.
+            break;
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    relay_lost |= lost();
     if fd >= 0 {
-        let mut pfd = [libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd; a pidfd becomes readable when the process exits.
-        unsafe { libc::poll(pfd.as_mut_ptr(), 1, -1) };
         // SAFETY: closing the descriptor pidfd_open gave us.
         unsafe { libc::close(fd) };
-        return;
     }
-    // Without pidfd_open (an old kernel, or refused): look every 10 ms.
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    relay_lost
 }
 
 /// Holds the per-app push lock (a second push waits for the first).
@@ -560,7 +629,7 @@ pub fn pre_receive() -> Result<i32> {
     let info = GearInfo::load_in_gear()?;
     let _lock = push_lock()?;
     // A switch left by an earlier push that died is settled before this one starts.
-    settle();
+    settle(true);
     let mut code = 0;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
@@ -591,7 +660,7 @@ pub fn pre_receive() -> Result<i32> {
 pub fn rollback(id: Option<&str>) -> Result<String> {
     let info = GearInfo::load_in_gear()?;
     let _lock = push_lock()?;
-    settle();
+    settle(true);
     let live = live_id();
     let ok: Vec<Deployment> = list().into_iter().filter(|d| d.result == "deployed").collect();
     let target = match id {
@@ -629,6 +698,13 @@ pub fn import(commit: &str) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_is_read_from_proc() {
+        let me = std::process::id() as i32;
+        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw()));
+        assert_eq!(parent_of(0), None);
+    }
 
     #[test]
     fn a_failed_start_shows_its_last_lines() {

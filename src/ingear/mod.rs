@@ -77,7 +77,7 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             if json {
                 let v: Vec<_> = all
                     .iter()
-                    .map(|d| serde_json::json!({"id": d.id, "commit": d.commit, "branch": d.branch, "time": d.time, "result": d.result, "live": Some(&d.id) == live.as_ref()}))
+                    .map(|d| serde_json::json!({"id": d.id, "commit": d.commit, "branch": d.branch, "time": d.time, "result": d.result, "note": d.note, "live": Some(&d.id) == live.as_ref()}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -89,7 +89,10 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
                             format!("{}{}", if Some(&d.id) == live.as_ref() { "* " } else { "  " }, d.id),
                             d.commit[..d.commit.len().min(12)].to_string(),
                             crate::clock::ago(d.time),
-                            d.result.clone(),
+                            match &d.note {
+                                Some(n) => format!("{} ({n})", d.result),
+                                None => d.result.clone(),
+                            },
                         ]
                     })
                     .collect();
