@@ -30,17 +30,37 @@ have promtool || need+=(prometheus)   # tests/observe.rs: promtool check metrics
 have chromium || need+=(chromium)     # tests/observe.rs: the dashboard in headless Chromium
 have c++ || need+=(g++)         # make fuzz: libFuzzer is C++
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
+# The services some of these packages bring (postgresql, prometheus, ...) are not gearshift's:
+# each add-on runs its own server in its gear, and promtool is only a checker. Debian starts a
+# package's service on install: a policy-rc.d (when the host has none) keeps them stopped, and
+# the ones this run installed are disabled, so the host gains no listening port and no daemon.
+services=(postgresql prometheus mariadb redis-server)
 if have apt-get; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+  fi
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || rc=$?
+  [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || exit "$rc"
 elif have dnf; then
   fix=()
   for p in "${need[@]}"; do
     case "$p" in iproute2) fix+=(iproute iproute-tc);; prometheus) fix+=(golang-github-prometheus);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; g++) fix+=(gcc-c++);; *) fix+=("$p");; esac
   done
-  dnf install -y -q "${fix[@]}"
+  dnf install -y -q "${fix[@]}"   # Fedora enables no service on install
 else
   echo "gearshift: cannot install ${need[*]}: no apt-get or dnf on this host" >&2
   exit 1
+fi
+# Disable (never start at boot) the services of the packages this run installed.
+if have systemctl; then
+  for s in "${services[@]}"; do
+    for p in "${need[@]}"; do
+      case "$p" in "$s"*) systemctl disable --now "$s" >/dev/null 2>&1 || true;; esac
+    done
+  done
 fi
