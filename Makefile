@@ -20,6 +20,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	scripts/cycles.py
+	@# fuzz/ compiles the parsers from src/ (#[path]): it must keep compiling with them.
+	$(CARGO) check --quiet --manifest-path fuzz/Cargo.toml --bins
 
 unit:
 	$(CARGO) test --bins

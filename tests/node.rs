@@ -31,9 +31,16 @@ fn check<'a>(doctor: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("doctor has no check '{name}': {doctor}"))
 }
 
+/// A node initialised without `--uids` takes the first free range of the default width (50000
+/// uids), which may cover the explicit ranges of test nodes made at the same time in this binary
+/// (they are registered only once made): that test runs alone (write), the others beside each
+/// other (read).
+static DEFAULT_UIDS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 #[test]
 fn status_and_doctor_check_the_running_node() {
     require_root!();
+    let _serial = DEFAULT_UIDS.read().unwrap_or_else(|e| e.into_inner());
     let n = TestNode::new();
     let root_key = admin_key(&n, "boss");
     let bob = n.add_user("bob");
@@ -138,6 +145,7 @@ fn refused(port: u16) -> bool {
 #[test]
 fn node_destroy_stops_its_daemon_and_lists_what_it_removed() {
     require_root!();
+    let _serial = DEFAULT_UIDS.read().unwrap_or_else(|e| e.into_inner());
     let n = TestNode::new();
     let app = n.create_app("gone");
     let gear = app["gears"][0]["id"].as_str().unwrap().to_string();
@@ -246,6 +254,7 @@ fn init_other(
 #[test]
 fn init_refuses_what_another_node_or_the_host_already_uses() {
     require_root!();
+    let _serial = DEFAULT_UIDS.read().unwrap_or_else(|e| e.into_inner());
     let n = TestNode::new();
     let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let taken = squatter.local_addr().unwrap().port();
@@ -338,6 +347,7 @@ fn uid_range(config: &Path) -> (u32, u32) {
 #[test]
 fn nodes_initialised_without_uids_get_ranges_of_their_own() {
     require_root!();
+    let _serial = DEFAULT_UIDS.write().unwrap_or_else(|e| e.into_inner());
     let n = TestNode::new();
     let destroy = |config: &Path, name: &str| {
         let out = std::process::Command::new(BIN)

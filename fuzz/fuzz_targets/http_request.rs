@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut s = Scratch::default();
-    let Ok(req) = parse_request(data, &mut s, &Inner, "192.0.2.1", data.first() == Some(&b'G')) else {
+    let Ok(req) = parse_request(data, &mut s, &Inner::default(), "192.0.2.1", data.first() == Some(&b'G')) else {
         return;
     };
     assert!(req.head_len <= data.len());

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     for request in [&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], b"HEAD / HTTP/1.0\r\n\r\n"] {
         let mut s = Scratch::default();
-        let req = parse_request(request, &mut s, &Inner, "192.0.2.1", false).expect("a plain request parses");
+        let req = parse_request(request, &mut s, &Inner::default(), "192.0.2.1", false).expect("a plain request parses");
         let mut out = Vec::new();
         if let Ok(Some(resp)) = parse_response(data, &mut out, &req, true, "") {
             let rest = &data[resp.head_len.min(data.len())..];

@@ -15,13 +15,23 @@ pub mod ssh {
 #[path = "../../src/router"]
 pub mod router {
     pub mod body;
+    pub mod forwarded;
     pub mod heads;
     pub mod http;
 
-    /// What heads.rs takes of the router's shared state: only request ids.
+    pub use forwarded::TrustedProxies;
+
+    /// What heads.rs takes of the router's shared state: the trusted proxies and request ids.
     pub mod shared {
         #[derive(Default)]
-        pub struct Inner;
+        pub struct Cfg {
+            pub trusted_proxies: super::TrustedProxies,
+        }
+
+        #[derive(Default)]
+        pub struct Inner {
+            pub cfg: Cfg,
+        }
 
         impl Inner {
             pub fn request_id(&self, out: &mut String) {
@@ -35,6 +45,7 @@ pub mod router {
 pub mod ingear {
     pub mod appjson;
     pub mod cron;
+    pub mod healthcheck;
     pub mod procfile;
 }
 
