@@ -59,8 +59,8 @@ pub fn link(node: &Node, actor: &Actor, app_name: &str, name: &str, var: Option<
         let ip = a.gear()?.ip;
         let mut vars = vec![var.to_string()];
         env.insert(var.into(), kind.url(&s, ip));
-        // OpenShift v2's names go to the first add-on of a kind only.
-        for (k, v) in kind.openshift_env(&s, ip) {
+        // The other variables (OpenShift v2's) go to the first add-on of a kind only.
+        for (k, v) in kind.link_env(&s, ip) {
             if !env.contains_key(&k) {
                 env.insert(k.clone(), v);
                 vars.push(k);

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Addon {
     pub name: String,
-    /// `postgresql`.
+    /// `postgresql`, `mariadb` or `redis` (`kind::ALL`).
     pub kind: String,
     pub owner: Option<String>,
     pub profile: String,
