@@ -10,14 +10,16 @@ use crate::ssh::auth::Actor;
 use anyhow::{bail, Result};
 
 /// Makes the firewall allow exactly what the links say: every gear of each linked app may
-/// connect to its add-on's port.
+/// connect to its add-on's port; of the host's users, only root may connect to an add-on.
 pub fn sync_links(node: &Node) -> Result<()> {
     let apps = app::list(node)?;
     let mut links = Vec::new();
+    let mut services = Vec::new();
     for a in super::list(node)? {
         let (Ok(g), Ok(kind)) = (a.gear(), a.kind()) else {
             continue;
         };
+        services.push((g.ip, kind.port()));
         for l in &a.links {
             for ag in apps.iter().filter(|x| x.name == l.app).flat_map(|x| &x.gears) {
                 links.push(GearLink {
@@ -30,7 +32,9 @@ pub fn sync_links(node: &Node) -> Result<()> {
     }
     links.sort();
     links.dedup();
-    network::set_links(&NodeNet::from_config(&node.config), &links)
+    let net = NodeNet::from_config(&node.config);
+    network::set_services(&net, &services)?;
+    network::set_links(&net, &links)
 }
 
 /// `addon link APP NAME [--as VAR]`.

@@ -119,8 +119,8 @@ pub fn descriptor(node: &Node, a: &Addon, s: &Secret) -> Result<GearInfo> {
         gear::env(node, g, kind.name(), &Default::default(), None)
             .into_iter()
             .collect();
-    env.insert(service::USER_VAR.into(), s.user.clone());
-    env.insert(service::DB_VAR.into(), s.database.clone());
+    env.insert(service::steps::USER_VAR.into(), s.user.clone());
+    env.insert(service::steps::DB_VAR.into(), s.database.clone());
     Ok(GearInfo {
         app: g.app.clone(),
         gear_id: g.id.clone(),

@@ -3,7 +3,7 @@
 //! (`'NAME'@'%'`, its password) and database come from an init file run by the server's first
 //! start, then removed.
 
-use super::{openshift_vars, Secret, Service};
+use super::service::{openshift_vars, Secret, Service};
 use crate::gear::meta::GearInfo;
 use crate::ingear::service::steps;
 use anyhow::{bail, Result};
@@ -50,7 +50,13 @@ impl Service for Mariadb {
     }
     fn link_env(&self, s: &Secret, ip: Ipv4Addr) -> Vec<(String, String)> {
         let mut v = vec![("MARIADB_URL".to_string(), self.url(s, ip))];
-        v.extend(openshift_vars("OPENSHIFT_MYSQL_DB", self.port(), self.url(s, ip), s, ip));
+        v.extend(openshift_vars(
+            "OPENSHIFT_MYSQL_DB",
+            self.port(),
+            self.url(s, ip),
+            s,
+            ip,
+        ));
         v
     }
     fn template_command(&self, install: &Path, template: &Path) -> Option<Command> {
@@ -70,7 +76,7 @@ impl Service for Mariadb {
     }
 
     fn fresh(&self, info: &GearInfo, data: &Path) -> Result<()> {
-        let (user, db) = super::postgresql::names(info)?;
+        let (user, db) = steps::names(info)?;
         let pw = steps::init_password()?;
         steps::write_private(
             &data.join(INIT_SQL),

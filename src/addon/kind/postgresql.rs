@@ -3,7 +3,7 @@
 //! the socket and asks every network client for its password; the add-on's role and database
 //! are made through the socket once the server runs.
 
-use super::{openshift_vars, Secret, Service};
+use super::service::{openshift_vars, Secret, Service};
 use crate::gear::meta::GearInfo;
 use crate::ingear::service::steps::{self, bin, SERVICE_LOG};
 use anyhow::{bail, Context, Result};
@@ -40,7 +40,13 @@ impl Service for Postgresql {
             .or_else(|| Path::new("/usr/bin/initdb").exists().then(|| PathBuf::from("/usr")))
     }
     fn url(&self, s: &Secret, ip: Ipv4Addr) -> String {
-        format!("postgres://{}:{}@{ip}:{}/{}", s.user, s.password, self.port(), s.database)
+        format!(
+            "postgres://{}:{}@{ip}:{}/{}",
+            s.user,
+            s.password,
+            self.port(),
+            s.database
+        )
     }
     fn link_env(&self, s: &Secret, ip: Ipv4Addr) -> Vec<(String, String)> {
         openshift_vars("OPENSHIFT_POSTGRESQL_DB", self.port(), self.url(s, ip), s, ip)
@@ -94,7 +100,7 @@ impl Service for Postgresql {
         if marker.exists() {
             return Ok(());
         }
-        let (user, db) = names(info)?;
+        let (user, db) = steps::names(info)?;
         let password = steps::init_password()?;
         let steps = [
             format!("CREATE ROLE \"{user}\" SUPERUSER LOGIN PASSWORD '{password}'"),
@@ -111,22 +117,6 @@ impl Service for Postgresql {
         }
         std::fs::write(&marker, b"").context("cannot mark the database created")
     }
-}
-
-/// The add-on's user and database, as the descriptor names them (quotes dropped).
-pub fn names(info: &GearInfo) -> Result<(String, String)> {
-    use crate::ingear::service::{DB_VAR, USER_VAR};
-    let get = |k: &str| -> Result<String> {
-        let v = info
-            .env
-            .get(k)
-            .with_context(|| format!("the descriptor has no {k}"))?;
-        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            bail!("the descriptor's {k} is not a plain name");
-        }
-        Ok(v.clone())
-    };
-    Ok((get(USER_VAR)?, get(DB_VAR)?))
 }
 
 /// Runs one statement as the template's superuser; Ok(Err(why)) when the server refused it

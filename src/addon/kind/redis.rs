@@ -2,7 +2,7 @@
 //! append-only file (a write is in the file before the client hears OK, so it survives a
 //! kill -9 of the server) and RDB snapshots in the data directory.
 
-use super::{Secret, Service};
+use super::service::{Secret, Service};
 use crate::gear::meta::GearInfo;
 use crate::ingear::service::steps;
 use anyhow::Result;

@@ -195,6 +195,9 @@ table inet {t} {{
 	set {links} {{
 		type ipv4_addr . ipv4_addr . inet_service
 	}}
+	set {services} {{
+		type ipv4_addr . inet_service
+	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr {net} oifname != "{br}" masquerade
@@ -214,13 +217,48 @@ table inet {t} {{
 		iifname "{br}" ct state established,related accept
 		iifname "{br}" drop
 	}}
+	chain output {{
+		type filter hook output priority filter; policy accept;
+		oifname "{br}" meta skuid != 0 ip daddr . tcp dport @{services} reject with tcp reset
+	}}
 }}
 "#,
         t = n.nft_table,
         net = n.subnet,
         br = n.bridge,
         links = LINKS_SET,
+        services = SERVICES_SET,
     )
+}
+
+/// The nftables set of add-on services (gear address, port): of the host's own processes,
+/// only root's (the daemon, waiting for a new add-on) may connect to them.
+const SERVICES_SET: &str = "gear_services";
+
+/// The script that makes the services set hold exactly `services` (one transaction).
+pub(crate) fn services_script(n: &NodeNet, services: &[(Ipv4Addr, u16)]) -> String {
+    let mut s = format!("flush set inet {} {SERVICES_SET}\n", n.nft_table);
+    if !services.is_empty() {
+        let elems: Vec<String> = services.iter().map(|(ip, port)| format!("{ip} . {port}")).collect();
+        s.push_str(&format!(
+            "add element inet {} {SERVICES_SET} {{ {} }}\n",
+            n.nft_table,
+            elems.join(", ")
+        ));
+    }
+    s
+}
+
+/// Makes the add-on services the host's other users cannot reach exactly `services`.
+pub fn set_services(n: &NodeNet, services: &[(Ipv4Addr, u16)]) -> Result<()> {
+    check_table_name(&n.nft_table)?;
+    run_stdin(
+        &format!("set the add-on services of nftables table inet {}", n.nft_table),
+        Command::new("nft").args(["-f", "-"]),
+        &services_script(n, services),
+    )
+    .context("bring the node's network up first (`gearshift node up`)")?;
+    Ok(())
 }
 
 /// The nftables set of allowed gear-to-gear connections (app gear, add-on gear, port): the
@@ -840,6 +878,11 @@ except Exception as e:
             "flush set inet gearshift_n gear_links\nadd element inet gearshift_n gear_links { 10.77.0.2 . 10.77.0.3 . 5432, 10.77.0.4 . 10.77.0.3 . 5432 }\n"
         );
         assert!(ruleset(&n).contains("ip saddr . ip daddr . tcp dport @gear_links accept"));
+        assert_eq!(
+            services_script(&n, &[(Ipv4Addr::new(10, 77, 0, 3), 6379)]),
+            "flush set inet gearshift_n gear_services\nadd element inet gearshift_n gear_services { 10.77.0.3 . 6379 }\n"
+        );
+        assert!(ruleset(&n).contains("meta skuid != 0 ip daddr . tcp dport @gear_services reject"));
     }
 
     #[test]

@@ -20,10 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use steps::{note, run_logged, TEMPLATE};
 
-/// Descriptor variables naming the add-on's first user and database.
-pub const USER_VAR: &str = "GEARSHIFT_ADDON_USER";
-pub const DB_VAR: &str = "GEARSHIFT_ADDON_DB";
-
 /// What `status` reports.
 #[derive(Debug, Clone, Serialize, Default)]
 struct Status {
@@ -76,7 +72,8 @@ fn prepare_data(kind: Kind, info: &GearInfo) -> Result<std::path::PathBuf> {
 
 /// Starts the service and returns its pid once it serves the add-on's user and database.
 fn start(info: &GearInfo) -> Result<i32> {
-    let kind = Kind::parse(&info.cartridge).with_context(|| format!("this gearshift cannot run a '{}' add-on", info.cartridge))?;
+    let kind = Kind::parse(&info.cartridge)
+        .with_context(|| format!("this gearshift cannot run a '{}' add-on", info.cartridge))?;
     let data = prepare_data(kind, info)?;
     let log = steps::log_file()?;
     let pid = kind

@@ -4,6 +4,7 @@
 //! in-gear half (`crate::addon::kind::*`).
 
 use crate::gear::layout;
+use crate::gear::meta::GearInfo;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,22 @@ pub const SERVICE_LOG: &str = "app-root/logs/service.log";
 pub const INIT_PASSWORD: &str = "/opt/gearshift/meta/addon-init.pw";
 /// The node's template data directory of the kind, in the kit bound at /opt/gearshift/cartridge.
 pub const TEMPLATE: &str = "/opt/gearshift/cartridge/template";
+
+/// Descriptor variables naming the add-on's first user and database.
+pub const USER_VAR: &str = "GEARSHIFT_ADDON_USER";
+pub const DB_VAR: &str = "GEARSHIFT_ADDON_DB";
+
+/// The add-on's user and database, as the descriptor names them (quotes dropped).
+pub fn names(info: &GearInfo) -> Result<(String, String)> {
+    let get = |k: &str| -> Result<String> {
+        let v = info.env.get(k).with_context(|| format!("the descriptor has no {k}"))?;
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("the descriptor's {k} is not a plain name");
+        }
+        Ok(v.clone())
+    };
+    Ok((get(USER_VAR)?, get(DB_VAR)?))
+}
 
 /// Appends one line of gearshift's own to the service log.
 pub fn note(msg: &str) {
