@@ -25,6 +25,9 @@ have setpriv || need+=(util-linux)
 # add-ons: postgresql (its host cluster, if the package starts one, stays on 127.0.0.1:5432;
 # each add-on runs its own postgres in its gear, on the gear's address)
 ls /usr/lib/postgresql/*/bin/initdb /usr/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# mariadb and redis add-ons likewise (a host service the package starts stays on 127.0.0.1)
+ls /usr/sbin/mariadbd /usr/libexec/mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if have apt-get; then
@@ -34,7 +37,7 @@ if have apt-get; then
 elif have dnf; then
   fix=()
   for p in "${need[@]}"; do
-    case "$p" in iproute2) fix+=(iproute iproute-tc);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; *) fix+=("$p");; esac
+    case "$p" in iproute2) fix+=(iproute iproute-tc);; postgresql) fix+=(postgresql-server);; redis-server) fix+=(redis);; openssh-client) fix+=(openssh-clients);; *) fix+=("$p");; esac
   done
   dnf install -y -q "${fix[@]}"
 else

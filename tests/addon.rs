@@ -195,6 +195,12 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
         "echo $OPENSHIFT_POSTGRESQL_DB_HOST:$OPENSHIFT_POSTGRESQL_DB_PORT",
     );
     assert_eq!(env.trim(), format!("{ip}:5432"));
+    // A linked variable is not set by hand too (the link's value would win unseen).
+    let e = ssh_fails(n, &key, "env set notes DATABASE_URL=postgres://elsewhere/db");
+    assert!(
+        e.contains("gets DATABASE_URL from an add-on link") && e.contains("--as"),
+        "{e}"
+    );
 
     // A variable the user set is not overwritten: --as names another.
     ssh_ok(n, &key, "app create other --cartridge python");
@@ -249,6 +255,11 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
     );
     assert_eq!(get(n, "notes", "/"), (200, "notes: one,two,three\n".into()));
 
+    // backup -> destroy -> create -> restore: the same rows, through a new password.
+    backup_destroy_create_restore(&d, "postgresql", "notesdb", "notes", b"PGDMP", "notes: one,two,three\n");
+    let show: serde_json::Value = serde_json::from_str(&ssh_ok(n, &key, "addon show notesdb --json")).unwrap();
+    let ip = show["gears"][0]["ip"].as_str().unwrap().to_string();
+
     // Destroy is refused while linked; unlink takes the variables and the access away.
     let e = ssh_fails(n, &key, "addon destroy notesdb --confirm notesdb");
     assert!(e.contains("linked to notes") && e.contains("--force"), "{e}");
@@ -299,6 +310,37 @@ fn linked_example(
     (ip, uid, linked)
 }
 
+/// `addon backup` over SSH, then destroy, create under the same name, `addon restore` from the
+/// file, link again: APP's page is EXPECTED again. A restore into an add-on with data, and of
+/// something that is not a dump, are refused.
+fn backup_destroy_create_restore(d: &DevNode, kind: &str, addon: &str, app: &str, magic: &[u8], expected: &str) {
+    let (n, key) = (&d.n, &d.key);
+    let o = n.ssh(key, &[], Some(&format!("addon backup {addon}")), b"");
+    assert!(o.status.success(), "addon backup: {}", out(&o.stderr));
+    let dump = o.stdout;
+    assert!(
+        dump.starts_with(magic),
+        "not a {kind} dump: {:?}",
+        out(&dump[..dump.len().min(64)])
+    );
+    let o = n.ssh(key, &[], Some(&format!("addon restore {addon}")), &dump);
+    assert!(!o.status.success(), "a restore into a full add-on was accepted");
+    assert!(out(&o.stderr).contains("--force"), "{}", out(&o.stderr));
+    ssh_ok(n, key, &format!("addon destroy {addon} --confirm {addon} --force"));
+    ssh_ok(n, key, &format!("addon create {kind} {addon}"));
+    let o = n.ssh(
+        key,
+        &[],
+        Some(&format!("addon restore {addon}")),
+        b"this is not a dump\n",
+    );
+    assert!(!o.status.success(), "garbage was restored");
+    let o = n.ssh(key, &[], Some(&format!("addon restore {addon}")), &dump);
+    assert!(o.status.success(), "addon restore: {}", out(&o.stderr));
+    ssh_ok(n, key, &format!("addon link {app} {addon}"));
+    assert_eq!(get(n, app, "/"), (200, expected.to_string()));
+}
+
 /// Nothing outside the link reaches IP:PORT: another user's app, an unlinked app of the same
 /// user, a non-root user of the host (root, the daemon, may: it waits for new add-ons).
 fn only_the_link_reaches(d: &DevNode, ip: &str, port: u16) {
@@ -347,6 +389,8 @@ fn mariadb_addon_serves_pymysql_through_its_mysql_url_isolated_and_durable() {
         get(n, "shop", "/")
     );
     assert_ne!(server_pid(uid, "/usr/sbin/mariadbd"), Some(pid));
+
+    backup_destroy_create_restore(&d, "mariadb", "shopdb", "shop", b"-- MariaDB dump", "notes: one,two\n");
 }
 
 #[test]
@@ -400,4 +444,7 @@ fn redis_addon_serves_node_redis_through_redis_url_isolated_and_durable() {
         get(n, "board", "/")
     );
     assert_eq!(get(n, "board", "/"), (200, "notes: one,two,three\n".into()));
+
+    ssh_ok(n, &d.key, "addon unlink board sessions");
+    backup_destroy_create_restore(&d, "redis", "cache", "board", b"REDIS", "notes: one,two,three\n");
 }

@@ -4,11 +4,13 @@
 //! (`<root>/secrets/addons/<name>.toml`, root-only); `create` makes and destroys add-ons,
 //! `link` gives apps access, `kind` knows each service.
 
+pub mod backup;
 pub mod create;
 pub mod kind;
 pub mod kit;
 pub mod link;
 
+pub use backup::{backup, restore};
 pub use create::{create, destroy};
 pub use kind::{Kind, Secret};
 pub use link::{forget_app, link, sync_links, unlink};

@@ -111,12 +111,63 @@ impl Service for Mariadb {
         Ok(c)
     }
 
-    /// The server runs its init file before it listens: once it accepts, the user exists.
+    /// On the first start, once the add-on's user can log in (the server listens before its
+    /// init file has run), the init file goes.
     fn ready(&self, info: &GearInfo, data: &Path) -> Result<()> {
         steps::wait_port(info.ip, info.port)?;
-        match std::fs::remove_file(data.join(INIT_SQL)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        let init = data.join(INIT_SQL);
+        if !init.exists() {
+            return Ok(());
         }
+        let (user, db) = steps::names(info)?;
+        let pw = steps::init_password()?;
+        let t = std::time::Instant::now();
+        loop {
+            let o = Command::new("/usr/bin/mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h",
+                    &info.ip.to_string(),
+                    "-P",
+                    &info.port.to_string(),
+                ])
+                .args(["-u", &user, "-e", "SELECT 1", &db])
+                .env_clear()
+                .env("MYSQL_PWD", &pw)
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            if o.status.success() {
+                break;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(30) {
+                bail!(
+                    "the add-on's user cannot log in after 30 s: {} (see {})",
+                    String::from_utf8_lossy(&o.stderr).trim(),
+                    steps::SERVICE_LOG
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::remove_file(init)?;
+        Ok(())
+    }
+
+    fn backup_script(&self) -> String {
+        "MYSQL_PWD=\"$GEARSHIFT_ADDON_PASSWORD\" exec /usr/bin/mariadb-dump -h \"$GEARSHIFT_ADDON_IP\" -P \"$GEARSHIFT_ADDON_PORT\" -u \"$GEARSHIFT_ADDON_USER\" --single-transaction --routines --triggers --events \"$GEARSHIFT_ADDON_DB\"".into()
+    }
+
+    fn restore_script(&self) -> String {
+        r#"export MYSQL_PWD="$GEARSHIFT_ADDON_PASSWORD"
+M="/usr/bin/mariadb -h $GEARSHIFT_ADDON_IP -P $GEARSHIFT_ADDON_PORT -u $GEARSHIFT_ADDON_USER"
+n=$($M -N -e "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '$GEARSHIFT_ADDON_DB'" </dev/null) || exit 1
+if [ "$n" != 0 ] && [ -z "$GEARSHIFT_ADDON_FORCE" ]; then
+  echo "the add-on's database is not empty ($n tables): restore into a new add-on, or pass --force to replace them" >&2
+  exit 3
+fi
+if [ -n "$GEARSHIFT_ADDON_FORCE" ]; then
+  $M -e "DROP DATABASE IF EXISTS \`$GEARSHIFT_ADDON_DB\`; CREATE DATABASE \`$GEARSHIFT_ADDON_DB\` CHARACTER SET utf8mb4" </dev/null || exit 1
+fi
+exec $M "$GEARSHIFT_ADDON_DB""#
+            .into()
     }
 }

@@ -50,6 +50,12 @@ pub trait Service: Sync {
     /// In the gear, after each start: returns once the server serves the add-on's user and
     /// database (made on the first start).
     fn ready(&self, info: &GearInfo, data: &Path) -> Result<()>;
+    /// In the gear (`/bin/sh -c`, the gear's environment and GEARSHIFT_ADDON_PASSWORD): write
+    /// a consistent dump to stdout.
+    fn backup_script(&self) -> String;
+    /// In the gear, likewise: load a dump from stdin; refuse (saying so, exit 3) when the
+    /// add-on holds data unless GEARSHIFT_ADDON_FORCE is set, and when the input is not a dump.
+    fn restore_script(&self) -> String;
 }
 
 /// OpenShift v2's usual five variables under `prefix` (`OPENSHIFT_POSTGRESQL_DB`).
