@@ -7,11 +7,15 @@ const { createClient } = require("redis");
 const port = Number(process.env.PORT || 8080);
 const client = createClient({
   url: process.env.REDIS_URL,
-  disableOfflineQueue: true,
   socket: { connectTimeout: 5000, reconnectStrategy: (n) => Math.min(n * 100, 1000) },
 });
 client.on("error", (e) => console.error("redis:", e.message));
 client.connect().catch((e) => console.error("redis connect:", e.message));
+
+// Commands wait while the client (re)connects; a request gives up after 5 s.
+function within(ms, p) {
+  return Promise.race([p, new Promise((_, no) => setTimeout(() => no(new Error(`no answer from redis in ${ms} ms`)), ms))]);
+}
 
 async function answer(req) {
   const url = new URL(req.url, "http://x");
@@ -20,7 +24,7 @@ async function answer(req) {
 }
 
 const server = http.createServer((req, res) => {
-  answer(req).then(
+  within(5000, answer(req)).then(
     (body) => {
       res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8" });
       res.end(body);

@@ -144,11 +144,12 @@ pub fn destroy(node: &Node, actor: &Actor, name: &str, confirm: &str, force: boo
             );
         }
         for app in apps {
-            super::unlink(node, &Actor::root(), app, name)?;
+            super::unlink(node, &Actor::root(), app, name)
+                .with_context(|| format!("cannot unlink app '{app}' from add-on '{name}'"))?;
         }
     }
     let _lock = node.lock()?;
-    let a = load(node, name)?;
+    let a = load(node, name).context("after unlinking")?;
     for g in &a.gears {
         gear::destroy(node, g)?;
     }

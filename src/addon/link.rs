@@ -4,6 +4,7 @@
 
 use super::{load_for, save, secret, Link};
 use crate::app;
+use crate::gear;
 use crate::gear::isolation::network::{self, GearLink, NodeNet};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
@@ -80,7 +81,7 @@ pub fn link(node: &Node, actor: &Actor, app_name: &str, name: &str, var: Option<
         app::write_descriptors(node, &the_app)?;
         vars
     };
-    restart(node, actor, app_name)?;
+    restart(node, app_name)?;
     Ok(vars)
 }
 
@@ -109,7 +110,7 @@ pub fn unlink(node: &Node, actor: &Actor, app_name: &str, name: &str) -> Result<
         }
     };
     if app_exists {
-        restart(node, actor, app_name)?;
+        restart(node, app_name)?;
     }
     Ok(())
 }
@@ -127,11 +128,23 @@ pub fn forget_app(node: &Node, app_name: &str) -> Result<()> {
     sync_links(node)
 }
 
-/// Restarts the app's web process if it runs, so it sees the new environment.
-fn restart(node: &Node, actor: &Actor, app_name: &str) -> Result<()> {
+/// Restarts the app's web processes if they run, so they see the new environment: asked of each
+/// gear's supervisor over its control socket from the host (joining a gear, as `run` does,
+/// would leave this process in the gear's namespaces, and `addon destroy --force` goes on). The
+/// link is made whatever happens here: a restart that fails is reported with the way out.
+fn restart(node: &Node, app_name: &str) -> Result<()> {
     let the_app = app::load(node, app_name)?;
     if the_app.idle {
         return Ok(());
     }
-    app::in_gear(node, actor, app_name, &["ctl", "restart-if-wanted"]).map(|_| ())
+    for g in &the_app.gears {
+        match gear::control::command(&network::netns_path(&g.netns()), "restart-if-wanted") {
+            Ok(v) => println!("{}", gear::control::status_line(&v["status"])),
+            Err(e) => eprintln!(
+                "gearshift: cannot restart gear {} of '{app_name}' ({e:#}): it sees the new variables once restarted (`app restart {app_name}`)",
+                g.index
+            ),
+        }
+    }
+    Ok(())
 }

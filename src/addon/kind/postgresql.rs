@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 /// The template cluster's superuser (and the gear uid's name through the ident map).
 pub const TEMPLATE_SUPERUSER: &str = "gearshift";
+/// How the in-gear scripts reach the add-on's database (the password in PGPASSWORD).
+const CONNECT: &str =
+    r#"-h "$GEARSHIFT_ADDON_IP" -p "$GEARSHIFT_ADDON_PORT" -U "$GEARSHIFT_ADDON_USER" -d "$GEARSHIFT_ADDON_DB""#;
 /// Marks (in the data directory) that the add-on's role and database exist.
 const DB_MADE: &str = "gearshift-database-created";
 
@@ -117,22 +120,24 @@ impl Service for Postgresql {
         }
         std::fs::write(&marker, b"").context("cannot mark the database created")
     }
+    /// As the add-on's own user, with its password, over the gear's address.
     fn backup_script(&self) -> String {
         format!(
-            "exec /opt/gearshift/cartridge/bin/pg_dump -h /tmp -p \"$GEARSHIFT_ADDON_PORT\" -U {TEMPLATE_SUPERUSER} -Fc \"$GEARSHIFT_ADDON_DB\""
+            "export PGPASSWORD=\"$GEARSHIFT_ADDON_PASSWORD\"\nexec /opt/gearshift/cartridge/bin/pg_dump {CONNECT} -Fc"
         )
     }
 
     /// pg_restore in one transaction: a bad or truncated dump changes nothing.
     fn restore_script(&self) -> String {
         format!(
-            r#"B=/opt/gearshift/cartridge/bin
-n=$($B/psql -h /tmp -p "$GEARSHIFT_ADDON_PORT" -U {TEMPLATE_SUPERUSER} -d "$GEARSHIFT_ADDON_DB" -Atc "SELECT count(*) FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname NOT IN ('pg_catalog', 'information_schema') AND s.nspname NOT LIKE 'pg_toast%' AND c.relkind IN ('r', 'v', 'm', 'S', 'f', 'p')" </dev/null) || exit 1
+            r#"export PGPASSWORD="$GEARSHIFT_ADDON_PASSWORD"
+B=/opt/gearshift/cartridge/bin
+n=$($B/psql {CONNECT} -Atc "SELECT count(*) FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname NOT IN ('pg_catalog', 'information_schema') AND s.nspname NOT LIKE 'pg_toast%' AND c.relkind IN ('r', 'v', 'm', 'S', 'f', 'p')" </dev/null) || exit 1
 if [ "$n" != 0 ] && [ -z "$GEARSHIFT_ADDON_FORCE" ]; then
   echo "the add-on's database is not empty ($n tables, views and sequences): restore into a new add-on, or pass --force to replace them" >&2
   exit 3
 fi
-exec $B/pg_restore -h /tmp -p "$GEARSHIFT_ADDON_PORT" -U {TEMPLATE_SUPERUSER} -d "$GEARSHIFT_ADDON_DB" --no-owner --role="$GEARSHIFT_ADDON_USER" --single-transaction --exit-on-error ${{GEARSHIFT_ADDON_FORCE:+--clean --if-exists}}"#
+exec $B/pg_restore {CONNECT} --no-owner --single-transaction --exit-on-error ${{GEARSHIFT_ADDON_FORCE:+--clean --if-exists}}"#
         )
     }
 }
