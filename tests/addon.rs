@@ -345,7 +345,17 @@ fn backup_destroy_create_restore(d: &DevNode, kind: &str, addon: &str, app: &str
     let o = n.ssh(key, &[], Some(&format!("addon restore {addon}")), &dump);
     assert!(o.status.success(), "addon restore: {}", out(&o.stderr));
     ssh_ok(n, key, &format!("addon link {app} {addon}"));
-    assert_eq!(get(n, app, "/"), (200, expected.to_string()));
+    let show: serde_json::Value = serde_json::from_str(&ssh_ok(n, key, &format!("addon show {addon} --json"))).unwrap();
+    let (ip, port) = (
+        show["gears"][0]["ip"].as_str().unwrap(),
+        show["port"].as_u64().unwrap() as u16,
+    );
+    assert_eq!(
+        get(n, app, "/"),
+        (200, expected.to_string()),
+        "after restore (from the app: {})",
+        probe_port(n, app, ip, port)
+    );
 }
 
 /// Nothing outside the link reaches IP:PORT: another user's app, an unlinked app of the same

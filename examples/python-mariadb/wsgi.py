@@ -18,7 +18,7 @@ def connect():
         user=urllib.parse.unquote(u.username or ""),
         password=urllib.parse.unquote(u.password or ""),
         database=u.path.lstrip("/"),
-        connect_timeout=5,
+        connect_timeout=10,
     )
 
 
