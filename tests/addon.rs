@@ -334,7 +334,9 @@ fn backup_destroy_create_restore(d: &DevNode, kind: &str, addon: &str, app: &str
     assert!(!o.status.success(), "a restore into a full add-on was accepted");
     assert!(out(&o.stderr).contains("--force"), "{}", out(&o.stderr));
     ssh_ok(n, key, &format!("addon destroy {addon} --confirm {addon} --force"));
+    let t = Instant::now();
     ssh_ok(n, key, &format!("addon create {kind} {addon}"));
+    eprintln!("addon create {kind}, the template made: {:?}", t.elapsed());
     let o = n.ssh(
         key,
         &[],
