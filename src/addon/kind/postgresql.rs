@@ -1,6 +1,7 @@
 //! PostgreSQL add-ons: Debian's newest /usr/lib/postgresql/N (or Fedora's /usr), a template
-//! cluster made once per node by initdb, `pg_hba.conf` that lets the gear's own uid in through
-//! the socket and asks every network client for its password; the add-on's role and database
+//! cluster made once per node by initdb, `pg_hba.conf` that trusts the socket (in the gear's
+//! private /tmp, mode 0700: only the gear's uid connects; no peer lookup, which needs a passwd
+//! entry the gear's uid does not have) and asks every network client for its password; the add-on's role and database
 //! are made through the socket once the server runs.
 
 use super::service::{openshift_vars, Secret, Service};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The template cluster's superuser (and the gear uid's name through the ident map).
+/// The template cluster's superuser.
 pub const TEMPLATE_SUPERUSER: &str = "gearshift";
 /// How the in-gear scripts reach the add-on's database (the password in PGPASSWORD).
 const CONNECT: &str =
@@ -74,14 +75,9 @@ impl Service for Postgresql {
     fn fresh(&self, _info: &GearInfo, data: &Path) -> Result<()> {
         std::fs::write(
             data.join("pg_hba.conf"),
-            "# gearshift: inside the gear, its own uid; from the network, the add-on's password\nlocal all all peer map=gear\nhost all all 0.0.0.0/0 scram-sha-256\n",
+            "# gearshift: the socket (in the gear's own /tmp, mode 0700: the gear's uid only) is trusted; from the network, the add-on's password\nlocal all all trust\nhost all all 0.0.0.0/0 scram-sha-256\n",
         )
-        .context("cannot write pg_hba.conf")?;
-        std::fs::write(
-            data.join("pg_ident.conf"),
-            format!("# gearshift: the gear's one uid may be any database user\ngear /^(.*)$ {TEMPLATE_SUPERUSER}\ngear /^(.*)$ \\1\n"),
-        )
-        .context("cannot write pg_ident.conf")
+        .context("cannot write pg_hba.conf")
     }
 
     fn command(&self, info: &GearInfo, data: &Path) -> Result<Command> {
@@ -90,14 +86,19 @@ impl Service for Postgresql {
             .arg(data)
             .args(["-c", &format!("listen_addresses={}", info.ip)])
             .args(["-c", &format!("port={}", info.port)])
-            .args(["-c", "unix_socket_directories=/tmp"])
+            .args([
+                "-c",
+                "unix_socket_directories=/tmp",
+                "-c",
+                "unix_socket_permissions=0700",
+            ])
             .args(["-c", "shared_buffers=32MB", "-c", "max_connections=50"]);
         Ok(c)
     }
 
     /// Creates the add-on's role (with the password root left in the meta directory) and
-    /// database once, through the server's socket in the gear's /tmp (peer authentication,
-    /// mapped to the template's superuser); waits for the server to accept; 30 s at most.
+    /// database once, through the server's socket in the gear's /tmp, as the template's
+    /// superuser; waits for the server to accept; 30 s at most.
     fn ready(&self, info: &GearInfo, data: &Path) -> Result<()> {
         let marker = data.join(DB_MADE);
         if marker.exists() {
