@@ -99,6 +99,15 @@ fn server_pid(uid: u64, prefix: &str) -> Option<i32> {
     })
 }
 
+/// The node's allowed gear-to-gear connections, for a failure's message.
+fn links_now(n: &TestNode) -> String {
+    let o = Command::new("nft")
+        .args(["list", "set", "inet", &format!("gearshift_{}", n.name), "gear_links"])
+        .output()
+        .unwrap();
+    format!("gear_links: {}{}", out(&o.stdout), out(&o.stderr))
+}
+
 fn kill9(pid: i32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
@@ -306,10 +315,12 @@ fn linked_example(
     let (ok, log) = push_as(n, key, &dir, app, "main");
     assert!(ok, "{log}");
     let port = show["port"].as_u64().unwrap() as u16;
+    let r = probe_port(n, app, &ip, port);
     assert_eq!(
-        probe_port(n, app, &ip, port),
+        r,
         "connected",
-        "the linked app cannot reach {ip}:{port}"
+        "the linked app cannot reach {ip}:{port}; {}",
+        links_now(n)
     );
     assert_eq!(get(n, app, "/add?note=one"), (200, "notes: one\n".into()));
     assert_eq!(get(n, app, "/add?note=two"), (200, "notes: one,two\n".into()));
@@ -355,8 +366,10 @@ fn backup_destroy_create_restore(d: &DevNode, kind: &str, addon: &str, app: &str
     assert_eq!(
         get(n, app, "/"),
         (200, expected.to_string()),
-        "after restore (from the app: {})",
-        probe_port(n, app, ip, port)
+        "after restore (from the app: {}; {}; host neighbour: {})",
+        probe_port(n, app, ip, port),
+        links_now(n),
+        out(&Command::new("ip").args(["neigh", "show", ip]).output().unwrap().stdout)
     );
 }
 
