@@ -97,8 +97,9 @@ pub fn gear_up(n: &NodeNet, g: &GearNet) -> Result<()> {
     res.with_context(|| format!("cannot set up the network of gear netns {}", g.netns))
 }
 
-/// Deletes the gear's veth pair and network namespace. Idempotent.
-pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
+/// Deletes the gear's veth pair and network namespace, and what the host remembers of the
+/// gear's link-layer address. Idempotent.
+pub fn gear_down(n: &NodeNet, g: &GearNet) -> Result<()> {
     check_ifname(&g.veth_host).context("invalid gear veth name")?;
     check_netns_name(&g.netns)?;
     // The veth first: deleting one end removes the pair synchronously, whereas a netns
@@ -111,6 +112,23 @@ pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
             Command::new("ip").args(["netns", "delete", &g.netns]),
         )?;
     }
+    forget_neighbour(n, g.ip)
+}
+
+/// Removes the host's neighbour (ARP) entry for gear address `ip` on the bridge. A gear's
+/// `eth0` gets a new MAC address each time it is made; a remembered entry (even one marked
+/// REACHABLE) would send the host's and the linked gears' traffic for a reused address to the
+/// old gear's MAC, where it is lost, until the entry times out (15-50 s). Without an entry the
+/// host asks (ARP) and the gear now holding the address answers.
+fn forget_neighbour(n: &NodeNet, ip: Ipv4Addr) -> Result<()> {
+    if !link_exists(&n.bridge) {
+        return Ok(());
+    }
+    let ip = ip.to_string();
+    run(
+        &format!("forget the bridge {}'s neighbour entry for gear address {ip}", n.bridge),
+        Command::new("ip").args(["neigh", "flush", "to", &ip, "dev", &n.bridge]),
+    )?;
     Ok(())
 }
 
@@ -131,6 +149,7 @@ pub fn reattach_gear(n: &NodeNet, g: &GearNet) -> Result<Option<String>> {
             ]),
         )?;
         attach_host_end(n, veth)?;
+        forget_neighbour(n, g.ip)?;
         configure_gear_end(n, g)?;
         super::tc::shape(&g.netns, veth, g.bandwidth_kbit)?;
         return Ok(Some(format!("recreated veth {veth} of gear netns {}", g.netns)));
@@ -165,6 +184,7 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
         &format!("give bridge {br} the gateway address {addr}"),
         Command::new("ip").args(["addr", "replace", &addr, "dev", br]),
     )?;
+    pin_bridge_mac(br)?;
     run(
         &format!("bring bridge {br} up"),
         Command::new("ip").args(["link", "set", br, "up"]),
@@ -178,6 +198,36 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
     }
     Ok(())
 }
+
+/// Fixes the bridge's MAC address at its current value. A bridge whose address was never set
+/// takes the lowest MAC among its ports, so creating or destroying any gear could change the
+/// gateway's (and the proxy-ARP) MAC under every other gear: their neighbour caches then
+/// point at an address no port holds any more, and their traffic to the gateway and to linked
+/// add-ons is lost until those entries fail and are asked again (timeouts, then "No route to
+/// host"). A set address (`addr_assign_type` 3) no longer follows the ports; an already pinned
+/// bridge is left alone.
+fn pin_bridge_mac(br: &str) -> Result<()> {
+    let sys = Path::new("/sys/class/net").join(br);
+    let read = |f: &str| -> Result<String> {
+        let p = sys.join(f);
+        Ok(std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_string())
+    };
+    if read("addr_assign_type")? == NET_ADDR_SET {
+        return Ok(());
+    }
+    let mac = read("address")?;
+    run(
+        &format!("fix the MAC address of bridge {br} at {mac}"),
+        Command::new("ip").args(["link", "set", "dev", br, "address", &mac]),
+    )?;
+    Ok(())
+}
+
+/// `addr_assign_type` of an interface whose address was set by its administrator.
+const NET_ADDR_SET: &str = "3";
 
 fn enable_ip_forward() -> Result<()> {
     let p = "/proc/sys/net/ipv4/ip_forward";
@@ -349,6 +399,7 @@ fn build_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
         ]),
     )?;
     attach_host_end(n, veth)?;
+    forget_neighbour(n, g.ip)?;
     configure_gear_end(n, g)?;
     super::tc::shape(&g.netns, &g.veth_host, g.bandwidth_kbit)
 }
