@@ -256,6 +256,52 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     assert!(wait_http(&b_addr, Duration::from_secs(2)));
 }
 
+/// Starts an HTTP server on port 8080 in APP's gear and returns once it listens (seen from
+/// inside the gear, so the host's path to the gear is not what is waited on).
+fn serve_http_in(n: &TestNode, app: &str) {
+    let (code, _, err) = n.sh(
+        app,
+        "nohup python3 -m http.server 8080 >/dev/null 2>&1 & \
+         for i in $(seq 300); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080), 1)' 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+    );
+    assert_eq!(code, 0, "no HTTP server listens in {app}'s gear: {err}");
+}
+
+/// A gear made on the address of a destroyed one is reachable at once: the host forgets the old
+/// gear's MAC for that address, and the bridge's (the gateway's) MAC does not change when gears
+/// come and go, so no neighbour cache on the path points at a MAC that is gone.
+#[test]
+fn a_reused_gear_address_is_reachable_at_once() {
+    require_root!();
+    let n = TestNode::new();
+    let mac = || std::fs::read_to_string(format!("/sys/class/net/{}/address", n.name)).unwrap();
+    let before = mac();
+    let old = n.create_app("first");
+    let ip = old["gears"][0]["ip"].as_str().unwrap().to_string();
+    let addr = format!("{ip}:8080");
+    serve_http_in(&n, "first");
+    // The host now holds a REACHABLE neighbour entry for the address, with the gear's MAC.
+    assert!(wait_http(&addr, Duration::from_secs(5)), "the host cannot reach {addr}");
+    n.ok(&["app", "destroy", "first", "--confirm", "first"]);
+    let new = n.create_app("second");
+    assert_eq!(new["gears"][0]["ip"].as_str(), Some(ip.as_str()), "the address was not reused");
+    assert_eq!(mac(), before, "the bridge's MAC changed as gears came and went");
+    serve_http_in(&n, "second");
+    let t = Instant::now();
+    assert!(
+        wait_http(&addr, Duration::from_secs(3)),
+        "the host cannot reach the new gear at the reused address {addr} (its neighbour entry: {})",
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args(["neigh", "show", &ip, "dev", &n.name])
+                .output()
+                .unwrap()
+                .stdout
+        )
+    );
+    eprintln!("reused address reached in {:?}", t.elapsed());
+}
+
 /// Break 2 of issue 14: root's stdio never crosses into a gear. Root runs a command in a gear
 /// with stdin, stdout and stderr on root-only files: the command must see fresh pipes or
 /// sockets, never root's descriptors (which a process of the gear could take with pidfd_getfd).
