@@ -105,7 +105,24 @@ fn links_now(n: &TestNode) -> String {
         .args(["list", "set", "inet", &format!("gearshift_{}", n.name), "gear_links"])
         .output()
         .unwrap();
-    format!("gear_links: {}{}", out(&o.stdout), out(&o.stderr))
+    let neigh = Command::new("ip")
+        .args(["neigh", "show", "dev", &n.name])
+        .output()
+        .unwrap();
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", n.name)).unwrap_or_default();
+    format!(
+        "gear_links: {}{}; the host's neighbours on the bridge (MAC {}): {}",
+        out(&o.stdout),
+        out(&o.stderr),
+        mac.trim(),
+        out(&neigh.stdout)
+    )
+}
+
+/// What APP's gear knows of its neighbours (its ARP table), for a failure's message.
+fn gear_neighbours(n: &TestNode, app: &str) -> String {
+    let (_, o, e) = n.sh(app, "cat /proc/net/arp; ip -o link show eth0 2>/dev/null");
+    format!("{app}'s neighbours: {o}{e}")
 }
 
 fn kill9(pid: i32) {
@@ -222,7 +239,8 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
         env.trim(),
         format!("mine postgres://notesdb:{password}@{ip}:5432/notesdb")
     );
-    assert_eq!(probe(n, "other", &ip), "connected");
+    let r = probe(n, "other", &ip);
+    assert_eq!(r, "connected", "{}; {}", links_now(n), gear_neighbours(n, "other"));
     ssh_ok(n, &key, "addon unlink other notesdb");
 
     // Another user's app (and an unlinked one) cannot reach the add-on's port.

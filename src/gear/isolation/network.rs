@@ -169,9 +169,10 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
     let br = n.bridge.as_str();
     let what = format!("create bridge {br}");
     if !link_exists(br) {
+        let mac = bridge_mac(br);
         run(
             &what,
-            Command::new("ip").args(["link", "add", "name", br, "type", "bridge"]),
+            Command::new("ip").args(["link", "add", "name", br, "address", &mac, "type", "bridge"]),
         )?;
     } else if !Path::new("/sys/class/net").join(br).join("bridge").exists() {
         bail!(
@@ -192,14 +193,33 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
     // Gears sit on isolated ports: a linked gear reaches another through the host, which
     // answers ARP for the subnet (private-VLAN proxy ARP) and routes what nftables allows,
     // without telling the gear to go direct.
-    for (key, value) in [("proxy_arp_pvlan", "1"), ("send_redirects", "0")] {
-        let p = format!("/proc/sys/net/ipv4/conf/{br}/{key}");
+    // The host answers those ARP requests at once: by default a proxied answer to a broadcast
+    // request waits a random 0-0.8 s (`proxy_delay`), which every first connection from an
+    // app to its add-on (and every re-asked entry) would pay.
+    for (dir, key, value) in [
+        ("conf", "proxy_arp_pvlan", "1"),
+        ("conf", "send_redirects", "0"),
+        ("neigh", "proxy_delay", "0"),
+    ] {
+        let p = format!("/proc/sys/net/ipv4/{dir}/{br}/{key}");
         std::fs::write(&p, value).with_context(|| format!("cannot write {value} to {p}"))?;
     }
     Ok(())
 }
 
-/// Fixes the bridge's MAC address at its current value. A bridge whose address was never set
+/// The MAC address a new bridge named `br` gets: locally administered, unicast, the same each
+/// time, so gears that outlive a recreated bridge still know the gateway's MAC.
+pub(crate) fn bridge_mac(br: &str) -> String {
+    // FNV-1a, 64 bits: stable across releases (std's hasher is not).
+    let h = br.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4])
+}
+
+/// Fixes the bridge's MAC address at its current value (a bridge made before gearshift set
+/// its address at creation keeps the MAC its gears know). A bridge whose address was never set
 /// takes the lowest MAC among its ports, so creating or destroying any gear could change the
 /// gateway's (and the proxy-ARP) MAC under every other gear: their neighbour caches then
 /// point at an address no port holds any more, and their traffic to the gateway and to linked
@@ -934,6 +954,16 @@ except Exception as e:
             "flush set inet gearshift_n gear_services\nadd element inet gearshift_n gear_services { 10.77.0.3 . 6379 }\n"
         );
         assert!(ruleset(&n).contains("meta skuid != 0 ip daddr . tcp dport @gear_services reject"));
+    }
+
+    #[test]
+    fn bridge_mac_is_stable_unicast_local_and_per_bridge() {
+        let m = bridge_mac("gs0");
+        assert_eq!(m, bridge_mac("gs0"));
+        assert_ne!(m, bridge_mac("gs1"));
+        let bytes: Vec<u8> = m.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
+        assert_eq!(bytes.len(), 6);
+        assert_eq!(bytes[0] & 0b11, 0b10, "locally administered unicast: {m}");
     }
 
     #[test]
