@@ -22,9 +22,11 @@ have readelf || need+=(binutils)
 have script || need+=(bsdutils)
 have losetup || need+=(util-linux)
 have setpriv || need+=(util-linux)
-# add-ons: postgresql (its host cluster, if the package starts one, stays on 127.0.0.1:5432;
-# each add-on runs its own postgres in its gear, on the gear's address)
+# add-ons: postgresql (each add-on runs its own postgres in its gear, on the gear's address)
 ls /usr/lib/postgresql/*/bin/initdb /usr/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# mariadb and redis add-ons likewise (the packages' own services are kept stopped: below)
+ls /usr/sbin/mariadbd /usr/libexec/mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
 have promtool || need+=(prometheus)   # tests/observe.rs: promtool check metrics on /metrics
 have chromium || need+=(chromium)     # tests/observe.rs: the dashboard in headless Chromium
@@ -49,7 +51,7 @@ if have apt-get; then
 elif have dnf; then
   fix=()
   for p in "${need[@]}"; do
-    case "$p" in iproute2) fix+=(iproute iproute-tc);; prometheus) fix+=(golang-github-prometheus);; postgresql) fix+=(postgresql-server);; openssh-client) fix+=(openssh-clients);; g++) fix+=(gcc-c++);; *) fix+=("$p");; esac
+    case "$p" in iproute2) fix+=(iproute iproute-tc);; prometheus) fix+=(golang-github-prometheus);; postgresql) fix+=(postgresql-server);; redis-server) fix+=(redis);; openssh-client) fix+=(openssh-clients);; g++) fix+=(gcc-c++);; *) fix+=("$p");; esac
   done
   dnf install -y -q "${fix[@]}"   # Fedora enables no service on install
 else

@@ -1,7 +1,9 @@
-//! Add-ons as a developer uses them over SSH: a PostgreSQL add-on in a gear of its own, linked
-//! to an app that reads and writes rows through DATABASE_URL with psycopg (from PyPI), served
-//! through the router; other users' apps cannot reach it; rows survive kill -9 of postgres and
-//! of the daemon; unlink takes access away; destroy is refused while linked.
+//! Add-ons as a developer uses them over SSH: PostgreSQL, MariaDB and Redis add-ons in gears of
+//! their own, linked to apps that read and write rows through the linked URL with real client
+//! libraries (psycopg and PyMySQL from PyPI, `redis` from npm), served through the router;
+//! other users' apps, unlinked apps and the host's non-root users cannot reach them; rows
+//! survive kill -9 of the server and of the daemon; unlink takes access away; destroy is
+//! refused while linked.
 
 mod common;
 use common::*;
@@ -43,19 +45,45 @@ fn get(n: &TestNode, app: &str, path: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Python that tries a TCP connection to IP:PORT and prints "connected" or why not.
+fn connect_script(ip: &str, port: u16) -> String {
+    format!(
+        "import socket\ntry:\n socket.create_connection(('{ip}', {port}), timeout=3); print('connected')\nexcept Exception as e: print('failed:', e)"
+    )
+}
+
 /// From inside APP's gear: can it open a TCP connection to IP:5432? ("connected" or why not)
 fn probe(n: &TestNode, app: &str, ip: &str) -> String {
+    probe_port(n, app, ip, 5432)
+}
+
+fn probe_port(n: &TestNode, app: &str, ip: &str, port: u16) -> String {
     let (_, o, e) = n.sh(
         app,
-        &format!(
-            "python3 -c \"import socket\ntry:\n socket.create_connection(('{ip}', 5432), timeout=3); print('connected')\nexcept Exception as e: print('failed:', e)\""
-        ),
+        &format!("python3 -c \"{}\"", connect_script(ip, port).replace('"', "\\\"")),
     );
     format!("{o}{e}").trim().to_string()
 }
 
-/// The postmaster of the add-on gear with uid UID (its children rename themselves).
-fn postmaster(uid: u64) -> Option<i32> {
+/// From the host, as UID: can it open a TCP connection to IP:PORT?
+fn probe_from_host(uid: u32, ip: &str, port: u16) -> String {
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+            "--",
+        ])
+        .args(["/usr/bin/python3", "-c", &connect_script(ip, port)])
+        .output()
+        .unwrap();
+    format!("{}{}", out(&o.stdout), out(&o.stderr)).trim().to_string()
+}
+
+/// The process of the add-on gear with uid UID whose command line starts with PREFIX.
+fn server_pid(uid: u64, prefix: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let status = std::fs::read_to_string(e.path().join("status")).ok()?;
@@ -67,9 +95,43 @@ fn postmaster(uid: u64) -> Option<i32> {
             .parse::<u64>()
             .ok()?;
         let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd);
-        (owner == uid && cmd.starts_with("/opt/gearshift/cartridge/bin/postgres\0-D")).then_some(pid)
+        (owner == uid && String::from_utf8_lossy(&cmd).starts_with(prefix)).then_some(pid)
     })
+}
+
+/// The node's allowed gear-to-gear connections, for a failure's message.
+fn links_now(n: &TestNode) -> String {
+    let o = Command::new("nft")
+        .args(["list", "set", "inet", &format!("gearshift_{}", n.name), "gear_links"])
+        .output()
+        .unwrap();
+    let neigh = Command::new("ip")
+        .args(["neigh", "show", "dev", &n.name])
+        .output()
+        .unwrap();
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", n.name)).unwrap_or_default();
+    format!(
+        "gear_links: {}{}; the host's neighbours on the bridge (MAC {}): {}",
+        out(&o.stdout),
+        out(&o.stderr),
+        mac.trim(),
+        out(&neigh.stdout)
+    )
+}
+
+/// What APP's gear knows of its neighbours (its ARP table), for a failure's message.
+fn gear_neighbours(n: &TestNode, app: &str) -> String {
+    let (_, o, e) = n.sh(app, "cat /proc/net/arp; ip -o link show eth0 2>/dev/null");
+    format!("{app}'s neighbours: {o}{e}")
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// The postmaster of the add-on gear with uid UID (its children rename themselves).
+fn postmaster(uid: u64) -> Option<i32> {
+    server_pid(uid, "/opt/gearshift/cartridge/bin/postgres\0-D")
 }
 
 fn example_repo(n: &TestNode, name: &str) -> PathBuf {
@@ -159,6 +221,12 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
         "echo $OPENSHIFT_POSTGRESQL_DB_HOST:$OPENSHIFT_POSTGRESQL_DB_PORT",
     );
     assert_eq!(env.trim(), format!("{ip}:5432"));
+    // A linked variable is not set by hand too (the link's value would win unseen).
+    let e = ssh_fails(n, &key, "env set notes DATABASE_URL=postgres://elsewhere/db");
+    assert!(
+        e.contains("gets DATABASE_URL from an add-on link") && e.contains("--as"),
+        "{e}"
+    );
 
     // A variable the user set is not overwritten: --as names another.
     ssh_ok(n, &key, "app create other --cartridge python");
@@ -171,7 +239,8 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
         env.trim(),
         format!("mine postgres://notesdb:{password}@{ip}:5432/notesdb")
     );
-    assert_eq!(probe(n, "other", &ip), "connected");
+    let r = probe(n, "other", &ip);
+    assert_eq!(r, "connected", "{}; {}", links_now(n), gear_neighbours(n, "other"));
     ssh_ok(n, &key, "addon unlink other notesdb");
 
     // Another user's app (and an unlinked one) cannot reach the add-on's port.
@@ -213,6 +282,11 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
     );
     assert_eq!(get(n, "notes", "/"), (200, "notes: one,two,three\n".into()));
 
+    // backup -> destroy -> create -> restore: the same rows, through a new password.
+    backup_destroy_create_restore(&d, "postgresql", "notesdb", "notes", b"PGDMP", "notes: one,two,three\n");
+    let show: serde_json::Value = serde_json::from_str(&ssh_ok(n, &key, "addon show notesdb --json")).unwrap();
+    let ip = show["gears"][0]["ip"].as_str().unwrap().to_string();
+
     // Destroy is refused while linked; unlink takes the variables and the access away.
     let e = ssh_fails(n, &key, "addon destroy notesdb --confirm notesdb");
     assert!(e.contains("linked to notes") && e.contains("--force"), "{e}");
@@ -228,4 +302,199 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
     ssh_ok(n, &key, "addon destroy notesdb --confirm notesdb");
     assert_eq!(ssh_ok(n, &key, "addon list --json").trim(), "[]");
     assert!(!n.root.join("secrets/addons/notesdb.toml").exists());
+}
+
+/// What the MariaDB and Redis tests share: an add-on of KIND created over SSH, linked to a new
+/// app of CARTRIDGE running EXAMPLE; returns (add-on ip, add-on gear uid, link output).
+fn linked_example(
+    d: &DevNode,
+    kind: &str,
+    addon: &str,
+    app: &str,
+    cartridge: &str,
+    example: &str,
+) -> (String, u64, String) {
+    let n = &d.n;
+    let key = &d.key;
+    let t = Instant::now();
+    let created = ssh_ok(n, key, &format!("addon create {kind} {addon}"));
+    eprintln!("addon create {kind}: {:?}", t.elapsed());
+    assert!(
+        created.contains(&format!("created {kind} add-on '{addon}'")),
+        "{created}"
+    );
+    let show: serde_json::Value = serde_json::from_str(&ssh_ok(n, key, &format!("addon show {addon} --json"))).unwrap();
+    assert_eq!(show["service"]["state"], "running", "{show}");
+    let ip = show["gears"][0]["ip"].as_str().unwrap().to_string();
+    let uid = show["gears"][0]["uid"].as_u64().unwrap();
+    ssh_ok(n, key, &format!("app create {app} --cartridge {cartridge}"));
+    let linked = ssh_ok(n, key, &format!("addon link {app} {addon}"));
+    let dir = example_repo(n, example);
+    let (ok, log) = push_as(n, key, &dir, app, "main");
+    assert!(ok, "{log}");
+    let port = show["port"].as_u64().unwrap() as u16;
+    let r = probe_port(n, app, &ip, port);
+    assert_eq!(
+        r,
+        "connected",
+        "the linked app cannot reach {ip}:{port}; {}",
+        links_now(n)
+    );
+    assert_eq!(get(n, app, "/add?note=one"), (200, "notes: one\n".into()));
+    assert_eq!(get(n, app, "/add?note=two"), (200, "notes: one,two\n".into()));
+    (ip, uid, linked)
+}
+
+/// `addon backup` over SSH, then destroy, create under the same name, `addon restore` from the
+/// file, link again: APP's page is EXPECTED again (MAGIC: what the dump's head holds). A restore into an add-on with data, and of
+/// something that is not a dump, are refused.
+fn backup_destroy_create_restore(d: &DevNode, kind: &str, addon: &str, app: &str, magic: &[u8], expected: &str) {
+    let (n, key) = (&d.n, &d.key);
+    let o = n.ssh(key, &[], Some(&format!("addon backup {addon}")), b"");
+    assert!(o.status.success(), "addon backup: {}", out(&o.stderr));
+    let dump = o.stdout;
+    let head = &dump[..dump.len().min(256)];
+    assert!(
+        head.windows(magic.len()).any(|w| w == magic),
+        "not a {kind} dump: {:?}",
+        out(head)
+    );
+    let o = n.ssh(key, &[], Some(&format!("addon restore {addon}")), &dump);
+    assert!(!o.status.success(), "a restore into a full add-on was accepted");
+    assert!(out(&o.stderr).contains("--force"), "{}", out(&o.stderr));
+    ssh_ok(n, key, &format!("addon destroy {addon} --confirm {addon} --force"));
+    let t = Instant::now();
+    ssh_ok(n, key, &format!("addon create {kind} {addon}"));
+    eprintln!("addon create {kind}, the template made: {:?}", t.elapsed());
+    let o = n.ssh(
+        key,
+        &[],
+        Some(&format!("addon restore {addon}")),
+        b"this is not a dump\n",
+    );
+    assert!(!o.status.success(), "garbage was restored");
+    let o = n.ssh(key, &[], Some(&format!("addon restore {addon}")), &dump);
+    assert!(o.status.success(), "addon restore: {}", out(&o.stderr));
+    ssh_ok(n, key, &format!("addon link {app} {addon}"));
+    let show: serde_json::Value = serde_json::from_str(&ssh_ok(n, key, &format!("addon show {addon} --json"))).unwrap();
+    let (ip, port) = (
+        show["gears"][0]["ip"].as_str().unwrap(),
+        show["port"].as_u64().unwrap() as u16,
+    );
+    assert_eq!(
+        get(n, app, "/"),
+        (200, expected.to_string()),
+        "after restore (from the app: {}; {}; host neighbour: {})",
+        probe_port(n, app, ip, port),
+        links_now(n),
+        out(&Command::new("ip").args(["neigh", "show", ip]).output().unwrap().stdout)
+    );
+}
+
+/// Nothing outside the link reaches IP:PORT: another user's app, an unlinked app of the same
+/// user, a non-root user of the host (root, the daemon, may: it waits for new add-ons).
+fn only_the_link_reaches(d: &DevNode, ip: &str, port: u16) {
+    let n = &d.n;
+    n.ok(&["app", "create", "bobapp", "--cartridge", "python", "--owner", "bob"]);
+    n.ok(&["app", "create", "unlinked", "--cartridge", "python", "--owner", "dev"]);
+    for app in ["bobapp", "unlinked"] {
+        let r = probe_port(n, app, ip, port);
+        assert!(r.starts_with("failed"), "{app} reached the add-on: {r}");
+    }
+    let r = probe_from_host(65534, ip, port);
+    assert!(r.starts_with("failed"), "a non-root host user reached the add-on: {r}");
+    assert_eq!(probe_from_host(0, ip, port), "connected");
+}
+
+#[test]
+fn mariadb_addon_serves_pymysql_through_its_mysql_url_isolated_and_durable() {
+    require_root!();
+    if !Path::new("/usr/sbin/mariadbd").exists() && !Path::new("/usr/libexec/mariadbd").exists() {
+        skip!("the mariadb-server package is not installed (make deps)");
+    }
+    if offline_leaves_out(&test_name!(), "the whole test (PyMySQL from PyPI)") {
+        return;
+    }
+    let d = dev_node();
+    let n = &d.n;
+    n.add_user("bob");
+    let (ip, uid, linked) = linked_example(&d, "mariadb", "shopdb", "shop", "python", "python-mariadb");
+    for v in ["DATABASE_URL", "MARIADB_URL", "OPENSHIFT_MYSQL_DB_HOST"] {
+        assert!(linked.contains(v), "{linked}");
+    }
+    let (_, env, _) = n.sh(
+        "shop",
+        "echo $OPENSHIFT_MYSQL_DB_HOST:$OPENSHIFT_MYSQL_DB_PORT; test \"$MARIADB_URL\" = \"$DATABASE_URL\" && echo ${DATABASE_URL%%:*}",
+    );
+    assert_eq!(env.trim(), format!("{ip}:3306\nmysql"));
+    only_the_link_reaches(&d, &ip, 3306);
+
+    // kill -9 of mariadbd: the supervisor restarts it; committed rows are there.
+    let pid = server_pid(uid, "/usr/sbin/mariadbd").expect("no mariadbd in the add-on's gear");
+    kill9(pid);
+    assert!(
+        eventually(Duration::from_secs(60), || get(n, "shop", "/")
+            == (200, "notes: one,two\n".into())),
+        "rows did not come back after kill -9 of mariadbd: {:?}",
+        get(n, "shop", "/")
+    );
+    assert_ne!(server_pid(uid, "/usr/sbin/mariadbd"), Some(pid));
+
+    backup_destroy_create_restore(&d, "mariadb", "shopdb", "shop", b"-- MariaDB dump", "notes: one,two\n");
+}
+
+#[test]
+fn redis_addon_serves_node_redis_through_redis_url_isolated_and_durable() {
+    require_root!();
+    if !Path::new("/usr/bin/redis-server").exists() {
+        skip!("the redis-server package is not installed (make deps)");
+    }
+    if offline_leaves_out(&test_name!(), "the whole test (redis from npm)") {
+        return;
+    }
+    let mut d = dev_node();
+    d.n.add_user("bob");
+    let (ip, uid, linked) = linked_example(&d, "redis", "cache", "board", "nodejs", "node-redis");
+    assert!(
+        linked.contains("REDIS_URL") && linked.contains("OPENSHIFT_REDIS_HOST"),
+        "{linked}"
+    );
+    let n = &d.n;
+    let (_, env, _) = n.sh("board", "echo ${REDIS_URL%%:*} $OPENSHIFT_REDIS_PORT");
+    assert_eq!(env.trim(), "redis 6379");
+    only_the_link_reaches(&d, &ip, 6379);
+
+    // A second Redis add-on: REDIS_URL is taken, --as names another variable.
+    ssh_ok(n, &d.key, "addon create redis sessions");
+    let e = ssh_fails(n, &d.key, "addon link board sessions");
+    assert!(e.contains("already gets REDIS_URL") && e.contains("--as"), "{e}");
+    ssh_ok(n, &d.key, "addon link board sessions --as SESSIONS_URL");
+    let (_, env, _) = n.sh(
+        "board",
+        "test \"$SESSIONS_URL\" != \"$REDIS_URL\" && echo ${SESSIONS_URL%%:*}",
+    );
+    assert_eq!(env.trim(), "redis");
+
+    // kill -9 of redis-server, then of the daemon: acknowledged writes are there.
+    let pid =
+        server_pid(uid, "/opt/gearshift/cartridge/bin/redis-server").expect("no redis-server in the add-on's gear");
+    kill9(pid);
+    assert!(
+        eventually(Duration::from_secs(60), || get(n, "board", "/")
+            == (200, "notes: one,two\n".into())),
+        "the notes did not come back after kill -9 of redis-server: {:?}",
+        get(n, "board", "/")
+    );
+    d.daemon.kill9();
+    d.daemon = d.n.start_daemon();
+    let n = &d.n;
+    assert!(
+        eventually(Duration::from_secs(30), || get(n, "board", "/add?note=three").0 == 200),
+        "the app lost its add-on after a daemon restart: {:?}",
+        get(n, "board", "/")
+    );
+    assert_eq!(get(n, "board", "/"), (200, "notes: one,two,three\n".into()));
+
+    ssh_ok(n, &d.key, "addon unlink board sessions");
+    backup_destroy_create_restore(&d, "redis", "cache", "board", b"REDIS", "notes: one,two,three\n");
 }

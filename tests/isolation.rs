@@ -256,6 +256,71 @@ fn two_apps_cannot_touch_each_other_or_the_host() {
     assert!(wait_http(&b_addr, Duration::from_secs(2)));
 }
 
+/// Starts a minimal HTTP server on port 8080 in APP's gear and returns once it listens (seen
+/// from inside the gear, so the host's path to the gear is not what is waited on). Like an
+/// add-on's server, it sends nothing of its own accord (`http.server` looks its name up in DNS,
+/// which makes the gear ask the host for the gateway's MAC and so refreshes the host's entry).
+fn serve_http_in(n: &TestNode, app: &str) {
+    let (code, _, err) = n.sh(
+        app,
+        "nohup python3 -c 'import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((\"0.0.0.0\", 8080))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.recv(1000)
+    c.sendall(b\"HTTP/1.0 200 OK\\r\\n\\r\\nok\")
+    c.close()
+' >/dev/null 2>&1 & \
+         for i in $(seq 300); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080), 1)' 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+    );
+    assert_eq!(code, 0, "no HTTP server listens in {app}'s gear: {err}");
+}
+
+/// A gear made on the address of a destroyed one is reachable at once: the host forgets the old
+/// gear's MAC for that address, and the bridge's (the gateway's) MAC does not change when gears
+/// come and go, so no neighbour cache on the path points at a MAC that is gone.
+#[test]
+fn a_reused_gear_address_is_reachable_at_once() {
+    require_root!();
+    let n = TestNode::new();
+    let mac = || std::fs::read_to_string(format!("/sys/class/net/{}/address", n.name)).unwrap();
+    let before = mac();
+    // Another gear keeps the bridge's carrier up when the first goes (a bridge left without
+    // ports drops its carrier, and the kernel then flushes its neighbour entries anyway).
+    n.create_app("keeper");
+    let old = n.create_app("first");
+    let ip = old["gears"][0]["ip"].as_str().unwrap().to_string();
+    let addr = format!("{ip}:8080");
+    serve_http_in(&n, "first");
+    // The host now holds a REACHABLE neighbour entry for the address, with the gear's MAC.
+    assert!(wait_http(&addr, Duration::from_secs(5)), "the host cannot reach {addr}");
+    n.ok(&["app", "destroy", "first", "--confirm", "first"]);
+    let new = n.create_app("second");
+    assert_eq!(
+        new["gears"][0]["ip"].as_str(),
+        Some(ip.as_str()),
+        "the address was not reused"
+    );
+    assert_eq!(mac(), before, "the bridge's MAC changed as gears came and went");
+    serve_http_in(&n, "second");
+    let t = Instant::now();
+    assert!(
+        wait_http(&addr, Duration::from_secs(3)),
+        "the host cannot reach the new gear at the reused address {addr} (its neighbour entry: {})",
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args(["neigh", "show", &ip, "dev", &n.name])
+                .output()
+                .unwrap()
+                .stdout
+        )
+    );
+    eprintln!("reused address reached in {:?}", t.elapsed());
+}
+
 /// Break 2 of issue 14: root's stdio never crosses into a gear. Root runs a command in a gear
 /// with stdin, stdout and stderr on root-only files: the command must see fresh pipes or
 /// sockets, never root's descriptors (which a process of the gear could take with pidfd_getfd).

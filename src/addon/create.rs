@@ -98,6 +98,8 @@ pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile:
     save(node, &a)?;
     let made = (|| -> Result<()> {
         save_secret(node, name, &s)?;
+        // Closed to the host's other users before the service listens.
+        super::sync_links(node)?;
         // The gear's own password, for its initdb: readable by the gear's uid only, and
         // removed once the service runs.
         let pw = node.gear_meta_dir(&g.id).join("addon-init.pw");
@@ -142,15 +144,16 @@ pub fn destroy(node: &Node, actor: &Actor, name: &str, confirm: &str, force: boo
             );
         }
         for app in apps {
-            super::unlink(node, &Actor::root(), app, name)?;
+            super::unlink(node, &Actor::root(), app, name)
+                .with_context(|| format!("cannot unlink app '{app}' from add-on '{name}'"))?;
         }
     }
     let _lock = node.lock()?;
-    let a = load(node, name)?;
+    let a = load(node, name).context("after unlinking")?;
     for g in &a.gears {
         gear::destroy(node, g)?;
     }
     let _ = std::fs::remove_file(secret_path(node, name));
     std::fs::remove_file(path(node, name)).with_context(|| format!("cannot remove the record of add-on '{name}'"))?;
-    Ok(())
+    super::sync_links(node)
 }

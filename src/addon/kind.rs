@@ -1,145 +1,95 @@
-//! The kinds of add-on a node can offer, where their host packages live, and what a linked
-//! app is told (URL and OpenShift v2 variables). Pure apart from `install_dir`.
+//! The kinds of add-on a node can offer: one small trait (`Service`), one file per kind
+//! (`kind/postgresql.rs`, `kind/mariadb.rs`, `kind/redis.rs`) and the table `ALL`; a fourth
+//! kind is one more file and one more line in the table. A kind's host half (package, port,
+//! URL, the variables a link sets, the node's template) is pure or runs as root; its in-gear
+//! half (`fresh`, `command`, `ready`) runs only inside the add-on's gear, as
+//! its uid, called from `crate::ingear::service`.
 
 use crate::gear::isolation::check::Check;
 use anyhow::{bail, Result};
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// One kind of add-on service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Postgresql,
+pub mod mariadb;
+pub mod postgresql;
+pub mod redis;
+pub mod service;
+
+pub use service::{Secret, Service};
+
+/// One kind of add-on service (a row of `ALL`).
+#[derive(Clone, Copy)]
+pub struct Kind(&'static dyn Service);
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 
-/// A linked add-on's credentials (root-only on the host).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Secret {
-    pub user: String,
-    pub password: String,
-    pub database: String,
+impl PartialEq for Kind {
+    fn eq(&self, o: &Kind) -> bool {
+        self.0.name() == o.0.name()
+    }
 }
 
-impl Kind {
-    pub fn parse(s: &str) -> Result<Kind> {
-        match s {
-            "postgresql" | "postgres" => Ok(Kind::Postgresql),
-            "mariadb" | "mysql" | "redis" => {
-                bail!("'{s}' add-ons are not offered yet: this gearshift offers postgresql")
-            }
-            _ => bail!("unknown add-on kind '{s}': this gearshift offers postgresql"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Postgresql => "postgresql",
-        }
-    }
-
-    /// The port the service listens on, on its gear's address.
-    pub fn port(self) -> u16 {
-        match self {
-            Kind::Postgresql => 5432,
-        }
-    }
-
-    /// The variable a link sets unless `--as` names another.
-    pub fn default_var(self) -> &'static str {
-        match self {
-            Kind::Postgresql => "DATABASE_URL",
-        }
-    }
-
-    /// The host package that provides the service.
-    pub fn package(self) -> &'static str {
-        match self {
-            Kind::Postgresql => "postgresql",
-        }
-    }
-
-    /// The service's install directory (holding `bin/`), bound read-only into its gear: the
-    /// newest of Debian's /usr/lib/postgresql/N, else Fedora's /usr.
-    pub fn install_dir(self) -> Result<PathBuf> {
-        let found = match self {
-            Kind::Postgresql => newest_postgresql(Path::new("/usr/lib/postgresql"))
-                .or_else(|| Path::new("/usr/bin/initdb").exists().then(|| PathBuf::from("/usr"))),
-        };
-        match found {
-            Some(d) => Ok(d),
-            None => bail!(
-                "this host cannot offer {} add-ons: install the {} package (`make deps`, or apt-get install {} / dnf install {}-server)",
-                self.name(),
-                self.package(),
-                self.package(),
-                self.package()
-            ),
-        }
-    }
-
-    /// The URL a linked app gets.
-    pub fn url(self, s: &Secret, ip: Ipv4Addr) -> String {
-        match self {
-            Kind::Postgresql => format!(
-                "postgres://{}:{}@{ip}:{}/{}",
-                s.user,
-                s.password,
-                self.port(),
-                s.database
-            ),
-        }
-    }
-
-    /// OpenShift v2's variables for a linked app.
-    pub fn openshift_env(self, s: &Secret, ip: Ipv4Addr) -> Vec<(String, String)> {
-        let p = match self {
-            Kind::Postgresql => "OPENSHIFT_POSTGRESQL_DB",
-        };
-        vec![
-            (format!("{p}_HOST"), ip.to_string()),
-            (format!("{p}_PORT"), self.port().to_string()),
-            (format!("{p}_USERNAME"), s.user.clone()),
-            (format!("{p}_PASSWORD"), s.password.clone()),
-            (format!("{p}_URL"), self.url(s, ip)),
-        ]
+impl std::ops::Deref for Kind {
+    type Target = dyn Service;
+    fn deref(&self) -> &(dyn Service + 'static) {
+        self.0
     }
 }
 
 /// Every kind this gearshift knows.
-pub const ALL: &[Kind] = &[Kind::Postgresql];
+pub const ALL: &[Kind] = &[
+    Kind(&postgresql::Postgresql),
+    Kind(&mariadb::Mariadb),
+    Kind(&redis::Redis),
+];
+
+fn offered() -> String {
+    ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Result<Kind> {
+        match ALL.iter().find(|k| k.name() == s || k.aliases().contains(&s)) {
+            Some(k) => Ok(*k),
+            None => bail!("unknown add-on kind '{s}': this gearshift offers {}", offered()),
+        }
+    }
+
+    /// The service's install directory, or how to add it.
+    pub fn install_dir(self) -> Result<PathBuf> {
+        match self.0.install_dir() {
+            Some(d) => Ok(d),
+            None => {
+                let (deb, rpm) = self.packages();
+                bail!(
+                    "this host cannot offer {} add-ons: install the {deb} package (`make deps`, or apt-get install {deb} / dnf install {rpm})",
+                    self.name()
+                )
+            }
+        }
+    }
+}
 
 /// `doctor`'s lines: which add-ons this host can offer, and how to add one it cannot.
 pub fn check() -> Vec<Check> {
     ALL.iter()
         .map(|k| {
             let name = format!("addon {}", k.name());
+            let (deb, rpm) = k.packages();
             match k.install_dir() {
                 Ok(d) => Check::ok(&name, format!("offered ({})", d.display())),
                 Err(_) => Check::absent(
                     &name,
                     false,
-                    format!("not offered: the {} package is not installed", k.package()),
-                    format!(
-                        "make deps, or apt-get install {} / dnf install {}-server",
-                        k.package(),
-                        k.package()
-                    ),
+                    format!("not offered: the {deb} package is not installed"),
+                    format!("make deps, or apt-get install {deb} / dnf install {rpm}"),
                 ),
             }
         })
         .collect()
-}
-
-/// The highest-numbered /usr/lib/postgresql/N holding bin/postgres and bin/initdb.
-fn newest_postgresql(base: &Path) -> Option<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(base)
-        .ok()?
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
-        .filter(|(_, p)| p.join("bin/postgres").exists() && p.join("bin/initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, p)| p)
 }
 
 /// A variable name a link may set: `[A-Z_][A-Z0-9_]*`, not one gearshift sets itself.
@@ -162,6 +112,7 @@ pub fn check_var(var: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn secret() -> Secret {
         Secret {
@@ -173,17 +124,41 @@ mod tests {
 
     #[test]
     fn kinds_and_urls() {
-        assert_eq!(Kind::parse("postgresql").unwrap(), Kind::Postgresql);
-        assert!(Kind::parse("redis")
-            .unwrap_err()
-            .to_string()
-            .contains("not offered yet"));
-        assert!(Kind::parse("oracle").is_err());
+        assert_eq!(Kind::parse("postgresql").unwrap().name(), "postgresql");
+        assert_eq!(Kind::parse("postgres").unwrap().name(), "postgresql");
+        assert_eq!(Kind::parse("mysql").unwrap().name(), "mariadb");
+        assert_eq!(Kind::parse("redis").unwrap().name(), "redis");
+        let e = Kind::parse("oracle").unwrap_err().to_string();
+        assert!(e.contains("postgresql, mariadb, redis"), "{e}");
         let ip = Ipv4Addr::new(10, 0, 0, 5);
-        assert_eq!(Kind::Postgresql.url(&secret(), ip), "postgres://db:pw@10.0.0.5:5432/db");
-        let env = Kind::Postgresql.openshift_env(&secret(), ip);
+        let pg = Kind::parse("postgresql").unwrap();
+        assert_eq!(pg.url(&secret(), ip), "postgres://db:pw@10.0.0.5:5432/db");
+        let env = pg.link_env(&secret(), ip);
         assert!(env.contains(&("OPENSHIFT_POSTGRESQL_DB_PORT".into(), "5432".into())));
         assert!(env.contains(&("OPENSHIFT_POSTGRESQL_DB_PASSWORD".into(), "pw".into())));
+        let my = Kind::parse("mariadb").unwrap();
+        assert_eq!(my.default_var(), "DATABASE_URL");
+        assert_eq!(my.url(&secret(), ip), "mysql://db:pw@10.0.0.5:3306/db");
+        let env = my.link_env(&secret(), ip);
+        assert!(env.contains(&("MARIADB_URL".into(), "mysql://db:pw@10.0.0.5:3306/db".into())));
+        assert!(env.contains(&("OPENSHIFT_MYSQL_DB_HOST".into(), "10.0.0.5".into())));
+        let r = Kind::parse("redis").unwrap();
+        assert_eq!(r.default_var(), "REDIS_URL");
+        assert_eq!(r.url(&secret(), ip), "redis://:pw@10.0.0.5:6379");
+        assert!(r
+            .link_env(&secret(), ip)
+            .contains(&("OPENSHIFT_REDIS_PORT".into(), "6379".into())));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_name_port_and_data() {
+        for (i, a) in ALL.iter().enumerate() {
+            for b in &ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+                assert_ne!(a.port(), b.port());
+                assert_ne!(a.data_dir(), b.data_dir());
+            }
+        }
     }
 
     #[test]
@@ -193,18 +168,5 @@ mod tests {
         for bad in ["", "database_url", "2DB", "A-B", "PATH", "OPENSHIFT_X"] {
             assert!(check_var(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn newest_version_wins() {
-        let d = std::env::temp_dir().join(format!("gs-pgdirs-{}", std::process::id()));
-        for v in ["9", "15", "13", "x"] {
-            std::fs::create_dir_all(d.join(v).join("bin")).unwrap();
-            for b in ["postgres", "initdb"] {
-                std::fs::write(d.join(v).join("bin").join(b), "").unwrap();
-            }
-        }
-        assert_eq!(newest_postgresql(&d), Some(d.join("15")));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! What an add-on's gear sees at /opt/gearshift/cartridge: `bin`, a link to the service's host
-//! binaries, and `template/`, a PostgreSQL cluster initialised once per node and version
-//! (by root, running initdb as `nobody`; root-owned and read-only afterwards). A new add-on's
-//! supervisor copies the template instead of running initdb (which takes seconds).
+//! binaries, and, for a kind with a `template_command` (PostgreSQL's initdb, MariaDB's
+//! mariadb-install-db), `template/`, a data directory initialised once per node and version
+//! (by root, running the command as `nobody`; root-owned and read-only afterwards). A new
+//! add-on's supervisor copies the template instead of initialising (which takes seconds).
 
 use super::Kind;
 use crate::node::Node;
@@ -13,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 /// The uid initdb runs as while the template is made.
 const BUILDER_UID: u32 = 65534;
-use crate::ingear::service::TEMPLATE_SUPERUSER;
 
 /// The kit directory of `kind` on this node, made first if missing.
 pub fn ensure(node: &Node, kind: Kind) -> Result<PathBuf> {
@@ -23,55 +23,56 @@ pub fn ensure(node: &Node, kind: Kind) -> Result<PathBuf> {
         .root()
         .join("addon-kits")
         .join(format!("{}-{version}", kind.name()));
-    if dir.join("template/PG_VERSION").exists() {
+    // Built aside and renamed into place: a directory there is complete.
+    if dir.exists() {
         return Ok(dir);
     }
     let _lock = state::Lock::exclusive(&node.run_dir().join("addon-kits.lock"))?;
-    if dir.join("template/PG_VERSION").exists() {
+    if dir.exists() {
         return Ok(dir);
     }
-    build(&install, &dir)
+    build(kind, &install, &dir)
         .with_context(|| format!("cannot prepare the {} template at {}", kind.name(), dir.display()))?;
     Ok(dir)
 }
 
-fn build(install: &Path, dir: &Path) -> Result<()> {
+fn build(kind: Kind, install: &Path, dir: &Path) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
     std::os::unix::fs::symlink(install.join("bin"), tmp.join("bin"))?;
     let template = tmp.join("template");
-    fs::create_dir(&template)?;
-    std::os::unix::fs::chown(&template, Some(BUILDER_UID), Some(BUILDER_UID))?;
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &BUILDER_UID.to_string(),
-            "--regid",
-            &BUILDER_UID.to_string(),
-            "--clear-groups",
-            "--",
-        ])
-        .arg(install.join("bin/initdb"))
-        .arg("-D")
-        .arg(&template)
-        .args([
-            "-U",
-            TEMPLATE_SUPERUSER,
-            "--auth-local=peer",
-            "--auth-host=scram-sha-256",
-        ])
-        .args(["-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"])
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .context("cannot run setpriv (install util-linux)")?;
-    if !out.status.success() {
-        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    if let Some(cmd) = kind.template_command(install, &template) {
+        fs::create_dir(&template)?;
+        std::os::unix::fs::chown(&template, Some(BUILDER_UID), Some(BUILDER_UID))?;
+        let mut setpriv = std::process::Command::new("setpriv");
+        setpriv
+            .args([
+                "--reuid",
+                &BUILDER_UID.to_string(),
+                "--regid",
+                &BUILDER_UID.to_string(),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        let out = setpriv
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+            .output()
+            .context("cannot run setpriv (install util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}",
+                Path::new(cmd.get_program()).display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        read_only_for_all(&template)?;
     }
-    read_only_for_all(&template)?;
     fs::rename(&tmp, dir).with_context(|| format!("cannot move {} into place", tmp.display()))
 }
 

@@ -4,20 +4,23 @@
 
 use super::{load_for, save, secret, Link};
 use crate::app;
+use crate::gear;
 use crate::gear::isolation::network::{self, GearLink, NodeNet};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
 use anyhow::{bail, Result};
 
 /// Makes the firewall allow exactly what the links say: every gear of each linked app may
-/// connect to its add-on's port.
+/// connect to its add-on's port; of the host's users, only root may connect to an add-on.
 pub fn sync_links(node: &Node) -> Result<()> {
     let apps = app::list(node)?;
     let mut links = Vec::new();
+    let mut services = Vec::new();
     for a in super::list(node)? {
         let (Ok(g), Ok(kind)) = (a.gear(), a.kind()) else {
             continue;
         };
+        services.push((g.ip, kind.port()));
         for l in &a.links {
             for ag in apps.iter().filter(|x| x.name == l.app).flat_map(|x| &x.gears) {
                 links.push(GearLink {
@@ -30,7 +33,9 @@ pub fn sync_links(node: &Node) -> Result<()> {
     }
     links.sort();
     links.dedup();
-    network::set_links(&NodeNet::from_config(&node.config), &links)
+    let net = NodeNet::from_config(&node.config);
+    network::set_services(&net, &services)?;
+    network::set_links(&net, &links)
 }
 
 /// `addon link APP NAME [--as VAR]`.
@@ -59,8 +64,8 @@ pub fn link(node: &Node, actor: &Actor, app_name: &str, name: &str, var: Option<
         let ip = a.gear()?.ip;
         let mut vars = vec![var.to_string()];
         env.insert(var.into(), kind.url(&s, ip));
-        // OpenShift v2's names go to the first add-on of a kind only.
-        for (k, v) in kind.openshift_env(&s, ip) {
+        // The other variables (OpenShift v2's) go to the first add-on of a kind only.
+        for (k, v) in kind.link_env(&s, ip) {
             if !env.contains_key(&k) {
                 env.insert(k.clone(), v);
                 vars.push(k);
@@ -76,7 +81,7 @@ pub fn link(node: &Node, actor: &Actor, app_name: &str, name: &str, var: Option<
         app::write_descriptors(node, &the_app)?;
         vars
     };
-    restart(node, actor, app_name)?;
+    restart(node, app_name)?;
     Ok(vars)
 }
 
@@ -105,7 +110,7 @@ pub fn unlink(node: &Node, actor: &Actor, app_name: &str, name: &str) -> Result<
         }
     };
     if app_exists {
-        restart(node, actor, app_name)?;
+        restart(node, app_name)?;
     }
     Ok(())
 }
@@ -123,11 +128,23 @@ pub fn forget_app(node: &Node, app_name: &str) -> Result<()> {
     sync_links(node)
 }
 
-/// Restarts the app's web process if it runs, so it sees the new environment.
-fn restart(node: &Node, actor: &Actor, app_name: &str) -> Result<()> {
+/// Restarts the app's web processes if they run, so they see the new environment: asked of each
+/// gear's supervisor over its control socket from the host (joining a gear, as `run` does,
+/// would leave this process in the gear's namespaces, and `addon destroy --force` goes on). The
+/// link is made whatever happens here: a restart that fails is reported with the way out.
+fn restart(node: &Node, app_name: &str) -> Result<()> {
     let the_app = app::load(node, app_name)?;
     if the_app.idle {
         return Ok(());
     }
-    app::in_gear(node, actor, app_name, &["ctl", "restart-if-wanted"]).map(|_| ())
+    for g in &the_app.gears {
+        match gear::control::command(&network::netns_path(&g.netns()), "restart-if-wanted") {
+            Ok(v) => println!("{}", gear::control::status_line(&v["status"])),
+            Err(e) => eprintln!(
+                "gearshift: cannot restart gear {} of '{app_name}' ({e:#}): it sees the new variables once restarted (`app restart {app_name}`)",
+                g.index
+            ),
+        }
+    }
+    Ok(())
 }

@@ -4,11 +4,13 @@
 //! (`<root>/secrets/addons/<name>.toml`, root-only); `create` makes and destroys add-ons,
 //! `link` gives apps access, `kind` knows each service.
 
+pub mod backup;
 pub mod create;
 pub mod kind;
 pub mod kit;
 pub mod link;
 
+pub use backup::{backup, restore};
 pub use create::{create, destroy};
 pub use kind::{Kind, Secret};
 pub use link::{forget_app, link, sync_links, unlink};
@@ -26,7 +28,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Addon {
     pub name: String,
-    /// `postgresql`.
+    /// `postgresql`, `mariadb` or `redis` (`kind::ALL`).
     pub kind: String,
     pub owner: Option<String>,
     pub profile: String,
@@ -119,8 +121,8 @@ pub fn descriptor(node: &Node, a: &Addon, s: &Secret) -> Result<GearInfo> {
         gear::env(node, g, kind.name(), &Default::default(), None)
             .into_iter()
             .collect();
-    env.insert(service::USER_VAR.into(), s.user.clone());
-    env.insert(service::DB_VAR.into(), s.database.clone());
+    env.insert(service::steps::USER_VAR.into(), s.user.clone());
+    env.insert(service::steps::DB_VAR.into(), s.database.clone());
     Ok(GearInfo {
         app: g.app.clone(),
         gear_id: g.id.clone(),

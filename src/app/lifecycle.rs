@@ -1,7 +1,7 @@
 //! An app's processes: start (and wake), stop, restart, idle, status, and commands run in its
 //! gears (`gearshift run`, `gearshift gear ...` verbs, git).
 
-use super::{boot, load, load_for, push_lock, save, set_idle, write_descriptors, App};
+use super::{boot, linked_env, load, load_for, push_lock, save, set_idle, write_descriptors, App};
 use crate::gear::isolation::network::netns_path;
 use crate::gear::{self, Gear};
 use crate::node::Node;
@@ -93,12 +93,36 @@ pub fn set_env(
     let app = {
         let _lock = node.lock()?;
         let mut app = load_for(node, actor, name)?;
+        let before = app.env.clone();
         change(&mut app.env)?;
+        refuse_linked(&linked_env(node, name)?, &before, &app.env, name)?;
         save(node, &app)?;
         write_descriptors(node, &app)?;
         app
     };
     in_gear(node, actor, &app.name, &["ctl", "restart-if-wanted"]).map(|_| ())
+}
+
+/// A variable an add-on link sets cannot be set by hand too (the link's value would win
+/// unseen): a clear error naming the way out instead.
+fn refuse_linked(
+    linked: &std::collections::BTreeMap<String, String>,
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+    app: &str,
+) -> Result<()> {
+    let taken: Vec<&str> = after
+        .iter()
+        .filter(|(k, v)| linked.contains_key(*k) && before.get(*k) != Some(*v))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !taken.is_empty() {
+        bail!(
+            "app '{app}' gets {} from an add-on link: unlink the add-on first (`addon unlink {app} ADDON`, see `addon list`) or link it under another name (`addon link {app} ADDON --as OTHER_URL`); nothing was changed",
+            taken.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// `gearshift run APP -- CMD...`: runs CMD in the gear and returns its exit code.
@@ -178,4 +202,23 @@ pub fn idle(node: &Node, actor: &Actor, name: &str) -> Result<()> {
         gear::stop(node, g)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_variable_cannot_be_set_by_hand() {
+        let m = |kv: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let linked = m(&[("DATABASE_URL", "postgres://x")]);
+        let e = refuse_linked(&linked, &m(&[]), &m(&[("DATABASE_URL", "mine")]), "shop").unwrap_err();
+        assert!(e.to_string().contains("gets DATABASE_URL from an add-on link"), "{e}");
+        refuse_linked(&linked, &m(&[]), &m(&[("OTHER", "1")]), "shop").unwrap();
+        // Set before the link (which then needed --as) and left alone: fine.
+        let both = m(&[("DATABASE_URL", "mine")]);
+        refuse_linked(&linked, &both, &both, "shop").unwrap();
+    }
 }

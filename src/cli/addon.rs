@@ -9,7 +9,7 @@ use anyhow::Result;
 /// `gearshift addon ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum AddonCmd {
-    /// Create a database add-on in a gear of its own (kinds: postgresql).
+    /// Create a database or cache add-on in a gear of its own (kinds: postgresql, mariadb, redis).
     Create {
         kind: String,
         name: String,
@@ -41,6 +41,16 @@ pub enum AddonCmd {
     },
     /// Take the add-on's variables and access away from an app; restarts the app.
     Unlink { app: String, name: String },
+    /// Write a consistent dump to stdout: `addon backup NAME > file` (pg_dump custom format,
+    /// mariadb-dump --single-transaction, a Redis RDB file).
+    Backup { name: String },
+    /// Load a dump from stdin into an empty add-on: `addon restore NAME < file`.
+    Restore {
+        name: String,
+        /// Replace the data the add-on holds.
+        #[arg(long)]
+        force: bool,
+    },
     /// Destroy an add-on and its data.
     Destroy {
         name: String,
@@ -85,6 +95,11 @@ pub fn run(node: &Node, actor: &Actor, cmd: AddonCmd) -> Result<()> {
         AddonCmd::Unlink { app, name } => {
             addon::unlink(node, actor, &app, &name)?;
             println!("unlinked '{app}' from add-on '{name}'");
+        }
+        AddonCmd::Backup { name } => addon::backup(node, actor, &name)?,
+        AddonCmd::Restore { name, force } => {
+            addon::restore(node, actor, &name, force)?;
+            eprintln!("restored add-on '{name}'");
         }
         AddonCmd::Destroy { name, confirm, force } => {
             addon::destroy(node, actor, &name, &confirm, force)?;

@@ -97,8 +97,9 @@ pub fn gear_up(n: &NodeNet, g: &GearNet) -> Result<()> {
     res.with_context(|| format!("cannot set up the network of gear netns {}", g.netns))
 }
 
-/// Deletes the gear's veth pair and network namespace. Idempotent.
-pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
+/// Deletes the gear's veth pair and network namespace, and what the host remembers of the
+/// gear's link-layer address. Idempotent.
+pub fn gear_down(n: &NodeNet, g: &GearNet) -> Result<()> {
     check_ifname(&g.veth_host).context("invalid gear veth name")?;
     check_netns_name(&g.netns)?;
     // The veth first: deleting one end removes the pair synchronously, whereas a netns
@@ -111,6 +112,23 @@ pub fn gear_down(_n: &NodeNet, g: &GearNet) -> Result<()> {
             Command::new("ip").args(["netns", "delete", &g.netns]),
         )?;
     }
+    forget_neighbour(n, g.ip)
+}
+
+/// Removes the host's neighbour (ARP) entry for gear address `ip` on the bridge. A gear's
+/// `eth0` gets a new MAC address each time it is made; a remembered entry (even one marked
+/// REACHABLE) would send the host's and the linked gears' traffic for a reused address to the
+/// old gear's MAC, where it is lost, until the entry times out (15-50 s). Without an entry the
+/// host asks (ARP) and the gear now holding the address answers.
+fn forget_neighbour(n: &NodeNet, ip: Ipv4Addr) -> Result<()> {
+    if !link_exists(&n.bridge) {
+        return Ok(());
+    }
+    let ip = ip.to_string();
+    run(
+        &format!("forget the bridge {}'s neighbour entry for gear address {ip}", n.bridge),
+        Command::new("ip").args(["neigh", "flush", "to", &ip, "dev", &n.bridge]),
+    )?;
     Ok(())
 }
 
@@ -131,6 +149,7 @@ pub fn reattach_gear(n: &NodeNet, g: &GearNet) -> Result<Option<String>> {
             ]),
         )?;
         attach_host_end(n, veth)?;
+        forget_neighbour(n, g.ip)?;
         configure_gear_end(n, g)?;
         super::tc::shape(&g.netns, veth, g.bandwidth_kbit)?;
         return Ok(Some(format!("recreated veth {veth} of gear netns {}", g.netns)));
@@ -150,9 +169,10 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
     let br = n.bridge.as_str();
     let what = format!("create bridge {br}");
     if !link_exists(br) {
+        let mac = bridge_mac(br);
         run(
             &what,
-            Command::new("ip").args(["link", "add", "name", br, "type", "bridge"]),
+            Command::new("ip").args(["link", "add", "name", br, "address", &mac, "type", "bridge"]),
         )?;
     } else if !Path::new("/sys/class/net").join(br).join("bridge").exists() {
         bail!(
@@ -165,6 +185,7 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
         &format!("give bridge {br} the gateway address {addr}"),
         Command::new("ip").args(["addr", "replace", &addr, "dev", br]),
     )?;
+    pin_bridge_mac(br)?;
     run(
         &format!("bring bridge {br} up"),
         Command::new("ip").args(["link", "set", br, "up"]),
@@ -172,12 +193,61 @@ fn ensure_bridge(n: &NodeNet) -> Result<()> {
     // Gears sit on isolated ports: a linked gear reaches another through the host, which
     // answers ARP for the subnet (private-VLAN proxy ARP) and routes what nftables allows,
     // without telling the gear to go direct.
-    for (key, value) in [("proxy_arp_pvlan", "1"), ("send_redirects", "0")] {
-        let p = format!("/proc/sys/net/ipv4/conf/{br}/{key}");
+    // The host answers those ARP requests at once: by default a proxied answer to a broadcast
+    // request waits a random 0-0.8 s (`proxy_delay`), which every first connection from an
+    // app to its add-on (and every re-asked entry) would pay.
+    for (dir, key, value) in [
+        ("conf", "proxy_arp_pvlan", "1"),
+        ("conf", "send_redirects", "0"),
+        ("neigh", "proxy_delay", "0"),
+    ] {
+        let p = format!("/proc/sys/net/ipv4/{dir}/{br}/{key}");
         std::fs::write(&p, value).with_context(|| format!("cannot write {value} to {p}"))?;
     }
     Ok(())
 }
+
+/// The MAC address a new bridge named `br` gets: locally administered, unicast, the same each
+/// time, so gears that outlive a recreated bridge still know the gateway's MAC.
+pub(crate) fn bridge_mac(br: &str) -> String {
+    // FNV-1a, 64 bits: stable across releases (std's hasher is not).
+    let h = br.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4])
+}
+
+/// Fixes the bridge's MAC address at its current value (a bridge made before gearshift set
+/// its address at creation keeps the MAC its gears know). A bridge whose address was never set
+/// takes the lowest MAC among its ports, so creating or destroying any gear could change the
+/// gateway's (and the proxy-ARP) MAC under every other gear: their neighbour caches then
+/// point at an address no port holds any more, and their traffic to the gateway and to linked
+/// add-ons is lost until those entries fail and are asked again (timeouts, then "No route to
+/// host"). A set address (`addr_assign_type` 3) no longer follows the ports; an already pinned
+/// bridge is left alone.
+fn pin_bridge_mac(br: &str) -> Result<()> {
+    let sys = Path::new("/sys/class/net").join(br);
+    let read = |f: &str| -> Result<String> {
+        let p = sys.join(f);
+        Ok(std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_string())
+    };
+    if read("addr_assign_type")? == NET_ADDR_SET {
+        return Ok(());
+    }
+    let mac = read("address")?;
+    run(
+        &format!("fix the MAC address of bridge {br} at {mac}"),
+        Command::new("ip").args(["link", "set", "dev", br, "address", &mac]),
+    )?;
+    Ok(())
+}
+
+/// `addr_assign_type` of an interface whose address was set by its administrator.
+const NET_ADDR_SET: &str = "3";
 
 fn enable_ip_forward() -> Result<()> {
     let p = "/proc/sys/net/ipv4/ip_forward";
@@ -194,6 +264,9 @@ delete table inet {t}
 table inet {t} {{
 	set {links} {{
 		type ipv4_addr . ipv4_addr . inet_service
+	}}
+	set {services} {{
+		type ipv4_addr . inet_service
 	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
@@ -214,13 +287,48 @@ table inet {t} {{
 		iifname "{br}" ct state established,related accept
 		iifname "{br}" drop
 	}}
+	chain output {{
+		type filter hook output priority filter; policy accept;
+		oifname "{br}" meta skuid != 0 ip daddr . tcp dport @{services} reject with tcp reset
+	}}
 }}
 "#,
         t = n.nft_table,
         net = n.subnet,
         br = n.bridge,
         links = LINKS_SET,
+        services = SERVICES_SET,
     )
+}
+
+/// The nftables set of add-on services (gear address, port): of the host's own processes,
+/// only root's (the daemon, waiting for a new add-on) may connect to them.
+const SERVICES_SET: &str = "gear_services";
+
+/// The script that makes the services set hold exactly `services` (one transaction).
+pub(crate) fn services_script(n: &NodeNet, services: &[(Ipv4Addr, u16)]) -> String {
+    let mut s = format!("flush set inet {} {SERVICES_SET}\n", n.nft_table);
+    if !services.is_empty() {
+        let elems: Vec<String> = services.iter().map(|(ip, port)| format!("{ip} . {port}")).collect();
+        s.push_str(&format!(
+            "add element inet {} {SERVICES_SET} {{ {} }}\n",
+            n.nft_table,
+            elems.join(", ")
+        ));
+    }
+    s
+}
+
+/// Makes the add-on services the host's other users cannot reach exactly `services`.
+pub fn set_services(n: &NodeNet, services: &[(Ipv4Addr, u16)]) -> Result<()> {
+    check_table_name(&n.nft_table)?;
+    run_stdin(
+        &format!("set the add-on services of nftables table inet {}", n.nft_table),
+        Command::new("nft").args(["-f", "-"]),
+        &services_script(n, services),
+    )
+    .context("bring the node's network up first (`gearshift node up`)")?;
+    Ok(())
 }
 
 /// The nftables set of allowed gear-to-gear connections (app gear, add-on gear, port): the
@@ -311,6 +419,7 @@ fn build_gear(n: &NodeNet, g: &GearNet) -> Result<()> {
         ]),
     )?;
     attach_host_end(n, veth)?;
+    forget_neighbour(n, g.ip)?;
     configure_gear_end(n, g)?;
     super::tc::shape(&g.netns, &g.veth_host, g.bandwidth_kbit)
 }
@@ -840,6 +949,21 @@ except Exception as e:
             "flush set inet gearshift_n gear_links\nadd element inet gearshift_n gear_links { 10.77.0.2 . 10.77.0.3 . 5432, 10.77.0.4 . 10.77.0.3 . 5432 }\n"
         );
         assert!(ruleset(&n).contains("ip saddr . ip daddr . tcp dport @gear_links accept"));
+        assert_eq!(
+            services_script(&n, &[(Ipv4Addr::new(10, 77, 0, 3), 6379)]),
+            "flush set inet gearshift_n gear_services\nadd element inet gearshift_n gear_services { 10.77.0.3 . 6379 }\n"
+        );
+        assert!(ruleset(&n).contains("meta skuid != 0 ip daddr . tcp dport @gear_services reject"));
+    }
+
+    #[test]
+    fn bridge_mac_is_stable_unicast_local_and_per_bridge() {
+        let m = bridge_mac("gs0");
+        assert_eq!(m, bridge_mac("gs0"));
+        assert_ne!(m, bridge_mac("gs1"));
+        let bytes: Vec<u8> = m.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
+        assert_eq!(bytes.len(), 6);
+        assert_eq!(bytes[0] & 0b11, 0b10, "locally administered unicast: {m}");
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! What an add-on's service is set up with inside its gear (the gear's uid, no privileges):
+//! its log, the kit's binaries, a step run with its output logged, a wait for the port, the
+//! password root left for the first start. Used by the supervisor (`super`) and by each kind's
+//! in-gear half (`crate::addon::kind::*`).
+
+use crate::gear::layout;
+use crate::gear::meta::GearInfo;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The service's output, appended to.
+pub const SERVICE_LOG: &str = "app-root/logs/service.log";
+/// Where root leaves the initial password for the gear (removed once the add-on is created).
+pub const INIT_PASSWORD: &str = "/opt/gearshift/meta/addon-init.pw";
+/// The node's template data directory of the kind, in the kit bound at /opt/gearshift/cartridge.
+pub const TEMPLATE: &str = "/opt/gearshift/cartridge/template";
+
+/// Descriptor variables naming the add-on's first user and database.
+pub const USER_VAR: &str = "GEARSHIFT_ADDON_USER";
+pub const DB_VAR: &str = "GEARSHIFT_ADDON_DB";
+
+/// The add-on's user and database, as the descriptor names them (quotes dropped).
+pub fn names(info: &GearInfo) -> Result<(String, String)> {
+    let get = |k: &str| -> Result<String> {
+        let v = info.env.get(k).with_context(|| format!("the descriptor has no {k}"))?;
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("the descriptor's {k} is not a plain name");
+        }
+        Ok(v.clone())
+    };
+    Ok((get(USER_VAR)?, get(DB_VAR)?))
+}
+
+/// Appends one line of gearshift's own to the service log.
+pub fn note(msg: &str) {
+    let path = layout::in_home(SERVICE_LOG);
+    let _ = std::fs::create_dir_all(layout::in_home(layout::LOGS));
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "[gearshift {}] {msg}", crate::clock::iso_now());
+    }
+}
+
+/// The service log, for a child's stdout and stderr.
+pub fn log_file() -> Result<std::fs::File> {
+    let _ = std::fs::create_dir_all(layout::in_home(layout::LOGS));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout::in_home(SERVICE_LOG))
+        .context("cannot open the service log")
+}
+
+/// The service's binaries, as the gear sees them (the kind's install directory's `bin`).
+pub fn bin(name: &str) -> PathBuf {
+    Path::new("/opt/gearshift/cartridge/bin").join(name)
+}
+
+/// Runs one setup step with its output in the service log.
+pub fn run_logged(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let log = log_file()?;
+    let st = cmd
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !st.success() {
+        bail!("{what} failed ({st}); see {SERVICE_LOG}");
+    }
+    Ok(())
+}
+
+/// The password root left for the first start: alphanumeric, or an error.
+pub fn init_password() -> Result<String> {
+    let pw = std::fs::read_to_string(INIT_PASSWORD)
+        .with_context(|| format!("cannot read {INIT_PASSWORD} (destroy and create the add-on again)"))?;
+    let pw = pw.trim().to_string();
+    if pw.is_empty() || !pw.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("the add-on's initial password is not alphanumeric");
+    }
+    Ok(pw)
+}
+
+/// Waits until the service accepts TCP connections on the gear's address (30 s at most).
+pub fn wait_port(ip: std::net::Ipv4Addr, port: u16) -> Result<()> {
+    let t = Instant::now();
+    while std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200)).is_err() {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the service does not accept connections on {ip}:{port} after 30 s (see {SERVICE_LOG})");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Writes a file only the gear's uid may read.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
