@@ -33,7 +33,7 @@ unit:
 SKIP_FILE ?= $(CURDIR)/target/test-skips.txt
 define run-tests
 	@rm -f $(SKIP_FILE)
-	@rc=0; GEARSHIFT_TEST_SKIP_FILE=$(SKIP_FILE) $(CARGO) test $(1) || rc=$$?; \
+	@rc=0; GEARSHIFT_TEST_SKIP_FILE=$(SKIP_FILE) $(CARGO) test --no-fail-fast $(1) || rc=$$?; \
 	  scripts/test-skips.sh $(SKIP_FILE) || rc=1; exit $$rc
 endef
 
