@@ -102,6 +102,10 @@ pub struct DiskConfig {
     pub image_size: String,
     /// Create gears even when no quota backend can enforce their disk limit.
     pub allow_unlimited: bool,
+    /// Let the gears' disk quotas add up to more than the filesystem holding them (a warning is
+    /// printed); off: `app create`, `app scale` and `addon create` that would are refused.
+    #[serde(default)]
+    pub overcommit: bool,
 }
 
 /// Resource limits for one gear.
@@ -195,6 +199,7 @@ impl Default for Config {
                 backend: "auto".into(),
                 image_size: "20G".into(),
                 allow_unlimited: false,
+                overcommit: false,
             },
             profiles,
             router: RouterSettings::default(),
