@@ -117,6 +117,24 @@ fn status_and_doctor_check_the_running_node() {
     ] {
         assert_eq!(check(&d, name)["status"], "ok", "{}", check(&d, name));
     }
+    // Landlock: whether gears run under it, and what the node's `landlock` setting does.
+    let ll = check(&d, "landlock");
+    let detail = ll["detail"].as_str().unwrap();
+    if ll["status"] == "ok" {
+        assert!(
+            detail.starts_with("ABI version ")
+                && detail.contains("the gear init applies it")
+                && detail.contains("landlock = \"require\""),
+            "{ll}"
+        );
+        n.set_config("landlock = \"require\"", "landlock = \"warn\"");
+        let d: serde_json::Value = serde_json::from_slice(&n.gs(&["doctor", "--json"]).stdout).unwrap();
+        let ll = check(&d, "landlock");
+        assert!(ll["detail"].as_str().unwrap().contains("landlock = \"warn\""), "{ll}");
+        n.set_config("landlock = \"warn\"", "landlock = \"require\"");
+    } else {
+        assert!(detail.contains("gears run without Landlock"), "{ll}");
+    }
 
     // Over SSH: an admin gets the same; anyone else is refused and pointed at their own apps.
     let out = n.ssh(&root_key, &[], Some("status --json"), b"");

@@ -869,3 +869,52 @@ fn users_are_held_to_the_nodes_limits() {
     // Root at the console is not limited.
     n.ok(&["app", "create", "three", "--owner", "alice", "--profile", "large"]);
 }
+
+/// Break 5 of issue 14 (disk part): app quotas were never compared with the gears' disk, so
+/// three apps could be promised more than the image holds. A node whose image holds two apps
+/// refuses the third (and more gears), saying what is used, asked and left, and takes it with
+/// `disk.overcommit = true`, warning.
+#[test]
+fn the_nodes_disk_admits_only_what_it_holds() {
+    require_root!();
+    let n = TestNode::new();
+    // Test nodes have a 64G (sparse) image: two 25G apps fit, a third does not.
+    n.add_profile("quarter", "256M", 0.5, 128, "25G", "20mbit");
+    let alice = n.add_user("alice");
+    let _daemon = n.start_daemon();
+    for app in ["one", "two"] {
+        let o = n.ssh(&alice, &[], Some(&format!("app create {app} --profile quarter")), b"");
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(!text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    }
+    let o = n.ssh(&alice, &[], Some("app create three --profile quarter"), b"");
+    assert!(!o.status.success(), "a third app was created: {}", text(&o.stdout));
+    let e = text(&o.stderr);
+    for want in [
+        "cannot create app 'three': not enough disk on this node",
+        "asks for 25.0 GiB (1 gear(s) of profile 'quarter'",
+        "quotas of 50.0 GiB of the 64.0 GiB the node has, 14.0 GiB is left",
+        "disk.overcommit = true",
+    ] {
+        assert!(e.contains(want), "no '{want}' in: {e}");
+    }
+    assert!(!n.root.join("apps/three.toml").exists());
+    let o = n.ssh(&alice, &[], Some("app scale one 2"), b"");
+    assert!(!o.status.success(), "a gear was added: {}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("cannot create 1 more gear(s) of 'one': not enough disk"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(n.show("one")["gears"].as_array().unwrap().len(), 1);
+
+    n.set_config("overcommit = false", "overcommit = true");
+    let o = n.ssh(&alice, &[], Some("app create three --profile quarter"), b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("warning: the node's disk is overcommitted (disk.overcommit = true): app 'three' asks for 25.0 GiB"),
+        "{e}"
+    );
+    assert!(n.root.join("apps/three.toml").exists());
+}

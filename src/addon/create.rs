@@ -71,6 +71,7 @@ pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile:
     if crate::app::load(node, name).is_ok() {
         bail!("the name '{name}' is taken by an app: choose another name for the add-on");
     }
+    crate::app::disk_admission::check(node, &format!("add-on '{name}'"), &profile, 1)?;
     let (uid, ip) = crate::app::allocate(node)?;
     let g = Gear {
         id: gear::new_id()?,

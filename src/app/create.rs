@@ -6,6 +6,7 @@ use crate::gear::isolation::quota;
 use crate::gear::{self, Gear};
 use crate::names;
 use crate::node::Node;
+use crate::ssh::auth::Actor;
 use crate::ssh::user;
 use anyhow::{bail, Context, Result};
 
@@ -32,8 +33,16 @@ pub(crate) fn gear_terms(
 
 /// Creates an app and its first gear. Bad input creates nothing; a failure part-way removes
 /// whatever was made.
-/// `cart` None: the first push detects it (`ingear/detect.rs`).
-pub fn create(node: &Node, name: &str, cart: Option<&str>, owner: Option<&str>, profile: Option<&str>) -> Result<App> {
+/// `cart` None: the first push detects it (`ingear/detect.rs`). The per-user limits of `actor`
+/// and the node's disk are checked under the node lock, so two creates cannot both pass.
+pub fn create(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    cart: Option<&str>,
+    owner: Option<&str>,
+    profile: Option<&str>,
+) -> Result<App> {
     names::check_app_name(name)?;
     let cart = cart.map(|c| cartridge::find(node, c)).transpose()?;
     let (profile, limits) = gear_terms(node, &format!("app '{name}'"), owner, profile)?;
@@ -41,9 +50,11 @@ pub fn create(node: &Node, name: &str, cart: Option<&str>, owner: Option<&str>, 
     if path(node, name).exists() {
         bail!("app '{name}' already exists");
     }
+    super::admission::check_new_app(node, actor, Some(&profile))?;
     if node.addons_dir().join(format!("{name}.toml")).exists() {
         bail!("the name '{name}' is taken by an add-on: choose another name for the app");
     }
+    super::disk_admission::check(node, &format!("app '{name}'"), &profile, 1)?;
     let (uid, ip) = allocate(node)?;
     let g = Gear {
         id: gear::new_id()?,

@@ -8,6 +8,7 @@ pub mod cartridge;
 pub mod cert_bundle;
 pub mod condition;
 pub mod create;
+pub mod disk_admission;
 pub mod domain;
 pub mod formation;
 pub mod git;

@@ -22,6 +22,11 @@ pub fn scale(node: &Node, name: &str, n: u32) -> Result<()> {
         let _lock = node.lock()?;
         let mut app = load(node, name)?;
         let limits = node.config.profile(&app.profile)?.limits()?;
+        let more = u64::from(n).saturating_sub(app.gears.len() as u64);
+        if more > 0 {
+            let what = format!("{more} more gear(s) of '{name}'");
+            super::disk_admission::check(node, &what, &app.profile, more)?;
+        }
         let mut added = Vec::new();
         while app.gears.len() < n as usize {
             let (uid, ip) = allocate(node)?;

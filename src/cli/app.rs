@@ -139,8 +139,7 @@ fn create(
     profile: Option<&str>,
 ) -> Result<()> {
     let owner = owner_for(actor, owner, "app")?;
-    app::admission::check_new_app(node, actor, profile)?;
-    let app = app::create(node, name, cartridge, owner.as_deref(), profile)?;
+    let app = app::create(node, actor, name, cartridge, owner.as_deref(), profile)?;
     let g = &app.gears[0];
     println!(
         "created app '{}' ({}, profile {}): gear {} uid {} ip {} {}",

@@ -103,6 +103,7 @@ pub fn ensure_running(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
         hostname: gear.app.clone(),
         who: identity(gear),
         supervisor: boot.supervisor,
+        landlock: node.config.landlock,
     };
     let pid =
         spawn::start_init(&spec).with_context(|| format!("cannot start gear {} of app '{}'", gear.id, gear.app))?;

@@ -11,6 +11,7 @@
 //!        setuid (gear uid, never root) → verify no capabilities → no_new_privs → seccomp.
 
 use super::isolation::{caps, cgroup::GearCgroup, landlock, mounts, rlimits, seccomp, selinux};
+use crate::node::config::LandlockMode;
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -38,6 +39,8 @@ pub struct InitSpec {
     pub who: Identity,
     /// What the init runs once it is confined (the gear's supervisor).
     pub supervisor: fn() -> !,
+    /// Whether a refused Landlock ruleset fails the start or only warns.
+    pub landlock: LandlockMode,
 }
 
 /// A command to run in a running gear.
@@ -181,6 +184,11 @@ pub fn start_init(spec: &InitSpec) -> Result<i32> {
                 if let Some(e) = line.strip_prefix("error: ") {
                     bail!("gear init failed: {e}");
                 }
+            }
+            for line in out.lines() {
+                if let Some(w) = line.strip_prefix("warning: ") {
+                    eprintln!("gearshift: warning: {w}");
+                }
                 if let Some(p) = line.strip_prefix("pid ") {
                     pid = p.trim().parse::<i32>().ok();
                 }
@@ -225,8 +233,13 @@ fn init_main(
     // Landlock last (it makes /proc read-only, and the label switch writes there): the
     // supervisor and everything it starts (web, other types, release, cron) write only under
     // the gear's home, /tmp, /run and /dev. A kernel with Landlock that refuses it fails the
-    // start, reported like a failed label switch.
-    landlock::apply(&spec.who.home_inner).context("cannot confine the gear's init with Landlock")?;
+    // start, reported like a failed label switch; with `landlock = "warn"` it is reported as a
+    // warning (the pipe may refuse it under SELinux: the starter then says nothing).
+    if let Some(warning) = landlock::enforce(&spec.who.home_inner, spec.landlock)
+        .context("cannot confine the gear's init with Landlock")?
+    {
+        let _ = writeln!(w, "warning: {warning}");
+    }
     // SAFETY: closing our copy of the report pipe; `w` is not written again.
     unsafe { libc::close(w.as_raw_fd()) };
     (spec.supervisor)()

@@ -29,6 +29,10 @@ pub struct Config {
     /// Whether a request to a stopped (not idled) app starts it, or gets a 502.
     #[serde(default)]
     pub wake_stopped: bool,
+    /// What a gear start does when the kernel has Landlock but refuses the gear's ruleset:
+    /// `require` (the gear does not start) or `warn` (logged; the gear starts without it).
+    #[serde(default)]
+    pub landlock: LandlockMode,
     /// All state lives under this directory.
     pub data_root: PathBuf,
     /// Gear uids (and gids) are taken from this inclusive range; none of them needs a host passwd entry.
@@ -57,6 +61,17 @@ pub struct Config {
     /// What each SSH user (not an admin) may create (`[limits]`).
     #[serde(default)]
     pub limits: UserLimits,
+}
+
+/// The `landlock` setting: whether a gear needs its Landlock ruleset to start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LandlockMode {
+    /// A kernel with Landlock that refuses the ruleset fails the gear's start.
+    #[default]
+    Require,
+    /// It is logged as a warning and the gear starts without Landlock.
+    Warn,
 }
 
 /// The `[limits]` section: per-user limits for SSH users who are not admins.
@@ -102,6 +117,10 @@ pub struct DiskConfig {
     pub image_size: String,
     /// Create gears even when no quota backend can enforce their disk limit.
     pub allow_unlimited: bool,
+    /// Let the gears' disk quotas add up to more than the filesystem holding them (a warning is
+    /// printed); off: `app create`, `app scale` and `addon create` that would are refused.
+    #[serde(default)]
+    pub overcommit: bool,
 }
 
 /// Resource limits for one gear.
@@ -181,6 +200,7 @@ impl Default for Config {
             admin_port: default_admin_port(),
             idle_after_secs: 0,
             wake_stopped: false,
+            landlock: LandlockMode::Require,
             data_root: PathBuf::from("/var/lib/gearshift"),
             max_gears: None,
             uid_min: 400_000,
@@ -195,6 +215,7 @@ impl Default for Config {
                 backend: "auto".into(),
                 image_size: "20G".into(),
                 allow_unlimited: false,
+                overcommit: false,
             },
             profiles,
             router: RouterSettings::default(),
@@ -478,6 +499,35 @@ mod tests {
         let text = toml::to_string_pretty(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn landlock_and_overcommit_settings_parse() {
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        assert!(
+            text.contains("landlock = \"require\"") && text.contains("overcommit = false"),
+            "{text}"
+        );
+        let c: Config = toml::from_str(
+            &text
+                .replace("landlock = \"require\"", "landlock = \"warn\"")
+                .replace("overcommit = false", "overcommit = true"),
+        )
+        .unwrap();
+        assert_eq!(c.landlock, LandlockMode::Warn);
+        assert!(c.disk.overcommit);
+        // Configs written before these settings existed keep the safe defaults.
+        let old: Config = toml::from_str(
+            &text
+                .replace("landlock = \"require\"\n", "")
+                .replace("overcommit = false\n", ""),
+        )
+        .unwrap();
+        assert_eq!((old.landlock, old.disk.overcommit), (LandlockMode::Require, false));
+        let e = toml::from_str::<Config>(&text.replace("landlock = \"require\"", "landlock = \"maybe\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("require") && e.contains("warn"), "{e}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn collect(node: Option<&Node>) -> Vec<Check> {
     out.extend(namespaces::check());
     out.push(seccomp::check());
     out.push(caps::check_no_new_privs());
-    out.push(landlock::check());
+    out.push(landlock::check(node.map(|n| n.config.landlock)));
     out.push(selinux::check());
     out.push(quota::check(node));
     out.extend(network::check());

@@ -309,14 +309,19 @@ impl TestNode {
             &(20_001 + slot * 10).to_string(),
             "--cartridges",
             repo().join("cartridges").to_str().unwrap(),
+            // Sparse: room for the disk quotas of the gears a test makes (disk admission).
             "--disk-image-size",
-            "1G",
+            "64G",
         ]);
         assert!(
             out.status.success(),
             "init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if base != Path::new("/tmp") {
+            // An ext4/xfs quota mount is small and shared by every test node on it.
+            node.set_config("overcommit = false", "overcommit = true");
+        }
         node
     }
 
@@ -527,6 +532,13 @@ impl TestNode {
     pub fn create_app(&self, app: &str) -> serde_json::Value {
         self.ok(&["app", "create", app, "--cartridge", "python"]);
         self.show(app)
+    }
+
+    /// Replaces `from` (which must be there) by `to` in the node config.
+    pub fn set_config(&self, from: &str, to: &str) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        assert!(cfg.contains(from), "no '{from}' in the node config: {cfg}");
+        std::fs::write(&self.config, cfg.replacen(from, to, 1)).unwrap();
     }
 
     /// Adds a resource profile to the node config (for tight, fast limit tests).

@@ -2,7 +2,8 @@
 //! /run and devices, and read/execute the host runtimes. Defence in depth under the mounts.
 
 use super::check::Check;
-use anyhow::{Context, Result};
+use crate::node::config::LandlockMode;
+use anyhow::{bail, Context, Result};
 use landlock::{
     path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, ABI,
@@ -40,8 +41,31 @@ pub fn apply(home: &Path) -> Result<&'static str> {
     })
 }
 
-/// The `landlock` line: the kernel's Landlock ABI version (optional: gears run without it).
-pub fn check() -> Check {
+/// Applies the gear's ruleset (as [`apply`]) and judges the outcome per `mode`: Ok(None) when
+/// enforced (or the kernel has no Landlock: doctor says so), Ok(Some(warning)) when refused
+/// under `warn`, an error saying what to do when refused under `require`.
+pub fn enforce(home: &Path, mode: LandlockMode) -> Result<Option<String>> {
+    judge(mode, abi().ok(), apply(home))
+}
+
+fn judge(mode: LandlockMode, abi: Option<i64>, applied: Result<&'static str>) -> Result<Option<String>> {
+    let refused = match (applied, abi) {
+        (Ok("full" | "partial"), _) | (Ok(_), None) => return Ok(None),
+        (Ok(_), Some(v)) => format!("the kernel has Landlock (ABI version {v}) but did not enforce the gear's ruleset"),
+        (Err(e), _) => format!("{e:#}"),
+    };
+    match mode {
+        LandlockMode::Warn => Ok(Some(format!(
+            "{refused}; the gear runs without Landlock (landlock = \"warn\" in the node config)"
+        ))),
+        LandlockMode::Require => bail!(
+            "{refused} (run `gearshift doctor`; set landlock = \"warn\" in the node config to start gears without it)"
+        ),
+    }
+}
+
+/// The kernel's Landlock ABI version, or the error that says why it has none.
+fn abi() -> std::result::Result<i64, std::io::Error> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a NULL attr and size 0 this syscall only returns the ABI version; no
     // memory is read or written and no file descriptor is created.
@@ -54,9 +78,34 @@ pub fn check() -> Check {
         )
     };
     if abi >= 1 {
-        return Check::ok("landlock", format!("ABI version {abi}"));
+        Ok(abi)
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let err = std::io::Error::last_os_error();
+}
+
+/// The `landlock` line: the kernel's Landlock ABI version, that the gear init applies it (so
+/// every process in a gear runs under it) and what the node's `landlock` setting does when the
+/// kernel refuses it (`mode` None: no node config).
+pub fn check(mode: Option<LandlockMode>) -> Check {
+    let err = match abi() {
+        Ok(abi) => {
+            let setting = match mode {
+                Some(LandlockMode::Require) => "landlock = \"require\": a gear whose ruleset is refused does not start",
+                Some(LandlockMode::Warn) => {
+                    "landlock = \"warn\": a refused ruleset is logged and the gear starts without it"
+                }
+                None => "no node config: the node's landlock setting (default require) decides a refusal",
+            };
+            return Check::ok(
+                "landlock",
+                format!(
+                    "ABI version {abi}: the gear init applies it, so every process in a gear writes only its home, /tmp, /run and /dev ({setting})"
+                ),
+            );
+        }
+        Err(e) => e,
+    };
     let detail = match err.raw_os_error() {
         Some(libc::ENOSYS) => "not built into this kernel (ENOSYS)".to_string(),
         Some(libc::EOPNOTSUPP) => "built in but not enabled at boot (EOPNOTSUPP)".to_string(),
@@ -67,4 +116,29 @@ pub fn check() -> Check {
         format!("{detail}; gears run without Landlock"),
         "optional: boot with lsm=landlock,... (CONFIG_SECURITY_LANDLOCK=y)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_fails_under_require_and_warns_under_warn() {
+        let refused = || Err(anyhow::anyhow!("landlock: cannot restrict self"));
+        let e = judge(LandlockMode::Require, Some(3), refused())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot restrict self") && e.contains("landlock = \"warn\""),
+            "{e}"
+        );
+        let w = judge(LandlockMode::Warn, Some(3), refused()).unwrap().unwrap();
+        assert!(w.contains("runs without Landlock"), "{w}");
+        // Enforced, or a kernel without Landlock (doctor says so): nothing to say.
+        assert_eq!(judge(LandlockMode::Require, Some(3), Ok("partial")).unwrap(), None);
+        assert_eq!(judge(LandlockMode::Require, None, Ok("none")).unwrap(), None);
+        // A kernel with Landlock that did not enforce it is a refusal.
+        assert!(judge(LandlockMode::Require, Some(3), Ok("none")).is_err());
+        assert!(judge(LandlockMode::Warn, Some(3), Ok("none")).unwrap().is_some());
+    }
 }

@@ -75,6 +75,22 @@ pub fn backend(node: &Node) -> Result<Backend> {
     }
 }
 
+/// The bytes the gears' filesystem holds (None: no quota backend, nothing to admit against).
+pub fn capacity(node: &Node) -> Result<Option<u64>> {
+    Ok(match backend(node)? {
+        Backend::None => None,
+        Backend::BtrfsLoop => Some(match btrfs::image_path(node).metadata() {
+            Ok(m) => m.len(),
+            Err(_) => crate::node::config::parse_size(&node.config.disk.image_size).context("disk.image_size")?,
+        }),
+        Backend::Ext4 | Backend::Xfs => {
+            let st = nix::sys::statvfs::statvfs(&node.gears_dir())
+                .with_context(|| format!("cannot statvfs {}", node.gears_dir().display()))?;
+            Some(st.blocks().saturating_mul(st.fragment_size()))
+        }
+    })
+}
+
 /// One line for `doctor`: which backend, and whether it enforces limits.
 ///
 /// Not ok when the configured backend cannot work here, or when nothing enforces disk limits

@@ -60,6 +60,7 @@ impl TestNode {
                 backend: backend.into(),
                 image_size: "128M".into(),
                 allow_unlimited,
+                overcommit: false,
             },
             ..base
         };
