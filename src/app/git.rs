@@ -29,7 +29,14 @@ impl GitService {
     /// The command run in the gear for it: `gearshift gear git-serve` sets the parent-death
     /// signal after its exec into the gear, then becomes git (`ingear/git_serve.rs`).
     fn argv(self, repo: &str) -> [String; 5] {
-        ["/opt/gearshift/bin/gearshift", "gear", "git-serve", self.program(), repo].map(String::from)
+        [
+            "/opt/gearshift/bin/gearshift",
+            "gear",
+            "git-serve",
+            self.program(),
+            repo,
+        ]
+        .map(String::from)
     }
 }
 

@@ -46,7 +46,10 @@ mod tests {
         assert!(!hung_up(ours.as_raw_fd()), "the peer is still open");
         // The starter shuts its writing half when the caller's input ends: not a hang-up.
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
-        assert!(!hung_up(ours.as_raw_fd()), "a peer that only stopped writing is still there");
+        assert!(
+            !hung_up(ours.as_raw_fd()),
+            "a peer that only stopped writing is still there"
+        );
         drop(theirs);
         assert!(hung_up(ours.as_raw_fd()), "the peer is closed");
     }

@@ -13,7 +13,10 @@ const SERVICES: [&str; 2] = ["git-receive-pack", "git-upload-pack"];
 
 pub fn run(service: &str, repo: &str) -> Result<i32> {
     if !SERVICES.contains(&service) {
-        bail!("unknown git service '{service}' (expected one of {})", SERVICES.join(", "));
+        bail!(
+            "unknown git service '{service}' (expected one of {})",
+            SERVICES.join(", ")
+        );
     }
     lifeline::die_with_parent();
     if lifeline::starter_is_gone() {
@@ -22,5 +25,9 @@ pub fn run(service: &str, repo: &str) -> Result<i32> {
     }
     let e = std::process::Command::new(service).arg(repo).exec();
     eprintln!("gearshift: cannot run {service}: {e}");
-    Ok(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+    Ok(if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
 }
