@@ -31,3 +31,12 @@ pub fn run(service: &str, repo: &str) -> Result<i32> {
         126
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_git_services_are_run() {
+        let e = super::run("sh", "-c").unwrap_err().to_string();
+        assert!(e.contains("unknown git service 'sh'"), "{e}");
+    }
+}
