@@ -25,6 +25,19 @@ impl GitService {
             GitService::UploadPack => "git-upload-pack",
         }
     }
+
+    /// The command run in the gear for it: `gearshift gear git-serve` sets the parent-death
+    /// signal after its exec into the gear, then becomes git (`ingear/git_serve.rs`).
+    fn argv(self, repo: &str) -> [String; 5] {
+        [
+            "/opt/gearshift/bin/gearshift",
+            "gear",
+            "git-serve",
+            self.program(),
+            repo,
+        ]
+        .map(String::from)
+    }
 }
 
 /// Serves `service` for `app` on the caller's stdio (the SSH channel) and returns its exit code.
@@ -96,7 +109,7 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
     // An app without a cartridge records the one its push detected, outside the gear.
     if service == GitService::UploadPack || (a.gears.len() < 2 && !a.cartridge.is_empty()) {
         // Never a pty: the git protocol is binary.
-        return app::run_in_gear_plain(node, actor, &a.name, 0, &[service.program().to_string(), repo]);
+        return app::run_in_gear_plain(node, actor, &a.name, 0, &service.argv(&repo));
     }
     // A scaled app (or one without a cartridge yet): the push deploys in gear 0; then every other
     // gear takes that deployment.
@@ -104,7 +117,7 @@ pub fn serve(node: &Node, actor: &Actor, app_name: &str, service: GitService) ->
     // SAFETY: single-threaded process (CLI or worker); the child leaves with _exit.
     let code = match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
-            let argv = [service.program().to_string(), repo];
+            let argv = service.argv(&repo);
             let code = app::run_in_gear_plain(node, actor, &a.name, 0, &argv).unwrap_or(1);
             // SAFETY: leave the forked child without running destructors.
             unsafe { libc::_exit(code) }

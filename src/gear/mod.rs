@@ -13,6 +13,7 @@ pub mod create;
 pub mod init;
 pub mod isolation;
 pub mod layout;
+pub mod lifeline;
 pub mod mcs;
 pub mod meta;
 pub mod relay;

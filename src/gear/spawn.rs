@@ -411,12 +411,15 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
                 die(126, &format!("cannot confine the process: {e:#}"));
             }
             // The command dies with the process that started it (the CLI, or the daemon's
-            // worker for an SSH session). Set after the uid change, which clears it.
-            // SAFETY: prctl with integer arguments only.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-            // The parent is outside the gear's pid namespace, so it shows as pid 0; an orphan
-            // would have been adopted by the gear's init (pid 1).
-            if nix::unistd::getppid().as_raw() != 0 {
+            // worker for an SSH session) until its exec. Set after the uid change, which
+            // clears it; the exec clears it again when it changes the SELinux domain, so a
+            // command that must not outlive its starter sets it once more itself
+            // (gear/lifeline.rs, `gearshift gear git-serve`).
+            super::lifeline::die_with_parent();
+            // The parent is outside the gear's pid namespace, so it shows as pid 0 whether it
+            // lives or not: an orphan is adopted by a reaper of the parent's own namespace,
+            // outside the gear. Its other end of our stdout tells.
+            if super::lifeline::starter_is_gone() {
                 die(126, "the process that started this command is gone");
             }
             if let Err(e) = nix::unistd::chdir(&spec.who.home_inner) {

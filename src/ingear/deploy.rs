@@ -471,10 +471,11 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
 
 /// Whether the push's relay is gone. A push's hook runs under git-receive-pack, whose stdio a
 /// process outside the gear relays (the SSH worker, or the CLI), and which dies with it
-/// (`PR_SET_PDEATHSIG`; the relay also kills it when its caller hangs up): the hook is then
-/// adopted by the gear's init (its parent is 1). A git that outlived its relay would be adopted
-/// by a reaper outside the gear and still show parent 0 here: seen only when it was adopted
-/// inside (parent not 0). Without a push (`import`), this process's own parent is the relay.
+/// (`PR_SET_PDEATHSIG`, set by `gearshift gear git-serve` after its exec into the gear, see
+/// `git_serve.rs`; the relay also kills it when its caller hangs up): the hook is then adopted
+/// by the gear's init (its parent is 1). A git that outlived its relay would be adopted by a
+/// reaper outside the gear and still show parent 0 here: seen only when it was adopted inside
+/// (parent not 0). Without a push (`import`), this process's own parent is the relay.
 fn relay_is_gone(push: bool) -> bool {
     let parent = nix::unistd::getppid().as_raw();
     if parent == 1 {

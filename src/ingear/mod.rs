@@ -6,6 +6,7 @@ pub mod appjson;
 pub mod cron;
 pub mod deploy;
 pub mod detect;
+pub mod git_serve;
 pub mod healthcheck;
 pub mod journal;
 pub mod procenv;
@@ -26,6 +27,9 @@ use std::path::PathBuf;
 pub enum GearCmd {
     /// git's pre-receive hook: build and deploy the pushed commit.
     PreReceive,
+    /// Become git-receive-pack or git-upload-pack for REPO, dying with the relay outside the
+    /// gear (how a push or fetch starts in the gear).
+    GitServe { service: String, repo: String },
     /// Ask the gear's supervisor: start, stop, restart, restart-if-wanted, status (restarts
     /// answer once the web process is ready).
     Ctl {
@@ -62,6 +66,7 @@ pub enum GearCmd {
 pub fn run(cmd: GearCmd) -> Result<i32> {
     match cmd {
         GearCmd::PreReceive => deploy::pre_receive(),
+        GearCmd::GitServe { service, repo } => git_serve::run(&service, &repo),
         GearCmd::Ctl { command, json } => {
             let v = crate::gear::control::ctl(&command)?;
             if json {
