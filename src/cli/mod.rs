@@ -272,7 +272,9 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         }
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Addon(cmd) => addon::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
-        Verb::Snapshot(SnapshotCmd::Save { app }) => crate::snapshot::save(&Node::load(config_path)?, actor, &app).map(|_| 0),
+        Verb::Snapshot(SnapshotCmd::Save { app }) => {
+            crate::snapshot::save(&Node::load(config_path)?, actor, &app).map(|_| 0)
+        }
         Verb::Snapshot(SnapshotCmd::Restore { app, as_name }) => {
             crate::snapshot::restore(&Node::load(config_path)?, actor, &app, as_name.as_deref()).map(|_| 0)
         }

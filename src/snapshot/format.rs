@@ -161,7 +161,9 @@ pub fn unpack(input: &mut impl Read, dir: &Path, limit: u64) -> Result<Vec<Strin
     let mut total = 0u64;
     loop {
         let mut h = [0u8; 512];
-        input.read_exact(&mut h).context("the snapshot ends early (truncated?)")?;
+        input
+            .read_exact(&mut h)
+            .context("the snapshot ends early (truncated?)")?;
         let Some((name, size)) = parse_header(&h)? else {
             let mut second = [0u8; 512];
             input
@@ -174,7 +176,10 @@ pub fn unpack(input: &mut impl Read, dir: &Path, limit: u64) -> Result<Vec<Strin
         }
         total += size;
         if total > limit {
-            bail!("the snapshot is larger than {} GiB, the most a restore reads", limit >> 30);
+            bail!(
+                "the snapshot is larger than {} GiB, the most a restore reads",
+                limit >> 30
+            );
         }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -197,8 +202,8 @@ pub fn verify(dir: &Path, names: &[String]) -> Result<Manifest> {
     if names.first().map(String::as_str) != Some(MANIFEST) {
         bail!("this is not a gearshift snapshot (it does not start with {MANIFEST})");
     }
-    let m: Manifest = serde_json::from_slice(&std::fs::read(dir.join(MANIFEST))?)
-        .context("the snapshot's manifest is damaged")?;
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST))?).context("the snapshot's manifest is damaged")?;
     check_format(m.format)?;
     for (name, want) in &m.files {
         check_name(name)?;
@@ -254,7 +259,11 @@ mod tests {
         assert_eq!(names, vec!["manifest.json", "data.tar"]);
         assert_eq!(std::fs::read(d.join("data.tar")).unwrap(), vec![7u8; 1000]);
         std::fs::write(d.join("x.tar"), &a).unwrap();
-        let o = std::process::Command::new("tar").arg("-tf").arg(d.join("x.tar")).output().unwrap();
+        let o = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(d.join("x.tar"))
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&o.stdout), "manifest.json\ndata.tar\n");
     }
 

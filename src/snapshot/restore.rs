@@ -53,9 +53,12 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
             m.app
         );
     }
-    let rec: app::App = serde_json::from_slice(&std::fs::read(s.path("app.json"))?).context("the snapshot's app record is damaged")?;
+    let rec: app::App =
+        serde_json::from_slice(&std::fs::read(s.path("app.json"))?).context("the snapshot's app record is damaged")?;
     if app::load(node, target).is_ok() {
-        bail!("app '{target}' exists: destroy it first or restore under another name with --as NEW; nothing was changed");
+        bail!(
+            "app '{target}' exists: destroy it first or restore under another name with --as NEW; nothing was changed"
+        );
     }
     let mut to_create = Vec::new();
     for a in &m.addons {
@@ -75,7 +78,11 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
             Err(_) => to_create.push(a.clone()),
         }
     }
-    let owner = if actor.admin { rec.owner.clone() } else { actor.user.clone() };
+    let owner = if actor.admin {
+        rec.owner.clone()
+    } else {
+        actor.user.clone()
+    };
     let cart = (!rec.cartridge.is_empty()).then_some(rec.cartridge.as_str());
     app::create(node, target, cart, owner.as_deref(), Some(&rec.profile))?;
     eprintln!("-----> created app '{target}'");
@@ -92,16 +99,24 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
     gear_tar("data.tar", &["tar", "-C", &data, "-xf", "-"])?;
     eprintln!("-----> restored the git repository and app-root/data");
     if !rec.env.is_empty() {
-        app::set_env(node, actor, target, |e| {
-            *e = rec.env.clone();
-            Ok(())
+        // set_env restarts the app from inside its gear, which the caller must not join.
+        let code = in_child(None, None, || {
+            app::set_env(node, actor, target, |e| {
+                *e = rec.env.clone();
+                Ok(())
+            })
         })?;
+        if code != 0 {
+            bail!("cannot set the env of app '{target}' (see above)");
+        }
     }
     for a in &m.addons {
         if to_create.contains(a) {
             addon::create(node, &a.kind, &a.name, owner.as_deref(), None)?;
             let f = s.open(&a.dump)?;
-            let code = in_child(Some(f.into()), None, || addon::restore(node, &Actor::root(), &a.name, false))?;
+            let code = in_child(Some(f.into()), None, || {
+                addon::restore(node, &Actor::root(), &a.name, false)
+            })?;
             if code != 0 {
                 bail!("cannot restore the data of add-on '{}' (see above)", a.name);
             }
@@ -109,7 +124,13 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
         } else {
             eprintln!("-----> linking the existing add-on '{}' (its data is kept)", a.name);
         }
-        addon::link(node, actor, target, &a.name, (!a.var.is_empty()).then_some(a.var.as_str()))?;
+        addon::link(
+            node,
+            actor,
+            target,
+            &a.name,
+            (!a.var.is_empty()).then_some(a.var.as_str()),
+        )?;
     }
     deploy_live(node, &s, target)?;
     if !rec.aliases.is_empty() {
@@ -124,7 +145,8 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
 
 /// Deploys the commit that was live when the snapshot was taken (none: nothing was deployed).
 fn deploy_live(node: &Node, s: &Scratch, target: &str) -> Result<()> {
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(s.path("deployments.json"))?).unwrap_or_default();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(s.path("deployments.json"))?).unwrap_or_default();
     let Some(commit) = list
         .iter()
         .find(|d| d["live"] == true)

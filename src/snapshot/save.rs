@@ -29,7 +29,10 @@ fn capture(node: &Node, s: &Scratch, app: &str, name: &str, argv: &[&str]) -> Re
     let f = s.create(name)?;
     let code = in_gear(node, app, argv, None, Some(f.into()))?;
     if code != 0 {
-        bail!("cannot save {name} of app '{app}': `{}` failed in its gear (exit code {code})", argv.join(" "));
+        bail!(
+            "cannot save {name} of app '{app}': `{}` failed in its gear (exit code {code})",
+            argv.join(" ")
+        );
     }
     Ok(())
 }
@@ -40,7 +43,13 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
     let s = Scratch::new(node)?;
     let repo = repo_dir(name);
     let data = data_dir(name);
-    capture(node, &s, name, "repo.tar", &["tar", "-C", &repo, "--exclude=./hooks", "-cf", "-", "."])?;
+    capture(
+        node,
+        &s,
+        name,
+        "repo.tar",
+        &["tar", "-C", &repo, "--exclude=./hooks", "-cf", "-", "."],
+    )?;
     capture(node, &s, name, "data.tar", &["tar", "-C", &data, "-cf", "-", "."])?;
     capture(
         node,
@@ -59,7 +68,10 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
         let f = s.create(&dump)?;
         let code = in_child(None, Some(f.into()), || addon::backup(node, &Actor::root(), &a.name))?;
         if code != 0 {
-            bail!("cannot save app '{name}': the backup of its add-on '{}' failed (see above)", a.name);
+            bail!(
+                "cannot save app '{name}': the backup of its add-on '{}' failed (see above)",
+                a.name
+            );
         }
         addons.push(AddonEntry {
             name: a.name.clone(),
@@ -68,7 +80,12 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
             dump,
         });
     }
-    let mut names = vec!["app.json".to_string(), "deployments.json".into(), "repo.tar".into(), "data.tar".into()];
+    let mut names = vec![
+        "app.json".to_string(),
+        "deployments.json".into(),
+        "repo.tar".into(),
+        "data.tar".into(),
+    ];
     names.extend(addons.iter().map(|a| a.dump.clone()));
     let mut files = BTreeMap::new();
     for n in &names {
