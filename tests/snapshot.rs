@@ -115,6 +115,52 @@ fn snapshot_save_destroy_restore_serves_the_same_app_and_refuses_a_truncated_fil
     assert!(!o.status.success());
     let apps = out(&ssh_ok(n, key, "app list", b"").stdout);
     assert!(!apps.contains("broken"), "{apps}");
+    // A snapshot from a newer gearshift, and one whose data does not match its checksum.
+    let unpacked = n.root.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let tar = |args: &[&str]| assert!(Command::new("tar").args(args).status().unwrap().success());
+    tar(&[
+        "-xzf",
+        &n.root.join("board.tar.gz").to_string_lossy(),
+        "-C",
+        &unpacked.to_string_lossy(),
+    ]);
+    let manifest = std::fs::read_to_string(unpacked.join("manifest.json")).unwrap();
+    let repack = |name: &str| -> Vec<u8> {
+        let f = n.root.join(name);
+        let mut args: Vec<String> = ["-czf", &f.to_string_lossy(), "-C", &unpacked.to_string_lossy()]
+            .map(String::from)
+            .to_vec();
+        args.extend(listing.lines().map(String::from));
+        assert!(Command::new("tar").args(&args).status().unwrap().success());
+        std::fs::read(f).unwrap()
+    };
+    let newer = manifest.replacen("\"format\": 1", "\"format\": 99", 1);
+    assert_ne!(newer, manifest);
+    std::fs::write(unpacked.join("manifest.json"), newer).unwrap();
+    let o = n.ssh(
+        key,
+        &[],
+        Some("snapshot restore board --as broken"),
+        &repack("newer.tar.gz"),
+    );
+    let e = out(&o.stderr);
+    assert!(!o.status.success() && e.contains("format 99, newer than"), "{e}");
+    std::fs::write(unpacked.join("manifest.json"), &manifest).unwrap();
+    let mut data = std::fs::read(unpacked.join("data.tar")).unwrap();
+    data[600] ^= 1;
+    std::fs::write(unpacked.join("data.tar"), data).unwrap();
+    let o = n.ssh(
+        key,
+        &[],
+        Some("snapshot restore board --as broken"),
+        &repack("corrupt.tar.gz"),
+    );
+    let e = out(&o.stderr);
+    assert!(!o.status.success() && e.contains("does not match its checksum"), "{e}");
+    let apps = out(&ssh_ok(n, key, "app list", b"").stdout);
+    assert!(!apps.contains("broken"), "{apps}");
+
     // A snapshot of another app's name is refused before anything changes.
     let o = n.ssh(key, &[], Some("snapshot restore other"), &snap);
     assert!(out(&o.stderr).contains("snapshot of app 'board'"), "{}", out(&o.stderr));

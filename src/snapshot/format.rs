@@ -286,6 +286,36 @@ mod tests {
     }
 
     #[test]
+    fn verify_checks_every_member_against_the_manifest() {
+        let d = tmp("verify");
+        std::fs::write(d.join("data.tar"), b"data").unwrap();
+        let m = Manifest {
+            format: FORMAT,
+            app: "shop".into(),
+            created: 0,
+            gearshift: "0".into(),
+            files: [("data.tar".to_string(), digest(&d.join("data.tar")).unwrap())].into(),
+            addons: vec![],
+        };
+        std::fs::write(d.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(verify(&d, &names(&[MANIFEST, "data.tar"])).unwrap(), m);
+        assert!(
+            verify(&d, &names(&["data.tar", MANIFEST])).is_err(),
+            "manifest not first"
+        );
+        assert!(verify(&d, &names(&[MANIFEST])).is_err(), "a member missing");
+        std::fs::write(d.join("extra"), b"").unwrap();
+        assert!(
+            verify(&d, &names(&[MANIFEST, "data.tar", "extra"])).is_err(),
+            "an unlisted member"
+        );
+        std::fs::write(d.join("data.tar"), b"dada").unwrap();
+        let e = verify(&d, &names(&[MANIFEST, "data.tar"])).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+    }
+
+    #[test]
     fn newer_format_is_refused_by_name() {
         let e = check_format(FORMAT + 1).unwrap_err().to_string();
         assert!(e.contains("newer"), "{e}");
