@@ -277,3 +277,34 @@ for kind, paths in offered.items():
 PY
 }
 addon_bench || echo "add-on figures left out: the section failed (see its error above)"
+
+# Snapshots: `snapshot save` and `snapshot restore --as` of an app with 100 MB of data (random,
+# so gzip cannot shrink it: the worst case) against `tar` of the same files in the same gear
+# (`run APP -- tar -c` to /dev/null, and `tar -x` of that tar into a fresh directory there).
+snapshot_bench() {
+python3 - "$BIN" "$cfg" "$work" <<'PY'
+import os, subprocess, sys, time
+binary, cfg, work = sys.argv[1], sys.argv[2], sys.argv[3]
+gs = lambda *a, **kw: subprocess.run([binary, "--config", cfg, *a], check=True, **kw)
+gs("run", "bench", "--", "sh", "-c", "head -c 100M /dev/urandom > ~/app-root/data/blob && sync", stdin=subprocess.DEVNULL)
+def timed(f):
+    t = time.perf_counter(); f(); return time.perf_counter() - t
+snap = os.path.join(work, "bench.tar.gz")
+with open(snap, "wb") as out:
+    save = timed(lambda: gs("snapshot", "save", "bench", stdout=out, stdin=subprocess.DEVNULL))
+with open(snap, "rb") as inp:
+    restore = timed(lambda: gs("snapshot", "restore", "bench", "--as", "benchcopy", stdin=inp, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL))
+tar_c = timed(lambda: gs("run", "bench", "--", "sh", "-c", "tar -cf ~/app-root/bench.tar -C ~/app-root/data . && sync",
+                         stdin=subprocess.DEVNULL))
+tar_x = timed(lambda: gs("run", "bench", "--", "sh", "-c", "mkdir -p ~/x && tar -xf ~/app-root/bench.tar -C ~/x && sync",
+                         stdin=subprocess.DEVNULL))
+size = os.path.getsize(snap) >> 20
+print(f"\nsnapshots (100 MB of random data in app-root/data, {size} MiB snapshot):")
+print(f"  snapshot save:    {save:.2f} s   vs tar -c of the same files {tar_c:.2f} s  ({save / tar_c:.1f}x; goal <= 2x)")
+print(f"  snapshot restore: {restore:.2f} s   vs tar -x {tar_x:.2f} s  ({restore / tar_x:.1f}x; goal <= 2x)")
+gs("run", "bench", "--", "sh", "-c", "rm -rf ~/x ~/app-root/bench.tar ~/app-root/data/blob", stdin=subprocess.DEVNULL)
+gs("app", "destroy", "benchcopy", "--confirm", "benchcopy", stdout=subprocess.DEVNULL)
+PY
+}
+snapshot_bench || echo "snapshot figures left out: the section failed (see its error above)"

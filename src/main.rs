@@ -14,6 +14,7 @@ mod ingear;
 mod names;
 mod node;
 mod router;
+mod snapshot;
 mod ssh;
 mod state;
 mod table;

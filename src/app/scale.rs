@@ -64,7 +64,7 @@ pub fn scale(node: &Node, name: &str, n: u32) -> Result<()> {
 
 /// Runs a command in a gear from a forked child (spawning into a gear changes the caller's
 /// namespaces), with the given stdin/stdout; returns the child's pid.
-fn fork_in_gear(
+pub(crate) fn fork_in_gear(
     node: &Node,
     app: &str,
     index: u32,
@@ -99,7 +99,7 @@ fn fork_in_gear(
     }
 }
 
-fn wait_code(pid: nix::unistd::Pid) -> i32 {
+pub(crate) fn wait_code(pid: nix::unistd::Pid) -> i32 {
     match nix::sys::wait::waitpid(pid, None) {
         Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
         _ => 1,

@@ -69,6 +69,9 @@ pub enum Verb {
     /// Databases in gears of their own, linked to apps by URL.
     #[command(subcommand)]
     Addon(addon::AddonCmd),
+    /// Save an app with its data, env and add-ons to one file, or restore one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// List the cartridges on the node's cartridge path.
     Cartridges {
         #[arg(long)]
@@ -177,6 +180,22 @@ pub enum Internal {
     Worker,
 }
 
+/// `gearshift snapshot ...` (OpenShift v2's `rhc snapshot`).
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Write the app (git repository, deployments, app-root/data, env, record, a dump of each
+    /// linked add-on) to stdout as a gzip'd tar: `snapshot save APP > APP.tar.gz`.
+    Save { app: String },
+    /// Recreate the app from a snapshot on stdin: `snapshot restore APP [--as NEW] < APP.tar.gz`.
+    /// Missing add-ons are created and their data restored; existing ones are linked as they are.
+    Restore {
+        app: String,
+        /// Restore under this name (a second copy beside the original).
+        #[arg(long = "as", value_name = "NEW")]
+        as_name: Option<String>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeployCmd {
     /// List an app's deployments (id, commit, time, result); * marks the live one.
@@ -261,6 +280,12 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         }
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Addon(cmd) => addon::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
+        Verb::Snapshot(SnapshotCmd::Save { app }) => {
+            crate::snapshot::save(&Node::load(config_path)?, actor, &app).map(|_| 0)
+        }
+        Verb::Snapshot(SnapshotCmd::Restore { app, as_name }) => {
+            crate::snapshot::restore(&Node::load(config_path)?, actor, &app, as_name.as_deref()).map(|_| 0)
+        }
         Verb::Domain(cmd) => {
             let node = Node::load(config_path)?;
             let what = domain_event(&cmd);

@@ -25,6 +25,7 @@ pub const MAX_ARG: usize = 1024;
 pub const VERBS: &[&str] = &[
     "app",
     "addon",
+    "snapshot",
     "env",
     "logs",
     "cron",

@@ -1,0 +1,57 @@
+//! App snapshots (OpenShift v2's `rhc snapshot save/restore`): `snapshot save APP > f.tar.gz`
+//! and `snapshot restore APP [--as NEW] < f.tar.gz`. The gear's files are read and written by
+//! `tar` run inside the gear, as its uid (root never opens a path a gear can write); add-on
+//! dumps come from `addon backup`'s scripts in the add-on's gear. Root only handles its own
+//! files, in a root-only scratch directory (`scratch.rs`), and the archive (`format.rs`).
+
+mod format;
+mod restore;
+mod save;
+mod scratch;
+
+pub use restore::restore;
+pub use save::save;
+
+use crate::node::Node;
+use anyhow::{Context, Result};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Runs `f` in a forked child with `stdin`/`stdout` as its descriptors 0 and 1 (what runs in a
+/// gear joins its namespaces: the caller must stay outside) and returns its exit code.
+fn in_child(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>, f: impl FnOnce() -> Result<()>) -> Result<i32> {
+    // SAFETY: the CLI and the daemon's workers are single-threaded; the child uses its own
+    // copies and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.context("cannot fork")? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((stdin, stdout));
+            Ok(crate::app::scale::wait_code(child))
+        }
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: dup2 onto the standard descriptors of this child.
+            unsafe {
+                if let Some(fd) = &stdin {
+                    libc::dup2(fd.as_raw_fd(), 0);
+                }
+                if let Some(fd) = &stdout {
+                    libc::dup2(fd.as_raw_fd(), 1);
+                }
+            }
+            drop((stdin, stdout));
+            let code = match f() {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("gearshift: {e:#}");
+                    1
+                }
+            };
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// Runs ARGV in gear 0 of APP (as the gear's uid) with a file as stdin or stdout; its exit code.
+fn in_gear(node: &Node, app: &str, argv: &[&str], stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<i32> {
+    let pid = crate::app::scale::fork_in_gear(node, app, 0, argv, stdin, stdout)?;
+    Ok(crate::app::scale::wait_code(pid))
+}
