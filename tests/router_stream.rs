@@ -136,6 +136,38 @@ fn deploy(x: &DevNode, app: &str) -> PathBuf {
 }
 
 /// A plain request through the router; returns (status, body, time taken).
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `src`.
+fn connect_from(src: [u8; 4], port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let addr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) with constant arguments; the fd is owned by the TcpStream below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is ours and open; the TcpStream closes it when dropped.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (from, to) = (addr(src, 0), addr([127, 0, 0, 1], port));
+    // SAFETY: bind/connect read `len` bytes of a live sockaddr_in.
+    let bound = unsafe { libc::bind(fd, &from as *const _ as *const libc::sockaddr, len) };
+    assert_eq!(bound, 0, "bind to {src:?}: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let connected = unsafe { libc::connect(fd, &to as *const _ as *const libc::sockaddr, len) };
+    assert_eq!(
+        connected,
+        0,
+        "connect from {src:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    stream
+}
+
 fn request(n: &TestNode, host: &str, path: &str) -> (u16, String, Duration) {
     let t = Instant::now();
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", n.http_port())) else {
@@ -452,9 +484,11 @@ fn slowloris_connections_do_not_starve_normal_requests() {
     deploy(&x, "busy");
     const SLOW: usize = 300;
     let head = b"GET / HTTP/1.1\r\nHost: busy.localhost\r\nX-Slow: 1\r\n\r\n";
-    let mut slow: Vec<TcpStream> = (0..SLOW)
-        .map(|_| TcpStream::connect(("127.0.0.1", n.http_port())).unwrap())
-        .collect();
+    // The slow connections come from another address (127.0.0.2) than the normal requests
+    // (127.0.0.1), as an attacker's would: the router's per-address cap
+    // (`router.max_connections_per_ip`, 256) turns the ones past it away, and must never make
+    // the other clients wait.
+    let mut slow: Vec<TcpStream> = (0..SLOW).map(|_| connect_from([127, 0, 0, 2], n.http_port())).collect();
     // One header byte per second on every slow connection, for 15 s, while normal requests
     // go on; each slow connection's fate is recorded.
     let port = n.http_port();
