@@ -7,7 +7,7 @@ R=/tmp/gs-bench
 cleanup() { "$BIN" --config $R.toml node destroy --confirm gsbench >/dev/null 2>&1 || true; rm -rf $R $R.toml; }
 cleanup
 "$BIN" --config $R.toml init --root $R --bridge gsbench --subnet 10.214.0.0/24 --uids 470000-470099 \
-  --http-port 21000 --ssh-port 21001 --cartridges "$CART" --disk-image-size 1G >/dev/null
+  --http-port 21000 --ssh-port 21001 --cartridges "$CART" --disk-image-size 3G >/dev/null
 trap cleanup EXIT
 "$BIN" --config $R.toml app create on --cartridge python >/dev/null
 GEARSHIFT_BENCH_NO_SELINUX=1 "$BIN" --config $R.toml app create off --cartridge python >/dev/null
