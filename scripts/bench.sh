@@ -17,7 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" --config "$cfg" init --root "$work/root" --bridge "$name" --subnet 10.213.250.0/24 \
-  --uids 490000-490099 --http-port 18080 --ssh-port 18022 --cartridges "$(pwd)/cartridges" --disk-image-size 1G >/dev/null
+  --uids 490000-490099 --http-port 18080 --ssh-port 18022 --cartridges "$(pwd)/cartridges" --disk-image-size 64G >/dev/null
 "$BIN" --config "$cfg" app create bench --cartridge static >/dev/null
 
 # ONLY=redeploy: just the Flask redeploy figures below.
