@@ -250,18 +250,29 @@ fn root_started_processes_under_watch(n: &TestNode, mallory: &Path) -> String {
     std::fs::write(&secret, format!("{marker}\n")).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let env = ("GEARSHIFT_ESCAPE_CALLER", caller.as_str());
+    // Each command waits (10 s at most) until the watcher has marked it as looked at, and says
+    // so: a watch that never saw root's processes cannot pass.
+    const SEEN: &str = "looked-at-by-the-watcher";
+    let wait = format!(
+        "i=0; while [ ! -e /tmp/watched-$$ ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+         [ -e /tmp/watched-$$ ] && echo {SEEN}"
+    );
     for _ in 0..3 {
         let o = n
             .cmd()
-            .args(["run", "evil", "--", "/bin/sh", "-c", "sleep 0.3; cat >/dev/null"])
+            .args(["run", "evil", "--", "/bin/sh", "-c", &format!("{wait}; cat >/dev/null")])
             .env(env.0, env.1)
             .stdin(std::fs::File::open(&secret).unwrap())
             .output()
             .unwrap();
         assert!(o.status.success(), "root's run in the gear: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(SEEN),
+            "the watcher never saw root's run: {o:?}"
+        );
     }
     // On a terminal (the operator's shell): the command gets a pty of the gear's own.
-    let cmdline = format!("{BIN} --config {caller} run evil -- /bin/sh -c 'sleep 0.3'");
+    let cmdline = format!("{BIN} --config {caller} run evil -- /bin/sh -c '{wait}'");
     let o = Command::new("script")
         .args(["-qec", &cmdline, "/dev/null"])
         .env(env.0, env.1)
@@ -269,6 +280,10 @@ fn root_started_processes_under_watch(n: &TestNode, mallory: &Path) -> String {
         .output()
         .unwrap();
     assert!(o.status.success(), "root's run on a terminal: {o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(SEEN),
+        "the watcher never saw root's run on a terminal: {o:?}"
+    );
     for verb in [
         &["deploy", "list", "evil"][..],
         &["env", "set", "evil", "WATCHED=1"],
