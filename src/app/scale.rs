@@ -72,8 +72,21 @@ pub(crate) fn fork_in_gear(
     stdin: Option<std::os::fd::OwnedFd>,
     stdout: Option<std::os::fd::OwnedFd>,
 ) -> Result<nix::unistd::Pid> {
-    use std::os::fd::AsRawFd;
     let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    fork_with(stdin, stdout, || {
+        run_in_gear_tty(node, &Actor::root(), app, index, &argv, false)
+    })
+}
+
+/// Runs `f` in a forked child whose stdin/stdout are the given files (what runs in a gear joins
+/// its namespaces: the caller must stay outside); the child's exit code is `f`'s (1, with the
+/// error printed, when it fails). Returns the child's pid.
+pub(crate) fn fork_with(
+    stdin: Option<std::os::fd::OwnedFd>,
+    stdout: Option<std::os::fd::OwnedFd>,
+    f: impl FnOnce() -> Result<i32>,
+) -> Result<nix::unistd::Pid> {
+    use std::os::fd::AsRawFd;
     // SAFETY: the CLI and the daemon's workers are single-threaded; the child only uses its own
     // copies and leaves with _exit.
     match unsafe { nix::unistd::fork() }.context("cannot fork")? {
@@ -89,7 +102,7 @@ pub(crate) fn fork_in_gear(
                 }
             }
             drop((stdin, stdout));
-            let code = run_in_gear_tty(node, &Actor::root(), app, index, &argv, false).unwrap_or_else(|e| {
+            let code = f().unwrap_or_else(|e| {
                 eprintln!("gearshift: {e:#}");
                 1
             });

@@ -13,41 +13,14 @@ pub use restore::restore;
 pub use save::save;
 
 use crate::node::Node;
-use anyhow::{Context, Result};
-use std::os::fd::{AsRawFd, OwnedFd};
+use anyhow::Result;
+use std::os::fd::OwnedFd;
 
 /// Runs `f` in a forked child with `stdin`/`stdout` as its descriptors 0 and 1 (what runs in a
 /// gear joins its namespaces: the caller must stay outside) and returns its exit code.
 fn in_child(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>, f: impl FnOnce() -> Result<()>) -> Result<i32> {
-    // SAFETY: the CLI and the daemon's workers are single-threaded; the child uses its own
-    // copies and leaves with _exit.
-    match unsafe { nix::unistd::fork() }.context("cannot fork")? {
-        nix::unistd::ForkResult::Parent { child } => {
-            drop((stdin, stdout));
-            Ok(crate::app::scale::wait_code(child))
-        }
-        nix::unistd::ForkResult::Child => {
-            // SAFETY: dup2 onto the standard descriptors of this child.
-            unsafe {
-                if let Some(fd) = &stdin {
-                    libc::dup2(fd.as_raw_fd(), 0);
-                }
-                if let Some(fd) = &stdout {
-                    libc::dup2(fd.as_raw_fd(), 1);
-                }
-            }
-            drop((stdin, stdout));
-            let code = match f() {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("gearshift: {e:#}");
-                    1
-                }
-            };
-            // SAFETY: leave the forked child without running the parent's destructors.
-            unsafe { libc::_exit(code) }
-        }
-    }
+    let pid = crate::app::scale::fork_with(stdin, stdout, || f().map(|()| 0))?;
+    Ok(crate::app::scale::wait_code(pid))
 }
 
 /// Runs ARGV in gear 0 of APP (as the gear's uid) with a file as stdin or stdout; its exit code.
