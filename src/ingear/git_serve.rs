@@ -6,7 +6,6 @@
 
 use crate::gear::lifeline;
 use anyhow::{bail, Result};
-use std::os::unix::process::CommandExt;
 
 /// The git services a client may ask for.
 const SERVICES: [&str; 2] = ["git-receive-pack", "git-upload-pack"];
@@ -23,13 +22,8 @@ pub fn run(service: &str, repo: &str) -> Result<i32> {
         eprintln!("gearshift: the connection of this push is gone; nothing was recorded");
         return Ok(128 + libc::SIGKILL);
     }
-    let e = std::process::Command::new(service).arg(repo).exec();
-    eprintln!("gearshift: cannot run {service}: {e}");
-    Ok(if e.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    })
+    let mut git = std::process::Command::new(service);
+    Ok(super::procenv::exec_or_code(git.arg(repo), service))
 }
 
 #[cfg(test)]

@@ -117,7 +117,6 @@ fn add_cartridge_names(env: &mut Vec<(String, String)>, name: &str, dir: &str, i
 /// `gearshift gear exec -- CMD...` (what `run` and `shell` start): CMD in the live deployment
 /// with its `PATH`, like `heroku run`. Before the first deploy: in the home, the system's `PATH`.
 pub fn exec(argv: &[String]) -> anyhow::Result<i32> {
-    use std::os::unix::process::CommandExt;
     let Some((prog, args)) = argv.split_first() else {
         anyhow::bail!("no command given: `gearshift run APP -- COMMAND...`");
     };
@@ -127,13 +126,20 @@ pub fn exec(argv: &[String]) -> anyhow::Result<i32> {
         let env = for_deployment(std::env::vars().collect(), &repo, &PathSpec::of_cartridge());
         cmd.env_clear().envs(env).current_dir(&repo);
     }
+    Ok(exec_or_code(&mut cmd, &prog.escape_default().to_string()))
+}
+
+/// Replaces this process with `cmd`; when that fails, says so and gives the shell's exit code
+/// (127: not found, 126: not runnable).
+pub fn exec_or_code(cmd: &mut std::process::Command, what: &str) -> i32 {
+    use std::os::unix::process::CommandExt;
     let e = cmd.exec();
-    eprintln!("cannot run {}: {e}", prog.escape_default());
-    Ok(if e.kind() == std::io::ErrorKind::NotFound {
+    eprintln!("gearshift: cannot run {what}: {e}");
+    if e.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
-    })
+    }
 }
 
 #[cfg(test)]
