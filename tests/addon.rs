@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -132,24 +132,6 @@ fn kill9(pid: i32) {
 /// The postmaster of the add-on gear with uid UID (its children rename themselves).
 fn postmaster(uid: u64) -> Option<i32> {
     server_pid(uid, "/opt/gearshift/cartridge/bin/postgres\0-D")
-}
-
-fn example_repo(n: &TestNode, name: &str) -> PathBuf {
-    let dir = n.root.join("src").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
-    git(&dir, &["init", "-q", "-b", "main"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "notes"]);
-    dir
 }
 
 #[test]

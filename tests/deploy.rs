@@ -299,27 +299,6 @@ fn pushes_are_serialised_and_a_huge_push_fills_only_the_gear_quota() {
     assert_eq!(get(n, "slow"), "slow -");
 }
 
-/// A git repository holding a copy of `examples/NAME`.
-fn example_repo(n: &TestNode, name: &str) -> PathBuf {
-    let dir = n.root.join("src").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(repo_root().join("examples").join(name))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    git(&dir, &["init", "-q", "-b", "main"]);
-    commit(&dir, name);
-    dir
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn every_example_deploys_and_answers() {
     require_root!();

@@ -4,25 +4,8 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// A git repository holding a copy of `examples/NAME`.
-fn example_repo(n: &TestNode, name: &str) -> PathBuf {
-    let dir = n.root.join("src").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(repo().join("examples").join(name))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    git(&dir, &["init", "-q", "-b", "main"]);
-    commit(&dir, name);
-    dir
-}
 
 /// A git repository of `files`.
 fn push(d: &DevNode, dir: &Path, app: &str) -> (bool, String) {

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn out(b: &[u8]) -> String {
@@ -29,24 +29,6 @@ fn get(n: &TestNode, app: &str, path: &str) -> (u16, String) {
     let text = out(&o.stdout);
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn example_repo(n: &TestNode, name: &str) -> PathBuf {
-    let dir = n.root.join("src").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
-    git(&dir, &["init", "-q", "-b", "main"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "notes"]);
-    dir
 }
 
 /// What a restored app must show: its page (rows from Redis), its env, its data file.

@@ -692,6 +692,21 @@ pub fn dev_node_with(edit: impl FnOnce(&mut String)) -> DevNode {
 
 /// Runs git in `dir` (with a committer identity, and the `ext::` transport allowed for local
 /// pushes as root) and asserts success; returns stdout.
+/// A fresh git repository (under the node's root, branch main, one commit) holding a copy of
+/// `examples/NAME`.
+pub fn example_repo(n: &TestNode, name: &str) -> PathBuf {
+    let dir = n.root.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+    let st = Command::new("cp").arg("-a").arg(src).arg(&dir).status().unwrap();
+    assert!(st.success(), "cannot copy examples/{name}");
+    git(&dir, &["init", "-q", "-b", "main"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", name]);
+    dir
+}
+
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
         .args([
