@@ -434,11 +434,12 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     if PUSHER_GONE.load(std::sync::atomic::Ordering::SeqCst) || relay_is_gone(push) {
         bail!("the push connection is gone; not switching");
     }
+    let mut settler = false;
     if let Some(j) = journal {
         journal::begin(j)?;
         // From here on, whatever ends this hook (its own failure, a kill), the switch is
         // settled once git has ended.
-        settle_after_git(info.keep_deployments);
+        settler = settle_after_git(info.keep_deployments);
     }
     switch_to(info, id)?;
     crate::fault::reached("after-switch");
@@ -458,12 +459,15 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
     if let Some(j) = journal {
         crate::fault::reached("before-no-return");
         if relay_is_gone(true) {
+            let previous = j.previous.as_deref().unwrap_or("nothing");
+            // The settler puts the previous deployment back once git has ended (it may be
+            // doing so now: git dies with its relay). One switch back, not two at once.
+            if settler {
+                bail!("the push connection is gone; {previous} is made live again once git has ended");
+            }
             back_to_previous(j)
                 .context("the push connection is gone, and the previous deployment could not be restored")?;
-            bail!(
-                "the push connection is gone; {} is live again",
-                j.previous.as_deref().unwrap_or("nothing")
-            );
+            bail!("the push connection is gone; {previous} is live again");
         }
     }
     Ok(())
@@ -544,7 +548,8 @@ fn settle(relay_lost: bool) {
 /// Once git-receive-pack (this hook's parent) has ended, settles the journaled switch (if the
 /// hook has not settled it itself) and prunes the deployments beyond the newest `keep`: a child
 /// holds the push lock (inherited) until then, so the next push starts from a settled state.
-fn settle_after_git(keep: u32) {
+/// False when no child could be started (the next push or rollback settles it first).
+fn settle_after_git(keep: u32) -> bool {
     let git = nix::unistd::getppid();
     // SAFETY: the hook is single-threaded; the child only waits, runs git and writes files.
     match unsafe { nix::unistd::fork() } {
@@ -562,11 +567,12 @@ fn settle_after_git(keep: u32) {
             // SAFETY: leave the forked child without running the parent's destructors.
             unsafe { libc::_exit(0) }
         }
-        Ok(nix::unistd::ForkResult::Parent { .. }) => {}
+        Ok(nix::unistd::ForkResult::Parent { .. }) => true,
         // Not settled now: the next push (or rollback) settles it first.
         Err(e) => {
             say(&format!("warning: cannot watch git's end ({e})"));
             prune(keep);
+            false
         }
     }
 }

@@ -83,6 +83,10 @@ struct Inner {
 
 struct Sup {
     inner: Mutex<Inner>,
+    /// Held through each command that changes which processes run (start, stop, switch,
+    /// scale): two at once would each start a web process on the same spare port (a push's
+    /// rollback racing its settler did), and the loser's crash would replace the live one.
+    ops: Mutex<()>,
     /// The Procfile's other process types.
     workers: Arc<Workers>,
     /// Scheduled jobs running now.
@@ -861,7 +865,18 @@ fn reaper(s: Shared) {
 }
 
 fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
-    let reply = match control::read_command(&stream)? {
+    let command = control::read_command(&stream)?;
+    let _one_at_a_time = match command {
+        Command::Start
+        | Command::StartWait
+        | Command::Stop
+        | Command::Restart
+        | Command::Switch
+        | Command::Scale
+        | Command::RestartIfWanted => Some(s.ops.lock().unwrap_or_else(|e| e.into_inner())),
+        Command::Release | Command::Status | Command::Watch(_) | Command::Unknown(_) => None,
+    };
+    let reply = match command {
         Command::Start => start(s).map(|_| "started"),
         Command::StartWait => start(s).and_then(|_| wait_started(s)).map(|_| "started"),
         Command::Stop => stop(s).map(|_| "stopped"),
@@ -928,6 +943,7 @@ pub fn run() -> ! {
             started_at: None,
             waiters: HashMap::new(),
         }),
+        ops: Mutex::new(()),
         workers: Workers::new(spawn_worker, note),
         cron: cron::Running::default(),
         changed: Condvar::new(),
