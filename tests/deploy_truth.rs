@@ -484,6 +484,18 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
     eprintln!("{}", outcomes.into_inner().unwrap().join("\n"));
 }
 
+/// Creates and pushes each (app, example), and checks it answers through the router.
+fn deploy_examples(d: &DevNode, apps: &[(&str, &str)]) {
+    for &(app, example) in apps {
+        let cart = if example == "static" { "static" } else { "python" };
+        d.n.ok(&["app", "create", app, "--cartridge", cart, "--owner", "dev"]);
+        let dir = example_for(&d.n, example, app);
+        let (ok, out) = push_as(&d.n, &d.key, &dir, app, "main");
+        assert!(ok, "{out}");
+        assert_eq!(through_router(&d.n, app).0, "200");
+    }
+}
+
 /// The node's bridge and nftables table deleted under running gears (a network restart, an
 /// admin's mistake) while the daemon was down: the next daemon puts the surviving gears back
 /// on the network, and every app answers again within 10 s of its start, without a restart.
@@ -492,14 +504,7 @@ fn a_network_torn_down_under_live_gears_heals_when_the_daemon_starts() {
     require_root!();
     let mut d = dev_node();
     let apps = [("heal0", "static"), ("heal1", "python-flaskless")];
-    for (app, example) in apps {
-        let cart = if example == "static" { "static" } else { "python" };
-        d.n.ok(&["app", "create", app, "--cartridge", cart, "--owner", "dev"]);
-        let dir = example_for(&d.n, example, app);
-        let (ok, out) = push_as(&d.n, &d.key, &dir, app, "main");
-        assert!(ok, "{out}");
-        assert_eq!(through_router(&d.n, app).0, "200");
-    }
+    deploy_examples(&d, &apps);
     let pids: Vec<String> = apps
         .iter()
         .map(|(app, _)| d.n.ok(&["app", "status", app, "--json"]))
@@ -533,5 +538,111 @@ fn a_network_torn_down_under_live_gears_heals_when_the_daemon_starts() {
             pid(&before),
             "{app} was restarted"
         );
+    }
+}
+
+/// One request through the router that gives up after `secs` (a gear off the network does not
+/// answer at all): its status.
+fn status_within(n: &TestNode, app: &str, secs: u32) -> String {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            &secs.to_string(),
+            "-w",
+            "%{http_code}",
+            "-H",
+        ])
+        .arg(format!("Host: {app}.localhost"))
+        .arg(format!("http://127.0.0.1:{}/", n.http_port()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Under a running daemon, an admin's mistake takes a gear's veth off the bridge, another
+/// gear's address away, then the node's nftables table: the daemon's periodic check puts each
+/// back within 10 s, without a restart, and `gearshift events` names each repair.
+#[test]
+fn a_gear_network_broken_under_the_running_daemon_heals_within_ten_seconds() {
+    require_root!();
+    let d = dev_node();
+    let apps = [("mend0", "static"), ("mend1", "python-flaskless")];
+    deploy_examples(&d, &apps);
+    let pid = |app: &str| {
+        serde_json::from_str::<serde_json::Value>(&d.n.ok(&["app", "status", app, "--json"])).unwrap()["pid"].clone()
+    };
+    let before: Vec<_> = apps.iter().map(|(app, _)| pid(app)).collect();
+    let gear = |app: &str| d.n.show(app)["gears"][0].clone();
+    let (g0, g1) = (gear("mend0"), gear("mend1"));
+    let run = |cmd: &[&str]| {
+        let st = Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
+        assert!(st.success(), "{cmd:?} failed");
+    };
+    let heals = |what: &str| {
+        let started = std::time::Instant::now();
+        for (app, _) in apps {
+            assert!(
+                eventually(Duration::from_secs(10).saturating_sub(started.elapsed()), || {
+                    status_within(&d.n, app, 2) == "200"
+                }),
+                "{what}: {app} does not answer 10 s later:\n{}",
+                d.daemon.log_text()
+            );
+        }
+    };
+    let events = || d.n.ok(&["events", "--lines", "200"]);
+
+    // A veth off the bridge, and the other gear's address gone.
+    run(&["ip", "link", "set", g0["veth"].as_str().unwrap(), "nomaster"]);
+    run(&[
+        "ip",
+        "-n",
+        g1["netns"].as_str().unwrap(),
+        "addr",
+        "flush",
+        "dev",
+        "eth0",
+    ]);
+    heals("veth off the bridge, address flushed");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let e = events();
+            e.contains("node.repair") && e.contains("is not on the bridge") && e.contains("lacks address")
+        }),
+        "the repairs are not in the event log:\n{}",
+        events()
+    );
+
+    // The node's nftables table.
+    let table = format!("gearshift_{}", d.n.name.replace('-', "_"));
+    run(&["nft", "delete", "table", "inet", &table]);
+    let back = || {
+        Command::new("nft")
+            .args(["list", "table", "inet", &table])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        eventually(Duration::from_secs(10), back),
+        "the nftables table is not back 10 s later:\n{}",
+        d.daemon.log_text()
+    );
+    heals("nftables table deleted");
+    assert!(
+        eventually(Duration::from_secs(5), || events()
+            .contains(&format!("nftables table inet {table} is missing"))),
+        "the table's repair is not in the event log:\n{}",
+        events()
+    );
+    let log = events();
+    eprintln!("{log}");
+    assert!(!log.contains("not repaired") && !log.contains("still wrong"), "{log}");
+    // Healed, not restarted: the same web processes serve.
+    for ((app, _), before) in apps.iter().zip(before) {
+        assert!(before.is_i64(), "{app} had no web process: {before}");
+        assert_eq!(pid(app), before, "{app} was restarted");
     }
 }

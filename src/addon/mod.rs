@@ -162,11 +162,14 @@ pub fn boot(a: &Addon) -> gear::Boot {
 /// into the firewall; returns how many failed (each reported on stderr).
 pub fn bring_up(node: &Node) -> Result<usize> {
     let mut failed = 0;
+    let shaped = crate::gear::isolation::tc::shaped_devices().ok();
     for a in list(node)?.into_iter().filter(|a| a.status != "creating") {
         let Ok(g) = a.gear() else { continue };
+        // A gear started here is shaped as it starts, after the listing.
+        let shaped = shaped.as_ref().filter(|_| gear::init_pid(node, g).is_some());
         let r = gear::relabel_if_needed(node, g)
             .and_then(|_| gear::ensure_running(node, g, &boot(&a)))
-            .and_then(|_| gear::reattach_network(node, g));
+            .and_then(|_| gear::reattach_network(node, g, shaped));
         if let Err(e) = r {
             eprintln!("gearshift: cannot start add-on '{}': {e:#}", a.name);
             failed += 1;

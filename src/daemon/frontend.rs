@@ -159,9 +159,15 @@ impl Front {
 }
 
 /// The route feeder, as the rest of the daemon sees it.
+#[derive(Clone)]
 pub struct Routes(Arc<Front>);
 
 impl Routes {
+    /// The app records as the feeder last read them.
+    pub fn apps(&self) -> Vec<App> {
+        self.0.apps.lock().unwrap().clone()
+    }
+
     /// Puts `app`'s hosts and its gears' live web processes into the route table now (not at
     /// the watchers' pace), so a client told that a push, start or rollback succeeded reaches
     /// the new process with its very next request.

@@ -8,6 +8,7 @@ pub mod frontend;
 pub mod metrics;
 pub mod oom;
 pub mod proto;
+pub mod reconcile;
 mod watch;
 
 use crate::app::git::PushEvents;
@@ -126,6 +127,19 @@ pub fn run(config_path: &Path) -> Result<i32> {
     let (router, routes) =
         crate::daemon::frontend::start(&node, &shared.config_path, Arc::clone(&stop), shared.counters.clone())
             .context("cannot start the router")?;
+    let hooks = {
+        let (r, r2) = (routes.clone(), routes.clone());
+        reconcile::Hooks {
+            apps: Box::new(move || r.apps()),
+            repaired: Box::new(move |app| {
+                if let Err(e) = r2.sync_app(app) {
+                    eprintln!("gearshift daemon: cannot update the routes of {app}: {e:#}");
+                }
+            }),
+        }
+    };
+    reconcile::start(node.clone(), shared.config_path.clone(), Arc::clone(&stop), hooks)
+        .context("cannot start the reconciler")?;
     let _ = shared.routes.set(routes);
     eprintln!(
         "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",

@@ -40,11 +40,33 @@ pub fn gear_net(node: &Node, gear: &Gear) -> Result<GearNet> {
     })
 }
 
-/// Puts a running gear back on the node's network (after the bridge was recreated under it);
-/// returns what was repaired.
-pub fn reattach_network(node: &Node, gear: &Gear) -> Result<Option<String>> {
-    network::reattach_gear(&NodeNet::from_config(&node.config), &gear_net(node, gear)?)
-        .with_context(|| format!("cannot put gear {} of app '{}' back on the network", gear.id, gear.app))
+/// Puts a running gear back on the node's network (after the bridge was recreated under it, a
+/// veth was detached, the gear's end lost its address; `shaped`: the host's token buckets, to
+/// put back a missing one); returns what was repaired.
+pub fn reattach_network(
+    node: &Node,
+    gear: &Gear,
+    shaped: Option<&std::collections::HashSet<String>>,
+) -> Result<Option<String>> {
+    let init = init_pid(node, gear);
+    network::reattach_gear(
+        &NodeNet::from_config(&node.config),
+        &gear_net(node, gear)?,
+        init,
+        shaped,
+    )
+    .with_context(|| format!("cannot put gear {} of app '{}' back on the network", gear.id, gear.app))
+}
+
+/// What of a gear that should run differs from what it should be (its init down, or what
+/// [`network::gear_drift`] finds), one line each; cheap reads only.
+pub fn drift(node: &Node, gear: &Gear, shaped: Option<&std::collections::HashSet<String>>) -> Result<Vec<String>> {
+    let Some(init) = init_pid(node, gear) else {
+        return Ok(vec!["its init is not running".into()]);
+    };
+    let net = gear_net(node, gear)?;
+    let found = network::gear_drift(&NodeNet::from_config(&node.config), &net, Some(init), shaped);
+    Ok(found.iter().map(|d| d.describe(&net)).collect())
 }
 
 /// Field 22 of /proc/PID/stat: the start time, which tells a live init from a reused pid.

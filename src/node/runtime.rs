@@ -137,6 +137,8 @@ fn up_in_processes(node: &Node, k: usize) -> Result<usize> {
 /// Brings back the gears of `apps`; how many could not be.
 fn up_gears(node: &Node, apps: &[app::App]) -> usize {
     let mut failed = 0;
+    // One listing of the host's token buckets for every gear's check.
+    let shaped = crate::gear::isolation::tc::shaped_devices().ok();
     for a in apps {
         let boot = app::boot(a);
         for g in &a.gears {
@@ -151,6 +153,8 @@ fn up_gears(node: &Node, apps: &[app::App]) -> usize {
                     failed += 1;
                 }
             }
+            // A gear this pass starts is shaped as it starts, after the listing.
+            let was_running = gear::init_pid(node, g).is_some();
             if !a.idle {
                 // A gear started by an older gearshift whose supervisor does not
                 // answer the control socket gets a fresh init (an upgrade).
@@ -168,7 +172,7 @@ fn up_gears(node: &Node, apps: &[app::App]) -> usize {
                 }
             }
             // A gear that outlived the node's network (bridge deleted, network restarted).
-            match gear::reattach_network(node, g) {
+            match gear::reattach_network(node, g, shaped.as_ref().filter(|_| was_running)) {
                 Ok(Some(what)) => eprintln!("gearshift: gear {} of '{}': {what}", g.index, a.name),
                 Ok(None) => {}
                 Err(e) => {

@@ -12,6 +12,7 @@ use super::check::{is_root, sh_in_throwaway_netns, tool_version, Check};
 use super::netcmd::{parse_probe_output, probe_detail, probe_fix, run, run_stdin, ProbeResults, PROBE_STEP};
 use crate::node::config::{Config, Subnet};
 use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,16 +133,91 @@ fn forget_neighbour(n: &NodeNet, ip: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-/// Puts a gear whose network namespace survived (its init runs) back on the node's network:
-/// a host veth left without the bridge (the bridge was deleted and recreated) is attached
-/// again; a missing veth pair is recreated into the namespace. Returns what was repaired.
-pub fn reattach_gear(n: &NodeNet, g: &GearNet) -> Result<Option<String>> {
-    check_gear(n, g)?;
+/// What of a running gear's network differs from what it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GearDrift {
+    /// The host end of the veth pair is gone (the pair with it).
+    VethMissing,
+    /// The host end is not a port of the node's bridge.
+    NotOnBridge,
+    /// The host end is not up (its operstate).
+    VethDown(String),
+    /// The gear's `eth0` lacks its address or its default route through the gateway.
+    GearEndUnconfigured,
+    /// A bandwidth-limited gear's host end has no token bucket.
+    Unshaped,
+}
+
+impl GearDrift {
+    /// One line for people and the event log.
+    pub fn describe(&self, g: &GearNet) -> String {
+        let v = &g.veth_host;
+        match self {
+            GearDrift::VethMissing => format!("veth {v} is missing"),
+            GearDrift::NotOnBridge => format!("veth {v} is not on the bridge"),
+            GearDrift::VethDown(state) => format!("veth {v} is not up (operstate {state})"),
+            GearDrift::GearEndUnconfigured => {
+                format!("eth0 in netns {} lacks address {} or its default route", g.netns, g.ip)
+            }
+            GearDrift::Unshaped => format!("veth {v} has no bandwidth shaping"),
+        }
+    }
+}
+
+/// What of gear `g`'s network differs from what it should be, by cheap reads only: sysfs for
+/// the host end, `/proc/INIT/net` for the gear's end when its init (`init`) runs, and the host's
+/// token buckets when `shaped` (from [`super::tc::shaped_devices`]) is given. A gear without its
+/// network namespace has nothing to compare (its init is down; starting it makes the network).
+pub fn gear_drift(n: &NodeNet, g: &GearNet, init: Option<i32>, shaped: Option<&HashSet<String>>) -> Vec<GearDrift> {
     if !netns_path(&g.netns).exists() {
+        return Vec::new();
+    }
+    let sys = Path::new("/sys/class/net").join(&g.veth_host);
+    if !sys.exists() {
+        return vec![GearDrift::VethMissing];
+    }
+    let mut drift = Vec::new();
+    let master = std::fs::read_link(sys.join("master")).ok();
+    if master.as_deref().and_then(|m| m.file_name()) != Some(std::ffi::OsStr::new(&n.bridge)) {
+        drift.push(GearDrift::NotOnBridge);
+    }
+    let state = std::fs::read_to_string(sys.join("operstate")).unwrap_or_default();
+    if state.trim() != "up" {
+        drift.push(GearDrift::VethDown(state.trim().to_string()));
+    }
+    if let Some(pid) = init {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{f}"));
+        // Unreadable: the init ended meanwhile; its own check says so.
+        if let (Ok(trie), Ok(routes)) = (read("fib_trie"), read("route")) {
+            if !has_local_address(&trie, g.ip) || !has_default_route(&routes, "eth0", n.subnet.gateway()) {
+                drift.push(GearDrift::GearEndUnconfigured);
+            }
+        }
+    }
+    if g.bandwidth_kbit > 0 && shaped.is_some_and(|s| !s.contains(&g.veth_host)) {
+        drift.push(GearDrift::Unshaped);
+    }
+    drift
+}
+
+/// Puts a gear whose network namespace survived (its init runs) back on the node's network: a
+/// missing veth pair is recreated into the namespace; a host end left off the bridge (the bridge
+/// was deleted and recreated, or an admin detached it) or down is attached and brought up again;
+/// the gear's end gets its address and route again; a missing token bucket is put back. What
+/// differs is [`gear_drift`]'s; returns what was repaired.
+pub fn reattach_gear(
+    n: &NodeNet,
+    g: &GearNet,
+    init: Option<i32>,
+    shaped: Option<&HashSet<String>>,
+) -> Result<Option<String>> {
+    check_gear(n, g)?;
+    let drift = gear_drift(n, g, init, shaped);
+    if drift.is_empty() {
         return Ok(None);
     }
     let veth = g.veth_host.as_str();
-    if !link_exists(veth) {
+    if drift.contains(&GearDrift::VethMissing) {
         run(
             &format!("recreate veth pair {veth} <-> {}:eth0", g.netns),
             Command::new("ip").args([
@@ -154,12 +230,117 @@ pub fn reattach_gear(n: &NodeNet, g: &GearNet) -> Result<Option<String>> {
         super::tc::shape(&g.netns, veth, g.bandwidth_kbit)?;
         return Ok(Some(format!("recreated veth {veth} of gear netns {}", g.netns)));
     }
-    let master = std::fs::read_link(Path::new("/sys/class/net").join(veth).join("master")).ok();
-    if master.as_deref().and_then(|m| m.file_name()) == Some(std::ffi::OsStr::new(&n.bridge)) {
-        return Ok(None);
+    let mut done = Vec::new();
+    let down = drift.iter().any(|d| matches!(d, GearDrift::VethDown(_)));
+    if down || drift.contains(&GearDrift::NotOnBridge) {
+        attach_host_end(n, veth)?;
+        done.push(format!("re-attached veth {veth} to bridge {}", n.bridge));
     }
-    attach_host_end(n, veth)?;
-    Ok(Some(format!("re-attached veth {veth} to bridge {}", n.bridge)))
+    if down || drift.contains(&GearDrift::GearEndUnconfigured) {
+        configure_gear_end(n, g)?;
+        done.push(format!("configured eth0 in netns {} ({})", g.netns, g.ip));
+    }
+    if drift.contains(&GearDrift::Unshaped) {
+        super::tc::shape(&g.netns, veth, g.bandwidth_kbit)?;
+        done.push(format!("shaped veth {veth} to {} kbit/s again", g.bandwidth_kbit));
+    }
+    Ok(Some(done.join(", ")))
+}
+
+/// Whether `/proc/PID/net/fib_trie` (`trie`) holds `ip` as a local address.
+fn has_local_address(trie: &str, ip: Ipv4Addr) -> bool {
+    let leaf = format!("|-- {ip}");
+    let mut lines = trie.lines().map(str::trim);
+    while let Some(l) = lines.next() {
+        if l == leaf && lines.clone().next().is_some_and(|n| n.starts_with("/32 host LOCAL")) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `/proc/PID/net/route` (`routes`) holds a default route via `gw` on `dev`.
+fn has_default_route(routes: &str, dev: &str, gw: Ipv4Addr) -> bool {
+    let gw = format!("{:08X}", u32::from_ne_bytes(gw.octets()));
+    routes.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 7 && f[0] == dev && f[1] == "00000000" && f[2] == gw && f[7] == "00000000"
+    })
+}
+
+/// Whether `/proc/net/route` (`routes`) holds the connected route of `subnet` on `dev` (the
+/// bridge is up and has its address in the subnet).
+fn has_subnet_route(routes: &str, dev: &str, subnet: &Subnet) -> bool {
+    let hex = |a: Ipv4Addr| format!("{:08X}", u32::from_ne_bytes(a.octets()));
+    let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(subnet.prefix)).unwrap_or(0));
+    let (net, mask) = (hex(subnet.network), hex(mask));
+    routes.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 7 && f[0] == dev && f[1] == net && f[7] == mask
+    })
+}
+
+/// What of the node's own network differs from what it should be: the bridge (present, up,
+/// with the gateway address), the nftables table and the number of rules in each of its chains
+/// (one `nft list table` each call).
+pub fn node_drift(n: &NodeNet) -> Vec<String> {
+    let br = &n.bridge;
+    let mut drift = Vec::new();
+    let sys = Path::new("/sys/class/net").join(br);
+    if !sys.exists() {
+        drift.push(format!("bridge {br} is missing"));
+    } else {
+        let flags = std::fs::read_to_string(sys.join("flags")).unwrap_or_default();
+        let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 1);
+        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        if !up {
+            drift.push(format!("bridge {br} is down"));
+        } else if !has_subnet_route(&routes, br, &n.subnet) {
+            drift.push(format!("bridge {br} lacks the gateway address {}", n.subnet.gateway()));
+        }
+    }
+    let listed = Command::new("nft")
+        .args(["list", "table", "inet", &n.nft_table])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match listed {
+        Ok(o) if o.status.success() => {
+            let have = chain_rule_counts(&String::from_utf8_lossy(&o.stdout));
+            for (chain, want) in chain_rule_counts(&ruleset(n)) {
+                let got = have.get(&chain).copied();
+                if got != Some(want) {
+                    drift.push(format!(
+                        "nftables table inet {} has {} of chain {chain}'s {want} rules",
+                        n.nft_table,
+                        got.unwrap_or(0)
+                    ));
+                }
+            }
+        }
+        Ok(_) => drift.push(format!("nftables table inet {} is missing", n.nft_table)),
+        Err(e) => drift.push(format!("cannot run `nft list table inet {}`: {e}", n.nft_table)),
+    }
+    drift
+}
+
+/// The number of rules of each chain of an nftables table, as `nft list table` prints it (or
+/// as [`ruleset`] writes it): the lines of each `chain NAME { ... }` but its `type` line.
+fn chain_rule_counts(table: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let mut chain: Option<String> = None;
+    for l in table.lines().map(str::trim) {
+        if let Some(name) = l.strip_prefix("chain ").and_then(|r| r.strip_suffix(" {")) {
+            chain = Some(name.to_string());
+            counts.insert(name.to_string(), 0);
+        } else if l == "}" {
+            chain = None;
+        } else if let Some(c) = &chain {
+            if !l.is_empty() && !l.starts_with("type ") {
+                *counts.get_mut(c).expect("counted chain") += 1;
+            }
+        }
+    }
+    counts
 }
 
 // ---------------------------------------------------------------------------------------
@@ -916,14 +1097,19 @@ except Exception as e:
         assert!(!link_exists(&g.veth_host));
     }
 
-    #[test]
-    fn ruleset_names_the_table_bridge_and_subnet() {
-        let n = NodeNet {
+    /// A node network described, not made.
+    fn sample_net() -> NodeNet {
+        NodeNet {
             node: "n".into(),
             bridge: "gs-br".into(),
             subnet: Subnet::parse("10.77.0.0/20").unwrap(),
             nft_table: "gearshift_n".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn ruleset_names_the_table_bridge_and_subnet() {
+        let n = sample_net();
         let r = ruleset(&n);
         assert!(r.starts_with("table inet gearshift_n {}\ndelete table inet gearshift_n\n"));
         assert!(r.contains(r#"ip saddr 10.77.0.0/20 oifname != "gs-br" masquerade"#));
@@ -932,12 +1118,7 @@ except Exception as e:
 
     #[test]
     fn links_script_replaces_the_whole_set() {
-        let n = NodeNet {
-            node: "n".into(),
-            bridge: "gs-br".into(),
-            subnet: Subnet::parse("10.77.0.0/20").unwrap(),
-            nft_table: "gearshift_n".into(),
-        };
+        let n = sample_net();
         assert_eq!(links_script(&n, &[]), "flush set inet gearshift_n gear_links\n");
         let l = |a: u8, b: u8| GearLink {
             from: Ipv4Addr::new(10, 77, 0, a),
@@ -954,6 +1135,46 @@ except Exception as e:
             "flush set inet gearshift_n gear_services\nadd element inet gearshift_n gear_services { 10.77.0.3 . 6379 }\n"
         );
         assert!(ruleset(&n).contains("meta skuid != 0 ip daddr . tcp dport @gear_services reject"));
+    }
+
+    #[test]
+    fn drift_readers_parse_the_kernels_tables() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 10.77.0.0/24 2 0 2\n        |-- 10.77.0.0\n           /24 link UNICAST\n        |-- 10.77.0.5\n           /32 host LOCAL\nLocal:\n";
+        assert!(has_local_address(trie, Ipv4Addr::new(10, 77, 0, 5)));
+        assert!(!has_local_address(trie, Ipv4Addr::new(10, 77, 0, 0)));
+        assert!(!has_local_address(trie, Ipv4Addr::new(10, 77, 0, 6)));
+        let routes = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\neth0\t00000000\t01004D0A\t0003\t0\t0\t0\t00000000\t0\t0\t0\neth0\t00004D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let gw = Ipv4Addr::new(10, 77, 0, 1);
+        if cfg!(target_endian = "little") {
+            assert!(has_default_route(routes, "eth0", gw));
+            assert!(!has_default_route(routes, "eth1", gw));
+            assert!(has_subnet_route(
+                routes,
+                "eth0",
+                &Subnet::parse("10.77.0.0/24").unwrap()
+            ));
+            assert!(!has_subnet_route(
+                routes,
+                "eth0",
+                &Subnet::parse("10.77.0.0/20").unwrap()
+            ));
+        }
+        assert!(!has_default_route(routes, "eth0", Ipv4Addr::new(10, 77, 0, 2)));
+    }
+
+    #[test]
+    fn the_rule_count_of_each_chain_matches_what_nft_lists() {
+        let n = sample_net();
+        let want = chain_rule_counts(&ruleset(&n));
+        assert_eq!(want.get("forward"), Some(&7), "{want:?}");
+        assert_eq!(want.get("postrouting"), Some(&1), "{want:?}");
+        assert_eq!(want.len(), 4, "{want:?}");
+        // As nft prints it back (sets first, a rule rewritten).
+        let listed = "table inet gearshift_n {\n\tset gear_links {\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n\t}\n\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"gs-br\" ct state established,related accept\n\t\tiifname \"gs-br\" drop\n\t}\n\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t}\n}\n";
+        let have = chain_rule_counts(listed);
+        assert_eq!(have.get("input"), Some(&2));
+        assert_eq!(have.get("output"), Some(&0));
+        assert_eq!(have.get("gear_links"), None);
     }
 
     #[test]

@@ -54,6 +54,25 @@ pub fn shape(netns: &str, veth_host: &str, bandwidth_kbit: u64) -> Result<()> {
     Ok(())
 }
 
+/// The host's interfaces whose root qdisc is a token bucket (one `tc qdisc show` for all of
+/// them): what [`super::network::gear_drift`] compares a limited gear's host end with.
+pub fn shaped_devices() -> Result<std::collections::HashSet<String>> {
+    let out = run("list the host's qdiscs", Command::new("tc").args(["qdisc", "show"]))?;
+    Ok(tbf_roots(&out))
+}
+
+/// The devices of `tc qdisc show`'s lines `qdisc tbf H: dev DEV root ...`.
+fn tbf_roots(listing: &str) -> std::collections::HashSet<String> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 4 && f[0] == "qdisc" && f[1] == "tbf" && f[3] == "dev" && f.get(5) == Some(&"root"))
+                .then(|| f[4].to_string())
+        })
+        .collect()
+}
+
 /// Best-effort removal of both root qdiscs (absent ones are not an error).
 fn unshape(g: &Link) {
     let _ = run(
@@ -138,6 +157,14 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{Shutdown, SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn tbf_roots_are_read_from_the_listing() {
+        let l = "qdisc noqueue 0: dev lo root refcnt 2 \nqdisc tbf 8135: dev gh7dac2a4208eb root refcnt 3 rate 20Mbit burst 25000b lat 90ms \nqdisc tbf 1: dev x parent 1:1 rate 1Mbit\nqdisc fq_codel 0: dev eth0 root refcnt 2\n";
+        let s = tbf_roots(l);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert!(s.contains("gh7dac2a4208eb"));
+    }
 
     /// In the gear: accepts one connection, reads it to EOF, answers the byte count.
     const SINK: &str = r#"
