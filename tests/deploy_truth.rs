@@ -646,3 +646,38 @@ fn a_gear_network_broken_under_the_running_daemon_heals_within_ten_seconds() {
         assert_eq!(pid(app), before, "{app} was restarted");
     }
 }
+
+/// A gear whose init runs but whose supervisor cannot be reached (its init, the supervisor,
+/// stopped with SIGSTOP) is reported by `app status` and `app show` over SSH as not serving,
+/// with what to do; doing it serves the app again.
+#[test]
+fn a_gear_whose_supervisor_does_not_answer_is_reported_as_not_serving() {
+    require_root!();
+    let d = dev_node();
+    deploy_examples(&d, &[("numb", "python-flaskless")]);
+    let id = d.n.show("numb")["gears"][0]["id"].as_str().unwrap().to_string();
+    let pidfile = std::fs::read_to_string(d.n.root.join("run/gears").join(&id).join("init.pid")).unwrap();
+    let init: i32 = pidfile.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) with integer arguments.
+    assert_eq!(unsafe { libc::kill(init, libc::SIGSTOP) }, 0);
+    let ssh = |cmd: &str| {
+        let o = d.n.ssh(&d.key, &[], Some(cmd), b"");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.success(), text(&o.stdout), text(&o.stderr))
+    };
+    let (ok, out, err) = ssh("app status numb");
+    assert!(!ok, "app status says the frozen app serves:\n{out}{err}");
+    assert!(out.contains("not answering"), "{out}");
+    assert!(err.contains("'numb' is not serving"), "{err}");
+    assert!(err.contains("app idle numb") && err.contains("app start numb"), "{err}");
+    let (_, show, err) = ssh("app show numb");
+    assert!(show.contains("status:    not answering"), "app show:\n{show}{err}");
+    // What it says to do: the gear is restarted, and serves again.
+    for cmd in ["app idle numb", "app start numb"] {
+        let (ok, out, err) = ssh(cmd);
+        assert!(ok, "{cmd}:\n{out}{err}");
+    }
+    let (ok, out, err) = ssh("app status numb");
+    assert!(ok && out.starts_with("running"), "after a restart:\n{out}{err}");
+    assert_eq!(through_router(&d.n, "numb").0, "200");
+}

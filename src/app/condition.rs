@@ -25,6 +25,9 @@ pub enum AppState {
     Idle,
     /// Stopped (by `app stop`, or the gears are down).
     Stopped,
+    /// A gear's init runs but its supervisor does not answer (frozen, overloaded), and no gear
+    /// serves.
+    Unreachable,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl std::fmt::Display for AppState {
             }
             AppState::Idle => write!(f, "idle"),
             AppState::Stopped => write!(f, "stopped"),
+            AppState::Unreachable => write!(f, "not answering"),
         }
     }
 }
@@ -98,6 +102,9 @@ pub fn compute(record_status: &str, deployed: bool, idle: bool, gears: &[serde_j
             restarts: g["restarts"].as_u64().unwrap_or(0),
             last_exit: g["last_exit"].as_str().map(String::from),
         };
+    }
+    if !idle && gears.iter().any(|g| state(g) == "unreachable") {
+        return AppState::Unreachable;
     }
     if idle || (!gears.is_empty() && gears.iter().all(|g| state(g) == "idle")) {
         return AppState::Idle;
@@ -189,7 +196,14 @@ mod tests {
         assert_eq!(s("ready", true, true, vec![idle.clone()]), "idle");
         assert_eq!(s("ready", true, false, vec![idle.clone(), idle]), "idle");
         assert_eq!(s("ready", true, false, vec![stop]), "stopped");
-        assert_eq!(s("ready", true, false, vec![down]), "stopped");
+        assert_eq!(s("ready", true, false, vec![down.clone()]), "stopped");
+        let frozen = json!({"state": "unreachable", "restarts": 0});
+        assert_eq!(s("ready", true, false, vec![frozen.clone(), down]), "not answering");
+        assert_eq!(
+            s("ready", true, false, vec![frozen.clone(), run.clone()]),
+            "partial (1 of 2 gears)"
+        );
+        assert!(!compute("ready", true, false, &[frozen], 1000).serving());
         // Running again after crashes in a row: still a crash loop, until a minute up.
         let again = json!({"state": "running", "since": 990, "restarts": 4, "streak": 3, "last_exit": "exit code 3"});
         assert_eq!(

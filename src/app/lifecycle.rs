@@ -74,10 +74,14 @@ pub fn status_of(node: &Node, app: &App, g: &Gear) -> Result<serde_json::Value> 
     if app.idle {
         return Ok(idle());
     }
-    match gear::control::command(&netns_path(&g.netns()), "status") {
+    match gear::control::status_within(&netns_path(&g.netns())) {
         Ok(v) => Ok(v["status"].clone()),
         // idled meanwhile (automatic idling), or the gear's init is down
         Err(_) if load(node, &app.name)?.idle => Ok(idle()),
+        // Its init runs, but the supervisor does not answer (frozen, stopped, overloaded).
+        Err(e) if gear::init_pid(node, g).is_some() => Ok(serde_json::json!({
+            "state": "unreachable", "pid": null, "port": 0, "restarts": 0, "error": format!("{e:#}"),
+        })),
         Err(_) => Ok(serde_json::json!({"state": "down", "pid": null, "port": 0, "restarts": 0})),
     }
 }

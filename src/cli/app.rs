@@ -303,6 +303,14 @@ fn status(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
             "'{name}' is not serving: nothing was deployed yet (git push {} main)",
             address::git_remote(&node.config, name)
         ),
+        AppState::Unreachable => {
+            let fix = gear::control::UNREACHABLE_FIX.replace("APP", name);
+            let fix = match actor.user {
+                Some(_) => address::for_ssh_user(&node.config, &fix),
+                None => fix,
+            };
+            bail!("'{name}' is not serving: its gear's supervisor does not answer (frozen or overloaded): {fix}")
+        }
         s if !s.serving() => bail!("'{name}' is not serving: {s} (see `gearshift logs {name}`)"),
         _ => Ok(()),
     }

@@ -55,6 +55,7 @@ fn kind(s: &AppState) -> &'static str {
         AppState::Crashed { .. } => "crashed",
         AppState::Idle => "idle",
         AppState::Stopped => "stopped",
+        AppState::Unreachable => "not answering",
     }
 }
 

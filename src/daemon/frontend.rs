@@ -176,7 +176,12 @@ impl Routes {
         let a = app::load(&front.node, name)?;
         front.poke(name);
         for g in &a.gears {
-            let status = control::command(&netns_path(&g.netns()), "status").ok();
+            // Bounded: a supervisor that does not answer (frozen) must not hold the client; a
+            // slow one whose init runs keeps what the watcher last saw of it.
+            let status = control::status_within(&netns_path(&g.netns())).ok();
+            if status.is_none() && crate::gear::init_pid(&front.node, g).is_some() {
+                continue;
+            }
             let generation = status
                 .as_ref()
                 .and_then(|v| v["status"]["generation"].as_u64())

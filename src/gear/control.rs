@@ -105,8 +105,13 @@ pub fn ctl(cmd: &str) -> Result<serde_json::Value> {
 }
 
 /// One command over a connected control socket.
-pub fn exchange(mut s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+pub fn exchange(s: UnixStream, cmd: &str) -> Result<serde_json::Value> {
+    exchange_within(s, cmd, Duration::from_secs(60))
+}
+
+/// One command over a connected control socket, whose reply must come within `limit`.
+fn exchange_within(mut s: UnixStream, cmd: &str, limit: Duration) -> Result<serde_json::Value> {
+    s.set_read_timeout(Some(limit))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     let mut reply = String::new();
     BufReader::new(s.take(MAX_REPLY as u64)).read_line(&mut reply)?;
@@ -150,11 +155,25 @@ pub fn command(netns: &Path, cmd: &str) -> Result<serde_json::Value> {
     exchange(connect(netns)?, cmd)
 }
 
+/// How long a user's `app status` waits for a supervisor's status: one that answers later does
+/// not answer (it is frozen or overloaded), and the user is told so.
+pub const STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// The supervisor's `status`, within [`STATUS_WAIT`].
+pub fn status_within(netns: &Path) -> Result<serde_json::Value> {
+    exchange_within(connect(netns)?, "status", STATUS_WAIT)
+        .with_context(|| format!("the supervisor did not tell its status within {STATUS_WAIT:?}"))
+}
+
+/// What restarts a gear whose supervisor does not answer.
+pub const UNREACHABLE_FIX: &str = "`gearshift app idle APP` then `gearshift app start APP` restart its gears";
+
 /// One line for a supervisor status: state, pid and age, deployment, restarts, last exit.
 pub fn status_line(st: &serde_json::Value) -> String {
     let mut line = match st["state"].as_str().unwrap_or("?") {
         "idle" => return "idle (no processes; the next request wakes it)".into(),
         "down" => return "down (the gear's init is not running; `gearshift app start` starts it)".into(),
+        "unreachable" => return format!("not answering (the gear's init runs, but its supervisor does not answer: frozen or overloaded; {UNREACHABLE_FIX})"),
         s => s.to_string(),
     };
     if let Some(p) = st["pid"].as_i64() {

@@ -318,6 +318,8 @@ impl GearCgroup {
         set("cpu.max", format!("{} 100000", l.cpu_millis * 100))?;
         set("cpu.weight", (l.cpu_millis / 10).clamp(1, 10000).to_string())?;
         set("io.weight", format!("default {}", l.io_weight))?;
+        // A gear that starts again starts thawed (whoever froze the one before).
+        set("cgroup.freeze", "0".into())?;
         Ok(())
     }
 
