@@ -4,7 +4,8 @@
 //! alive; its veth on the bridge and up; its address and default route; its token bucket) with
 //! what they should be, by cheap reads only: sysfs and /proc per gear, one `nft` and one `tc`
 //! listing per pass. What differs in two looks [`CONFIRM`] apart (a gear being created, woken
-//! or idled only passes through such a state) is repaired by the daemon start's own repair,
+//! or idled only passes through such a state; the second look and the repair hold the node
+//! lock, as `app scale` and `app destroy` do) is repaired by the daemon start's own repair,
 //! `gearshift node up` (a child process: starting a gear's init needs a single-threaded
 //! process), and each finding is recorded as a `node.repair` event with what became of it.
 
@@ -63,6 +64,9 @@ fn run(node: &Node, config_path: &std::path::Path, stop: &AtomicBool, hooks: &Ho
             continue;
         }
         std::thread::sleep(CONFIRM);
+        // Under the node lock, which `app scale` and `app destroy` hold while they add and
+        // remove gears: a gear they are making or taking away is not started again.
+        let Ok(lock) = node.lock() else { continue };
         // The records as they are now: an app destroyed or idled meanwhile is not repaired.
         let Ok(apps) = crate::app::list(node) else { continue };
         let confirmed: Vec<Finding> = survey(node, &apps).into_iter().filter(|f| first.contains(f)).collect();
@@ -88,6 +92,7 @@ fn run(node: &Node, config_path: &std::path::Path, stop: &AtomicBool, hooks: &Ho
             }
             events::record(node, e.detail(result));
         }
+        drop(lock);
         let mut touched: Vec<&str> = confirmed
             .iter()
             .filter_map(|f| f.app.as_ref().map(|a| a.0.as_str()))
