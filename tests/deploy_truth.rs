@@ -592,6 +592,7 @@ fn a_gear_network_broken_under_the_running_daemon_heals_within_ten_seconds() {
                 d.daemon.log_text()
             );
         }
+        eprintln!("{what}: every app answers {:?} later", started.elapsed());
     };
     let events = || d.n.ok(&["events", "--lines", "200"]);
 
