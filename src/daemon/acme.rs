@@ -10,7 +10,7 @@ use crate::app::{self, App};
 use crate::node::events::{self, Event};
 use crate::node::Node;
 use crate::router::Challenges;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,12 +48,16 @@ fn due(node: &Node, w: &Wanted, now: u64) -> Option<bool> {
     let st = store::status(node, &w.app, &w.host).unwrap_or_default();
     let cert = std::fs::read(app::domain::cert_paths(node, &w.app, &w.host).0).ok();
     let not_after = cert.as_deref().and_then(|c| acme::expiry::not_after(c).ok());
-    let renewal = not_after.is_some();
-    if store::renew_requested(node, &w.app, &w.host) {
-        return Some(renewal);
-    }
-    let expiring = not_after.is_none_or(|t| now + node.config.acme.renew_days * 86_400 >= t);
-    (expiring && st.next_try <= now).then_some(renewal)
+    let asked = store::renew_requested(node, &w.app, &w.host);
+    let window = node.config.acme.renew_days * 86_400;
+    attempt_now(not_after, window, st.next_try, asked, now).then_some(not_after.is_some())
+}
+
+/// The renewal rule: asked for (`domain renew`) at once; else with no certificate, or one
+/// that expires within `window` seconds, once the backoff (`next_try`) has passed.
+fn attempt_now(not_after: Option<u64>, window: u64, next_try: u64, asked: bool, now: u64) -> bool {
+    let expiring = not_after.is_none_or(|t| now + window >= t);
+    asked || (expiring && next_try <= now)
 }
 
 /// Obtains and installs a certificate for `w`; what goes into its event.
@@ -71,6 +75,10 @@ fn attempt(node: &Node, client: &mut Option<Client>, w: &Wanted, challenges: &Ch
         anyhow::bail!("no ACME client");
     };
     let issued = cl.obtain(c.email.as_deref(), std::slice::from_ref(&w.host), challenges)?;
+    // Checked as `domain cert` checks a bundle (the key belongs to the leaf) before it replaces
+    // the pair that serves now.
+    let bundle = [&issued.chain_pem[..], b"\n", &issued.key_pem[..]].concat();
+    app::cert_bundle::split(&bundle, "acme").context("the ACME server's certificate is unusable")?;
     let not_after = acme::expiry::not_after(&issued.chain_pem)?;
     let (cp, kp) = app::domain::cert_paths(node, &w.app, &w.host);
     crate::state::write_atomic(&kp, &issued.key_pem, 0o600)?;
@@ -97,9 +105,14 @@ fn pass(node: &Node, challenges: &Challenges) {
         let action = if renewal { "renew" } else { "issue" };
         let detail = match &result {
             Ok(not_after) => {
+                // A CA that issues certificates shorter than the renewal window is not asked
+                // again at every pass: once a day at most.
+                let window = node.config.acme.renew_days * 86_400;
+                let next_try = if now + window >= *not_after { now + 86_400 } else { 0 };
                 st = store::Status {
                     not_after: Some(*not_after),
                     last_attempt: now,
+                    next_try,
                     ..store::Status::default()
                 };
                 serde_json::json!({"host": w.host, "action": action, "result": "ok", "not_after": crate::clock::iso(*not_after)})
@@ -147,4 +160,34 @@ pub fn start(node: Node, challenges: Arc<Challenges>, stop: Arc<AtomicBool>) -> 
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempt_now;
+
+    #[test]
+    fn renewal_waits_for_the_window_and_the_backoff_unless_asked() {
+        let (day, now) = (86_400, 1_000_000_000);
+        let window = 30 * day;
+        assert!(attempt_now(None, window, 0, false, now), "no certificate yet");
+        assert!(
+            !attempt_now(Some(now + 60 * day), window, 0, false, now),
+            "60 days left"
+        );
+        assert!(attempt_now(Some(now + 29 * day), window, 0, false, now), "29 days left");
+        assert!(attempt_now(Some(now - 1), window, 0, false, now), "expired");
+        assert!(
+            !attempt_now(Some(now + day), window, now + 300, false, now),
+            "backing off"
+        );
+        assert!(
+            !attempt_now(None, window, now + 300, false, now),
+            "backing off, none yet"
+        );
+        assert!(
+            attempt_now(Some(now + 60 * day), window, now + 300, true, now),
+            "asked: at once"
+        );
+    }
 }
