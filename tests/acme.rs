@@ -410,3 +410,92 @@ fn acme_issues_serves_renews_and_survives_a_failed_challenge() {
         "no key in the daemon's log"
     );
 }
+
+#[test]
+fn node_wide_acme_covers_every_host_but_hand_installed_ones_and_backs_off_after_a_failure() {
+    if !prerequisites(&test_of(module_path!())) {
+        return;
+    }
+    let n = TestNode::new();
+    let dns = Dns::start();
+    let pebble = Pebble::start(&n, &dns);
+    let domain = format!("{}.test", n.name);
+    n.set_config("domain = \"localhost\"", &format!("domain = \"{domain}\""));
+    n.set_config(
+        "enabled = false\ndirectory = \"https://acme-v02.api.letsencrypt.org/directory\"",
+        &format!(
+            "enabled = true\nemail = \"ops@{domain}\"\ndirectory = \"https://127.0.0.1:{}/dir\"\nca_bundle = \"{}\"",
+            pebble.api,
+            pebble.api_ca.display()
+        ),
+    );
+    let _daemon = n.start_daemon();
+    let root = pebble.issuing_root();
+    let (own, alias, dead, manual) = (
+        format!("blog.{domain}"),
+        "www.blog.test".to_string(),
+        "dead.blog.test".to_string(),
+        "hand.blog.test".to_string(),
+    );
+    dns.dead.lock().unwrap().insert(dead.clone());
+    // The hand-installed certificate is in place before ACME may look at the host.
+    n.ok(&["app", "create", "blog", "--cartridge", "static"]);
+    let (crt, key) = make_cert(&n.root.join("hand"), &manual, "hand");
+    n.ok(&["domain", "add", "blog", &manual]);
+    let mut c = n
+        .cmd()
+        .args(["domain", "cert", "blog", &manual])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bundle = [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), &bundle).unwrap();
+    drop(c.stdin.take());
+    assert!(c.wait().unwrap().success(), "domain cert failed");
+    n.ok(&["domain", "add", "blog", &alias]);
+    n.ok(&["domain", "add", "blog", &dead]);
+
+    // Without `--acme`: the app's own name and the alias get certificates from pebble.
+    for h in [&own, &alias] {
+        assert!(
+            eventually(Duration::from_secs(90), || https_get(&n, h, &root).0),
+            "no ACME certificate served for {h}: events {:?}",
+            acme_events(&n, "blog")
+        );
+    }
+    // The name the CA cannot resolve fails, is recorded, and waits for its backoff.
+    assert!(
+        eventually(Duration::from_secs(90), || acme_events(&n, "blog")
+            .iter()
+            .any(|e| e["detail"]["host"] == dead.as_str())),
+        "no event for {dead}"
+    );
+    // A later pass (a new host added, and served) leaves the failed host to its backoff.
+    let later = "later.blog.test";
+    n.ok(&["domain", "add", "blog", later]);
+    assert!(
+        eventually(Duration::from_secs(90), || https_get(&n, later, &root).0),
+        "no ACME certificate served for {later}"
+    );
+    let ev = acme_events(&n, "blog");
+    let failed: Vec<_> = ev.iter().filter(|e| e["detail"]["host"] == dead.as_str()).collect();
+    assert_eq!(failed.len(), 1, "one attempt, then the backoff: {ev:?}");
+    let d = &failed[0]["detail"];
+    assert_eq!(
+        (d["action"].as_str(), d["result"].as_str()),
+        (Some("issue"), Some("failed")),
+        "{d}"
+    );
+    assert_eq!(d["failures"], 1, "{d}");
+    assert!(!https_get(&n, &dead, &root).0, "{dead} is served self-signed meanwhile");
+    let list = n.ok(&["domain", "list", "blog"]);
+    let line = list.lines().find(|l| l.starts_with(&dead)).unwrap_or("");
+    assert!(line.contains("acme: pending; last attempt failed"), "{list}");
+    // The hand-installed certificate is kept: no ACME attempt, no ACME line.
+    assert!(ev.iter().all(|e| e["detail"]["host"] != manual.as_str()), "{ev:?}");
+    assert!(list.lines().any(|l| l == manual), "{list}");
+    assert!(
+        served_serial(&n, &manual) != "",
+        "the hand-installed certificate serves"
+    );
+}
