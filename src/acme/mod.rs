@@ -17,9 +17,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Let's Encrypt's production directory: the default `acme.directory`.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-
 /// How long one order may take, from the new order to the certificate.
 const ORDER_LIMIT: Duration = Duration::from_secs(120);
 

@@ -80,6 +80,14 @@ fn attempt(node: &Node, client: &mut Option<Client>, w: &Wanted, challenges: &Ch
     let bundle = [&issued.chain_pem[..], b"\n", &issued.key_pem[..]].concat();
     app::cert_bundle::split(&bundle, "acme").context("the ACME server's certificate is unusable")?;
     let not_after = acme::expiry::not_after(&issued.chain_pem)?;
+    // The order took a while: an app destroyed or a host removed meanwhile gets nothing.
+    let still = app::load(node, &w.app).is_ok_and(|a| app::domain::by_acme(node, &a, &w.host));
+    anyhow::ensure!(
+        still,
+        "{} no longer serves {}: the certificate was not kept",
+        w.app,
+        w.host
+    );
     let (cp, kp) = app::domain::cert_paths(node, &w.app, &w.host);
     crate::state::write_atomic(&kp, &issued.key_pem, 0o600)?;
     crate::state::write_atomic(&cp, &issued.chain_pem, 0o600)?;

@@ -66,6 +66,9 @@ pub struct Config {
     pub acme: AcmeSettings,
 }
 
+/// Let's Encrypt's production directory: the default `acme.directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 /// The `[acme]` section: where certificates come from, for which hosts, when they are renewed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -90,7 +93,7 @@ impl Default for AcmeSettings {
         AcmeSettings {
             enabled: false,
             email: None,
-            directory: crate::acme::LETS_ENCRYPT.to_string(),
+            directory: LETS_ENCRYPT.to_string(),
             ca_bundle: None,
             renew_days: 30,
         }
@@ -545,7 +548,7 @@ mod tests {
     #[test]
     fn acme_settings_are_checked() {
         let mut c = Config::default();
-        assert_eq!(c.acme.directory, crate::acme::LETS_ENCRYPT);
+        assert_eq!(c.acme.directory, LETS_ENCRYPT);
         assert_eq!(c.acme.renew_days, 30);
         c.acme.enabled = true;
         let e = format!("{:#}", c.validate().unwrap_err());
