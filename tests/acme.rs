@@ -360,6 +360,11 @@ fn acme_issues_serves_renews_and_survives_a_failed_challenge() {
         let mode = std::fs::metadata(n.root.join(&f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
+    // Bad input: clear words, nothing asked of the CA.
+    let e = n.fails(&["domain", "renew", "shop", "nothere.shop.test"]);
+    assert!(e.contains("nothere.shop.test is not a host name of shop"), "{e}");
+    let e = n.fails(&["domain", "renew", "shop", "shop.localhost"]);
+    assert!(e.contains("has no ACME certificate") && e.contains("--acme"), "{e}");
     let first = served_serial(&n, host);
     assert!(first.starts_with("serial="), "{first}");
 
