@@ -322,6 +322,7 @@ fn acme_issues_serves_renews_and_survives_a_failed_challenge() {
 
     // Issue, over SSH as the app's owner; served without a restart.
     let host = "www.shop.test";
+    let t = std::time::Instant::now();
     let o = n.ssh(&key, &[], Some(&format!("domain add shop {host} --acme")), b"");
     assert!(
         o.status.success(),
@@ -336,6 +337,10 @@ fn acme_issues_serves_renews_and_survives_a_failed_challenge() {
         served(),
         acme_events(&n, "shop"),
         pebble.log()
+    );
+    eprintln!(
+        "measured: `domain add --acme` to the certificate served: {:?}",
+        t.elapsed()
     );
     let (_, body, _) = served();
     assert!(
@@ -371,11 +376,16 @@ fn acme_issues_serves_renews_and_survives_a_failed_challenge() {
     // Force-renew: a new certificate, served by the same daemon. With plain HTTP redirected to
     // HTTPS, the router still answers the challenge itself on port 80.
     n.ok(&["domain", "redirect", "shop", "on"]);
+    let t = std::time::Instant::now();
     n.ok(&["domain", "renew", "shop", host]);
     assert!(
         eventually(Duration::from_secs(90), || served_serial(&n, host) != first),
         "the renewed certificate is not served: events {:?}",
         acme_events(&n, "shop")
+    );
+    eprintln!(
+        "measured: `domain renew` to the new certificate served: {:?}",
+        t.elapsed()
     );
     let second = served_serial(&n, host);
     assert!(served().0, "the renewed certificate chains to pebble's root");
