@@ -420,6 +420,19 @@ fn acme_issues_serves_renews_and_survives_a_failed_challenge() {
     assert!(served().0, "HTTPS still works with the previous certificate");
     let list = n.ok(&["domain", "list", "shop"]);
     assert!(list.contains("last attempt failed"), "{list}");
+
+    // A host the app already answers to is switched to ACME by `domain add --acme`, once.
+    let api = "api.shop.test";
+    n.ok(&["domain", "add", "shop", api]);
+    assert!(!https_get(&n, api, &root).0, "self-signed before the switch");
+    n.ok(&["domain", "add", "shop", api, "--acme"]);
+    assert!(
+        eventually(Duration::from_secs(90), || https_get(&n, api, &root).0),
+        "no ACME certificate for {api} after the switch: {:?}",
+        acme_events(&n, "shop")
+    );
+    let e = n.fails(&["domain", "add", "shop", api, "--acme"]);
+    assert!(e.contains("already gets its certificate over ACME"), "{e}");
     assert!(
         !_daemon.log_text().contains("PRIVATE KEY"),
         "no key in the daemon's log"

@@ -138,14 +138,24 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
         } => {
             check_host(&host)?;
             let _lock = node.lock()?;
+            // `--acme` for a host the app already answers to switches it to ACME.
+            let mut own = false;
             for other in app::list(node)? {
                 if hosts(node, &other).contains(&host) {
-                    bail!("{host} is already served by an app");
+                    if !(acme && other.name == name) {
+                        bail!("{host} is already served by an app");
+                    }
+                    own = true;
                 }
             }
             drop(_lock);
             app::update(node, actor, &name, |a| {
-                a.aliases.push(host.clone());
+                if own && a.acme.contains(&host) {
+                    bail!("{host} already gets its certificate over ACME (`gearshift domain renew {name} {host}` renews it now)");
+                }
+                if !own {
+                    a.aliases.push(host.clone());
+                }
                 if acme {
                     a.acme.push(host.clone());
                 }
