@@ -384,7 +384,12 @@ fn domain_event(cmd: &crate::app::domain::DomainCmd) -> Option<(&'static str, St
     use crate::app::domain::DomainCmd as D;
     let j = |k: &str, v: &str| serde_json::json!({ k: v });
     match cmd {
-        D::Add { app, name } => Some(("domain.add", app.clone(), j("host", name))),
+        D::Add { app, name, acme } => Some((
+            "domain.add",
+            app.clone(),
+            serde_json::json!({"host": name, "acme": acme}),
+        )),
+        D::Renew { app, name } => Some(("domain.renew", app.clone(), j("host", name))),
         D::Remove { app, name } => Some(("domain.remove", app.clone(), j("host", name))),
         D::Cert { app, name } => Some(("domain.cert", app.clone(), j("host", name))),
         D::Redirect { app, state } => Some(("domain.redirect", app.clone(), j("https_redirect", state))),
