@@ -4,6 +4,7 @@
 //! dumps come from `addon backup`'s scripts in the add-on's gear. Root only handles its own
 //! files, in a root-only scratch directory (`scratch.rs`), and the archive (`format.rs`).
 
+mod domains;
 mod format;
 mod restore;
 mod save;

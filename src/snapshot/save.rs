@@ -1,7 +1,8 @@
 //! `snapshot save APP > app.tar.gz`: the app's git repository and `app-root/data` (tar in its
 //! gear, as its uid), its deployments list, its record (with its env), and a dump of every
-//! linked add-on, gathered into a root-only scratch directory, then written as one archive to
-//! stdout through gzip.
+//! linked add-on, and its domains' certificates, gathered into a root-only scratch directory,
+//! then written as one archive to stdout through gzip (root holds at most one 1 MiB buffer of it
+//! in memory). An app larger than a restore reads (`format::MAX_BYTES`) is refused.
 
 use super::format::{self, AddonEntry, Manifest};
 use super::scratch::Scratch;
@@ -80,6 +81,7 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
             dump,
         });
     }
+    let certs = super::domains::save(node, &s, &the_app)?;
     let mut names = vec![
         "app.json".to_string(),
         "deployments.json".into(),
@@ -87,10 +89,12 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
         "data.tar".into(),
     ];
     names.extend(addons.iter().map(|a| a.dump.clone()));
+    names.extend(certs.iter().flat_map(|c| [c.cert.clone(), c.key.clone()]));
     let mut files = BTreeMap::new();
     for n in &names {
         files.insert(n.clone(), format::digest(&s.path(n))?);
     }
+    format::check_size(name, files.values().map(|m| m.size).sum(), format::MAX_BYTES)?;
     let now = crate::clock::now();
     let manifest = Manifest {
         format: format::FORMAT,
@@ -99,6 +103,7 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
         gearshift: env!("CARGO_PKG_VERSION").into(),
         files,
         addons,
+        certs,
     };
     let m = serde_json::to_vec_pretty(&manifest)?;
     let mut gz = Command::new("gzip")
