@@ -6,6 +6,7 @@
 
 mod domains;
 mod format;
+mod gzip;
 mod restore;
 mod save;
 mod scratch;
