@@ -553,7 +553,8 @@ pub fn start(
     counters.register(&mut registry);
     let weak = Arc::downgrade(&front);
     let list = Box::new(move || weak.upgrade().map(|f| gears_seen(&f)).unwrap_or_default());
-    registry.register_collector(Box::new(GearCollector::new(node.clone(), list)));
+    let gears = GearCollector::new(node.clone(), list).context("cannot start the gears' sampler")?;
+    registry.register_collector(Box::new(gears));
     router.serve_admin(
         listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?,
         registry,
