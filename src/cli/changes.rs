@@ -1,0 +1,200 @@
+//! The events the CLI's verbs record: one table from a verb that changes something (an app's
+//! life and scale, its environment's names, add-ons, domains, users and keys) to the event its
+//! success records, with who did it (`Actor`: root at the console, or the SSH user and the
+//! key's fingerprint). `dispatch` records it once the verb succeeded; a verb that only shows
+//! records nothing. Environment values never reach the log, only the names.
+//!
+//! Everything the event needs of the node (the owner, the open log) is read before the verb
+//! runs: a verb that runs something in a gear leaves its process in the gear's namespaces,
+//! where no path of the node may be opened.
+
+use super::{addon::AddonCmd, app::AppCmd, env::EnvCmd, Verb};
+use crate::node::events::{self, Event};
+use crate::node::Node;
+use crate::ssh::auth::Actor;
+use crate::ssh::user::{KeyCmd as K, UserCmd as U};
+use serde_json::{json, Value};
+
+/// What a verb changes, to be recorded once it succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: &'static str,
+    /// The app it concerns.
+    pub app: Option<String>,
+    /// The add-on it concerns (its owner sees the event when no app is named).
+    pub addon: Option<String>,
+    /// Whose app or add-on it is (the creator's, for a create; else read by [`Change::read_owner`]).
+    pub owner: Option<String>,
+    pub detail: Value,
+}
+
+impl Change {
+    fn new(kind: &'static str, app: Option<&str>, addon: Option<&str>, detail: Value) -> Change {
+        Change {
+            kind,
+            app: app.map(String::from),
+            addon: addon.map(String::from),
+            owner: None,
+            detail,
+        }
+    }
+
+    /// Owned by `owner` (a create names it: there is no record yet).
+    fn owned(mut self, owner: Option<String>) -> Change {
+        self.owner = owner;
+        self
+    }
+
+    /// Reads the owner of what it concerns from its record, unless known (before the verb:
+    /// a destroyed app's record is gone after it).
+    pub fn read_owner(mut self, node: &Node) -> Change {
+        if self.owner.is_none() {
+            self.owner = match (&self.app, &self.addon) {
+                (Some(app), _) => crate::app::load(node, app).ok().and_then(|a| a.owner),
+                (None, Some(addon)) => crate::addon::load(node, addon).ok().and_then(|a| a.owner),
+                (None, None) => None,
+            };
+        }
+        self
+    }
+
+    /// Appends the event, by `actor`, to the log opened before the verb.
+    pub fn record(self, log: events::Opened, actor: &Actor) {
+        let mut e = Event::by(self.kind, actor);
+        e.owner = self.owner;
+        e.app = self.app;
+        log.record(e.detail(self.detail));
+    }
+}
+
+/// The change `verb` makes when `actor` runs it (None: it only shows, or records its own
+/// events).
+pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
+    let creator = |owner: &Option<String>| super::app::owner_for(actor, owner.clone(), "app").ok().flatten();
+    let app = |kind, name: &str, detail| Some(Change::new(kind, Some(name), None, detail));
+    match verb {
+        Verb::App(cmd) => match cmd {
+            AppCmd::Create {
+                name,
+                cartridge,
+                profile,
+                owner,
+            } => app("app.create", name, json!({"cartridge": cartridge, "profile": profile}))
+                .map(|c| c.owned(creator(owner))),
+            AppCmd::Destroy { name, .. } => app("app.destroy", name, Value::Null),
+            AppCmd::Start { name } => app("app.start", name, Value::Null),
+            AppCmd::Stop { name } => app("app.stop", name, Value::Null),
+            AppCmd::Restart { name } => app("app.restart", name, Value::Null),
+            AppCmd::Idle { name } => app("app.idle", name, Value::Null),
+            AppCmd::Scale { name, quantities } => app("app.scale", name, json!({ "scale": quantities })),
+            AppCmd::Health { name, path, off, .. } => app("app.health", name, json!({"path": path, "off": off})),
+            AppCmd::List { .. } | AppCmd::Show { .. } | AppCmd::Status { .. } => None,
+        },
+        Verb::Env(cmd) => match cmd {
+            EnvCmd::Set { app: a, pairs } => {
+                let names: Vec<&str> = pairs
+                    .iter()
+                    .map(|p| p.split_once('=').map_or(p.as_str(), |kv| kv.0))
+                    .collect();
+                app("env.set", a, json!({ "names": names }))
+            }
+            EnvCmd::Unset { app: a, keys } => app("env.unset", a, json!({ "names": keys })),
+            // The names come on stdin, read by the verb.
+            EnvCmd::Import { app: a } => app("env.import", a, Value::Null),
+            EnvCmd::List { .. } => None,
+        },
+        Verb::Addon(cmd) => {
+            let addon = |kind, name: &str, detail| Some(Change::new(kind, None, Some(name), detail));
+            let link =
+                |kind, a: &str, name: &str| Some(Change::new(kind, Some(a), Some(name), json!({ "addon": name })));
+            match cmd {
+                AddonCmd::Create { kind, name, owner, .. } => {
+                    addon("addon.create", name, json!({"addon": name, "kind": kind})).map(|c| c.owned(creator(owner)))
+                }
+                AddonCmd::Destroy { name, .. } => addon("addon.destroy", name, json!({ "addon": name })),
+                AddonCmd::Link { app: a, name, .. } => link("addon.link", a, name),
+                AddonCmd::Unlink { app: a, name } => link("addon.unlink", a, name),
+                AddonCmd::Restore { name, .. } => addon("addon.restore", name, json!({ "addon": name })),
+                AddonCmd::List { .. } | AddonCmd::Show { .. } | AddonCmd::Backup { .. } => None,
+            }
+        }
+        Verb::Domain(cmd) => {
+            use crate::app::domain::DomainCmd as D;
+            match cmd {
+                D::Add { app: a, name, .. } => app("domain.add", a, json!({ "host": name })),
+                D::Remove { app: a, name, .. } => app("domain.remove", a, json!({ "host": name })),
+                D::Cert { app: a, name, .. } => app("domain.cert", a, json!({ "host": name })),
+                D::Redirect { app: a, state, .. } => app("domain.redirect", a, json!({ "https_redirect": state })),
+                D::List { .. } => None,
+            }
+        }
+        Verb::User(cmd) => {
+            let node = |kind, detail| Some(Change::new(kind, None, None, detail));
+            match cmd {
+                U::Add { name, admin, .. } => node("user.add", json!({"user": name, "admin": admin})),
+                U::Remove { name } => node("user.remove", json!({ "user": name })),
+                U::Key(K::Add { name, .. }) => node("key.add", json!({ "user": name })),
+                U::Key(K::Remove { name, fingerprint }) => {
+                    node("key.remove", json!({"user": name, "fingerprint": fingerprint}))
+                }
+                U::List { .. } | U::Show { .. } | U::Key(K::List { .. }) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn change(args: &[&str]) -> Option<Change> {
+        let cli = super::super::Cli::try_parse_from(std::iter::once("gearshift").chain(args.iter().copied())).unwrap();
+        match cli.command {
+            super::super::Command::Verb(v) => of(&v, &Actor::user("alice", false)),
+            super::super::Command::Internal(_) => None,
+        }
+    }
+
+    #[test]
+    fn env_set_records_names_never_values() {
+        let c = change(&["env", "set", "shop", "TOKEN=s3cret", "DEBUG=1"]).unwrap();
+        assert_eq!(c.kind, "env.set");
+        assert_eq!(c.app.as_deref(), Some("shop"));
+        assert_eq!(c.detail, json!({"names": ["TOKEN", "DEBUG"]}));
+        assert!(!c.detail.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn a_create_is_its_creators() {
+        let c = change(&["app", "create", "shop"]).unwrap();
+        assert_eq!(c.owner.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn changes_are_recorded_and_showing_is_not() {
+        assert_eq!(change(&["app", "stop", "shop"]).unwrap().kind, "app.stop");
+        assert_eq!(
+            change(&["app", "destroy", "shop", "--confirm", "shop"]).unwrap().kind,
+            "app.destroy"
+        );
+        let link = change(&["addon", "link", "shop", "db"]).unwrap();
+        assert_eq!(
+            (link.kind, link.app.as_deref(), link.addon.as_deref()),
+            ("addon.link", Some("shop"), Some("db"))
+        );
+        assert_eq!(
+            change(&["user", "key", "remove", "alice", "SHA256:x"]).unwrap().kind,
+            "key.remove"
+        );
+        for shows in [
+            &["app", "list"][..],
+            &["env", "list", "shop"],
+            &["events"],
+            &["addon", "show", "db"],
+        ] {
+            assert_eq!(change(shows), None, "{shows:?}");
+        }
+    }
+}
