@@ -247,6 +247,14 @@ impl Sink for Front {
         self.publish();
     }
 
+    fn idle(&self, gear: &Gear) -> bool {
+        // A wake under way or just done: the record may not say so yet.
+        let waking = (self.wakes.lock().unwrap().get(&gear.app))
+            .is_some_and(|(now, at)| *now || at.elapsed() < Duration::from_secs(10));
+        let apps = self.apps.lock().unwrap();
+        !waking && apps.iter().any(|a| a.name == gear.app && a.idle)
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
