@@ -223,6 +223,9 @@ fn a_users_changes_are_events_with_their_key_that_others_do_not_see() {
             let dir = app_repo(&n, "shop", &[("index.html", "hi\n")]);
             let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
             assert!(ok, "{out}");
+            // No earlier deployment: the rollback fails, and says so in its event.
+            let o = n.ssh(&alice, &[], Some("rollback shop"), b"");
+            assert!(!o.status.success());
         }
     }
     run(&bob, "app create stall --cartridge static");
@@ -259,6 +262,9 @@ fn a_users_changes_are_events_with_their_key_that_others_do_not_see() {
         assert_eq!(e["app"], "shop", "{e}");
     }
     assert_eq!(mine[1]["detail"]["names"], serde_json::json!(["TOKEN", "DEBUG"]));
+    let rollback = seen.iter().find(|e| e["kind"] == "deploy.rollback");
+    let result = rollback.and_then(|e| e["detail"]["result"].as_str()).unwrap_or("");
+    assert!(result.starts_with("failed"), "{seen:?}");
     assert_eq!(mine[6]["detail"]["host"], "shop.example.com");
 
     // Bob sees his own change only; root sees both, and its own with no key.
@@ -275,7 +281,8 @@ fn a_users_changes_are_events_with_their_key_that_others_do_not_see() {
     let user_add = all.iter().find(|e| e["kind"] == "user.add").unwrap();
     assert!(user_add["by"] == "root" && user_add["key"].is_null(), "{user_add}");
     let by_alice = all.iter().filter(|e| e["by"] == "alice" && e["kind"] != "deploy.start");
-    assert_eq!(by_alice.count(), done.len() + 1, "{all:?}");
+    // Hers, the push's result and the failed rollback.
+    assert_eq!(by_alice.count(), done.len() + 2, "{all:?}");
     let log = std::fs::read_to_string(n.root.join("logs/events.jsonl")).unwrap();
     assert!(!log.contains("s3cret"), "{log}");
 }

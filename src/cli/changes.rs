@@ -1,8 +1,8 @@
 //! The events the CLI's verbs record: one table from a verb that changes something (an app's
 //! life and scale, its environment's names, add-ons, domains, users and keys) to the event its
 //! success records, with who did it (`Actor`: root at the console, or the SSH user and the
-//! key's fingerprint). `dispatch` records it once the verb succeeded; a verb that only shows
-//! records nothing. Environment values never reach the log, only the names.
+//! key's fingerprint). `dispatch` records it once the verb succeeded (a rollback whatever its
+//! outcome); a verb that only shows records nothing. Environment values never reach the log, only the names.
 //!
 //! Everything the event needs of the node (the owner, the open log) is read before the verb
 //! runs: a verb that runs something in a gear leaves its process in the gear's namespaces,
@@ -26,6 +26,11 @@ pub struct Change {
     /// Whose app or add-on it is (the creator's, for a create; else read by [`Change::read_owner`]).
     pub owner: Option<String>,
     pub detail: Value,
+    /// Recorded whatever the outcome, with a `result` in the detail (a rollback's); else only
+    /// once the verb succeeded.
+    pub with_result: bool,
+    /// The record of what it concerns was found before the verb.
+    known: bool,
 }
 
 impl Change {
@@ -36,6 +41,8 @@ impl Change {
             addon: addon.map(String::from),
             owner: None,
             detail,
+            with_result: false,
+            known: false,
         }
     }
 
@@ -48,18 +55,34 @@ impl Change {
     /// Reads the owner of what it concerns from its record, unless known (before the verb:
     /// a destroyed app's record is gone after it).
     pub fn read_owner(mut self, node: &Node) -> Change {
+        let found = match (&self.app, &self.addon) {
+            (Some(app), _) => crate::app::load(node, app).ok().map(|a| a.owner),
+            (None, Some(addon)) => crate::addon::load(node, addon).ok().map(|a| a.owner),
+            (None, None) => None,
+        };
+        self.known = found.is_some();
         if self.owner.is_none() {
-            self.owner = match (&self.app, &self.addon) {
-                (Some(app), _) => crate::app::load(node, app).ok().and_then(|a| a.owner),
-                (None, Some(addon)) => crate::addon::load(node, addon).ok().and_then(|a| a.owner),
-                (None, None) => None,
-            };
+            self.owner = found.flatten();
         }
         self
     }
 
-    /// Appends the event, by `actor`, to the log opened before the verb.
-    pub fn record(self, log: events::Opened, actor: &Actor) {
+    /// Appends the event of a verb that ended with `outcome`, by `actor`, to the log opened
+    /// before the verb.
+    pub fn record(mut self, log: events::Opened, actor: &Actor, outcome: &anyhow::Result<i32>) {
+        // A verb refused for someone else's (or no) app is nobody's event.
+        if !self.known && !matches!(outcome, Ok(0)) || !actor.may_manage(self.owner.as_deref()) {
+            return;
+        }
+        if self.with_result {
+            self.detail["result"] = json!(match outcome {
+                Ok(0) => "ok".to_string(),
+                Ok(c) => format!("failed (exit code {c})"),
+                Err(e) => format!("failed: {e:#}"),
+            });
+        } else if !matches!(outcome, Ok(0)) {
+            return;
+        }
         let mut e = Event::by(self.kind, actor);
         e.owner = self.owner;
         e.app = self.app;
@@ -127,6 +150,9 @@ pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
                 D::Redirect { app: a, state, .. } => app("domain.redirect", a, json!({ "https_redirect": state })),
                 D::List { .. } => None,
             }
+        }
+        Verb::Rollback { app: a, id } => {
+            app("deploy.rollback", a, json!({ "to": id })).map(|c| Change { with_result: true, ..c })
         }
         Verb::User(cmd) => {
             let node = |kind, detail| Some(Change::new(kind, None, None, detail));

@@ -270,8 +270,8 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         Some((c.read_owner(&node), log))
     });
     let r = run_verb(config_path, verb, actor);
-    if let (Ok(0), Some((c, log))) = (&r, change) {
-        c.record(log, actor);
+    if let Some((c, log)) = change {
+        c.record(log, actor, &r);
     }
     r
 }
@@ -323,18 +323,7 @@ fn run_verb(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             if let Some(i) = &id {
                 args.push(i);
             }
-            let node = Node::load(config_path)?;
-            let r = crate::app::in_gear(&node, actor, &app, &args);
-            if let Ok(a) = crate::app::load_for(&node, actor, &app) {
-                let result = match &r {
-                    Ok(0) => "ok".to_string(),
-                    Ok(c) => format!("failed (exit code {c})"),
-                    Err(e) => format!("failed: {e:#}"),
-                };
-                let e = node::events::Event::by("deploy.rollback", actor).app(&app, a.owner.as_deref());
-                node::events::record(&node, e.detail(serde_json::json!({"to": id, "result": result})));
-            }
-            r
+            crate::app::in_gear(&Node::load(config_path)?, actor, &app, &args)
         }
         Verb::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
         Verb::Events {
