@@ -8,7 +8,8 @@
 //! runs: a verb that runs something in a gear leaves its process in the gear's namespaces,
 //! where no path of the node may be opened.
 
-use super::{addon::AddonCmd, app::AppCmd, env::EnvCmd, Verb};
+use super::{addon::AddonCmd, app::AppCmd, env::EnvCmd};
+use crate::app::domain::DomainCmd;
 use crate::node::events::{self, Event};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
@@ -90,13 +91,23 @@ impl Change {
     }
 }
 
-/// The change `verb` makes when `actor` runs it (None: it only shows, or records its own
-/// events).
-pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
+/// The verbs that may change something, as `dispatch` hands them over.
+#[derive(Debug, Clone, Copy)]
+pub enum Changing<'a> {
+    App(&'a AppCmd),
+    Env(&'a EnvCmd),
+    Addon(&'a AddonCmd),
+    Domain(&'a DomainCmd),
+    User(&'a crate::ssh::user::UserCmd),
+    Rollback { app: &'a str, id: &'a Option<String> },
+}
+
+/// The change `verb` makes when `actor` runs it (None: it only shows).
+pub fn of(verb: Changing<'_>, actor: &Actor) -> Option<Change> {
     let creator = |owner: &Option<String>| super::app::owner_for(actor, owner.clone(), "app").ok().flatten();
     let app = |kind, name: &str, detail| Some(Change::new(kind, Some(name), None, detail));
     match verb {
-        Verb::App(cmd) => match cmd {
+        Changing::App(cmd) => match cmd {
             AppCmd::Create {
                 name,
                 cartridge,
@@ -113,7 +124,7 @@ pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
             AppCmd::Health { name, path, off, .. } => app("app.health", name, json!({"path": path, "off": off})),
             AppCmd::List { .. } | AppCmd::Show { .. } | AppCmd::Status { .. } => None,
         },
-        Verb::Env(cmd) => match cmd {
+        Changing::Env(cmd) => match cmd {
             EnvCmd::Set { app: a, pairs } => {
                 let names: Vec<&str> = pairs
                     .iter()
@@ -126,7 +137,7 @@ pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
             EnvCmd::Import { app: a } => app("env.import", a, Value::Null),
             EnvCmd::List { .. } => None,
         },
-        Verb::Addon(cmd) => {
+        Changing::Addon(cmd) => {
             let addon = |kind, name: &str, detail| Some(Change::new(kind, None, Some(name), detail));
             let link =
                 |kind, a: &str, name: &str| Some(Change::new(kind, Some(a), Some(name), json!({ "addon": name })));
@@ -141,8 +152,8 @@ pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
                 AddonCmd::List { .. } | AddonCmd::Show { .. } | AddonCmd::Backup { .. } => None,
             }
         }
-        Verb::Domain(cmd) => {
-            use crate::app::domain::DomainCmd as D;
+        Changing::Domain(cmd) => {
+            use DomainCmd as D;
             match cmd {
                 D::Add { app: a, name, .. } => app("domain.add", a, json!({ "host": name })),
                 D::Remove { app: a, name, .. } => app("domain.remove", a, json!({ "host": name })),
@@ -151,10 +162,10 @@ pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
                 D::List { .. } => None,
             }
         }
-        Verb::Rollback { app: a, id } => {
+        Changing::Rollback { app: a, id } => {
             app("deploy.rollback", a, json!({ "to": id })).map(|c| Change { with_result: true, ..c })
         }
-        Verb::User(cmd) => {
+        Changing::User(cmd) => {
             let node = |kind, detail| Some(Change::new(kind, None, None, detail));
             match cmd {
                 U::Add { name, admin, .. } => node("user.add", json!({"user": name, "admin": admin})),
@@ -166,7 +177,6 @@ pub fn of(verb: &Verb, actor: &Actor) -> Option<Change> {
                 U::List { .. } | U::Show { .. } | U::Key(K::List { .. }) => None,
             }
         }
-        _ => None,
     }
 }
 
@@ -178,7 +188,9 @@ mod tests {
     fn change(args: &[&str]) -> Option<Change> {
         let cli = super::super::Cli::try_parse_from(std::iter::once("gearshift").chain(args.iter().copied())).unwrap();
         match cli.command {
-            super::super::Command::Verb(v) => of(&v, &Actor::user("alice", false)),
+            super::super::Command::Verb(v) => {
+                super::super::changing(&v).and_then(|c| of(c, &Actor::user("alice", false)))
+            }
             super::super::Command::Internal(_) => None,
         }
     }

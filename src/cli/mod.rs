@@ -264,7 +264,7 @@ fn run_internal(config_path: &Path, internal: Internal) -> Result<i32> {
 /// it made, once it succeeded, in the event log (`changes.rs`).
 pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
     // Read before the verb, which may leave this process in a gear's namespaces.
-    let change = changes::of(&verb, actor).and_then(|c| {
+    let change = changing(&verb).and_then(|v| changes::of(v, actor)).and_then(|c| {
         let node = Node::load(config_path).ok()?;
         let log = node::events::open(&node).ok()?;
         Some((c.read_owner(&node), log))
@@ -274,6 +274,20 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         c.record(log, actor, &r);
     }
     r
+}
+
+/// The verbs that may change something (`changes.rs` says what each records).
+fn changing(verb: &Verb) -> Option<changes::Changing<'_>> {
+    use changes::Changing as C;
+    Some(match verb {
+        Verb::App(cmd) => C::App(cmd),
+        Verb::Env(cmd) => C::Env(cmd),
+        Verb::Addon(cmd) => C::Addon(cmd),
+        Verb::Domain(cmd) => C::Domain(cmd),
+        Verb::User(cmd) => C::User(cmd),
+        Verb::Rollback { app, id } => C::Rollback { app, id },
+        _ => return None,
+    })
 }
 
 fn run_verb(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
