@@ -30,6 +30,8 @@ ls /usr/sbin/mariadbd /usr/libexec/mariadbd >/dev/null 2>&1 || need+=(mariadb-se
 have secilc || need+=(secilc)   # make selinux-check: compiles selinux/gearshift.cil
 have promtool || need+=(prometheus)   # tests/observe.rs: promtool check metrics on /metrics
 have chromium || need+=(chromium)     # tests/observe.rs: the dashboard in headless Chromium
+have pebble || need+=(pebble)         # tests/acme.rs: Let's Encrypt's ACME test server
+have openssl || need+=(openssl)       # tests/acme.rs: pebble's own test CA
 have c++ || need+=(g++)         # make fuzz: libFuzzer is C++
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 # The services some of these packages bring (postgresql, prometheus, ...) are not gearshift's:

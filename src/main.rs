@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md is the map: which part runs as root, which runs inside a gear, and the
 //! path of a `git push` and of an HTTP request through them.
 
+mod acme;
 mod addon;
 mod app;
 mod cli;

@@ -85,13 +85,19 @@ fn events_of(out: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A node with its daemon and two users, alice and bob (their keys).
+fn alice_and_bob() -> (TestNode, Daemon, std::path::PathBuf, std::path::PathBuf) {
+    let n = TestNode::new();
+    let d = n.start_daemon();
+    let alice = n.add_user("alice");
+    let bob = n.add_user("bob");
+    (n, d, alice, bob)
+}
+
 #[test]
 fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     require_root!();
-    let n = TestNode::new();
-    let _d = n.start_daemon();
-    let alice = n.add_user("alice");
-    let bob = n.add_user("bob");
+    let (n, _d, alice, bob) = alice_and_bob();
     let o = n.ssh(&alice, &[], Some("app create shop --cartridge python"), b"");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dir = n.root.join("shop-src");
@@ -110,7 +116,11 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
     assert!(ok, "{out}");
 
-    let root_events = || events_of(n.ok(&["events", "--app", "shop", "--json"]).as_bytes());
+    // (app.create comes first: this test is about the push.)
+    let root_events = || -> Vec<serde_json::Value> {
+        let all = events_of(n.ok(&["events", "--app", "shop", "--json"]).as_bytes());
+        all.into_iter().filter(|e| e["kind"] != "app.create").collect()
+    };
     // The push's result is recorded once git has ended, which the client may see first.
     let mut evs = Vec::new();
     let done = eventually(Duration::from_secs(20), || {
@@ -121,19 +131,8 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["deploy.start", "deploy.result"], "{evs:?}");
     assert_eq!(evs[1]["by"], "alice", "{evs:?}");
-    let fingerprint = String::from_utf8(
-        std::process::Command::new("ssh-keygen")
-            .args(["-lf", alice.with_extension("pub").to_str().unwrap()])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
     let key = evs[1]["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
-    assert!(
-        key.starts_with("SHA256:") && fingerprint.contains(key),
-        "{key} vs {fingerprint}"
-    );
+    assert_eq!(key, fingerprint(&alice));
     assert_eq!(evs[1]["detail"]["result"], "deployed", "{evs:?}");
     assert!(evs[1]["detail"]["deployment"].is_string(), "{evs:?}");
 
@@ -184,6 +183,108 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(n.root.join("logs/events.jsonl")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+}
+
+/// The SHA256 fingerprint of the public key beside the private key `key`.
+fn fingerprint(key: &std::path::Path) -> String {
+    let o = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let f = text.split_whitespace().find(|w| w.starts_with("SHA256:"));
+    f.unwrap_or_else(|| panic!("no fingerprint in {text}")).to_string()
+}
+
+#[test]
+fn a_users_changes_are_events_with_their_key_that_others_do_not_see() {
+    require_root!();
+    let (n, _d, alice, bob) = alice_and_bob();
+    let run = |key: &std::path::Path, cmd: &str| {
+        let o = n.ssh(key, &[], Some(cmd), b"");
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let done = [
+        ("app create shop --cartridge static", "app.create"),
+        ("env set shop TOKEN=s3cret-value DEBUG=1", "env.set"),
+        ("env unset shop DEBUG", "env.unset"),
+        ("app stop shop", "app.stop"),
+        ("app start shop", "app.start"),
+        ("app restart shop", "app.restart"),
+        ("domain add shop shop.example.com", "domain.add"),
+        ("domain remove shop shop.example.com", "domain.remove"),
+        ("app destroy shop --confirm shop", "app.destroy"),
+    ];
+    for (cmd, kind) in done {
+        run(&alice, cmd);
+        if kind == "app.create" {
+            // Started and restarted, it needs a deployment.
+            let dir = app_repo(&n, "shop", &[("index.html", "hi\n")]);
+            let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+            assert!(ok, "{out}");
+            // No earlier deployment: the rollback fails, and says so in its event.
+            let o = n.ssh(&alice, &[], Some("rollback shop"), b"");
+            assert!(!o.status.success());
+        }
+    }
+    run(&bob, "app create stall --cartridge static");
+    // A verb that fails records nothing.
+    let o = n.ssh(&bob, &[], Some("app stop nosuch"), b"");
+    assert!(!o.status.success());
+
+    let o = n.ssh(&alice, &[], Some("events --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("s3cret"),
+        "a value in the log: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let seen = events_of(&o.stdout);
+    assert!(
+        seen.iter().all(|e| e["app"] == "shop"),
+        "alice sees others' events: {seen:?}"
+    );
+    // (The push's and the daemon's own events of her app come between.)
+    let mine: Vec<&serde_json::Value> = (seen.iter())
+        .filter(|e| e["by"] != "gearshift" && !e["kind"].as_str().unwrap().starts_with("deploy."))
+        .collect();
+    let kinds: Vec<&str> = mine.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let want: Vec<&str> = done.iter().map(|d| d.1).collect();
+    assert_eq!(kinds, want, "{mine:?}");
+    let key = fingerprint(&alice);
+    for e in &mine {
+        assert_eq!(
+            (e["by"].as_str(), e["key"].as_str()),
+            (Some("alice"), Some(key.as_str())),
+            "{e}"
+        );
+        assert_eq!(e["app"], "shop", "{e}");
+    }
+    assert_eq!(mine[1]["detail"]["names"], serde_json::json!(["TOKEN", "DEBUG"]));
+    let rollback = seen.iter().find(|e| e["kind"] == "deploy.rollback");
+    let result = rollback.and_then(|e| e["detail"]["result"].as_str()).unwrap_or("");
+    assert!(result.starts_with("failed"), "{seen:?}");
+    assert_eq!(mine[6]["detail"]["host"], "shop.example.com");
+
+    // Bob sees his own change only; root sees both, and its own with no key.
+    let o = n.ssh(&bob, &[], Some("events --json"), b"");
+    let his: Vec<serde_json::Value> = (events_of(&o.stdout).into_iter())
+        .filter(|e| e["by"] != "gearshift")
+        .collect();
+    let kinds: Vec<(&str, &str)> = (his.iter())
+        .map(|e| (e["kind"].as_str().unwrap(), e["app"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("app.create", "stall")], "{his:?}");
+    assert_eq!(his[0]["key"].as_str(), Some(fingerprint(&bob).as_str()));
+    let all = events_of(n.ok(&["events", "--json"]).as_bytes());
+    let user_add = all.iter().find(|e| e["kind"] == "user.add").unwrap();
+    assert!(user_add["by"] == "root" && user_add["key"].is_null(), "{user_add}");
+    let by_alice = all.iter().filter(|e| e["by"] == "alice" && e["kind"] != "deploy.start");
+    // Hers, the push's result and the failed rollback.
+    assert_eq!(by_alice.count(), done.len() + 2, "{all:?}");
+    let log = std::fs::read_to_string(n.root.join("logs/events.jsonl")).unwrap();
+    assert!(!log.contains("s3cret"), "{log}");
 }
 
 /// The daemon's loopback admin port (from the node's config).
@@ -353,21 +454,38 @@ fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
     require_root!();
     let n = TestNode::new();
     let d = n.start_daemon();
+    // 200 apps' disk quotas must fit the test node's 64 GiB (disk admission).
+    n.add_profile("perf", "64M", 0.1, 64, "64M", "1mbit");
     let create = |from: usize, to: usize| {
         for i in from..to {
-            n.ok(&["app", "create", &format!("app{i}"), "--cartridge", "static"]);
+            let name = format!("app{i}");
+            n.ok(&["app", "create", &name, "--cartridge", "static", "--profile", "perf"]);
         }
     };
     let t = std::time::Instant::now();
     create(0, 50);
     eprintln!("created 50 apps in {:?}", t.elapsed());
-    // Let the watchers settle, then measure 30 s of nothing happening.
+    // The daemon's CPU share over `secs` of nothing happening.
+    let cpu_share = |secs: u64| {
+        let (c0, t0) = (cpu_seconds(d.pid()), std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(secs));
+        (cpu_seconds(d.pid()) - c0) / t0.elapsed().as_secs_f64() * 100.0
+    };
+    // Let the watchers settle first.
     std::thread::sleep(Duration::from_secs(5));
-    let (c0, t0) = (cpu_seconds(d.pid()), std::time::Instant::now());
-    std::thread::sleep(Duration::from_secs(30));
-    let share = (cpu_seconds(d.pid()) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let running = cpu_share(30);
+    eprintln!("daemon CPU with 50 running apps, no top: {running:.2} % of one core");
+    for i in 0..50 {
+        n.ok(&["app", "idle", &format!("app{i}")]);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let share = cpu_share(60);
     eprintln!("daemon CPU with 50 idle apps, no top: {share:.2} % of one core");
     create(50, 200);
+    let listed = eventually(Duration::from_secs(40), || {
+        admin_get(&n, "/metrics").1.contains("app=\"app199\"")
+    });
+    assert!(listed, "the daemon does not list app199");
     let mut times = Vec::new();
     for _ in 0..10 {
         let t = std::time::Instant::now();

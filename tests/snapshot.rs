@@ -18,11 +18,16 @@ fn ssh_ok(n: &TestNode, key: &Path, cmd: &str, stdin: &[u8]) -> Output {
     o
 }
 
-/// GET PATH at APP.localhost through the router: (status, body).
+/// GET PATH at APP.localhost (or at a host name with a dot) through the router: (status, body).
 fn get(n: &TestNode, app: &str, path: &str) -> (u16, String) {
+    let host = if app.contains('.') {
+        app.to_string()
+    } else {
+        format!("{app}.localhost")
+    };
     let o = Command::new("curl")
         .args(["-s", "-m", "20", "-o", "-", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Host: {app}.localhost"))
+        .arg(format!("Host: {host}"))
         .arg(format!("http://127.0.0.1:{}{path}", n.http_port()))
         .output()
         .unwrap();
@@ -117,7 +122,7 @@ fn snapshot_save_destroy_restore_serves_the_same_app_and_refuses_a_truncated_fil
         assert!(Command::new("tar").args(&args).status().unwrap().success());
         std::fs::read(f).unwrap()
     };
-    let newer = manifest.replacen("\"format\": 1", "\"format\": 99", 1);
+    let newer = manifest.replacen("\"format\": 2", "\"format\": 99", 1);
     assert_ne!(newer, manifest);
     std::fs::write(unpacked.join("manifest.json"), newer).unwrap();
     let o = n.ssh(
@@ -164,4 +169,123 @@ fn snapshot_save_destroy_restore_serves_the_same_app_and_refuses_a_truncated_fil
     assert_same(n, "copy");
     let o = n.ssh(key, &[], Some("snapshot restore board"), &snap);
     assert!(out(&o.stderr).contains("exists"), "{}", out(&o.stderr));
+}
+
+const SERVER: &str = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = open('page.txt').read().strip().encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+/// The build refuses while app-root/data holds `break-build`: a snapshot taken then fails to
+/// deploy when restored, after its app was created.
+const BUILD_HOOK: &str =
+    "#!/bin/sh\n[ ! -e \"$OPENSHIFT_DATA_DIR/break-build\" ] || { echo build broken on purpose; exit 9; }\n";
+
+/// `curl` through the router's HTTPS port, trusting only CERT: the page, or None.
+fn get_tls(n: &TestNode, host: &str, cert: &Path) -> Option<String> {
+    let port = n.https_port();
+    let o = Command::new("curl")
+        .args(["-s", "-m", "20", "--cacert"])
+        .arg(cert)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .unwrap();
+    o.status.success().then(|| out(&o.stdout))
+}
+
+#[test]
+fn restore_brings_back_domains_formation_and_kept_deployments_and_a_failed_restore_leaves_nothing() {
+    require_root!();
+    let d = dev_node();
+    let (n, key) = (&d.n, &d.key);
+    ssh_ok(n, key, "app create keep --cartridge python", b"");
+    let dir = app_repo(
+        n,
+        "keep",
+        &[
+            (
+                "Procfile",
+                "web: python3 -u server.py\nworker: python3 -c 'import time; time.sleep(1e6)'\n",
+            ),
+            ("server.py", SERVER),
+            (".openshift/action_hooks/build", BUILD_HOOK),
+            ("page.txt", "v1"),
+        ],
+    );
+    let (ok, log) = push_as(n, key, &dir, "keep", "main");
+    assert!(ok, "{log}");
+    write_files(&dir, &[("page.txt", "v2")]);
+    commit(&dir, "v2");
+    let (ok, log) = push_as(n, key, &dir, "keep", "main");
+    assert!(ok, "{log}");
+    assert_eq!(get(n, "keep", "/"), (200, "v2".into()));
+    ssh_ok(n, key, "domain add keep keep.example", b"");
+    let (cert, key_file) = make_cert(&n.root.join("certs-keep"), "keep.example", "keep-cert");
+    let mut bundle = std::fs::read(&cert).unwrap();
+    bundle.extend(std::fs::read(&key_file).unwrap());
+    ssh_ok(n, key, "domain cert keep keep.example", &bundle);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || get_tls(n, "keep.example", &cert)
+            .is_some()),
+        "the installed certificate is not served"
+    );
+    ssh_ok(n, key, "app scale keep worker=2", b"");
+    let show = out(&ssh_ok(n, key, "app show keep", b"").stdout);
+    assert!(show.contains("worker=2"), "{show}");
+
+    let t = std::time::Instant::now();
+    let snap = ssh_ok(n, key, "snapshot save keep", b"").stdout;
+    eprintln!("snapshot save: {:?}, {} bytes", t.elapsed(), snap.len());
+
+    // Damaged files are refused before anything is made: cut short, and one byte changed in
+    // the middle of the gzip stream.
+    let mut flipped = snap.clone();
+    flipped[snap.len() / 2] ^= 0x40;
+    for (what, bad) in [("truncated", &snap[..snap.len() * 2 / 3]), ("corrupted", &flipped[..])] {
+        let o = n.ssh(key, &[], Some("snapshot restore keep --as broken"), bad);
+        let e = out(&o.stderr);
+        assert!(!o.status.success(), "a {what} snapshot was restored");
+        assert!(e.contains("nothing was changed"), "{what}: {e}");
+    }
+
+    // A restore that fails part-way (its live commit does not build) removes the app it made:
+    // its record and gear.
+    let (code, _, e) = n.sh("keep", "touch ~/app-root/data/break-build");
+    assert_eq!(code, 0, "{e}");
+    let breaking = ssh_ok(n, key, "snapshot save keep", b"").stdout;
+    let (code, _, e) = n.sh("keep", "rm ~/app-root/data/break-build");
+    assert_eq!(code, 0, "{e}");
+    let o = n.ssh(key, &[], Some("snapshot restore keep --as broken"), &breaking);
+    let e = out(&o.stderr);
+    assert!(!o.status.success(), "a restore whose deploy failed succeeded: {e}");
+    assert!(e.contains("created app 'broken'"), "{e}");
+    assert!(e.contains("did not deploy") && e.contains("was removed"), "{e}");
+    let apps = out(&ssh_ok(n, key, "app list", b"").stdout);
+    assert!(!apps.contains("broken"), "{apps}");
+    assert!(!n.ssh(key, &[], Some("app show broken"), b"").status.success());
+    // Nothing of it is in the way of the name.
+    ssh_ok(n, key, "app create broken --cartridge python", b"");
+    ssh_ok(n, key, "app destroy broken --confirm broken", b"");
+
+    ssh_ok(n, key, "app destroy keep --confirm keep", b"");
+    assert_eq!(get(n, "keep", "/").0, 404);
+    let t = std::time::Instant::now();
+    let o = ssh_ok(n, key, "snapshot restore keep", &snap);
+    eprintln!("snapshot restore: {:?}\n{}", t.elapsed(), out(&o.stderr));
+    assert_eq!(get(n, "keep", "/"), (200, "v2".into()));
+    assert_eq!(get(n, "keep.example", "/").0, 200, "the domain through the router");
+    assert_eq!(
+        get_tls(n, "keep.example", &cert).as_deref(),
+        Some("v2"),
+        "the domain's own certificate"
+    );
+    let show = out(&ssh_ok(n, key, "app show keep", b"").stdout);
+    assert!(show.contains("worker=2"), "{show}");
+    ssh_ok(n, key, "rollback keep", b"");
+    assert_eq!(get(n, "keep", "/"), (200, "v1".into()), "rollback after a restore");
 }

@@ -509,14 +509,21 @@ fn a_room_behind_one_address_is_never_locked_out() {
             std::fs::read_to_string(n.root.join("logs/sshd.log")).unwrap_or_default()
         );
     };
-    for i in 0..100 {
-        ok(&s.alice, &[], &format!("sequential command {i} of 100"));
+    // In the emulated test VM (its OpenSSH 10 is where the lock-out was found) a login takes
+    // seconds: 30 in a row there, three times OpenSSH 10's limit, and 100 on the host.
+    let (in_a_row, at_once) = if strictness() == Strictness::Vm {
+        (30, 20)
+    } else {
+        (100, 30)
+    };
+    for i in 0..in_a_row {
+        ok(&s.alice, &[], &format!("sequential command {i} of {in_a_row}"));
     }
     std::thread::scope(|sc| {
-        let running: Vec<_> = (0..30)
+        let running: Vec<_> = (0..at_once)
             .map(|i| {
                 let key = if i % 2 == 0 { &s.alice } else { &s.bob };
-                sc.spawn(move || ok(key, &[], &format!("concurrent command {i} of 30")))
+                sc.spawn(move || ok(key, &[], &format!("concurrent command {i} of {at_once}")))
             })
             .collect();
         for r in running {

@@ -76,6 +76,7 @@ pub fn create(
         deploy_branch: None,
         keep_deployments: None,
         aliases: vec![],
+        acme: vec![],
         idle: false,
         https_redirect: false,
         health_path: None,

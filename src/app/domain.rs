@@ -10,8 +10,14 @@ use std::path::PathBuf;
 /// `gearshift domain ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum DomainCmd {
-    /// Serve the app at another host name too.
-    Add { app: String, name: String },
+    /// Serve the app at another host name too; `--acme`: with a certificate obtained (and
+    /// renewed) over ACME, answered by the router on port 80.
+    Add {
+        app: String,
+        name: String,
+        #[arg(long)]
+        acme: bool,
+    },
     /// Stop serving the app at a host name.
     Remove { app: String, name: String },
     /// The host names of an app.
@@ -23,6 +29,8 @@ pub enum DomainCmd {
     /// Use the certificate chain and key (one PEM stream on stdin, at most 64 KiB) for a host
     /// name of the app (default: self-signed): `domain cert APP HOST < bundle.pem`.
     Cert { app: String, name: String },
+    /// Renew the ACME certificate of a host name now (after a failure, or to test renewal).
+    Renew { app: String, name: String },
     /// Redirect plain HTTP to HTTPS for the app (`on` or `off`).
     Redirect { app: String, state: String },
 }
@@ -56,8 +64,10 @@ pub fn cert_paths(node: &Node, app: &str, host: &str) -> (PathBuf, PathBuf) {
     (d.join(format!("{app}@{host}.crt")), d.join(format!("{app}@{host}.key")))
 }
 
-/// Deletes an app's certificates and keys: for one host name, or (None) for all of them.
+/// Deletes an app's certificates and keys, and what ACME kept of them: for one host name, or
+/// (None) for all of them.
 pub fn forget_certs(node: &Node, app: &str, host: Option<&str>) -> Result<()> {
+    crate::acme::store::forget(node, app, host);
     let dir = node.root().join("certs");
     let prefix = format!("{app}@");
     let entries = match std::fs::read_dir(&dir) {
@@ -80,6 +90,38 @@ pub fn forget_certs(node: &Node, app: &str, host: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Whether `host` of `a` gets its certificate over ACME: asked for with `domain add --acme`,
+/// or with `acme.enabled` every host but `localhost` names (no public CA issues for them) and
+/// those with a certificate from `domain cert` (a file without an ACME status).
+pub fn by_acme(node: &Node, a: &app::App, host: &str) -> bool {
+    if a.acme.iter().any(|h| h == host) {
+        return true;
+    }
+    let local = host == "localhost" || host.ends_with(".localhost");
+    let manual =
+        || cert_paths(node, &a.name, host).0.exists() && crate::acme::store::status(node, &a.name, host).is_none();
+    node.config.acme.enabled && !local && !manual()
+}
+
+/// How a host's ACME certificate stands, for `domain list`; None: it is not obtained over ACME.
+fn acme_line(node: &Node, a: &app::App, host: &str) -> Option<String> {
+    if !by_acme(node, a, host) {
+        return None;
+    }
+    let st = crate::acme::store::status(node, &a.name, host).unwrap_or_default();
+    let mut line = match st.not_after {
+        Some(t) => format!("acme: valid until {}", crate::clock::iso(t)),
+        None => "acme: pending".to_string(),
+    };
+    if let Some(e) = &st.last_error {
+        line.push_str(&format!(
+            "; last attempt failed: {e} (next try {})",
+            crate::clock::iso(st.next_try)
+        ));
+    }
+    Some(line)
+}
+
 /// Every host name an app answers to.
 pub fn hosts(node: &Node, a: &app::App) -> Vec<String> {
     let mut h = vec![format!("{}.{}", a.name, node.config.domain)];
@@ -89,28 +131,52 @@ pub fn hosts(node: &Node, a: &app::App) -> Vec<String> {
 
 pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
     match cmd {
-        DomainCmd::Add { app: name, name: host } => {
+        DomainCmd::Add {
+            app: name,
+            name: host,
+            acme,
+        } => {
             check_host(&host)?;
             let _lock = node.lock()?;
+            // `--acme` for a host the app already answers to switches it to ACME.
+            let mut own = false;
             for other in app::list(node)? {
                 if hosts(node, &other).contains(&host) {
-                    bail!("{host} is already served by an app");
+                    if !(acme && other.name == name) {
+                        bail!("{host} is already served by an app");
+                    }
+                    own = true;
                 }
             }
             drop(_lock);
             app::update(node, actor, &name, |a| {
-                a.aliases.push(host.clone());
+                if own && a.acme.contains(&host) {
+                    bail!("{host} already gets its certificate over ACME (`gearshift domain renew {name} {host}` renews it now)");
+                }
+                if !own {
+                    a.aliases.push(host.clone());
+                }
+                if acme {
+                    a.acme.push(host.clone());
+                }
                 Ok(())
             })?;
             println!(
                 "{name} is served at {} too",
                 crate::node::address::http_url(&node.config, &host)
             );
+            if acme {
+                println!(
+                    "its certificate is being obtained over ACME from {} (`gearshift domain list {name}` shows it; `gearshift events --app {name}` each attempt)",
+                    node.config.acme.directory
+                );
+            }
         }
         DomainCmd::Remove { app: name, name: host } => {
             app::update(node, actor, &name, |a| {
                 let before = a.aliases.len();
                 a.aliases.retain(|h| *h != host);
+                a.acme.retain(|h| *h != host);
                 if a.aliases.len() == before {
                     bail!("{host} is not an alias of {name}");
                 }
@@ -126,7 +192,10 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&h)?);
             } else {
                 for x in h {
-                    println!("{x}");
+                    match acme_line(node, &a, &x) {
+                        Some(tls) => println!("{x}  {tls}"),
+                        None => println!("{x}"),
+                    }
                 }
             }
         }
@@ -139,9 +208,28 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
             let bundle = cert_bundle::read_capped(std::io::stdin().lock(), &usage)?;
             let (c, k) = cert_bundle::split(&bundle, &usage)?;
             let (cp, kp) = cert_paths(node, &name, &host);
+            // A certificate given by hand replaces ACME for this host.
+            if a.acme.contains(&host) {
+                app::update(node, actor, &name, |a| {
+                    a.acme.retain(|h| *h != host);
+                    Ok(())
+                })?;
+            }
             crate::state::write_atomic(&kp, &k, 0o600)?;
             crate::state::write_atomic(&cp, &c, 0o600)?;
+            crate::acme::store::forget(node, &name, Some(&host));
             println!("{host} uses the certificate from stdin");
+        }
+        DomainCmd::Renew { app: name, name: host } => {
+            let a = app::load_for(node, actor, &name)?;
+            if !hosts(node, &a).contains(&host) {
+                bail!("{host} is not a host name of {name} (see `gearshift domain list {name}`)");
+            }
+            if acme_line(node, &a, &host).is_none() {
+                bail!("{host} has no ACME certificate (add it with `gearshift domain add {name} {host} --acme`, or set acme.enabled in the node config)");
+            }
+            crate::acme::store::request_renew(node, &name, &host)?;
+            println!("{host}: a new certificate is being obtained over ACME (`gearshift events --app {name}` shows the result)");
         }
         DomainCmd::Redirect { app: name, state } => {
             let on = match state.as_str() {

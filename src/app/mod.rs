@@ -53,6 +53,10 @@ pub struct App {
     /// Extra host names the router serves this app at (besides APP.DOMAIN).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Aliases whose certificate comes over ACME (`domain add APP HOST --acme`): the daemon
+    /// obtains and renews it (`daemon/acme.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme: Vec<String>,
     /// Idled: no processes; the next request wakes it.
     #[serde(default)]
     pub idle: bool,

@@ -5,6 +5,7 @@
 
 pub mod addon;
 pub mod app;
+pub mod changes;
 pub mod dotenv;
 pub mod env;
 pub mod events;
@@ -259,8 +260,37 @@ fn run_internal(config_path: &Path, internal: Internal) -> Result<i32> {
     }
 }
 
-/// Runs a verb for `actor` (root at the console, or a user over SSH).
+/// Runs a verb for `actor` (root at the console, or a user over SSH), and records the change
+/// it made, once it succeeded, in the event log (`changes.rs`).
 pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
+    // Read before the verb, which may leave this process in a gear's namespaces.
+    let change = changing(&verb).and_then(|v| changes::of(v, actor)).and_then(|c| {
+        let node = Node::load(config_path).ok()?;
+        let log = node::events::open(&node).ok()?;
+        Some((c.read_owner(&node), log))
+    });
+    let r = run_verb(config_path, verb, actor);
+    if let Some((c, log)) = change {
+        c.record(log, actor, &r);
+    }
+    r
+}
+
+/// The verbs that may change something (`changes.rs` says what each records).
+fn changing(verb: &Verb) -> Option<changes::Changing<'_>> {
+    use changes::Changing as C;
+    Some(match verb {
+        Verb::App(cmd) => C::App(cmd),
+        Verb::Env(cmd) => C::Env(cmd),
+        Verb::Addon(cmd) => C::Addon(cmd),
+        Verb::Domain(cmd) => C::Domain(cmd),
+        Verb::User(cmd) => C::User(cmd),
+        Verb::Rollback { app, id } => C::Rollback { app, id },
+        _ => return None,
+    })
+}
+
+fn run_verb(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
     match verb {
         Verb::Init(args) => node::init::run(config_path, args).map(|_| 0),
         Verb::Doctor { json } => {
@@ -269,15 +299,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         }
         Verb::Status { json } => status::run(&Node::load(config_path)?, json),
         Verb::Node(cmd) => node_verb(&Node::load(config_path)?, cmd),
-        Verb::User(cmd) => {
-            let node = Node::load(config_path)?;
-            let what = user_event(&cmd);
-            user::run(&node, cmd, crate::app::owned_by)?;
-            if let Some((kind, detail)) = what {
-                node::events::record(&node, node::events::Event::by(kind, actor).detail(detail));
-            }
-            Ok(0)
-        }
+        Verb::User(cmd) => user::run(&Node::load(config_path)?, cmd, crate::app::owned_by).map(|_| 0),
         Verb::App(cmd) => app::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Addon(cmd) => addon::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Snapshot(SnapshotCmd::Save { app }) => {
@@ -286,17 +308,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
         Verb::Snapshot(SnapshotCmd::Restore { app, as_name }) => {
             crate::snapshot::restore(&Node::load(config_path)?, actor, &app, as_name.as_deref()).map(|_| 0)
         }
-        Verb::Domain(cmd) => {
-            let node = Node::load(config_path)?;
-            let what = domain_event(&cmd);
-            crate::app::domain::run(&node, actor, cmd)?;
-            if let Some((kind, app, detail)) = what {
-                let owner = crate::app::load(&node, &app).ok().and_then(|a| a.owner);
-                let e = node::events::Event::by(kind, actor).app(&app, owner.as_deref());
-                node::events::record(&node, e.detail(detail));
-            }
-            Ok(0)
-        }
+        Verb::Domain(cmd) => crate::app::domain::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Env(cmd) => env::run(&Node::load(config_path)?, actor, cmd).map(|_| 0),
         Verb::Logs {
             app,
@@ -325,18 +337,7 @@ pub fn dispatch(config_path: &Path, verb: Verb, actor: &Actor) -> Result<i32> {
             if let Some(i) = &id {
                 args.push(i);
             }
-            let node = Node::load(config_path)?;
-            let r = crate::app::in_gear(&node, actor, &app, &args);
-            if let Ok(a) = crate::app::load_for(&node, actor, &app) {
-                let result = match &r {
-                    Ok(0) => "ok".to_string(),
-                    Ok(c) => format!("failed (exit code {c})"),
-                    Err(e) => format!("failed: {e:#}"),
-                };
-                let e = node::events::Event::by("deploy.rollback", actor).app(&app, a.owner.as_deref());
-                node::events::record(&node, e.detail(serde_json::json!({"to": id, "result": result})));
-            }
-            r
+            crate::app::in_gear(&Node::load(config_path)?, actor, &app, &args)
         }
         Verb::Cartridges { json } => crate::app::cartridge::print_list(&Node::load(config_path)?, json).map(|_| 0),
         Verb::Events {
@@ -377,34 +378,6 @@ fn logs_script(type_: Option<&str>, lines: u32, follow: bool) -> Result<String> 
             }
         }
     })
-}
-
-/// The event a domain change records: kind, app, detail (listing records nothing).
-fn domain_event(cmd: &crate::app::domain::DomainCmd) -> Option<(&'static str, String, serde_json::Value)> {
-    use crate::app::domain::DomainCmd as D;
-    let j = |k: &str, v: &str| serde_json::json!({ k: v });
-    match cmd {
-        D::Add { app, name } => Some(("domain.add", app.clone(), j("host", name))),
-        D::Remove { app, name } => Some(("domain.remove", app.clone(), j("host", name))),
-        D::Cert { app, name } => Some(("domain.cert", app.clone(), j("host", name))),
-        D::Redirect { app, state } => Some(("domain.redirect", app.clone(), j("https_redirect", state))),
-        D::List { .. } => None,
-    }
-}
-
-/// The event a user or key change records (showing records nothing).
-fn user_event(cmd: &user::UserCmd) -> Option<(&'static str, serde_json::Value)> {
-    use serde_json::json;
-    use user::{KeyCmd as K, UserCmd as U};
-    match cmd {
-        U::Add { name, admin, .. } => Some(("user.add", json!({"user": name, "admin": admin}))),
-        U::Remove { name } => Some(("user.remove", json!({ "user": name }))),
-        U::Key(K::Add { name, .. }) => Some(("key.add", json!({ "user": name }))),
-        U::Key(K::Remove { name, fingerprint }) => {
-            Some(("key.remove", json!({"user": name, "fingerprint": fingerprint})))
-        }
-        U::List { .. } | U::Show { .. } | U::Key(K::List { .. }) => None,
-    }
 }
 
 fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {

@@ -258,6 +258,14 @@ impl Sink for Front {
         self.publish();
     }
 
+    fn idle(&self, gear: &Gear) -> bool {
+        // A wake under way or just done: the record may not say so yet.
+        let waking = (self.wakes.lock().unwrap().get(&gear.app))
+            .is_some_and(|(now, at)| *now || at.elapsed() < Duration::from_secs(10));
+        let apps = self.apps.lock().unwrap();
+        !waking && apps.iter().any(|a| a.name == gear.app && a.idle)
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -564,7 +572,8 @@ pub fn start(
     counters.register(&mut registry);
     let weak = Arc::downgrade(&front);
     let list = Box::new(move || weak.upgrade().map(|f| gears_seen(&f)).unwrap_or_default());
-    registry.register_collector(Box::new(GearCollector::new(node.clone(), list)));
+    let gears = GearCollector::new(node.clone(), list).context("cannot start the gears' sampler")?;
+    registry.register_collector(Box::new(gears));
     router.serve_admin(
         listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?,
         registry,

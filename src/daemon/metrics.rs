@@ -1,10 +1,16 @@
 //! The node's series on the admin port's `/metrics`, beside the router's: per gear what the
 //! kernel counts (cgroup cpu, memory, OOM kills, pids; quota; the host veth) and the
-//! supervisor's restarts, read at each scrape and never in between; per app the daemon's own
-//! counters (deploys by result, wakes and how long they took). Disk usage, the one costly
-//! reading (a `btrfs qgroup show --sync`, or a walk of the home), is never read in a scrape: a
-//! scrape that finds it older than [`DISK_TTL`] starts one background refresh and serves what
-//! was read before (nothing, the first time).
+//! supervisor's restarts; per app the daemon's own counters (deploys by result, wakes and how
+//! long they took).
+//!
+//! A scrape reads no gear's files: it formats the last sample, which a thread of its own takes
+//! at most once every [`SAMPLE_EVERY`], and only while someone scrapes (until [`SAMPLE_WHILE`]
+//! after the last scrape; then it sleeps until the next one). So a scrape costs the formatting of
+//! its series whatever the number of gears, and a node nobody scrapes reads nothing. The first
+//! scrape after such a quiet spell waits for one fresh sample rather than serve old values.
+//! Disk usage, the one costly reading (a `btrfs qgroup show --sync`, or a walk of the home), is
+//! read apart: a sample that finds it older than [`DISK_TTL`] starts one background refresh and
+//! keeps what was read before (nothing, the first time).
 
 use crate::gear::isolation::{cgroup::GearCgroup, quota};
 use crate::gear::Gear;
@@ -20,11 +26,17 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a gear's disk usage is reused before it is read again.
 pub const DISK_TTL: Duration = Duration::from_secs(60);
+/// The gears are sampled at most this often.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Sampling goes on this long after the last scrape (Prometheus' default interval is a minute).
+pub const SAMPLE_WHILE: Duration = Duration::from_secs(90);
+/// How long the first scrape after a quiet spell waits for its fresh sample.
+const FIRST_WAIT: Duration = Duration::from_secs(3);
 
 /// Disk usage by gear id, with when it was read.
 type DiskCache = HashMap<String, (Instant, Option<quota::Usage>)>;
@@ -103,18 +115,39 @@ pub struct GearSeen {
 /// The gears to read at a scrape.
 pub type GearList = Box<dyn Fn() -> Vec<GearSeen> + Send + Sync>;
 
-/// Reads every gear's counters at each scrape.
-pub struct GearCollector {
+/// Serves the gears' series from the sampler's last sample.
+pub struct GearCollector(Arc<Sampler>);
+
+impl std::fmt::Debug for GearCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GearCollector").finish_non_exhaustive()
+    }
+}
+
+/// Reads every gear's counters, in its own thread, while someone scrapes.
+struct Sampler {
     node: Node,
     gears: GearList,
     disk: Arc<Mutex<DiskCache>>,
     /// A background disk refresh runs.
     refreshing: Arc<AtomicBool>,
+    taken: Mutex<Taken>,
+    /// Rung when a scrape wakes the sampler and when a sample is taken.
+    rung: Condvar,
 }
 
-impl std::fmt::Debug for GearCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GearCollector").finish_non_exhaustive()
+/// The last sample, and when it was taken and last asked for.
+#[derive(Default)]
+struct Taken {
+    samples: Arc<Vec<Sample>>,
+    at: Option<Instant>,
+    asked: Option<Instant>,
+}
+
+impl Taken {
+    /// Whether the sampler is (still) at work: someone scraped within [`SAMPLE_WHILE`].
+    fn wanted(&self) -> bool {
+        self.asked.is_some_and(|a| a.elapsed() < SAMPLE_WHILE)
     }
 }
 
@@ -133,13 +166,66 @@ struct Sample {
 }
 
 impl GearCollector {
-    pub fn new(node: Node, gears: GearList) -> Arc<GearCollector> {
-        Arc::new(GearCollector {
+    /// Starts the sampler thread (asleep until the first scrape).
+    pub fn new(node: Node, gears: GearList) -> std::io::Result<GearCollector> {
+        let sampler = Arc::new(Sampler {
             node,
             gears,
             disk: Arc::new(Mutex::new(HashMap::new())),
             refreshing: Arc::new(AtomicBool::new(false)),
-        })
+            taken: Mutex::new(Taken::default()),
+            rung: Condvar::new(),
+        });
+        let s = sampler.clone();
+        std::thread::Builder::new()
+            .name("gear-sampler".into())
+            .spawn(move || s.run())?;
+        Ok(GearCollector(sampler))
+    }
+
+    /// The last sample; wakes the sampler, and waits for a fresh sample when the last one is
+    /// older than a sampling spell (or there is none).
+    fn samples(&self) -> Arc<Vec<Sample>> {
+        let s = &self.0;
+        let now = Instant::now();
+        let mut t = s.lock();
+        if !t.wanted() {
+            s.rung.notify_all();
+        }
+        t.asked = Some(now);
+        if t.at.is_none_or(|at| at.elapsed() > SAMPLE_WHILE) {
+            t = (s.rung)
+                .wait_timeout_while(t, FIRST_WAIT, |t| t.at.is_none_or(|at| at < now))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        t.samples.clone()
+    }
+}
+
+impl Sampler {
+    fn lock(&self) -> MutexGuard<'_, Taken> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Samples every [`SAMPLE_EVERY`] while someone scrapes; sleeps otherwise.
+    fn run(&self) {
+        loop {
+            {
+                let mut t = self.lock();
+                while !t.wanted() {
+                    t = self.rung.wait(t).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            let samples = Arc::new(self.read());
+            {
+                let mut t = self.lock();
+                t.samples = samples;
+                t.at = Some(Instant::now());
+            }
+            self.rung.notify_all();
+            std::thread::sleep(SAMPLE_EVERY);
+        }
     }
 
     /// Reads the disk usage of `stale` gears in a thread of its own (one at a time).
@@ -162,7 +248,8 @@ impl GearCollector {
         }
     }
 
-    fn samples(&self) -> Vec<Sample> {
+    /// Every gear's values now.
+    fn read(&self) -> Vec<Sample> {
         let parents: Vec<PathBuf> = self.node.state().map(|s| s.cgroup_parents).unwrap_or_default();
         let gears = (self.gears)();
         let disk: DiskCache = {
@@ -204,6 +291,7 @@ impl GearCollector {
 impl Collector for GearCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let samples = self.samples();
+        let samples = samples.as_slice();
         type Get = fn(&Sample) -> Option<u64>;
         let counters: [(&str, &str, Get); 4] = [
             (
@@ -227,12 +315,12 @@ impl Collector for GearCollector {
             None,
             MetricType::Counter,
         )?;
-        for s in &samples {
+        for s in samples {
             ConstCounter::new(s.cpu_seconds).encode(m.encode_family(&s.labels)?)?;
         }
         for (name, help, get) in counters {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for s in &samples {
+            for s in samples {
                 if let Some(v) = get(s) {
                     ConstCounter::new(v).encode(m.encode_family(&s.labels)?)?;
                 }
@@ -257,7 +345,7 @@ impl Collector for GearCollector {
         ];
         for (name, help, get) in gauges {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for s in &samples {
+            for s in samples {
                 if let Some(v) = get(s) {
                     ConstGauge::new(v as i64).encode(m.encode_family(&s.labels)?)?;
                 }

@@ -3,6 +3,7 @@
 //! node's own sshd, and runs each SSH request in a forked worker (`internal-exec`) whose stdio
 //! are the client's own descriptors.
 
+mod acme;
 pub mod dashboard;
 pub mod frontend;
 pub mod metrics;
@@ -141,6 +142,8 @@ pub fn run(config_path: &Path) -> Result<i32> {
     reconcile::start(node.clone(), shared.config_path.clone(), Arc::clone(&stop), hooks)
         .context("cannot start the reconciler")?;
     let _ = shared.routes.set(routes);
+    crate::daemon::acme::start(node.clone(), router.challenges(), Arc::clone(&stop))
+        .context("cannot start the ACME thread")?;
     eprintln!(
         "gearshift daemon: node '{}' ready: sshd on port {} (log {}), socket {}",
         node.config.name,

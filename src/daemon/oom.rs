@@ -13,16 +13,27 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub struct OomWatch {
     seen: HashMap<String, Option<u64>>,
+    /// The node's cgroup parents (read once: they do not change while the daemon runs).
+    parents: Option<Vec<std::path::PathBuf>>,
 }
 
 impl OomWatch {
-    /// Looks at every gear of `apps`; records an event for each whose count rose.
+    /// Looks at every gear of `apps` but idle ones (no processes: nothing to kill, and no file
+    /// read); records an event for each whose count rose.
     pub fn check(&mut self, node: &Node, apps: &[App]) {
-        let Ok(state) = node.state() else { return };
+        if self.parents.is_none() {
+            self.parents = node.state().ok().map(|s| s.cgroup_parents);
+        }
+        let Some(parents) = &self.parents else { return };
         let mut now = HashMap::new();
         for a in apps {
             for g in &a.gears {
-                let cg = GearCgroup::new(&state.cgroup_parents, &g.cgroup_name());
+                if a.idle {
+                    // Woken, its new cgroup's kills all count.
+                    now.insert(g.id.clone(), None);
+                    continue;
+                }
+                let cg = GearCgroup::new(parents, &g.cgroup_name());
                 let kills = cg.oom_kills();
                 now.insert(g.id.clone(), kills);
                 let Some(kills) = kills else { continue };

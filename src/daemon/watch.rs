@@ -1,9 +1,10 @@
 //! One thread follows every gear's supervisor (its long poll `watch GEN`), instead of a thread
 //! per gear: the open long polls wait in one `poll(2)`, so an idle node of 500 gears costs the
 //! daemon a few hundred bytes per gear, not a thread stack each. A gear whose supervisor does not
-//! answer (idle, stopped, starting) is looked at again after a growing pause (250 ms up to 2 s;
-//! only its init's pid file is read, no namespace is entered, while no init runs), and at once
-//! when [`Watcher::poke`] says its app changed (a start, a push, a wake).
+//! answer (stopped, starting) is looked at again after a growing pause (250 ms up to 2 s; only
+//! its init's pid file is read, no namespace is entered, while no init runs), a gear of an idle
+//! app once a minute, and any at once when [`Watcher::poke`] says its app changed (a start, a
+//! push, a wake).
 
 use crate::gear::{control, isolation::network::netns_path, Gear};
 use crate::node::Node;
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 const RETRY_MIN: Duration = Duration::from_millis(250);
 /// The longest such pause.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The pause for a gear of an idle app: only a wake starts it, and a wake pokes.
+const RETRY_IDLE: Duration = Duration::from_secs(60);
 /// A long poll the supervisor has not answered in this long is dropped and sent again (it
 /// answers within 25 s).
 const POLL_MAX: Duration = Duration::from_secs(60);
@@ -36,6 +39,8 @@ pub trait Sink: Send + Sync + 'static {
     fn in_flight(&self, addr: SocketAddr) -> usize;
     /// The gear is gone from the node.
     fn gone(&self, gear: &Gear);
+    /// The gear's app is idle: nothing but a wake (which pokes) starts it.
+    fn idle(&self, gear: &Gear) -> bool;
     fn stopping(&self) -> bool;
 }
 
@@ -122,7 +127,8 @@ impl Follow {
         self.poll = None;
         self.generation = 0;
         sink.set_live(&self.gear, None, None);
-        self.retry_at = Instant::now() + self.pause;
+        let pause = if sink.idle(&self.gear) { RETRY_IDLE } else { self.pause };
+        self.retry_at = Instant::now() + pause;
         self.pause = next_pause(self.pause);
     }
 

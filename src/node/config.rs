@@ -61,6 +61,43 @@ pub struct Config {
     /// What each SSH user (not an admin) may create (`[limits]`).
     #[serde(default)]
     pub limits: UserLimits,
+    /// Automatic TLS certificates over ACME (`[acme]`).
+    #[serde(default)]
+    pub acme: AcmeSettings,
+}
+
+/// Let's Encrypt's production directory: the default `acme.directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// The `[acme]` section: where certificates come from, for which hosts, when they are renewed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeSettings {
+    /// Every host name of every app gets a certificate over ACME (but `localhost` and
+    /// `*.localhost`, and hosts with a certificate from `domain cert`); off: only the hosts
+    /// added with `domain add APP HOST --acme`.
+    pub enabled: bool,
+    /// The contact address given to the ACME server (expiry warnings); required with `enabled`.
+    pub email: Option<String>,
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// PEM file of the only CAs trusted for the ACME server's HTTPS (a test server such as
+    /// pebble); unset: the bundled Mozilla roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// A certificate is renewed this many days before it expires.
+    pub renew_days: u64,
+}
+
+impl Default for AcmeSettings {
+    fn default() -> Self {
+        AcmeSettings {
+            enabled: false,
+            email: None,
+            directory: LETS_ENCRYPT.to_string(),
+            ca_bundle: None,
+            renew_days: 30,
+        }
+    }
 }
 
 /// The `landlock` setting: whether a gear needs its Landlock ruleset to start.
@@ -220,6 +257,7 @@ impl Default for Config {
             profiles,
             router: RouterSettings::default(),
             limits: UserLimits::default(),
+            acme: AcmeSettings::default(),
         }
     }
 }
@@ -303,6 +341,12 @@ impl Config {
         crate::router::TrustedProxies::parse(&self.router.trusted_proxies).map_err(anyhow::Error::msg)?;
         if self.router.max_connections_per_ip == 0 || self.router.max_connections_per_app == 0 {
             bail!("router.max_connections_per_ip and router.max_connections_per_app must be at least 1");
+        }
+        if self.acme.enabled && self.acme.email.as_deref().is_none_or(|e| !e.contains('@')) {
+            bail!("acme.enabled needs acme.email, the contact address for the certificates (e.g. email = \"ops@example.com\")");
+        }
+        if !self.acme.directory.starts_with("https://") {
+            bail!("acme.directory must be an https:// URL (the ACME server's directory)");
         }
         for p in &self.limits.user_profiles {
             self.profile(p).context("limits.user_profiles")?;
@@ -499,6 +543,25 @@ mod tests {
         let text = toml::to_string_pretty(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn acme_settings_are_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.acme.directory, LETS_ENCRYPT);
+        assert_eq!(c.acme.renew_days, 30);
+        c.acme.enabled = true;
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("acme.enabled needs acme.email"), "{e}");
+        c.acme.email = Some("ops@example.com".into());
+        c.validate().unwrap();
+        c.acme.directory = "http://insecure.example/dir".into();
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("https://"));
+        // A config written before [acme] existed parses with the defaults.
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        let cut = text.find("[acme]").unwrap();
+        let old: Config = toml::from_str(&text[..cut]).unwrap();
+        assert_eq!(old.acme, AcmeSettings::default());
     }
 
     #[test]

@@ -113,22 +113,69 @@ pub fn record(node: &Node, e: Event) {
 }
 
 fn append(node: &Node, e: &Event) -> Result<()> {
+    open(node)?.write(e)
+}
+
+/// The event log, opened (and rotated when due) before a verb whose process may join a gear,
+/// where the node's paths are not the node's: recording its outcome then opens no path.
+#[derive(Debug)]
+pub struct Opened {
+    lock: std::fs::File,
+    log: std::fs::File,
+}
+
+/// Opens the log to append to, rotating it first when it is due.
+pub fn open(node: &Node) -> Result<Opened> {
     let p = path(node);
     let dir = p.parent().context("no logs directory")?;
     crate::state::log_dir(dir)?;
-    let _lock = crate::state::Lock::exclusive(&dir.join("events.lock"))?;
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join("events.lock"))
+        .context("cannot open the event log's lock")?;
+    flock(&lock, libc::LOCK_EX)?;
     if std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) >= ROTATE_AT {
         std::fs::rename(&p, p.with_extension("jsonl.1")).context("cannot rotate the event log")?;
     }
-    let mut f = std::fs::OpenOptions::new()
+    let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .open(&p)
         .with_context(|| format!("cannot open {}", p.display()))?;
-    let mut line = serde_json::to_string(e)?;
-    line.push('\n');
-    f.write_all(line.as_bytes()).context("cannot write the event log")
+    flock(&lock, libc::LOCK_UN)?;
+    Ok(Opened { lock, log })
+}
+
+impl Opened {
+    /// Appends `e`; a failure is reported on stderr, never returned.
+    pub fn record(self, e: Event) {
+        if let Err(err) = self.write(&e) {
+            eprintln!("gearshift: could not record the event {}: {err:#}", e.kind);
+        }
+    }
+
+    fn write(mut self, e: &Event) -> Result<()> {
+        flock(&self.lock, libc::LOCK_EX)?;
+        let mut line = serde_json::to_string(e)?;
+        line.push('\n');
+        self.log
+            .write_all(line.as_bytes())
+            .context("cannot write the event log")
+    }
+}
+
+fn flock(f: &std::fs::File, op: libc::c_int) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `f` owns; no memory is touched.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot lock the event log");
+    }
+    Ok(())
 }
 
 /// Every event from `offset` on in the current file (the rotated one first when `offset` is

@@ -37,10 +37,12 @@ impl Collector for RouterCollector {
             return Ok(());
         };
         let apps = inner.routes.app_metrics();
-        // Requests for a host no route knows count under app="".
+        // Requests for a host no route knows count under app="". An app no request reached
+        // yet has no series (a node of idle apps scrapes in a few lines per app).
         let all: Vec<(&str, &super::metrics::AppMetrics)> = (apps.iter())
             .map(|(a, m)| (a.as_str(), &**m))
             .chain([("", &inner.metrics.unknown_host)])
+            .filter(|(_, m)| m.total() > 0)
             .collect();
         let help = "Requests answered, by app and status class";
         let mut m = enc.encode_descriptor("gearshift_router_requests", help, None, MetricType::Counter)?;

@@ -164,6 +164,18 @@ impl Conn {
         self.start += head_len;
         // Answers the router gives itself leave any request body unread, so the connection closes then.
         let can_keep = req.keep_alive && req.framing == Framing::None;
+        if !self.tls {
+            if let Some(answer) = inner.challenges.answer(&self.s.host, &self.s.path) {
+                let n = pages::write_text(&mut self.client, &answer, req.head, !can_keep).unwrap_or(0);
+                let done = Done {
+                    status: 200,
+                    bytes_in: head_len as u64,
+                    bytes_out: n,
+                };
+                self.finish(None, t0, &done, req.minor);
+                return if can_keep { Outcome::Keep } else { Outcome::Close };
+            }
+        }
         if !self.lookup_route() {
             return self.page(None, &req, 404, can_keep, t0);
         }

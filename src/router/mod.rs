@@ -19,6 +19,7 @@
 //! - the connection engines: `conn` (one client connection's state and what both engines do alike),
 //!   `blocking` (a connection thread with blocking calls), `accept` (the connection cap; TLS connections,
 //!   a thread each), `evloop` (plain HTTP on epoll loops that hand what is not short to `blocking`);
+//! - `challenges` (ACME HTTP-01 answers, in `shared`) sits beside `route`;
 //! - beside them: `admin` (the loopback admin listener: `/metrics` and the integrator's pages).
 
 mod accept;
@@ -26,6 +27,7 @@ mod access_log;
 mod admin;
 mod blocking;
 mod body;
+mod challenges;
 mod config;
 mod conn;
 mod evloop;
@@ -47,6 +49,7 @@ mod wake;
 
 pub use access_log::AccessLog;
 pub use admin::{AdminPage, AdminPages};
+pub use challenges::Challenges;
 pub use config::RouterConfig;
 pub use forwarded::TrustedProxies;
 pub use metrics::quantile;
@@ -97,6 +100,11 @@ impl Router {
     /// once their in-flight requests finish.
     pub fn set_routes(&self, table: RouteTable) {
         self.inner.routes.replace(table);
+    }
+
+    /// The ACME HTTP-01 answers this router gives on plain HTTP (the daemon's ACME client fills them).
+    pub fn challenges(&self) -> Arc<Challenges> {
+        self.inner.challenges.clone()
     }
 
     /// Serves plain HTTP on `listener` in a new thread.

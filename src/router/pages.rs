@@ -77,6 +77,20 @@ pub fn write_error(w: &mut impl Write, status: u16, host: &str, head_only: bool,
     Ok(out.len() as u64)
 }
 
+/// Writes a 200 with `text` as a plain-text body (an ACME challenge's answer). Returns the bytes written.
+pub fn write_text(w: &mut impl Write, text: &str, head_only: bool, close: bool) -> io::Result<u64> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}\r\n",
+        text.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    if !head_only {
+        out.push_str(text);
+    }
+    w.write_all(out.as_bytes())?;
+    Ok(out.len() as u64)
+}
+
 /// Writes a 301 to `https://{authority}{path}`. Returns the bytes written.
 pub fn write_redirect(w: &mut impl Write, authority: &str, path: &str, close: bool) -> io::Result<u64> {
     let out = format!(

@@ -2,6 +2,7 @@
 //! counters, and the request-id generator.
 
 use super::access_log::AccessLog;
+use super::challenges::Challenges;
 use super::config::RouterConfig;
 use super::metrics::Metrics;
 use super::pool::PoolLimits;
@@ -19,6 +20,8 @@ pub(crate) struct Inner {
     pub routes: Routes,
     pub wakes: Wakes,
     pub access_log: Arc<dyn AccessLog>,
+    /// ACME HTTP-01 answers, given on plain HTTP before any route.
+    pub challenges: Arc<Challenges>,
     pub metrics: Metrics,
     pub stopping: AtomicBool,
     /// Addresses served, for [`Router::shutdown`](super::Router::shutdown) to unblock their accepts.
@@ -39,6 +42,7 @@ impl Inner {
             routes: Routes::default(),
             wakes: Wakes::new(waker),
             access_log,
+            challenges: Arc::default(),
             metrics: Metrics::default(),
             stopping: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),

@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// The format this gearshift writes; it reads this one and older.
-pub const FORMAT: u32 = 1;
+/// The format this gearshift writes; it reads this one and older. 2 added `certs` (the
+/// domains' certificates and keys) and restores the formation and the kept deployments: a
+/// gearshift that reads only 1 refuses it rather than drop them silently.
+pub const FORMAT: u32 = 2;
 /// The largest snapshot `snapshot restore` reads (uncompressed).
 pub const MAX_BYTES: u64 = 16 << 30;
 
@@ -33,6 +35,14 @@ pub struct AddonEntry {
     pub dump: String,
 }
 
+/// A domain's certificate and key (members `cert` and `key`), for host name `host`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertEntry {
+    pub host: String,
+    pub cert: String,
+    pub key: String,
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -43,6 +53,9 @@ pub struct Manifest {
     pub files: BTreeMap<String, Member>,
     #[serde(default)]
     pub addons: Vec<AddonEntry>,
+    /// Format 2 on.
+    #[serde(default)]
+    pub certs: Vec<CertEntry>,
 }
 
 pub const MANIFEST: &str = "manifest.json";
@@ -220,6 +233,19 @@ pub fn verify(dir: &Path, names: &[String]) -> Result<Manifest> {
     Ok(m)
 }
 
+/// Refuses to save app APP whose members add up to more than `limit` bytes: a restore would
+/// refuse to read it.
+pub fn check_size(app: &str, total: u64, limit: u64) -> Result<()> {
+    if total > limit {
+        bail!(
+            "cannot save app '{app}': its repository, data and add-on dumps hold {} MiB, more than the {} MiB a snapshot may hold (a restore would refuse it); remove data from app-root/data or back the add-ons up on their own (`addon backup`)",
+            total >> 20,
+            limit >> 20
+        );
+    }
+    Ok(())
+}
+
 /// A snapshot from a newer gearshift is refused by name.
 pub fn check_format(format: u32) -> Result<()> {
     if format > FORMAT {
@@ -296,6 +322,7 @@ mod tests {
             gearshift: "0".into(),
             files: [("data.tar".to_string(), digest(&d.join("data.tar")).unwrap())].into(),
             addons: vec![],
+            certs: vec![],
         };
         std::fs::write(d.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -313,6 +340,20 @@ mod tests {
         std::fs::write(d.join("data.tar"), b"dada").unwrap();
         let e = verify(&d, &names(&[MANIFEST, "data.tar"])).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn a_format_1_manifest_still_reads_and_a_save_over_the_cap_is_refused() {
+        let old = r#"{"format": 1, "app": "shop", "created": 0, "gearshift": "0.1.0", "files": {}}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert!(m.certs.is_empty() && m.addons.is_empty());
+        check_format(m.format).unwrap();
+        assert!(check_size("shop", 1000, 1000).is_ok());
+        let e = check_size("shop", 3 << 20, 2 << 20).unwrap_err().to_string();
+        assert!(
+            e.contains("app 'shop'") && e.contains("3 MiB") && e.contains("2 MiB"),
+            "{e}"
+        );
     }
 
     #[test]

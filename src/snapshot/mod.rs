@@ -4,7 +4,9 @@
 //! dumps come from `addon backup`'s scripts in the add-on's gear. Root only handles its own
 //! files, in a root-only scratch directory (`scratch.rs`), and the archive (`format.rs`).
 
+mod domains;
 mod format;
+mod gzip;
 mod restore;
 mod save;
 mod scratch;

@@ -1,7 +1,10 @@
 //! `snapshot restore APP [--as NEW] < app.tar.gz`: the whole file is read into a root-only
 //! scratch directory and checked against its manifest (format, sizes, SHA-256) before anything
 //! changes; then the app is created, its repository and data written by tar inside its gear,
-//! its env set, its add-ons linked, and the restored repository's live commit deployed.
+//! its record's settings (domains with their certificates, formation, ...) and env set, its
+//! add-ons linked, the deployments kept for rollback and then the live commit deployed, and
+//! its web gears scaled. A step that fails removes what the restore made (app, gears,
+//! add-ons): nothing is left half-made.
 //! An add-on the snapshot names that does not exist is created (same kind) and its dump
 //! restored; one that exists (and the caller owns, of the same kind) is linked as it is, its
 //! data untouched (so `--as NEW` beside the original shares its database).
@@ -83,14 +86,81 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
     } else {
         actor.user.clone()
     };
+    let mut made = Made::default();
+    let built = build(
+        node,
+        actor,
+        &s,
+        &m,
+        &rec,
+        target,
+        &to_create,
+        owner.as_deref(),
+        &mut made,
+    );
+    if let Err(e) = built {
+        return Err(match made.undo(node, target) {
+            Ok(()) => e.context(format!(
+                "cannot restore app '{target}'; what the restore had made was removed, nothing was changed"
+            )),
+            Err(u) => e.context(format!(
+                "cannot restore app '{target}', and removing what it had made failed too ({u:#}): `app destroy {target} --confirm {target}`"
+            )),
+        });
+    }
+    eprintln!("restored app '{target}' from the snapshot of '{name}'");
+    Ok(())
+}
+
+/// What a restore has made so far, removed again when a later step fails.
+#[derive(Default)]
+struct Made {
+    app: bool,
+    addons: Vec<String>,
+}
+
+impl Made {
+    fn undo(&self, node: &Node, target: &str) -> Result<()> {
+        let mut failed = Vec::new();
+        if self.app {
+            if let Err(e) = app::destroy(node, target, target).and_then(|()| addon::forget_app(node, target)) {
+                failed.push(format!("app '{target}': {e:#}"));
+            }
+        }
+        for a in &self.addons {
+            if let Err(e) = addon::destroy(node, &Actor::root(), a, a, true) {
+                failed.push(format!("add-on '{a}': {e:#}"));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("{}", failed.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// Every step that changes the node, in order; `made` records what exists so far.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    node: &Node,
+    actor: &Actor,
+    s: &Scratch,
+    m: &Manifest,
+    rec: &app::App,
+    target: &str,
+    to_create: &[format::AddonEntry],
+    owner: Option<&str>,
+    made: &mut Made,
+) -> Result<()> {
     let cart = (!rec.cartridge.is_empty()).then_some(rec.cartridge.as_str());
-    app::create(node, actor, target, cart, owner.as_deref(), Some(&rec.profile))?;
+    app::create(node, actor, target, cart, owner, Some(&rec.profile))?;
+    made.app = true;
     eprintln!("-----> created app '{target}'");
     let gear_tar = |file: &str, argv: &[&str]| -> Result<()> {
         let f = s.open(file)?;
         let code = in_gear(node, target, argv, Some(f.into()), None)?;
         if code != 0 {
-            bail!("cannot restore {file} into app '{target}' (tar exit code {code}); destroy the app and try again");
+            bail!("cannot write {file} into app '{target}' (tar exit code {code}; is the app's disk quota smaller than the original's?)");
         }
         Ok(())
     };
@@ -98,6 +168,7 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
     gear_tar("repo.tar", &["tar", "-C", &repo, "--exclude=./hooks", "-xf", "-"])?;
     gear_tar("data.tar", &["tar", "-C", &data, "-xf", "-"])?;
     eprintln!("-----> restored the git repository and app-root/data");
+    restore_record(node, actor, s, m, rec, target)?;
     if !rec.env.is_empty() {
         // set_env restarts the app from inside its gear, which the caller must not join.
         let code = in_child(None, None, || {
@@ -112,7 +183,8 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
     }
     for a in &m.addons {
         if to_create.contains(a) {
-            addon::create(node, &a.kind, &a.name, owner.as_deref(), None)?;
+            addon::create(node, &a.kind, &a.name, owner, None)?;
+            made.addons.push(a.name.clone());
             let f = s.open(&a.dump)?;
             let code = in_child(Some(f.into()), None, || {
                 addon::restore(node, &Actor::root(), &a.name, false)
@@ -132,39 +204,98 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
             (!a.var.is_empty()).then_some(a.var.as_str()),
         )?;
     }
-    deploy_live(node, &s, target)?;
-    if !rec.aliases.is_empty() {
-        eprintln!(
-            "-----> domains not restored (another app may hold them): {}; add them with `domain add {target} NAME`",
-            rec.aliases.join(", ")
-        );
+    deploy_kept(node, s, target)?;
+    if rec.gears.len() > 1 {
+        let n = rec.gears.len() as u32;
+        let code = in_child(None, None, || {
+            app::scale(node, target, n)?;
+            addon::sync_links(node)
+        })?;
+        if code != 0 {
+            bail!("cannot scale app '{target}' to {n} web gears (see above)");
+        }
+        eprintln!("-----> scaled to {n} web gears");
     }
-    eprintln!("restored app '{target}' from the snapshot of '{name}'");
     Ok(())
 }
 
-/// Deploys the commit that was live when the snapshot was taken (none: nothing was deployed).
-fn deploy_live(node: &Node, s: &Scratch, target: &str) -> Result<()> {
+/// The record's settings besides env: domains (with their certificates), formation, kept
+/// deployments, deploy branch, HTTPS redirect and health check; set before the first deploy,
+/// so that it starts the formation's processes.
+fn restore_record(node: &Node, actor: &Actor, s: &Scratch, m: &Manifest, rec: &app::App, target: &str) -> Result<()> {
+    let hosts = super::domains::restore(node, s, m, rec, target)?;
+    let record = app::update(node, actor, target, |a| {
+        a.aliases = hosts.clone();
+        a.formation = rec.formation.clone();
+        a.keep_deployments = rec.keep_deployments;
+        a.deploy_branch = rec.deploy_branch.clone();
+        a.https_redirect = rec.https_redirect;
+        a.health_path = rec.health_path.clone();
+        a.health_timeout = rec.health_timeout;
+        Ok(())
+    })?;
+    app::write_descriptors(node, &record)?;
+    if !hosts.is_empty() {
+        eprintln!("-----> domains: {}", hosts.join(", "));
+    }
+    Ok(())
+}
+
+/// Deploys the deployments the snapshot kept for rollback, oldest first, then the one that was
+/// live (none: nothing was deployed), so `rollback` goes where it went before. A kept commit
+/// the repository no longer has (garbage-collected) is skipped.
+fn deploy_kept(node: &Node, s: &Scratch, target: &str) -> Result<()> {
     let list: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(s.path("deployments.json"))?).unwrap_or_default();
-    let Some(commit) = list
+    let Some(live) = list
         .iter()
         .find(|d| d["live"] == true)
         .and_then(|d| d["commit"].as_str())
     else {
         return Ok(());
     };
+    let older = list
+        .iter()
+        .filter(|d| d["live"] != true && d["result"] == "deployed")
+        .filter_map(|d| d["commit"].as_str());
+    for commit in older {
+        match import(node, target, commit)? {
+            0 => {}
+            MISSING => eprintln!(
+                "-----> kept deployment of {} not restored: the repository no longer has that commit",
+                short(commit)
+            ),
+            code => bail!(
+                "the kept deployment of {} did not deploy (exit code {code}, see above)",
+                short(commit)
+            ),
+        }
+    }
+    match import(node, target, live)? {
+        0 => Ok(()),
+        code => bail!(
+            "the live commit {} did not deploy (exit code {code}, see above)",
+            short(live)
+        ),
+    }
+}
+
+/// What `import` exits with when the repository lacks the commit.
+const MISSING: i32 = 3;
+
+fn short(commit: &str) -> &str {
+    &commit[..8.min(commit.len())]
+}
+
+/// Builds and activates COMMIT of the restored repository (`gear import`, as scaling does).
+fn import(node: &Node, target: &str, commit: &str) -> Result<i32> {
     if commit.len() < 7 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("the snapshot's live commit {commit:?} is not a commit id");
+        bail!("the snapshot's deployments list names {commit:?}, which is not a commit id");
     }
-    eprintln!("-----> deploying {}", &commit[..8.min(commit.len())]);
+    eprintln!("-----> deploying {}", short(commit));
+    let repo = repo_dir(target);
     let script = format!(
-        "git -C {} archive --format=tar {commit} | /opt/gearshift/bin/gearshift gear import {commit} >&2",
-        repo_dir(target)
+        "git -C {repo} cat-file -e {commit}^{{commit}} 2>/dev/null || exit {MISSING}; git -C {repo} archive --format=tar {commit} | /opt/gearshift/bin/gearshift gear import {commit} >&2"
     );
-    let code = in_gear(node, target, &["/bin/sh", "-c", &script], None, None)?;
-    if code != 0 {
-        bail!("app '{target}' was restored but its live commit did not deploy (exit code {code}): push it again with git push");
-    }
-    Ok(())
+    in_gear(node, target, &["/bin/sh", "-c", &script], None, None)
 }

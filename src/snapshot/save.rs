@@ -1,9 +1,11 @@
 //! `snapshot save APP > app.tar.gz`: the app's git repository and `app-root/data` (tar in its
 //! gear, as its uid), its deployments list, its record (with its env), and a dump of every
-//! linked add-on, gathered into a root-only scratch directory, then written as one archive to
-//! stdout through gzip.
+//! linked add-on, and its domains' certificates, gathered into a root-only scratch directory,
+//! then written as one archive to stdout through `gzip.rs` (root holds one 4 MiB chunk of it in
+//! memory). An app larger than a restore reads (`format::MAX_BYTES`) is refused.
 
 use super::format::{self, AddonEntry, Manifest};
+use super::gzip;
 use super::scratch::Scratch;
 use super::{in_child, in_gear};
 use crate::gear::layout;
@@ -12,7 +14,7 @@ use crate::ssh::auth::Actor;
 use crate::{addon, app};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::os::fd::AsFd;
 
 /// What the gear's side of a save and a restore runs on: the repository without its hooks
 /// (gearshift installs its own), and the data directory.
@@ -80,6 +82,7 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
             dump,
         });
     }
+    let certs = super::domains::save(node, &s, &the_app)?;
     let mut names = vec![
         "app.json".to_string(),
         "deployments.json".into(),
@@ -87,10 +90,12 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
         "data.tar".into(),
     ];
     names.extend(addons.iter().map(|a| a.dump.clone()));
+    names.extend(certs.iter().flat_map(|c| [c.cert.clone(), c.key.clone()]));
     let mut files = BTreeMap::new();
     for n in &names {
         files.insert(n.clone(), format::digest(&s.path(n))?);
     }
+    format::check_size(name, files.values().map(|m| m.size).sum(), format::MAX_BYTES)?;
     let now = crate::clock::now();
     let manifest = Manifest {
         format: format::FORMAT,
@@ -99,30 +104,23 @@ pub fn save(node: &Node, actor: &Actor, name: &str) -> Result<()> {
         gearshift: env!("CARGO_PKG_VERSION").into(),
         files,
         addons,
+        certs,
     };
     let m = serde_json::to_vec_pretty(&manifest)?;
-    let mut gz = Command::new("gzip")
-        .arg("-1")
-        .arg("-c")
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("cannot run gzip (install it: make deps)")?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, gz.stdin.take().context("gzip's stdin")?);
-    let written = (|| -> Result<()> {
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot write the snapshot to stdout")?;
+    let mut w = gzip::Writer::new(stdout.into());
+    (|| -> Result<()> {
         format::write_member(&mut w, format::MANIFEST, &mut &m[..], m.len() as u64, now)?;
         for n in &names {
             let size = manifest.files[n].size;
             format::write_member(&mut w, n, &mut s.open(n)?, size, now)?;
         }
         format::finish(&mut w)?;
-        std::io::Write::flush(&mut w)?;
-        Ok(())
-    })();
-    drop(w);
-    let status = gz.wait()?;
-    written.context("cannot write the snapshot")?;
-    if !status.success() {
-        bail!("gzip failed writing the snapshot ({status})");
-    }
+        w.finish()
+    })()
+    .context("cannot write the snapshot")?;
     Ok(())
 }

@@ -584,6 +584,7 @@ mod tests {
                 deploy_branch: None,
                 keep_deployments: None,
                 aliases: vec![],
+                acme: vec![],
                 idle: false,
                 https_redirect: false,
                 health_path: None,

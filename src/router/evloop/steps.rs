@@ -2,6 +2,7 @@
 //! cannot finish goes to a connection thread (`blocking`) with the connection.
 
 use crate::router::body::{encode, ToClient};
+use crate::router::challenges::PREFIX;
 use crate::router::conn::{find_head_end, Conn, Done, HeadErr};
 use crate::router::heads::{parse_request, parse_response, Req};
 use crate::router::http::Framing;
@@ -85,7 +86,7 @@ impl Conn {
         let inner = &*self.inner;
         let head = &self.buf[self.start..self.start + head_len];
         let req = parse_request(head, &mut self.s, inner, &self.peer_ip, self.tls).ok()?;
-        if req.framing != Framing::None || req.upgrade || self.tls {
+        if req.framing != Framing::None || req.upgrade || self.tls || self.s.path.starts_with(PREFIX) {
             return None;
         }
         if !self.lookup_route() {

@@ -139,6 +139,35 @@ fn sni_selects_configured_and_self_signed_certificates_and_http_redirects() {
         format!("https://blog.localhost:{}/post?id=1", tls_addr.port())
     );
     assert_eq!(get(plain_addr, "shop.test", "/").text(), "shop");
+
+    // ACME HTTP-01: the router answers a challenge put for a host itself, before the redirect,
+    // and for a host no route names yet; never over TLS, never another host's or token's.
+    let ch = router.challenges();
+    ch.put("blog.localhost", "tok-1", "tok-1.thumb");
+    ch.put("new.example", "tok-2", "tok-2.thumb");
+    let resp = get(plain_addr, "blog.localhost", "/.well-known/acme-challenge/tok-1");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "tok-1.thumb"));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    let resp = get(plain_addr, "new.example", "/.well-known/acme-challenge/tok-2");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "tok-2.thumb"));
+    assert_eq!(
+        get(plain_addr, "blog.localhost", "/.well-known/acme-challenge/tok-2").status,
+        301
+    );
+    assert_eq!(
+        get(plain_addr, "new.example", "/.well-known/acme-challenge/tok-1").status,
+        404
+    );
+    let (mut c, _) = tls_client(tls_addr, "blog.localhost");
+    assert_eq!(
+        c.get("blog.localhost", "/.well-known/acme-challenge/tok-1").text(),
+        "blog"
+    );
+    ch.remove("blog.localhost", "tok-1");
+    assert_eq!(
+        get(plain_addr, "blog.localhost", "/.well-known/acme-challenge/tok-1").status,
+        301
+    );
     router.shutdown();
 }
 
