@@ -112,7 +112,7 @@ pub fn restore(node: &Node, actor: &Actor, name: &str, as_name: Option<&str>) ->
     }
     for a in &m.addons {
         if to_create.contains(a) {
-            addon::create(node, &a.kind, &a.name, owner.as_deref(), None)?;
+            addon::create(node, actor, &a.kind, &a.name, owner.as_deref(), None)?;
             let f = s.open(&a.dump)?;
             let code = in_child(Some(f.into()), None, || {
                 addon::restore(node, &Actor::root(), &a.name, false)
