@@ -232,7 +232,7 @@ fn init_main(
     selinux::set_current_label(&spec.who.mcs)?;
     // Landlock last (it makes /proc read-only, and the label switch writes there): the
     // supervisor and everything it starts (web, other types, release, cron) write only under
-    // the gear's home, /tmp, /run and /dev. A kernel with Landlock that refuses it fails the
+    // the gear's home, /tmp, its run directory, /dev/shm, /dev/pts and the harmless devices. A kernel with Landlock that refuses it fails the
     // start, reported like a failed label switch; with `landlock = "warn"` it is reported as a
     // warning (the pipe may refuse it under SELinux: the starter then says nothing).
     if let Some(warning) = landlock::enforce(&spec.who.home_inner, spec.landlock)

@@ -79,6 +79,18 @@ def listdir(path):
     return "escaped", "%d entries" % len(os.listdir(path))
 
 
+def beyond_landlock(path):
+    """A file Landlock alone must refuse: its directory is the gear's own to write for the
+    kernel's other checks (owner, mode; access(2) does not ask Landlock), but not one Landlock
+    opens for writing. A directory the gear may not write anyway proves nothing: reported so."""
+    def run():
+        d = os.path.dirname(path)
+        if not os.access(d, os.W_OK):
+            return "not-writable-anyway", "%s is not the gear's to write: nothing for Landlock to refuse" % d
+        return write_file(path)
+    return run
+
+
 def pid_own(pid):
     """Whether PID, a host pid, names one of our own processes in the gear's pid namespace
     (then the attack on it is void: report it as not found)."""
@@ -464,6 +476,8 @@ def battery(ctx):
         ("read-kmsg", lambda: read_file("/dev/kmsg")),
         ("read-host-disk", lambda: read_file("/dev/sda")),
         ("read-dev-mem", lambda: read_file("/dev/mem")),
+        # Landlock: the gear's /run is its own tmpfs, but only /run/gearshift is written
+        ("write-run-beyond-landlock", beyond_landlock("/run/planted")),
         # sockets and ports
         ("socket-raw", lambda: (socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close(), ("escaped", "raw socket"))[1]),
         ("socket-packet", lambda: (socket.socket(17, socket.SOCK_RAW, 0).close(), ("escaped", "packet socket"))[1]),
