@@ -51,6 +51,37 @@ fn get_at(port: u16, host: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// What the memory cgroup of APP's first gear says of its OOM kills and what it holds (for a
+/// battery that was killed).
+fn memory_of(n: &TestNode, app: &str) -> String {
+    let id = n.show(app)["gears"][0]["id"].as_str().unwrap_or_default().to_string();
+    let found = Command::new("find")
+        .args(["/sys/fs/cgroup", "-name", "memory.events", "-path"])
+        .arg(format!("*{id}*"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let Some(events) = found.lines().next().map(PathBuf::from) else {
+        return format!("no memory cgroup of gear {id} found");
+    };
+    let read = |f: &str| std::fs::read_to_string(events.with_file_name(f)).unwrap_or_default();
+    let keep = [
+        "anon ",
+        "file ",
+        "file_dirty",
+        "file_writeback",
+        "slab_reclaimable",
+        "slab_unreclaimable",
+        "shmem ",
+    ];
+    let stat: Vec<String> = read("memory.stat")
+        .lines()
+        .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+        .map(String::from)
+        .collect();
+    format!("{}; {}", read("memory.events").replace('\n', " "), stat.join(", "))
+}
+
 /// GET / at `host` through `n`'s router.
 fn get(n: &TestNode, host: &str) -> (u16, String) {
     get_at(n.http_port(), host)
@@ -208,8 +239,9 @@ fn attacks_from_a_gear_fail_and_the_neighbour_keeps_answering() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         out.contains(&format!("DONE {}", expect::EXPECTED.len())),
-        "the battery did not finish ({}):\n{out}\n{err}",
-        o.status
+        "the battery did not finish ({}):\n{out}\n{err}\nthe attacker's gear's memory: {}",
+        o.status,
+        memory_of(n, "evil")
     );
     neighbour.assert_answered("the battery");
     // The figures (how far each exhaustion got), for --nocapture.
