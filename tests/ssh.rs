@@ -870,62 +870,6 @@ fn users_are_held_to_the_nodes_limits() {
     n.ok(&["app", "create", "three", "--owner", "alice", "--profile", "large"]);
 }
 
-/// Issue 14: add-ons were not counted, so an SSH user held to one app could still create any
-/// number of add-on gears of any profile. `limits.max_addons_per_user` caps them, apart from
-/// apps, and `limits.user_profiles` holds for them too.
-#[test]
-fn users_add_ons_are_held_to_the_nodes_limits() {
-    require_root!();
-    if !Path::new("/usr/bin/redis-server").exists() {
-        skip!("the redis-server package is not installed (make deps)");
-    }
-    let n = TestNode::new();
-    n.set_config("max_apps_per_user = 0", "max_apps_per_user = 1");
-    n.set_config("max_addons_per_user = 0", "max_addons_per_user = 1");
-    n.set_config("user_profiles = []", "user_profiles = [\"small\"]");
-    let alice = n.add_user("alice");
-    let _daemon = n.start_daemon();
-    let ssh = |cmd: &str| n.ssh(&alice, &[], Some(cmd), b"");
-
-    let o = ssh("addon create redis big --profile large");
-    assert!(!o.status.success(), "a large add-on was created: {}", text(&o.stdout));
-    assert!(
-        text(&o.stderr).contains("profile 'large' is not open to users on this node"),
-        "{}",
-        text(&o.stderr)
-    );
-    // Apps and add-ons are counted apart: one of each.
-    let o = ssh("app create web");
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = ssh("addon create redis cache");
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = ssh("addon create redis more");
-    assert!(!o.status.success(), "a second add-on was created: {}", text(&o.stdout));
-    let e = text(&o.stderr);
-    assert!(
-        e.contains("cannot create another add-on: user 'alice' has 1 add-on(s), the most this node allows (limits.max_addons_per_user = 1)"),
-        "{e}"
-    );
-    assert!(!n.root.join("addons/more.toml").exists(), "a record was left");
-    let list = text(&ssh("addon list").stdout);
-    assert!(list.contains("cache") && !list.contains("more"), "{list}");
-
-    // Root at the console is not limited, and what it gives alice counts against her.
-    n.ok(&["addon", "create", "redis", "given", "--owner", "alice"]);
-    let o = ssh("addon destroy cache --confirm cache");
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = ssh("addon create redis more");
-    assert!(
-        !o.status.success(),
-        "the add-on root gave was not counted: {}",
-        text(&o.stdout)
-    );
-    assert!(text(&o.stderr).contains("has 1 add-on(s)"), "{}", text(&o.stderr));
-    n.ok(&["addon", "destroy", "given", "--confirm", "given"]);
-    let o = ssh("addon create redis more");
-    assert!(o.status.success(), "a freed place was not given: {}", text(&o.stderr));
-}
-
 /// Break 5 of issue 14 (disk part): app quotas were never compared with the gears' disk, so
 /// three apps could be promised more than the image holds. A node whose image holds two apps
 /// refuses the third (and more gears), saying what is used, asked and left, and takes it with
