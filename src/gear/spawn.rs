@@ -309,11 +309,12 @@ use std::os::unix::fs::OpenOptionsExt;
 /// into the gear, which may clear it (lifeline.rs), and the program is looked up on the gear's
 /// PATH inside the gear.
 fn held(argv: &[String]) -> Vec<String> {
-    if argv.first().map(String::as_str) == Some(super::init::BINARY) && argv.get(1).map(String::as_str) == Some("gear")
+    if argv.first().map(String::as_str) == Some(super::layout::BINARY)
+        && argv.get(1).map(String::as_str) == Some("gear")
     {
         return argv.to_vec();
     }
-    let mut held: Vec<String> = [super::init::BINARY, "gear", "lifeline", "--"]
+    let mut held: Vec<String> = [super::layout::BINARY, "gear", "lifeline", "--"]
         .map(String::from)
         .to_vec();
     held.extend(argv.iter().cloned());
@@ -421,7 +422,7 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
             let e = nix::unistd::execve(&argv[0], &argv, &envp).unwrap_err();
             die(
                 if e == nix::errno::Errno::ENOENT { 127 } else { 126 },
-                &format!("cannot run {} in the gear: {e}", super::init::BINARY),
+                &format!("cannot run {} in the gear: {e}", super::layout::BINARY),
             )
         }
     };
@@ -443,12 +444,12 @@ mod tests {
     #[test]
     fn a_program_not_gearshift_s_own_is_started_through_the_lifeline() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let own = v(&[super::super::init::BINARY, "gear", "exec", "--", "sleep", "1"]);
+        let own = v(&[super::super::layout::BINARY, "gear", "exec", "--", "sleep", "1"]);
         assert_eq!(held(&own), own);
         assert_eq!(
             held(&v(&["/bin/sh", "-c", "tail -f log"])),
             v(&[
-                super::super::init::BINARY,
+                super::super::layout::BINARY,
                 "gear",
                 "lifeline",
                 "--",
@@ -459,8 +460,8 @@ mod tests {
         );
         // gearshift's binary with anything but its in-gear verbs is not trusted to re-arm.
         assert_eq!(
-            held(&v(&[super::super::init::BINARY, "version"]))[..4],
-            v(&[super::super::init::BINARY, "gear", "lifeline", "--"])[..]
+            held(&v(&[super::super::layout::BINARY, "version"]))[..4],
+            v(&[super::super::layout::BINARY, "gear", "lifeline", "--"])[..]
         );
     }
 
