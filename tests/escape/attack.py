@@ -250,11 +250,10 @@ def memory_bomb():
 
 def syncfs(fd):
     """Writes back the filesystem holding fd (errors ignored: the attack's outcome is the writes').
-    An exhaustion attack on disk flushes as it goes: what waits for writeback (dirty pages, an
-    uncommitted btrfs transaction's inodes) is charged to the gear's memory and cannot be
-    reclaimed until written, and under a slow disk (the VM's emulated one) a small memory limit
-    ran out before the disk quota did, so the OOM killer ended the battery instead of the quota
-    refusing the attack. The quota's refusal is what the attack is to get, flushed or not."""
+    An exhaustion attack on disk flushes as it goes, so that what waits for writeback (dirty
+    pages, an uncommitted btrfs transaction's inodes), charged to the gear's memory, stays small
+    under a slow disk (the VM's emulated one) and the quota, not the memory limit, is what
+    refuses the attack. The quota's refusal is what the attack is to get, flushed or not."""
     libc.syncfs(fd)
 
 
