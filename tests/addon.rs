@@ -480,3 +480,59 @@ fn redis_addon_serves_node_redis_through_redis_url_isolated_and_durable() {
     ssh_ok(n, &d.key, "addon unlink board sessions");
     backup_destroy_create_restore(&d, "redis", "cache", "board", b"REDIS", "notes: one,two,three\n");
 }
+
+/// Issue 14: add-ons were not counted, so an SSH user held to one app could still create any
+/// number of add-on gears of any profile. `limits.max_addons_per_user` caps them, apart from
+/// apps, and `limits.user_profiles` holds for them too.
+#[test]
+fn users_add_ons_are_held_to_the_nodes_limits() {
+    require_root!();
+    if !Path::new("/usr/bin/redis-server").exists() {
+        skip!("the redis-server package is not installed (make deps)");
+    }
+    let n = TestNode::new();
+    n.set_config("max_apps_per_user = 0", "max_apps_per_user = 1");
+    n.set_config("max_addons_per_user = 0", "max_addons_per_user = 1");
+    n.set_config("user_profiles = []", "user_profiles = [\"small\"]");
+    let alice = n.add_user("alice");
+    let _daemon = n.start_daemon();
+    let ssh = |cmd: &str| n.ssh(&alice, &[], Some(cmd), b"");
+
+    let o = ssh("addon create redis big --profile large");
+    assert!(!o.status.success(), "a large add-on was created: {}", out(&o.stdout));
+    assert!(
+        out(&o.stderr).contains("profile 'large' is not open to users on this node"),
+        "{}",
+        out(&o.stderr)
+    );
+    // Apps and add-ons are counted apart: one of each.
+    let o = ssh("app create web");
+    assert!(o.status.success(), "{}", out(&o.stderr));
+    let o = ssh("addon create redis cache");
+    assert!(o.status.success(), "{}", out(&o.stderr));
+    let o = ssh("addon create redis more");
+    assert!(!o.status.success(), "a second add-on was created: {}", out(&o.stdout));
+    let e = out(&o.stderr);
+    assert!(
+        e.contains("cannot create another add-on: user 'alice' has 1 add-on(s), the most this node allows (limits.max_addons_per_user = 1)"),
+        "{e}"
+    );
+    assert!(!n.root.join("addons/more.toml").exists(), "a record was left");
+    let list = out(&ssh("addon list").stdout);
+    assert!(list.contains("cache") && !list.contains("more"), "{list}");
+
+    // Root at the console is not limited, and what it gives alice counts against her.
+    n.ok(&["addon", "create", "redis", "given", "--owner", "alice"]);
+    let o = ssh("addon destroy cache --confirm cache");
+    assert!(o.status.success(), "{}", out(&o.stderr));
+    let o = ssh("addon create redis more");
+    assert!(
+        !o.status.success(),
+        "the add-on root gave was not counted: {}",
+        out(&o.stdout)
+    );
+    assert!(out(&o.stderr).contains("has 1 add-on(s)"), "{}", out(&o.stderr));
+    n.ok(&["addon", "destroy", "given", "--confirm", "given"]);
+    let o = ssh("addon create redis more");
+    assert!(o.status.success(), "a freed place was not given: {}", out(&o.stderr));
+}

@@ -51,6 +51,50 @@ fn get_at(port: u16, host: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Where the attacker's node lives: not on a tmpfs. The disk attacks fill the gear's quota; the
+/// gears' btrfs image on a tmpfs (the test VM's /tmp) is backed by shmem pages that the loop
+/// device charges to the writing gear's memory cgroup and that nothing can reclaim, so the
+/// 128 MiB gear was OOM-killed by its own disk writes before its quota refused them. (A node's
+/// data root on a real disk, as everywhere but a test, has reclaimable page cache there.)
+fn base_off_tmpfs() -> PathBuf {
+    let base = root_base();
+    match nix::sys::statfs::statfs(&base) {
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC => PathBuf::from("/var/tmp"),
+        _ => base,
+    }
+}
+
+/// What the memory cgroup of APP's first gear says of its OOM kills and what it holds (for a
+/// battery that was killed).
+fn memory_of(n: &TestNode, app: &str) -> String {
+    // The gear's cgroup: APP-INDEX under the node's cgroup parent (gearshift-NODE).
+    let found = Command::new("find")
+        .args(["/sys/fs/cgroup", "-name", "memory.events", "-path"])
+        .arg(format!("*/gearshift-{}/{app}-0/memory.events", n.name))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let Some(events) = found.lines().next().map(PathBuf::from) else {
+        return format!("no memory cgroup of {app}-0 found");
+    };
+    let read = |f: &str| std::fs::read_to_string(events.with_file_name(f)).unwrap_or_default();
+    let keep = [
+        "anon ",
+        "file ",
+        "file_dirty",
+        "file_writeback",
+        "slab_reclaimable",
+        "slab_unreclaimable",
+        "shmem ",
+    ];
+    let stat: Vec<String> = read("memory.stat")
+        .lines()
+        .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+        .map(String::from)
+        .collect();
+    format!("{}; {}", read("memory.events").replace('\n', " "), stat.join(", "))
+}
+
 /// GET / at `host` through `n`'s router.
 fn get(n: &TestNode, host: &str) -> (u16, String) {
     get_at(n.http_port(), host)
@@ -152,7 +196,7 @@ fn host_pid(uid: u64, needle: &str) -> u32 {
 #[test]
 fn attacks_from_a_gear_fail_and_the_neighbour_keeps_answering() {
     require_root!();
-    let x = dev_node_with(|cfg| cfg.push_str(PROFILE));
+    let x = dev_node_in(&base_off_tmpfs(), |cfg| cfg.push_str(PROFILE));
     let n = &x.n;
     let mallory = n.add_user("mallory");
     deploy(n, &x.key, "dev", "shop", "tight", &[("page.txt", "shop-page")]);
@@ -208,8 +252,9 @@ fn attacks_from_a_gear_fail_and_the_neighbour_keeps_answering() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         out.contains(&format!("DONE {}", expect::EXPECTED.len())),
-        "the battery did not finish ({}):\n{out}\n{err}",
-        o.status
+        "the battery did not finish ({}):\n{out}\n{err}\nthe attacker's gear's memory: {}",
+        o.status,
+        memory_of(n, "evil")
     );
     neighbour.assert_answered("the battery");
     // The figures (how far each exhaustion got), for --nocapture.

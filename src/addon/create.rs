@@ -58,8 +58,16 @@ fn wait_running(a: &Addon, limit: Duration) -> Result<()> {
 }
 
 /// Creates an add-on of `kind` and its gear, and returns once its service accepts connections.
-/// Bad input creates nothing; a failure part-way removes whatever was made.
-pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile: Option<&str>) -> Result<Addon> {
+/// Bad input creates nothing; a failure part-way removes whatever was made. The per-user
+/// limits of `actor` (`app/admission.rs`) and the node's disk are checked under the node lock.
+pub fn create(
+    node: &Node,
+    actor: &Actor,
+    kind: &str,
+    name: &str,
+    owner: Option<&str>,
+    profile: Option<&str>,
+) -> Result<Addon> {
     let kind = Kind::parse(kind)?;
     names::check_app_name(name)?;
     kind.install_dir()?;
@@ -71,6 +79,7 @@ pub fn create(node: &Node, kind: &str, name: &str, owner: Option<&str>, profile:
     if crate::app::load(node, name).is_ok() {
         bail!("the name '{name}' is taken by an app: choose another name for the add-on");
     }
+    crate::app::admission::check_new(node, actor, crate::app::admission::Creation::Addon, Some(&profile))?;
     crate::app::disk_admission::check(node, &format!("add-on '{name}'"), &profile, 1)?;
     let (uid, ip) = crate::app::allocate(node)?;
     let g = Gear {

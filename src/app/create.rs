@@ -50,7 +50,7 @@ pub fn create(
     if path(node, name).exists() {
         bail!("app '{name}' already exists");
     }
-    super::admission::check_new_app(node, actor, Some(&profile))?;
+    super::admission::check_new(node, actor, super::admission::Creation::App, Some(&profile))?;
     if node.addons_dir().join(format!("{name}.toml")).exists() {
         bail!("the name '{name}' is taken by an add-on: choose another name for the app");
     }

@@ -72,7 +72,7 @@ pub fn run(node: &Node, actor: &Actor, cmd: AddonCmd) -> Result<()> {
             profile,
         } => {
             let owner = super::app::owner_for(actor, owner, "add-on")?;
-            let a = addon::create(node, &kind, &name, owner.as_deref(), profile.as_deref())?;
+            let a = addon::create(node, actor, &kind, &name, owner.as_deref(), profile.as_deref())?;
             let g = a.gear()?;
             println!(
                 "created {} add-on '{}' (profile {}): gear {} uid {} ip {} {}",

@@ -84,7 +84,9 @@ pub fn reply(stream: &UnixStream, result: Result<&str>, status: &impl serde::Ser
 /// cannot be bound is reported to `note` and left out.
 pub fn listen(note: fn(&str)) -> Vec<UnixListener> {
     use std::os::linux::net::SocketAddrExt;
-    let _ = std::fs::create_dir_all("/run/gearshift");
+    // Made with the gear's /run (mounts.rs), where Landlock lets it be written; a gear started
+    // before that has none yet.
+    let _ = std::fs::create_dir_all(crate::gear::isolation::mounts::RUN_DIR);
     let _ = std::fs::remove_file(CONTROL_SOCKET);
     let abstract_listener = || -> Result<UnixListener> {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(CONTROL_ABSTRACT.as_bytes())?;

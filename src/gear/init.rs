@@ -154,11 +154,12 @@ fn wait_for_supervisor(gear: &Gear) -> Result<()> {
     }
 }
 
-/// What a gear sees of gearshift, read-only under /opt/gearshift: the binary (for hooks and
-/// the supervisor), its cartridge (every cartridge while its app has none), and its descriptor.
+/// What a gear sees of gearshift, read-only under /opt/gearshift: the binary (for hooks, the
+/// supervisor and every command root starts), its cartridge (every cartridge while its app has
+/// none), and its descriptor.
 fn gear_opt_binds(node: &Node, gear: &Gear, boot: &Boot) -> Result<Binds> {
     let exe = std::env::current_exe().context("cannot find the gearshift binary")?;
-    let mut binds = vec![(exe, "/opt/gearshift/bin/gearshift".into())];
+    let mut binds = vec![(exe, super::layout::BINARY.into())];
     binds.extend((boot.cartridge_binds)(node, &boot.cartridge)?);
     binds.push((node.gear_meta_dir(&gear.id), "/opt/gearshift/meta".into()));
     Ok(binds)

@@ -1,7 +1,11 @@
 //! The gear home's layout (OpenShift v2's), named once. Paths are relative to the home:
-//! `/home/APP` inside the gear, `<data_root>/gears/ID` on the host.
+//! `/home/APP` inside the gear, `<data_root>/gears/ID` on the host. And where the gear sees
+//! gearshift's own binary.
 
 use std::path::PathBuf;
+
+/// Where a gear sees the gearshift binary (bound read-only by `init.rs`).
+pub const BINARY: &str = "/opt/gearshift/bin/gearshift";
 
 /// Persistent data of the app (`OPENSHIFT_DATA_DIR`).
 pub const DATA: &str = "app-root/data";

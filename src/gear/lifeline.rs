@@ -2,17 +2,32 @@
 //! SSH worker), which relays its stdio (`relay.rs`) or holds its pty.
 //!
 //! `PR_SET_PDEATHSIG` does it, but an exec that changes the SELinux domain (a secure exec) or
-//! the uid clears it, so it is set again by the command itself after it has entered the gear
-//! (`gearshift gear git-serve` for a push). Between the two there is a window in which the
-//! starter may die unseen: the orphan is adopted by the starter's own pid namespace (a reaper
-//! outside the gear), so its parent shows as 0 in the gear whether the starter lives or not.
-//! What does tell is the command's stdout: its other end is held by the starter alone, and
-//! reads as hung up once the starter is gone.
+//! the uid clears it, so it is set again after the exec into the gear ([`rearm`]): every
+//! command root starts in a gear is gearshift's own `gearshift gear ...`, which re-arms it
+//! first (`ingear::run`); another program is started through `gearshift gear lifeline -- CMD`
+//! (`spawn.rs`), which re-arms it and becomes CMD (an exec in the same domain and uid keeps
+//! it). Between the two there is a window in which the starter may die unseen: the orphan is
+//! adopted by the starter's own pid namespace (a reaper outside the gear), so its parent shows
+//! as 0 in the gear whether the starter lives or not. What does tell is the command's stdout:
+//! its other end is held by the starter alone, and reads as hung up once the starter is gone.
+
+/// The exit code of a command that ended because its starter was gone: as if killed by the
+/// signal it missed.
+pub const GONE: i32 = 128 + libc::SIGKILL;
 
 /// Asks the kernel to SIGKILL this process when its parent dies.
 pub fn die_with_parent() {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Called first by a command root started in the gear, after its exec: sets the parent-death
+/// signal again; false when the starter is already gone (the command must end at once, having
+/// done nothing, with [`GONE`]).
+#[must_use]
+pub fn rearm() -> bool {
+    die_with_parent();
+    !starter_is_gone()
 }
 
 /// Whether the process that started this command is gone: its parent is the gear's init (it

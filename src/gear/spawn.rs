@@ -20,7 +20,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Who a gear process runs as, and how it is confined.
 pub struct Identity {
@@ -232,7 +232,7 @@ fn init_main(
     selinux::set_current_label(&spec.who.mcs)?;
     // Landlock last (it makes /proc read-only, and the label switch writes there): the
     // supervisor and everything it starts (web, other types, release, cron) write only under
-    // the gear's home, /tmp, /run and /dev. A kernel with Landlock that refuses it fails the
+    // the gear's home, /tmp, its run directory, /dev/shm, /dev/pts and the harmless devices. A kernel with Landlock that refuses it fails the
     // start, reported like a failed label switch; with `landlock = "warn"` it is reported as a
     // warning (the pipe may refuse it under SELinux: the starter then says nothing).
     if let Some(warning) = landlock::enforce(&spec.who.home_inner, spec.landlock)
@@ -304,25 +304,21 @@ fn gear_pty(init_pid: i32) -> Result<(OwnedFd, OwnedFd)> {
 
 use std::os::unix::fs::OpenOptionsExt;
 
-/// Finds `prog` on the gear's PATH (resolved inside the gear's root, after setns).
-fn resolve(prog: &str, env: &[(String, String)]) -> CString {
-    if prog.contains('/') {
-        return CString::new(prog).unwrap_or_default();
+/// What is exec'd for `argv`: gearshift's own `gearshift gear ...` as it is, any other program
+/// through `gearshift gear lifeline --`; both set the parent-death signal again after the exec
+/// into the gear, which may clear it (lifeline.rs), and the program is looked up on the gear's
+/// PATH inside the gear.
+fn held(argv: &[String]) -> Vec<String> {
+    if argv.first().map(String::as_str) == Some(super::layout::BINARY)
+        && argv.get(1).map(String::as_str) == Some("gear")
+    {
+        return argv.to_vec();
     }
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("/usr/bin:/bin");
-    for dir in path.split(':') {
-        let p = Path::new(dir).join(prog);
-        if let Ok(m) = std::fs::metadata(&p) {
-            if m.is_file() {
-                return CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
-            }
-        }
-    }
-    CString::new(prog).unwrap_or_default()
+    let mut held: Vec<String> = [super::layout::BINARY, "gear", "lifeline", "--"]
+        .map(String::from)
+        .to_vec();
+    held.extend(argv.iter().cloned());
+    held
 }
 
 /// The namespaces of the gear whose init is `init_pid`, in the order they are joined.
@@ -354,8 +350,7 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
     let filters = seccomp::build()?;
     selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
     let ns = gear_namespaces(spec.init_pid)?;
-    let argv: Vec<CString> = spec
-        .argv
+    let argv: Vec<CString> = held(&spec.argv)
         .iter()
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
@@ -411,10 +406,9 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
                 die(126, &format!("cannot confine the process: {e:#}"));
             }
             // The command dies with the process that started it (the CLI, or the daemon's
-            // worker for an SSH session) until its exec. Set after the uid change, which
-            // clears it; the exec clears it again when it changes the SELinux domain, so a
-            // command that must not outlive its starter sets it once more itself
-            // (gear/lifeline.rs, `gearshift gear git-serve`).
+            // worker for an SSH session). Set after the uid change, which clears it; the exec
+            // clears it again when it changes the SELinux domain, so what is exec'd sets it
+            // once more itself (`held`, gear/lifeline.rs).
             super::lifeline::die_with_parent();
             // The parent is outside the gear's pid namespace, so it shows as pid 0 whether it
             // lives or not: an orphan is adopted by a reaper of the parent's own namespace,
@@ -425,11 +419,10 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
             if let Err(e) = nix::unistd::chdir(&spec.who.home_inner) {
                 die(126, &format!("cannot enter {}: {e}", spec.who.home_inner.display()));
             }
-            let prog = resolve(&spec.argv[0], &spec.env);
-            let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+            let e = nix::unistd::execve(&argv[0], &argv, &envp).unwrap_err();
             die(
                 if e == nix::errno::Errno::ENOENT { 127 } else { 126 },
-                &format!("cannot run {}: {e}", spec.argv[0]),
+                &format!("cannot run {} in the gear: {e}", super::layout::BINARY),
             )
         }
     };
@@ -447,6 +440,30 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_not_gearshift_s_own_is_started_through_the_lifeline() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let own = v(&[super::super::layout::BINARY, "gear", "exec", "--", "sleep", "1"]);
+        assert_eq!(held(&own), own);
+        assert_eq!(
+            held(&v(&["/bin/sh", "-c", "tail -f log"])),
+            v(&[
+                super::super::layout::BINARY,
+                "gear",
+                "lifeline",
+                "--",
+                "/bin/sh",
+                "-c",
+                "tail -f log"
+            ])
+        );
+        // gearshift's binary with anything but its in-gear verbs is not trusted to re-arm.
+        assert_eq!(
+            held(&v(&[super::super::layout::BINARY, "version"]))[..4],
+            v(&[super::super::layout::BINARY, "gear", "lifeline", "--"])[..]
+        );
+    }
 
     const CHILD: &str = "GEARSHIFT_TEST_OVERWRITE_ARGS_CHILD";
 

@@ -51,6 +51,12 @@ pub enum GearCmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Become COMMAND as it is (how root starts a program that is not gearshift's own, so that
+    /// it dies with its starter, see `gear/lifeline.rs`).
+    Lifeline {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// List the live deployment's scheduled jobs.
     CronList,
     /// Serve a directory over HTTP (the static cartridge's web process).
@@ -63,7 +69,20 @@ pub enum GearCmd {
     },
 }
 
+impl GearCmd {
+    /// Whether root starts it in the gear (`gear/spawn.rs`), so that it must die with its
+    /// starter: all but git's hook (started by git) and the static server (by the supervisor).
+    fn started_by_root(&self) -> bool {
+        !matches!(self, GearCmd::PreReceive | GearCmd::StaticServe { .. })
+    }
+}
+
 pub fn run(cmd: GearCmd) -> Result<i32> {
+    // The exec into the gear cleared the parent-death signal spawn.rs set (gear/lifeline.rs).
+    if cmd.started_by_root() && !crate::gear::lifeline::rearm() {
+        eprintln!("gearshift: the process that started this command is gone; nothing was done");
+        return Ok(crate::gear::lifeline::GONE);
+    }
     match cmd {
         GearCmd::PreReceive => deploy::pre_receive(),
         GearCmd::GitServe { service, repo } => git_serve::run(&service, &repo),
@@ -112,6 +131,7 @@ pub fn run(cmd: GearCmd) -> Result<i32> {
             Ok(0)
         }
         GearCmd::Exec { command } => procenv::exec(&command),
+        GearCmd::Lifeline { command } => procenv::exec_as_given(&command),
         GearCmd::CronList => {
             let Some(repo) = procenv::live_repo() else {
                 println!("nothing deployed yet: no scheduled jobs");

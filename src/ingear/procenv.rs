@@ -117,16 +117,29 @@ fn add_cartridge_names(env: &mut Vec<(String, String)>, name: &str, dir: &str, i
 /// `gearshift gear exec -- CMD...` (what `run` and `shell` start): CMD in the live deployment
 /// with its `PATH`, like `heroku run`. Before the first deploy: in the home, the system's `PATH`.
 pub fn exec(argv: &[String]) -> anyhow::Result<i32> {
+    let (mut cmd, what) = command(argv)?;
+    if let Some(repo) = live_repo() {
+        let env = for_deployment(std::env::vars().collect(), &repo, &PathSpec::of_cartridge());
+        cmd.env_clear().envs(env).current_dir(&repo);
+    }
+    Ok(exec_or_code(&mut cmd, &what))
+}
+
+/// `gearshift gear lifeline -- CMD...`: CMD as root gave it (the working directory and
+/// environment `gear/spawn.rs` set).
+pub fn exec_as_given(argv: &[String]) -> anyhow::Result<i32> {
+    let (mut cmd, what) = command(argv)?;
+    Ok(exec_or_code(&mut cmd, &what))
+}
+
+/// `argv` as a command, and how its program is named in an error.
+fn command(argv: &[String]) -> anyhow::Result<(std::process::Command, String)> {
     let Some((prog, args)) = argv.split_first() else {
         anyhow::bail!("no command given: `gearshift run APP -- COMMAND...`");
     };
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args);
-    if let Some(repo) = live_repo() {
-        let env = for_deployment(std::env::vars().collect(), &repo, &PathSpec::of_cartridge());
-        cmd.env_clear().envs(env).current_dir(&repo);
-    }
-    Ok(exec_or_code(&mut cmd, &prog.escape_default().to_string()))
+    Ok((cmd, prog.escape_default().to_string()))
 }
 
 /// Replaces this process with `cmd`; when that fails, says so and gives the shell's exit code

@@ -117,6 +117,8 @@ pub enum LandlockMode {
 pub struct UserLimits {
     /// Apps one user may own (0: no limit).
     pub max_apps_per_user: usize,
+    /// Add-ons one user may own (0: no limit), counted apart from apps.
+    pub max_addons_per_user: usize,
     /// Profiles users may choose for their apps (empty: every profile).
     pub user_profiles: Vec<String>,
 }

@@ -183,7 +183,7 @@ fn build(
     }
     for a in &m.addons {
         if to_create.contains(a) {
-            addon::create(node, &a.kind, &a.name, owner, None)?;
+            addon::create(node, actor, &a.kind, &a.name, owner, None)?;
             made.addons.push(a.name.clone());
             let f = s.open(&a.dump)?;
             let code = in_child(Some(f.into()), None, || {

@@ -681,7 +681,12 @@ pub fn dev_node() -> DevNode {
 
 /// [`dev_node`] whose node config text is first changed by `edit` (settings read at daemon start).
 pub fn dev_node_with(edit: impl FnOnce(&mut String)) -> DevNode {
-    let n = TestNode::new();
+    dev_node_in(&root_base(), edit)
+}
+
+/// [`dev_node_with`], with the node's data root under `base`.
+pub fn dev_node_in(base: &Path, edit: impl FnOnce(&mut String)) -> DevNode {
+    let n = TestNode::new_in(base);
     let mut cfg = std::fs::read_to_string(&n.config).unwrap();
     edit(&mut cfg);
     std::fs::write(&n.config, cfg).unwrap();

@@ -79,6 +79,18 @@ def listdir(path):
     return "escaped", "%d entries" % len(os.listdir(path))
 
 
+def beyond_landlock(path):
+    """A file Landlock alone must refuse: its directory is the gear's own to write for the
+    kernel's other checks (owner, mode; access(2) does not ask Landlock), but not one Landlock
+    opens for writing. A directory the gear may not write anyway proves nothing: reported so."""
+    def run():
+        d = os.path.dirname(path)
+        if not os.access(d, os.W_OK):
+            return "not-writable-anyway", "%s is not the gear's to write: nothing for Landlock to refuse" % d
+        return write_file(path)
+    return run
+
+
 def pid_own(pid):
     """Whether PID, a host pid, names one of our own processes in the gear's pid namespace
     (then the attack on it is void: report it as not found)."""
@@ -149,6 +161,22 @@ def clone3_ns():
         return err
     os.waitpid(r, 0)
     return "escaped", "clone3 returned child %d" % r
+
+
+def setns_net():
+    """setns into a network namespace. Where SELinux refuses opening the namespace file itself
+    (EACCES: nsfs is not the gear's), a pidfd of our own process names the namespace instead, so
+    that setns itself is still tried."""
+    try:
+        fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    except PermissionError:
+        fd, err = sys_("pidfd_open", os.getpid(), 0)
+        if err:
+            return err, "the namespace file and a pidfd were both refused"
+    try:
+        return expect_fail("setns", fd, 0x40000000)
+    finally:
+        os.close(fd)
 
 
 def setuid_binary():
@@ -236,8 +264,17 @@ def memory_bomb():
     return "escaped", "the child allocated 4 GiB (status %d)" % st
 
 
+def syncfs(fd):
+    """Writes back the filesystem holding fd (errors ignored: the attack's outcome is the writes').
+    An exhaustion attack on disk flushes as it goes, so that what waits for writeback (dirty
+    pages, an uncommitted btrfs transaction's inodes), charged to the gear's memory, stays small
+    under a slow disk (the VM's emulated one) and the quota, not the memory limit, is what
+    refuses the attack. The quota's refusal is what the attack is to get, flushed or not."""
+    libc.syncfs(fd)
+
+
 def fill(path, limit_bytes):
-    """Writes PATH until the kernel refuses: (errno name, bytes written)."""
+    """Writes PATH until the kernel refuses: (errno name, bytes written), flushing every 8 MiB."""
     chunk, n = b"x" * (1 << 20), 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -246,6 +283,8 @@ def fill(path, limit_bytes):
                 n += os.write(fd, chunk)
             except OSError as e:
                 return ename(e.errno), n
+            if n % (8 << 20) == 0:
+                syncfs(fd)
         try:
             os.fsync(fd)
         except OSError as e:
@@ -294,12 +333,13 @@ def inode_bomb(inodes):
     """Files until refused. Where the quota counts inodes (ext4, xfs) they are empty and must stop
     near the profile's inode limit; btrfs has no inode limits (quota/btrfs.rs), so there each
     file holds 1 KiB (inlined in the metadata the qgroup charges) and the byte quota must stop
-    them before 4 times the inode limit."""
+    them before 4 times the inode limit. The filesystem is flushed every 500 files (syncfs)."""
     def run():
         d = os.path.expanduser("~/app-root/data/inodes")
         btrfs = fs_type(os.path.expanduser("~")) == BTRFS_MAGIC
         data, bound = (b"i" * 1024, inodes * 4) if btrfs else (b"", inodes * 3 // 2)
         os.makedirs(d, exist_ok=True)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         n, err = 0, None
         try:
             while n < inodes * 4:
@@ -313,7 +353,10 @@ def inode_bomb(inodes):
                     err = e.errno
                     break
                 n += 1
+                if n % 500 == 0:
+                    syncfs(dfd)
         finally:
+            os.close(dfd)
             for i in range(n + 1):
                 try:
                     os.unlink("%s/%d" % (d, i))
@@ -433,7 +476,7 @@ def battery(ctx):
         ("clone-newuser", clone_ns(0x10000000)),
         ("clone-newns", clone_ns(0x00020000)),
         ("clone3-newuser", clone3_ns),
-        ("setns-net", lambda: expect_fail("setns", os.open("/proc/self/ns/net", os.O_RDONLY), 0)),
+        ("setns-net", setns_net),
         ("chroot", lambda: expect_fail("chroot", b"/tmp")),
         ("pivot-root", lambda: expect_fail("pivot_root", b"/tmp", b"/tmp")),
         ("mknod-device", lambda: expect_fail("mknod", b"/tmp/sda", stat.S_IFBLK | 0o600, (8 << 8))),
@@ -464,6 +507,8 @@ def battery(ctx):
         ("read-kmsg", lambda: read_file("/dev/kmsg")),
         ("read-host-disk", lambda: read_file("/dev/sda")),
         ("read-dev-mem", lambda: read_file("/dev/mem")),
+        # Landlock: the gear's /run is its own tmpfs, but only /run/gearshift is written
+        ("write-run-beyond-landlock", beyond_landlock("/run/planted")),
         # sockets and ports
         ("socket-raw", lambda: (socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close(), ("escaped", "raw socket"))[1]),
         ("socket-packet", lambda: (socket.socket(17, socket.SOCK_RAW, 0).close(), ("escaped", "packet socket"))[1]),

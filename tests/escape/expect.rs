@@ -78,6 +78,8 @@ pub const EXPECTED: &[(&str, &[&str])] = &[
     ("read-kmsg", &["ENOENT", "EACCES", "EPERM"]),
     ("read-host-disk", &["ENOENT", "EACCES", "EPERM"]),
     ("read-dev-mem", &["ENOENT", "EACCES", "EPERM"]),
+    // Landlock's refusal: the directory is the gear's own for every other check
+    ("write-run-beyond-landlock", &["EACCES"]),
     // EPERM: no CAP_NET_RAW; EACCES: SELinux refused the socket class before the capability check
     ("socket-raw", &["EPERM", "EACCES"]),
     ("socket-packet", &["EAFNOSUPPORT"]),

@@ -1,14 +1,35 @@
 //! Landlock: even inside its own mount namespace, a gear process may write only its home, /tmp,
-//! /run and devices, and read/execute the host runtimes. Defence in depth under the mounts.
+//! its own run directory (`/run/gearshift`), /dev/shm, its devpts and the harmless devices, and
+//! read/execute the rest of its view. Defence in depth under the mounts: whatever else appears
+//! under /run or /dev (the gear's /run is its own tmpfs, which it could otherwise fill with
+//! anything) is not written.
 
 use super::check::Check;
+use super::mounts::{DEVICES, RUN_DIR};
 use crate::node::config::LandlockMode;
 use anyhow::{bail, Context, Result};
 use landlock::{
     path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, ABI,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What a gear process may write besides its home: every access right beneath each (a device
+/// gets a file's rights: read, write, truncate, its ioctls). Paths that do not exist are left out.
+fn writable(home: &Path) -> Vec<PathBuf> {
+    let mut w: Vec<PathBuf> = [
+        home,
+        Path::new("/tmp"),
+        Path::new(RUN_DIR),
+        Path::new("/dev/shm"),
+        Path::new("/dev/pts"),
+    ]
+    .into_iter()
+    .map(Path::to_path_buf)
+    .collect();
+    w.extend(DEVICES.iter().map(|d| Path::new("/dev").join(d)));
+    w
+}
 
 /// Whether the kernel enforced the ruleset fully, partly, or not at all.
 pub fn apply(home: &Path) -> Result<&'static str> {
@@ -27,10 +48,7 @@ pub fn apply(home: &Path) -> Result<&'static str> {
         .context("landlock: cannot create ruleset")?
         .add_rules(path_beneath_rules(ro, read))
         .context("landlock: cannot add read-only rules")?
-        .add_rules(path_beneath_rules(
-            [home, Path::new("/tmp"), Path::new("/run"), Path::new("/dev")],
-            all,
-        ))
+        .add_rules(path_beneath_rules(writable(home), all))
         .context("landlock: cannot add read-write rules")?
         .restrict_self()
         .context("landlock: cannot restrict self")?;
@@ -100,7 +118,8 @@ pub fn check(mode: Option<LandlockMode>) -> Check {
             return Check::ok(
                 "landlock",
                 format!(
-                    "ABI version {abi}: the gear init applies it, so every process in a gear writes only its home, /tmp, /run and /dev ({setting})"
+                    "ABI version {abi}: the gear init applies it, so every process in a gear writes only its home, /tmp, {RUN_DIR}, /dev/shm, /dev/pts and /dev/{{{}}} ({setting})",
+                    DEVICES.join(",")
                 ),
             );
         }
@@ -121,6 +140,53 @@ pub fn check(mode: Option<LandlockMode>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CHILD: &str = "GEARSHIFT_TEST_LANDLOCK_CHILD";
+
+    /// Against the real kernel, in a child test process (a ruleset binds its process for good):
+    /// the home, /tmp and the devices are written; a file beside the home, or directly in /run,
+    /// is refused even to root, to whom every other check says yes.
+    #[test]
+    fn only_the_gears_own_paths_are_written() {
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = Path::new(&dir);
+            assert_eq!(apply(&dir.join("home")).unwrap(), "full");
+            std::fs::write(dir.join("home/f"), b"x").expect("the home is written");
+            std::fs::write("/dev/null", b"x").expect("/dev/null is written");
+            let tmp = Path::new("/tmp").join(dir.file_name().unwrap());
+            std::fs::write(&tmp, b"x").expect("/tmp is written");
+            let var_tmp = dir.with_extension("beside");
+            let e = std::fs::write(&var_tmp, b"x").expect_err("a file beside the home was written");
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+            let run = Path::new("/run").join(dir.file_name().unwrap());
+            let e = std::fs::write(&run, b"x").expect_err("a file in /run was written");
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+            return;
+        }
+        if abi().is_err() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root and a kernel with Landlock");
+            return;
+        }
+        // Not in /tmp, which the ruleset opens as a whole.
+        let dir = Path::new("/var/tmp").join(format!("gearshift-landlock-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "gear::isolation::landlock::tests::only_the_gears_own_paths_are_written",
+            ])
+            .args(["--test-threads=1", "--nocapture"])
+            .env(CHILD, &dir)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(Path::new("/tmp").join(dir.file_name().unwrap()));
+        let _ = std::fs::remove_file(dir.with_extension("beside"));
+        let _ = std::fs::remove_file(Path::new("/run").join(dir.file_name().unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+    }
 
     #[test]
     fn a_refusal_fails_under_require_and_warns_under_warn() {

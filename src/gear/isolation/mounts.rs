@@ -120,6 +120,10 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     tmpfs(&r.join("tmp"), nosuid_nodev(), &tmp_opts)?;
     let run_opts = format!("mode=0755,size=1m,uid={0},gid={0}{label}", spec.owner_uid);
     tmpfs(&r.join("run"), nosuid_nodev() | MsFlags::MS_NOEXEC, &run_opts)?;
+    let run_dir = inner(r, Path::new(RUN_DIR));
+    fs::create_dir(&run_dir).with_context(|| format!("cannot create the gear's {RUN_DIR}"))?;
+    std::os::unix::fs::chown(&run_dir, Some(spec.owner_uid), Some(spec.owner_uid))
+        .with_context(|| format!("cannot give the gear its {RUN_DIR}"))?;
     fs::create_dir_all(r.join("var"))?;
     symlink("/tmp", r.join("var/tmp"))?;
     build_dev(
@@ -161,6 +165,13 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     .context("cannot make the gear's / read-only")
 }
 
+/// The host's device nodes a gear sees in its /dev (bound from the host's).
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The gear's own directory in its /run (the supervisor's control socket), made with the gear's
+/// /run so that Landlock (landlock.rs) can name it before the supervisor runs.
+pub const RUN_DIR: &str = "/run/gearshift";
+
 /// A minimal /dev: the harmless device nodes, a private devpts and /dev/shm.
 fn build_dev(dev: &Path, shm_opts: &str, label: &str, pts_label: &str) -> Result<()> {
     tmpfs(
@@ -168,7 +179,7 @@ fn build_dev(dev: &Path, shm_opts: &str, label: &str, pts_label: &str) -> Result
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         &format!("mode=0755,size=64k{label}"),
     )?;
-    for n in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for n in DEVICES {
         let dst = dev.join(n);
         fs::write(&dst, b"")?;
         // Device binds must keep device access; they are the only mounts without nodev.
