@@ -66,6 +66,11 @@ print(f"gear spawn overhead over plain fork+exec: warm {warm - plain:.2f} ms, co
 PY
 fi
 
+# What Landlock and the seccomp filters add to a start (issue 14), in one alternating run.
+if [ "${ONLY:-}" != redeploy ]; then
+  N="$N" cargo test -q --release --bin gearshift confine_cost -- --ignored --nocapture 2>/dev/null | grep '^fork+exec'
+fi
+
 # Deploys over SSH: a dependency-free python app (examples/python-flaskless), from `git push`
 # start until the new page is served, cold (app create + first push) and redeploy (one line).
 ssh-keygen -q -t ed25519 -N '' -f "$work/key"

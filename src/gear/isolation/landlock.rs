@@ -83,7 +83,7 @@ fn judge(mode: LandlockMode, abi: Option<i64>, applied: Result<&'static str>) ->
 }
 
 /// The kernel's Landlock ABI version, or the error that says why it has none.
-fn abi() -> std::result::Result<i64, std::io::Error> {
+pub(super) fn abi() -> std::result::Result<i64, std::io::Error> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a NULL attr and size 0 this syscall only returns the ABI version; no
     // memory is read or written and no file descriptor is created.

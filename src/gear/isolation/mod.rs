@@ -4,6 +4,8 @@
 pub mod caps;
 pub mod cgroup;
 pub mod check;
+#[cfg(test)]
+mod confine_cost;
 pub mod landlock;
 pub mod mountinfo;
 pub mod mounts;
