@@ -125,16 +125,68 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     let mut evs = Vec::new();
     let done = eventually(Duration::from_secs(20), || {
         evs = root_events();
-        evs.len() >= 2
+        evs.iter().any(|e| e["kind"] == "deploy.result")
     });
     assert!(done, "no deploy result: {evs:?}\n{out}");
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["deploy.start", "deploy.result"], "{evs:?}");
-    assert_eq!(evs[1]["by"], "alice", "{evs:?}");
-    let key = evs[1]["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
+    assert_eq!(kinds.first(), Some(&"deploy.start"), "{evs:?}");
+    assert_eq!(kinds.last(), Some(&"deploy.result"), "{evs:?}");
+    let result = evs.last().unwrap();
+    assert_eq!(result["by"], "alice", "{evs:?}");
+    let key = result["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
     assert_eq!(key, fingerprint(&alice));
-    assert_eq!(evs[1]["detail"]["result"], "deployed", "{evs:?}");
-    assert!(evs[1]["detail"]["deployment"].is_string(), "{evs:?}");
+    assert_eq!(result["detail"]["result"], "deployed", "{evs:?}");
+    let deployment = result["detail"]["deployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{evs:?}"));
+    assert_ne!(deployment, "repo", "{evs:?}");
+
+    // Each step of the pipeline is an event, which the owner sees over SSH: build, then the switch.
+    let o = n.ssh(&alice, &[], Some("events --app shop --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs = events_of(&o.stdout);
+    let step = |evs: &[serde_json::Value], kind: &str, name: &str| -> Option<serde_json::Value> {
+        (evs.iter())
+            .find(|e| e["kind"] == kind && (kind == "deploy.switch" || e["detail"]["step"] == name))
+            .cloned()
+    };
+    let build = step(&theirs, "deploy.step", "build").unwrap_or_else(|| panic!("no build step: {theirs:?}"));
+    assert_eq!(build["detail"]["ok"], true, "{build}");
+    assert_eq!(build["detail"]["deployment"], deployment, "{build}");
+    assert!(build["detail"]["ms"].is_u64(), "{build}");
+    let switch = step(&theirs, "deploy.switch", "").unwrap_or_else(|| panic!("no switch: {theirs:?}"));
+    assert_eq!(switch["detail"]["ok"], true, "{switch}");
+    assert_eq!(switch["by"], "alice", "{switch}");
+    let pos = |kind: &str| theirs.iter().position(|e| e["kind"] == kind).unwrap();
+    assert!(pos("deploy.start") < pos("deploy.switch") && pos("deploy.switch") < pos("deploy.result"));
+
+    // A push whose build fails shows the failed step, and no switch.
+    let hooks = dir.join(".openshift/action_hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("build"), "#!/bin/sh\necho broken build; exit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(hooks.join("build"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "broken"]);
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(!ok, "{out}");
+    let mut failed = Vec::new();
+    let done = eventually(Duration::from_secs(20), || {
+        failed = root_events();
+        failed.iter().filter(|e| e["kind"] == "deploy.result").count() >= 2
+    });
+    assert!(done, "no second deploy result: {failed:?}\n{out}");
+    let second = &failed[failed.iter().rposition(|e| e["kind"] == "deploy.start").unwrap()..];
+    let build = step(second, "deploy.step", "build").unwrap_or_else(|| panic!("no build step: {second:?}"));
+    assert_eq!(build["detail"]["ok"], false, "{build}");
+    assert!(step(second, "deploy.switch", "").is_none(), "{second:?}");
+    assert_eq!(second.last().unwrap()["detail"]["result"], "not deployed", "{second:?}");
+    // The next push fixes it (the crash below needs a good deployment).
+    std::fs::remove_dir_all(dir.join(".openshift")).unwrap();
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "fixed"]);
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(ok, "{out}");
 
     // The web process dies: the supervisor restarts it, the daemon records the crash.
     n.ok(&["run", "shop", "--", "pkill", "-KILL", "-f", "server.py"]);
@@ -180,7 +232,6 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     );
     let table = n.ok(&["events", "--app", "shop"]);
     assert!(table.contains("deploy.result") && table.contains("by alice"), "{table}");
-    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(n.root.join("logs/events.jsonl")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
 }
