@@ -701,3 +701,88 @@ fn the_dashboard_shows_every_app_and_a_crashed_one_as_crashed() {
     let png = std::fs::read(&shot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG"), "no screenshot at {}", shot.display());
 }
+
+/// GET `https://admin.test:PORT{path}` with curl (`user`: `-u` credentials): (status, body);
+/// status 0 when no HTTP answer came.
+fn admin_https(url: &str, cacert: &std::path::Path, port: u16, user: Option<&str>) -> (u16, String) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(cacert)
+        .arg("--resolve")
+        .arg(format!("admin.test:{port}:127.0.0.1"));
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    let o = c.arg(url).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_exposed_admin_port_wants_tls_and_the_admin_login() {
+    let n = TestNode::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = std::fs::read_to_string(&n.config).unwrap();
+    let line = cfg.lines().find(|l| l.starts_with("admin_port")).unwrap().to_string();
+    n.set_config(
+        &line,
+        &format!("{line}\nadmin_listen = \"127.0.0.1:{port}\"\nadmin_host = \"admin.test\""),
+    );
+
+    // Refused without a certificate, then without a password, saying what to do.
+    let refused = |want: &str| {
+        let mut d = n
+            .cmd()
+            .arg("daemon")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&d.stderr).into_owned() + &String::from_utf8_lossy(&d.stdout);
+        assert!(!d.status.success(), "{err}");
+        assert!(err.contains(want), "{err}");
+        d.stdout.clear();
+    };
+    refused("no TLS certificate for admin.test");
+    let (crt, key) = make_cert(&n.root.join("admin-cert"), "admin.test", "admin.test");
+    let bundle = [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat();
+    std::fs::write(n.root.join("admin.pem"), bundle).unwrap();
+    refused("gearshift node admin-password");
+
+    let mut set = n.cmd();
+    set.args(["node", "admin-password"]).stdin(std::process::Stdio::piped());
+    let mut child = set.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"a long admin secret\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let stored = std::fs::read_to_string(n.root.join("admin.htpasswd")).unwrap();
+    assert!(
+        stored.starts_with("admin:$argon2id$") && !stored.contains("secret"),
+        "{stored}"
+    );
+
+    let _d = n.start_daemon();
+    let base = format!("https://admin.test:{port}");
+    let right = Some("admin:a long admin secret");
+    let (code, body) = admin_https(&format!("{base}/metrics"), &crt, port, right);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("gearshift_"), "{body}");
+    let (code, body) = admin_https(&format!("{base}/"), &crt, port, right);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"),
+        "{body}"
+    );
+    for wrong in [Some("admin:not the secret"), Some("root:a long admin secret"), None] {
+        let (code, body) = admin_https(&format!("{base}/metrics"), &crt, port, wrong);
+        assert_eq!(code, 401, "{wrong:?}: {body}");
+        assert!(!body.contains("gearshift_"), "{body}");
+    }
+    // Plain HTTP gets no answer at all.
+    let (code, body) = admin_https(&format!("http://127.0.0.1:{port}/metrics"), &crt, port, right);
+    assert_eq!(code, 0, "{body}");
+}
