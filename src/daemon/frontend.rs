@@ -232,9 +232,12 @@ impl Sink for Front {
     }
 
     fn status(&self, gear: &Gear, status: &serde_json::Value, seen_restarts: &mut Option<u64>) {
-        if let Some(v) = self.gears.lock().unwrap().get_mut(&gear.id) {
-            v.restarts = status["restarts"].as_u64();
-        }
+        // The first reply of a gear comes before its `set_live`: the view starts here.
+        let mut gears = self.gears.lock().unwrap();
+        let v = gears.entry(gear.id.clone()).or_default();
+        v.app = gear.app.clone();
+        v.restarts = status["restarts"].as_u64();
+        drop(gears);
         note_restarts(&self.node, gear, status, seen_restarts);
     }
 
