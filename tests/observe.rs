@@ -752,6 +752,11 @@ fn the_exposed_admin_port_wants_tls_and_the_admin_login() {
     let (crt, key) = make_cert(&n.root.join("admin-cert"), "admin.test", "admin.test");
     let bundle = [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat();
     std::fs::write(n.root.join("admin.pem"), bundle).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let pem_mode = |m| std::fs::set_permissions(n.root.join("admin.pem"), std::fs::Permissions::from_mode(m)).unwrap();
+    pem_mode(0o644);
+    refused("chmod 600");
+    pem_mode(0o600);
     refused("gearshift node admin-password");
 
     let mut set = n.cmd();

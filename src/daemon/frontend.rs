@@ -607,6 +607,15 @@ pub fn admin_settings(node: &Node) -> Result<Option<(SocketAddr, Arc<rustls::Ser
         anyhow::bail!("admin_listen is set but admin_host is not: name the host its TLS certificate is for");
     };
     let pem = admin_login::cert_path(node);
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(&pem) {
+        if m.uid() != 0 || m.mode() & 0o077 != 0 {
+            anyhow::bail!(
+                "{} holds the admin port's private key but others may read or change it: chown root and chmod 600 it",
+                pem.display()
+            );
+        }
+    }
     let bundle = std::fs::read(&pem).with_context(|| {
         format!(
             "admin_listen is set but there is no TLS certificate for {host}: put its chain and key (PEM) in {} (mode 0600)",
