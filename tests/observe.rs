@@ -125,16 +125,68 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     let mut evs = Vec::new();
     let done = eventually(Duration::from_secs(20), || {
         evs = root_events();
-        evs.len() >= 2
+        evs.iter().any(|e| e["kind"] == "deploy.result")
     });
     assert!(done, "no deploy result: {evs:?}\n{out}");
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["deploy.start", "deploy.result"], "{evs:?}");
-    assert_eq!(evs[1]["by"], "alice", "{evs:?}");
-    let key = evs[1]["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
+    assert_eq!(kinds.first(), Some(&"deploy.start"), "{evs:?}");
+    assert_eq!(kinds.last(), Some(&"deploy.result"), "{evs:?}");
+    let result = evs.last().unwrap();
+    assert_eq!(result["by"], "alice", "{evs:?}");
+    let key = result["key"].as_str().unwrap_or_else(|| panic!("no key: {evs:?}"));
     assert_eq!(key, fingerprint(&alice));
-    assert_eq!(evs[1]["detail"]["result"], "deployed", "{evs:?}");
-    assert!(evs[1]["detail"]["deployment"].is_string(), "{evs:?}");
+    assert_eq!(result["detail"]["result"], "deployed", "{evs:?}");
+    let deployment = result["detail"]["deployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{evs:?}"));
+    assert_ne!(deployment, "repo", "{evs:?}");
+
+    // Each step of the pipeline is an event, which the owner sees over SSH: build, then the switch.
+    let o = n.ssh(&alice, &[], Some("events --app shop --json"), b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs = events_of(&o.stdout);
+    let step = |evs: &[serde_json::Value], kind: &str, name: &str| -> Option<serde_json::Value> {
+        (evs.iter())
+            .find(|e| e["kind"] == kind && (kind == "deploy.switch" || e["detail"]["step"] == name))
+            .cloned()
+    };
+    let build = step(&theirs, "deploy.step", "build").unwrap_or_else(|| panic!("no build step: {theirs:?}"));
+    assert_eq!(build["detail"]["ok"], true, "{build}");
+    assert_eq!(build["detail"]["deployment"], deployment, "{build}");
+    assert!(build["detail"]["ms"].is_u64(), "{build}");
+    let switch = step(&theirs, "deploy.switch", "").unwrap_or_else(|| panic!("no switch: {theirs:?}"));
+    assert_eq!(switch["detail"]["ok"], true, "{switch}");
+    assert_eq!(switch["by"], "alice", "{switch}");
+    let pos = |kind: &str| theirs.iter().position(|e| e["kind"] == kind).unwrap();
+    assert!(pos("deploy.start") < pos("deploy.switch") && pos("deploy.switch") < pos("deploy.result"));
+
+    // A push whose build fails shows the failed step, and no switch.
+    let hooks = dir.join(".openshift/action_hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("build"), "#!/bin/sh\necho broken build; exit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(hooks.join("build"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-qm", "broken"]);
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(!ok, "{out}");
+    let mut failed = Vec::new();
+    let done = eventually(Duration::from_secs(20), || {
+        failed = root_events();
+        failed.iter().filter(|e| e["kind"] == "deploy.result").count() >= 2
+    });
+    assert!(done, "no second deploy result: {failed:?}\n{out}");
+    let second = &failed[failed.iter().rposition(|e| e["kind"] == "deploy.start").unwrap()..];
+    let build = step(second, "deploy.step", "build").unwrap_or_else(|| panic!("no build step: {second:?}"));
+    assert_eq!(build["detail"]["ok"], false, "{build}");
+    assert!(step(second, "deploy.switch", "").is_none(), "{second:?}");
+    assert_eq!(second.last().unwrap()["detail"]["result"], "not deployed", "{second:?}");
+    // The next push fixes it (the crash below needs a good deployment).
+    std::fs::remove_dir_all(dir.join(".openshift")).unwrap();
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "fixed"]);
+    let (ok, out) = push_as(&n, &alice, &dir, "shop", "main");
+    assert!(ok, "{out}");
 
     // The web process dies: the supervisor restarts it, the daemon records the crash.
     n.ok(&["run", "shop", "--", "pkill", "-KILL", "-f", "server.py"]);
@@ -180,7 +232,6 @@ fn a_push_and_a_crash_are_events_that_only_their_owner_sees() {
     );
     let table = n.ok(&["events", "--app", "shop"]);
     assert!(table.contains("deploy.result") && table.contains("by alice"), "{table}");
-    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(n.root.join("logs/events.jsonl")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
 }
@@ -280,7 +331,8 @@ fn a_users_changes_are_events_with_their_key_that_others_do_not_see() {
     let all = events_of(n.ok(&["events", "--json"]).as_bytes());
     let user_add = all.iter().find(|e| e["kind"] == "user.add").unwrap();
     assert!(user_add["by"] == "root" && user_add["key"].is_null(), "{user_add}");
-    let by_alice = all.iter().filter(|e| e["by"] == "alice" && e["kind"] != "deploy.start");
+    let push_steps = ["deploy.start", "deploy.step", "deploy.switch"];
+    let by_alice = (all.iter()).filter(|e| e["by"] == "alice" && !push_steps.contains(&e["kind"].as_str().unwrap()));
     // Hers, the push's result and the failed rollback.
     assert_eq!(by_alice.count(), done.len() + 2, "{all:?}");
     let log = std::fs::read_to_string(n.root.join("logs/events.jsonl")).unwrap();
@@ -649,4 +701,94 @@ fn the_dashboard_shows_every_app_and_a_crashed_one_as_crashed() {
     assert!(dom.contains("memory") && dom.contains("disk"), "{dom}");
     let png = std::fs::read(&shot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG"), "no screenshot at {}", shot.display());
+}
+
+/// GET `https://admin.test:PORT{path}` with curl (`user`: `-u` credentials): (status, body);
+/// status 0 when no HTTP answer came.
+fn admin_https(url: &str, cacert: &std::path::Path, port: u16, user: Option<&str>) -> (u16, String) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(cacert)
+        .arg("--resolve")
+        .arg(format!("admin.test:{port}:127.0.0.1"));
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    let o = c.arg(url).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_exposed_admin_port_wants_tls_and_the_admin_login() {
+    let n = TestNode::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = std::fs::read_to_string(&n.config).unwrap();
+    let line = cfg.lines().find(|l| l.starts_with("admin_port")).unwrap().to_string();
+    n.set_config(
+        &line,
+        &format!("{line}\nadmin_listen = \"127.0.0.1:{port}\"\nadmin_host = \"admin.test\""),
+    );
+
+    // Refused without a certificate, then without a password, saying what to do.
+    let refused = |want: &str| {
+        let mut d = n
+            .cmd()
+            .arg("daemon")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&d.stderr).into_owned() + &String::from_utf8_lossy(&d.stdout);
+        assert!(!d.status.success(), "{err}");
+        assert!(err.contains(want), "{err}");
+        d.stdout.clear();
+    };
+    refused("no TLS certificate for admin.test");
+    let (crt, key) = make_cert(&n.root.join("admin-cert"), "admin.test", "admin.test");
+    let bundle = [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat();
+    std::fs::write(n.root.join("admin.pem"), bundle).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let pem_mode = |m| std::fs::set_permissions(n.root.join("admin.pem"), std::fs::Permissions::from_mode(m)).unwrap();
+    pem_mode(0o644);
+    refused("chmod 600");
+    pem_mode(0o600);
+    refused("gearshift node admin-password");
+
+    let mut set = n.cmd();
+    set.args(["node", "admin-password"]).stdin(std::process::Stdio::piped());
+    let mut child = set.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"a long admin secret\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let stored = std::fs::read_to_string(n.root.join("admin.htpasswd")).unwrap();
+    assert!(
+        stored.starts_with("admin:$argon2id$") && !stored.contains("secret"),
+        "{stored}"
+    );
+
+    let _d = n.start_daemon();
+    let base = format!("https://admin.test:{port}");
+    let right = Some("admin:a long admin secret");
+    let (code, body) = admin_https(&format!("{base}/metrics"), &crt, port, right);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("gearshift_"), "{body}");
+    let (code, body) = admin_https(&format!("{base}/"), &crt, port, right);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"),
+        "{body}"
+    );
+    for wrong in [Some("admin:not the secret"), Some("root:a long admin secret"), None] {
+        let (code, body) = admin_https(&format!("{base}/metrics"), &crt, port, wrong);
+        assert_eq!(code, 401, "{wrong:?}: {body}");
+        assert!(!body.contains("gearshift_"), "{body}");
+    }
+    // Plain HTTP gets no answer at all.
+    let (code, body) = admin_https(&format!("http://127.0.0.1:{port}/metrics"), &crt, port, right);
+    assert_eq!(code, 0, "{body}");
 }

@@ -125,14 +125,45 @@ pub fn print_list(node: &Node, json: bool) -> Result<()> {
 /// A small file the gear wrote under its home, read by root without following any symlink the
 /// gear may have put on the way (nothing outside the home is ever read).
 pub fn read_gear_file(home: &std::path::Path, rel: &str) -> Result<String> {
+    read_gear_file_capped(home, rel, 256)
+}
+
+/// `read_gear_file`, reading at most `cap` bytes of it.
+pub fn read_gear_file_capped(home: &std::path::Path, rel: &str, cap: u64) -> Result<String> {
     use std::io::Read;
+    let f = open_beneath(home, rel, libc::O_RDONLY)?;
+    if !f.metadata()?.is_file() {
+        bail!("{rel} in {} is not a file", home.display());
+    }
+    let mut bytes = Vec::new();
+    f.take(cap).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The names in directory `rel` of a gear's home (at most `max` of them), opened like
+/// `read_gear_file`: no symlink the gear planted is followed.
+pub fn list_gear_dir(home: &std::path::Path, rel: &str, max: usize) -> Result<Vec<String>> {
+    let d = open_beneath(home, rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    use std::os::fd::AsRawFd;
+    // The descriptor's own directory, never a path resolved again.
+    let entries = std::fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd()))
+        .with_context(|| format!("cannot list {rel} in {}", home.display()))?;
+    Ok(entries
+        .flatten()
+        .take(max)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
+}
+
+/// Opens `rel` beneath `home` with `flags`, refusing any symlink or `..` on the way.
+fn open_beneath(home: &std::path::Path, rel: &str, flags: i32) -> Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     let c = |p: &str| std::ffi::CString::new(p).context("a path with a NUL byte");
     let home_c = c(&home.display().to_string())?;
     let rel_c = c(rel)?;
     // SAFETY: open_how is plain data; zeroed is a valid value before the fields are set.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: home_c is a valid NUL-terminated path; the descriptor is closed below.
     let dir = unsafe { libc::open(home_c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -156,11 +187,5 @@ pub fn read_gear_file(home: &std::path::Path, rel: &str) -> Result<String> {
         return Err(err).with_context(|| format!("cannot read {rel} in {}", home.display()));
     }
     // SAFETY: fd is a fresh descriptor owned by nothing else.
-    let f = unsafe { std::fs::File::from_raw_fd(fd) };
-    if !f.metadata()?.is_file() {
-        bail!("{rel} in {} is not a file", home.display());
-    }
-    let mut text = String::new();
-    f.take(256).read_to_string(&mut text)?;
-    Ok(text)
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }

@@ -4,6 +4,7 @@
 //! deploy pipeline (`gearshift gear pre-receive`) before git accepts the ref.
 
 use crate::app;
+use crate::ingear::deploy::{Deployment, Step, STEPS};
 use crate::node::events::{self, Event};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
@@ -49,13 +50,55 @@ pub struct PushEvents {
     owner: Option<String>,
     by: Actor,
     before: Option<String>,
+    /// When the push began (`clock::now`).
+    since: u64,
 }
 
 /// The live deployment of an app (gear 0's repo link), if any.
 fn live_deployment(node: &Node, a: &app::App) -> Option<String> {
     let g = a.gears.first()?;
+    // `../app-deployments/ID/repo`
     let t = std::fs::read_link(g.home(node).join(crate::gear::layout::REPO)).ok()?;
-    Some(t.file_name()?.to_string_lossy().into_owned())
+    Some(t.parent()?.file_name()?.to_string_lossy().into_owned())
+}
+
+/// At most this much of a deployment's record is read: the gear writes it.
+const RECORD_CAP: u64 = 64 * 1024;
+/// At most this many deployments are looked at for a push's.
+const LIST_CAP: usize = 4096;
+
+/// A deployment id as `ingear/deploy.rs` makes them (a timestamp and a commit prefix).
+fn is_deployment_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The push's deployment and the pipeline's steps its record in gear 0 holds: `after` when one
+/// went live, else the newest one begun since the push did (a failed build). The record is the
+/// gear's: read without following its symlinks, capped, and only known step names are kept.
+fn push_steps(node: &Node, a: &app::App, after: Option<&str>, since: u64) -> Option<(String, Vec<Step>)> {
+    use crate::gear::layout::DEPLOYMENTS;
+    let home = a.gears.first()?.home(node);
+    let id = match after {
+        Some(id) => id.to_string(),
+        None => {
+            let ids = app::cartridge::list_gear_dir(&home, DEPLOYMENTS, LIST_CAP).ok()?;
+            ids.into_iter().filter(|i| is_deployment_id(i)).max()?
+        }
+    };
+    if !is_deployment_id(&id) {
+        return None;
+    }
+    let rel = format!("{DEPLOYMENTS}/{id}/metadata.toml");
+    let text = app::cartridge::read_gear_file_capped(&home, &rel, RECORD_CAP).ok()?;
+    let d: Deployment = toml::from_str(&text).ok()?;
+    if after.is_none() && d.time < since {
+        return None;
+    }
+    let steps = (d.steps.into_iter())
+        .filter(|s| STEPS.contains(&s.name.as_str()))
+        .take(STEPS.len())
+        .collect();
+    Some((id, steps))
 }
 
 impl PushEvents {
@@ -68,6 +111,7 @@ impl PushEvents {
             owner: a.owner.clone(),
             by: actor.clone(),
             before: live_deployment(node, &a),
+            since: crate::clock::now(),
         };
         events::record(node, w.event("deploy.start"));
         Some(w)
@@ -82,11 +126,34 @@ impl PushEvents {
         &self.app
     }
 
-    /// Records `deploy.result`: git-receive-pack ends well even when the hook refused the push,
+    /// Records a `deploy.step` per step of the push's pipeline (`deploy.switch` for the switch),
+    /// from its deployment's record.
+    fn record_steps(&self, node: &Node, a: &app::App, after: Option<&str>) {
+        let Some((id, steps)) = push_steps(node, a, after, self.since) else {
+            return;
+        };
+        for s in steps {
+            let (kind, mut detail) = if s.name == "switch" {
+                ("deploy.switch", serde_json::json!({"previous": self.before}))
+            } else {
+                ("deploy.step", serde_json::json!({"step": s.name}))
+            };
+            detail["deployment"] = id.clone().into();
+            detail["ok"] = s.ok.into();
+            detail["ms"] = s.ms.into();
+            events::record(node, self.event(kind).detail(detail));
+        }
+    }
+
+    /// Records the push's steps, then `deploy.result`: git-receive-pack ends well even when the hook refused the push,
     /// so what tells is whether another deployment went live; returns whether one did.
     pub fn end(self, node: &Node, code: i32) -> bool {
-        let after = app::load(node, &self.app).ok().and_then(|a| live_deployment(node, &a));
+        let a = app::load(node, &self.app).ok();
+        let after = a.as_ref().and_then(|a| live_deployment(node, a));
         let deployed = after.is_some() && after != self.before;
+        if let Some(a) = &a {
+            self.record_steps(node, a, after.as_deref().filter(|_| deployed));
+        }
         let detail = if deployed {
             serde_json::json!({"result": "deployed", "deployment": after, "previous": self.before})
         } else {
@@ -161,4 +228,17 @@ fn record_detected(node: &Node, app_name: &str) -> Result<()> {
         app::write_descriptors(node, &app)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_deployment_id;
+
+    #[test]
+    fn only_plain_deployment_ids_are_read() {
+        assert!(is_deployment_id("20261202T230102-abcdef12"));
+        for bad in ["", "..", "a/b", "../x", "a b", &"x".repeat(65)] {
+            assert!(!is_deployment_id(bad), "{bad:?}");
+        }
+    }
 }

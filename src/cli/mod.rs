@@ -16,7 +16,7 @@ use crate::gear;
 use crate::node::{self, Node};
 use crate::ssh::auth::Actor;
 use crate::ssh::user;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -223,6 +223,9 @@ pub enum NodeCmd {
     },
     /// Take them down again (apps keep their state on disk).
     Down,
+    /// Set the login of the exposed admin port (`admin_listen`): the password is read from
+    /// stdin's first line (user name `admin`).
+    AdminPassword,
     /// Destroy every app, take the node down and delete its data root.
     Destroy {
         #[arg(long)]
@@ -391,6 +394,18 @@ fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
             Ok(if failed == 0 { 0 } else { 1 })
         }
         NodeCmd::Down => node::runtime::down(node).map(|_| 0),
+        NodeCmd::AdminPassword => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from stdin")?;
+            node::admin_login::set(node, &line)?;
+            println!(
+                "admin password set in {}: the daemon reads it when it starts",
+                node::admin_login::path(node).display()
+            );
+            Ok(0)
+        }
         NodeCmd::Destroy { confirm } => {
             let removed = node::runtime::destroy(node, &confirm)?;
             println!("node '{}' destroyed; removed:", node.config.name);

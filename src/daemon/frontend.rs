@@ -243,9 +243,12 @@ impl Sink for Front {
     }
 
     fn status(&self, gear: &Gear, status: &serde_json::Value, seen_restarts: &mut Option<u64>) {
-        if let Some(v) = self.gears.lock().unwrap().get_mut(&gear.id) {
-            v.restarts = status["restarts"].as_u64();
-        }
+        // The first reply of a gear comes before its `set_live`: the view starts here.
+        let mut gears = self.gears.lock().unwrap();
+        let v = gears.entry(gear.id.clone()).or_default();
+        v.app = gear.app.clone();
+        v.restarts = status["restarts"].as_u64();
+        drop(gears);
         note_restarts(&self.node, gear, status, seen_restarts);
     }
 
@@ -578,10 +581,59 @@ pub fn start(
         listen(SocketAddr::from(([127, 0, 0, 1], c.admin_port)))?,
         registry,
         Some(dashboard_pages(Arc::downgrade(&front))),
+        public_admin(node)?,
     )?;
     let routes = Routes(front.clone());
     std::thread::Builder::new()
         .name("routes".into())
         .spawn(move || refresh_loop(front))?;
     Ok((router, routes))
+}
+
+/// The exposed admin listener (`admin_listen`), if set.
+fn public_admin(node: &Node) -> Result<Option<crate::router::PublicAdmin>> {
+    let Some((addr, tls, hash)) = admin_settings(node)? else {
+        return Ok(None);
+    };
+    let listener = listen(addr)?;
+    Ok(Some(crate::router::PublicAdmin {
+        listener,
+        tls,
+        allows: Arc::new(move |auth| crate::node::admin_login::allows(&hash, auth)),
+    }))
+}
+
+/// What the exposed admin listener needs (address, TLS, the login's hash), if `admin_listen` is
+/// set; an error saying what is missing otherwise (the daemon checks before it starts anything).
+pub fn admin_settings(node: &Node) -> Result<Option<(SocketAddr, Arc<rustls::ServerConfig>, String)>> {
+    use crate::node::admin_login;
+    let c = &node.config;
+    let Some(listen_at) = &c.admin_listen else {
+        return Ok(None);
+    };
+    let addr: SocketAddr = listen_at
+        .parse()
+        .with_context(|| format!("admin_listen {listen_at:?} is not ADDR:PORT (e.g. \"0.0.0.0:8443\")"))?;
+    let Some(host) = &c.admin_host else {
+        anyhow::bail!("admin_listen is set but admin_host is not: name the host its TLS certificate is for");
+    };
+    let pem = admin_login::cert_path(node);
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(&pem) {
+        if m.uid() != 0 || m.mode() & 0o077 != 0 {
+            anyhow::bail!(
+                "{} holds the admin port's private key but others may read or change it: chown root and chmod 600 it",
+                pem.display()
+            );
+        }
+    }
+    let bundle = std::fs::read(&pem).with_context(|| {
+        format!(
+            "admin_listen is set but there is no TLS certificate for {host}: put its chain and key (PEM) in {} (mode 0600)",
+            pem.display()
+        )
+    })?;
+    let tls = crate::router::admin_tls(&bundle, host).with_context(|| format!("cannot use {}", pem.display()))?;
+    let hash = admin_login::load(node)?;
+    Ok(Some((addr, tls, hash)))
 }

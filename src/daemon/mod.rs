@@ -92,6 +92,8 @@ pub fn run(config_path: &Path) -> Result<i32> {
     })?;
     let node = Node::load(&config_path)?;
     let _lock = take_lock(&node)?;
+    // An exposed admin port without its certificate or login is refused before anything starts.
+    crate::daemon::frontend::admin_settings(&node)?;
     let ids = login_user::ensure(&node.config.ssh_user, &node.login_home())?;
     let paths = sshd::prepare(&node, &config_path)?;
     let stop = Arc::new(AtomicBool::new(false));

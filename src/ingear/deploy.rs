@@ -34,6 +34,33 @@ pub struct Deployment {
     /// What the pusher may not know: the push connection was lost after git recorded the push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The pipeline's steps run so far, in order; root records them as events after the push
+    /// (`app/git.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+}
+
+/// The steps a deployment records, in the order they run.
+pub const STEPS: [&str; 6] = ["pre_build", "build", "deploy", "release", "switch", "post_deploy"];
+
+/// One step's result: whether it ended well and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub ok: bool,
+    pub ms: u64,
+}
+
+/// Runs step `name` (`f`), adding its result to `steps`.
+fn timed<T>(steps: &mut Vec<Step>, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    let r = f();
+    steps.push(Step {
+        name: name.into(),
+        ok: r.is_ok(),
+        ms: t.elapsed().as_millis() as u64,
+    });
+    r
 }
 
 fn deployments_dir() -> PathBuf {
@@ -293,6 +320,7 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         time: crate::clock::now(),
         result: "building".into(),
         note: None,
+        steps: Vec::new(),
     };
     save(&d)?;
     say(&format!("deploying {} ({branch}) as {id}", &commit[..8]));
@@ -304,7 +332,10 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         branch: branch.into(),
         previous: live_id(),
     });
-    let result = check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo, journal.as_ref()));
+    let mut steps = Vec::new();
+    let result =
+        check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo, journal.as_ref(), &mut steps));
+    d.steps = steps;
     match result {
         Ok(()) => {
             d.result = "deployed".into();
@@ -373,7 +404,13 @@ fn check_out(source: Source, commit: &str, repo: &Path) -> Result<()> {
 /// The cartridge's and the app's hooks (pre_build, build, deploy), the release commands (for a
 /// push, which carries a journal), then the switch to the new deployment, then post_deploy and
 /// app.json's postdeploy.
-fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Journal>) -> Result<()> {
+fn build_and_switch(
+    info: &GearInfo,
+    id: &str,
+    repo: &Path,
+    journal: Option<&Journal>,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
     crate::fault::reached("after-checkout");
     let push = journal.is_some();
     // The app's own manifests first: a bad Procfile or app.json fails the push before any build.
@@ -416,17 +453,24 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
         env.push(("GEARSHIFT_INTERPRETER".into(), interp.path.display().to_string()));
     }
     for step in ["pre_build", "build", "deploy"] {
-        run_step(step, repo, &env)?;
+        timed(steps, step, || run_step(step, repo, &env))?;
         if push && relay_is_gone(true) {
             bail!("the push connection is gone; stopped after {step}");
         }
     }
     crate::fault::reached("after-build");
-    if push {
-        for script in release::before_switch(&app_json, &procs) {
-            say(&format!("{}: {}", script.label, script.command));
-            release::run(&script, repo, &env)?;
-        }
+    let scripts = if push {
+        release::before_switch(&app_json, &procs)
+    } else {
+        Vec::new()
+    };
+    if !scripts.is_empty() {
+        timed(steps, "release", || {
+            scripts.iter().try_for_each(|script| {
+                say(&format!("{}: {}", script.label, script.command));
+                release::run(script, repo, &env)
+            })
+        })?;
     }
     say("starting the new deployment");
     // Never switch for a push nobody waits for (the connection or the daemon died): git would
@@ -441,10 +485,10 @@ fn build_and_switch(info: &GearInfo, id: &str, repo: &Path, journal: Option<&Jou
         // settled once git has ended.
         settler = settle_after_git(info.keep_deployments);
     }
-    switch_to(info, id)?;
+    timed(steps, "switch", || switch_to(info, id))?;
     crate::fault::reached("after-switch");
     // What runs against the live deployment is reported when it fails, not fatal: it is live.
-    if let Err(e) = run_step("post_deploy", repo, &env) {
+    if let Err(e) = timed(steps, "post_deploy", || run_step("post_deploy", repo, &env)) {
         say(&format!("warning: {e:#}"));
     }
     let first = journal.is_some_and(|j| j.previous.is_none());

@@ -23,6 +23,13 @@ pub struct Config {
     /// Loopback-only admin endpoint of the router (`/metrics`, status).
     #[serde(default = "default_admin_port")]
     pub admin_port: u16,
+    /// Also serve the admin port's pages here ("ADDR:PORT"), over TLS (`admin.pem` in the data
+    /// root, for `admin_host`) and behind a login (`gearshift node admin-password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// The host name the exposed admin port's certificate is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_host: Option<String>,
     /// Idle an app after this many seconds without requests (0: never).
     #[serde(default)]
     pub idle_after_secs: u64,
@@ -237,6 +244,8 @@ impl Default for Config {
             https_port: 443,
             ssh_port: 2222,
             admin_port: default_admin_port(),
+            admin_listen: None,
+            admin_host: None,
             idle_after_secs: 0,
             wake_stopped: false,
             landlock: LandlockMode::Require,

@@ -2,6 +2,7 @@
 //! shared pieces up and down; `init` writes a new node's config.
 
 pub mod address;
+pub mod admin_login;
 pub mod clash;
 pub mod config;
 pub mod doctor;

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -129,22 +129,75 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// Whether an `Authorization` header's value (None: no header) is the admin login.
+pub type LoginCheck = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
+
+/// The exposed admin listener (`admin_listen`): TLS, and a login instead of the loopback
+/// peer's uid.
+pub struct PublicAdmin {
+    pub listener: TcpListener,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub allows: LoginCheck,
+}
+
+/// Who may read the pages that name apps and gears.
+enum Gate {
+    /// Root, found by the loopback peer's uid.
+    Root,
+    /// The admin login, over TLS.
+    Login(LoginCheck),
+}
+
 /// Serves the admin listener, one short-lived thread per connection.
 pub(super) fn serve(listener: TcpListener, registry: Arc<Registry>, pages: Option<AdminPages>) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let (registry, pages) = (registry.clone(), pages.clone());
         let _ = std::thread::Builder::new().name("router-admin".into()).spawn(move || {
-            let _ = answer(conn, &registry, pages.as_ref());
+            let root = (conn.peer_addr().ok())
+                .zip(conn.local_addr().ok())
+                .and_then(|(peer, ours)| super::peer::uid_of(peer, ours))
+                == Some(0);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = answer(conn, &registry, pages.as_ref(), Gate::Root, root);
         });
     }
 }
 
-fn answer(mut conn: TcpStream, registry: &Registry, pages: Option<&AdminPages>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// Serves the exposed admin listener: TLS only (a plain HTTP request fails its handshake).
+pub(super) fn serve_public(public: PublicAdmin, registry: Arc<Registry>, pages: Option<AdminPages>) {
+    for conn in public.listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let (registry, pages, tls, allows) = (
+            registry.clone(),
+            pages.clone(),
+            public.tls.clone(),
+            public.allows.clone(),
+        );
+        let _ = std::thread::Builder::new()
+            .name("router-admin-tls".into())
+            .spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(tls) = rustls::ServerConnection::new(tls) else {
+                    return;
+                };
+                let stream = rustls::StreamOwned::new(tls, conn);
+                let _ = answer(stream, &registry, pages.as_ref(), Gate::Login(allows), false);
+            });
+    }
+}
+
+/// Answers one request; `root`: the loopback peer is root (`Gate::Root`).
+fn answer<S: Read + Write>(
+    mut conn: S,
+    registry: &Registry,
+    pages: Option<&AdminPages>,
+    gate: Gate,
+    root: bool,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
-    let path = loop {
+    let (path, authorization) = loop {
         let n = conn.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -153,38 +206,52 @@ fn answer(mut conn: TcpStream, registry: &Registry, pages: Option<&AdminPages>) 
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_string(),
+            Ok(httparse::Status::Complete(_)) => {
+                let auth = (req.headers.iter())
+                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .map(str::to_string);
+                break (req.path.unwrap_or("/").to_string(), auth);
+            }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => return Ok(()),
         }
     };
-    // Everything but /healthz names apps and gears: root's only (any local user can reach
-    // loopback).
-    let root = || {
-        let (peer, ours) = (conn.peer_addr().ok()?, conn.local_addr().ok()?);
-        super::peer::uid_of(peer, ours)
-    };
-    let (status, ctype, body) = match path.as_str() {
-        "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
-        _ if root() != Some(0) => (
+    // Everything but /healthz names apps and gears: root's only on loopback (any local user
+    // can reach it), the admin login's on the exposed listener.
+    let denied = match &gate {
+        Gate::Root => (!root).then_some((
             "403 Forbidden",
-            "text/plain",
-            b"the admin port's pages name every app and gear: read them as root (sudo)\n".to_vec(),
-        ),
-        "/metrics" => (
+            "the admin port's pages name every app and gear: read them as root (sudo)\n",
+        )),
+        Gate::Login(allows) => (!allows(authorization.as_deref())).then_some((
+            "401 Unauthorized",
+            "log in as admin (the password set by `gearshift node admin-password`)\n",
+        )),
+    };
+    let (status, ctype, body) = match (path.as_str(), denied) {
+        ("/healthz", _) => ("200 OK", "text/plain", b"ok\n".to_vec()),
+        (_, Some((status, why))) => (status, "text/plain", why.as_bytes().to_vec()),
+        ("/metrics", None) => (
             "200 OK",
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             encode(registry).into_bytes(),
         ),
-        p => match pages.and_then(|f| f(p)) {
+        (p, None) => match pages.and_then(|f| f(p)) {
             Some(page) => ("200 OK", page.content_type, page.body),
             None => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
         },
     };
+    let login = if status.starts_with("401") {
+        "WWW-Authenticate: Basic realm=\"gearshift admin\", charset=\"UTF-8\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{login}Connection: close\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes())?;
-    conn.write_all(&body)
+    conn.write_all(&body)?;
+    conn.flush()
 }

@@ -48,13 +48,13 @@ mod tunnel;
 mod wake;
 
 pub use access_log::AccessLog;
-pub use admin::{AdminPage, AdminPages};
+pub use admin::{AdminPage, AdminPages, PublicAdmin};
 pub use challenges::Challenges;
 pub use config::RouterConfig;
 pub use forwarded::TrustedProxies;
 pub use metrics::quantile;
 pub use route::{Backend, Route, RouteTable};
-pub use tls::CertStore;
+pub use tls::{admin_tls, CertStore};
 pub use wake::{WakeResult, Waker};
 
 use anyhow::{bail, Context, Result};
@@ -125,12 +125,13 @@ impl Router {
     }
 
     /// Serves `/metrics` (Prometheus text: the router's series, then `registry`'s), `/healthz` and
-    /// `pages` on a loopback-only admin listener.
+    /// `pages` on a loopback-only admin listener, and on `public` (TLS and a login) if given.
     pub fn serve_admin(
         &self,
         listener: TcpListener,
         mut registry: prometheus_client::registry::Registry,
         pages: Option<AdminPages>,
+        public: Option<PublicAdmin>,
     ) -> Result<JoinHandle<()>> {
         let addr = listener.local_addr().context("admin listener address")?;
         if !addr.ip().is_loopback() {
@@ -138,6 +139,13 @@ impl Router {
         }
         registry.register_collector(Box::new(admin::RouterCollector(Arc::downgrade(&self.inner))));
         let registry = Arc::new(registry);
+        if let Some(public) = public {
+            let (registry, pages) = (registry.clone(), pages.clone());
+            std::thread::Builder::new()
+                .name("router-admin-tls".into())
+                .spawn(move || admin::serve_public(public, registry, pages))
+                .context("cannot start the exposed admin listener thread")?;
+        }
         std::thread::Builder::new()
             .name("router-admin".into())
             .spawn(move || admin::serve(listener, registry, pages))

@@ -135,3 +135,11 @@ pub fn server_config(store: Arc<CertStore>, lookup: HostLookup) -> Result<Arc<Se
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// The exposed admin listener's configuration: `bundle` (a PEM chain, leaf first, and its key)
+/// serves `host`, through the same store and resolver as the apps' hosts.
+pub fn admin_tls(bundle: &[u8], host: &str) -> Result<Arc<ServerConfig>> {
+    let store = Arc::new(CertStore::new());
+    store.add_pem(&[host], bundle, bundle)?;
+    server_config(store, Arc::new(|_: &str| None))
+}

@@ -625,7 +625,7 @@ fn metrics_on_a_loopback_admin_listener() {
     std::thread::sleep(Duration::from_millis(50));
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin_addr = admin.local_addr().unwrap();
-    r.router.serve_admin(admin, Default::default(), None).unwrap();
+    r.router.serve_admin(admin, Default::default(), None, None).unwrap();
     let m = get(admin_addr, "localhost", "/metrics").text();
     assert!(
         m.contains("gearshift_router_requests_total{app=\"app\",class=\"2xx\"} 1"),
@@ -659,7 +659,7 @@ fn metrics_on_a_loopback_admin_listener() {
         m.contains("gearshift_router_request_duration_seconds_bucket{app=\"app\",le=\"+Inf\"} 1"),
         "{m}"
     );
-    assert!(r.router.serve_admin(public, Default::default(), None).is_err());
+    assert!(r.router.serve_admin(public, Default::default(), None, None).is_err());
 }
 
 #[test]
