@@ -219,6 +219,7 @@ pub fn destroy(node: &Node, confirm: &str) -> Result<Vec<String>> {
         .unwrap_or_default();
     let image = node.root().join("gears.img");
     let image = image.exists().then_some(image);
+    let leftovers = cgroup::sweep_leftovers(&cgroups)?;
     let login = node.config.name != "gearshift"
         && nix::unistd::User::from_name(&node.config.ssh_user)
             .ok()
@@ -236,6 +237,7 @@ pub fn destroy(node: &Node, confirm: &str) -> Result<Vec<String>> {
     if table {
         removed.push(format!("nftables table inet {}", net.nft_table));
     }
+    removed.extend(leftovers);
     for c in cgroups {
         removed.push(format!("cgroup {}", c.display()));
     }

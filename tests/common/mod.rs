@@ -662,6 +662,13 @@ impl Drop for TestNode {
         if !o.status.success() && !std::thread::panicking() {
             panic!("node destroy failed: {}", String::from_utf8_lossy(&o.stderr));
         }
+        // A gear cgroup no app owned any more: swept by destroy, named here for whoever reads.
+        for l in String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("leftover cgroup"))
+        {
+            eprintln!("{}: node destroy swept a {}", self.name, l.trim());
+        }
         self.scrub();
     }
 }

@@ -234,14 +234,76 @@ fn enable_v2_controllers(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the node's parent cgroups (they must hold no gears).
+/// Removes the node's parent cgroups (they must hold no gears). A process that is exiting keeps
+/// its cgroup busy for a moment, so a busy directory is retried for up to a second.
 pub fn node_down(parents: &[PathBuf]) -> Result<()> {
     for p in parents {
         if p.exists() {
-            fs::remove_dir(p).with_context(|| format!("cannot remove cgroup {} (gears still in it?)", p.display()))?;
+            rmdir_patiently(p).with_context(|| format!("cannot remove cgroup {} (gears still in it?)", p.display()))?;
         }
     }
     Ok(())
+}
+
+fn rmdir_patiently(d: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(d) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if tries >= 100 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// For `node destroy`, once every app and add-on is gone: cgroups still below the node's
+/// parents belong to no gear any more (a gear whose removal was cut short). Kills what runs in
+/// them and removes them, deepest first; returns one line per cgroup removed, naming the
+/// processes killed, so the leak is reported rather than left to block the next node.
+pub fn sweep_leftovers(parents: &[PathBuf]) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for p in parents {
+        collect_children(p, &mut found);
+    }
+    // Deepest first: a child must go before its parent.
+    found.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mut lines = Vec::new();
+    for d in found {
+        let cg = GearCgroup { dirs: vec![d.clone()] };
+        let killed: Vec<String> = cg.pids().iter().map(|pid| format!("{pid} ({})", comm(*pid))).collect();
+        cg.kill_all()?;
+        rmdir_patiently(&d).with_context(|| format!("cannot remove leftover cgroup {}", d.display()))?;
+        lines.push(if killed.is_empty() {
+            format!("leftover cgroup {}", d.display())
+        } else {
+            format!(
+                "leftover cgroup {} and its processes {}",
+                d.display(),
+                killed.join(", ")
+            )
+        });
+    }
+    Ok(lines)
+}
+
+fn collect_children(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(e.path());
+            collect_children(&e.path(), out);
+        }
+    }
+}
+
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| "gone".into())
 }
 
 /// A gear's cgroup: one directory per hierarchy.
@@ -420,16 +482,7 @@ impl GearCgroup {
     pub fn remove(&self) -> Result<()> {
         self.kill_all()?;
         for d in &self.dirs {
-            if d.exists() {
-                let mut tries = 0;
-                while let Err(e) = fs::remove_dir(d) {
-                    tries += 1;
-                    if tries > 100 {
-                        return Err(e).with_context(|| format!("cannot remove cgroup {}", d.display()));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            }
+            rmdir_patiently(d).with_context(|| format!("cannot remove cgroup {}", d.display()))?;
         }
         Ok(())
     }
@@ -631,6 +684,7 @@ pub fn check() -> Vec<Check> {
 mod tests {
     use super::super::check::{exit_code, find, Status};
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     const V1: &str = "30 25 0:26 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n\
 31 25 0:27 / /sys/fs/cgroup/pids rw,relatime shared:10 - cgroup cgroup rw,pids\n\
@@ -687,6 +741,40 @@ mod tests {
             base_of(v1, "/a/gearshift-supervisor"),
             PathBuf::from("a/gearshift-supervisor")
         );
+    }
+
+    #[test]
+    fn a_destroyed_nodes_leftover_cgroups_are_swept_with_their_processes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to create cgroups");
+            return;
+        }
+        let parents = node_parents(&format!("gearshift-sweep-{}", std::process::id())).unwrap();
+        node_up(&parents).unwrap();
+        let cg = GearCgroup::new(&parents, "orphan");
+        cg.create(
+            &crate::node::config::Config::default()
+                .profile("small")
+                .unwrap()
+                .limits()
+                .unwrap(),
+        )
+        .unwrap();
+        let nested = cg.dirs[0].join("nested");
+        fs::create_dir_all(&nested).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+        cg.join(child.id() as i32).unwrap();
+        // The parent is busy while the orphan is there.
+        assert!(node_down(&parents).is_err());
+        let lines = sweep_leftovers(&parents).unwrap();
+        assert!(
+            lines.iter().any(|l| l.contains("orphan") && l.contains("(sleep)")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("nested")), "{lines:?}");
+        assert!(child.wait().unwrap().signal() == Some(9));
+        node_down(&parents).unwrap();
+        assert!(parents.iter().all(|p| !p.exists()));
     }
 
     #[test]
