@@ -76,7 +76,7 @@ fn run_applies_every_mechanism() {
 
     // Every writable mount is nosuid and nodev.
     let (_, mi, _) = n.sh("alpha", "cat /proc/self/mountinfo");
-    for mp in ["/", "/home/alpha", "/tmp", "/usr", "/etc", "/proc", "/dev/shm"] {
+    for mp in ["/", "/home/alpha", "/tmp", "/usr", "/run/host/etc", "/proc", "/dev/shm"] {
         let line = mi
             .lines()
             .find(|l| l.split_whitespace().nth(4) == Some(mp))
@@ -85,6 +85,14 @@ fn run_applies_every_mechanism() {
         assert!(opts.contains("nosuid"), "{mp} lacks nosuid: {line}");
         assert!(opts.contains("nodev") || mp == "/dev", "{mp} lacks nodev: {line}");
     }
+
+    // The gear's /etc is part of its read-only root, the host's read-only behind it.
+    let (code, _, _) = n.sh(
+        "alpha",
+        "touch /etc/planted || touch /run/host/etc/planted || echo x >> /etc/hosts",
+    );
+    assert_ne!(code, 0, "the gear wrote into /etc");
+    assert!(!std::path::Path::new("/etc/planted").exists());
 
     // Exit codes and stdin pass through.
     assert_eq!(n.sh("alpha", "exit 42").0, 42);
@@ -444,4 +452,48 @@ for name, fam, typ, proto in [("unix", 1, 1, 0), ("inet", 2, 1, 0), ("inet6", 10
         assert_eq!(result, want, "socket family {name} in a gear:\n{out}");
     }
     assert_eq!(out.lines().count(), 9, "{out}");
+}
+
+/// A gear's /etc/passwd, /etc/group and resolv.conf are its own for its whole life: the host
+/// replaces its own by a rename whenever a user is added (useradd) or a DHCP client runs, and
+/// a file bound over a host entry is detached by that rename, so the gear saw the host's users.
+#[test]
+fn a_gears_own_etc_files_outlive_the_host_renaming_its_own() {
+    require_root!();
+    let n = TestNode::new();
+    n.create_app("etcapp");
+    let passwd = |n: &TestNode| {
+        let (code, out, err) = n.sh(
+            "etcapp",
+            "cat /etc/passwd /etc/group; cat /etc/hosts >/dev/null && echo hosts-ok",
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let before = passwd(&n);
+    assert!(before.contains("etcapp:x:"), "{before}");
+    assert!(
+        before.contains("hosts-ok"),
+        "the host's other /etc files are seen: {before}"
+    );
+    // A host user added while the gear runs: /etc/passwd and /etc/group renamed over.
+    let user = format!("gsetc{}", n.slot);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("userdel").arg(&self.0).status();
+        }
+    }
+    let st = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", &user])
+        .status()
+        .unwrap();
+    assert!(st.success(), "useradd {user}");
+    let _gone = Gone(user.clone());
+    let host = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(host.contains(&format!("{user}:")), "the host has the new user");
+    let after = passwd(&n);
+    assert!(after.contains("etcapp:x:"), "the gear lost its own passwd: {after}");
+    assert!(!after.contains(&user), "the gear sees the host's users: {after}");
+    assert!(after.contains("hosts-ok"), "{after}");
 }

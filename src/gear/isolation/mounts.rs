@@ -75,7 +75,7 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     tmpfs(r, nosuid_nodev(), &format!("mode=0755,size=4m{label}"))?;
     let ro = MsFlags::MS_RDONLY | nosuid_nodev();
 
-    for d in HOST_RUNTIME_DIRS {
+    for d in HOST_RUNTIME_DIRS.iter().filter(|d| **d != "etc") {
         let host = Path::new("/").join(d);
         let Ok(meta) = fs::symlink_metadata(&host) else {
             continue;
@@ -87,12 +87,6 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
         } else if meta.is_dir() {
             fs::create_dir(&dst)?;
             bind(&host, &dst, ro)?;
-        }
-    }
-    for f in ["passwd", "group", "resolv.conf"] {
-        let src = spec.meta_dir.join(f);
-        if src.exists() {
-            bind(&src, &r.join("etc").join(f), ro)?;
         }
     }
     for (host, at) in &spec.ro_binds {
@@ -124,6 +118,7 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
     fs::create_dir(&run_dir).with_context(|| format!("cannot create the gear's {RUN_DIR}"))?;
     std::os::unix::fs::chown(&run_dir, Some(spec.owner_uid), Some(spec.owner_uid))
         .with_context(|| format!("cannot give the gear its {RUN_DIR}"))?;
+    build_etc(r, &spec.meta_dir, ro)?;
     fs::create_dir_all(r.join("var"))?;
     symlink("/tmp", r.join("var/tmp"))?;
     build_dev(
@@ -163,6 +158,47 @@ pub fn build_root(spec: &RootSpec) -> Result<()> {
         None::<&str>,
     )
     .context("cannot make the gear's / read-only")
+}
+
+/// Where a gear sees the host's /etc; its own /etc points there, entry by entry.
+pub const HOST_ETC: &str = "/run/host/etc";
+
+/// The gear's own files in its /etc (from its meta directory), instead of the host's.
+const OWN_ETC_FILES: [&str; 3] = ["passwd", "group", "resolv.conf"];
+
+/// The gear's /etc: a directory of the gear's read-only root, not a bind of the host's. Its own
+/// passwd, group and resolv.conf are copies; every other entry is the host's symlink as it is,
+/// or a symlink into the host's /etc bound read-only at [`HOST_ETC`], so the host's changes
+/// show. A file bound over an entry of a bound host /etc would not last: the host replaces
+/// /etc/passwd, /etc/group and /etc/resolv.conf by a rename (useradd, a DHCP client), and the
+/// kernel detaches, in every mount namespace, the mounts on a file renamed over; the gear would
+/// see the host's users and resolver from then on.
+fn build_etc(r: &Path, meta_dir: &Path, ro: MsFlags) -> Result<()> {
+    let host_etc = inner(r, Path::new(HOST_ETC));
+    fs::create_dir_all(&host_etc)?;
+    bind(Path::new("/etc"), &host_etc, ro)?;
+    let etc = r.join("etc");
+    fs::create_dir(&etc)?;
+    for f in OWN_ETC_FILES {
+        if let Ok(text) = fs::read(meta_dir.join(f)) {
+            fs::write(etc.join(f), text).with_context(|| format!("cannot write the gear's /etc/{f}"))?;
+        }
+    }
+    for e in fs::read_dir("/etc").context("cannot list the host's /etc")? {
+        let e = e?;
+        let name = e.file_name();
+        let dst = etc.join(&name);
+        if dst.exists() {
+            continue;
+        }
+        let made = if e.file_type()?.is_symlink() {
+            symlink(fs::read_link(e.path())?, &dst)
+        } else {
+            symlink(Path::new(HOST_ETC).join(&name), &dst)
+        };
+        made.with_context(|| format!("cannot link {}", dst.display()))?;
+    }
+    Ok(())
 }
 
 /// The host's device nodes a gear sees in its /dev (bound from the host's).
