@@ -19,7 +19,7 @@ import ctypes, errno, os, resource, select, signal, socket, stat, struct, subpro
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 NR = dict(ptrace=101, syslog=103, setuid=105, setgroups=116, capset=126, mknod=133,
-          pivot_root=155, chroot=161, acct=163, settimeofday=164, mount=165, swapon=167,
+          pivot_root=155, chroot=161, acct=163, settimeofday=164, mount=165, umount2=166, swapon=167,
           reboot=169, sethostname=170, iopl=172, ioperm=173, init_module=175,
           clock_settime=227, kexec_load=246, add_key=248, keyctl=250, unshare=272,
           perf_event_open=298, open_by_handle_at=304, setns=308, process_vm_readv=310,
@@ -509,6 +509,11 @@ def battery(ctx):
         ("read-dev-mem", lambda: read_file("/dev/mem")),
         # Landlock: the gear's /run is its own tmpfs, but only /run/gearshift is written
         ("write-run-beyond-landlock", beyond_landlock("/run/planted")),
+        # the gear's /etc: its own read-only files, the host's read-only behind /run/host/etc
+        ("write-own-etc-passwd", lambda: write_file("/etc/passwd", b"root::0:0::/:/bin/sh\n")),
+        ("plant-in-own-etc", lambda: write_file("/etc/ld.so.preload", b"/tmp/x.so\n")),
+        ("write-host-etc", lambda: write_file("/run/host/etc/hostname", b"pwned")),
+        ("umount-host-etc", lambda: expect_fail("umount2", b"/run/host/etc", 2)),
         # sockets and ports
         ("socket-raw", lambda: (socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close(), ("escaped", "raw socket"))[1]),
         ("socket-packet", lambda: (socket.socket(17, socket.SOCK_RAW, 0).close(), ("escaped", "packet socket"))[1]),

@@ -80,6 +80,11 @@ pub const EXPECTED: &[(&str, &[&str])] = &[
     ("read-dev-mem", &["ENOENT", "EACCES", "EPERM"]),
     // Landlock's refusal: the directory is the gear's own for every other check
     ("write-run-beyond-landlock", &["EACCES"]),
+    // the gear's /etc lies in its read-only root; the host's is a read-only bind it cannot undo
+    ("write-own-etc-passwd", &["EROFS", "EACCES"]),
+    ("plant-in-own-etc", &["EROFS", "EACCES"]),
+    ("write-host-etc", &["EROFS", "EACCES"]),
+    ("umount-host-etc", &["EPERM"]),
     // EPERM: no CAP_NET_RAW; EACCES: SELinux refused the socket class before the capability check
     ("socket-raw", &["EPERM", "EACCES"]),
     ("socket-packet", &["EAFNOSUPPORT"]),
