@@ -497,9 +497,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// The host's load averages (1, 5, 15 minutes), as /proc/loadavg gives them: the figures
+/// below mean little on a busy machine.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// The figures the issue asks for: the daemon's CPU with 50 idle apps and no `top`, and
 /// `/metrics` with 200 apps. Heavy (creates 200 apps), so run by hand:
-/// `cargo test --test observe perf_ -- --ignored --nocapture`.
+/// `cargo test --release --test observe perf_ -- --ignored --nocapture` (the figures are for a
+/// release build).
 #[test]
 #[ignore = "a measurement: creates 200 apps"]
 fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
@@ -532,14 +540,17 @@ fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
     }
     std::thread::sleep(Duration::from_secs(5));
     let share = cpu_share(60);
-    eprintln!("daemon CPU with 50 idle apps, no top: {share:.2} % of one core");
+    eprintln!(
+        "daemon CPU with 50 idle apps, no top: {share:.2} % of one core; load average {}",
+        load_average()
+    );
     create(50, 200);
     let listed = eventually(Duration::from_secs(40), || {
         admin_get(&n, "/metrics").1.contains("app=\"app199\"")
     });
     assert!(listed, "the daemon does not list app199");
     let mut times = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..20 {
         let t = std::time::Instant::now();
         let (code, text) = admin_get(&n, "/metrics");
         times.push(t.elapsed());
@@ -547,12 +558,15 @@ fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
         assert!(text.contains("app=\"app199\""), "{text}");
     }
     times.sort();
+    let median = (times[9] + times[10]) / 2;
     eprintln!(
-        "/metrics with 200 apps: min {:?}, median {:?}, max {:?} (curl included)",
-        times[0], times[5], times[9]
+        "/metrics with 200 apps, 20 scrapes: min {:?}, median {median:?}, max {:?} (curl included); load average {}",
+        times[0],
+        times[19],
+        load_average()
     );
     assert!(share < 1.0, "the idle daemon uses {share:.2} % of a core");
-    assert!(times[5] < Duration::from_millis(50), "{times:?}");
+    assert!(median < Duration::from_millis(50), "{times:?}");
 }
 
 #[test]
