@@ -486,6 +486,122 @@ fn metrics_pass_promtool_and_count_deploys_requests_and_gears() {
     );
 }
 
+/// A web process that answers each GET after `DELAY` seconds (its environment; 0 unset).
+const DELAYED_WEB: &str = "import http.server, os, time\n\
+    class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        time.sleep(float(os.environ.get('DELAY', '0')))\n        self.send_response(200); self.end_headers(); self.wfile.write(b'up')\n    def log_message(self, *a): pass\n\
+    http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n";
+
+/// Sends GET / for `host` through the router on `port`, one request after another, until
+/// `stop`; returns how many were answered 200.
+fn keep_asking(
+    port: u16,
+    host: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let host = host.to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut answered = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            let mut reply = Vec::new();
+            if c.write_all(head.as_bytes()).is_ok()
+                && c.read_to_end(&mut reply).is_ok()
+                && reply.starts_with(b"HTTP/1.1 200")
+            {
+                answered += 1;
+            }
+        }
+        answered
+    })
+}
+
+/// The apps of a `top --once --json --sort KEY` frame, in its order.
+fn top_sorted(n: &TestNode, key: &str) -> (serde_json::Value, Vec<String>) {
+    let frame: serde_json::Value =
+        serde_json::from_str(n.ok(&["top", "--once", "--json", "--sort", key]).trim()).unwrap();
+    let apps = frame["gears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["app"].as_str().unwrap().to_string())
+        .collect();
+    (frame, apps)
+}
+
+#[test]
+fn requests_through_the_router_show_in_tops_rate_and_p95_and_sort_it() {
+    require_root!();
+    let n = TestNode::new();
+    let _d = n.start_daemon();
+    let alice = n.add_user("alice");
+    // calm gets no requests, lazy answers after 0.3 s, rapid at once.
+    n.ok(&["app", "create", "calm", "--cartridge", "static", "--owner", "alice"]);
+    let dir = app_repo(
+        &n,
+        "delayed",
+        &[("Procfile", "web: python3 -u server.py\n"), ("server.py", DELAYED_WEB)],
+    );
+    for app in ["lazy", "rapid"] {
+        n.ok(&["app", "create", app, "--cartridge", "python", "--owner", "alice"]);
+    }
+    n.ok(&["env", "set", "lazy", "DELAY=0.3"]);
+    for app in ["lazy", "rapid"] {
+        let (ok, out) = push_as(&n, &alice, &dir, app, "main");
+        assert!(ok, "{out}");
+    }
+
+    // Nothing asked yet: no rate, no latency.
+    let (quiet, apps) = top_sorted(&n, "app");
+    assert_eq!(apps, ["calm", "lazy", "rapid"], "{quiet}");
+    for app in ["lazy", "rapid"] {
+        assert_eq!(row(&quiet, app)["requests_per_sec"], 0.0, "{quiet}");
+        assert!(row(&quiet, app)["p95_ms"].is_null(), "{quiet}");
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let askers: Vec<_> = ["lazy", "rapid", "lazy", "rapid"]
+        .iter()
+        .map(|app| keep_asking(n.http_port(), &format!("{app}.localhost"), stop.clone()))
+        .collect();
+    let rps = |f: &serde_json::Value, app: &str| row(f, app)["requests_per_sec"].as_f64().unwrap_or(0.0);
+    let p95 = |f: &serde_json::Value, app: &str| row(f, app)["p95_ms"].as_f64();
+    // Largest p95 first: lazy's 0.3 s, then rapid's, then calm without one.
+    let mut last = (serde_json::Value::Null, Vec::new());
+    let by_p95 = eventually(Duration::from_secs(60), || {
+        last = top_sorted(&n, "p95");
+        let f = &last.0;
+        last.1 == ["lazy", "rapid", "calm"]
+            && p95(f, "lazy").is_some_and(|v| (200.0..2000.0).contains(&v))
+            && p95(f, "rapid").is_some_and(|v| v < p95(f, "lazy").unwrap_or(0.0))
+            && p95(f, "calm").is_none()
+            && rps(f, "lazy") >= 1.0
+    });
+    assert!(by_p95, "top --sort p95: {:?} {}", last.1, last.0);
+    // Most requests/s first: rapid answers many more than lazy.
+    let by_req = eventually(Duration::from_secs(30), || {
+        last = top_sorted(&n, "req");
+        last.1 == ["rapid", "lazy", "calm"] && rps(&last.0, "rapid") > 2.0 * rps(&last.0, "lazy")
+    });
+    assert!(by_req, "top --sort req: {:?} {}", last.1, last.0);
+    assert_eq!(rps(&last.0, "calm"), 0.0, "{}", last.0);
+    // The table shows the same, with the p95 in its last column.
+    let table = n.ok(&["top", "--once", "--sort", "p95"]);
+    let first = table.lines().nth(1).unwrap_or("");
+    assert!(first.starts_with("lazy.0") && first.ends_with('s'), "{table}");
+    assert!(table.lines().next().unwrap().ends_with("P95"), "{table}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered: u64 = askers.into_iter().map(|a| a.join().unwrap()).sum();
+    assert!(answered > 0);
+    let (_, apps) = top_sorted(&n, "app");
+    assert_eq!(apps, ["calm", "lazy", "rapid"]);
+}
+
 /// CPU seconds (user + system) process `pid` and its threads used so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -497,9 +613,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// The host's load averages (1, 5, 15 minutes), as /proc/loadavg gives them: the figures
+/// below mean little on a busy machine.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// The figures the issue asks for: the daemon's CPU with 50 idle apps and no `top`, and
 /// `/metrics` with 200 apps. Heavy (creates 200 apps), so run by hand:
-/// `cargo test --test observe perf_ -- --ignored --nocapture`.
+/// `cargo test --release --test observe perf_ -- --ignored --nocapture` (the figures are for a
+/// release build).
 #[test]
 #[ignore = "a measurement: creates 200 apps"]
 fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
@@ -532,14 +656,17 @@ fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
     }
     std::thread::sleep(Duration::from_secs(5));
     let share = cpu_share(60);
-    eprintln!("daemon CPU with 50 idle apps, no top: {share:.2} % of one core");
+    eprintln!(
+        "daemon CPU with 50 idle apps, no top: {share:.2} % of one core; load average {}",
+        load_average()
+    );
     create(50, 200);
     let listed = eventually(Duration::from_secs(40), || {
         admin_get(&n, "/metrics").1.contains("app=\"app199\"")
     });
     assert!(listed, "the daemon does not list app199");
     let mut times = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..20 {
         let t = std::time::Instant::now();
         let (code, text) = admin_get(&n, "/metrics");
         times.push(t.elapsed());
@@ -547,12 +674,15 @@ fn perf_daemon_idle_cpu_and_metrics_with_many_apps() {
         assert!(text.contains("app=\"app199\""), "{text}");
     }
     times.sort();
+    let median = (times[9] + times[10]) / 2;
     eprintln!(
-        "/metrics with 200 apps: min {:?}, median {:?}, max {:?} (curl included)",
-        times[0], times[5], times[9]
+        "/metrics with 200 apps, 20 scrapes: min {:?}, median {median:?}, max {:?} (curl included); load average {}",
+        times[0],
+        times[19],
+        load_average()
     );
     assert!(share < 1.0, "the idle daemon uses {share:.2} % of a core");
-    assert!(times[5] < Duration::from_millis(50), "{times:?}");
+    assert!(median < Duration::from_millis(50), "{times:?}");
 }
 
 #[test]
@@ -720,8 +850,24 @@ fn admin_https(url: &str, cacert: &std::path::Path, port: u16, user: Option<&str
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Runs `gearshift ARGS` with `input` on its stdin.
+fn gs_with_input(n: &TestNode, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = n
+        .cmd()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn the_exposed_admin_port_wants_tls_and_the_admin_login() {
+    require_root!();
     let n = TestNode::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -730,10 +876,7 @@ fn the_exposed_admin_port_wants_tls_and_the_admin_login() {
         .port();
     let cfg = std::fs::read_to_string(&n.config).unwrap();
     let line = cfg.lines().find(|l| l.starts_with("admin_port")).unwrap().to_string();
-    n.set_config(
-        &line,
-        &format!("{line}\nadmin_listen = \"127.0.0.1:{port}\"\nadmin_host = \"admin.test\""),
-    );
+    let listen_at = |at: &str| format!("{line}\nadmin_listen = \"{at}\"\nadmin_host = \"admin.test\"");
 
     // Refused without a certificate, then without a password, saying what to do.
     let refused = |want: &str| {
@@ -748,23 +891,54 @@ fn the_exposed_admin_port_wants_tls_and_the_admin_login() {
         assert!(err.contains(want), "{err}");
         d.stdout.clear();
     };
+    // The router's own port is refused when the config is read, by every command.
+    let http = n.http_port();
+    n.set_config(&line, &listen_at(&format!("0.0.0.0:{http}")));
+    let clash = format!("http_port and admin_listen are both {http}");
+    assert!(n.fails(&["app", "list"]).contains(&clash));
+    refused(&clash);
+    // Another node's port, when the daemon starts.
+    let other = TestNode::new();
+    let theirs = other.ssh_port();
+    n.set_config(&format!("0.0.0.0:{http}"), &format!("127.0.0.1:{theirs}"));
+    refused(&format!(
+        "admin_listen {theirs} is the ssh_port of node '{}'",
+        other.name
+    ));
+    drop(other);
+    n.set_config(&format!("127.0.0.1:{theirs}"), &format!("127.0.0.1:{port}"));
     refused("no TLS certificate for admin.test");
+
+    // The certificate comes on stdin, checked before it is kept.
     let (crt, key) = make_cert(&n.root.join("admin-cert"), "admin.test", "admin.test");
-    let bundle = [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat();
-    std::fs::write(n.root.join("admin.pem"), bundle).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    let pem_mode = |m| std::fs::set_permissions(n.root.join("admin.pem"), std::fs::Permissions::from_mode(m)).unwrap();
+    let (wrong_crt, wrong_key) = make_cert(&n.root.join("admin-cert"), "elsewhere.test", "elsewhere.test");
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let pem = n.root.join("admin.pem");
+    for (bundle, why) in [
+        ([read(&wrong_crt), read(&wrong_key)].concat(), "not for admin.test"),
+        ([read(&crt), read(&wrong_key)].concat(), "does not belong"),
+        (read(&crt), "no private key"),
+        (vec![b'A'; 100 << 10], "larger than 64 KiB"),
+    ] {
+        let o = gs_with_input(&n, &["node", "admin-cert"], &bundle);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{why}: {err}");
+        assert!(!pem.exists(), "{why}: a refused bundle was kept");
+    }
+    let o = gs_with_input(&n, &["node", "admin-cert"], &[read(&crt), read(&key)].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("for admin.test"), "{o:?}");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(&pem).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600));
+    let pem_mode = |m| std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(m)).unwrap();
     pem_mode(0o644);
     refused("chmod 600");
     pem_mode(0o600);
     refused("gearshift node admin-password");
 
-    let mut set = n.cmd();
-    set.args(["node", "admin-password"]).stdin(std::process::Stdio::piped());
-    let mut child = set.stdout(std::process::Stdio::piped()).spawn().unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"a long admin secret\n").unwrap();
-    assert!(child.wait().unwrap().success());
+    let o = gs_with_input(&n, &["node", "admin-password"], b"a long admin secret\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stored = std::fs::read_to_string(n.root.join("admin.htpasswd")).unwrap();
     assert!(
         stored.starts_with("admin:$argon2id$") && !stored.contains("secret"),

@@ -77,6 +77,21 @@ pub fn split(bundle: &[u8], usage: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((certs.into_bytes(), key.into_bytes()))
 }
 
+/// Checks that the first certificate of `chain` (PEM, as `split` returns it) is valid for
+/// `host`: a browser would refuse it otherwise.
+pub fn check_host(chain: &[u8], host: &str) -> Result<()> {
+    let leaf = CertificateDer::pem_slice_iter(chain)
+        .next()
+        .context("no certificate in the bundle")?
+        .context("a certificate in the bundle is not valid PEM")?;
+    let parsed = rustls::server::ParsedCertificate::try_from(&leaf)
+        .map_err(|e| anyhow::anyhow!("cannot read the first certificate of the bundle: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from(host).with_context(|| format!("{host:?} is not a host name"))?;
+    rustls::client::verify_server_name(&parsed, &name).map_err(|_| {
+        anyhow::anyhow!("the first certificate of the bundle is not for {host}: send one whose names include it")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +111,14 @@ mod tests {
         let (certs, key) = split(format!("{k}\n{c}").as_bytes(), "u").unwrap();
         assert_eq!(String::from_utf8(certs).unwrap().trim(), c.trim());
         assert_eq!(String::from_utf8(key).unwrap().trim(), k.trim());
+    }
+
+    #[test]
+    fn a_certificate_is_checked_for_its_host() {
+        let (c, _) = bundle();
+        check_host(c.as_bytes(), "a.example").unwrap();
+        let e = check_host(c.as_bytes(), "b.example").unwrap_err().to_string();
+        assert!(e.contains("not for b.example"), "{e}");
     }
 
     #[test]

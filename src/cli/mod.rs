@@ -226,6 +226,9 @@ pub enum NodeCmd {
     /// Set the login of the exposed admin port (`admin_listen`): the password is read from
     /// stdin's first line (user name `admin`).
     AdminPassword,
+    /// Install the exposed admin port's TLS certificate (`admin_listen`): its chain, leaf
+    /// first, and private key as PEM on stdin (`node admin-cert < admin.pem`), for `admin_host`.
+    AdminCert,
     /// Destroy every app, take the node down and delete its data root.
     Destroy {
         #[arg(long)]
@@ -404,6 +407,21 @@ fn node_verb(node: &Node, cmd: NodeCmd) -> Result<i32> {
                 "admin password set in {}: the daemon reads it when it starts",
                 node::admin_login::path(node).display()
             );
+            Ok(0)
+        }
+        NodeCmd::AdminCert => {
+            let host = node::admin_login::set_cert(node, std::io::stdin().lock())?;
+            let path = node::admin_login::cert_path(node);
+            match host {
+                Some(h) => println!(
+                    "admin port certificate for {h} installed in {}: the daemon reads it when it starts",
+                    path.display()
+                ),
+                None => println!(
+                    "admin port certificate installed in {}: set admin_host to the name it is for (the daemon reads both when it starts)",
+                    path.display()
+                ),
+            }
             Ok(0)
         }
         NodeCmd::Destroy { confirm } => {

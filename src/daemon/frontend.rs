@@ -608,12 +608,9 @@ fn public_admin(node: &Node) -> Result<Option<crate::router::PublicAdmin>> {
 pub fn admin_settings(node: &Node) -> Result<Option<(SocketAddr, Arc<rustls::ServerConfig>, String)>> {
     use crate::node::admin_login;
     let c = &node.config;
-    let Some(listen_at) = &c.admin_listen else {
+    let Some(addr) = c.admin_listen_addr()? else {
         return Ok(None);
     };
-    let addr: SocketAddr = listen_at
-        .parse()
-        .with_context(|| format!("admin_listen {listen_at:?} is not ADDR:PORT (e.g. \"0.0.0.0:8443\")"))?;
     let Some(host) = &c.admin_host else {
         anyhow::bail!("admin_listen is set but admin_host is not: name the host its TLS certificate is for");
     };

@@ -92,7 +92,9 @@ pub fn run(config_path: &Path) -> Result<i32> {
     })?;
     let node = Node::load(&config_path)?;
     let _lock = take_lock(&node)?;
-    // An exposed admin port without its certificate or login is refused before anything starts.
+    // Another node's ports, and an exposed admin port without its certificate or login, are
+    // refused before anything starts.
+    crate::node::clash::refuse_taken_ports(&node)?;
     crate::daemon::frontend::admin_settings(&node)?;
     let ids = login_user::ensure(&node.config.ssh_user, &node.login_home())?;
     let paths = sshd::prepare(&node, &config_path)?;

@@ -3,6 +3,7 @@
 //! against HTTP Basic credentials. Argon2 (RustCrypto's `argon2`, pure Rust) builds into the
 //! static binary and is slow to brute-force by design.
 
+use crate::app::cert_bundle;
 use crate::node::Node;
 use anyhow::{bail, Context, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -44,6 +45,34 @@ pub fn set(node: &Node, password: &str) -> Result<()> {
     let line = line_for(password.trim_end_matches(['\r', '\n']))?;
     crate::state::write_atomic(&path(node), line.as_bytes(), 0o600)
         .with_context(|| format!("cannot write {}", path(node).display()))
+}
+
+/// How `gearshift node admin-cert` is used, for its errors.
+const CERT_USAGE: &str = "gearshift node admin-cert < admin.pem";
+
+/// Installs the exposed admin port's certificate (root's console only: `gearshift node
+/// admin-cert`, the chain, leaf first, and its key as PEM on `input`): capped, checked (the
+/// key is the certificate's; the certificate names `admin_host`, when that is set) before it
+/// replaces `admin.pem` atomically, 0600. Returns the host it is for, if known.
+pub fn set_cert(node: &Node, input: impl std::io::Read) -> Result<Option<String>> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "gearshift node admin-cert must run as root: {} is root's only",
+            cert_path(node).display()
+        );
+    }
+    let bundle = cert_bundle::read_capped(input, CERT_USAGE)?;
+    let (chain, key) = cert_bundle::split(&bundle, CERT_USAGE)?;
+    let host = node.config.admin_host.clone();
+    if let Some(h) = &host {
+        if let Err(e) = cert_bundle::check_host(&chain, h) {
+            bail!("{e:#} (admin_host in {})", node.config_path.display());
+        }
+    }
+    let pem = [chain, key].concat();
+    crate::state::write_atomic(&cert_path(node), &pem, 0o600)
+        .with_context(|| format!("cannot write {}", cert_path(node).display()))?;
+    Ok(host)
 }
 
 /// The stored hash, or why the exposed admin port cannot start.

@@ -1,10 +1,13 @@
 //! What a new node must not share with the host or with another gearshift node on it: a
 //! subnet overlapping another node's or a host interface's address, a bridge name that exists,
 //! a port already bound or taken by another node, a uid range overlapping another node's, a
-//! node name in use. `init` refuses before it writes anything, naming each clash.
+//! node name in use. `init` refuses before it writes anything, naming each clash; a daemon
+//! start refuses ports another node has (its config edited since, say for `admin_listen`).
 
 use crate::node::config::{Config, Subnet};
 use crate::node::probe;
+use crate::node::Node;
+use anyhow::{bail, Result};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -30,7 +33,8 @@ impl Host {
         let interfaces = std::fs::read_dir("/sys/class/net")
             .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
             .unwrap_or_default();
-        let bound = ports(c)
+        let bound = c
+            .ports()
             .into_iter()
             .filter_map(|(_, p)| match probe::port_owner(p, &Default::default()) {
                 probe::PortOwner::Free => None,
@@ -64,19 +68,39 @@ fn parse_addresses(text: &str) -> Vec<(String, Ipv4Addr, u8)> {
         .collect()
 }
 
-fn ports(c: &Config) -> [(&'static str, u16); 4] {
-    [
-        ("http_port", c.http_port),
-        ("https_port", c.https_port),
-        ("ssh_port", c.ssh_port),
-        ("admin_port", c.admin_port),
-    ]
-}
-
 fn overlaps(a: Subnet, b: Subnet) -> bool {
     let p = a.prefix.min(b.prefix);
     let mask = u32::MAX << (32 - p);
     u32::from(a.network) & mask == u32::from(b.network) & mask
+}
+
+/// Each port of `c` that is also one of `o`'s (`who`), one sentence each.
+fn ports_taken(c: &Config, o: &Config, who: &str) -> Vec<String> {
+    let theirs = o.ports();
+    c.ports()
+        .into_iter()
+        .filter_map(|(key, p)| {
+            let (okey, _) = theirs.iter().find(|(_, op)| *op == p)?;
+            Some(format!("{key} {p} is the {okey} of {who}: choose another port"))
+        })
+        .collect()
+}
+
+/// Refuses a node whose ports (its config may have been edited since `init`, e.g. to set
+/// `admin_listen`) are another node's on this host: checked when its daemon starts.
+pub fn refuse_taken_ports(node: &Node) -> Result<()> {
+    let taken: Vec<String> = super::registry::others(&node.config_path)
+        .iter()
+        .flat_map(|(path, o)| ports_taken(&node.config, o, &format!("node '{}' ({})", o.name, path.display())))
+        .collect();
+    if !taken.is_empty() {
+        bail!(
+            "node config {} shares ports with another node:\n  {}",
+            node.config_path.display(),
+            taken.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 /// Every clash of the new node `c` with the host and the `others` nodes, one sentence each.
@@ -103,11 +127,7 @@ pub fn find(c: &Config, host: &Host, others: &[(PathBuf, Config)]) -> Vec<String
                 c.bridge
             ));
         }
-        for (key, p) in ports(c) {
-            if let Some((okey, _)) = ports(o).into_iter().find(|(_, op)| *op == p) {
-                out.push(format!("{key} {p} is the {okey} of {who}: choose another port"));
-            }
-        }
+        out.extend(ports_taken(c, o, &who));
         if c.uid_min <= o.uid_max && o.uid_min <= c.uid_max {
             out.push(format!(
                 "uid range {}-{} overlaps {}-{} of {who}: choose another --uids",
@@ -130,7 +150,7 @@ pub fn find(c: &Config, host: &Host, others: &[(PathBuf, Config)]) -> Vec<String
         ));
     }
     for (p, who) in &host.bound {
-        let key = ports(c).into_iter().find(|(_, q)| q == p).map_or("port", |(k, _)| k);
+        let key = c.ports().into_iter().find(|(_, q)| q == p).map_or("port", |(k, _)| k);
         out.push(format!(
             "{key} {p} is already bound on this host ({who}): choose another port"
         ));
@@ -225,6 +245,22 @@ mod tests {
         assert_eq!(
             e,
             vec!["http_port 30002 is the admin_port of node 'a' (/etc/a.toml): choose another port"]
+        );
+        // The other node's exposed admin port counts, and so does the new node's.
+        let mut exposed = a.clone();
+        exposed.admin_listen = Some("0.0.0.0:30010".into());
+        let b = node("b", "10.50.1.0/24", 30010, (500100, 500199));
+        let e = find(&b, &none, &[(PathBuf::from("/etc/a.toml"), exposed)]);
+        assert_eq!(
+            e,
+            vec!["http_port 30010 is the admin_listen of node 'a' (/etc/a.toml): choose another port"]
+        );
+        let mut b = b;
+        b.admin_listen = Some("127.0.0.1:30003".into());
+        let e = find(&b, &none, &others);
+        assert_eq!(
+            e,
+            vec!["admin_listen 30003 is the https_port of node 'a' (/etc/a.toml): choose another port"]
         );
         let e = find(&node("b", "10.50.1.0/24", 30010, (500050, 500199)), &none, &others);
         assert!(e[0].contains("uid range 500050-500199 overlaps 500000-500099"), "{e:?}");

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// Where the node config lives unless `--config` or `GEARSHIFT_CONFIG` says otherwise.
@@ -328,12 +328,10 @@ impl Config {
         {
             bail!("bridge name '{}' must be 1-15 characters of [A-Za-z0-9_-]", self.bridge);
         }
-        let ports = [
-            ("http_port", self.http_port),
-            ("https_port", self.https_port),
-            ("ssh_port", self.ssh_port),
-            ("admin_port", self.admin_port),
-        ];
+        if self.admin_listen_addr()?.is_some_and(|a| a.port() == 0) {
+            bail!("admin_listen needs a port other than 0 (e.g. \"0.0.0.0:8443\")");
+        }
+        let ports = self.ports();
         for (i, (a, pa)) in ports.iter().enumerate() {
             if let Some((b, _)) = ports[i + 1..].iter().find(|(_, pb)| pb == pa) {
                 bail!("{a} and {b} are both {pa}: each listener needs its own port (change one in the node config)");
@@ -366,6 +364,31 @@ impl Config {
             bail!("default_profile '{}' is not a defined profile", self.default_profile);
         }
         Ok(())
+    }
+
+    /// The exposed admin port's address (`admin_listen`), if set.
+    pub fn admin_listen_addr(&self) -> Result<Option<SocketAddr>> {
+        let Some(at) = &self.admin_listen else {
+            return Ok(None);
+        };
+        at.parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("admin_listen {at:?} is not ADDR:PORT (e.g. \"0.0.0.0:8443\")"))
+    }
+
+    /// Every port the node listens on, named by its key: the router's, its sshd's, the
+    /// loopback admin port and, when set, the exposed one (`admin_listen`).
+    pub fn ports(&self) -> Vec<(&'static str, u16)> {
+        let mut ports = vec![
+            ("http_port", self.http_port),
+            ("https_port", self.https_port),
+            ("ssh_port", self.ssh_port),
+            ("admin_port", self.admin_port),
+        ];
+        if let Ok(Some(at)) = self.admin_listen_addr() {
+            ports.push(("admin_listen", at.port()));
+        }
+        ports
     }
 
     /// The profile called `name`, with a clear error listing the known ones.
@@ -663,6 +686,28 @@ mod tests {
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("ssh_port and admin_port are both 18092"), "{e}");
+        // The exposed admin port is a listener too, whatever its address.
+        let exposed = |at: &str| Config {
+            http_port: 18090,
+            https_port: 18093,
+            ssh_port: 18091,
+            admin_port: 18092,
+            admin_listen: Some(at.into()),
+            ..Config::default()
+        };
+        exposed("0.0.0.0:8443").validate().unwrap();
+        assert_eq!(exposed("[::]:8443").ports().last(), Some(&("admin_listen", 8443)));
+        for (at, want) in [
+            ("0.0.0.0:18090", "http_port and admin_listen are both 18090"),
+            ("10.0.0.5:18093", "https_port and admin_listen are both 18093"),
+            ("127.0.0.1:18092", "admin_port and admin_listen are both 18092"),
+            ("0.0.0.0:0", "admin_listen needs a port other than 0"),
+            ("8443", "admin_listen \"8443\" is not ADDR:PORT"),
+            ("admin.example:8443", "is not ADDR:PORT"),
+        ] {
+            let e = exposed(at).validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{at}: {e}");
+        }
     }
 
     #[test]
