@@ -123,28 +123,15 @@ pub fn live_id() -> Option<String> {
         .map(|n| n.to_string_lossy().into_owned())
 }
 
-/// Points `app-root/repo` at a deployment, atomically.
-fn activate_link(id: &str) -> Result<()> {
-    let link = layout::in_home(layout::REPO);
-    let tmp = layout::in_home(layout::REPO_NEXT);
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(layout::repo_link(id), &tmp)?;
-    if link.is_dir() && !link.is_symlink() {
-        // The empty directory gear creation made, before the first deploy.
-        let _ = std::fs::remove_dir(&link);
-    }
-    std::fs::rename(&tmp, &link).context("cannot switch app-root/repo")
-}
-
-/// Makes deployment `id` live: its web process starts beside the running one and takes over
-/// once it accepts connections (the supervisor's `switch`). On failure the previous deployment
-/// stays live and running.
+/// Makes deployment `id` live: the supervisor's `switch ID` starts its web process beside the
+/// running one, and once it is ready moves the `app-root/repo` link and makes it live in one
+/// step (whoever asked may die meanwhile). On failure the previous deployment stays live and
+/// running.
 pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
     let previous = live_id();
-    activate_link(id)?;
     let log = layout::in_home(layout::WEB_LOG);
     let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
-    if let Err(e) = control::ctl("switch") {
+    if let Err(e) = control::ctl(&format!("switch {id}")) {
         // What the new process said before it failed, for the pusher (the hook's output
         // reaches them as `remote:` lines).
         let tail = last_lines(&read_from(&log, log_start), START_OUTPUT_LINES);
@@ -160,17 +147,8 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
             }
             let _ = out.flush();
         }
-        match &previous {
-            Some(p) => {
-                say(&format!("{p} stays live"));
-                activate_link(p)?;
-                // Its other processes, if the failed switch had replaced them already.
-                let _ = control::ctl("scale");
-            }
-            None => {
-                let _ = control::ctl("stop");
-                let _ = std::fs::remove_file(layout::in_home(layout::REPO));
-            }
+        if let Some(p) = &previous {
+            say(&format!("{p} stays live"));
         }
         return Err(e);
     }
@@ -540,7 +518,9 @@ fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// Makes the deployment that was live before journaled switch `j` live again (stops the web
-/// process when there was none).
+/// process when there was none). The supervisor answers once a switch it is still making (its
+/// caller died) is done, so this comes after it; the previous deployment live and running
+/// already is left as it is.
 fn back_to_previous(j: &Journal) -> Result<()> {
     match &j.previous {
         Some(p) => GearInfo::load_in_gear().and_then(|info| switch_to(&info, p)),
@@ -566,11 +546,11 @@ fn settle(relay_lost: bool) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|r| !r.is_empty());
     if journal::verdict(&j, branch_ref.as_deref()) == Verdict::RollBack {
-        if live_id().as_deref() == Some(j.id.as_str()) {
-            if let Err(e) = back_to_previous(&j) {
-                eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
-                return;
-            }
+        // Even when the previous deployment looks live: the supervisor may still be making the
+        // new one live for a hook that died.
+        if let Err(e) = back_to_previous(&j) {
+            eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
+            return;
         }
         if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
             let back = j.previous.as_deref().unwrap_or("nothing");
@@ -728,6 +708,7 @@ pub fn rollback(id: Option<&str>) -> Result<String> {
     if Some(&target.id) == live.as_ref() {
         bail!("{} is already live", target.id);
     }
+    crate::fault::reached("before-rollback");
     switch_to(&info, &target.id)?;
     Ok(target.id.clone())
 }
