@@ -4,6 +4,7 @@
 //! `scale` adds and removes gears.
 
 pub mod admission;
+pub mod apply;
 pub mod cartridge;
 pub mod cert_bundle;
 pub mod condition;
@@ -73,6 +74,9 @@ pub struct App {
     /// `web` only when 0: the web gears are `gears`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub formation: std::collections::BTreeMap<String, u32>,
+    /// A change of `env` or `formation` recorded but not yet known to run (`apply.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying: Option<apply::Applying>,
 }
 
 /// The longest health timeout (the supervisor's control socket answers within 60 s).

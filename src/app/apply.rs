@@ -1,0 +1,137 @@
+//! A change of an app's environment or formation, all or nothing: recorded together with the
+//! values it replaces (`App::applying`), written into the gears' descriptors, then asked of
+//! each running gear's supervisor over its control socket (no process joins a gear). Once every
+//! gear runs it, the mark goes; when one cannot run it while the app still serves with the
+//! previous values, they are put back and run again, and the command says nothing was changed
+//! (when nothing runs, crashed or down, the change stays: what starts next runs it). A change whose command died on the way (a
+//! kill, or the SSH worker gone with its daemon) is finished by the next change of that app, or
+//! by the daemon's reconciler within seconds (`finish`): what `env` and `app scale` say is what
+//! runs.
+
+use super::{load, load_for, save, write_descriptors, App};
+use crate::gear::{self, isolation::network::netns_path};
+use crate::node::Node;
+use crate::ssh::auth::Actor;
+use crate::state;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A change being applied: how a gear is made to run it, and the values before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applying {
+    /// The supervisors' command that makes a gear run it: `restart-if-wanted` (a new
+    /// environment) or `scale` (a new formation).
+    pub ask: String,
+    /// The environment before the change.
+    pub env: BTreeMap<String, String>,
+    /// The formation before the change.
+    pub formation: BTreeMap<String, u32>,
+}
+
+/// Held while a change of the app is applied (a second change waits; the reconciler skips it).
+fn lock_path(node: &Node, name: &str) -> std::path::PathBuf {
+    node.run_dir().join("changes").join(format!("{name}.lock"))
+}
+
+/// Changes app `name` by `edit` (run under the node lock; its error changes nothing) and makes
+/// every running gear run the change by asking `ask`. Returns each asked gear's status line.
+pub fn change(
+    node: &Node,
+    actor: &Actor,
+    name: &str,
+    ask: &str,
+    edit: impl FnOnce(&mut App) -> Result<()>,
+) -> Result<Vec<String>> {
+    load_for(node, actor, name)?;
+    let _one = state::Lock::exclusive(&lock_path(node, name))?;
+    // An earlier change that was interrupted is finished (or undone) first.
+    apply(node, name)?;
+    {
+        let _lock = node.lock()?;
+        let mut app = load_for(node, actor, name)?;
+        let before = Applying {
+            ask: ask.into(),
+            env: app.env.clone(),
+            formation: app.formation.clone(),
+        };
+        edit(&mut app)?;
+        app.applying = Some(before);
+        save(node, &app)?;
+        write_descriptors(node, &app)?;
+    }
+    crate::fault::reached_on_host(&node.run_dir(), "before-apply", name);
+    apply(node, name)
+}
+
+/// Finishes app `name`'s interrupted change (what `app.applying` marks): false when there is
+/// none, or a command is applying it now.
+pub fn finish(node: &Node, name: &str) -> Result<bool> {
+    let Some(_one) = state::Lock::try_exclusive(&lock_path(node, name))? else {
+        return Ok(false);
+    };
+    if load(node, name)?.applying.is_none() {
+        return Ok(false);
+    }
+    apply(node, name).map(|_| true)
+}
+
+/// Makes the gears run the recorded change (none: nothing to do) and clears its mark. When a
+/// gear cannot while the app still serves (its previous processes run), the previous values are
+/// recorded and run again, and the error says so; when nothing of it runs (crashed, stopped,
+/// its gear down), the change stays recorded: what starts next runs it.
+fn apply(node: &Node, name: &str) -> Result<Vec<String>> {
+    let app = load(node, name)?;
+    let Some(before) = app.applying.clone() else {
+        return Ok(Vec::new());
+    };
+    let asked = ask_gears(node, &app, &before.ask);
+    let serving = asked.is_err() && app.gears.iter().any(|g| serves(node, g));
+    let _lock = node.lock()?;
+    let mut app = load(node, name)?;
+    app.applying = None;
+    let Err(e) = asked else {
+        save(node, &app)?;
+        return asked;
+    };
+    if !serving {
+        save(node, &app)?;
+        return Err(e.context(format!(
+            "recorded: '{name}' runs it once it starts (see `gearshift logs {name}`)"
+        )));
+    }
+    app.env = before.env;
+    app.formation = before.formation;
+    save(node, &app)?;
+    write_descriptors(node, &app)?;
+    // The gears that took the change run the previous values again.
+    let back = ask_gears(node, &app, &before.ask);
+    let e = e.context(format!(
+        "nothing was changed: '{name}' keeps its previous environment and formation"
+    ));
+    match back {
+        Ok(_) => Err(e),
+        Err(b) => Err(e.context(format!("and putting them back failed too: {b:#}"))),
+    }
+}
+
+/// Whether gear `g`'s supervisor says it runs (a process that did not take the change).
+fn serves(node: &Node, g: &gear::Gear) -> bool {
+    gear::init_pid(node, g).is_some()
+        && gear::control::status_within(&netns_path(&g.netns())).is_ok_and(|v| v["status"]["state"] == "running")
+}
+
+/// Asks every running gear of `app` to run its descriptor (`ask`); an idle app's gears and a
+/// stopped gear read it when they start. Returns each asked gear's status line.
+fn ask_gears(node: &Node, app: &App, ask: &str) -> Result<Vec<String>> {
+    if app.idle {
+        return Ok(Vec::new());
+    }
+    let mut lines = Vec::new();
+    for g in app.gears.iter().filter(|g| gear::init_pid(node, g).is_some()) {
+        let v = gear::control::command(&netns_path(&g.netns()), ask)
+            .with_context(|| format!("gear {} of '{}' cannot run it", g.index, app.name))?;
+        lines.push(gear::control::status_line(&v["status"]));
+    }
+    Ok(lines)
+}
