@@ -241,6 +241,9 @@ enum Victim {
     Client,
     /// The node's sshd process that carries the push's session.
     Sshd,
+    /// The gear's init: every process of the gear (git, the hook, its settler, the web
+    /// processes); the daemon's reconciler starts the gear again.
+    Init,
 }
 
 /// A process's parent, as the host sees it.
@@ -312,11 +315,13 @@ fn sshd_of(worker: i32) -> Option<i32> {
 
 /// Every cell of the table below runs on its own app of one node, side by side: a push to
 /// it pauses at the cell's fault point (`GEARSHIFT_FAULT=APP=POINT,...`), the cell kills its
-/// victim with SIGKILL there and lets the survivors go on. Afterwards the live version, the
-/// deploy branch's ref and `deploy list` agree and are the old ones (no client was told of
-/// success), the push lock is free, no process of the push is left, and the next push deploys.
+/// victim with SIGKILL there and lets the survivors go on. Afterwards (a gear whose init died
+/// started again by the reconciler, its journaled switch settled by its supervisor) the live
+/// version, the deploy branch's ref and `deploy list` agree and are the old ones (no client was
+/// told of success), the push lock is free, no process of the push is left, and the next push
+/// deploys.
 #[test]
-fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
+fn a_push_whose_worker_hook_client_sshd_or_gear_init_dies_is_all_or_nothing() {
     require_root!();
     let mut d = dev_node();
     use Victim::*;
@@ -331,6 +336,8 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
         ("before-no-return", Client),
         ("after-build", Sshd),
         ("before-no-return", Sshd),
+        ("during-build", Init),
+        ("after-switch", Init),
     ];
     // Every app is deployed once, and its next version committed.
     let apps: Vec<(String, PathBuf, String, String, PathBuf, u64)> = table
@@ -393,6 +400,11 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
                     // A negative pid: the client's process group (git and its ssh).
                     Client => -(pusher.id() as i32),
                     Sshd => sshd_of(worker).unwrap_or_else(|| panic!("{cell}: no sshd for worker {worker}")),
+                    Init => {
+                        let id = d.n.show(app)["gears"][0]["id"].as_str().unwrap().to_string();
+                        let pidfile = std::fs::read_to_string(d.n.root.join("run/gears").join(id).join("init.pid"));
+                        pidfile.unwrap().split_whitespace().next().unwrap().parse().unwrap()
+                    }
                 };
                 kill9(&cell, target, *victim == Worker);
                 let out = pusher.wait_with_output().unwrap();
@@ -422,10 +434,11 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
                 eventually(Duration::from_secs(10), || push_procs().is_empty());
                 let left = push_procs();
                 // The route follows the gear's supervisor (the watcher): a rollback in the
-                // gear reaches it within moments, as no client waits for it.
+                // gear reaches it within moments, as no client waits for it; a gear whose init
+                // died is started again by the reconciler.
                 let first = through_router(&d.n, app);
                 let mut seen = first.clone();
-                eventually(Duration::from_secs(10), || {
+                eventually(Duration::from_secs(30), || {
                     seen = through_router(&d.n, app);
                     seen.0 == "200"
                 });

@@ -534,8 +534,12 @@ fn back_to_previous(j: &Journal) -> Result<()> {
 /// `deploy list`: the pusher may have seen an error.
 fn settle(relay_lost: bool) {
     let Some(j) = journal::read() else { return };
-    // The ref alone: the push's quarantine (named by git's environment) is gone by now.
+    // In the app's repository (the supervisor settles from the home), by the ref alone: the
+    // push's quarantine (named by git's environment) is gone by now.
+    let repo =
+        GearInfo::load_in_gear().map_or_else(|_| PathBuf::from("."), |i| layout::in_home(&layout::git_repo(&i.app)));
     let branch_ref = Command::new("git")
+        .current_dir(repo)
         .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{}", j.branch)])
         .env_remove("GIT_QUARANTINE_PATH")
         .env_remove("GIT_OBJECT_DIRECTORY")
@@ -567,6 +571,15 @@ fn settle(relay_lost: bool) {
         }
     }
     journal::clear();
+}
+
+/// At the gear's start, before its supervisor starts anything: every process of the gear died
+/// with its init (a push's settler too), so a switch left journaled is settled now, kept or
+/// rolled back as git recorded it, unless a push holds the lock (it settles it first).
+pub fn settle_at_boot() {
+    if let Ok(Some(_lock)) = crate::state::Lock::try_exclusive(&layout::in_home(layout::PUSH_LOCK)) {
+        settle(true);
+    }
 }
 
 /// Once git-receive-pack (this hook's parent) has ended, settles the journaled switch (if the

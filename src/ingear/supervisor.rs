@@ -1055,6 +1055,9 @@ pub fn run() -> ! {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
     }
+    // A push whose gear died mid-switch: its journal says which deployment is live (the
+    // settling switch goes through the control sockets, which listen by now).
+    crate::ingear::deploy::settle_at_boot();
     if wanted {
         let mut g = s.lock();
         if let Err(e) = start_locked(&s, &mut g) {
