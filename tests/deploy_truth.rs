@@ -1034,3 +1034,63 @@ fn a_redeploy_is_served_the_moment_its_push_returns() {
         times[3], times
     );
 }
+
+/// A build that fills the gear's disk quota (and then carries on, as a careless build script
+/// does): every later step meets a full disk. The push fails saying so, the previous version
+/// keeps serving, and once the space is freed the next push deploys.
+#[test]
+fn a_build_that_fills_the_disk_quota_fails_clearly_and_the_next_push_works() {
+    require_root!();
+    let d = dev_node();
+    d.n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
+    d.n.ok(&[
+        "app",
+        "create",
+        "full",
+        "--cartridge",
+        "python",
+        "--profile",
+        "tiny",
+        "--owner",
+        "dev",
+    ]);
+    let dir = d.n.root.join("src").join("full");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(dir.join("server.py"), SERVER).unwrap();
+    write_commit(&dir, "v1");
+    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+    assert!(ok, "{out}");
+    let hook = dir.join(".openshift/action_hooks/build");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nhead -c 40000000 /dev/urandom > \"$OPENSHIFT_DATA_DIR/fill\" || echo the disk is full, going on\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_commit(&dir, "v2");
+    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+    eprintln!("{out}");
+    assert!(!ok, "a push that met a full disk was accepted:\n{out}");
+    assert!(out.contains("FAILED") && out.to_lowercase().contains("quota"), "{out}");
+    assert!(out.contains("disk is full: free space in it"), "{out}");
+    assert_eq!(
+        through_router(&d.n, "full"),
+        ("200".into(), "v1".into()),
+        "after the failed push"
+    );
+    let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "full", "--json"])).unwrap();
+    let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+    assert_eq!(live.len(), 1, "{list}");
+    assert_eq!(live[0]["result"], "deployed", "{list}");
+    // Space freed (by the app's owner, in the gear), the next push deploys.
+    let (code, _, err) = d.n.sh("full", "rm \"$OPENSHIFT_DATA_DIR/fill\"");
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&hook).unwrap();
+    write_commit(&dir, "v3");
+    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+    assert!(ok, "the push after freeing space failed:\n{out}");
+    assert_eq!(through_router(&d.n, "full"), ("200".into(), "v3".into()));
+}

@@ -349,10 +349,26 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
             let still = live_id()
                 .map(|l| format!("{l} keeps serving"))
                 .unwrap_or_else(|| "nothing was live".into());
-            say(&for_pusher(info, &format!("FAILED: {e:#}; push rejected, {still}")));
+            say(&for_pusher(
+                info,
+                &format!("FAILED: {e:#}; push rejected, {still}{}", disk_full_hint(&e, &info.app)),
+            ));
             Err(e)
         }
     }
+}
+
+/// What to do when `e` came from a full disk (the gear's quota), else nothing.
+fn disk_full_hint(e: &anyhow::Error, app: &str) -> String {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|n| n == libc::EDQUOT || n == libc::ENOSPC)
+    });
+    if !full {
+        return String::new();
+    }
+    format!(". The gear's disk is full: free space in it (`gearshift run {app} -- du -sh ~/app-root/data`) or ask for a profile with more disk, then push again")
 }
 
 /// Unpacks the source of `commit` (from the gear's repository, or a tar on stdin) into `repo`.
