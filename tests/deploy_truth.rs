@@ -1001,6 +1001,31 @@ fn a_rollback_env_change_or_scale_killed_at_any_step_is_all_or_nothing() {
     eprintln!("{}", outcomes.into_inner().unwrap().join("\n"));
 }
 
+/// Creates python app `app` of `profile`, serving `SERVER` (its page.txt), and deploys `page`;
+/// returns its source.
+fn page_app(d: &DevNode, app: &str, profile: &str, page: &str) -> PathBuf {
+    d.n.ok(&[
+        "app",
+        "create",
+        app,
+        "--cartridge",
+        "python",
+        "--profile",
+        profile,
+        "--owner",
+        "dev",
+    ]);
+    let dir = d.n.root.join("src").join(app);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(dir.join("server.py"), SERVER).unwrap();
+    write_commit(&dir, page);
+    let (ok, out) = push_as(&d.n, &d.key, &dir, app, "main");
+    assert!(ok, "{out}");
+    dir
+}
+
 /// Redeploys of a dependency-free python app: each push returns only once the new version is
 /// served (a request sent that instant gets it); prints the median push-to-served time, the
 /// redeploy figure (`make bench` measures it properly).
@@ -1008,15 +1033,7 @@ fn a_rollback_env_change_or_scale_killed_at_any_step_is_all_or_nothing() {
 fn a_redeploy_is_served_the_moment_its_push_returns() {
     require_root!();
     let d = dev_node();
-    d.n.ok(&["app", "create", "again", "--cartridge", "python", "--owner", "dev"]);
-    let dir = d.n.root.join("src").join("again");
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
-    std::fs::write(dir.join("server.py"), SERVER).unwrap();
-    write_commit(&dir, "v0");
-    let (ok, out) = push_as(&d.n, &d.key, &dir, "again", "main");
-    assert!(ok, "{out}");
+    let dir = page_app(&d, "again", "small", "v0");
     let mut times = Vec::new();
     for i in 1..=7 {
         let page = format!("v{i}");
@@ -1043,25 +1060,7 @@ fn a_build_that_fills_the_disk_quota_fails_clearly_and_the_next_push_works() {
     require_root!();
     let d = dev_node();
     d.n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
-    d.n.ok(&[
-        "app",
-        "create",
-        "full",
-        "--cartridge",
-        "python",
-        "--profile",
-        "tiny",
-        "--owner",
-        "dev",
-    ]);
-    let dir = d.n.root.join("src").join("full");
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
-    std::fs::write(dir.join("server.py"), SERVER).unwrap();
-    write_commit(&dir, "v1");
-    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
-    assert!(ok, "{out}");
+    let dir = page_app(&d, "full", "tiny", "v1");
     let hook = dir.join(".openshift/action_hooks/build");
     std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
     std::fs::write(
