@@ -34,6 +34,38 @@ fn lock_path(node: &Node, name: &str) -> std::path::PathBuf {
     node.run_dir().join("changes").join(format!("{name}.lock"))
 }
 
+/// Holds app `name`'s change lock: taken by whoever applies a change of it (`change`, an add-on's
+/// link or unlink), so that the reconciler leaves that change alone.
+pub fn hold(node: &Node, name: &str) -> Result<state::Lock> {
+    crate::names::check_app_name(name)?;
+    state::Lock::exclusive(&lock_path(node, name))
+}
+
+/// Marks `app` (under the caller's node lock, before its descriptors are rewritten) as to be
+/// restarted: for an add-on's link, whose variables live outside the record. Should the restart
+/// never happen (its command died), the reconciler does it; [`unmark`] once it is done.
+pub fn mark_restart(node: &Node, app: &mut App) -> Result<()> {
+    if app.applying.is_none() {
+        app.applying = Some(Applying {
+            ask: "restart-if-wanted".into(),
+            env: app.env.clone(),
+            formation: app.formation.clone(),
+        });
+        save(node, app)?;
+    }
+    Ok(())
+}
+
+/// The restart [`mark_restart`] asked for was done (or its failure reported): the mark goes.
+pub fn unmark(node: &Node, name: &str) -> Result<()> {
+    let _lock = node.lock()?;
+    let mut app = load(node, name)?;
+    if app.applying.take().is_some() {
+        save(node, &app)?;
+    }
+    Ok(())
+}
+
 /// Changes app `name` by `edit` (run under the node lock; its error changes nothing) and makes
 /// every running gear run the change by asking `ask`. Returns each asked gear's status line.
 pub fn change(
@@ -44,7 +76,7 @@ pub fn change(
     edit: impl FnOnce(&mut App) -> Result<()>,
 ) -> Result<Vec<String>> {
     load_for(node, actor, name)?;
-    let _one = state::Lock::exclusive(&lock_path(node, name))?;
+    let _one = hold(node, name)?;
     // An earlier change that was interrupted is finished (or undone) first.
     apply(node, name)?;
     {
