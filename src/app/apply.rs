@@ -1,5 +1,5 @@
 //! A change of an app's environment or formation, all or nothing: recorded together with the
-//! values it replaces (`App::applying`), written into the gears' descriptors, then asked of
+//! values it replaces (`App::applying`, an `Applying`), written into the gears' descriptors, then asked of
 //! each running gear's supervisor over its control socket (no process joins a gear). Once every
 //! gear runs it, the mark goes; when one cannot run it while the app still serves with the
 //! previous values, they are put back and run again, and the command says nothing was changed
@@ -8,26 +8,12 @@
 //! by the daemon's reconciler within seconds (`finish`): what `env` and `app scale` say is what
 //! runs.
 
-use super::{load, load_for, save, write_descriptors, App};
+use super::{load, load_for, save, write_descriptors, App, Applying};
 use crate::gear::{self, isolation::network::netns_path};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
 use crate::state;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-/// A change being applied: how a gear is made to run it, and the values before it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Applying {
-    /// The supervisors' command that makes a gear run it: `restart-if-wanted` (a new
-    /// environment) or `scale` (a new formation).
-    pub ask: String,
-    /// The environment before the change.
-    pub env: BTreeMap<String, String>,
-    /// The formation before the change.
-    pub formation: BTreeMap<String, u32>,
-}
 
 /// Held while a change of the app is applied (a second change waits; the reconciler skips it).
 fn lock_path(node: &Node, name: &str) -> std::path::PathBuf {

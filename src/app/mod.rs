@@ -76,7 +76,19 @@ pub struct App {
     pub formation: std::collections::BTreeMap<String, u32>,
     /// A change of `env` or `formation` recorded but not yet known to run (`apply.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applying: Option<apply::Applying>,
+    pub applying: Option<Applying>,
+}
+
+/// A change being applied: how a gear is made to run it, and the values before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applying {
+    /// The supervisors' command that makes a gear run it: `restart-if-wanted` (a new
+    /// environment) or `scale` (a new formation).
+    pub ask: String,
+    /// The environment before the change.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The formation before the change.
+    pub formation: std::collections::BTreeMap<String, u32>,
 }
 
 /// The longest health timeout (the supervisor's control socket answers within 60 s).
