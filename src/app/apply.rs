@@ -1,12 +1,12 @@
 //! A change of an app's environment or formation, all or nothing: recorded together with the
-//! values it replaces (`App::applying`, an `Applying`), written into the gears' descriptors, then asked of
-//! each running gear's supervisor over its control socket (no process joins a gear). Once every
-//! gear runs it, the mark goes; when one cannot run it while the app still serves with the
-//! previous values, they are put back and run again, and the command says nothing was changed
-//! (when nothing runs, crashed or down, the change stays: what starts next runs it). A change whose command died on the way (a
-//! kill, or the SSH worker gone with its daemon) is finished by the next change of that app, or
-//! by the daemon's reconciler within seconds (`finish`): what `env` and `app scale` say is what
-//! runs.
+//! values it replaces (`App::applying`, an `Applying`), written into the gears' descriptors,
+//! then asked of each running gear's supervisor over its control socket (no process joins a
+//! gear). Once every gear runs it, the mark goes; when one cannot run it while the app still
+//! serves with the previous values, they are put back and run again, and the command says
+//! nothing was changed (when nothing runs, crashed or down, the change stays: what starts next
+//! runs it). A change whose command died on the way (a kill, or the SSH worker gone with its
+//! daemon) is finished by the next change of that app, or by the daemon's reconciler within
+//! seconds (`finish`): what `env` and `app scale` say is what runs.
 
 use super::{load, load_for, save, write_descriptors, App, Applying};
 use crate::gear::{self, isolation::network::netns_path};
