@@ -241,6 +241,9 @@ enum Victim {
     Client,
     /// The node's sshd process that carries the push's session.
     Sshd,
+    /// The gear's init: every process of the gear (git, the hook, its settler, the web
+    /// processes); the daemon's reconciler starts the gear again.
+    Init,
 }
 
 /// A process's parent, as the host sees it.
@@ -274,6 +277,25 @@ fn fd_of(pid: i32, fd: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Kills `target` (a negative pid: its process group) with SIGKILL for `cell`; a `worker` is
+/// checked to be the daemon's child first.
+fn kill9(cell: &str, target: i32, worker: bool) {
+    if worker {
+        // The worker hides its command line from the gear; its parent is the daemon.
+        let daemon = std::fs::read(format!("/proc/{}/cmdline", parent(target))).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&daemon).contains("daemon"),
+            "{cell}: {target} is not the daemon's worker"
+        );
+    }
+    // SAFETY: kill(2) with integer arguments.
+    assert_eq!(
+        unsafe { libc::kill(target, libc::SIGKILL) },
+        0,
+        "{cell}: cannot kill {target}"
+    );
+}
+
 /// The node's sshd process that runs the forced command (`ssh-entry`) whose stdout is the
 /// worker's.
 fn sshd_of(worker: i32) -> Option<i32> {
@@ -293,11 +315,13 @@ fn sshd_of(worker: i32) -> Option<i32> {
 
 /// Every cell of the table below runs on its own app of one node, side by side: a push to
 /// it pauses at the cell's fault point (`GEARSHIFT_FAULT=APP=POINT,...`), the cell kills its
-/// victim with SIGKILL there and lets the survivors go on. Afterwards the live version, the
-/// deploy branch's ref and `deploy list` agree and are the old ones (no client was told of
-/// success), the push lock is free, no process of the push is left, and the next push deploys.
+/// victim with SIGKILL there and lets the survivors go on. Afterwards (a gear whose init died
+/// started again by the reconciler, its journaled switch settled by its supervisor) the live
+/// version, the deploy branch's ref and `deploy list` agree and are the old ones (no client was
+/// told of success), the push lock is free, no process of the push is left, and the next push
+/// deploys.
 #[test]
-fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
+fn a_push_whose_worker_hook_client_sshd_or_gear_init_dies_is_all_or_nothing() {
     require_root!();
     let mut d = dev_node();
     use Victim::*;
@@ -312,6 +336,8 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
         ("before-no-return", Client),
         ("after-build", Sshd),
         ("before-no-return", Sshd),
+        ("during-build", Init),
+        ("after-switch", Init),
     ];
     // Every app is deployed once, and its next version committed.
     let apps: Vec<(String, PathBuf, String, String, PathBuf, u64)> = table
@@ -374,21 +400,13 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
                     // A negative pid: the client's process group (git and its ssh).
                     Client => -(pusher.id() as i32),
                     Sshd => sshd_of(worker).unwrap_or_else(|| panic!("{cell}: no sshd for worker {worker}")),
+                    Init => {
+                        let id = d.n.show(app)["gears"][0]["id"].as_str().unwrap().to_string();
+                        let pidfile = std::fs::read_to_string(d.n.root.join("run/gears").join(id).join("init.pid"));
+                        pidfile.unwrap().split_whitespace().next().unwrap().parse().unwrap()
+                    }
                 };
-                if *victim == Worker {
-                    // The worker hides its command line from the gear; its parent is the daemon.
-                    let daemon = std::fs::read(format!("/proc/{}/cmdline", parent(worker))).unwrap_or_default();
-                    assert!(
-                        String::from_utf8_lossy(&daemon).contains("daemon"),
-                        "{cell}: {worker} is not the daemon's worker"
-                    );
-                }
-                // SAFETY: kill(2) with integer arguments.
-                assert_eq!(
-                    unsafe { libc::kill(target, libc::SIGKILL) },
-                    0,
-                    "{cell}: cannot kill {target}"
-                );
+                kill9(&cell, target, *victim == Worker);
                 let out = pusher.wait_with_output().unwrap();
                 let pushed = out.status.success();
                 // The node has seen the death when the push's git-receive-pack is gone; only
@@ -416,10 +434,11 @@ fn a_push_whose_worker_hook_client_or_sshd_dies_is_all_or_nothing() {
                 eventually(Duration::from_secs(10), || push_procs().is_empty());
                 let left = push_procs();
                 // The route follows the gear's supervisor (the watcher): a rollback in the
-                // gear reaches it within moments, as no client waits for it.
+                // gear reaches it within moments, as no client waits for it; a gear whose init
+                // died is started again by the reconciler.
                 let first = through_router(&d.n, app);
                 let mut seen = first.clone();
-                eventually(Duration::from_secs(10), || {
+                eventually(Duration::from_secs(30), || {
                     seen = through_router(&d.n, app);
                     seen.0 == "200"
                 });
@@ -681,4 +700,396 @@ fn a_gear_whose_supervisor_does_not_answer_is_reported_as_not_serving() {
     let (ok, out, err) = ssh("app status numb");
     assert!(ok && out.starts_with("running"), "after a restart:\n{out}{err}");
     assert_eq!(through_router(&d.n, "numb").0, "200");
+}
+
+/// A page naming the deployment's page.txt and the environment's COLOR (`-` when unset).
+const ENV_SERVER: &str = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = (open('page.txt').read().strip() + ' ' + os.environ.get('COLOR', '-')).encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+/// What a cell of the rollback, env and scale table changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    /// `rollback APP`: from v2 back to v1.
+    Rollback,
+    /// `env set APP COLOR=blue` (COLOR=red before).
+    EnvSet,
+    /// `app scale APP worker=2` (worker=1 before).
+    Scale,
+}
+
+/// Who a cell kills at its fault point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dies {
+    /// The root CLI running the command.
+    Cli,
+    /// The daemon's SSH worker running it for an SSH user.
+    Worker,
+    /// The gear's init (its supervisor, and with it every process of the gear).
+    Init,
+}
+
+/// A cell's app: its name, source, (commit, page) of each version, gear 0's home, uid and id.
+struct OpApp {
+    name: String,
+    dir: PathBuf,
+    pages: Vec<(String, String)>,
+    home: PathBuf,
+    uid: u64,
+    id: String,
+}
+
+/// The command of `op` for `app`, as words.
+fn op_words(op: Op, app: &str) -> Vec<String> {
+    let w = match op {
+        Op::Rollback => vec!["rollback", app],
+        Op::EnvSet => vec!["env", "set", app, "COLOR=blue"],
+        Op::Scale => vec!["app", "scale", app, "worker=2"],
+    };
+    w.into_iter().map(String::from).collect()
+}
+
+/// What the node says of `app`: the live deployment's page (by its commit) and COLOR from
+/// `deploy list` and `env`, and `worker=N` from the recorded formation.
+fn said(d: &DevNode, app: &str, pages: &[(String, String)]) -> String {
+    let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", app, "--json"])).unwrap();
+    let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+    assert_eq!(live.len(), 1, "{app}: {list}");
+    let page = pages
+        .iter()
+        .find(|(c, _)| live[0]["commit"].as_str() == Some(c.as_str()))
+        .map_or("?", |(_, p)| p.as_str());
+    let env: serde_json::Value = serde_json::from_str(&d.n.ok(&["env", "list", app, "--json"])).unwrap();
+    let show = d.n.show(app);
+    format!(
+        "{page} {} worker={}",
+        env["COLOR"].as_str().unwrap_or("-"),
+        show["formation"]["worker"].as_u64().unwrap_or(0)
+    )
+}
+
+/// What runs: the page through the router, and how many worker processes gear 0 runs.
+fn runs(d: &DevNode, app: &str) -> String {
+    let (code, body) = through_router(&d.n, app);
+    let st: serde_json::Value = serde_json::from_str(&d.n.ok(&["app", "status", app, "--json"])).unwrap_or_default();
+    let workers = st["types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t[0] == "worker")
+        .and_then(|t| t[2].as_u64())
+        .unwrap_or(0);
+    if code == "200" {
+        format!("{body} worker={workers}")
+    } else {
+        format!("HTTP {code} worker={workers}")
+    }
+}
+
+/// Rollback, `env set` and `app scale`, each killed at a fault point inside it: afterwards
+/// what `deploy list`, `env` and `app show` say is what runs (the page through the router, the
+/// worker processes), once the node has recovered (an interrupted env or formation change is
+/// finished by the daemon's reconciler), and the next command works. Each cell runs on its own
+/// app, side by side (`GEARSHIFT_FAULT=APP=POINT,...` on the daemon, and on the CLI that
+/// starts the gears' supervisors, so that they pause too).
+#[test]
+fn a_rollback_env_change_or_scale_killed_at_any_step_is_all_or_nothing() {
+    require_root!();
+    let mut d = dev_node();
+    use Dies::*;
+    use Op::*;
+    // (operation, fault point, who dies, what it says and runs afterwards)
+    let table = [
+        (Rollback, "before-rollback", Cli, "v2 red worker=1"),
+        (Rollback, "before-rollback", Worker, "v2 red worker=1"),
+        (Rollback, "during-switch", Cli, "v1 red worker=1"),
+        (Rollback, "during-switch", Worker, "v1 red worker=1"),
+        (Rollback, "during-switch", Init, "v2 red worker=1"),
+        (EnvSet, "before-apply", Cli, "v2 blue worker=1"),
+        (EnvSet, "before-apply", Worker, "v2 blue worker=1"),
+        (EnvSet, "during-switch", Cli, "v2 blue worker=1"),
+        // The CLI lives and sees the gear fail with nothing of it running: blue stays recorded,
+        // and the gear started again runs it.
+        (EnvSet, "during-switch", Init, "v2 blue worker=1"),
+        (Scale, "before-apply", Cli, "v2 red worker=2"),
+        (Scale, "before-apply", Worker, "v2 red worker=2"),
+    ];
+    // Every app runs v2 (v1 kept for rollback) with COLOR=red and one worker.
+    let apps: Vec<OpApp> = table
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let app = format!("op{i}");
+            d.n.ok(&["app", "create", &app, "--cartridge", "python", "--owner", "dev"]);
+            d.n.ok(&["env", "set", &app, "COLOR=red"]);
+            let dir = d.n.root.join("src").join(&app);
+            std::fs::create_dir_all(&dir).unwrap();
+            git(&dir, &["init", "-q", "-b", "main"]);
+            std::fs::write(
+                dir.join("Procfile"),
+                "web: python3 -u server.py\nworker: python3 -c 'import time; time.sleep(100000)'\n",
+            )
+            .unwrap();
+            std::fs::write(dir.join("server.py"), ENV_SERVER).unwrap();
+            let mut pages = Vec::new();
+            for page in ["v1", "v2"] {
+                write_commit(&dir, page);
+                let (ok, out) = push_as(&d.n, &d.key, &dir, &app, "main");
+                assert!(ok, "{out}");
+                pages.push((git(&dir, &["rev-parse", "HEAD"]).trim().to_string(), page.to_string()));
+            }
+            d.n.ok(&["app", "scale", &app, "worker=1"]);
+            let g = &d.n.show(&app)["gears"][0];
+            OpApp {
+                home: PathBuf::from(g["home"].as_str().unwrap()),
+                uid: g["uid"].as_u64().unwrap(),
+                id: g["id"].as_str().unwrap().to_string(),
+                name: app,
+                dir,
+                pages,
+            }
+        })
+        .collect();
+    let spec: Vec<String> = table
+        .iter()
+        .zip(&apps)
+        .map(|((_, point, ..), a)| format!("{}={point}", a.name))
+        .collect();
+    let spec = spec.join(",");
+    d.daemon.kill9();
+    d.daemon = d.n.start_daemon_with(&[("GEARSHIFT_FAULT", &spec)]);
+    // The gears' supervisors start again with the fault variable.
+    for OpApp { name: app, .. } in &apps {
+        d.n.ok(&["app", "idle", app]);
+        let o =
+            d.n.cmd()
+                .args(["app", "start", app])
+                .env("GEARSHIFT_FAULT", &spec)
+                .output()
+                .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for ((op, point, dies, expect), a) in table.iter().zip(&apps) {
+            let OpApp {
+                name: app,
+                pages,
+                home,
+                uid,
+                id,
+                ..
+            } = a;
+            let (d, outcomes, spec) = (&d, &outcomes, &spec);
+            s.spawn(move || {
+                let cell = format!("{op:?} x {point} x kill -9 {dies:?}");
+                let words = op_words(*op, app);
+                let mut command = if *dies == Worker {
+                    let mut c = Command::new("ssh");
+                    c.args(ssh_opts(&d.key, d.n.ssh_port()))
+                        .arg(format!("{}@127.0.0.1", d.n.ssh_user()))
+                        .arg(words.join(" "));
+                    c
+                } else {
+                    let mut c = d.n.cmd();
+                    c.args(&words).env("GEARSHIFT_FAULT", spec);
+                    c
+                };
+                let client = command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let marker = if *point == "before-apply" {
+                    d.n.root.join("run").join(format!("fault-{app}-{point}"))
+                } else {
+                    home.join(format!("app-root/runtime/fault-{point}"))
+                };
+                assert!(
+                    eventually(Duration::from_secs(120), || marker.exists()),
+                    "{cell}: the command never reached the fault point"
+                );
+                let target = match dies {
+                    Cli => client.id() as i32,
+                    Init => {
+                        let pidfile = d.n.root.join("run/gears").join(id).join("init.pid");
+                        let text = std::fs::read_to_string(pidfile).unwrap();
+                        text.split_whitespace().next().unwrap().parse().unwrap()
+                    }
+                    // The process that paused is the worker itself (root's side), or runs in
+                    // the gear as the worker's child (`gear rollback`).
+                    Worker if *point == "before-apply" => {
+                        std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap()
+                    }
+                    Worker => {
+                        let rollback = procs_of(*uid)
+                            .lines()
+                            .find(|l| l.contains("gear rollback"))
+                            .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+                            .unwrap_or_else(|| panic!("{cell}: no `gear rollback`:\n{}", procs_of(*uid)));
+                        parent(rollback)
+                    }
+                };
+                kill9(&cell, target, *dies == Worker);
+                let out = client.wait_with_output().unwrap();
+                let _ = std::fs::remove_file(&marker);
+                // An interrupted env or formation change is finished by the reconciler.
+                assert!(
+                    eventually(Duration::from_secs(60), || d.n.show(app)["applying"].is_null()),
+                    "{cell}: the interrupted change is never finished:\n{}",
+                    d.daemon.log_text()
+                );
+                let mut seen = (String::new(), String::new());
+                eventually(Duration::from_secs(30), || {
+                    seen = (said(d, app, pages), runs(d, app));
+                    seen.0 == seen.1
+                });
+                let line = format!(
+                    "{cell}: command {}, says {:?}, runs {:?}",
+                    if out.status.success() { "succeeded" } else { "failed" },
+                    seen.0,
+                    seen.1
+                );
+                eprintln!("{line}");
+                outcomes.lock().unwrap().push(line);
+                assert!(!out.status.success(), "{cell}: the killed command said it succeeded");
+                assert_eq!(seen.0, seen.1, "{cell}: what the node says is not what runs");
+                assert_eq!(seen.0, *expect, "{cell}");
+            });
+        }
+    });
+    // The next command of every app works (under a daemon, and supervisors, that pause nothing).
+    d.daemon.kill9();
+    d.daemon = d.n.start_daemon();
+    for ((op, point, dies, _), a) in table.iter().zip(&apps) {
+        let OpApp {
+            name: app, dir, pages, ..
+        } = a;
+        let cell = format!("{op:?} x {point} x kill -9 {dies:?}");
+        d.n.ok(&["app", "idle", app]);
+        d.n.ok(&["app", "start", app]);
+        let mut pages = pages.clone();
+        let want = match op {
+            Rollback => {
+                write_commit(dir, "v3");
+                let (ok, out) = push_as(&d.n, &d.key, dir, app, "main");
+                assert!(ok, "{cell}: the next push failed:\n{out}");
+                pages.push((git(dir, &["rev-parse", "HEAD"]).trim().to_string(), "v3".into()));
+                "v3 red worker=1"
+            }
+            EnvSet => {
+                d.n.ok(&["env", "set", app, "COLOR=green"]);
+                "v2 green worker=1"
+            }
+            Scale => {
+                d.n.ok(&["app", "scale", app, "worker=3"]);
+                "v2 red worker=3"
+            }
+        };
+        // Served at once: the command has returned.
+        assert_eq!(
+            (said(&d, app, &pages), runs(&d, app)),
+            (want.into(), want.into()),
+            "{cell}: the next command"
+        );
+    }
+    eprintln!("{}", outcomes.into_inner().unwrap().join("\n"));
+}
+
+/// Creates python app `app` of `profile`, serving `SERVER` (its page.txt), and deploys `page`;
+/// returns its source.
+fn page_app(d: &DevNode, app: &str, profile: &str, page: &str) -> PathBuf {
+    d.n.ok(&[
+        "app",
+        "create",
+        app,
+        "--cartridge",
+        "python",
+        "--profile",
+        profile,
+        "--owner",
+        "dev",
+    ]);
+    let dir = d.n.root.join("src").join(app);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("Procfile"), "web: python3 -u server.py\n").unwrap();
+    std::fs::write(dir.join("server.py"), SERVER).unwrap();
+    write_commit(&dir, page);
+    let (ok, out) = push_as(&d.n, &d.key, &dir, app, "main");
+    assert!(ok, "{out}");
+    dir
+}
+
+/// Redeploys of a dependency-free python app: each push returns only once the new version is
+/// served (a request sent that instant gets it); prints the median push-to-served time, the
+/// redeploy figure (`make bench` measures it properly).
+#[test]
+fn a_redeploy_is_served_the_moment_its_push_returns() {
+    require_root!();
+    let d = dev_node();
+    let dir = page_app(&d, "again", "small", "v0");
+    let mut times = Vec::new();
+    for i in 1..=7 {
+        let page = format!("v{i}");
+        write_commit(&dir, &page);
+        let t = std::time::Instant::now();
+        let (ok, out) = push_as(&d.n, &d.key, &dir, "again", "main");
+        let served = through_router(&d.n, "again");
+        times.push(t.elapsed());
+        assert!(ok, "{out}");
+        assert_eq!(served, ("200".to_string(), page), "the moment push {i} returned");
+    }
+    times.sort();
+    eprintln!(
+        "redeploy, push start -> new version served: median {:?} (of {:?})",
+        times[3], times
+    );
+}
+
+/// A build that fills the gear's disk quota (and then carries on, as a careless build script
+/// does): every later step meets a full disk. The push fails saying so, the previous version
+/// keeps serving, and once the space is freed the next push deploys.
+#[test]
+fn a_build_that_fills_the_disk_quota_fails_clearly_and_the_next_push_works() {
+    require_root!();
+    let d = dev_node();
+    d.n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
+    let dir = page_app(&d, "full", "tiny", "v1");
+    let hook = dir.join(".openshift/action_hooks/build");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nhead -c 40000000 /dev/urandom > \"$OPENSHIFT_DATA_DIR/fill\" || echo the disk is full, going on\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_commit(&dir, "v2");
+    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+    eprintln!("{out}");
+    assert!(!ok, "a push that met a full disk was accepted:\n{out}");
+    assert!(out.contains("FAILED") && out.to_lowercase().contains("quota"), "{out}");
+    assert!(out.contains("disk is full: free space in it"), "{out}");
+    assert_eq!(
+        through_router(&d.n, "full"),
+        ("200".into(), "v1".into()),
+        "after the failed push"
+    );
+    let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "full", "--json"])).unwrap();
+    let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
+    assert_eq!(live.len(), 1, "{list}");
+    assert_eq!(live[0]["result"], "deployed", "{list}");
+    // Space freed (by the app's owner, in the gear), the next push deploys.
+    let (code, _, err) = d.n.sh("full", "rm \"$OPENSHIFT_DATA_DIR/fill\"");
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&hook).unwrap();
+    write_commit(&dir, "v3");
+    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+    assert!(ok, "the push after freeing space failed:\n{out}");
+    assert_eq!(through_router(&d.n, "full"), ("200".into(), "v3".into()));
 }

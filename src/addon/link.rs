@@ -1,6 +1,8 @@
 //! Linking apps to add-ons: the app gets the add-on's URL (and OpenShift v2's variables) in a
 //! root-only file its gears' environment is built from, its gears get through the firewall to
-//! the add-on's port (one element of the node's `gear_links` set per app gear), and it restarts.
+//! the add-on's port (one element of the node's `gear_links` set per app gear), and it restarts
+//! (marked first, `app/apply.rs`: a restart its command did not live to make, the reconciler
+//! makes).
 
 use super::{load_for, save, secret, Link};
 use crate::app;
@@ -40,10 +42,11 @@ pub fn sync_links(node: &Node) -> Result<()> {
 
 /// `addon link APP NAME [--as VAR]`.
 pub fn link(node: &Node, actor: &Actor, app_name: &str, name: &str, var: Option<&str>) -> Result<Vec<String>> {
+    let _one = app::apply::hold(node, app_name)?;
     let vars = {
         let _lock = node.lock()?;
         let mut a = load_for(node, actor, name)?;
-        let the_app = app::load_for(node, actor, app_name)?;
+        let mut the_app = app::load_for(node, actor, app_name)?;
         let kind = a.kind()?;
         let var = var.unwrap_or(kind.default_var());
         super::kind::check_var(var)?;
@@ -78,15 +81,18 @@ pub fn link(node: &Node, actor: &Actor, app_name: &str, name: &str, var: Option<
         });
         save(node, &a)?;
         sync_links(node)?;
+        app::apply::mark_restart(node, &mut the_app)?;
         app::write_descriptors(node, &the_app)?;
         vars
     };
     restart(node, app_name)?;
+    app::apply::unmark(node, app_name)?;
     Ok(vars)
 }
 
 /// `addon unlink APP NAME`: the variables go, the firewall closes, the app restarts.
 pub fn unlink(node: &Node, actor: &Actor, app_name: &str, name: &str) -> Result<()> {
+    let _one = app::apply::hold(node, app_name)?;
     let app_exists = {
         let _lock = node.lock()?;
         let mut a = load_for(node, actor, name)?;
@@ -102,7 +108,8 @@ pub fn unlink(node: &Node, actor: &Actor, app_name: &str, name: &str) -> Result<
         }
         app::set_linked_env(node, app_name, &env)?;
         match app::load(node, app_name) {
-            Ok(the_app) => {
+            Ok(mut the_app) => {
+                app::apply::mark_restart(node, &mut the_app)?;
                 app::write_descriptors(node, &the_app)?;
                 true
             }
@@ -111,6 +118,7 @@ pub fn unlink(node: &Node, actor: &Actor, app_name: &str, name: &str) -> Result<
     };
     if app_exists {
         restart(node, app_name)?;
+        app::apply::unmark(node, app_name)?;
     }
     Ok(())
 }

@@ -82,6 +82,7 @@ pub fn create(
         health_path: None,
         health_timeout: None,
         formation: Default::default(),
+        applying: None,
     };
     // Recorded first, so that a crash part-way leaves a record `app destroy` can clean up.
     save(node, &app)?;

@@ -1,7 +1,7 @@
 //! An app's processes: start (and wake), stop, restart, idle, status, and commands run in its
 //! gears (`gearshift run`, `gearshift gear ...` verbs, git).
 
-use super::{boot, linked_env, load, load_for, push_lock, save, set_idle, write_descriptors, App};
+use super::{boot, linked_env, load, load_for, push_lock, set_idle, App};
 use crate::gear::isolation::network::netns_path;
 use crate::gear::{self, Gear};
 use crate::node::Node;
@@ -86,25 +86,23 @@ pub fn status_of(node: &Node, app: &App, g: &Gear) -> Result<serde_json::Value> 
     }
 }
 
-/// Replaces the app's user environment, rewrites its gears' descriptors and restarts the web
-/// process if it runs.
+/// Replaces the app's user environment and restarts its running web processes with it, all or
+/// nothing (`apply.rs`: a restart that fails puts the previous environment back).
 pub fn set_env(
     node: &Node,
     actor: &Actor,
     name: &str,
     change: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> Result<()>,
 ) -> Result<()> {
-    let app = {
-        let _lock = node.lock()?;
-        let mut app = load_for(node, actor, name)?;
+    let lines = super::apply::change(node, actor, name, "restart-if-wanted", |app| {
         let before = app.env.clone();
         change(&mut app.env)?;
-        refuse_linked(&linked_env(node, name)?, &before, &app.env, name)?;
-        save(node, &app)?;
-        write_descriptors(node, &app)?;
-        app
-    };
-    in_gear(node, actor, &app.name, &["ctl", "restart-if-wanted"]).map(|_| ())
+        refuse_linked(&linked_env(node, name)?, &before, &app.env, name)
+    })?;
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
 }
 
 /// A variable an add-on link sets cannot be set by hand too (the link's value would win

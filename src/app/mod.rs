@@ -4,6 +4,7 @@
 //! `scale` adds and removes gears.
 
 pub mod admission;
+pub mod apply;
 pub mod cartridge;
 pub mod cert_bundle;
 pub mod condition;
@@ -72,6 +73,21 @@ pub struct App {
     /// Process type -> quantity set by `app scale TYPE=N` (kept across restarts and pushes;
     /// `web` only when 0: the web gears are `gears`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub formation: std::collections::BTreeMap<String, u32>,
+    /// A change of `env` or `formation` recorded but not yet known to run (`apply.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying: Option<Applying>,
+}
+
+/// A change being applied: how a gear is made to run it, and the values before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applying {
+    /// The supervisors' command that makes a gear run it: `restart-if-wanted` (a new
+    /// environment) or `scale` (a new formation).
+    pub ask: String,
+    /// The environment before the change.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The formation before the change.
     pub formation: std::collections::BTreeMap<String, u32>,
 }
 

@@ -344,19 +344,12 @@ fn scale(node: &Node, actor: &Actor, name: &str, specs: &[String]) -> Result<()>
         // Every gear of a linked app reaches its add-ons.
         crate::addon::sync_links(node)?;
     }
-    let record = app::update(node, actor, name, |a| {
+    // The formation recorded and run, all or nothing.
+    app::apply::change(node, actor, name, "scale", |a| {
         app::formation::apply(&mut a.formation, &asked);
         Ok(())
     })?;
-    app::write_descriptors(node, &record)?;
-    if !record.idle {
-        for g in &record.gears {
-            if gear::init_pid(node, g).is_some() {
-                gear::control::command(&crate::gear::isolation::network::netns_path(&g.netns()), "scale")
-                    .map_err(|e| anyhow::anyhow!("cannot scale gear {} of '{name}': {e:#}", g.index))?;
-            }
-        }
-    }
+    let record = app::load_for(node, actor, name)?;
     println!(
         "{}",
         app::formation::describe(name, record.gears.len(), &record.formation)

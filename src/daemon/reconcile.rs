@@ -59,7 +59,9 @@ fn run(node: &Node, config_path: &std::path::Path, stop: &AtomicBool, hooks: &Ho
             continue;
         }
         next = Instant::now() + EVERY;
-        let first = survey(node, &(hooks.apps)());
+        let apps = (hooks.apps)();
+        finish_changes(node, &apps);
+        let first = survey(node, &apps);
         if first.is_empty() {
             continue;
         }
@@ -106,6 +108,26 @@ fn run(node: &Node, config_path: &std::path::Path, stop: &AtomicBool, hooks: &Ho
                 (hooks.repaired)(&a.name);
             }
         }
+    }
+}
+
+/// Finishes the changes of an app's environment or formation whose command died on the way
+/// (`app/apply.rs`), each recorded as a `node.repair` event.
+fn finish_changes(node: &Node, apps: &[App]) {
+    for a in apps.iter().filter(|a| a.applying.is_some()) {
+        let found = "a change of its environment or formation was interrupted";
+        let result = match crate::app::apply::finish(node, &a.name) {
+            Ok(false) => continue,
+            Ok(true) => serde_json::json!({"found": found, "result": "repaired"}),
+            Err(e) => serde_json::json!({"found": found, "result": "put back", "error": format!("{e:#}")}),
+        };
+        eprintln!("gearshift daemon: '{}': {found}: {}", a.name, result["result"]);
+        events::record(
+            node,
+            Event::new("node.repair", "gearshift")
+                .app(&a.name, a.owner.as_deref())
+                .detail(result),
+        );
     }
 }
 

@@ -29,8 +29,10 @@ pub enum Command {
     Stop,
     /// Stop, start, and answer once ready.
     Restart,
-    /// Start the live deployment beside the running one and make it live once ready.
-    Switch,
+    /// Start a deployment (`switch ID`; plain `switch`: the live one again) beside the running
+    /// web process and make it live once ready: the supervisor moves the `app-root/repo` link
+    /// in the same step, so what is recorded live and what runs never part.
+    Switch(Option<String>),
     /// The router has moved over: the old web process may go.
     Release,
     RestartIfWanted,
@@ -51,7 +53,7 @@ pub fn parse(line: &str) -> Command {
         ("start", Some("wait")) => Command::StartWait,
         ("stop", None) => Command::Stop,
         ("restart", None) => Command::Restart,
-        ("switch", None) => Command::Switch,
+        ("switch", id) => Command::Switch(id.map(String::from)),
         ("release", None) => Command::Release,
         ("restart-if-wanted", None) => Command::RestartIfWanted,
         ("scale", None) => Command::Scale,

@@ -215,12 +215,17 @@ fn init_main(
     mounts::build_root(&spec.root)?;
     nix::unistd::sethostname(&spec.hostname).context("cannot set the gear's hostname")?;
     rename_self();
-    // The supervisor and everything it starts inherit this environment.
+    // The supervisor and everything it starts inherit this environment (and the test-only
+    // fault variable of whoever started the gear: the supervisor pauses at `during-switch`).
+    let fault = crate::fault::passed_on();
     for (k, _) in std::env::vars_os().collect::<Vec<_>>() {
         std::env::remove_var(k);
     }
     std::env::set_var("HOME", &spec.who.home_inner);
     std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
+    if let Some((k, v)) = fault {
+        std::env::set_var(k, v);
+    }
     close_fds_from(3, Some(w.as_raw_fd()));
     confine(&spec.who, filters, false)?;
     // Reported before the label switch: the report pipe carries its creator's level, which a

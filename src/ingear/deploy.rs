@@ -123,28 +123,15 @@ pub fn live_id() -> Option<String> {
         .map(|n| n.to_string_lossy().into_owned())
 }
 
-/// Points `app-root/repo` at a deployment, atomically.
-fn activate_link(id: &str) -> Result<()> {
-    let link = layout::in_home(layout::REPO);
-    let tmp = layout::in_home(layout::REPO_NEXT);
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(layout::repo_link(id), &tmp)?;
-    if link.is_dir() && !link.is_symlink() {
-        // The empty directory gear creation made, before the first deploy.
-        let _ = std::fs::remove_dir(&link);
-    }
-    std::fs::rename(&tmp, &link).context("cannot switch app-root/repo")
-}
-
-/// Makes deployment `id` live: its web process starts beside the running one and takes over
-/// once it accepts connections (the supervisor's `switch`). On failure the previous deployment
-/// stays live and running.
+/// Makes deployment `id` live: the supervisor's `switch ID` starts its web process beside the
+/// running one, and once it is ready moves the `app-root/repo` link and makes it live in one
+/// step (whoever asked may die meanwhile). On failure the previous deployment stays live and
+/// running.
 pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
     let previous = live_id();
-    activate_link(id)?;
     let log = layout::in_home(layout::WEB_LOG);
     let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
-    if let Err(e) = control::ctl("switch") {
+    if let Err(e) = control::ctl(&format!("switch {id}")) {
         // What the new process said before it failed, for the pusher (the hook's output
         // reaches them as `remote:` lines).
         let tail = last_lines(&read_from(&log, log_start), START_OUTPUT_LINES);
@@ -160,17 +147,8 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
             }
             let _ = out.flush();
         }
-        match &previous {
-            Some(p) => {
-                say(&format!("{p} stays live"));
-                activate_link(p)?;
-                // Its other processes, if the failed switch had replaced them already.
-                let _ = control::ctl("scale");
-            }
-            None => {
-                let _ = control::ctl("stop");
-                let _ = std::fs::remove_file(layout::in_home(layout::REPO));
-            }
+        if let Some(p) = &previous {
+            say(&format!("{p} stays live"));
         }
         return Err(e);
     }
@@ -371,10 +349,26 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
             let still = live_id()
                 .map(|l| format!("{l} keeps serving"))
                 .unwrap_or_else(|| "nothing was live".into());
-            say(&for_pusher(info, &format!("FAILED: {e:#}; push rejected, {still}")));
+            say(&for_pusher(
+                info,
+                &format!("FAILED: {e:#}; push rejected, {still}{}", disk_full_hint(&e, &info.app)),
+            ));
             Err(e)
         }
     }
+}
+
+/// What to do when `e` came from a full disk (the gear's quota), else nothing.
+fn disk_full_hint(e: &anyhow::Error, app: &str) -> String {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|n| n == libc::EDQUOT || n == libc::ENOSPC)
+    });
+    if !full {
+        return String::new();
+    }
+    format!(". The gear's disk is full: free space in it (`gearshift run {app} -- du -sh ~/app-root/data`) or ask for a profile with more disk, then push again")
 }
 
 /// Unpacks the source of `commit` (from the gear's repository, or a tar on stdin) into `repo`.
@@ -540,7 +534,9 @@ fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// Makes the deployment that was live before journaled switch `j` live again (stops the web
-/// process when there was none).
+/// process when there was none). The supervisor answers once a switch it is still making (its
+/// caller died) is done, so this comes after it; the previous deployment live and running
+/// already is left as it is.
 fn back_to_previous(j: &Journal) -> Result<()> {
     match &j.previous {
         Some(p) => GearInfo::load_in_gear().and_then(|info| switch_to(&info, p)),
@@ -554,8 +550,12 @@ fn back_to_previous(j: &Journal) -> Result<()> {
 /// `deploy list`: the pusher may have seen an error.
 fn settle(relay_lost: bool) {
     let Some(j) = journal::read() else { return };
-    // The ref alone: the push's quarantine (named by git's environment) is gone by now.
+    // In the app's repository (the supervisor settles from the home), by the ref alone: the
+    // push's quarantine (named by git's environment) is gone by now.
+    let repo =
+        GearInfo::load_in_gear().map_or_else(|_| PathBuf::from("."), |i| layout::in_home(&layout::git_repo(&i.app)));
     let branch_ref = Command::new("git")
+        .current_dir(repo)
         .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{}", j.branch)])
         .env_remove("GIT_QUARANTINE_PATH")
         .env_remove("GIT_OBJECT_DIRECTORY")
@@ -566,11 +566,11 @@ fn settle(relay_lost: bool) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|r| !r.is_empty());
     if journal::verdict(&j, branch_ref.as_deref()) == Verdict::RollBack {
-        if live_id().as_deref() == Some(j.id.as_str()) {
-            if let Err(e) = back_to_previous(&j) {
-                eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
-                return;
-            }
+        // Even when the previous deployment looks live: the supervisor may still be making the
+        // new one live for a hook that died.
+        if let Err(e) = back_to_previous(&j) {
+            eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
+            return;
         }
         if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
             let back = j.previous.as_deref().unwrap_or("nothing");
@@ -587,6 +587,15 @@ fn settle(relay_lost: bool) {
         }
     }
     journal::clear();
+}
+
+/// At the gear's start, before its supervisor starts anything: every process of the gear died
+/// with its init (a push's settler too), so a switch left journaled is settled now, kept or
+/// rolled back as git recorded it, unless a push holds the lock (it settles it first).
+pub fn settle_at_boot() {
+    if let Ok(Some(_lock)) = crate::state::Lock::try_exclusive(&layout::in_home(layout::PUSH_LOCK)) {
+        settle(true);
+    }
 }
 
 /// Once git-receive-pack (this hook's parent) has ended, settles the journaled switch (if the
@@ -728,6 +737,7 @@ pub fn rollback(id: Option<&str>) -> Result<String> {
     if Some(&target.id) == live.as_ref() {
         bail!("{} is already live", target.id);
     }
+    crate::fault::reached("before-rollback");
     switch_to(&info, &target.id)?;
     Ok(target.id.clone())
 }

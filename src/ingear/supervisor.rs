@@ -257,13 +257,12 @@ fn prefixed(tag: &str, lines: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Starts the live deployment's web process on `port`; returns its pid (not yet live).
-fn spawn_web(port: u16) -> Result<(i32, String, String)> {
+/// Starts the web process of deployment `repo` on `port`; returns its pid (not yet live).
+fn spawn_web(repo: &Path, port: u16) -> Result<(i32, String, String)> {
     let info = GearInfo::load_in_gear()?;
-    let repo = live_repo().context("nothing is deployed yet: git push first")?;
-    let argv = web_command(&repo)?;
+    let argv = web_command(repo)?;
     let tag = format!("web.{}", info.index + 1);
-    let child = spawn_logged(&argv, &repo, env_with_port(&info, port), "web", &tag)?;
+    let child = spawn_logged(&argv, repo, env_with_port(&info, port), "web", &tag)?;
     let pid = child.id() as i32;
     // The reaper thread waits for it; the Child handle is not needed.
     drop(child);
@@ -289,20 +288,57 @@ fn spawn_worker(repo: &Path, name: &str, index: u32, command: &str) -> Result<i3
 
 /// Runs the other process types' processes of the live deployment, as many as asked for.
 fn start_workers(s: &Sup) {
-    let Some(repo) = live_repo() else { return };
-    let procs = procfile::read(&repo).ok().flatten().unwrap_or_default();
-    let app = appjson::read(&repo).unwrap_or_default();
+    if let Some(repo) = live_repo() {
+        start_workers_of(s, &repo);
+    }
+}
+
+/// Runs the other process types' processes of deployment `repo` (replacing any other's).
+fn start_workers_of(s: &Sup, repo: &Path) {
+    let procs = procfile::read(repo).ok().flatten().unwrap_or_default();
+    let app = appjson::read(repo).unwrap_or_default();
     let (scaled, first) = GearInfo::load_in_gear().map_or((Default::default(), true), |i| (i.formation, i.index == 0));
     s.workers
-        .replace(&repo, &workers::quantities(&procs, &app, &scaled, first));
+        .replace(repo, &workers::quantities(&procs, &app, &scaled, first));
 }
 
 /// Whether the live deployment runs a web process in this gear (see [`workers::web_quantity`]).
 fn runs_web() -> bool {
-    let Some(repo) = live_repo() else { return true };
-    let app = appjson::read(&repo).unwrap_or_default();
+    live_repo().is_none_or(|repo| runs_web_in(&repo))
+}
+
+/// Whether deployment `repo` runs a web process in this gear.
+fn runs_web_in(repo: &Path) -> bool {
+    let app = appjson::read(repo).unwrap_or_default();
     let scaled = GearInfo::load_in_gear().map(|i| i.formation).unwrap_or_default();
     workers::web_quantity(&app, &scaled) > 0
+}
+
+/// The repository of deployment `id` (a directory under `app-deployments`), resolved.
+fn deployment_repo(id: &str) -> Result<PathBuf> {
+    let plain =
+        !id.is_empty() && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !plain {
+        bail!("'{}' is not a deployment id", id.escape_default());
+    }
+    let repo = layout::in_home(layout::DEPLOYMENTS).join(id).join("repo");
+    std::fs::canonicalize(&repo)
+        .ok()
+        .filter(|p| p.is_dir())
+        .with_context(|| format!("no deployment {id} in this gear (see `gearshift deploy list`)"))
+}
+
+/// Points `app-root/repo` at deployment `id`, atomically: from now on it is the live one.
+fn activate_link(id: &str) -> Result<()> {
+    let link = layout::in_home(layout::REPO);
+    let tmp = layout::in_home(layout::REPO_NEXT);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(layout::repo_link(id), &tmp).context("cannot make the app-root/repo link")?;
+    if link.is_dir() && !link.is_symlink() {
+        // The empty directory gear creation made, before the first deploy.
+        let _ = std::fs::remove_dir(&link);
+    }
+    std::fs::rename(&tmp, &link).context("cannot switch app-root/repo")
 }
 
 /// The live deployment's id (the directory holding its repo).
@@ -360,7 +396,8 @@ fn start_locked(s: &Sup, g: &mut Inner) -> Result<()> {
     } else {
         g.status.port
     };
-    let (pid, cmd, dep) = spawn_web(port)?;
+    let repo = live_repo().context("nothing is deployed yet: git push first")?;
+    let (pid, cmd, dep) = spawn_web(&repo, port)?;
     make_live(s, g, pid, port, cmd, dep);
     Ok(())
 }
@@ -502,13 +539,13 @@ fn wait_ready(info: &GearInfo, port: u16, exited: &dyn Fn() -> Option<String>) -
 fn startup_checks(
     s: &Shared,
     info: &GearInfo,
+    repo: &Path,
     port: u16,
     started: Instant,
     exited: &dyn Fn() -> Option<String>,
 ) -> Result<()> {
-    let Some(repo) = live_repo() else { return Ok(()) };
-    let app = appjson::read(&repo).unwrap_or_default();
-    let run = |argv: &[String], limit: Duration| run_check_command(s, info, &repo, port, argv, limit);
+    let app = appjson::read(repo).unwrap_or_default();
+    let run = |argv: &[String], limit: Duration| run_check_command(s, info, repo, port, argv, limit);
     let target = healthcheck::Target {
         addr: std::net::SocketAddr::from((info.ip, port)),
         host: info
@@ -603,21 +640,63 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Starts the live deployment beside the running web process, on the other port, and makes it
-/// live once it is ready (`wait_ready`); the old one drains. Without a running web process this
-/// is a plain start (and waits until it listens).
-fn switch(s: &Shared) -> Result<()> {
+/// Kills a web process that never went live, and its group.
+fn kill_unborn(pid: i32) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Makes deployment `to` live (`None`: the live one again, a restart), without a moment of
+/// downtime: its web process starts beside the running one, on the other port, and once it is
+/// ready (`wait_ready`, the startup checks) the `app-root/repo` link moves to it and it becomes
+/// live, in one step under the status lock; the old one drains. Without a running web process
+/// this is a plain start (and waits until it listens). Whoever asked may die meanwhile: the
+/// link and the live process never part. On failure nothing changed: the previous deployment
+/// stays live and running (its other processes too), the link where it was. A switch to the
+/// deployment that is live and running already does nothing (a settler making sure the
+/// previous deployment is back, after an interrupted switch, waits for it here).
+fn switch(s: &Shared, to: Option<&str>) -> Result<()> {
     release(s);
     let info = GearInfo::load_in_gear()?;
-    let (old, old_port) = {
+    let repo = match to {
+        Some(id) => deployment_repo(id)?,
+        None => live_repo().context("nothing is deployed yet: git push first")?,
+    };
+    let (old, old_port, was_wanted) = {
         let mut g = s.lock();
+        let running = g.wanted && g.status.state == "running";
+        if to.is_some() && running && to == live_deployment().as_deref() && g.status.deployment.as_deref() == to {
+            return Ok(());
+        }
+        let was_wanted = g.wanted;
         set_wanted(&mut g, true);
         g.status.streak = 0;
-        (g.status.pid, if g.status.port == 0 { info.port } else { g.status.port })
+        (
+            g.status.pid,
+            if g.status.port == 0 { info.port } else { g.status.port },
+            was_wanted,
+        )
     };
-    if !runs_web() {
-        return switch_without_web(s, old);
+    let r = if runs_web_in(&repo) {
+        switch_web(s, &info, &repo, to, old, old_port)
+    } else {
+        switch_without_web(s, &repo, to, old)
+    };
+    if r.is_err() {
+        set_wanted(&mut s.lock(), was_wanted);
     }
+    r
+}
+
+/// [`switch`] for a deployment with a web process.
+fn switch_web(
+    s: &Shared,
+    info: &GearInfo,
+    repo: &Path,
+    to: Option<&str>,
+    old: Option<i32>,
+    old_port: u16,
+) -> Result<()> {
     let port = if old.is_some() {
         if old_port == info.port {
             info.port + 1
@@ -632,27 +711,36 @@ fn switch(s: &Shared) -> Result<()> {
     let (tx, rx) = channel();
     let (pid, cmd, dep) = {
         let mut g = s.lock();
-        let r = spawn_web(port)?;
+        let r = spawn_web(repo, port)?;
         g.waiters.insert(r.0, tx);
         r
     };
     let started = Instant::now();
     let exited = || rx.try_recv().ok().map(|code| format!("exit code {code}"));
-    let ready = wait_ready(&info, port, &exited).and_then(|_| startup_checks(s, &info, port, started, &exited));
+    let ready = wait_ready(info, port, &exited).and_then(|_| startup_checks(s, info, repo, port, started, &exited));
     s.lock().waiters.remove(&pid);
     if let Err(e) = ready {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        kill_unborn(pid);
         return Err(e);
     }
+    crate::fault::reached("during-switch");
     let mut g = s.lock();
-    if !alive(pid) {
-        bail!("the new web process exited right after it started listening");
+    let live = if alive(pid) {
+        to.map_or(Ok(()), activate_link)
+    } else {
+        Err(anyhow::anyhow!(
+            "the new web process exited right after it started listening"
+        ))
+    };
+    if let Err(e) = live {
+        drop(g);
+        kill_unborn(pid);
+        return Err(e);
     }
     g.status.draining = old.map(|p| (p, old_port));
     make_live(s, &mut g, pid, port, cmd, dep);
     drop(g);
-    start_workers(s);
+    start_workers_of(s, repo);
     if let Some(old) = old {
         let s2 = s.clone();
         std::thread::spawn(move || {
@@ -665,32 +753,16 @@ fn switch(s: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// Makes an app without web live: its other processes replace the running ones and must stay
-/// up for [`SETTLE`]; then the previous web process (if the previous deployment had one) stops.
-/// A process that exits before fails the switch with its last output (the deploy then puts the
-/// previous deployment back and asks for `scale`, which restarts its processes).
-fn switch_without_web(s: &Shared, old_web: Option<i32>) -> Result<()> {
-    start_workers(s);
-    let wanted = s.workers.wanted();
-    if wanted.iter().all(|(_, n)| *n == 0) {
+/// Makes a deployment without web live: its other processes replace the running ones and must
+/// stay up for [`SETTLE`]; then the link moves and the previous web process (if the previous
+/// deployment had one) stops. A process that exits before fails the switch with its last
+/// output, and the live deployment's processes run again.
+fn switch_without_web(s: &Shared, repo: &Path, to: Option<&str>, old_web: Option<i32>) -> Result<()> {
+    let settled = settle_workers(s, repo).and_then(|_| to.map_or(Ok(()), activate_link));
+    if let Err(e) = settled {
         s.workers.stop();
-        bail!(
-            "nothing to run: app.json's formation runs no web process and no other process type (give a type such as worker a quantity, in app.json or with `app scale`)"
-        );
-    }
-    let t = Instant::now();
-    while t.elapsed() < SETTLE {
-        if let Some((who, how)) = s.workers.first_exit() {
-            s.workers.stop();
-            let (name, index) = who.rsplit_once('.').unwrap_or((&who, "1"));
-            let log = workers::log_name(name, index.parse().unwrap_or(1));
-            bail!(
-                "{who} exited ({how}) within {}s of starting; its last output:\n{}",
-                SETTLE.as_secs(),
-                last_lines(&log, LAST_LINES)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        start_workers(s);
+        return Err(e);
     }
     if let Some(pid) = old_web {
         terminate(s, pid, |g| g.status.pid != Some(pid));
@@ -706,6 +778,33 @@ fn switch_without_web(s: &Shared, old_web: Option<i32>) -> Result<()> {
     g.status.command = None;
     g.status.deployment = live_deployment();
     bump(s, &mut g);
+    Ok(())
+}
+
+/// Starts the other processes of deployment `repo` and waits [`SETTLE`]: fails when none is
+/// asked for, or one exits meanwhile (with its last output).
+fn settle_workers(s: &Shared, repo: &Path) -> Result<()> {
+    start_workers_of(s, repo);
+    let wanted = s.workers.wanted();
+    if wanted.iter().all(|(_, n)| *n == 0) {
+        bail!(
+            "nothing to run: app.json's formation runs no web process and no other process type (give a type such as worker a quantity, in app.json or with `app scale`)"
+        );
+    }
+    let t = Instant::now();
+    while t.elapsed() < SETTLE {
+        if let Some((who, how)) = s.workers.first_exit() {
+            let (name, index) = who.rsplit_once('.').unwrap_or((&who, "1"));
+            let log = workers::log_name(name, index.parse().unwrap_or(1));
+            bail!(
+                "{who} exited ({how}) within {}s of starting; its last output:\n{}",
+                SETTLE.as_secs(),
+                last_lines(&log, LAST_LINES)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::fault::reached("during-switch");
     Ok(())
 }
 
@@ -871,7 +970,7 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
         | Command::StartWait
         | Command::Stop
         | Command::Restart
-        | Command::Switch
+        | Command::Switch(_)
         | Command::Scale
         | Command::RestartIfWanted => Some(s.ops.lock().unwrap_or_else(|e| e.into_inner())),
         Command::Release | Command::Status | Command::Watch(_) | Command::Unknown(_) => None,
@@ -884,7 +983,7 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
             .and_then(|_| start(s))
             .and_then(|_| wait_started(s))
             .map(|_| "restarted"),
-        Command::Switch => switch(s).map(|_| "switched"),
+        Command::Switch(to) => switch(s, to.as_deref()).map(|_| "switched"),
         Command::Scale => rescale(s).map(|_| "scaled"),
         Command::Release => {
             release(s);
@@ -892,7 +991,7 @@ fn handle(s: &Shared, stream: UnixStream) -> Result<()> {
         }
         Command::RestartIfWanted => {
             if s.lock().wanted {
-                switch(s).map(|_| "restarted")
+                switch(s, None).map(|_| "restarted")
             } else {
                 Ok("not running")
             }
@@ -956,6 +1055,9 @@ pub fn run() -> ! {
         let s2 = s.clone();
         std::thread::spawn(move || serve(s2, l));
     }
+    // A push whose gear died mid-switch: its journal says which deployment is live (the
+    // settling switch goes through the control sockets, which listen by now).
+    crate::ingear::deploy::settle_at_boot();
     if wanted {
         let mut g = s.lock();
         if let Err(e) = start_locked(&s, &mut g) {

@@ -590,6 +590,7 @@ mod tests {
                 health_path: None,
                 health_timeout: None,
                 formation: Default::default(),
+                applying: None,
             };
             state::write_toml(&node.apps_dir().join(format!("{name}.toml")), &app).unwrap();
         };
