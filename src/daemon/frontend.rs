@@ -48,6 +48,8 @@ struct Front {
     apps: Mutex<Vec<App>>,
     /// The mtime of `apps/` when `apps` was last read.
     apps_stamp: Mutex<Option<std::time::SystemTime>>,
+    /// The records as parsed, so a listing parses only the changed ones.
+    records: Mutex<app::records::Records>,
     stop: Arc<AtomicBool>,
     certs: Arc<CertStore>,
     /// The configured certificate files the router serves, by host: (cert, key) mtimes.
@@ -229,7 +231,7 @@ impl Routes {
         let mut stamp = front.apps_stamp.lock().unwrap();
         let recent = m.is_none_or(|m| m.elapsed().is_ok_and(|e| e < Duration::from_secs(2)));
         if *stamp != m || m.is_none() || recent {
-            *held = app::list(&front.node)?;
+            *held = front.records.lock().unwrap().list(&front.node)?;
             *stamp = m;
         }
         Ok(held.clone())
@@ -447,15 +449,18 @@ fn refresh_loop(front: Arc<Front>) {
     while !front.stop.load(Ordering::Relaxed) {
         // Taken before reading, so a change made while this pass reads is seen by the next one.
         let seen = mtime();
-        let stale = read_at
-            .as_ref()
-            .is_none_or(|(m, at): &(_, Instant)| *m != seen || at.elapsed() > FULL_PASS);
+        let full = read_at.as_ref().is_none_or(|(_, at): &(_, Instant)| at.elapsed() > FULL_PASS);
+        let stale = full || read_at.as_ref().is_some_and(|(m, _)| *m != seen);
         if stale {
+            if full {
+                front.records.lock().unwrap().forget();
+            }
             // Listed under the lock, so an app put in by `Routes::sync_app` meanwhile is not
             // dropped by a list read before it.
             let listed = {
                 let mut held = front.apps.lock().unwrap();
-                app::list(&front.node).inspect(|apps| {
+                let listed = front.records.lock().unwrap().list(&front.node);
+                listed.inspect(|apps| {
                     *held = apps.clone();
                     *front.apps_stamp.lock().unwrap() = seen.0;
                 })
@@ -602,6 +607,7 @@ pub fn start(
         gears: Mutex::new(HashMap::new()),
         apps: Mutex::new(Vec::new()),
         apps_stamp: Mutex::new(None),
+        records: Mutex::new(app::records::Records::default()),
         stop,
         certs: certs.clone(),
         cert_files: Mutex::new(HashMap::new()),
