@@ -49,3 +49,44 @@ impl Records {
         self.parsed.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_follows_every_change_of_the_records() {
+        let root = std::env::temp_dir().join(format!("gs-records-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let node = Node {
+            config: crate::node::config::Config {
+                data_root: root.clone(),
+                ..Default::default()
+            },
+            config_path: root.join("gearshift.toml"),
+        };
+        std::fs::create_dir_all(node.apps_dir()).unwrap();
+        let record = |name: &str, cartridge: &str| {
+            let text = format!(
+                "name = \"{name}\"\ncartridge = \"{cartridge}\"\nprofile = \"small\"\ncreated = 1\nstatus = \"ready\"\ngears = []\n"
+            );
+            state::write_atomic(&node.apps_dir().join(format!("{name}.toml")), text.as_bytes(), 0o600).unwrap();
+        };
+        record("a", "static");
+        record("b", "python");
+        let mut r = Records::default();
+        let names = |apps: Vec<App>| {
+            apps.iter()
+                .map(|a| format!("{}:{}", a.name, a.cartridge))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(r.list(&node).unwrap()), ["a:static", "b:python"]);
+        record("a", "nodejs");
+        assert_eq!(names(r.list(&node).unwrap()), ["a:nodejs", "b:python"]);
+        std::fs::remove_file(node.apps_dir().join("a.toml")).unwrap();
+        assert_eq!(names(r.list(&node).unwrap()), ["b:python"]);
+        r.forget();
+        assert_eq!(names(r.list(&node).unwrap()), ["b:python"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -449,7 +449,9 @@ fn refresh_loop(front: Arc<Front>) {
     while !front.stop.load(Ordering::Relaxed) {
         // Taken before reading, so a change made while this pass reads is seen by the next one.
         let seen = mtime();
-        let full = read_at.as_ref().is_none_or(|(_, at): &(_, Instant)| at.elapsed() > FULL_PASS);
+        let full = read_at
+            .as_ref()
+            .is_none_or(|(_, at): &(_, Instant)| at.elapsed() > FULL_PASS);
         let stale = full || read_at.as_ref().is_some_and(|(m, _)| *m != seen);
         if stale {
             if full {
