@@ -104,8 +104,10 @@ def deploy(i):
     name = f"a{i}"
     cart, d = app_repo(name, i)
     t = time.perf_counter()
-    subprocess.run(SSH.split() + [f"{USER}@127.0.0.1", f"app create {name} --cartridge {cart}"],
-                   check=True, capture_output=True)
+    c = subprocess.run(SSH.split() + [f"{USER}@127.0.0.1", f"app create {name} --cartridge {cart}"],
+                       capture_output=True, text=True)
+    if c.returncode != 0:
+        raise RuntimeError(f"app create {name} failed: {c.stderr[-2000:]}")
     p = subprocess.run(["git", "push", "-q", f"ssh://{USER}@127.0.0.1:{SSH_PORT}/{name}.git", "main"],
                        cwd=d, env=GIT_ENV, capture_output=True, text=True)
     if p.returncode != 0:

@@ -164,3 +164,87 @@ fn node_up_after_a_reboot_brings_back_every_running_gear_at_once_and_leaves_idle
         "the idle app's gear does not come back"
     );
 }
+
+/// The record files `gearshift ARGS` opens (strace), or None without strace.
+fn records_opened(n: &TestNode, args: &[&str]) -> Option<Vec<String>> {
+    let trace = std::env::temp_dir().join(format!("gs-density-trace-{}-{}", std::process::id(), args.join("-")));
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat", "-o"])
+        .arg(&trace)
+        .arg(common::BIN)
+        .arg("--config")
+        .arg(&n.config)
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(&trace);
+    Some(
+        text.lines()
+            .filter(|l| l.contains("/apps/") && l.contains(".toml"))
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// The STATUS column of APP in `app list`.
+fn listed_state(list: &str, app: &str) -> String {
+    let line = list
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(app))
+        .unwrap_or_else(|| panic!("{app} not in `app list`:\n{list}"));
+    line.split_whitespace().skip(6).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn app_list_and_status_answer_from_the_daemons_index_and_agree_with_the_files() {
+    require_root!();
+    let n = TestNode::new();
+    for a in ["ia", "ib", "ic"] {
+        n.ok(&["app", "create", a, "--cartridge", "static"]);
+    }
+    n.ok(&["app", "idle", "ib"]);
+    // No daemon: every record is read.
+    let files = n.ok(&["app", "list"]);
+    let d = n.start_daemon();
+    assert!(
+        eventually(Duration::from_secs(30), || n.ok(&["app", "list"]) == files),
+        "the daemon's index says otherwise than the files:\n{}\nfiles:\n{files}",
+        n.ok(&["app", "list"])
+    );
+    // Each change is in the very next answer.
+    n.ok(&["app", "create", "id", "--cartridge", "static"]);
+    assert_eq!(listed_state(&n.ok(&["app", "list"]), "id"), "never deployed");
+    n.ok(&["app", "idle", "ia"]);
+    let json: serde_json::Value = serde_json::from_str(&n.ok(&["app", "list", "--json"])).unwrap();
+    let ia = json.as_array().unwrap().iter().find(|a| a["name"] == "ia").unwrap();
+    assert_eq!(ia["idle"], true, "{json}");
+    n.ok(&["app", "destroy", "ic", "--confirm", "ic"]);
+    assert!(!n.ok(&["app", "list"]).lines().any(|l| l.starts_with("ic ")));
+    let status = n.ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["apps"].as_array().unwrap().len(), 3, "{status}");
+    assert_eq!(v["apps_by_state"]["never deployed"], 3, "{status}");
+    // The daemon answers: the CLI opens no record file (a daemon still starting says so, and
+    // the CLI reads the files itself meanwhile).
+    if records_opened(&n, &["--version"]).is_none() {
+        skip!("strace is not installed (apt-get install strace)");
+    }
+    let mut opened = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            opened = records_opened(&n, &["app", "list"]).unwrap();
+            opened.is_empty()
+        }),
+        "`app list` reads the records itself: {opened:?}"
+    );
+    // No daemon: the files again, with the same answer.
+    let with = n.ok(&["app", "list"]);
+    drop(d);
+    assert_eq!(
+        n.ok(&["app", "list"]),
+        with,
+        "the files say otherwise than the daemon's index"
+    );
+}

@@ -136,17 +136,61 @@ pub fn pushing(node: &Node, app: &str) -> bool {
 
 /// The state of `app`, asking each gear's supervisor; also returns their statuses.
 pub fn of(node: &Node, app: &App) -> (AppState, Vec<serde_json::Value>) {
-    let gears: Vec<serde_json::Value> = app
+    let s = seen(node, app, &|_| None);
+    (s.state(), s.gears)
+}
+
+/// One app and everything its state is computed from: what `app list` and `gearshift status`
+/// print, read from the files and the supervisors, or answered by the daemon's index.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    pub app: App,
+    /// Each gear's supervisor status (`{"state", "since", "restarts", ...}`).
+    pub gears: Vec<serde_json::Value>,
+    /// Whether a deployment was ever made live.
+    pub deployed: bool,
+    /// Whether a push is in progress.
+    pub pushing: bool,
+    /// How many of the gears' inits run.
+    pub inits: usize,
+}
+
+impl Seen {
+    /// The app's one state, now.
+    pub fn state(&self) -> AppState {
+        let a = &self.app;
+        let state = compute(&a.status, self.deployed, a.idle, &self.gears, crate::clock::now());
+        with_push(state, self.pushing)
+    }
+}
+
+/// `app` as it is now. `known` is a supervisor status already at hand for a gear whose init
+/// runs (the daemon's watcher follows every supervisor); the others are asked.
+pub fn seen(node: &Node, app: &App, known: &dyn Fn(&Gear) -> Option<serde_json::Value>) -> Seen {
+    let mut inits = 0;
+    let gears = app
         .gears
         .iter()
         .map(|g| {
-            super::lifecycle::status_of(node, app, g)
-                .unwrap_or_else(|_| serde_json::json!({"state": "down", "restarts": 0}))
+            let init = crate::gear::init_pid(node, g).is_some();
+            inits += usize::from(init);
+            let down = || serde_json::json!({"state": "down", "pid": null, "port": 0, "restarts": 0});
+            match known(g) {
+                _ if app.idle => super::lifecycle::status_of(node, app, g).unwrap_or_else(|_| down()),
+                // No init, no supervisor to ask (a namespace switch saved per stopped gear).
+                _ if !init => down(),
+                Some(st) => st,
+                None => super::lifecycle::status_of(node, app, g).unwrap_or_else(|_| down()),
+            }
         })
         .collect();
-    let deployed = app.gears.first().is_some_and(|g| deployed(node, g));
-    let state = compute(&app.status, deployed, app.idle, &gears, crate::clock::now());
-    (with_push(state, pushing(node, &app.name)), gears)
+    Seen {
+        gears,
+        deployed: app.gears.first().is_some_and(|g| deployed(node, g)),
+        pushing: pushing(node, &app.name),
+        inits,
+        app: app.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod formation;
 pub mod git;
 pub mod lifecycle;
+pub mod records;
 pub mod sample;
 pub mod scale;
 

@@ -2,10 +2,9 @@
 //! (cgroup, quota, the host veth, the router's per-app request counters), and the rates
 //! between two such readings. Reading is cheap and happens only while someone asks.
 
-use super::{condition, App};
+use super::{condition::Seen, App};
 use crate::gear::{self, isolation::quota, Gear};
 use crate::node::Node;
-use crate::ssh::auth::Actor;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -73,18 +72,18 @@ pub struct Row {
     pub p95_ms: Option<f64>,
 }
 
-/// Reads the counters of every gear of every app `actor` may manage.
-pub fn read(node: &Node, actor: &Actor) -> Result<Reading> {
-    let apps: Vec<App> = super::list(node)?
-        .into_iter()
-        .filter(|a| actor.may_manage(a.owner.as_deref()))
-        .collect();
+/// Reads the counters of every gear of `apps` (those an actor may manage, with their states).
+pub fn read(node: &Node, apps: &[Seen]) -> Result<Reading> {
     let router = router_metrics(node.config.admin_port);
+    let ids: Vec<(&str, u32)> = (apps.iter().flat_map(|s| &s.app.gears))
+        .map(|g| (g.id.as_str(), g.uid))
+        .collect();
+    let disks = quota::usages(node, &ids);
     let mut gears = Vec::new();
-    for a in &apps {
-        let (state, _) = condition::of(node, a);
-        for g in &a.gears {
-            gears.push(gear_counters(node, a, g, &state.to_string()));
+    for s in apps {
+        let state = s.state().to_string();
+        for g in &s.app.gears {
+            gears.push(gear_counters(node, &s.app, g, &state, disks.get(&g.id).copied()));
         }
     }
     let (requests, latency) = match router {
@@ -99,9 +98,8 @@ pub fn read(node: &Node, actor: &Actor) -> Result<Reading> {
     })
 }
 
-fn gear_counters(node: &Node, a: &App, g: &Gear, state: &str) -> GearCounters {
+fn gear_counters(node: &Node, a: &App, g: &Gear, state: &str, disk: Option<quota::Usage>) -> GearCounters {
     let s = gear::cgroup(node, g).map(|c| c.stats()).unwrap_or_default();
-    let disk = quota::usage(node, &g.id, g.uid).ok();
     let cpu_quota_millis = node
         .config
         .profile(&g.profile)

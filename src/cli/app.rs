@@ -161,11 +161,13 @@ fn create(
 }
 
 fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
-    let apps: Vec<App> = app::list(node)?
+    let seen: Vec<condition::Seen> = crate::daemon::index::apps(node)?
         .into_iter()
-        .filter(|a| actor.may_manage(a.owner.as_deref()))
+        .filter(|s| actor.may_manage(s.app.owner.as_deref()))
         .collect();
-    let states: Vec<String> = apps.iter().map(|a| condition::of(node, a).0.to_string()).collect();
+    let states: Vec<String> = seen.iter().map(|s| s.state().to_string()).collect();
+    let inits: Vec<usize> = seen.iter().map(|s| s.inits).collect();
+    let apps: Vec<App> = seen.into_iter().map(|s| s.app).collect();
     if json {
         let mut v = serde_json::to_value(&apps)?;
         if let Some(list) = v.as_array_mut() {
@@ -180,8 +182,8 @@ fn list(node: &Node, actor: &Actor, json: bool) -> Result<()> {
     let rows: Vec<Vec<String>> = apps
         .iter()
         .zip(states)
-        .map(|(a, state)| {
-            let running = a.gears.iter().filter(|g| gear::init_pid(node, g).is_some()).count();
+        .zip(inits)
+        .map(|((a, state), running)| {
             vec![
                 a.name.clone(),
                 a.owner.clone().unwrap_or_else(|| "-".into()),

@@ -2,7 +2,7 @@
 //! system (`node::probe`), apps counted by their state (`app::condition`), disk of the data
 //! root and the host's memory. Exits non-zero when the node is not fully up.
 
-use crate::app::condition::{self, AppState};
+use crate::app::condition::AppState;
 use crate::node::probe::{self, PortOwner};
 use crate::node::Node;
 use anyhow::{Context, Result};
@@ -64,9 +64,10 @@ pub fn run(node: &Node, json: bool) -> Result<i32> {
     let live = probe::live(node);
     let mut apps = Vec::new();
     let mut by_state = BTreeMap::new();
-    for a in crate::app::list(node)? {
-        let state = condition::of(node, &a).0;
+    for s in crate::daemon::index::apps(node)? {
+        let state = s.state();
         *by_state.entry(kind(&state)).or_insert(0) += 1;
+        let a = s.app;
         apps.push(AppLine {
             name: a.name.clone(),
             owner: a.owner.clone(),

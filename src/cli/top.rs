@@ -2,6 +2,7 @@
 //! requests/s, p95 latency), refreshed every second until `q`, sorted by the column a key
 //! chooses; `--once` prints one frame, `--json` the same data as JSON (one object per frame).
 
+use crate::app::condition::Seen;
 use crate::app::sample::{self, Reading, Row};
 use crate::node::Node;
 use crate::ssh::auth::Actor;
@@ -81,8 +82,17 @@ impl SortKey {
     }
 }
 
+/// The apps `actor` may manage, with their states (the daemon's index, or the files).
+fn visible(node: &Node, actor: &Actor) -> Result<Vec<Seen>> {
+    let all = crate::daemon::index::apps(node)?;
+    Ok(all
+        .into_iter()
+        .filter(|s| actor.may_manage(s.app.owner.as_deref()))
+        .collect())
+}
+
 pub fn run(node: &Node, actor: &Actor, once: bool, json: bool, mut sort: SortKey) -> Result<()> {
-    let mut before = sample::read(node, actor)?;
+    let mut before = sample::read(node, &visible(node, actor)?)?;
     let rows = |before: &Reading, now: &Reading, sort: SortKey| {
         let mut r = sample::rows(before, now);
         sort.sort(&mut r);
@@ -90,7 +100,7 @@ pub fn run(node: &Node, actor: &Actor, once: bool, json: bool, mut sort: SortKey
     };
     if once {
         std::thread::sleep(ONCE_SAMPLE);
-        let now = sample::read(node, actor)?;
+        let now = sample::read(node, &visible(node, actor)?)?;
         print_frame(&rows(&before, &now, sort), &now, json, None)?;
         return Ok(());
     }
@@ -108,7 +118,7 @@ pub fn run(node: &Node, actor: &Actor, once: bool, json: bool, mut sort: SortKey
         } else {
             std::thread::sleep(REFRESH);
         }
-        let now = sample::read(node, actor)?;
+        let now = sample::read(node, &visible(node, actor)?)?;
         let live = (!json).then_some(sort);
         if print_frame(&rows(&before, &now, sort), &now, json, live).is_err() {
             return Ok(()); // the terminal went away

@@ -35,6 +35,9 @@ struct GearView {
     /// The supervisor's switch generation `live` was read at: a watcher's older reply (one
     /// sent before a push's `sync_app`) must not move the route back.
     generation: u64,
+    /// The supervisor's last status and when it came (None: it does not answer), for the
+    /// daemon's index (`index.rs`).
+    status: Option<(Arc<serde_json::Value>, Instant)>,
 }
 
 struct Front {
@@ -43,6 +46,10 @@ struct Front {
     router: Arc<Router>,
     gears: Mutex<HashMap<String, GearView>>,
     apps: Mutex<Vec<App>>,
+    /// The mtime of `apps/` when `apps` was last read.
+    apps_stamp: Mutex<Option<std::time::SystemTime>>,
+    /// The records as parsed, so a listing parses only the changed ones.
+    records: Mutex<app::records::Records>,
     stop: Arc<AtomicBool>,
     certs: Arc<CertStore>,
     /// The configured certificate files the router serves, by host: (cert, key) mtimes.
@@ -209,6 +216,40 @@ impl Routes {
     }
 }
 
+/// A supervisor status the watcher heard this recently is current: a supervisor answers every
+/// long poll within 25 s, also when nothing changed, so an older one may be frozen (and is
+/// asked again).
+const STATUS_CURRENT: Duration = Duration::from_secs(30);
+
+impl Routes {
+    /// The app records, read again first when `apps/` changed since they were last read (or
+    /// changed within the last 2 s: its mtime is coarser than a rename or two).
+    pub fn fresh_apps(&self) -> Result<Vec<App>> {
+        let front = &self.0;
+        let m = std::fs::metadata(front.node.apps_dir()).and_then(|m| m.modified()).ok();
+        let mut held = front.apps.lock().unwrap();
+        let mut stamp = front.apps_stamp.lock().unwrap();
+        let recent = m.is_none_or(|m| m.elapsed().is_ok_and(|e| e < Duration::from_secs(2)));
+        if *stamp != m || m.is_none() || recent {
+            *held = front.records.lock().unwrap().list(&front.node)?;
+            *stamp = m;
+        }
+        Ok(held.clone())
+    }
+
+    /// The status the watcher last heard from gear `id`'s supervisor, if it is current.
+    pub fn known_status(&self, id: &str) -> Option<serde_json::Value> {
+        let gears = self.0.gears.lock().unwrap();
+        let (st, at) = gears.get(id)?.status.as_ref()?;
+        (at.elapsed() < STATUS_CURRENT).then(|| (**st).clone())
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.0.node
+    }
+}
+
 impl Front {
     /// Looks at `app`'s gears' supervisors again now (it was started, deployed or woken).
     fn poke(&self, app: &str) {
@@ -235,6 +276,9 @@ impl Sink for Front {
                 v.live = live;
                 v.generation = generation.unwrap_or(0);
             }
+            if generation.is_none() {
+                v.status = None;
+            }
             changed
         };
         if changed {
@@ -248,6 +292,7 @@ impl Sink for Front {
         let v = gears.entry(gear.id.clone()).or_default();
         v.app = gear.app.clone();
         v.restarts = status["restarts"].as_u64();
+        v.status = Some((Arc::new(status.clone()), Instant::now()));
         drop(gears);
         note_restarts(&self.node, gear, status, seen_restarts);
     }
@@ -404,15 +449,23 @@ fn refresh_loop(front: Arc<Front>) {
     while !front.stop.load(Ordering::Relaxed) {
         // Taken before reading, so a change made while this pass reads is seen by the next one.
         let seen = mtime();
-        let stale = read_at
+        let full = read_at
             .as_ref()
-            .is_none_or(|(m, at): &(_, Instant)| *m != seen || at.elapsed() > FULL_PASS);
+            .is_none_or(|(_, at): &(_, Instant)| at.elapsed() > FULL_PASS);
+        let stale = full || read_at.as_ref().is_some_and(|(m, _)| *m != seen);
         if stale {
+            if full {
+                front.records.lock().unwrap().forget();
+            }
             // Listed under the lock, so an app put in by `Routes::sync_app` meanwhile is not
             // dropped by a list read before it.
             let listed = {
                 let mut held = front.apps.lock().unwrap();
-                app::list(&front.node).inspect(|apps| *held = apps.clone())
+                let listed = front.records.lock().unwrap().list(&front.node);
+                listed.inspect(|apps| {
+                    *held = apps.clone();
+                    *front.apps_stamp.lock().unwrap() = seen.0;
+                })
             };
             if let Ok(apps) = listed {
                 read_at = Some((seen, Instant::now()));
@@ -555,6 +608,8 @@ pub fn start(
         router: router.clone(),
         gears: Mutex::new(HashMap::new()),
         apps: Mutex::new(Vec::new()),
+        apps_stamp: Mutex::new(None),
+        records: Mutex::new(app::records::Records::default()),
         stop,
         certs: certs.clone(),
         cert_files: Mutex::new(HashMap::new()),

@@ -6,6 +6,7 @@
 mod acme;
 pub mod dashboard;
 pub mod frontend;
+pub mod index;
 pub mod metrics;
 pub mod oom;
 pub mod proto;
@@ -214,6 +215,17 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
                 eprintln!("gearshift daemon: auth-keys: {w}");
             }
             proto::reply(conn, &FromDaemon::Keys { text, warnings })
+        }
+        ToDaemon::Apps => {
+            // Every app's record and environment: root's CLI (a worker, for an SSH user, filters
+            // by owner) only.
+            if uid != 0 {
+                bail!("only root may ask the gearshift daemon for every app");
+            }
+            let Some(routes) = sh.routes.get() else {
+                bail!("the gearshift daemon is still starting: try again in a moment");
+            };
+            proto::reply(conn, &index::answer(routes)?)
         }
         ToDaemon::Exec {
             user,

@@ -26,6 +26,8 @@ pub struct Job {
 
 /// Largest frame accepted (a request is at most an 8 KiB command plus a little).
 pub const MAX_FRAME: usize = 1 << 20;
+/// Largest reply accepted from the daemon (every app of a full node, with its environment).
+pub const MAX_REPLY: usize = 256 << 20;
 
 /// What a client asks the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -45,6 +47,8 @@ pub enum ToDaemon {
     },
     /// From `auth-keys`: the authorized_keys text for the login user.
     AuthorizedKeys,
+    /// From root's CLI (`app list`, `gearshift status`): every app and its state (`index.rs`).
+    Apps,
 }
 
 /// The daemon's answer.
@@ -56,6 +60,8 @@ pub enum FromDaemon {
     Keys { text: String, warnings: Vec<String> },
     /// The request was refused or failed before it ran.
     Error { message: String },
+    /// Every app, with what its state is computed from.
+    Apps { apps: Vec<crate::app::condition::Seen> },
 }
 
 fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
@@ -125,7 +131,7 @@ pub fn read_reply<T: DeserializeOwned>(mut sock: &UnixStream) -> Result<T> {
     sock.read_exact(&mut len)
         .context("the gearshift daemon closed the connection without an answer")?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > MAX_REPLY {
         bail!("reply of {len} bytes is too large");
     }
     let mut body = vec![0u8; len];

@@ -188,6 +188,51 @@ pub(super) fn usage(node: &Node, gear_id: &str, home: &Path) -> Result<Usage> {
     })
 }
 
+/// Every gear home's usage from one `btrfs qgroup show` (`top` reads all gears at once: one
+/// process and one transaction commit, not two processes and a commit per gear). A home is
+/// named by its qgroup's path, its gear id (a gear cannot make a subvolume outside its home);
+/// subvolumes it nested in its home count towards it, as in [`usage`].
+pub(super) fn usages(node: &Node) -> Result<std::collections::HashMap<String, Usage>> {
+    let out = run(
+        "btrfs",
+        [
+            OsStr::new("qgroup"),
+            OsStr::new("show"),
+            OsStr::new("--sync"),
+            OsStr::new("--raw"),
+            OsStr::new("-re"),
+            node.gears_dir().as_os_str(),
+        ],
+    )?;
+    Ok(usages_of(&parse_qgroup_show(&out)))
+}
+
+/// The homes' usage from the level-0 rows (path `ID`, nested ones `ID/...`).
+fn usages_of(rows: &[QgroupRow]) -> std::collections::HashMap<String, Usage> {
+    let path = |r: &QgroupRow| r.path.strip_prefix("<FS_TREE>/").unwrap_or(&r.path).to_string();
+    let mut by: std::collections::HashMap<String, Usage> = rows
+        .iter()
+        .filter(|r| r.level == 0 && !path(r).is_empty() && !path(r).contains(['/', '<']))
+        .map(|r| {
+            let u = Usage {
+                bytes: r.referenced,
+                limit_bytes: r.max_referenced,
+                inodes: None,
+                limit_inodes: None,
+            };
+            (path(r), u)
+        })
+        .collect();
+    for r in rows.iter().filter(|r| r.level == 0) {
+        if let Some((home, _)) = path(r).split_once('/') {
+            if let Some(u) = by.get_mut(home) {
+                u.bytes += r.referenced;
+            }
+        }
+    }
+    by
+}
+
 /// Unmounts the gears image if this node mounted it; the image (and so the data) stays.
 /// Idempotent.
 pub(super) fn node_down(node: &Node) -> Result<()> {
@@ -592,6 +637,15 @@ Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
             (1, 7, Some(1_048_576))
         );
         assert!(parse_qgroup_show("WARNING: rescan is running, qgroup data may be incorrect\n").is_empty());
+        // g4's home is not a subvolume here: its nested one names no home of its own.
+        let all = usages_of(&rows);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all["g1"].bytes, 8_372_224);
+        assert_eq!(all["g1"].limit_bytes, Some(8_388_608));
+        let nested = "0/256 100 100 1000 none g1\n0/261 20 20 none none g1/n\n0/262 7 7 none none <FS_TREE>/g2\n";
+        let all = usages_of(&parse_qgroup_show(nested));
+        assert_eq!((all["g1"].bytes, all["g1"].limit_bytes), (120, Some(1000)));
+        assert_eq!((all["g2"].bytes, all["g2"].limit_bytes), (7, None));
     }
 
     #[test]
