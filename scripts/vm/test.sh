@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make vm-test`: runs the foundation (isolation, limits, destroy, quota, SELinux), CLI, SSH,
+# `make vm-test`: runs the foundation (isolation, limits, destroy, quota, SELinux), CLI, SSH, add-on,
 # deploy and router test suites inside the test VM
 # (SELinux enforcing, cgroup v2, ext4/xfs quota; see vm.sh), brings back the results and the
 # guest's audit log (target/vm-test/), measures the spawn cost of SELinux labelling, and prints
@@ -19,7 +19,7 @@ HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=$REPO/target/vm-test
 VM=$HERE/vm.sh
-TESTS=${VM_TESTS:-selinux isolation limits destroy quota_fs cli ssh deploy router escape}
+TESTS=${VM_TESTS:-selinux isolation limits destroy quota_fs cli ssh deploy router escape addon}
 CARGO=${CARGO:-cargo}
 
 strict() {
