@@ -20,8 +20,8 @@ trap cleanup EXIT
   --uids 490000-490099 --http-port 18080 --ssh-port 18022 --cartridges "$(pwd)/cartridges" --disk-image-size 64G >/dev/null
 "$BIN" --config "$cfg" app create bench --cartridge static >/dev/null
 
-# ONLY=redeploy: just the Flask redeploy figures below.
-if [ "${ONLY:-}" != redeploy ]; then
+# ONLY=redeploy, ONLY=addons or ONLY=snapshot: just that section's figures (below).
+if [ -z "${ONLY:-}" ]; then
 python3 - "$BIN" "$cfg" "$N" "$work" <<'PY'
 import os, statistics, subprocess, sys, time
 binary, cfg, n, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -67,7 +67,7 @@ PY
 fi
 
 # What Landlock and the seccomp filters add to a start (issue 14), in one alternating run.
-if [ "${ONLY:-}" != redeploy ]; then
+if [ -z "${ONLY:-}" ]; then
   N="$N" cargo test -q --release --bin gearshift confine_cost -- --ignored --nocapture 2>/dev/null | grep '^fork+exec'
 fi
 
@@ -82,7 +82,7 @@ user=$(grep -E '^ssh_user' "$cfg" | cut -d'"' -f2)
 # Ready once sshd completes a key exchange (a bare TCP connect would count as a client that
 # never logged in, which OpenSSH >= 9.8 may penalise).
 for _ in $(seq 100); do ssh-keyscan -T 5 -t ed25519 -p "$port" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519 && break; sleep 0.1; done
-if [ "${ONLY:-}" != redeploy ]; then
+if [ -z "${ONLY:-}" ]; then
 python3 - "$BIN" "$cfg" "$work" "$port" "$user" "$(pwd)/examples/python-flaskless" <<'PY'
 import json, os, shutil, statistics, subprocess, sys, time, urllib.request
 binary, cfg, work, port, user, example = sys.argv[1:]
@@ -151,15 +151,18 @@ PY
 fi
 
 # Redeploy of a Heroku-style Flask+gunicorn app, with and without a worker (needs PyPI once).
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = redeploy ]; then
 python3 scripts/bench_redeploy.py "$BIN" "$cfg" "$work" "$port" "$user" \
   "$(grep -E '^http_port' "$cfg" | tr -dc 0-9)" "$(pwd)/examples/heroku-flask" ||
   echo "flask redeploy figures left out: the section failed (PyPI unreachable?)"
+fi
 [ "${ONLY:-}" = redeploy ] && exit 0
 
 # Idle and wake: an idle python app's first request through the router (held until it answers),
 # against the app's own start time (bin/start exec -> listening, timed inside the awake gear on a
 # spare port, polled every 0.5 ms); and the daemon's memory per idle app (RSS and PSS with N idle
 # apps minus with none of them).
+if [ -z "${ONLY:-}" ]; then
 python3 - "$BIN" "$cfg" "$daemon_pid" "$(grep -E '^http_port' "$cfg" | tr -dc 0-9)" <<'PY'
 import http.client, statistics, subprocess, sys, time
 binary, cfg, daemon, http_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -220,6 +223,7 @@ print(f"  daemon memory per idle app ({N} idle apps, each woken once and idled a
 print(f"    RSS {before[0]} -> {after[0]} KiB: {(after[0] - before[0]) / N:.1f} KiB/app;  PSS {before[1]} -> {after[1]} KiB: "
       f"{(after[1] - before[1]) / N:.1f} KiB/app;  threads {before[2]} -> {after[2]}  (goal <= 1024 KiB/app)")
 PY
+fi
 
 # Add-ons, for each kind the host offers (postgresql, mariadb, redis): `addon create` to the
 # first accepted connection (the command returns once the service accepts on the gear's address
@@ -281,35 +285,51 @@ for kind, paths in offered.items():
         gs("addon", "destroy", name, "--confirm", name)
 PY
 }
-addon_bench || echo "add-on figures left out: the section failed (see its error above)"
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = addons ]; then
+  addon_bench || echo "add-on figures left out: the section failed (see its error above)"
+fi
 
 # Snapshots: `snapshot save` and `snapshot restore --as` of an app with 100 MB of data (random,
 # so gzip cannot shrink it: the worst case) against `tar` of the same files in the same gear
-# (`run APP -- tar -c` to /dev/null, and `tar -x` of that tar into a fresh directory there).
+# (`run APP -- tar -c` to a file, and `tar -x` of that tar into a fresh directory there); every
+# side writes its output to a file and syncs it (ONLY=snapshot: just this section).
 snapshot_bench() {
 python3 - "$BIN" "$cfg" "$work" <<'PY'
-import os, subprocess, sys, time
+import os, statistics, subprocess, sys, time
 binary, cfg, work = sys.argv[1], sys.argv[2], sys.argv[3]
 gs = lambda *a, **kw: subprocess.run([binary, "--config", cfg, *a], check=True, **kw)
 gs("run", "bench", "--", "sh", "-c", "head -c 100M /dev/urandom > ~/app-root/data/blob && sync", stdin=subprocess.DEVNULL)
 def timed(f):
     t = time.perf_counter(); f(); return time.perf_counter() - t
 snap = os.path.join(work, "bench.tar.gz")
-with open(snap, "wb") as out:
-    save = timed(lambda: gs("snapshot", "save", "bench", stdout=out, stdin=subprocess.DEVNULL))
-with open(snap, "rb") as inp:
-    restore = timed(lambda: gs("snapshot", "restore", "bench", "--as", "benchcopy", stdin=inp, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL))
-tar_c = timed(lambda: gs("run", "bench", "--", "sh", "-c", "tar -cf ~/app-root/bench.tar -C ~/app-root/data . && sync",
-                         stdin=subprocess.DEVNULL))
-tar_x = timed(lambda: gs("run", "bench", "--", "sh", "-c", "mkdir -p ~/x && tar -xf ~/app-root/bench.tar -C ~/x && sync",
-                         stdin=subprocess.DEVNULL))
+def save():
+    with open(snap, "wb") as out:
+        gs("snapshot", "save", "bench", stdout=out, stdin=subprocess.DEVNULL)
+        os.fsync(out.fileno())
+def restore():
+    with open(snap, "rb") as inp:
+        gs("snapshot", "restore", "bench", "--as", "benchcopy", stdin=inp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# Both sides write a file and sync it; 3 rounds, alternated.
+R = 3
+saves, restores, tar_cs, tar_xs = [], [], [], []
+for r in range(R):
+    tar_cs.append(timed(lambda: gs("run", "bench", "--", "sh", "-c", "tar -cf ~/app-root/bench.tar -C ~/app-root/data . && sync",
+                                   stdin=subprocess.DEVNULL)))
+    saves.append(timed(save))
+    tar_xs.append(timed(lambda: gs("run", "bench", "--", "sh", "-c", "rm -rf ~/x && mkdir -p ~/x && tar -xf ~/app-root/bench.tar -C ~/x && sync",
+                                   stdin=subprocess.DEVNULL)))
+    restores.append(timed(restore))
+    gs("app", "destroy", "benchcopy", "--confirm", "benchcopy", stdout=subprocess.DEVNULL)
+med = statistics.median
+fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)
 size = os.path.getsize(snap) >> 20
-print(f"\nsnapshots (100 MB of random data in app-root/data, {size} MiB snapshot):")
-print(f"  snapshot save:    {save:.2f} s   vs tar -c of the same files {tar_c:.2f} s  ({save / tar_c:.1f}x; goal <= 2x)")
-print(f"  snapshot restore: {restore:.2f} s   vs tar -x {tar_x:.2f} s  ({restore / tar_x:.1f}x; goal <= 2x)")
+save, restore, tar_c, tar_x = med(saves), med(restores), med(tar_cs), med(tar_xs)
+print(f"\nsnapshots (100 MB of random data in app-root/data, {size} MiB snapshot; median of {R} rounds, each written to a file and synced):")
+print(f"  snapshot save:    {save:.2f} s   vs tar -c of the same files {tar_c:.2f} s  ({save / tar_c:.1f}x; goal <= 2x)  [save {fmt(saves)}; tar {fmt(tar_cs)}]")
+print(f"  snapshot restore: {restore:.2f} s   vs tar -x {tar_x:.2f} s  ({restore / tar_x:.1f}x; goal <= 2x)  [restore {fmt(restores)}; tar {fmt(tar_xs)}]")
 gs("run", "bench", "--", "sh", "-c", "rm -rf ~/x ~/app-root/bench.tar ~/app-root/data/blob", stdin=subprocess.DEVNULL)
-gs("app", "destroy", "benchcopy", "--confirm", "benchcopy", stdout=subprocess.DEVNULL)
 PY
 }
-snapshot_bench || echo "snapshot figures left out: the section failed (see its error above)"
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = snapshot ]; then
+  snapshot_bench || echo "snapshot figures left out: the section failed (see its error above)"
+fi

@@ -129,6 +129,62 @@ fn kill9(pid: i32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
+/// Where an app's client library comes from: PyPI or npm (the example as a user pushes it), or,
+/// in the offline test VM (`GEARSHIFT_TEST_OFFLINE=1`), the same library from Debian's package
+/// (scripts/vm/packages.txt), which the app imports from the host's read-only /usr.
+#[derive(Clone, Copy)]
+enum Client {
+    Registry,
+    Distro,
+}
+
+/// The client library's source for TEST: `None` (the test is left out, recorded) when offline
+/// and `probe` (a command that finds the library) fails. (Not `node -e require(...)`: root's
+/// unconfined node dies without execmem in the enforcing VM; a gear may.)
+fn client_source(test: &str, library: &str, package: &str, probe: &[&str]) -> Option<Client> {
+    if std::env::var_os("GEARSHIFT_TEST_OFFLINE").is_none_or(|v| v != "1") {
+        return Some(Client::Registry);
+    }
+    let installed = Command::new(probe[0])
+        .args(&probe[1..])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        offline_leaves_out(
+            test,
+            &format!("{library} from its registry (Debian's {package} instead)"),
+        );
+        Some(Client::Distro)
+    } else {
+        offline_leaves_out(
+            test,
+            &format!("the whole test ({library} from its registry; Debian's {package} is not installed)"),
+        );
+        None
+    }
+}
+
+/// The example's repository; with `Client::Distro`, without the dependency list the build
+/// would install from the registry.
+fn client_repo(n: &TestNode, example: &str, client: Client) -> std::path::PathBuf {
+    let dir = example_repo(n, example);
+    if let Client::Distro = client {
+        let _ = std::fs::remove_file(dir.join("requirements.txt"));
+        let pkg = dir.join("package.json");
+        if let Ok(text) = std::fs::read_to_string(&pkg) {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v.as_object_mut().unwrap().remove("dependencies");
+            std::fs::write(&pkg, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        }
+        git(&dir, &["add", "-A"]);
+        git(
+            &dir,
+            &["commit", "-q", "-m", "the client library from the distribution"],
+        );
+    }
+    dir
+}
+
 /// The postmaster of the add-on gear with uid UID (its children rename themselves).
 fn postmaster(uid: u64) -> Option<i32> {
     server_pid(uid, "/opt/gearshift/cartridge/bin/postgres\0-D")
@@ -140,9 +196,14 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
     if !Path::new("/usr/lib/postgresql").exists() && !Path::new("/usr/bin/initdb").exists() {
         skip!("the postgresql package is not installed (make deps)");
     }
-    if offline_leaves_out(&test_name!(), "the whole test (psycopg from PyPI)") {
+    let Some(client) = client_source(
+        &test_name!(),
+        "psycopg",
+        "python3-psycopg",
+        &["python3", "-c", "import psycopg"],
+    ) else {
         return;
-    }
+    };
     let mut d = dev_node();
     let n = &d.n;
     let key = d.key.clone();
@@ -193,7 +254,7 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
         "{linked}"
     );
     assert!(!linked.contains(&password), "link printed the password");
-    let dir = example_repo(n, "python-postgres");
+    let dir = client_repo(n, "python-postgres", client);
     let (ok, log) = push_as(n, &key, &dir, "notes", "main");
     assert!(ok, "{log}");
     assert_eq!(get(n, "notes", "/add?note=one"), (200, "notes: one\n".into()));
@@ -287,7 +348,7 @@ fn postgresql_addon_linked_over_ssh_isolated_durable_and_unlinked() {
 }
 
 /// What the MariaDB and Redis tests share: an add-on of KIND created over SSH, linked to a new
-/// app of CARTRIDGE running EXAMPLE; returns (add-on ip, add-on gear uid, link output).
+/// app of CARTRIDGE running EXAMPLE (its client library from CLIENT); returns (add-on ip, add-on gear uid, link output).
 fn linked_example(
     d: &DevNode,
     kind: &str,
@@ -295,6 +356,7 @@ fn linked_example(
     app: &str,
     cartridge: &str,
     example: &str,
+    client: Client,
 ) -> (String, u64, String) {
     let n = &d.n;
     let key = &d.key;
@@ -311,7 +373,7 @@ fn linked_example(
     let uid = show["gears"][0]["uid"].as_u64().unwrap();
     ssh_ok(n, key, &format!("app create {app} --cartridge {cartridge}"));
     let linked = ssh_ok(n, key, &format!("addon link {app} {addon}"));
-    let dir = example_repo(n, example);
+    let dir = client_repo(n, example, client);
     let (ok, log) = push_as(n, key, &dir, app, "main");
     assert!(ok, "{log}");
     let port = show["port"].as_u64().unwrap() as u16;
@@ -394,13 +456,18 @@ fn mariadb_addon_serves_pymysql_through_its_mysql_url_isolated_and_durable() {
     if !Path::new("/usr/sbin/mariadbd").exists() && !Path::new("/usr/libexec/mariadbd").exists() {
         skip!("the mariadb-server package is not installed (make deps)");
     }
-    if offline_leaves_out(&test_name!(), "the whole test (PyMySQL from PyPI)") {
+    let Some(client) = client_source(
+        &test_name!(),
+        "PyMySQL",
+        "python3-pymysql",
+        &["python3", "-c", "import pymysql"],
+    ) else {
         return;
-    }
+    };
     let d = dev_node();
     let n = &d.n;
     n.add_user("bob");
-    let (ip, uid, linked) = linked_example(&d, "mariadb", "shopdb", "shop", "python", "python-mariadb");
+    let (ip, uid, linked) = linked_example(&d, "mariadb", "shopdb", "shop", "python", "python-mariadb", client);
     for v in ["DATABASE_URL", "MARIADB_URL", "OPENSHIFT_MYSQL_DB_HOST"] {
         assert!(linked.contains(v), "{linked}");
     }
@@ -431,12 +498,17 @@ fn redis_addon_serves_node_redis_through_redis_url_isolated_and_durable() {
     if !Path::new("/usr/bin/redis-server").exists() {
         skip!("the redis-server package is not installed (make deps)");
     }
-    if offline_leaves_out(&test_name!(), "the whole test (redis from npm)") {
+    let Some(client) = client_source(
+        &test_name!(),
+        "redis (npm)",
+        "node-redis",
+        &["test", "-e", "/usr/share/nodejs/redis/package.json"],
+    ) else {
         return;
-    }
+    };
     let mut d = dev_node();
     d.n.add_user("bob");
-    let (ip, uid, linked) = linked_example(&d, "redis", "cache", "board", "nodejs", "node-redis");
+    let (ip, uid, linked) = linked_example(&d, "redis", "cache", "board", "nodejs", "node-redis", client);
     assert!(
         linked.contains("REDIS_URL") && linked.contains("OPENSHIFT_REDIS_HOST"),
         "{linked}"

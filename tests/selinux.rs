@@ -111,6 +111,21 @@ fn audit_denial(needles: &[&str]) -> Option<String> {
     }
 }
 
+/// Every file of the gear's home tree (more than `at_least` of them) carries its pair.
+fn assert_home_labelled(g: &GearInfo, at_least: usize) {
+    let find = Command::new("find")
+        .arg(&g.home)
+        .args(["-printf", "%Z %p\n"])
+        .output()
+        .unwrap();
+    let find = String::from_utf8_lossy(&find.stdout).to_string();
+    assert!(find.lines().count() > at_least, "{find}");
+    for l in find.lines() {
+        let (label, path) = l.split_once(' ').unwrap();
+        assert_eq!(type_and_level(label), format!("gear_file_t:{}", g.mcs), "{path}");
+    }
+}
+
 /// Host pids of the processes in an app's first gear (from its cgroup).
 fn gear_pids(n: &TestNode, app: &str) -> Vec<i32> {
     let state = std::fs::read_to_string(n.root.join("node.toml")).unwrap();
@@ -294,17 +309,7 @@ fn gear_processes_and_files_carry_their_own_pair() {
         // Every file of the home tree, including what the app creates later.
         let (code, _, err) = n.sh(app, "mkdir -p $HOME/app-root/data/new && echo x > $HOME/app-root/data/new/f && ln -s f $HOME/app-root/data/new/l");
         assert_eq!(code, 0, "{err}");
-        let find = Command::new("find")
-            .arg(&g.home)
-            .args(["-printf", "%Z %p\n"])
-            .output()
-            .unwrap();
-        let find = String::from_utf8_lossy(&find.stdout).to_string();
-        assert!(find.lines().count() > 8, "{find}");
-        for l in find.lines() {
-            let (label, path) = l.split_once(' ').unwrap();
-            assert_eq!(type_and_level(label), format!("gear_file_t:{}", g.mcs), "{path}");
-        }
+        assert_home_labelled(&g, 8);
         // The gear's private /tmp too.
         let (code, out, err) = n.sh(app, "echo t > /tmp/t && stat -c %C /tmp/t");
         assert_eq!(code, 0, "{err}");
@@ -409,4 +414,83 @@ fn node_up_restores_the_labels_of_a_gear_made_before_the_policy() {
         "echo ok > $HOME/app-root/data/after && cat $HOME/app-root/data/after",
     );
     assert_eq!(code, 0, "{err}");
+}
+
+/// Issue 13: an add-on's gear (here Redis, linked to an app) runs at a pair of its own, its files
+/// carry it, and its processes cannot read the linked app's world-readable file: with DAC open
+/// (the app's home traversable by all), only MCS refuses.
+#[test]
+fn an_addon_gear_has_its_own_pair_and_cannot_read_its_apps_files() {
+    require_enforcing!();
+    if !Path::new("/usr/bin/redis-server").exists() {
+        skip!("the redis-server package is not installed (make deps)");
+    }
+    let n = TestNode::new();
+    n.create_app("web");
+    n.ok(&["addon", "create", "redis", "cache"]);
+    n.ok(&["addon", "link", "web", "cache"]);
+    let app = gear(&n, "web");
+    let show: serde_json::Value = serde_json::from_str(&n.ok(&["addon", "show", "cache", "--json"])).unwrap();
+    let g = &show["gears"][0];
+    let addon = GearInfo {
+        uid: g["uid"].as_u64().unwrap(),
+        mcs: g["mcs"].as_str().unwrap().to_string(),
+        home: PathBuf::from(g["home"].as_str().unwrap()),
+    };
+    assert_ne!(addon.mcs, app.mcs, "the add-on shares its app's pair");
+    assert_ne!(addon.uid, app.uid);
+
+    // Its processes: the init and redis-server, all at the add-on's pair.
+    let pids = gear_pids(&n, "cache");
+    let comms: Vec<String> = pids
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        comms.iter().any(|c| c == "redis-server") && pids.len() >= 2,
+        "expected the init and redis-server in the add-on's gear: {comms:?}"
+    );
+    for pid in &pids {
+        let label = process_label(*pid);
+        if label.is_empty() {
+            continue; // gone since the listing
+        }
+        assert_eq!(type_and_level(&label), format!("gear_t:{}", addon.mcs), "pid {pid}");
+    }
+    // Its files, the data directory the server writes included.
+    assert_home_labelled(&addon, 4);
+
+    // The app's world-readable file, its home opened to all.
+    let (code, _, err) = n.sh("web", "echo secret > $HOME/shared && chmod 644 $HOME/shared");
+    assert_eq!(code, 0, "{err}");
+    std::fs::set_permissions(&app.home, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    let path = app.home.join("shared");
+    let path = path.to_str().unwrap();
+    // Control: DAC lets the add-on's uid through (at the app's pair, it reads the file) ...
+    let o = as_gear(addon.uid, &app.mcs, &["cat", path]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "secret\n",
+        "the add-on's uid cannot read the file even at the app's pair (DAC?): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // ... and at its own pair, MCS refuses.
+    let o = as_gear(addon.uid, &addon.mcs, &["cat", path]);
+    assert!(!o.status.success(), "the add-on's gear read the app's file");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = audit_denial(&[
+        &format!(":gear_t:{} ", addon.mcs),
+        &format!("tcontext=system_u:object_r:gear_file_t:{} ", app.mcs),
+    ])
+    .expect("no MCS denial in /var/log/audit/audit.log");
+    eprintln!("audit: {line}");
 }

@@ -107,10 +107,12 @@ NET
   # keep every AVC: the tests read the audit log
   sed -i 's/^num_logs.*/num_logs = 2/; s/^max_log_file .*/max_log_file = 64/' "$R/etc/audit/auditd.conf" || true
   chroot "$R" systemctl enable systemd-networkd ssh auditd >/dev/null 2>&1
+  # the add-on packages' own services stay off: each add-on runs its server in its gear
   for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
            fstrim.timer man-db.timer dpkg-db-backup.timer systemd-networkd-wait-online.service \
            systemd-timesyncd.service modprobe@drm.service systemd-binfmt.service xfs_scrub_all.timer \
-           systemd-network-generator.service quotaon@var-lib-gears.service nftables.service; do
+           systemd-network-generator.service quotaon@var-lib-gears.service nftables.service \
+           postgresql.service mariadb.service redis-server.service; do
     chroot "$R" systemctl mask "$u" >/dev/null 2>&1 || true
   done
   chroot "$R" systemd-machine-id-setup >/dev/null 2>&1 || true

@@ -3,8 +3,10 @@
 //! mariadb-install-db), `template/`, a data directory initialised once per node and version
 //! (by root, running the command as `nobody`; root-owned and read-only afterwards). A new
 //! add-on's supervisor copies the template instead of initialising (which takes seconds).
+//! Labelled `usr_t` on SELinux, as `/usr`: every gear may read it, none may change it.
 
 use super::Kind;
+use crate::gear::isolation::selinux;
 use crate::node::Node;
 use crate::state;
 use anyhow::{bail, Context, Result};
@@ -25,6 +27,8 @@ pub fn ensure(node: &Node, kind: Kind) -> Result<PathBuf> {
         .join(format!("{}-{version}", kind.name()));
     // Built aside and renamed into place: a directory there is complete.
     if dir.exists() {
+        // a kit made before SELinux labelling was on (or by an older gearshift) is labelled now
+        selinux::label_tree_shared(&dir)?;
         return Ok(dir);
     }
     let _lock = state::Lock::exclusive(&node.run_dir().join("addon-kits.lock"))?;
@@ -73,6 +77,7 @@ fn build(kind: Kind, install: &Path, dir: &Path) -> Result<()> {
         }
         read_only_for_all(&template)?;
     }
+    selinux::label_tree_shared(&tmp)?;
     fs::rename(&tmp, dir).with_context(|| format!("cannot move {} into place", tmp.display()))
 }
 

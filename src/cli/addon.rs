@@ -149,6 +149,11 @@ fn show(node: &Node, actor: &Actor, name: &str, json: bool) -> Result<()> {
     let status = addon::status_of(&a);
     if json {
         let mut v = serde_json::to_value(&a)?;
+        // as `app show` has them: the gear's SELinux pair and home on the host
+        for (j, g) in v["gears"].as_array_mut().into_iter().flatten().zip(&a.gears) {
+            j["mcs"] = g.mcs().into();
+            j["home"] = g.home(node).display().to_string().into();
+        }
         v["port"] = kind.port().into();
         v["service"] = status;
         v["username"] = s.user.clone().into();

@@ -160,7 +160,26 @@ pub fn label_file(path: &Path, mcs: &str) -> Result<()> {
     if !enabled() {
         return Ok(());
     }
-    let label = format!("{}\0", file_label(mcs));
+    set_context(path, &file_label(mcs))
+}
+
+/// What every gear may read and run, and none may change: an add-on kind's kit (the link to
+/// the service's binaries, the template data directory), made by root in the node's root,
+/// where it would otherwise carry a label gears may not read (`var_lib_t`, `user_tmp_t`).
+/// The host's read-only runtime type at the lowest level, as `/usr` itself.
+pub const SHARED_RUNTIME: &str = "system_u:object_r:usr_t:s0";
+
+/// Labels `path` and everything beneath it `SHARED_RUNTIME` (symlinks themselves), unless its
+/// top already is; nothing where labelling is off.
+pub fn label_tree_shared(path: &Path) -> Result<()> {
+    if !enabled() || file_context(path).is_some_and(|c| c == SHARED_RUNTIME) {
+        return Ok(());
+    }
+    walk(path, &mut |p| set_context(p, SHARED_RUNTIME))
+}
+
+fn set_context(path: &Path, context: &str) -> Result<()> {
+    let label = format!("{context}\0");
     let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the value
     // length matches the buffer.
@@ -184,11 +203,16 @@ pub fn label_tree(path: &Path, mcs: &str) -> Result<()> {
     if !enabled() {
         return Ok(());
     }
-    label_file(path, mcs)?;
+    walk(path, &mut |p| label_file(p, mcs))
+}
+
+/// Calls `f` on `path` and everything beneath it, never following a symlink.
+fn walk(path: &Path, f: &mut impl FnMut(&Path) -> Result<()>) -> Result<()> {
+    f(path)?;
     let meta = std::fs::symlink_metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
     if meta.is_dir() {
         for e in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
-            label_tree(&e?.path(), mcs)?;
+            walk(&e?.path(), f)?;
         }
     }
     Ok(())
