@@ -155,19 +155,7 @@ pub(super) fn usage(node: &Node, gear_id: &str, home: &Path) -> Result<Usage> {
         bail!("gear home {} is not a btrfs subvolume", home.display());
     }
     let id = subvolume_id(home)?;
-    // --sync: qgroup numbers are only updated at transaction commit.
-    let out = run(
-        "btrfs",
-        [
-            OsStr::new("qgroup"),
-            OsStr::new("show"),
-            OsStr::new("--sync"),
-            OsStr::new("--raw"),
-            OsStr::new("-re"),
-            node.gears_dir().as_os_str(),
-        ],
-    )?;
-    let rows = parse_qgroup_show(&out);
+    let rows = qgroup_rows(&node.gears_dir(), true)?;
     let row = rows
         .iter()
         .find(|r| r.level == 0 && r.id == id)
@@ -193,18 +181,7 @@ pub(super) fn usage(node: &Node, gear_id: &str, home: &Path) -> Result<Usage> {
 /// named by its qgroup's path, its gear id (a gear cannot make a subvolume outside its home);
 /// subvolumes it nested in its home count towards it, as in [`usage`].
 pub(super) fn usages(node: &Node) -> Result<std::collections::HashMap<String, Usage>> {
-    let out = run(
-        "btrfs",
-        [
-            OsStr::new("qgroup"),
-            OsStr::new("show"),
-            OsStr::new("--sync"),
-            OsStr::new("--raw"),
-            OsStr::new("-re"),
-            node.gears_dir().as_os_str(),
-        ],
-    )?;
-    Ok(usages_of(&parse_qgroup_show(&out)))
+    Ok(usages_of(&qgroup_rows(&node.gears_dir(), true)?))
 }
 
 /// The homes' usage from the level-0 rows (path `ID`, nested ones `ID/...`).
@@ -485,18 +462,15 @@ fn parse_subvolume_list(text: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-pub(super) fn qgroup_rows(gears: &Path) -> Result<Vec<QgroupRow>> {
-    let out = run(
-        "btrfs",
-        [
-            OsStr::new("qgroup"),
-            OsStr::new("show"),
-            OsStr::new("--raw"),
-            OsStr::new("-re"),
-            gears.as_os_str(),
-        ],
-    )?;
-    Ok(parse_qgroup_show(&out))
+/// Every qgroup of the gears' filesystem, in one `btrfs qgroup show`; `sync` commits the
+/// transaction first (qgroup numbers are only updated at a commit): what usage readers need.
+pub(super) fn qgroup_rows(gears: &Path, sync: bool) -> Result<Vec<QgroupRow>> {
+    let mut args = vec![OsStr::new("qgroup"), OsStr::new("show")];
+    if sync {
+        args.push(OsStr::new("--sync"));
+    }
+    args.extend([OsStr::new("--raw"), OsStr::new("-re"), gears.as_os_str()]);
+    Ok(parse_qgroup_show(&run("btrfs", args)?))
 }
 
 /// Deletes a gear subvolume, any subvolumes the gear created inside it, and their qgroups.
@@ -544,7 +518,7 @@ fn destroy(node: &Node, home: &Path) -> Result<()> {
     let mut synced = false;
     let mut kicks = 0;
     loop {
-        let rows = qgroup_rows(&gears)?;
+        let rows = qgroup_rows(&gears, false)?;
         let mut busy = Vec::new();
         for &id in &ids {
             if !rows.iter().any(|r| r.level == 0 && r.id == id) {

@@ -298,7 +298,7 @@ fn btrfs_destroy_leaves_nothing() {
     )
     .unwrap();
     assert!(!list.contains("path gone"), "subvolume left: {list}");
-    let rows = qgroup_rows(&node.gears_dir()).unwrap();
+    let rows = qgroup_rows(&node.gears_dir(), false).unwrap();
     for i in std::iter::once(id).chain(nested_id) {
         assert!(
             !rows.iter().any(|r| r.level == 0 && r.id == i),
