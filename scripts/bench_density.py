@@ -177,6 +177,43 @@ def wakes(names):
     return [r[0] * 1000 for r in res]
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_starts(k):
+    """The app start a wake is held to: k copies of the bench's python app (examples/python-flaskless)
+    started at once on the host, outside any gear and without gearshift, each timed from its exec
+    to its first answered GET, polled as a client would (every 5 ms). On 2 cores, 10 pythons
+    starting at once share the CPU, so this is the floor of a 10-at-once wake. Latencies in ms."""
+    app = os.path.join(REPO, "examples", "python-flaskless", "app.py")
+
+    def one(port):
+        t = time.perf_counter()
+        p = subprocess.Popen(["python3", "-u", app], env=dict(os.environ, PORT=str(port)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while time.perf_counter() - t < 60:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    c.request("GET", "/")
+                    if c.getresponse().status == 200:
+                        return (time.perf_counter() - t) * 1000
+                except OSError:
+                    time.sleep(0.005)
+            return float("nan")
+        finally:
+            p.kill()
+            p.wait()
+
+    ports = [free_port() for _ in range(k)]
+    with cf.ThreadPoolExecutor(k) as ex:
+        return list(ex.map(one, ports))
+
+
 def wrk(host, secs=5):
     o = subprocess.run(["wrk", "-t2", "-c32", f"-d{secs}s", "--latency", "-H", f"Host: {host}.localhost",
                         f"http://127.0.0.1:{HTTP}/"], capture_output=True, text=True).stdout
@@ -268,15 +305,19 @@ def main():
         r["status_ms"] = cmd_ms("status")
         r["top_ms"] = cmd_ms("top", "--once", n=1)
         log(f"N={n}: idle daemon RSS {rss} KiB, {threads} threads; wakes")
-        r["wake"] = {}
+        r["wake"], r["start"] = {}, {}
         for k in (1, 10, 50):
             if k > n:
                 continue
             names = [f"a{i}" for i in range(0, n, 3)][:k]   # python apps: the slowest to start
             if len(names) < k:
                 names = [f"a{i}" for i in range(k)]
+            base = app_starts(k)
+            r["start"][k] = (pct(base, 0.5), pct(base, 0.99))
             lat = wakes(names)
             r["wake"][k] = (pct(lat, 0.5), pct(lat, 0.99))
+            log(f"N={n}: {k} at once: app start alone p50/p99 {r['start'][k][0]:.0f}/{r['start'][k][1]:.0f} ms, "
+                f"wake {r['wake'][k][0]:.0f}/{r['wake'][k][1]:.0f} ms")
             for a in names:
                 gs("app", "idle", a, check=False)
         log(f"N={n}: router throughput")
@@ -302,6 +343,9 @@ def main():
 
 def table(rows):
     f = lambda v, fmt: "-" if v is None else format(v, fmt)
+    starts = lambda r, k: "/".join(f"{x:.0f}" for x in r["start"].get(k, ())) or "-"
+    over = lambda r: " / ".join(f"{r['wake'][k][1] - r['start'][k][1]:+.0f}" if k in r["wake"] else "-"
+                                for k in (1, 10, 50))
     lines = [
         ("apps (N)", lambda r: str(r["N"])),
         ("deploy per app, median / p95 (s)", lambda r: f"{r['deploy_med']:.2f} / {r['deploy_p95']:.2f}"),
@@ -314,6 +358,10 @@ def table(rows):
         ("kernel slab growth (MiB)", lambda r: f"{r['slab'] / 1024:.0f}"),
         ("memory per active app (MiB)", lambda r: f"{r['per_active'] / 1024:.1f}"),
         ("daemon RSS, 10 % active (KiB)", lambda r: str(r["rss_active"])),
+        ("python app start alone, p50 / p99, 1 at once (ms)", lambda r: starts(r, 1)),
+        ("python app start alone, p50 / p99, 10 at once (ms)", lambda r: starts(r, 10)),
+        ("python app start alone, p50 / p99, 50 at once (ms)", lambda r: starts(r, 50)),
+        ("wake p99 minus app start p99, 1 / 10 / 50 at once (ms)", over),
         ("wake p50 / p99, 1 at once (ms)", lambda r: "/".join(f"{x:.0f}" for x in r["wake"].get(1, ())) or "-"),
         ("wake p50 / p99, 10 at once (ms)", lambda r: "/".join(f"{x:.0f}" for x in r["wake"].get(10, ())) or "-"),
         ("wake p50 / p99, 50 at once (ms)", lambda r: "/".join(f"{x:.0f}" for x in r["wake"].get(50, ())) or "-"),

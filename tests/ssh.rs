@@ -617,6 +617,21 @@ fn domain_cert_reads_only_stdin_and_caps_it() {
     );
     assert!(text(&o.stderr).contains("does not belong"), "{}", text(&o.stderr));
     assert!(!n.root.join("certs/shop@secure.example.crt").exists());
+    // A certificate for other names, which a browser would refuse for this host.
+    let (elsewhere, elsewhere_key) = cert_and_key("elsewhere.example");
+    let o = n.ssh(
+        &s.alice,
+        &[],
+        Some("domain cert shop secure.example"),
+        format!("{elsewhere}{elsewhere_key}").as_bytes(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("not for secure.example") && text(&o.stderr).contains("nothing was installed"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!n.root.join("certs/shop@secure.example.crt").exists());
 
     // The bundle on stdin is installed, root-only.
     let o = n.ssh(

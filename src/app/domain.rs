@@ -207,6 +207,10 @@ pub fn run(node: &Node, actor: &Actor, cmd: DomainCmd) -> Result<()> {
             let usage = format!("domain cert {name} {host} < bundle.pem");
             let bundle = cert_bundle::read_capped(std::io::stdin().lock(), &usage)?;
             let (c, k) = cert_bundle::split(&bundle, &usage)?;
+            // A browser would refuse a certificate for other names: refused here, not served.
+            if let Err(e) = cert_bundle::check_host(&c, &host) {
+                bail!("{e:#}; nothing was installed ({usage})");
+            }
             let (cp, kp) = cert_paths(node, &name, &host);
             // A certificate given by hand replaces ACME for this host.
             if a.acme.contains(&host) {
