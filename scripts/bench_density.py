@@ -214,6 +214,22 @@ def app_starts(k):
         return list(ex.map(one, ports))
 
 
+def daemon_wake_ms(names):
+    """The daemon's own time for each of `names`' last wake (its `app.wake` event: the `app start`
+    it ran), against which a client's latency shows the time spent before and after it."""
+    want, ms = set(names), {}
+    for line in gs("events", "--json", "-n", str(20 * len(names) + 100), check=False).splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("kind", e.get("type")) == "app.wake" and e.get("app") in want:
+            d = e.get("detail") or {}
+            if "ms" in d:
+                ms[e["app"]] = d["ms"]
+    return list(ms.values())
+
+
 def wrk(host, secs=5):
     o = subprocess.run(["wrk", "-t2", "-c32", f"-d{secs}s", "--latency", "-H", f"Host: {host}.localhost",
                         f"http://127.0.0.1:{HTTP}/"], capture_output=True, text=True).stdout
@@ -316,6 +332,10 @@ def main():
             r["start"][k] = (pct(base, 0.5), pct(base, 0.99))
             lat = wakes(names)
             r["wake"][k] = (pct(lat, 0.5), pct(lat, 0.99))
+            inner = daemon_wake_ms(names)
+            if inner:
+                log(f"N={n}: {k} at once: the daemon's own wake (its `app start`) p50/p99 "
+                    f"{pct(inner, 0.5):.0f}/{pct(inner, 0.99):.0f} ms ({len(inner)} wake events)")
             log(f"N={n}: {k} at once: app start alone p50/p99 {r['start'][k][0]:.0f}/{r['start'][k][1]:.0f} ms, "
                 f"wake {r['wake'][k][0]:.0f}/{r['wake'][k][1]:.0f} ms")
             for a in names:
