@@ -20,6 +20,16 @@ fn lock_path(node: &Node, name: &str) -> std::path::PathBuf {
     node.run_dir().join("changes").join(format!("{name}.lock"))
 }
 
+/// The mark of a change about to be made to `app`, run by asking its gears `ask`: the values
+/// it replaces.
+fn before(app: &App, ask: &str) -> Applying {
+    Applying {
+        ask: ask.into(),
+        env: app.env.clone(),
+        formation: app.formation.clone(),
+    }
+}
+
 /// Holds app `name`'s change lock: taken by whoever applies a change of it (`change`, an add-on's
 /// link or unlink), so that the reconciler leaves that change alone.
 pub fn hold(node: &Node, name: &str) -> Result<state::Lock> {
@@ -32,11 +42,7 @@ pub fn hold(node: &Node, name: &str) -> Result<state::Lock> {
 /// never happen (its command died), the reconciler does it; [`unmark`] once it is done.
 pub fn mark_restart(node: &Node, app: &mut App) -> Result<()> {
     if app.applying.is_none() {
-        app.applying = Some(Applying {
-            ask: "restart-if-wanted".into(),
-            env: app.env.clone(),
-            formation: app.formation.clone(),
-        });
+        app.applying = Some(before(app, "restart-if-wanted"));
         save(node, app)?;
     }
     Ok(())
@@ -68,13 +74,9 @@ pub fn change(
     {
         let _lock = node.lock()?;
         let mut app = load_for(node, actor, name)?;
-        let before = Applying {
-            ask: ask.into(),
-            env: app.env.clone(),
-            formation: app.formation.clone(),
-        };
+        let was = before(&app, ask);
         edit(&mut app)?;
-        app.applying = Some(before);
+        app.applying = Some(was);
         save(node, &app)?;
         write_descriptors(node, &app)?;
     }

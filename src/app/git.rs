@@ -4,6 +4,7 @@
 //! deploy pipeline (`gearshift gear pre-receive`) before git accepts the ref.
 
 use crate::app;
+use crate::gear::layout::is_deployment_id;
 use crate::ingear::deploy::{Deployment, Step, STEPS};
 use crate::node::events::{self, Event};
 use crate::node::Node;
@@ -66,11 +67,6 @@ fn live_deployment(node: &Node, a: &app::App) -> Option<String> {
 const RECORD_CAP: u64 = 64 * 1024;
 /// At most this many deployments are looked at for a push's.
 const LIST_CAP: usize = 4096;
-
-/// A deployment id as `ingear/deploy.rs` makes them (a timestamp and a commit prefix).
-fn is_deployment_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
 
 /// The push's deployment and the pipeline's steps its record in gear 0 holds: `after` when one
 /// went live, else the newest one begun since the push did (a failed build). The record is the
@@ -228,17 +224,4 @@ fn record_detected(node: &Node, app_name: &str) -> Result<()> {
         app::write_descriptors(node, &app)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_deployment_id;
-
-    #[test]
-    fn only_plain_deployment_ids_are_read() {
-        assert!(is_deployment_id("20261202T230102-abcdef12"));
-        for bad in ["", "..", "a/b", "../x", "a b", &"x".repeat(65)] {
-            assert!(!is_deployment_id(bad), "{bad:?}");
-        }
-    }
 }

@@ -51,6 +51,12 @@ pub fn inner_home(app: &str) -> PathBuf {
     PathBuf::from(format!("/home/{app}"))
 }
 
+/// A deployment id as `ingear/deploy.rs` makes them (a timestamp and a commit prefix): one
+/// plain path component, so an id a gear or a caller names cannot leave `DEPLOYMENTS`.
+pub fn is_deployment_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// What `REPO` links to for deployment `id` (relative, so it resolves inside the gear too).
 pub fn repo_link(id: &str) -> String {
     format!("../{DEPLOYMENTS}/{id}/repo")
@@ -59,4 +65,17 @@ pub fn repo_link(id: &str) -> String {
 /// Inside the gear: `rel` under the home (`$HOME`, which the gear's init sets).
 pub fn in_home(rel: &str) -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/".into())).join(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_deployment_id;
+
+    #[test]
+    fn only_plain_deployment_ids_are_read() {
+        assert!(is_deployment_id("20261202T230102-abcdef12"));
+        for bad in ["", "..", ".", "a/b", "../x", "a b", "a.b", &"x".repeat(65)] {
+            assert!(!is_deployment_id(bad), "{bad:?}");
+        }
+    }
 }

@@ -316,9 +316,7 @@ fn runs_web_in(repo: &Path) -> bool {
 
 /// The repository of deployment `id` (a directory under `app-deployments`), resolved.
 fn deployment_repo(id: &str) -> Result<PathBuf> {
-    let plain =
-        !id.is_empty() && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !plain {
+    if !layout::is_deployment_id(id) {
         bail!("'{}' is not a deployment id", id.escape_default());
     }
     let repo = layout::in_home(layout::DEPLOYMENTS).join(id).join("repo");

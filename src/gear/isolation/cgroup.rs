@@ -743,23 +743,36 @@ mod tests {
         );
     }
 
+    /// Node parents `gearshift-TAG-PID` on the real kernel and gear cgroup `name` below them, made
+    /// with the small profile's limits. Without root: None, the reason printed; under CI (`CI`
+    /// or `GEARSHIFT_TEST_STRICT` set) the test fails instead of passing by skipping.
+    fn real_gear(tag: &str, name: &str) -> Option<(Vec<PathBuf>, GearCgroup, crate::node::config::Limits)> {
+        if !nix::unistd::geteuid().is_root() {
+            let set = |v: &str| !matches!(std::env::var(v).unwrap_or_default().as_str(), "" | "0" | "false");
+            assert!(
+                !set("CI") && !set("GEARSHIFT_TEST_STRICT"),
+                "needs root to create cgroups"
+            );
+            eprintln!("skipped: needs root to create cgroups");
+            return None;
+        }
+        let parents = node_parents(&format!("gearshift-{tag}-{}", std::process::id())).unwrap();
+        node_up(&parents).unwrap();
+        let cg = GearCgroup::new(&parents, name);
+        let l = crate::node::config::Config::default()
+            .profile("small")
+            .unwrap()
+            .limits()
+            .unwrap();
+        cg.create(&l).unwrap();
+        Some((parents, cg, l))
+    }
+
     #[test]
     fn a_destroyed_nodes_leftover_cgroups_are_swept_with_their_processes() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create cgroups");
+        let Some((parents, cg, _)) = real_gear("sweep", "orphan") else {
             return;
-        }
-        let parents = node_parents(&format!("gearshift-sweep-{}", std::process::id())).unwrap();
-        node_up(&parents).unwrap();
-        let cg = GearCgroup::new(&parents, "orphan");
-        cg.create(
-            &crate::node::config::Config::default()
-                .profile("small")
-                .unwrap()
-                .limits()
-                .unwrap(),
-        )
-        .unwrap();
+        };
         let nested = cg.dirs[0].join("nested");
         fs::create_dir_all(&nested).unwrap();
         let mut child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
@@ -779,19 +792,9 @@ mod tests {
 
     #[test]
     fn limits_hold_on_the_real_kernel() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create cgroups");
+        let Some((parents, cg, l)) = real_gear("unit", "g0") else {
             return;
-        }
-        let parents = node_parents(&format!("gearshift-unit-{}", std::process::id())).unwrap();
-        node_up(&parents).unwrap();
-        let cg = GearCgroup::new(&parents, "g0");
-        let l = crate::node::config::Config::default()
-            .profile("small")
-            .unwrap()
-            .limits()
-            .unwrap();
-        cg.create(&l).unwrap();
+        };
         cg.verify(&l).unwrap();
         let s = cg.stats();
         assert_eq!(s.memory_limit, l.memory_bytes);
