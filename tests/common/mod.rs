@@ -8,6 +8,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod watchdog;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_gearshift");
 
 /// Ends the calling test for want of a prerequisite, with the reason (`format!` arguments):
@@ -226,6 +228,8 @@ pub struct TestNode {
     pub config: PathBuf,
     pub slot: u32,
     _lock: File,
+    // Dropped after the node's own drop (its destroy): a stuck destroy is caught too.
+    _watchdog: watchdog::Watchdog,
 }
 
 fn take_slot() -> (u32, File) {
@@ -285,6 +289,7 @@ impl TestNode {
         let root = base.join(format!("gearshift-test/{name}"));
         let config = base.join(format!("gearshift-test/{name}.toml"));
         let node = TestNode {
+            _watchdog: watchdog::watch(&name, &root),
             name,
             root,
             config,
