@@ -33,15 +33,23 @@ fn write_atomic_as(path: &Path, data: &[u8], mode: u32, gid: Option<u32>) -> Res
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(data)
+    let written = f
+        .write_all(data)
         .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
-    if let Some(g) = gid {
-        std::os::unix::fs::fchown(&f, Some(0), Some(g))
-            .with_context(|| format!("cannot give {} to group {g}", tmp.display()))?;
-    }
+        .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))
+        .and_then(|_| match gid {
+            Some(g) => std::os::unix::fs::fchown(&f, Some(0), Some(g))
+                .with_context(|| format!("cannot give {} to group {g}", tmp.display())),
+            None => Ok(()),
+        });
     drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    // A half-written file is not left behind, holding the space that was missing.
+    if let Err(e) =
+        written.and_then(|_| fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display())))
+    {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -1055,41 +1055,64 @@ fn a_redeploy_is_served_the_moment_its_push_returns() {
 /// A build that fills the gear's disk quota (and then carries on, as a careless build script
 /// does): every later step meets a full disk. The push fails saying so, the previous version
 /// keeps serving, and once the space is freed the next push deploys.
+/// A push that fills the gear's disk quota fails clearly and changes nothing, wherever the disk
+/// fills: in the build (before the switch: no room left for the switch's reserve) or in a
+/// post_deploy hook (after it: the record cannot be written, and the switch is undone with the
+/// reserve's room, though a btrfs qgroup refuses even a rename when full). Then, space freed by
+/// the app's owner, the next push deploys.
 #[test]
-fn a_build_that_fills_the_disk_quota_fails_clearly_and_the_next_push_works() {
+fn a_push_that_fills_the_disk_quota_before_or_after_the_switch_fails_clearly_and_the_next_push_works() {
     require_root!();
     let d = dev_node();
     d.n.add_profile("tiny", "256M", 1.0, 128, "24M", "50mbit");
     let dir = page_app(&d, "full", "tiny", "v1");
-    let hook = dir.join(".openshift/action_hooks/build");
-    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\nhead -c 40000000 /dev/urandom > \"$OPENSHIFT_DATA_DIR/fill\" || echo the disk is full, going on\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    write_commit(&dir, "v2");
-    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
-    eprintln!("{out}");
-    assert!(!ok, "a push that met a full disk was accepted:\n{out}");
-    assert!(out.contains("FAILED") && out.to_lowercase().contains("quota"), "{out}");
-    assert!(out.contains("disk is full: free space in it"), "{out}");
-    assert_eq!(
-        through_router(&d.n, "full"),
-        ("200".into(), "v1".into()),
-        "after the failed push"
-    );
-    let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "full", "--json"])).unwrap();
-    let live: Vec<_> = list.as_array().unwrap().iter().filter(|x| x["live"] == true).collect();
-    assert_eq!(live.len(), 1, "{list}");
-    assert_eq!(live[0]["result"], "deployed", "{list}");
-    // Space freed (by the app's owner, in the gear), the next push deploys.
-    let (code, _, err) = d.n.sh("full", "rm \"$OPENSHIFT_DATA_DIR/fill\"");
-    assert_eq!(code, 0, "{err}");
-    std::fs::remove_file(&hook).unwrap();
-    write_commit(&dir, "v3");
-    let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
-    assert!(ok, "the push after freeing space failed:\n{out}");
-    assert_eq!(through_router(&d.n, "full"), ("200".into(), "v3".into()));
+    let mut live = "v1".to_string();
+    for (i, (hook, undone)) in [
+        ("build", "keeps serving"),
+        ("post_deploy", "is made live again once git has ended"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let hook = dir.join(".openshift/action_hooks").join(hook);
+        std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\nhead -c 40000000 /dev/urandom > \"$OPENSHIFT_DATA_DIR/fill\" || echo the disk is full, going on\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        write_commit(&dir, &format!("filled {i}"));
+        let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+        eprintln!("{out}");
+        assert!(!ok, "a push that met a full disk was accepted:\n{out}");
+        assert!(out.contains("FAILED") && out.to_lowercase().contains("quota"), "{out}");
+        assert!(out.contains("disk is full: free space in it"), "{out}");
+        assert!(out.contains(undone), "{hook:?}: not `{undone}`:\n{out}");
+        // The settler undoes a switch once git has ended (the client may be told a moment before).
+        assert!(
+            eventually(Duration::from_secs(10), || through_router(&d.n, "full")
+                == ("200".into(), live.clone())),
+            "{hook:?}: the previous deployment is not serving: {:?}",
+            through_router(&d.n, "full")
+        );
+        let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "full", "--json"])).unwrap();
+        let rows = list.as_array().unwrap();
+        let live_rows: Vec<_> = rows.iter().filter(|x| x["live"] == true).collect();
+        assert_eq!(live_rows.len(), 1, "{list}");
+        assert_eq!(live_rows[0]["result"], "deployed", "{list}");
+        assert!(
+            rows.iter().all(|x| x["result"] != "building"),
+            "a failed push is still listed as building: {list}"
+        );
+        // Space freed (by the app's owner, in the gear), the next push deploys.
+        let (code, _, err) = d.n.sh("full", "rm \"$OPENSHIFT_DATA_DIR/fill\"");
+        assert_eq!(code, 0, "{err}");
+        std::fs::remove_file(&hook).unwrap();
+        live = format!("v{}", i + 2);
+        write_commit(&dir, &live);
+        let (ok, out) = push_as(&d.n, &d.key, &dir, "full", "main");
+        assert!(ok, "the push after freeing space failed:\n{out}");
+        assert_eq!(through_router(&d.n, "full"), ("200".into(), live.clone()));
+    }
 }

@@ -12,6 +12,7 @@ use crate::ingear::journal::{self, Journal, Verdict};
 use crate::ingear::procenv;
 use crate::ingear::procfile;
 use crate::ingear::release;
+use crate::ingear::reserve;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -311,13 +312,16 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         previous: live_id(),
     });
     let mut steps = Vec::new();
-    let result =
+    let mut result =
         check_out(source, commit, &repo).and_then(|_| build_and_switch(info, &id, &repo, journal.as_ref(), &mut steps));
     d.steps = steps;
+    if result.is_ok() {
+        // Not recorded (a full disk): the push fails, and its switch is undone.
+        d.result = "deployed".into();
+        result = save(&d);
+    }
     match result {
         Ok(()) => {
-            d.result = "deployed".into();
-            save(&d)?;
             if journal.is_none() {
                 prune(info.keep_deployments);
             }
@@ -339,16 +343,26 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
         }
         Err(e) => {
             d.result = format!("failed: {e:#}");
-            let _ = save(&d);
-            // A switch that could not be undone stays journaled, for `settle` to finish.
-            if live_id().as_deref() != Some(id.as_str()) {
+            // A switch made stays journaled, for the settler to undo once git has ended.
+            let switched = live_id().as_deref() == Some(id.as_str());
+            if !switched {
                 journal::clear();
+                reserve::give_back();
                 let _ = std::fs::remove_dir_all(&repo);
             }
+            // A failure that cannot be recorded (a full disk) leaves no record saying "building".
+            if save(&d).is_err() && !switched {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             prune(info.keep_deployments);
-            let still = live_id()
-                .map(|l| format!("{l} keeps serving"))
-                .unwrap_or_else(|| "nothing was live".into());
+            let still = match (&journal, live_id()) {
+                (Some(j), _) if switched => format!(
+                    "{} is made live again once git has ended",
+                    j.previous.as_deref().unwrap_or("nothing")
+                ),
+                (_, Some(l)) => format!("{l} keeps serving"),
+                (_, None) => "nothing was live".into(),
+            };
             say(&for_pusher(
                 info,
                 &format!("FAILED: {e:#}; push rejected, {still}{}", disk_full_hint(&e, &info.app)),
@@ -474,7 +488,12 @@ fn build_and_switch(
     }
     let mut settler = false;
     if let Some(j) = journal {
-        journal::begin(j)?;
+        // Room to undo the switch, whatever fills the disk after it (given back once settled).
+        reserve::take()?;
+        if let Err(e) = journal::begin(j) {
+            reserve::give_back();
+            return Err(e);
+        }
         // From here on, whatever ends this hook (its own failure, a kill), the switch is
         // settled once git has ended.
         settler = settle_after_git(info.keep_deployments);
@@ -568,7 +587,12 @@ fn settle(relay_lost: bool) {
     if journal::verdict(&j, branch_ref.as_deref()) == Verdict::RollBack {
         // Even when the previous deployment looks live: the supervisor may still be making the
         // new one live for a hook that died.
-        if let Err(e) = back_to_previous(&j) {
+        // A full disk (what failed the push, often) is met with the push's reserve.
+        let back = back_to_previous(&j).or_else(|e| match reserve::give_back_now() {
+            true => back_to_previous(&j),
+            false => Err(e),
+        });
+        if let Err(e) = back {
             eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
             return;
         }
@@ -587,6 +611,7 @@ fn settle(relay_lost: bool) {
         }
     }
     journal::clear();
+    reserve::give_back();
 }
 
 /// At the gear's start, before its supervisor starts anything: every process of the gear died

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod procenv;
 pub mod procfile;
 pub mod release;
+pub mod reserve;
 pub mod runtime_pin;
 pub mod service;
 pub mod static_server;
