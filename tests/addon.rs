@@ -372,6 +372,9 @@ fn linked_example(
     let ip = show["gears"][0]["ip"].as_str().unwrap().to_string();
     let uid = show["gears"][0]["uid"].as_u64().unwrap();
     ssh_ok(n, key, &format!("app create {app} --cartridge {cartridge}"));
+    // The longest start the node allows (50 s, not 30): in the test VM, under emulation, node's
+    // start has come close to 30 s and once passed it.
+    ssh_ok(n, key, &format!("app health {app} / --timeout 50"));
     let linked = ssh_ok(n, key, &format!("addon link {app} {addon}"));
     let dir = client_repo(n, example, client);
     let (ok, log) = push_as(n, key, &dir, app, "main");

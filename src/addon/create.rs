@@ -10,8 +10,9 @@ use crate::ssh::auth::Actor;
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
 
-/// How long a new add-on's service may take to accept its first connection.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new add-on's service may take to accept its first connection: its gear's own
+/// steps (listening, then its user able to log in) may each take `START_LIMIT` (60 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn random_hex(bytes: usize) -> Result<String> {
     let mut b = vec![0u8; bytes];

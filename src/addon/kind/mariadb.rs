@@ -139,9 +139,10 @@ impl Service for Mariadb {
             if o.status.success() {
                 break;
             }
-            if t.elapsed() > std::time::Duration::from_secs(30) {
+            if t.elapsed() > steps::START_LIMIT {
                 bail!(
-                    "the add-on's user cannot log in after 30 s: {} (see {})",
+                    "the add-on's user cannot log in after {} s: {} (see {})",
+                    steps::START_LIMIT.as_secs(),
                     String::from_utf8_lossy(&o.stderr).trim(),
                     steps::SERVICE_LOG
                 );

@@ -98,7 +98,7 @@ impl Service for Postgresql {
 
     /// Creates the add-on's role (with the password root left in the meta directory) and
     /// database once, through the server's socket in the gear's /tmp, as the template's
-    /// superuser; waits for the server to accept; 30 s at most.
+    /// superuser; waits for the server to accept (`steps::START_LIMIT`).
     fn ready(&self, info: &GearInfo, data: &Path) -> Result<()> {
         let marker = data.join(DB_MADE);
         if marker.exists() {
@@ -113,7 +113,7 @@ impl Service for Postgresql {
         let t = Instant::now();
         for sql in &steps {
             while let Err(why) = psql(info, sql)? {
-                if t.elapsed() > Duration::from_secs(30) {
+                if t.elapsed() > steps::START_LIMIT {
                     bail!("cannot create the add-on's role and database {db}: psql: {why} (see {SERVICE_LOG})");
                 }
                 std::thread::sleep(Duration::from_millis(10));

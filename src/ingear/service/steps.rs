@@ -82,12 +82,20 @@ pub fn init_password() -> Result<String> {
     Ok(pw)
 }
 
-/// Waits until the service accepts TCP connections on the gear's address (30 s at most).
+/// How long a service's start may take at each step (listening; its user able to log in): a
+/// database's first start on a small, slow VM (InnoDB's redo log, PostgreSQL's recovery) can
+/// pass 30 s, as it did under emulation in the test VM.
+pub const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until the service accepts TCP connections on the gear's address ([`START_LIMIT`]).
 pub fn wait_port(ip: std::net::Ipv4Addr, port: u16) -> Result<()> {
     let t = Instant::now();
     while std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200)).is_err() {
-        if t.elapsed() > Duration::from_secs(30) {
-            bail!("the service does not accept connections on {ip}:{port} after 30 s (see {SERVICE_LOG})");
+        if t.elapsed() > START_LIMIT {
+            bail!(
+                "the service does not accept connections on {ip}:{port} after {} s (see {SERVICE_LOG})",
+                START_LIMIT.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
