@@ -485,8 +485,6 @@ fn start(s: &Sup) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the new web process on `port` is ready: it accepts connections and, when the
-/// app has a health path, GET on it answers 2xx. Fails when it exits or the timeout passes.
 /// Waits until the web process on `port` is ready: it accepts connections and, with a health
 /// path, answers it 2xx. `exited` tells (how) the process ended meanwhile, which fails the wait.
 fn wait_ready(info: &GearInfo, port: u16, exited: &dyn Fn() -> Option<String>) -> Result<()> {
