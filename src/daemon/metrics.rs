@@ -256,7 +256,8 @@ impl Sampler {
         let gears = (self.gears)();
         let disk: DiskCache = {
             let mut d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
-            d.retain(|id, _| gears.iter().any(|g| &g.gear.id == id));
+            let ids: std::collections::HashSet<&str> = gears.iter().map(|g| g.gear.id.as_str()).collect();
+            d.retain(|id, _| ids.contains(id.as_str()));
             d.clone()
         };
         let stale = (gears.iter())

@@ -410,12 +410,7 @@ impl GearCgroup {
 
     /// The pids in the gear's cgroup (host pid namespace).
     pub fn pids(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        for d in &self.dirs {
-            if let Ok(t) = fs::read_to_string(d.join("cgroup.procs")) {
-                out.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-        }
+        let mut out: Vec<i32> = self.dirs.iter().flat_map(|d| procs(d)).collect();
         out.sort_unstable();
         out.dedup();
         out
