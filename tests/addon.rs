@@ -611,3 +611,42 @@ fn users_add_ons_are_held_to_the_nodes_limits() {
     let o = ssh("addon create redis more");
     assert!(o.status.success(), "a freed place was not given: {}", out(&o.stderr));
 }
+
+/// An add-on whose service cannot start (here: a disk quota smaller than PostgreSQL's data
+/// directory) fails its create within seconds, not at the end of the start timeout, says what
+/// the service said (its log goes with its gear), and leaves nothing: no record, no gear.
+#[test]
+fn a_failed_add_on_create_says_why_and_keeps_nothing() {
+    require_root!();
+    if !Path::new("/usr/lib/postgresql").exists() && !Path::new("/usr/bin/initdb").exists() {
+        skip!("the postgresql package is not installed (make deps)");
+    }
+    let d = dev_node();
+    let n = &d.n;
+    n.add_profile("cramped", "256M", 1.0, 128, "4M", "8mbit");
+    let t = Instant::now();
+    let o = n.gs(&["addon", "create", "postgresql", "cramped", "--profile", "cramped"]);
+    let took = t.elapsed();
+    let e = out(&o.stderr);
+    eprintln!("addon create in a 4 MiB quota, {took:?}:\n{e}");
+    assert!(!o.status.success(), "created in 4 MiB: {}", out(&o.stdout));
+    assert!(e.contains("nothing was kept"), "{e}");
+    assert!(e.contains("failed to start 3 times"), "{e}");
+    assert!(
+        e.contains("the service's last output (app-root/logs/service.log):"),
+        "{e}"
+    );
+    assert!(
+        e.contains("Disk quota exceeded") || e.contains("No space left"),
+        "the service's own words are missing: {e}"
+    );
+    // Three failed starts 1, 2 and 4 s apart (after the node's first PostgreSQL template, and
+    // under the test VM's emulation), not the 150 s a slow start is given.
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    assert!(!n.root.join("addons/cramped.toml").exists(), "a record was left");
+    let list = n.ok(&["addon", "list"]);
+    assert!(!list.contains("cramped"), "{list}");
+    let gears = std::fs::read_dir(n.root.join("gears")).map(|d| d.count()).unwrap_or(0);
+    let apps_gears: usize = n.ok(&["app", "list", "--json"]).matches("\"id\"").count();
+    assert_eq!(gears, apps_gears, "a gear home was left");
+}

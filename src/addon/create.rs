@@ -4,6 +4,7 @@
 
 use super::{boot, load, path, save, save_secret, secret_path, write_descriptor, Addon, Kind, Secret};
 use crate::gear::{self, Gear};
+use crate::ingear::service::steps;
 use crate::names;
 use crate::node::Node;
 use crate::ssh::auth::Actor;
@@ -36,8 +37,13 @@ pub fn wait_accepting(addr: std::net::SocketAddr, limit: Duration) -> Result<Dur
     }
 }
 
+/// Failed starts after which a new add-on's service is given up: a start that fails again and
+/// again (no room for its data, a bad setting) is not a slow one.
+const GIVE_UP_AFTER: u64 = 3;
+
 /// Waits until the add-on's supervisor reports its service running (data initialised, server
-/// started, the add-on's database made).
+/// started, the add-on's database made); fails at `limit`, or once it failed to start
+/// [`GIVE_UP_AFTER`] times (its supervisor restarts it 1, 2, 4 s apart).
 fn wait_running(a: &Addon, limit: Duration) -> Result<()> {
     let t = Instant::now();
     loop {
@@ -45,9 +51,18 @@ fn wait_running(a: &Addon, limit: Duration) -> Result<()> {
         if st["state"] == "running" {
             return Ok(());
         }
+        let failed = st["restarts"].as_u64().unwrap_or(0);
+        if failed >= GIVE_UP_AFTER {
+            bail!(
+                "the {} service of add-on '{}' failed to start {failed} times (last: {})",
+                a.kind,
+                a.name,
+                st["last_exit"].as_str().unwrap_or("?")
+            );
+        }
         if t.elapsed() > limit {
             bail!(
-                "the {} service of add-on '{}' is not running after {limit:?} (state: {}, last exit: {}); see app-root/logs/service.log in its gear",
+                "the {} service of add-on '{}' is not running after {limit:?} (state: {}, last exit: {})",
                 a.kind,
                 a.name,
                 st["state"],
@@ -124,6 +139,12 @@ pub fn create(
         Ok(())
     })();
     if let Err(e) = made {
+        // Read before the gear (and its log) goes: what the service said is the reason.
+        let said = service_output(node, &g);
+        let e = match said {
+            Some(t) => anyhow::anyhow!("{e:#}; the service's last output ({}):\n{t}", steps::SERVICE_LOG),
+            None => e,
+        };
         let cleanup = gear::destroy(node, &g);
         let _ = std::fs::remove_file(secret_path(node, name));
         let _ = std::fs::remove_file(path(node, name));
@@ -137,6 +158,22 @@ pub fn create(
     write_descriptor(node, &a, &s)?;
     Ok(a)
 }
+
+/// The last lines of the add-on gear's service log (indented), if it wrote any.
+fn service_output(node: &Node, g: &Gear) -> Option<String> {
+    let text = crate::app::cartridge::tail_gear_file(&g.home(node), steps::SERVICE_LOG, 4096).ok()?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(SERVICE_OUTPUT_LINES)..];
+    (!tail.is_empty()).then(|| {
+        tail.iter()
+            .map(|l| format!("       {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// Lines of a failed service's log shown to whoever created the add-on.
+const SERVICE_OUTPUT_LINES: usize = 15;
 
 /// Destroys an add-on: refused while apps are linked unless `force` (which unlinks them
 /// first), then every gear piece, its credentials and its record.

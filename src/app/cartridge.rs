@@ -140,6 +140,26 @@ pub fn read_gear_file_capped(home: &std::path::Path, rel: &str, cap: u64) -> Res
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// The last `cap` bytes of a file the gear wrote under its home (a log), opened like
+/// `read_gear_file`; cut at a line start when it was cut at all.
+pub fn tail_gear_file(home: &std::path::Path, rel: &str, cap: u64) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = open_beneath(home, rel, libc::O_RDONLY)?;
+    let len = f.metadata()?.len();
+    if !f.metadata()?.is_file() {
+        bail!("{rel} in {} is not a file", home.display());
+    }
+    let from = len.saturating_sub(cap);
+    f.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    f.take(cap).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(match (from > 0, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_string(),
+        _ => text,
+    })
+}
+
 /// The names in directory `rel` of a gear's home (at most `max` of them), opened like
 /// `read_gear_file`: no symlink the gear planted is followed.
 pub fn list_gear_dir(home: &std::path::Path, rel: &str, max: usize) -> Result<Vec<String>> {
@@ -188,4 +208,30 @@ fn open_beneath(home: &std::path::Path, rel: &str, flags: i32) -> Result<std::fs
     }
     // SAFETY: fd is a fresh descriptor owned by nothing else.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gear_files_tail_is_whole_lines_and_never_through_a_symlink() {
+        let home = std::env::temp_dir().join(format!("gearshift-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(home.join("logs")).unwrap();
+        let log: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(home.join("logs/service.log"), &log).unwrap();
+        assert_eq!(tail_gear_file(&home, "logs/service.log", 1 << 20).unwrap(), log);
+        // 20 bytes reach into "line 8": the cut line is dropped.
+        assert_eq!(
+            tail_gear_file(&home, "logs/service.log", 20).unwrap(),
+            "line 9\nline 10\n"
+        );
+        std::os::unix::fs::symlink("/etc/passwd", home.join("logs/evil.log")).unwrap();
+        assert!(tail_gear_file(&home, "logs/evil.log", 100).is_err());
+        std::os::unix::fs::symlink("/etc", home.join("up")).unwrap();
+        assert!(tail_gear_file(&home, "up/passwd", 100).is_err());
+        assert!(tail_gear_file(&home, "../passwd", 100).is_err());
+        std::fs::remove_dir_all(&home).unwrap();
+    }
 }

@@ -47,10 +47,14 @@ fn prepare_data(kind: Kind, info: &GearInfo) -> Result<std::path::PathBuf> {
     let tmp = data.with_extension("init");
     let _ = std::fs::remove_dir_all(&tmp);
     if std::path::Path::new(TEMPLATE).exists() {
+        // A copy cut short (no room) is removed at once: a full disk would hold the log too.
         run_logged(
             std::process::Command::new("cp").args(["-R", TEMPLATE]).arg(&tmp),
             "copying the template data directory",
-        )?;
+        )
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&tmp);
+        })?;
     } else {
         std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     }

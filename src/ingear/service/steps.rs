@@ -57,16 +57,22 @@ pub fn bin(name: &str) -> PathBuf {
     Path::new("/opt/gearshift/cartridge/bin").join(name)
 }
 
-/// Runs one setup step with its output in the service log.
+/// Runs one setup step with its output in the service log; a failure carries the step's last
+/// words too (the log may be where the disk ran out).
 pub fn run_logged(cmd: &mut std::process::Command, what: &str) -> Result<()> {
-    let log = log_file()?;
-    let st = cmd
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .status()
+    let o = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
         .with_context(|| format!("cannot run {what}"))?;
-    if !st.success() {
-        bail!("{what} failed ({st}); see {SERVICE_LOG}");
+    if let Ok(mut log) = log_file() {
+        let _ = log.write_all(&o.stdout).and_then(|_| log.write_all(&o.stderr));
+    }
+    if !o.status.success() {
+        let said = String::from_utf8_lossy(&o.stderr);
+        let last: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+        let last = last[last.len().saturating_sub(2)..].join(" / ");
+        let last: String = last.chars().take(400).collect();
+        bail!("{what} failed ({}): {last}; see {SERVICE_LOG}", o.status);
     }
     Ok(())
 }
