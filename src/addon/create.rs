@@ -159,11 +159,11 @@ pub fn create(
     Ok(a)
 }
 
-/// The last lines of the add-on gear's service log (indented), if it wrote any.
+/// The last lines of the add-on gear's service log (indented, fit for a terminal), if it wrote
+/// any.
 fn service_output(node: &Node, g: &Gear) -> Option<String> {
-    let text = crate::app::cartridge::tail_gear_file(&g.home(node), steps::SERVICE_LOG, 4096).ok()?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = &lines[lines.len().saturating_sub(SERVICE_OUTPUT_LINES)..];
+    let text = gear::home_file::tail_gear_file(&g.home(node), steps::SERVICE_LOG, 4096).ok()?;
+    let tail = gear::home_file::last_lines(&text, SERVICE_OUTPUT_LINES);
     (!tail.is_empty()).then(|| {
         tail.iter()
             .map(|l| format!("       {l}"))

@@ -77,7 +77,7 @@ fn push_steps(node: &Node, a: &app::App, after: Option<&str>, since: u64) -> Opt
     let id = match after {
         Some(id) => id.to_string(),
         None => {
-            let ids = app::cartridge::list_gear_dir(&home, DEPLOYMENTS, LIST_CAP).ok()?;
+            let ids = crate::gear::home_file::list_gear_dir(&home, DEPLOYMENTS, LIST_CAP).ok()?;
             ids.into_iter().filter(|i| is_deployment_id(i)).max()?
         }
     };
@@ -85,7 +85,7 @@ fn push_steps(node: &Node, a: &app::App, after: Option<&str>, since: u64) -> Opt
         return None;
     }
     let rel = format!("{DEPLOYMENTS}/{id}/metadata.toml");
-    let text = app::cartridge::read_gear_file_capped(&home, &rel, RECORD_CAP).ok()?;
+    let text = crate::gear::home_file::read_gear_file_capped(&home, &rel, RECORD_CAP).ok()?;
     let d: Deployment = toml::from_str(&text).ok()?;
     if after.is_none() && d.time < since {
         return None;
@@ -214,7 +214,7 @@ fn record_detected(node: &Node, app_name: &str) -> Result<()> {
     if !app.cartridge.is_empty() {
         return Ok(());
     }
-    let text = app::cartridge::read_gear_file(&g.home(node), crate::ingear::detect::DETECTED)?;
+    let text = crate::gear::home_file::read_gear_file(&g.home(node), crate::ingear::detect::DETECTED)?;
     let name = app::cartridge::find(node, text.trim())?.manifest.name;
     let _lock = node.lock()?;
     let mut app = app::load(node, app_name)?;

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod create;
+pub mod home_file;
 pub mod init;
 pub mod isolation;
 pub mod layout;

@@ -5,6 +5,7 @@
 //! Any failure rejects the push and leaves the previous deployment serving.
 
 use crate::gear::control;
+use crate::gear::home_file;
 use crate::gear::layout;
 use crate::gear::meta::GearInfo;
 use crate::ingear::appjson;
@@ -135,7 +136,7 @@ pub fn switch_to(_info: &GearInfo, id: &str) -> Result<()> {
     if let Err(e) = control::ctl(&format!("switch {id}")) {
         // What the new process said before it failed, for the pusher (the hook's output
         // reaches them as `remote:` lines).
-        let tail = last_lines(&read_from(&log, log_start), START_OUTPUT_LINES);
+        let tail = home_file::last_lines(&read_from(&log, log_start), START_OUTPUT_LINES);
         if !tail.is_empty() {
             say(&format!(
                 "the web process's last output ({} line(s) of {}):",
@@ -172,21 +173,6 @@ fn read_from(path: &Path, offset: u64) -> String {
         return String::new();
     }
     String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// The last `n` non-empty lines of `text`, control characters replaced (they would otherwise
-/// reach the pusher's terminal).
-fn last_lines(text: &str, n: usize) -> Vec<String> {
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            l.chars()
-                .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-                .collect()
-        })
-        .collect();
-    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 /// Runs one step: the cartridge's `bin/STEP`, then the app's `.openshift/action_hooks/STEP`.
@@ -489,11 +475,9 @@ fn build_and_switch(
     let mut settler = false;
     if let Some(j) = journal {
         // Room to undo the switch, whatever fills the disk after it (given back once settled).
+        // (Given back by `deploy_from` too when the journal cannot be written: nothing switched.)
         reserve::take()?;
-        if let Err(e) = journal::begin(j) {
-            reserve::give_back();
-            return Err(e);
-        }
+        journal::begin(j)?;
         // From here on, whatever ends this hook (its own failure, a kill), the switch is
         // settled once git has ended.
         settler = settle_after_git(info.keep_deployments);
@@ -790,16 +774,5 @@ mod tests {
         let me = std::process::id() as i32;
         assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw()));
         assert_eq!(parent_of(0), None);
-    }
-
-    #[test]
-    fn a_failed_start_shows_its_last_lines() {
-        let text: String = (1..=30).map(|i| format!("line {i}\n\n")).collect::<String>() + "bell\x07\n";
-        let tail = last_lines(&text, 20);
-        assert_eq!(tail.len(), 20);
-        assert_eq!(tail[0], "line 12");
-        assert_eq!(tail[19], "bell?");
-        assert_eq!(last_lines("one\n", 20), vec!["one"]);
-        assert!(last_lines("", 20).is_empty());
     }
 }

@@ -154,11 +154,11 @@ fn rotate(path: &Path) {
     let _ = std::fs::rename(path, numbered(1));
 }
 
-/// The last `n` lines of log `name` (`worker`, `worker.2`), for an error.
+/// The last `n` lines of log `name` (`worker`, `worker.2`), for an error (which reaches the
+/// pusher's terminal: control characters replaced).
 fn last_lines(name: &str, n: usize) -> String {
     let text = std::fs::read_to_string(log_dir().join(format!("{name}.log"))).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    crate::gear::home_file::last_lines(&text, n).join("\n")
 }
 
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.

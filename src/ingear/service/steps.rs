@@ -68,9 +68,7 @@ pub fn run_logged(cmd: &mut std::process::Command, what: &str) -> Result<()> {
         let _ = log.write_all(&o.stdout).and_then(|_| log.write_all(&o.stderr));
     }
     if !o.status.success() {
-        let said = String::from_utf8_lossy(&o.stderr);
-        let last: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
-        let last = last[last.len().saturating_sub(2)..].join(" / ");
+        let last = crate::gear::home_file::last_lines(&String::from_utf8_lossy(&o.stderr), 2).join(" / ");
         let last: String = last.chars().take(400).collect();
         bail!("{what} failed ({}): {last}; see {SERVICE_LOG}", o.status);
     }
