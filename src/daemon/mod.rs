@@ -295,6 +295,12 @@ fn routed_apps(node: &Node, request: &command::Request) -> Vec<String> {
             op: GitOp::ReceivePack,
             app,
         } => vec![app.clone()],
+        // A destroyed app has no record left: its name is taken from the verb, so its routes go.
+        Request::Verb { argv } if argv.len() > 2 && argv[0] == "app" && argv[1] == "destroy" => argv[2..]
+            .iter()
+            .filter(|w| crate::names::check_app_name(w).is_ok())
+            .cloned()
+            .collect(),
         Request::Verb { argv } => argv
             .iter()
             .filter(|w| crate::app::load(node, w).is_ok())
