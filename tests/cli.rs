@@ -164,3 +164,53 @@ fn users_and_keys() {
     let users: serde_json::Value = serde_json::from_str(&n.ok(&["user", "list", "--json"])).unwrap();
     assert_eq!(users.as_array().unwrap().len(), 1);
 }
+
+/// The test watchdog (`tests/common/watchdog.rs`) as a stuck test meets it: the probe below, run
+/// alone in a child test binary with a 2 s limit, still holds its watch past it while a child
+/// process of it waits. The binary is aborted, after naming the test, the waiting process and the
+/// tail of the node's daemon log.
+#[test]
+fn a_stuck_test_is_aborted_with_a_picture_of_where_it_waits() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let dir = std::env::temp_dir().join(format!("gearshift-watchdog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("daemon.log"), "the probe's daemon was here\n").unwrap();
+    // Its stderr into a file: a pipe would stay open as long as the probe's `sleep`.
+    let report = dir.join("stderr");
+    let t = std::time::Instant::now();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "watchdog_probe", "--ignored"])
+        .env("GEARSHIFT_TEST_TIMEOUT", "2")
+        .env("GEARSHIFT_PROBE_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&report).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = child.id() as i32;
+    let status = child.wait().unwrap();
+    // The probe's `sleep` outlives its aborted parent: its process group goes now.
+    // SAFETY: a signal to the process group the probe made; nothing else is in it.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let e = std::fs::read_to_string(&report).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{e}");
+    assert!(
+        e.contains("==== TEST WATCHDOG: `watchdog_probe` still holds node probe-node after 2 s"),
+        "{e}"
+    );
+    assert!(e.contains("sleep 300"), "the waiting process is not named:\n{e}");
+    assert!(e.contains("the probe's daemon was here"), "no daemon log:\n{e}");
+    assert!(e.contains("==== END TEST WATCHDOG"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "{:?}", t.elapsed());
+}
+
+/// Held by the test above: never ends by itself.
+#[test]
+#[ignore = "run by a_stuck_test_is_aborted_with_a_picture_of_where_it_waits, in a child binary"]
+fn watchdog_probe() {
+    let dir = std::path::PathBuf::from(std::env::var("GEARSHIFT_PROBE_DIR").expect("GEARSHIFT_PROBE_DIR"));
+    let _watch = common::watchdog::watch("probe-node", &dir);
+    std::process::Command::new("sleep").arg("300").status().unwrap();
+}

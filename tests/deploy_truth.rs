@@ -1052,14 +1052,11 @@ fn a_redeploy_is_served_the_moment_its_push_returns() {
     );
 }
 
-/// A build that fills the gear's disk quota (and then carries on, as a careless build script
-/// does): every later step meets a full disk. The push fails saying so, the previous version
-/// keeps serving, and once the space is freed the next push deploys.
-/// A push that fills the gear's disk quota fails clearly and changes nothing, wherever the disk
-/// fills: in the build (before the switch: no room left for the switch's reserve) or in a
-/// post_deploy hook (after it: the record cannot be written, and the switch is undone with the
-/// reserve's room, though a btrfs qgroup refuses even a rename when full). Then, space freed by
-/// the app's owner, the next push deploys.
+/// A push that fills the gear's disk quota (and carries on, as a careless script does) fails
+/// clearly and changes nothing, wherever the disk fills: in the build (before the switch: no
+/// room left for the switch's reserve) or in a post_deploy hook (after it: the record cannot be
+/// written, and the switch is undone with the reserve's room, though a btrfs qgroup refuses even
+/// a rename when full). Then, space freed by the app's owner, the next push deploys.
 #[test]
 fn a_push_that_fills_the_disk_quota_before_or_after_the_switch_fails_clearly_and_the_next_push_works() {
     require_root!();

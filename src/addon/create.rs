@@ -12,8 +12,9 @@ use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
 
 /// How long a new add-on's service may take to accept its first connection: its gear's own
-/// steps (listening, then its user able to log in) may each take `START_LIMIT` (60 s).
-const READY_TIMEOUT: Duration = Duration::from_secs(150);
+/// two steps (listening, then its user able to log in) may each take `START_LIMIT`, and its
+/// supervisor needs a moment to start them.
+const READY_TIMEOUT: Duration = Duration::from_secs(2 * steps::START_LIMIT.as_secs() + 30);
 
 fn random_hex(bytes: usize) -> Result<String> {
     let mut b = vec![0u8; bytes];

@@ -175,14 +175,20 @@ impl Routes {
         self.0.apps.lock().unwrap().clone()
     }
 
+    /// Whether the route table holds an app named `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.0.apps.lock().unwrap().iter().any(|a| a.name == name)
+    }
+
     /// Puts `app`'s hosts and its gears' live web processes into the route table now (not at
     /// the watchers' pace), so a client told that a push, start or rollback succeeded reaches
-    /// the new process with its very next request.
-    /// An app whose record is gone (destroyed) leaves the table now: its hosts answer 404 with
-    /// the client's next request, not 502 until the next pass.
+    /// the new process with its very next request. An app whose record is gone (destroyed)
+    /// leaves the table now: its hosts answer 404 with the next request, not 502 until the
+    /// feeder's next pass.
     pub fn sync_app(&self, name: &str) -> Result<()> {
         let front = &self.0;
-        if crate::names::check_app_name(name).is_ok() && !app::path(&front.node, name).exists() {
+        crate::names::check_app_name(name)?;
+        if !app::path(&front.node, name).exists() {
             front.apps.lock().unwrap().retain(|a| a.name != name);
             front.gears.lock().unwrap().retain(|_, v| v.app != name);
             front.publish();

@@ -14,6 +14,7 @@ pub mod reconcile;
 mod watch;
 
 use crate::app::git::PushEvents;
+use crate::daemon::frontend::Routes;
 use crate::node::Node;
 use crate::ssh::auth::Actor;
 use crate::ssh::command;
@@ -37,7 +38,7 @@ struct Shared {
     bin: PathBuf,
     stop: Arc<AtomicBool>,
     /// The router's feeder, once it runs.
-    routes: std::sync::OnceLock<crate::daemon::frontend::Routes>,
+    routes: std::sync::OnceLock<Routes>,
     /// What `/metrics` counts of the daemon's own work.
     counters: metrics::DaemonCounters,
 }
@@ -275,9 +276,11 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
             let code = code?;
             if code == 0 {
                 // Before the client hears of success: the router routes to what it changed.
-                for app in routed_apps(&sh.node, &job.request) {
-                    if let Some(Err(e)) = sh.routes.get().map(|r| r.sync_app(&app)) {
-                        eprintln!("gearshift daemon: cannot update the routes of {app}: {e:#}");
+                if let Some(routes) = sh.routes.get() {
+                    for app in routed_apps(&sh.node, routes, &job.request) {
+                        if let Err(e) = routes.sync_app(&app) {
+                            eprintln!("gearshift daemon: cannot update the routes of {app}: {e:#}");
+                        }
                     }
                 }
             }
@@ -287,23 +290,20 @@ fn serve(sh: &Shared, conn: &UnixStream) -> Result<()> {
 }
 
 /// The apps whose routes a successful request may have changed: the app of a push, or the
-/// apps a verb names (`app start shop`, `deploy rollback shop`).
-fn routed_apps(node: &Node, request: &command::Request) -> Vec<String> {
+/// apps a verb names (`app start shop`, `deploy rollback shop`): each word that names an app on
+/// disk, or one the route table still holds (`app destroy shop` removed its record).
+fn routed_apps(node: &Node, routes: &Routes, request: &command::Request) -> Vec<String> {
     use command::{GitOp, Request};
     match request {
         Request::Git {
             op: GitOp::ReceivePack,
             app,
         } => vec![app.clone()],
-        // A destroyed app has no record left: its name is taken from the verb, so its routes go.
-        Request::Verb { argv } if argv.len() > 2 && argv[0] == "app" && argv[1] == "destroy" => argv[2..]
-            .iter()
-            .filter(|w| crate::names::check_app_name(w).is_ok())
-            .cloned()
-            .collect(),
         Request::Verb { argv } => argv
             .iter()
-            .filter(|w| crate::app::load(node, w).is_ok())
+            .filter(|w| {
+                crate::names::check_app_name(w).is_ok() && (crate::app::path(node, w).exists() || routes.holds(w))
+            })
             .cloned()
             .collect(),
         _ => Vec::new(),

@@ -8,7 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-mod watchdog;
+pub mod watchdog;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gearshift");
 
