@@ -1093,7 +1093,12 @@ fn a_push_that_fills_the_disk_quota_before_or_after_the_switch_fails_clearly_and
             "{hook:?}: the previous deployment is not serving: {:?}",
             through_router(&d.n, "full")
         );
-        let list: serde_json::Value = serde_json::from_str(&d.n.ok(&["deploy", "list", "full", "--json"])).unwrap();
+        // The settler records the undone push just after the switch back: waited for.
+        let list_now =
+            || -> serde_json::Value { serde_json::from_str(&d.n.ok(&["deploy", "list", "full", "--json"])).unwrap() };
+        let settled = |l: &serde_json::Value| l.as_array().unwrap().iter().all(|x| x["result"] != "building");
+        eventually(Duration::from_secs(10), || settled(&list_now()));
+        let list = list_now();
         let rows = list.as_array().unwrap();
         let live_rows: Vec<_> = rows.iter().filter(|x| x["live"] == true).collect();
         assert_eq!(live_rows.len(), 1, "{list}");
@@ -1102,6 +1107,15 @@ fn a_push_that_fills_the_disk_quota_before_or_after_the_switch_fails_clearly_and
             rows.iter().all(|x| x["result"] != "building"),
             "a failed push is still listed as building: {list}"
         );
+        // A switch undone is recorded with the room its reserve gave back.
+        if hook.ends_with("post_deploy") {
+            assert!(
+                rows.iter()
+                    .any(|x| x["result"].as_str().is_some_and(|r| r.starts_with("failed")
+                        && r.ends_with(&format!("{} is live again", live_rows[0]["id"].as_str().unwrap())))),
+                "the undone push is not recorded as failed: {list}"
+            );
+        }
         // Space freed (by the app's owner, in the gear), the next push deploys.
         let (code, _, err) = d.n.sh("full", "rm \"$OPENSHIFT_DATA_DIR/fill\"");
         assert_eq!(code, 0, "{err}");

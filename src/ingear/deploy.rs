@@ -117,6 +117,15 @@ fn save(d: &Deployment) -> Result<()> {
     crate::state::write_atomic(&p, toml::to_string(d)?.as_bytes(), 0o644)
 }
 
+/// Records a deployment that is not (or no longer) live as failed. A failure that cannot be
+/// recorded (the disk is full: what failed the push, often) removes the deployment, so that
+/// no record is left saying "building".
+fn record_failed(d: &Deployment) {
+    if save(d).is_err() {
+        let _ = std::fs::remove_dir_all(deployments_dir().join(&d.id));
+    }
+}
+
 /// The id of the live deployment (from the `app-root/repo` link).
 pub fn live_id() -> Option<String> {
     procenv::live_repo()?
@@ -336,9 +345,11 @@ fn deploy_from(info: &GearInfo, commit: &str, branch: &str, source: Source) -> R
                 reserve::give_back();
                 let _ = std::fs::remove_dir_all(&repo);
             }
-            // A failure that cannot be recorded (a full disk) leaves no record saying "building".
-            if save(&d).is_err() && !switched {
-                let _ = std::fs::remove_dir_all(&dir);
+            // A switch made is recorded by the settler, once undone.
+            if switched {
+                let _ = save(&d);
+            } else {
+                record_failed(&d);
             }
             prune(info.keep_deployments);
             let still = match (&journal, live_id()) {
@@ -580,10 +591,16 @@ fn settle(relay_lost: bool) {
             eprintln!("gearshift: cannot roll back the unrecorded push {}: {e:#}", j.id);
             return;
         }
+        // Undone: the reserve's room is for the record now (a full disk may have failed the push).
+        reserve::give_back_now();
         if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
             let back = j.previous.as_deref().unwrap_or("nothing");
-            d.result = format!("failed: the push ended before git recorded it; {back} is live again");
-            let _ = save(&d);
+            // The push's own failure, when it recorded one (a full disk), else git's.
+            d.result = match d.result.strip_prefix("failed: ") {
+                Some(why) => format!("failed: {why}; {back} is live again"),
+                None => format!("failed: the push ended before git recorded it; {back} is live again"),
+            };
+            record_failed(&d);
         }
     } else if relay_lost {
         if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
