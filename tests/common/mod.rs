@@ -185,9 +185,24 @@ pub fn ssh_handshake(port: u16) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ssh-ed25519 "))
 }
 
-/// Polls `event` every 50 ms until it holds or `limit` has passed; whether it held. What a test
-/// waits on instead of a fixed sleep before asserting on something that is about to happen.
+/// How long a test may wait for something that takes `d` on a host: `d` itself, or four times
+/// it inside the emulated test VM (`GEARSHIFT_TEST_STRICT=vm`: TCG, and under CI beside the
+/// host's own suites), where every process start, login and fsync is several times slower. Only
+/// a limit on waiting, never a measure: a test waits on the event and goes on as soon as it
+/// holds; a longer limit changes only how long a real failure takes to be reported.
+pub fn patience(d: std::time::Duration) -> std::time::Duration {
+    if strictness() == Strictness::Vm {
+        d * 4
+    } else {
+        d
+    }
+}
+
+/// Polls `event` every 50 ms until it holds or `limit` (its `patience`) has passed; whether it
+/// held. What a test waits on instead of a fixed sleep before asserting on something that is
+/// about to happen.
 pub fn eventually(limit: std::time::Duration, mut event: impl FnMut() -> bool) -> bool {
+    let limit = patience(limit);
     let t = std::time::Instant::now();
     loop {
         if event() {
@@ -578,11 +593,13 @@ pub fn ssh_opts(key: &Path, port: u16) -> Vec<String> {
         "BatchMode=yes",
         "IdentitiesOnly=yes",
         "LogLevel=ERROR",
-        "ConnectTimeout=20",
     ] {
         v.push("-o".into());
         v.push(o.into());
     }
+    let connect = patience(std::time::Duration::from_secs(20)).as_secs();
+    v.push("-o".into());
+    v.push(format!("ConnectTimeout={connect}"));
     v
 }
 
