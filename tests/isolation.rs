@@ -165,6 +165,7 @@ fn setuid_mount_unshare_chroot_do_not_escape() {
 }
 
 fn wait_http(addr: &str, timeout: Duration) -> bool {
+    let timeout = patience(timeout);
     let t = Instant::now();
     while t.elapsed() < timeout {
         if let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(300)) {

@@ -26,7 +26,10 @@ fn serve(n: &TestNode, app: &str) -> String {
     let addr = format!("{ip}:8080");
     let t = Instant::now();
     while !http_ok(&addr) {
-        assert!(t.elapsed() < Duration::from_secs(10), "{app} does not serve on {addr}");
+        assert!(
+            t.elapsed() < patience(Duration::from_secs(10)),
+            "{app} does not serve on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     addr
@@ -150,7 +153,7 @@ fn transfer_kbit(n: &TestNode, app: &str, ip: &str, port: u16, out_of_gear: bool
     let mut s = loop {
         match TcpStream::connect(&addr) {
             Ok(s) => break s,
-            Err(_) if t0.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if t0.elapsed() < patience(Duration::from_secs(30)) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("cannot connect to {addr}: {e}"),
         }
     };

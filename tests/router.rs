@@ -78,7 +78,7 @@ fn wait_for(n: &TestNode, host: &str, want: &str) {
             return;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(15),
+            t.elapsed() < patience(Duration::from_secs(15)),
             "{host} never answered {want:?} (last: {code} {body})"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -168,7 +168,10 @@ fn apps_at_their_names_aliases_and_error_pages() {
         if out.starts_with("301 https://shop.localhost") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "no redirect to HTTPS: {out}");
+        assert!(
+            t.elapsed() < patience(Duration::from_secs(10)),
+            "no redirect to HTTPS: {out}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     n.ok(&["domain", "redirect", "shop", "off"]);
@@ -182,7 +185,7 @@ fn apps_at_their_names_aliases_and_error_pages() {
     let t = Instant::now();
     while get(n, "blog.localhost").0 != 502 {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < patience(Duration::from_secs(10)),
             "a stopped app does not get a 502"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -372,7 +375,7 @@ fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
     let mut seen = std::collections::HashSet::new();
     while seen.len() < 3 {
         assert!(
-            t.elapsed() < Duration::from_secs(20),
+            t.elapsed() < patience(Duration::from_secs(20)),
             "requests reached only {seen:?} of {gears:?}"
         );
         let (code, body) = get(n, "wide.localhost");
@@ -476,7 +479,7 @@ fn apps_without_requests_are_idled_and_woken_again() {
     let t = Instant::now();
     while !x.n.ok(&["app", "status", "sleepy"]).starts_with("idle") {
         assert!(
-            t.elapsed() < Duration::from_secs(30),
+            t.elapsed() < patience(Duration::from_secs(30)),
             "not idled after 2 s without requests"
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -505,7 +508,10 @@ fn an_app_is_not_idled_under_a_running_push() {
         let pusher = s.spawn(|| push_as(&x.n, &x.key, &dir, "busy", "main"));
         let t = Instant::now();
         while !marker.exists() {
-            assert!(t.elapsed() < Duration::from_secs(60), "the slow build never began");
+            assert!(
+                t.elapsed() < patience(Duration::from_secs(60)),
+                "the slow build never began"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let refused = x.n.fails(&["app", "idle", "busy"]);

@@ -155,7 +155,7 @@ fn start_sleeper(n: &TestNode, app: &str) -> i32 {
             return p;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < patience(Duration::from_secs(10)),
             "no sleep process in {app}'s gear"
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -257,20 +257,13 @@ fn hostile_commands_are_refused_and_run_nothing() {
     // SAFETY: kill(2) on the node's own sshd.
     unsafe { libc::kill(old, libc::SIGKILL) };
     let t = std::time::Instant::now();
-    loop {
+    let back = eventually(std::time::Duration::from_secs(15), || {
         let new = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok());
-        if new.is_some_and(|p| p != old) && n.ssh(&s.alice, &[], Some("app list"), b"").status.success() {
-            break;
-        }
-        assert!(
-            t.elapsed().as_secs() < 15,
-            "sshd was not restarted:\n{}",
-            s.daemon.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        new.is_some_and(|p| p != old) && n.ssh(&s.alice, &[], Some("app list"), b"").status.success()
+    });
+    assert!(back, "sshd was not restarted:\n{}", s.daemon.log_text());
     eprintln!("sshd back after a kill in {:?}", t.elapsed());
 }
 
