@@ -218,3 +218,46 @@ fn watchdog_probe() {
     let _watch = common::watchdog::watch("probe-node", &dir);
     std::process::Command::new("sleep").arg("300").status().unwrap();
 }
+
+/// What `make vm-test` prints of a failed suite (`scripts/vm/failures.sh`), run on the real
+/// output of a test binary whose test failed, with a backtrace as the VM asks for: the test's
+/// name and its whole message, and no backtrace.
+#[test]
+fn a_failed_suite_is_summed_up_by_its_test_names_and_messages() {
+    let dir = std::env::temp_dir().join(format!("gearshift-failures-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("probe.log");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "failing_probe", "--ignored"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the probe passed");
+    let summary = std::process::Command::new("sh")
+        .arg(repo().join("scripts/vm/failures.sh"))
+        .arg(&log)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&summary.stdout).into_owned();
+    let raw = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(summary.status.success(), "{summary:?}");
+    assert!(out.contains("vm-test: failing_probe:"), "{out}\nfrom:\n{raw}");
+    assert!(out.contains("the probe failed on purpose"), "{out}");
+    assert!(out.contains("and says why on a second line"), "{out}");
+    assert!(
+        raw.contains("stack backtrace:"),
+        "the probe's log has no backtrace to leave out:\n{raw}"
+    );
+    assert!(!out.contains("stack backtrace"), "{out}");
+}
+
+/// Fails on purpose for the test above.
+#[test]
+#[ignore = "run by a_failed_suite_is_summed_up_by_its_test_names_and_messages, in a child binary"]
+fn failing_probe() {
+    panic!("the probe failed on purpose\nand says why on a second line");
+}

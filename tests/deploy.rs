@@ -199,14 +199,10 @@ fn action_hooks_run_in_order_and_crashes_restart() {
 
     // The web process crashes: the supervisor restarts it.
     let (_, _, _) = n.sh("hooks", "pkill -KILL -f server.py; true");
-    let t = Instant::now();
-    while get(n, "hooks") != "hooked -" {
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(10)),
-            "not restarted after a crash"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || get(n, "hooks") == "hooked -"),
+        "not restarted after a crash"
+    );
     let status = n.ok(&["app", "status", "hooks", "--json"]);
     let st: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(st["restarts"], 1, "{status}");

@@ -165,20 +165,15 @@ fn setuid_mount_unshare_chroot_do_not_escape() {
 }
 
 fn wait_http(addr: &str, timeout: Duration) -> bool {
-    let timeout = patience(timeout);
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(300)) {
-            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-            let mut b = String::new();
-            let _ = s.read_to_string(&mut b);
-            if b.starts_with("HTTP/1.0 200") {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    eventually(timeout, || {
+        let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(300)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut b = String::new();
+        let _ = s.read_to_string(&mut b);
+        b.starts_with("HTTP/1.0 200")
+    })
 }
 
 #[test]

@@ -24,14 +24,10 @@ fn serve(n: &TestNode, app: &str) -> String {
     let (code, _, err) = n.sh(app, "nohup python3 -m http.server 8080 >/dev/null 2>&1 &");
     assert_eq!(code, 0, "{err}");
     let addr = format!("{ip}:8080");
-    let t = Instant::now();
-    while !http_ok(&addr) {
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(10)),
-            "{app} does not serve on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || http_ok(&addr)),
+        "{app} does not serve on {addr}"
+    );
     addr
 }
 
@@ -149,14 +145,12 @@ fn transfer_kbit(n: &TestNode, app: &str, ip: &str, port: u16, out_of_gear: bool
         .spawn()
         .unwrap();
     let addr = format!("{ip}:{port}");
-    let t0 = Instant::now();
-    let mut s = loop {
-        match TcpStream::connect(&addr) {
-            Ok(s) => break s,
-            Err(_) if t0.elapsed() < patience(Duration::from_secs(30)) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("cannot connect to {addr}: {e}"),
-        }
-    };
+    let mut last = Err(std::io::Error::other("not tried"));
+    eventually(Duration::from_secs(30), || {
+        last = TcpStream::connect(&addr);
+        last.is_ok()
+    });
+    let mut s = last.unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     let t = Instant::now();
     if out_of_gear {
         let mut buf = Vec::new();

@@ -71,18 +71,13 @@ fn push(x: &DevNode, dir: &Path, app: &str) {
 }
 
 fn wait_for(n: &TestNode, host: &str, want: &str) {
-    let t = Instant::now();
-    loop {
-        let (code, body) = get(n, host);
-        if code == 200 && body.starts_with(want) {
-            return;
-        }
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(15)),
-            "{host} never answered {want:?} (last: {code} {body})"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut last = (0, String::new());
+    let answered = eventually(Duration::from_secs(15), || {
+        last = get(n, host);
+        last.0 == 200 && last.1.starts_with(want)
+    });
+    let (code, body) = last;
+    assert!(answered, "{host} never answered {want:?} (last: {code} {body})");
 }
 
 #[test]
@@ -147,8 +142,8 @@ fn apps_at_their_names_aliases_and_error_pages() {
         "HTTPS: {o:?}"
     );
     n.ok(&["domain", "redirect", "shop", "on"]);
-    let t = Instant::now();
-    loop {
+    let mut out = String::new();
+    let redirected = eventually(Duration::from_secs(10), || {
         let o = Command::new("curl")
             .args([
                 "-s",
@@ -164,16 +159,10 @@ fn apps_at_their_names_aliases_and_error_pages() {
             .arg(format!("http://127.0.0.1:{}/x", n.http_port()))
             .output()
             .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        if out.starts_with("301 https://shop.localhost") {
-            break;
-        }
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(10)),
-            "no redirect to HTTPS: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.starts_with("301 https://shop.localhost")
+    });
+    assert!(redirected, "no redirect to HTTPS: {out}");
     n.ok(&["domain", "redirect", "shop", "off"]);
     wait_for(n, "shop.localhost", "shop-page");
     n.ok(&["domain", "add", "shop", "www.shop.example"]);
@@ -182,14 +171,10 @@ fn apps_at_their_names_aliases_and_error_pages() {
     assert_eq!(code, 404);
     assert!(body.contains("No app is served at this address"), "{body}");
     n.ok(&["app", "stop", "blog"]);
-    let t = Instant::now();
-    while get(n, "blog.localhost").0 != 502 {
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(10)),
-            "a stopped app does not get a 502"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || get(n, "blog.localhost").0 == 502),
+        "a stopped app does not get a 502"
+    );
     assert!(get(n, "blog.localhost").1.contains("502 Bad Gateway"));
     let access = std::fs::read_to_string(n.root.join("logs/access/shop.log")).unwrap();
     assert!(
@@ -371,18 +356,15 @@ fn a_scaled_app_spreads_requests_and_survives_a_dead_gear() {
         .map(|g| g["uid"].as_u64().unwrap())
         .collect();
     assert_eq!(uids.len(), 3);
-    let t = Instant::now();
     let mut seen = std::collections::HashSet::new();
-    while seen.len() < 3 {
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(20)),
-            "requests reached only {seen:?} of {gears:?}"
-        );
+    let spread = eventually(Duration::from_secs(20), || {
         let (code, body) = get(n, "wide.localhost");
         if code == 200 {
             seen.insert(body.split_whitespace().next().unwrap_or("").to_string());
         }
-    }
+        seen.len() == 3
+    });
+    assert!(spread, "requests reached only {seen:?} of {gears:?}");
     // A push reaches every gear.
     std::fs::write(dir.join("extra.txt"), "x").unwrap();
     git(&dir, &["add", "-A"]);
@@ -476,14 +458,13 @@ fn apps_without_requests_are_idled_and_woken_again() {
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     });
     wait_for(&x.n, "sleepy.localhost", "zzz");
-    let t = Instant::now();
-    while !x.n.ok(&["app", "status", "sleepy"]).starts_with("idle") {
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(30)),
-            "not idled after 2 s without requests"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    assert!(
+        eventually(Duration::from_secs(30), || x
+            .n
+            .ok(&["app", "status", "sleepy"])
+            .starts_with("idle")),
+        "not idled after 2 s without requests"
+    );
     let (code, body) = get(&x.n, "sleepy.localhost");
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("zzz"));
@@ -506,14 +487,10 @@ fn an_app_is_not_idled_under_a_running_push() {
     let marker = PathBuf::from(x.n.show("busy")["gears"][0]["home"].as_str().unwrap()).join("building");
     std::thread::scope(|s| {
         let pusher = s.spawn(|| push_as(&x.n, &x.key, &dir, "busy", "main"));
-        let t = Instant::now();
-        while !marker.exists() {
-            assert!(
-                t.elapsed() < patience(Duration::from_secs(60)),
-                "the slow build never began"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            eventually(Duration::from_secs(60), || marker.exists()),
+            "the slow build never began"
+        );
         let refused = x.n.fails(&["app", "idle", "busy"]);
         assert!(refused.contains("being deployed"), "{refused}");
         let (ok, out) = pusher.join().unwrap();

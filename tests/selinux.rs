@@ -146,20 +146,14 @@ fn gear_pids(n: &TestNode, app: &str) -> Vec<i32> {
 fn start_sleeper(n: &TestNode, app: &str) -> i32 {
     let (code, _, err) = n.sh(app, "nohup sleep 300 >/dev/null 2>&1 &");
     assert_eq!(code, 0, "{err}");
-    let t = Instant::now();
-    loop {
-        let found = gear_pids(n, app)
+    let mut found = None;
+    eventually(Duration::from_secs(10), || {
+        found = gear_pids(n, app)
             .into_iter()
             .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep"));
-        if let Some(p) = found {
-            return p;
-        }
-        assert!(
-            t.elapsed() < patience(Duration::from_secs(10)),
-            "no sleep process in {app}'s gear"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no sleep process in {app}'s gear"))
 }
 
 #[test]

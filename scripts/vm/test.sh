@@ -178,19 +178,8 @@ echo "vm-test: timings: host build ${T_BUILD}s, image ${T_IMAGE}s (beside the bu
 echo "vm-test: VM-only tests passed (tests/vm-only.txt): ${VM_COUNTS[*]/%/,}" | sed 's/,$//'
 echo "vm-test: skip-file lines in the guest: $(cat "$OUT"/*.skips 2>/dev/null | grep -c . || true) (target/vm-test/*.skips)"
 if [ ${#FAILED[@]} -gt 0 ]; then
-  # What failed and why, last, where a CI excerpt of the output's tail shows it: each failed
-  # test's panic line and its message (8 lines at most, no backtrace), or the log's tail when
-  # nothing panicked (a suite killed by its time limit, a crashed binary).
-  for t in "${FAILED[@]}"; do
-    if grep -q 'panicked at' "$OUT/$t.log"; then
-      awk '/^---- .* stdout ----$/ { name = $2 } /panicked at/ { n = 8; print "vm-test: " name ":" }
-           /^(stack backtrace:|note: )/ { n = 0 } n > 0 { print "    " substr($0, 1, 300); n-- }' \
-        "$OUT/$t.log" | head -60
-    else
-      echo "vm-test: $t: nothing panicked; the log's last lines:"
-      tail -15 "$OUT/$t.log" | cut -c1-300 | sed 's/^/    /'
-    fi
-  done
+  # What failed and why, last, where an excerpt of CI's output shows it.
+  for t in "${FAILED[@]}"; do sh "$HERE/failures.sh" "$OUT/$t.log"; done
   echo "vm-test: FAILED: ${FAILED[*]} (logs in target/vm-test/)"
   exit 1
 fi

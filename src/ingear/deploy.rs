@@ -106,10 +106,15 @@ pub fn list() -> Vec<Deployment> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| toml::from_str(&std::fs::read_to_string(e.path().join("metadata.toml")).ok()?).ok())
+        .filter_map(|e| load(e.file_name().to_str()?))
         .collect();
     out.sort_by(|a: &Deployment, b| a.id.cmp(&b.id));
     out
+}
+
+/// One deployment's record, by its id.
+fn load(id: &str) -> Option<Deployment> {
+    toml::from_str(&std::fs::read_to_string(deployments_dir().join(id).join("metadata.toml")).ok()?).ok()
 }
 
 fn save(d: &Deployment) -> Result<()> {
@@ -252,8 +257,8 @@ enum Source {
 
 /// Whether `commit` (or, from git, a commit with the same files) is live already; says so.
 fn already_live(source: &Source, commit: &str) -> bool {
-    let live = live_id();
-    if let (Source::Stdin, Some(l)) = (source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
+    let live = live_id().and_then(|id| load(&id));
+    if let (Source::Stdin, Some(l)) = (source, &live) {
         if l.commit == commit {
             say(&format!(
                 "{} is live already ({})",
@@ -263,7 +268,7 @@ fn already_live(source: &Source, commit: &str) -> bool {
             return true;
         }
     }
-    if let (Source::Git, Some(l)) = (source, list().into_iter().find(|d| Some(&d.id) == live.as_ref())) {
+    if let (Source::Git, Some(l)) = (source, &live) {
         let same = git(&["rev-parse", &format!("{commit}^{{tree}}")]).ok()
             == git(&["rev-parse", &format!("{}^{{tree}}", l.commit)]).ok();
         if same {
@@ -593,7 +598,7 @@ fn settle(relay_lost: bool) {
         }
         // Undone: the reserve's room is for the record now (a full disk may have failed the push).
         reserve::give_back_now();
-        if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
+        if let Some(mut d) = load(&j.id) {
             let back = j.previous.as_deref().unwrap_or("nothing");
             // The push's own failure, when it recorded one (a full disk), else git's.
             d.result = match d.result.strip_prefix("failed: ") {
@@ -603,7 +608,7 @@ fn settle(relay_lost: bool) {
             record_failed(&d);
         }
     } else if relay_lost {
-        if let Some(mut d) = list().into_iter().find(|d| d.id == j.id) {
+        if let Some(mut d) = load(&j.id) {
             d.note = Some(
                 "live, though the push's connection was lost after git recorded it: the pusher may have seen an error"
                     .into(),
