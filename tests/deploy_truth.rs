@@ -702,6 +702,68 @@ fn a_gear_whose_supervisor_does_not_answer_is_reported_as_not_serving() {
     assert_eq!(through_router(&d.n, "numb").0, "200");
 }
 
+/// A command sent the instant a gear's init is killed (by a crash, an OOM kill, another admin's
+/// restart) waits for the old gear to be gone and starts it again, rather than failing on the
+/// exiting init's vanished namespaces (CI met `deploy list` failing with "cannot open
+/// /proc/PID/ns/cgroup" so). The gear holds a process with 300 MiB written, which keeps its
+/// exiting init around for a while, as a loaded app does.
+#[test]
+fn a_command_the_instant_its_gears_init_is_killed_starts_the_gear_again() {
+    require_root!();
+    let d = dev_node();
+    page_app(&d, "reborn", "small", "v1");
+    let id = d.n.show("reborn")["gears"][0]["id"].as_str().unwrap().to_string();
+    let pidfile = d.n.root.join("run/gears").join(&id).join("init.pid");
+    let hog = "setsid python3 -c \"import time; b = b'x' * (300 << 20); open('/tmp/hog', 'w').close(); time.sleep(600)\" </dev/null >/dev/null 2>&1 &";
+    for round in 1..=8 {
+        d.n.ok(&["run", "reborn", "--", "sh", "-c", hog]);
+        assert!(
+            eventually(Duration::from_secs(30), || d
+                .n
+                .gs(&["run", "reborn", "--", "test", "-e", "/tmp/hog"])
+                .status
+                .success()),
+            "round {round}: the memory hog never started"
+        );
+        let init: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // SAFETY: kill(2) with integer arguments.
+        assert_eq!(unsafe { libc::kill(init, libc::SIGKILL) }, 0);
+        let word = if round % 2 == 0 { "deploy list" } else { "run" };
+        let o = if round % 2 == 0 {
+            d.n.gs(&["deploy", "list", "reborn", "--json"])
+        } else {
+            d.n.gs(&["run", "reborn", "--", "cat", "/app/page.txt"])
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            o.status.success(),
+            "round {round}: `{word}` the instant the gear's init was killed failed:\n{}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let out = text(&o.stdout);
+        let right = if round % 2 == 0 {
+            let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+            list.as_array().unwrap().iter().filter(|x| x["live"] == true).count() == 1
+        } else {
+            out.trim() == "v1"
+        };
+        assert!(right, "round {round}: `{word}` says:\n{out}");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || through_router(&d.n, "reborn")
+            == ("200".into(), "v1".into())),
+        "the app does not serve after its gear was started again: {:?}",
+        through_router(&d.n, "reborn")
+    );
+}
+
 /// A page naming the deployment's page.txt and the environment's COLOR (`-` when unset).
 const ENV_SERVER: &str = r#"import http.server, os
 class H(http.server.BaseHTTPRequestHandler):

@@ -31,7 +31,7 @@ fn run(
     let kind = a.kind()?;
     let s = secret(node, name)?;
     let g = a.gear()?;
-    let pid = gear::ensure_running(node, g, &boot(&a))?;
+    let ns = gear::enter(node, g, &boot(&a))?;
     let cg = gear::cgroup(node, g)?;
     let who = gear::identity(g);
     let mut env = descriptor(node, &a, &s)?.env_pairs();
@@ -41,8 +41,8 @@ fn run(
     if force {
         env.push((ENV_FORCE.into(), "1".into()));
     }
-    gear::spawn::exec(&gear::spawn::ExecSpec {
-        init_pid: pid,
+    gear::spawn::exec(gear::spawn::ExecSpec {
+        gear: ns,
         cgroup: &cg,
         who: &who,
         argv: vec!["/bin/sh".into(), "-c".into(), script(kind)],

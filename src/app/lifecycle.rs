@@ -175,14 +175,14 @@ fn spawn_in_gear(
         .iter()
         .find(|g| g.index == index)
         .with_context(|| format!("app '{name}' has no gear {index}"))?;
-    let pid = gear::ensure_running(node, g, &boot(&app))?;
+    let ns = gear::enter(node, g, &boot(&app))?;
     let cg = gear::cgroup(node, g)?;
     let term = if tty { std::env::var("TERM").ok() } else { None };
     let who = gear::identity(g);
     let mut env = super::gear_env(node, &app, g, term);
     crate::fault::pass_on(&mut env);
-    gear::spawn::exec(&gear::spawn::ExecSpec {
-        init_pid: pid,
+    gear::spawn::exec(gear::spawn::ExecSpec {
+        gear: ns,
         cgroup: &cg,
         who: &who,
         argv: command.to_vec(),

@@ -9,6 +9,7 @@ use super::{control, spawn, Gear};
 use crate::node::Node;
 use anyhow::{Context, Result};
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 
 /// Read-only bind mounts: host path -> path in the gear.
@@ -84,15 +85,70 @@ fn init_file(node: &Node, gear: &Gear) -> PathBuf {
     node.gear_meta_dir(&gear.id).join("init.pid")
 }
 
-/// The host pid of the gear's init, if it is running.
-pub fn init_pid(node: &Node, gear: &Gear) -> Option<i32> {
+/// The recorded init's pid, while that process lives (exiting or not).
+fn recorded_pid(node: &Node, gear: &Gear) -> Option<i32> {
     let text = fs::read_to_string(init_file(node, gear)).ok()?;
     let (pid, st) = text.trim().split_once(' ')?;
     let pid: i32 = pid.parse().ok()?;
     (start_time(pid)? == st.parse::<u64>().ok()?).then_some(pid)
 }
 
-/// Starts the gear's init unless it runs; recreates the runtime pieces a reboot removes.
+/// Whether process `pid` is exiting: its namespaces are already gone, though it is not a zombie
+/// yet (a gear's init waits there until every other process of its pid namespace is reaped).
+fn exiting(pid: i32) -> bool {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).is_err()
+}
+
+/// The host pid of the gear's init, if it is running (not exiting).
+pub fn init_pid(node: &Node, gear: &Gear) -> Option<i32> {
+    recorded_pid(node, gear).filter(|p| !exiting(*p))
+}
+
+/// Waits (up to `limit`) until process `pid`, not our child, has exited; true once it has.
+fn wait_exit(pid: i32, limit: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open with integer arguments; the descriptor it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        // Gone already (ESRCH), or no pidfd_open on this kernel: look for it every 5 ms.
+        let t = std::time::Instant::now();
+        while start_time(pid).is_some() && t.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        return start_time(pid).is_none();
+    }
+    // SAFETY: `fd` is the fresh descriptor pidfd_open returned, owned here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut pfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd; a pidfd becomes readable when its process has exited.
+    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, limit.as_millis().min(i32::MAX as u128) as i32) };
+    n > 0 || start_time(pid).is_none()
+}
+
+/// How long an exiting init may take (the kernel kills and reaps every process of its pid
+/// namespace first) before a start waiting on it gives up.
+const EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The gear's namespaces, opened, for a command to join: the init is started first if it is
+/// down (see [`ensure_running`]); one killed in between (by `app restart`, an idle, a crash)
+/// is started again, up to three times.
+pub fn enter(node: &Node, gear: &Gear, boot: &Boot) -> Result<spawn::Namespaces> {
+    let mut tries = 0;
+    loop {
+        let pid = ensure_running(node, gear, boot)?;
+        match spawn::Namespaces::open(pid) {
+            Ok(ns) => return Ok(ns),
+            Err(_) if tries < 3 && init_pid(node, gear) != Some(pid) => tries += 1,
+            Err(e) => return Err(e.context(format!("cannot enter gear {} of app '{}'", gear.id, gear.app))),
+        }
+    }
+}
+
+/// Starts the gear's init unless it runs; recreates the runtime pieces a reboot removes. An
+/// init that is exiting (killed, its pid namespace being torn down) is waited for first.
 pub fn ensure_running(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
     if let Some(pid) = init_pid(node, gear) {
         return Ok(pid);
@@ -100,6 +156,16 @@ pub fn ensure_running(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
     let _lock = crate::state::Lock::exclusive(&node.gear_meta_dir(&gear.id).join("init.lock"))?;
     if let Some(pid) = init_pid(node, gear) {
         return Ok(pid);
+    }
+    if let Some(old) = recorded_pid(node, gear) {
+        if !wait_exit(old, EXIT_LIMIT) {
+            anyhow::bail!(
+                "gear {} of app '{}' is still stopping after {}s (its init, pid {old}, is exiting): try again, or run `gearshift doctor`",
+                gear.id,
+                gear.app,
+                EXIT_LIMIT.as_secs()
+            );
+        }
     }
     let limits = node.config.profile(&gear.profile)?.limits()?;
     let cg = cgroup(node, gear)?;
@@ -167,20 +233,11 @@ fn gear_opt_binds(node: &Node, gear: &Gear, boot: &Boot) -> Result<Binds> {
 
 /// Stops every process of the gear (its init, hence its pid namespace, and the cgroup).
 pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
-    if let Some(pid) = init_pid(node, gear) {
+    if let Some(pid) = recorded_pid(node, gear) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        // The kernel kills the rest of the pid namespace as its init exits; wait for that.
-        for _ in 0..200 {
-            let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-            let gone = state
-                .as_deref()
-                .and_then(|s| s.rsplit_once(") "))
-                .is_none_or(|(_, r)| r.starts_with('Z'));
-            if gone {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        // The kernel kills the rest of the pid namespace as its init exits; wait for that (the
+        // cgroup's kill below takes whatever is left after 2 s).
+        wait_exit(pid, std::time::Duration::from_secs(2));
     }
     if let Ok(cg) = cgroup(node, gear) {
         cg.kill_all()?;

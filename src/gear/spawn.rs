@@ -45,7 +45,8 @@ pub struct InitSpec {
 
 /// A command to run in a running gear.
 pub struct ExecSpec<'a> {
-    pub init_pid: i32,
+    /// The gear's namespaces, opened ([`Namespaces::open`]).
+    pub gear: Namespaces,
     pub cgroup: &'a GearCgroup,
     pub who: &'a Identity,
     pub argv: Vec<String>,
@@ -326,35 +327,46 @@ fn held(argv: &[String]) -> Vec<String> {
     held
 }
 
-/// The namespaces of the gear whose init is `init_pid`, in the order they are joined.
-fn gear_namespaces(init_pid: i32) -> Result<Vec<(File, CloneFlags)>> {
-    let ns_kinds = [
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ];
-    ns_kinds
-        .iter()
-        .map(|(k, f)| {
-            let p = format!("/proc/{init_pid}/ns/{k}");
-            File::open(&p)
-                .map(|fd| (fd, *f))
-                .with_context(|| format!("cannot open {p} (is the gear running?)"))
-        })
-        .collect()
+/// The namespaces of a running gear, opened: held, they stay joinable whatever its init does
+/// next, and opening them is what tells a running init from one that is exiting (its
+/// namespaces go before it does).
+pub struct Namespaces {
+    init_pid: i32,
+    /// In the order they are joined.
+    ns: Vec<(File, CloneFlags)>,
+}
+
+impl Namespaces {
+    /// Opens the namespaces of the gear whose init is `init_pid`.
+    pub fn open(init_pid: i32) -> Result<Namespaces> {
+        let ns_kinds = [
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ];
+        let ns = ns_kinds
+            .iter()
+            .map(|(k, f)| {
+                let p = format!("/proc/{init_pid}/ns/{k}");
+                File::open(&p)
+                    .map(|fd| (fd, *f))
+                    .with_context(|| format!("cannot open {p} (is the gear running?)"))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Namespaces { init_pid, ns })
+    }
 }
 
 /// Runs a command in a running gear, with stdio attached, and returns its exit code
 /// (128+N when killed by signal N). The calling process joins the gear's cgroup and
 /// namespaces: call it from a single-threaded process that has nothing else to do (the CLI, or
 /// a process forked for this one spawn).
-pub fn exec(spec: &ExecSpec) -> Result<i32> {
+pub fn exec(spec: ExecSpec) -> Result<i32> {
     let filters = seccomp::build()?;
     selinux::enabled(); // decided now: the gear's /sys has no selinuxfs
-    let ns = gear_namespaces(spec.init_pid)?;
     let argv: Vec<CString> = held(&spec.argv)
         .iter()
         .map(|a| CString::new(a.as_str()))
@@ -366,7 +378,11 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
         .map(|(k, v)| CString::new(format!("{k}={v}")))
         .collect::<Result<_, _>>()
         .context("environment contains a NUL byte")?;
-    let pty = if spec.tty { Some(gear_pty(spec.init_pid)?) } else { None };
+    let pty = if spec.tty {
+        Some(gear_pty(spec.gear.init_pid)?)
+    } else {
+        None
+    };
     if let Some((m, _)) = &pty {
         super::tty::copy_window_size(0, m.as_raw_fd());
     }
@@ -385,7 +401,7 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
     // process that needs nothing from the host after this point), which saves a fork. setns of
     // the pid namespace applies to the children only: the command becomes a member, we do not.
     spec.cgroup.join(0).context("cannot join the gear's cgroup")?;
-    for (fd, kind) in &ns {
+    for (fd, kind) in &spec.gear.ns {
         setns(fd, *kind).with_context(|| format!("cannot join the gear's {kind:?} namespace"))?;
     }
     // SAFETY: single-threaded process; the child uses only its own copies.
@@ -431,7 +447,7 @@ pub fn exec(spec: &ExecSpec) -> Result<i32> {
             )
         }
     };
-    drop(ns);
+    drop(spec.gear); // the command holds the namespaces now
     if let Some((m, s)) = pty {
         drop(s);
         super::tty::relay(m, child)?;
