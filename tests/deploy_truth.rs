@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A git repository holding a copy of `examples/NAME` whose page names `app`.
@@ -706,7 +706,8 @@ fn a_gear_whose_supervisor_does_not_answer_is_reported_as_not_serving() {
 /// restart) waits for the old gear to be gone and starts it again, rather than failing on the
 /// exiting init's vanished namespaces (CI met `deploy list` failing with "cannot open
 /// /proc/PID/ns/cgroup" so). The gear holds a process with 300 MiB written, which keeps its
-/// exiting init around for a while, as a loaded app does.
+/// exiting init around for a while, as a loaded app does. Each time the daemon's repair (`node
+/// up`) races the command to start the gear again.
 #[test]
 fn a_command_the_instant_its_gears_init_is_killed_starts_the_gear_again() {
     require_root!();
@@ -715,7 +716,7 @@ fn a_command_the_instant_its_gears_init_is_killed_starts_the_gear_again() {
     let id = d.n.show("reborn")["gears"][0]["id"].as_str().unwrap().to_string();
     let pidfile = d.n.root.join("run/gears").join(&id).join("init.pid");
     let hog = "setsid python3 -c \"import time; b = b'x' * (300 << 20); open('/tmp/hog', 'w').close(); time.sleep(600)\" </dev/null >/dev/null 2>&1 &";
-    for round in 1..=8 {
+    for round in 1..=12 {
         d.n.ok(&["run", "reborn", "--", "sh", "-c", hog]);
         assert!(
             eventually(Duration::from_secs(30), || d
@@ -734,6 +735,17 @@ fn a_command_the_instant_its_gears_init_is_killed_starts_the_gear_again() {
             .unwrap();
         // SAFETY: kill(2) with integer arguments.
         assert_eq!(unsafe { libc::kill(init, libc::SIGKILL) }, 0);
+        // The daemon's repair (`node up`, run by its reconciler once it has seen the gear down
+        // twice) races the command to start the gear: neither may take the gear the other is
+        // starting (its supervisor not listening yet) for a dumb one and kill it.
+        let up =
+            d.n.cmd()
+                .args(["node", "up"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
         let word = if round % 2 == 0 { "deploy list" } else { "run" };
         let o = if round % 2 == 0 {
             d.n.gs(&["deploy", "list", "reborn", "--json"])
@@ -755,6 +767,13 @@ fn a_command_the_instant_its_gears_init_is_killed_starts_the_gear_again() {
             out.trim() == "v1"
         };
         assert!(right, "round {round}: `{word}` says:\n{out}");
+        let up = up.wait_with_output().unwrap();
+        let said = text(&up.stderr);
+        assert!(up.status.success(), "round {round}: node up:\n{said}");
+        assert!(
+            !said.contains("restart"),
+            "round {round}: node up restarted the gear:\n{said}"
+        );
     }
     assert!(
         eventually(Duration::from_secs(30), || through_router(&d.n, "reborn")

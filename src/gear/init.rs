@@ -70,15 +70,20 @@ pub fn drift(node: &Node, gear: &Gear, shaped: Option<&std::collections::HashSet
     Ok(found.iter().map(|d| d.describe(&net)).collect())
 }
 
-/// Field 22 of /proc/PID/stat: the start time, which tells a live init from a reused pid.
-/// None for a dead (or zombie) process.
-fn start_time(pid: i32) -> Option<u64> {
+/// Of /proc/PID/stat: (field 22, the start time, which tells a live init from a reused pid;
+/// field 9, the kernel's flags). None for a dead (or zombie) process.
+fn stat(pid: i32) -> Option<(u64, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &s[s.rfind(')')? + 2..];
     if after.starts_with(['Z', 'X']) {
         return None;
     }
-    after.split_whitespace().nth(19)?.parse().ok()
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some((fields.get(19)?.parse().ok()?, fields.get(6)?.parse().ok()?))
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|(start, _)| start)
 }
 
 fn init_file(node: &Node, gear: &Gear) -> PathBuf {
@@ -93,10 +98,21 @@ fn recorded_pid(node: &Node, gear: &Gear) -> Option<i32> {
     (start_time(pid)? == st.parse::<u64>().ok()?).then_some(pid)
 }
 
-/// Whether process `pid` is exiting: its namespaces are already gone, though it is not a zombie
+/// The kernel's flag of a task in `do_exit` (include/linux/sched.h).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether process `pid` is on its way out: killed (SIGKILL pending, for a kill sent a moment
+/// ago), in its exit (PF_EXITING), or with its namespaces already gone though it is not a zombie
 /// yet (a gear's init waits there until every other process of its pid namespace is reaped).
 fn exiting(pid: i32) -> bool {
-    fs::read_link(format!("/proc/{pid}/ns/mnt")).is_err()
+    let killed = fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| {
+        s.lines()
+            .filter_map(|l| l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:")))
+            .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0))
+    });
+    killed
+        || stat(pid).is_none_or(|(_, flags)| flags & PF_EXITING != 0)
+        || fs::read_link(format!("/proc/{pid}/ns/mnt")).is_err()
 }
 
 /// The host pid of the gear's init, if it is running (not exiting).
@@ -123,9 +139,22 @@ fn wait_exit(pid: i32, limit: std::time::Duration) -> bool {
         events: libc::POLLIN,
         revents: 0,
     }];
-    // SAFETY: one valid pollfd; a pidfd becomes readable when its process has exited.
-    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, limit.as_millis().min(i32::MAX as u128) as i32) };
-    n > 0 || start_time(pid).is_none()
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: one valid pollfd; a pidfd becomes readable when its process has exited.
+        let n = unsafe {
+            libc::poll(
+                pfd.as_mut_ptr(),
+                1,
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+            )
+        };
+        let interrupted = n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if !interrupted || left.is_zero() {
+            return n > 0 || start_time(pid).is_none();
+        }
+    }
 }
 
 /// How long an exiting init may take (the kernel kills and reaps every process of its pid
@@ -153,7 +182,33 @@ pub fn ensure_running(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
     if let Some(pid) = init_pid(node, gear) {
         return Ok(pid);
     }
-    let _lock = crate::state::Lock::exclusive(&node.gear_meta_dir(&gear.id).join("init.lock"))?;
+    let _lock = init_lock(node, gear)?;
+    start_locked(node, gear, boot)
+}
+
+/// [`ensure_running`], and an init whose supervisor does not answer (one started by an older
+/// gearshift: an upgrade) is replaced by a fresh one; true when it was. Decided and done under
+/// the gear's init lock, so a gear another process is starting (its supervisor not listening
+/// yet) is waited for, never taken for a dumb one and killed.
+pub fn ensure_answering(node: &Node, gear: &Gear, boot: &Boot) -> Result<bool> {
+    let _lock = init_lock(node, gear)?;
+    let dumb =
+        init_pid(node, gear).filter(|_| control::command(&network::netns_path(&gear.netns()), "status").is_err());
+    if let Some(pid) = dumb {
+        kill_init(pid);
+        stop_locked(node, gear)?;
+    }
+    start_locked(node, gear, boot)?;
+    Ok(dumb.is_some())
+}
+
+/// Held while a gear's init is started or stopped.
+fn init_lock(node: &Node, gear: &Gear) -> Result<crate::state::Lock> {
+    crate::state::Lock::exclusive(&node.gear_meta_dir(&gear.id).join("init.lock"))
+}
+
+/// Starts the gear's init unless it runs, under its init lock.
+fn start_locked(node: &Node, gear: &Gear, boot: &Boot) -> Result<i32> {
     if let Some(pid) = init_pid(node, gear) {
         return Ok(pid);
     }
@@ -231,14 +286,25 @@ fn gear_opt_binds(node: &Node, gear: &Gear, boot: &Boot) -> Result<Binds> {
     Ok(binds)
 }
 
-/// Stops every process of the gear (its init, hence its pid namespace, and the cgroup).
+/// Stops every process of the gear (its init, hence its pid namespace, and the cgroup); waits
+/// for a start in progress first.
 pub fn stop(node: &Node, gear: &Gear) -> Result<()> {
+    let _lock = init_lock(node, gear)?;
     if let Some(pid) = recorded_pid(node, gear) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        // The kernel kills the rest of the pid namespace as its init exits; wait for that (the
-        // cgroup's kill below takes whatever is left after 2 s).
-        wait_exit(pid, std::time::Duration::from_secs(2));
+        kill_init(pid);
     }
+    stop_locked(node, gear)
+}
+
+/// Kills the gear's init and waits for it: the kernel kills the rest of the pid namespace as
+/// its init exits (what is left after 2 s is the cgroup's kill's).
+fn kill_init(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    wait_exit(pid, std::time::Duration::from_secs(2));
+}
+
+/// Kills whatever is left in the gear's cgroup and forgets its init, under its init lock.
+fn stop_locked(node: &Node, gear: &Gear) -> Result<()> {
     if let Ok(cg) = cgroup(node, gear) {
         cg.kill_all()?;
     }
@@ -262,5 +328,34 @@ pub fn identity(gear: &Gear) -> spawn::Identity {
         gid: gear.gid(),
         mcs: gear.mcs(),
         home_inner: gear.inner_home(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the real kernel: a live process is neither exiting nor waited out; once killed it is
+    /// exiting (a zombie counts), and waiting on it returns as it ends.
+    #[test]
+    fn a_killed_process_is_exiting_and_waited_for() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(!exiting(pid), "a sleeping process is not exiting");
+        assert!(start_time(pid).is_some());
+        let t = std::time::Instant::now();
+        assert!(
+            !wait_exit(pid, std::time::Duration::from_millis(50)),
+            "it has not exited"
+        );
+        assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+        child.kill().unwrap();
+        assert!(
+            wait_exit(pid, std::time::Duration::from_secs(5)),
+            "the killed process is waited for"
+        );
+        assert!(exiting(pid), "a zombie is exiting");
+        assert!(start_time(pid).is_none(), "a zombie has no start time");
+        child.wait().unwrap();
     }
 }

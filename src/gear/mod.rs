@@ -22,7 +22,9 @@ pub mod spawn;
 pub mod tty;
 
 pub use create::{create, destroy, relabel_if_needed};
-pub use init::{cgroup, drift, ensure_running, enter, identity, init_pid, reattach_network, stop, Boot};
+pub use init::{
+    cgroup, drift, ensure_answering, ensure_running, enter, identity, init_pid, reattach_network, stop, Boot,
+};
 pub use meta::{env, reserved_env};
 
 use crate::node::Node;

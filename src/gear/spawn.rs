@@ -405,7 +405,14 @@ pub fn exec(spec: ExecSpec) -> Result<i32> {
         setns(fd, *kind).with_context(|| format!("cannot join the gear's {kind:?} namespace"))?;
     }
     // SAFETY: single-threaded process; the child uses only its own copies.
-    let child = match unsafe { fork() }.context("cannot fork into the gear")? {
+    let forked = unsafe { fork() }.map_err(|e| match e {
+        // The kernel refuses new members to a pid namespace whose init has exited.
+        nix::errno::Errno::ENOMEM => anyhow::anyhow!(
+            "the gear stopped as the command was starting (its init was killed or restarted): run the command again"
+        ),
+        e => anyhow::Error::new(e).context("cannot fork into the gear"),
+    });
+    let child = match forked? {
         ForkResult::Parent { child } => child,
         ForkResult::Child => {
             if let Some((m, s)) = &pty {

@@ -4,8 +4,8 @@
 
 use super::{probe, Node};
 use crate::app;
+use crate::gear;
 use crate::gear::isolation::{cgroup, network, quota, selinux};
-use crate::gear::{self, control};
 use crate::ssh::{login_user, sshd};
 use crate::state;
 use anyhow::{bail, Context, Result};
@@ -156,19 +156,18 @@ fn up_gears(node: &Node, apps: &[app::App]) -> usize {
             // A gear this pass starts is shaped as it starts, after the listing.
             let was_running = gear::init_pid(node, g).is_some();
             if !a.idle {
-                // A gear started by an older gearshift whose supervisor does not
-                // answer the control socket gets a fresh init (an upgrade).
-                let ns = network::netns_path(&g.netns());
-                if gear::init_pid(node, g).is_some() && control::command(&ns, "status").is_err() {
-                    eprintln!(
-                        "gearshift: restarting gear {} of '{}' (its supervisor does not answer)",
+                // A gear started by an older gearshift whose supervisor does not answer the
+                // control socket gets a fresh init (an upgrade).
+                match gear::ensure_answering(node, g, &boot) {
+                    Ok(true) => eprintln!(
+                        "gearshift: restarted gear {} of '{}' (its supervisor did not answer)",
                         g.index, a.name
-                    );
-                    let _ = gear::stop(node, g);
-                }
-                if let Err(e) = gear::ensure_running(node, g, &boot) {
-                    eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
-                    failed += 1;
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("gearshift: cannot start gear {} of '{}': {e:#}", g.index, a.name);
+                        failed += 1;
+                    }
                 }
             }
             // A gear that outlived the node's network (bridge deleted, network restarted).
