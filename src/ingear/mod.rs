@@ -11,6 +11,7 @@ pub mod healthcheck;
 pub mod journal;
 pub mod procenv;
 pub mod procfile;
+pub mod proclog;
 pub mod release;
 pub mod reserve;
 pub mod runtime_pin;

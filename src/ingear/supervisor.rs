@@ -20,23 +20,20 @@ use crate::gear::meta::GearInfo;
 use crate::ingear::appjson;
 use crate::ingear::cron;
 use crate::ingear::healthcheck;
-use crate::ingear::procenv::{self, live_repo};
+use crate::ingear::procenv::live_repo;
 use crate::ingear::procfile;
+use crate::ingear::proclog::{last_lines, note, spawn_logged, wait_copied};
 use crate::ingear::workers::{self, Workers};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The web process's log, rotated by size.
-const LOG_MAX_BYTES: u64 = 5 << 20;
-const LOG_KEEP: u32 = 3;
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long an old web process keeps serving after a switch when no router releases it.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
@@ -47,6 +44,8 @@ const SWITCH_MAX: Duration = Duration::from_secs(55);
 const SETTLE: Duration = Duration::from_secs(3);
 /// How many of its last output lines a failed process shows.
 const LAST_LINES: usize = 10;
+/// How long a failure waits for the failed process's output to be all in its log.
+const COPY_WAIT: Duration = Duration::from_secs(1);
 
 /// What `status` reports.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -111,56 +110,6 @@ fn wanted_file() -> PathBuf {
     layout::in_home(layout::WANTED)
 }
 
-fn log_dir() -> PathBuf {
-    layout::in_home(layout::LOGS)
-}
-
-/// Appends a line from gearshift itself to the web log and to the log of every process.
-fn note(msg: &str) {
-    let _ = std::fs::create_dir_all(log_dir());
-    let line = format!("[gearshift {}] {msg}\n", crate::clock::iso_now());
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(layout::in_home(layout::WEB_LOG))
-    {
-        let _ = f.write_all(line.as_bytes());
-    }
-    append_all(format!("gearshift | {line}").as_bytes());
-}
-
-/// Serializes writes to (and the rotation of) the log of every process.
-static ALL_LOG: Mutex<()> = Mutex::new(());
-
-/// Appends whole lines to the log of every process, rotating it by size.
-fn append_all(lines: &[u8]) {
-    let _g = ALL_LOG.lock().unwrap_or_else(|e| e.into_inner());
-    let path = layout::in_home(layout::ALL_LOG);
-    rotate(&path);
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-        let _ = f.write_all(lines);
-    }
-}
-
-/// Moves `path` to `path.1` (and so on, keeping [`LOG_KEEP`]) once it is over the size limit.
-fn rotate(path: &Path) {
-    if !std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_MAX_BYTES) {
-        return;
-    }
-    let numbered = |i: u32| PathBuf::from(format!("{}.{i}", path.display()));
-    for i in (1..LOG_KEEP).rev() {
-        let _ = std::fs::rename(numbered(i), numbered(i + 1));
-    }
-    let _ = std::fs::rename(path, numbered(1));
-}
-
-/// The last `n` lines of log `name` (`worker`, `worker.2`), for an error (which reaches the
-/// pusher's terminal: control characters replaced).
-fn last_lines(name: &str, n: usize) -> String {
-    let text = std::fs::read_to_string(log_dir().join(format!("{name}.log"))).unwrap_or_default();
-    crate::gear::home_file::last_lines(&text, n).join("\n")
-}
-
 /// The web command: the Procfile's `web:` line, else the cartridge's `bin/start`.
 fn web_command(repo: &Path) -> Result<Vec<String>> {
     if let Some(cmd) = procfile::command(repo, "web")? {
@@ -186,75 +135,6 @@ fn env_with_port(info: &GearInfo, port: u16) -> Vec<(String, String)> {
             }
         })
         .collect()
-}
-
-/// Starts `argv` in deployment `repo`, its output into `app-root/logs/LOG.log` and, each line
-/// prefixed with `tag` (`worker.1`), into the log of every process.
-fn spawn_logged(
-    argv: &[String],
-    repo: &Path,
-    env: Vec<(String, String)>,
-    log: &str,
-    tag: &str,
-) -> Result<std::process::Child> {
-    let (rd, wr) = std::io::pipe().context("cannot create a log pipe")?;
-    let child = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .env_clear()
-        .envs(procenv::for_deployment(env, repo, &procenv::PathSpec::of_cartridge()))
-        .current_dir(repo)
-        .stdin(std::process::Stdio::null())
-        .stdout(wr.try_clone()?)
-        .stderr(wr)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {}", argv.join(" ")))?;
-    let (log, tag) = (log.to_string(), tag.to_string());
-    std::thread::spawn(move || copy_to_log(rd, &log, &tag));
-    Ok(child)
-}
-
-/// Copies a process's output into `LOG.log`, rotating by size, and its whole lines, prefixed
-/// `TAG | `, into the log of every process.
-fn copy_to_log(mut rd: std::io::PipeReader, log: &str, tag: &str) {
-    let path = log_dir().join(format!("{log}.log"));
-    let mut buf = [0u8; 16 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
-    loop {
-        let n = match rd.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        rotate(&path);
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-            let _ = f.write_all(&buf[..n]);
-        }
-        partial.extend_from_slice(&buf[..n]);
-        if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
-            let rest = partial.split_off(end + 1);
-            append_all(&prefixed(tag, &partial));
-            partial = rest;
-        } else if partial.len() > 16 * 1024 {
-            partial.push(b'\n');
-            append_all(&prefixed(tag, &partial));
-            partial.clear();
-        }
-    }
-    if !partial.is_empty() {
-        partial.push(b'\n');
-        append_all(&prefixed(tag, &partial));
-    }
-}
-
-/// `lines` (whole, newline-ended) with `TAG | ` before each.
-fn prefixed(tag: &str, lines: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lines.len() + 16);
-    for line in lines.split_inclusive(|b| *b == b'\n') {
-        out.extend_from_slice(tag.as_bytes());
-        out.extend_from_slice(b" | ");
-        out.extend_from_slice(line);
-    }
-    out
 }
 
 /// Starts the web process of deployment `repo` on `port`; returns its pid (not yet live).
@@ -717,6 +597,8 @@ fn switch_web(
     s.lock().waiters.remove(&pid);
     if let Err(e) = ready {
         kill_unborn(pid);
+        // The pusher is shown the log's last lines: all of them.
+        wait_copied(pid, COPY_WAIT);
         return Err(e);
     }
     crate::fault::reached("during-switch");
@@ -731,6 +613,7 @@ fn switch_web(
     if let Err(e) = live {
         drop(g);
         kill_unborn(pid);
+        wait_copied(pid, COPY_WAIT);
         return Err(e);
     }
     g.status.draining = old.map(|p| (p, old_port));
@@ -789,7 +672,8 @@ fn settle_workers(s: &Shared, repo: &Path) -> Result<()> {
     }
     let t = Instant::now();
     while t.elapsed() < SETTLE {
-        if let Some((who, how)) = s.workers.first_exit() {
+        if let Some((who, how, pid)) = s.workers.first_exit() {
+            wait_copied(pid, COPY_WAIT);
             let (name, index) = who.rsplit_once('.').unwrap_or((&who, "1"));
             let log = workers::log_name(name, index.parse().unwrap_or(1));
             bail!(

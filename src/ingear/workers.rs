@@ -76,8 +76,8 @@ struct State {
     generation: u64,
     /// Every type and its quantity, as last asked (quantity 0 included).
     want: Vec<(String, u32)>,
-    /// Exits since the last replace (`worker.1 exited (exit code 1)`), oldest first.
-    exits: Vec<(String, String)>,
+    /// Exits since the last replace (`worker.1`, `exit code 1`, its pid), oldest first.
+    exits: Vec<(String, String, i32)>,
 }
 
 /// The gear's processes other than web.
@@ -150,8 +150,8 @@ impl Workers {
         }
     }
 
-    /// The first process that exited since the last replace: (`worker.1`, how).
-    pub fn first_exit(&self) -> Option<(String, String)> {
+    /// The first process that exited since the last replace: (`worker.1`, how, its pid).
+    pub fn first_exit(&self) -> Option<(String, String, i32)> {
         self.lock().exits.first().cloned()
     }
 
@@ -195,7 +195,7 @@ impl Workers {
         let who = format!("{}.{}", p.name, p.index);
         let delay = Duration::from_secs(1u64 << (p.streak - 1).min(6)).min(Duration::from_secs(60));
         (self.note)(&format!("{who} exited ({how}); restarting in {}s", delay.as_secs()));
-        s.exits.push((who, how));
+        s.exits.push((who, how, pid));
         let me = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(delay);
