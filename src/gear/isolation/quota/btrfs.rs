@@ -225,10 +225,14 @@ pub(super) fn node_down(node: &Node) -> Result<()> {
     }
     // `mount -o loop` sets autoclear, so the loop device goes away with the mount; detach any
     // loop device that still points at the image and is not mounted anywhere.
-    // Autoclear releases the device asynchronously after the unmount: wait for it, and detach
-    // explicitly what is still attached after a moment.
+    // Autoclear releases the device asynchronously after the unmount, once the last mount
+    // namespace holding the filesystem is gone (a gear process still exiting on a loaded host
+    // keeps one for seconds): wait for it, up to 10 s, and detach explicitly what is still
+    // attached after half a second.
     if img.exists() {
-        for attempt in 0..300 {
+        let t = std::time::Instant::now();
+        let mut detached = false;
+        loop {
             let left: Vec<PathBuf> = loop_devices_for(&img)?
                 .into_iter()
                 .filter(|d| !device_is_mounted(d).unwrap_or(true))
@@ -236,18 +240,21 @@ pub(super) fn node_down(node: &Node) -> Result<()> {
             if left.is_empty() {
                 return Ok(());
             }
-            if attempt == 50 {
+            if t.elapsed() > std::time::Duration::from_secs(10) {
+                bail!(
+                    "loop devices {left:?} still hold {} 10 s after the unmount (a process may still use the filesystem: see `fuser -m {}`; then detach them with `losetup -d`)",
+                    img.display(),
+                    left[0].display()
+                );
+            }
+            if !detached && t.elapsed() > std::time::Duration::from_millis(500) {
                 for dev in &left {
                     let _ = run("losetup", [OsStr::new("-d"), dev.as_os_str()]);
                 }
+                detached = true;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        bail!(
-            "loop devices {:?} still hold {} after the unmount (detach them with `losetup -d`)",
-            loop_devices_for(&img)?,
-            img.display()
-        );
     }
     Ok(())
 }
