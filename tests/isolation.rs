@@ -358,6 +358,9 @@ fn a_gear_gets_none_of_the_callers_descriptors() {
         .unwrap();
     let out = std::fs::read_to_string(&out_path).unwrap();
     let err = std::fs::read_to_string(&err_path).unwrap();
+    // Read: the caller's files go before anything is asserted (they are beside the node's root,
+    // which its destroy removes, not in it).
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(st.success(), "{st}: {out} {err}");
     let links: Vec<&str> = out.lines().take(3).collect();
     assert_eq!(links.len(), 3, "{out}");
