@@ -715,7 +715,7 @@ fn a_command_the_instant_its_gears_init_is_killed_starts_the_gear_again() {
     page_app(&d, "reborn", "small", "v1");
     let id = d.n.show("reborn")["gears"][0]["id"].as_str().unwrap().to_string();
     let pidfile = d.n.root.join("run/gears").join(&id).join("init.pid");
-    let hog = "setsid python3 -c \"import time; b = b'x' * (300 << 20); open('/tmp/hog', 'w').close(); time.sleep(600)\" </dev/null >/dev/null 2>&1 &";
+    let hog = "setsid python3 -c \"import signal; b = b'x' * (300 << 20); open('/tmp/hog', 'w').close(); signal.pause()\" </dev/null >/dev/null 2>&1 &";
     for round in 1..=12 {
         d.n.ok(&["run", "reborn", "--", "sh", "-c", hog]);
         assert!(

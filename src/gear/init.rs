@@ -92,10 +92,16 @@ fn init_file(node: &Node, gear: &Gear) -> PathBuf {
 
 /// The recorded init's pid, while that process lives (exiting or not).
 fn recorded_pid(node: &Node, gear: &Gear) -> Option<i32> {
+    recorded(node, gear).map(|(pid, _)| pid)
+}
+
+/// The recorded init's pid and stat flags, from one read of its stat, while it lives.
+fn recorded(node: &Node, gear: &Gear) -> Option<(i32, u64)> {
     let text = fs::read_to_string(init_file(node, gear)).ok()?;
     let (pid, st) = text.trim().split_once(' ')?;
     let pid: i32 = pid.parse().ok()?;
-    (start_time(pid)? == st.parse::<u64>().ok()?).then_some(pid)
+    let (start, flags) = stat(pid)?;
+    (start == st.parse::<u64>().ok()?).then_some((pid, flags))
 }
 
 /// The kernel's flag of a task in `do_exit` (include/linux/sched.h).
@@ -104,20 +110,26 @@ const PF_EXITING: u64 = 0x4;
 /// Whether process `pid` is on its way out: killed (SIGKILL pending, for a kill sent a moment
 /// ago), in its exit (PF_EXITING), or with its namespaces already gone though it is not a zombie
 /// yet (a gear's init waits there until every other process of its pid namespace is reaped).
+#[cfg(test)]
 fn exiting(pid: i32) -> bool {
+    stat(pid).is_none_or(|(_, flags)| exiting_with(pid, flags))
+}
+
+/// [`exiting`], for a process whose stat flags were just read.
+fn exiting_with(pid: i32, flags: u64) -> bool {
     let killed = fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| {
         s.lines()
             .filter_map(|l| l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:")))
             .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0))
     });
-    killed
-        || stat(pid).is_none_or(|(_, flags)| flags & PF_EXITING != 0)
-        || fs::read_link(format!("/proc/{pid}/ns/mnt")).is_err()
+    killed || flags & PF_EXITING != 0 || fs::read_link(format!("/proc/{pid}/ns/mnt")).is_err()
 }
 
 /// The host pid of the gear's init, if it is running (not exiting).
 pub fn init_pid(node: &Node, gear: &Gear) -> Option<i32> {
-    recorded_pid(node, gear).filter(|p| !exiting(*p))
+    recorded(node, gear)
+        .filter(|(p, flags)| !exiting_with(*p, *flags))
+        .map(|(p, _)| p)
 }
 
 /// Waits (up to `limit`) until process `pid`, not our child, has exited; true once it has.
